@@ -1,0 +1,30 @@
+# Two commands set everything up on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.jasco_fast_installed
+SOURCES = setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned, so nothing below can pull a newer (CUDA) build.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q setuptools wheel ninja
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/jasco-fast demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/jasco-fast bench
+
+clean:
+	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV)
