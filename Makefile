@@ -15,6 +15,9 @@ $(STAMP): $(SOURCES)
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	# audiocraft is a test oracle only: its SEANet files are loaded by path, and its own
+	# dependencies (a pinned torch, xformers, ...) must not come in.
+	$(BIN)/pip install -q --no-deps --no-build-isolation "audiocraft==1.3.0"
 	touch $(STAMP)
 
 demo: install

@@ -1,0 +1,333 @@
+"""The EnCodec (SEANet) decoder: latents [B, D, T] -> audio [B, C, T * hop].
+
+Mathematically the decoder of audiocraft's ``SEANetDecoder`` and of transformers' ``EncodecDecoder``;
+computationally laid out for speed:
+
+* weight norm / spectral norm are folded into plain weights once, at load (see ``jasco_fast.loading``);
+* every convolution is a ``conv2d`` over ``[B, C, 1, T]`` in ``torch.channels_last`` (NHWC), the layout
+  oneDNN and cuDNN run natively, so a ``[B, T, C]`` buffer (what ``denorm_transpose(...,
+  channels_last=True)`` writes) flows through the whole network without a transposing copy;
+* padding is built from slices (reflect = flipped slices) so torch.compile fuses it with the
+  activations instead of materialising padded copies;
+* the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Architecture of a SEANet decoder (names follow audiocraft's ``seanet`` config).
+
+    The defaults are EnCodec 32 kHz (``facebook/encodec_32khz``), the model JASCO decodes with.
+    ``norm`` only says how the checkpoint stores its weights, except ``time_group_norm``, which adds
+    a GroupNorm(1, C) after each convolution.
+    """
+
+    dimension: int = 128
+    channels: int = 1
+    n_filters: int = 64
+    ratios: tuple[int, ...] = (8, 5, 4, 4)
+    n_residual_layers: int = 1
+    lstm: int = 2
+    kernel_size: int = 7
+    last_kernel_size: int = 7
+    residual_kernel_size: int = 3
+    dilation_base: int = 2
+    compress: int = 2
+    true_skip: bool = True
+    pad_mode: str = "reflect"
+    causal: bool = False
+    trim_right_ratio: float = 1.0
+    activation: str = "ELU"
+    activation_params: dict = field(default_factory=lambda: {"alpha": 1.0})
+    final_activation: str | None = None
+    final_activation_params: dict | None = None
+    norm: str = "weight_norm"
+    norm_params: dict = field(default_factory=dict)
+    disable_norm_outer_blocks: int = 0
+    sample_rate: int = 32000
+
+    def __post_init__(self):
+        object.__setattr__(self, "ratios", tuple(int(r) for r in self.ratios))
+        problems = []
+        for name in ("dimension", "channels", "n_filters", "kernel_size", "last_kernel_size",
+                     "residual_kernel_size", "dilation_base", "compress", "sample_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        for name in ("n_residual_layers", "lstm", "disable_norm_outer_blocks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name} must be a non-negative integer, got {value!r}")
+        if not self.ratios or any(r < 1 for r in self.ratios):
+            problems.append(f"ratios must be a non-empty list of positive integers, got {list(self.ratios)}")
+        if isinstance(self.n_filters, int) and self.n_filters > 0 and isinstance(self.compress, int) \
+                and self.compress > 0 and self.n_filters // self.compress < 1:
+            problems.append(f"compress={self.compress} leaves no hidden channels for n_filters={self.n_filters}")
+        if self.pad_mode not in PAD_MODES:
+            problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
+        if self.norm not in NORMS:
+            problems.append(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.norm == "time_group_norm" and self.causal:
+            problems.append("time_group_norm cannot be causal")
+        if not 0.0 <= float(self.trim_right_ratio) <= 1.0:
+            problems.append(f"trim_right_ratio must lie in [0, 1], got {self.trim_right_ratio}")
+        if not self.causal and float(self.trim_right_ratio) != 1.0:
+            problems.append("trim_right_ratio != 1 only makes sense for a causal decoder")
+        if isinstance(self.disable_norm_outer_blocks, int) and self.disable_norm_outer_blocks > len(self.ratios) + 2:
+            problems.append(f"disable_norm_outer_blocks must be <= {len(self.ratios) + 2} (the number of blocks)")
+        for name in ("activation", "final_activation"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and isinstance(getattr(nn, value, None), type)
+                                          and issubclass(getattr(nn, value), nn.Module)):
+                problems.append(f"{name} must name a torch.nn activation, got {value!r}")
+        if problems:
+            raise ValueError("invalid decoder config: " + "; ".join(problems))
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.ratios)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    def block_norm(self, block: int) -> str:
+        """The norm of block ``block`` (0: first conv, 1..len(ratios): upsampling stages, last: final
+        conv); audiocraft's ``disable_norm_outer_blocks`` switches it off for the last N blocks."""
+        n_blocks = len(self.ratios) + 2
+        return "none" if self.disable_norm_outer_blocks >= n_blocks - block else self.norm
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _activation(name: str, params: dict | None) -> nn.Module:
+    return getattr(nn, name)(**(params or {}))
+
+
+def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor:
+    """Pad the last (time) dim of [B, C, 1, T], keeping x's memory format.
+
+    Reflect on an input no longer than the pad first zero-extends it on the right (as upstream) so the
+    reflection is defined, then drops that extension.
+    """
+    if left == 0 and right == 0:
+        return x
+    if mode == "constant":
+        return F.pad(x, (left, right))
+    length = x.shape[-1]
+    if mode == "circular" and length < max(left, right):
+        raise ValueError(f"circular padding of {max(left, right)} needs at least that many samples, got {length}")
+    extra = 0
+    if mode == "reflect" and length <= max(left, right):
+        extra = max(left, right) - length + 1
+        x = F.pad(x, (0, extra))
+        length += extra
+    if mode == "reflect":
+        head = x[..., 1:left + 1].flip(-1)
+        tail = x[..., length - 1 - right:length - 1].flip(-1)
+    elif mode == "replicate":
+        head = x[..., :1].expand(*x.shape[:-1], left)
+        tail = x[..., -1:].expand(*x.shape[:-1], right)
+    else:  # circular
+        head = x[..., length - left:]
+        tail = x[..., :right]
+    out = torch.cat([head, x, tail], dim=-1)
+    return out[..., :out.shape[-1] - extra] if extra else out
+
+
+class Conv(nn.Module):
+    """Stride-1 SEANet convolution on [B, C, 1, T]: 'same' padding (causal: all on the left).
+
+    The decoder's convolutions never stride, so the extra right padding upstream adds to complete the
+    last frame is always zero.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, *,
+                 causal: bool = False, pad_mode: str = "reflect", group_norm: bool = False,
+                 norm_params: dict | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        self.dilation = dilation
+        total = (kernel_size - 1) * dilation
+        self.pad_left, self.pad_right = (total, 0) if causal else (total - total // 2, total // 2)
+        self.pad_mode = pad_mode
+        self.norm = nn.GroupNorm(1, out_channels, **(norm_params or {})) if group_norm else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.uniform_(self.bias, -1 / math.sqrt(in_channels * kernel_size), 1 / math.sqrt(in_channels * kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _pad_time(x, self.pad_left, self.pad_right, self.pad_mode)
+        y = F.conv2d(x, self.weight, self.bias, dilation=(1, self.dilation))
+        return y if self.norm is None else self.norm(y)
+
+
+class ConvTranspose(nn.Module):
+    """SEANet transposed convolution (kernel 2r, stride r) on [B, C, 1, T], trimmed to T * r."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *,
+                 causal: bool = False, trim_right_ratio: float = 1.0, group_norm: bool = False,
+                 norm_params: dict | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        self.stride = stride
+        total = kernel_size - stride
+        right = math.ceil(total * trim_right_ratio) if causal else total // 2
+        self.trim_left, self.trim_right = total - right, right
+        self.norm = nn.GroupNorm(1, out_channels, **(norm_params or {})) if group_norm else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        nn.init.uniform_(self.bias, -1 / math.sqrt(out_channels * kernel_size), 1 / math.sqrt(out_channels * kernel_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
+        if self.norm is not None:  # upstream normalises before trimming
+            y = self.norm(y)
+        return y[..., self.trim_left:y.shape[-1] - self.trim_right]
+
+
+def _lstm_with_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int) -> torch.Tensor:
+    seq = seq.contiguous()  # the oneDNN LSTM is ~10x slower on a strided [B, T, C] view
+    h0 = seq.new_zeros(num_layers, seq.shape[0], seq.shape[2])
+    out = torch.lstm(seq, (h0, h0), weights, True, num_layers, 0.0, False, False, True)[0]
+    # batch-first output comes back time-major in memory; [B, T, C] is what the next conv reads
+    return (out + seq).contiguous()
+
+
+@torch.library.custom_op("jasco_fast::lstm_skip", mutates_args=())
+def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int) -> torch.Tensor:
+    """lstm(seq) + seq for a batch-first, unidirectional LSTM with biases; seq [B, T, C].
+
+    Opaque to torch.compile: dynamo cannot trace an LSTM, and a graph break there would split the
+    decoder into many small graphs with unfused activations.
+    """
+    return _lstm_with_skip(seq, weights, num_layers)
+
+
+@lstm_skip.register_fake
+def _(seq, weights, num_layers):
+    return torch.empty_like(seq, memory_format=torch.contiguous_format)
+
+
+class LSTM(nn.Module):
+    """Multi-layer LSTM over time with the SEANet skip (y = lstm(x) + x), on [B, C, 1, T].
+
+    Holds nn.LSTM's parameters under nn.LSTM's names (weight_ih_l0, ...) and calls the same ATen kernel.
+    """
+
+    def __init__(self, dim: int, num_layers: int):
+        super().__init__()
+        self.num_layers = num_layers
+        bound = 1 / math.sqrt(dim)
+        for k in range(num_layers):
+            for name, shape in ((f"weight_ih_l{k}", (4 * dim, dim)), (f"weight_hh_l{k}", (4 * dim, dim)),
+                                (f"bias_ih_l{k}", (4 * dim,)), (f"bias_hh_l{k}", (4 * dim,))):
+                self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    def flat_weights(self) -> list[torch.Tensor]:
+        return [getattr(self, f"{kind}_l{k}") for k in range(self.num_layers)
+                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.squeeze(2).transpose(1, 2)  # [B, T, C]: a view when x is channels-last
+        lstm = lstm_skip if torch.compiler.is_compiling() else _lstm_with_skip
+        y = lstm(seq, self.flat_weights(), self.num_layers)
+        return y.transpose(1, 2).unsqueeze(2)
+
+
+class ResBlock(nn.Module):
+    """SEANet residual block: act, conv(k, dilation) to dim/compress, act, conv(1) back, plus shortcut."""
+
+    def __init__(self, dim: int, dilation: int, cfg: DecoderConfig, norm: str):
+        super().__init__()
+        hidden = dim // cfg.compress
+        gn = norm == "time_group_norm"
+        kw = dict(causal=cfg.causal, pad_mode=cfg.pad_mode, group_norm=gn, norm_params=cfg.norm_params)
+        self.act1 = _activation(cfg.activation, cfg.activation_params)
+        self.conv1 = Conv(dim, hidden, cfg.residual_kernel_size, dilation, **kw)
+        self.act2 = _activation(cfg.activation, cfg.activation_params)
+        self.conv2 = Conv(hidden, dim, 1, **kw)
+        self.shortcut = nn.Identity() if cfg.true_skip else Conv(dim, dim, 1, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
+
+
+class Decoder(nn.Module):
+    """SEANet decoder: [B, dimension, T] -> [B, channels, T * hop_length], any T >= 1.
+
+    Runs in whatever dtype/device its parameters are in. Input of any strides is accepted; input laid
+    out channels-last (strides (T*D, 1, D), as ``denorm_transpose(..., channels_last=True)`` writes it)
+    is read without a copy. Call :meth:`to_channels_last` once to put the weights in the same layout.
+    """
+
+    def __init__(self, config: DecoderConfig | None = None):
+        super().__init__()
+        cfg = config or DecoderConfig()
+        self.config = cfg
+        act = lambda: _activation(cfg.activation, cfg.activation_params)  # noqa: E731
+        mult = 2 ** len(cfg.ratios)
+        layers: list[nn.Module] = [
+            Conv(cfg.dimension, mult * cfg.n_filters, cfg.kernel_size, causal=cfg.causal, pad_mode=cfg.pad_mode,
+                 group_norm=cfg.block_norm(0) == "time_group_norm", norm_params=cfg.norm_params)
+        ]
+        if cfg.lstm:
+            layers.append(LSTM(mult * cfg.n_filters, cfg.lstm))
+        for i, ratio in enumerate(cfg.ratios):
+            norm = cfg.block_norm(i + 1)
+            dim = mult * cfg.n_filters // 2
+            layers += [act(), ConvTranspose(mult * cfg.n_filters, dim, 2 * ratio, ratio, causal=cfg.causal,
+                                            trim_right_ratio=cfg.trim_right_ratio,
+                                            group_norm=norm == "time_group_norm", norm_params=cfg.norm_params)]
+            layers += [ResBlock(dim, cfg.dilation_base ** j, cfg, norm) for j in range(cfg.n_residual_layers)]
+            mult //= 2
+        layers += [act(), Conv(cfg.n_filters, cfg.channels, cfg.last_kernel_size, causal=cfg.causal,
+                               pad_mode=cfg.pad_mode, norm_params=cfg.norm_params,
+                               group_norm=cfg.block_norm(len(cfg.ratios) + 1) == "time_group_norm")]
+        if cfg.final_activation is not None:
+            layers.append(_activation(cfg.final_activation, cfg.final_activation_params))
+        self.layers = nn.Sequential(*layers)
+
+    @property
+    def hop_length(self) -> int:
+        return self.config.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def channels(self) -> int:
+        return self.config.channels
+
+    @property
+    def dimension(self) -> int:
+        return self.config.dimension
+
+    def to_channels_last(self) -> "Decoder":
+        """Store the convolution weights NHWC, the layout the channels-last kernels read directly."""
+        for module in self.modules():
+            if isinstance(module, (Conv, ConvTranspose)):
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+        return self
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.dim() != 3 or latents.shape[1] != self.config.dimension:
+            raise ValueError(f"Decoder expects [B, {self.config.dimension}, T], got {list(latents.shape)}")
+        if latents.shape[-1] < 1:
+            raise ValueError("Decoder needs at least one frame (T >= 1)")
+        y = self.layers(latents.unsqueeze(2))
+        return y.squeeze(2).contiguous()

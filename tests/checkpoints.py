@@ -1,0 +1,168 @@
+"""Small random-weight EnCodec checkpoints written in the real upstream file formats, by the real
+upstream code where it can run here (transformers' save_pretrained; audiocraft's SEANet modules)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+# A tiny 32 kHz-style model: same structure as facebook/encodec_32khz, far fewer channels.
+TINY_HF = dict(audio_channels=1, sampling_rate=8000, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
+               num_lstm_layers=1, use_causal_conv=False, pad_mode="reflect", use_conv_shortcut=False,
+               codebook_size=16, num_residual_layers=1)
+
+
+def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Perturb every parameter, so GroupNorm affines, biases, etc. are not at their trivial init."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale * (p.abs().mean() + 1e-2))
+    return module
+
+
+def transformers_model(seed: int = 0, **overrides):
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(seed)
+    model = EncodecModel(EncodecConfig(**{**TINY_HF, **overrides}))
+    return randomize_(model, seed).eval()
+
+
+def write_transformers_dir(path: Path, seed: int = 0, *, weight_format: str = "parametrizations",
+                           file: str = "model.safetensors", **overrides) -> tuple[Path, object]:
+    """save_pretrained of a random EncodecModel; weight_format 'weight_g_v' rewrites the weight-norm keys
+    the way the hub's older files store them; file 'pytorch_model.bin' writes a torch pickle instead."""
+    model = transformers_model(seed, **overrides)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    if weight_format == "weight_g_v" or file != "model.safetensors":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(path / "model.safetensors"))
+        if weight_format == "weight_g_v":
+            state = {k.replace("parametrizations.weight.original0", "weight_g")
+                      .replace("parametrizations.weight.original1", "weight_v"): v for k, v in state.items()}
+        (path / "model.safetensors").unlink()
+        if file == "model.safetensors":
+            save_file(state, str(path / file))
+        else:
+            torch.save(state, path / file)
+    return path, model
+
+
+def audiocraft_modules():
+    """audiocraft's conv/lstm/seanet modules, loaded from the installed package's files only: importing
+    the audiocraft package itself would pull in its whole dependency tree."""
+    spec = importlib.util.find_spec("audiocraft")
+    if spec is None:
+        return None
+    root = Path(spec.submodule_search_locations[0]) / "modules"
+    pkg = types.ModuleType("_ac_modules")
+    pkg.__path__ = [str(root)]
+    sys.modules.setdefault("_ac_modules", pkg)
+    loaded = {}
+    for name in ("conv", "lstm", "seanet"):
+        full = f"_ac_modules.{name}"
+        if full not in sys.modules:
+            mspec = importlib.util.spec_from_file_location(full, root / f"{name}.py")
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[full] = module
+            mspec.loader.exec_module(module)
+        loaded[name] = sys.modules[full]
+    return loaded["seanet"]
+
+
+AUDIOCRAFT_YAML = """\
+sample_rate: 8000
+channels: 1
+compression_model: encodec
+encodec:
+  autoencoder: seanet
+  quantizer: rvq
+  sample_rate: ${{sample_rate}}
+  channels: ${{channels}}
+  causal: {causal}
+  renormalize: false
+seanet:
+  dimension: 8
+  channels: ${{channels}}
+  causal: ${{encodec.causal}}
+  n_filters: 4
+  n_residual_layers: {n_residual_layers}
+  ratios: {ratios}
+  activation: {activation}
+  activation_params: {activation_params}
+  norm: {norm}
+  norm_params: {{}}
+  kernel_size: 7
+  residual_kernel_size: 3
+  last_kernel_size: 5
+  dilation_base: 2
+  pad_mode: {pad_mode}
+  true_skip: {true_skip}
+  compress: 2
+  lstm: {lstm}
+  disable_norm_outer_blocks: {disable_norm_outer_blocks}
+  decoder:
+    trim_right_ratio: {trim_right_ratio}
+    final_activation: {final_activation}
+    final_activation_params: null
+  encoder: {{}}
+"""
+
+AUDIOCRAFT_DEFAULTS = dict(causal="false", n_residual_layers=1, ratios="[4, 2]", activation="ELU",
+                           activation_params='{"alpha": 1.0}', norm="weight_norm", pad_mode="constant",
+                           true_skip="true", lstm=1, disable_norm_outer_blocks=0, trim_right_ratio=1.0,
+                           final_activation="null")
+
+
+def write_audiocraft_checkpoint(path: Path, seed: int = 0, **overrides):
+    """An exported audiocraft compression checkpoint ({'best_state', 'xp.cfg', ...}) of a random
+    SEANetDecoder built by audiocraft's own module; returns (path, the SEANetDecoder)."""
+    import yaml
+
+    settings = {**AUDIOCRAFT_DEFAULTS, **overrides}
+    text = AUDIOCRAFT_YAML.format(**settings)
+    seanet = audiocraft_modules()
+    resolved = yaml.safe_load(text)
+    kwargs = {k: v for k, v in resolved["seanet"].items() if k not in ("encoder", "decoder")}
+    kwargs.update(resolved["seanet"]["decoder"])
+    kwargs["channels"] = resolved["channels"]
+    kwargs["causal"] = resolved["encodec"]["causal"]
+    torch.manual_seed(seed)
+    decoder = randomize_(seanet.SEANetDecoder(**kwargs), seed).eval()
+    state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+    state["encoder.model.0.conv.conv.bias"] = torch.zeros(4)  # other parts of the model are ignored
+    state["quantizer.vq.layers.0._codebook.embed"] = torch.zeros(16, 8)
+    pkg = {"best_state": state, "xp.cfg": text, "version": "1.3.0", "exported": True}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(pkg, path)
+    return path, decoder
+
+
+def write_pointer(path: Path, name: str = "facebook/encodec_32khz") -> Path:
+    torch.save({"pretrained": name, "exported": True, "version": "1.3.0"}, path)
+    return path
+
+
+def fake_hf_cache(cache_root: Path, name: str, source_dir: Path) -> Path:
+    """Lay out source_dir as the Hugging Face hub cache would hold model ``name``."""
+    repo = cache_root / ("models--" + name.replace("/", "--"))
+    snap = repo / "snapshots" / "0123456789abcdef"
+    snap.mkdir(parents=True)
+    for f in source_dir.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    return snap
+
+
+def config_json(path: Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
