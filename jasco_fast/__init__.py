@@ -1,4 +1,19 @@
-"""jasco_fast: turn JASCO's continuous latents into audio files, fast."""
-from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
+"""jasco_fast: turn JASCO's continuous latents into audio files, fast.
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose"]
+Fused denormalize-transpose op, EnCodec decoder (faithful, compiled, channels-last), checkpoint
+loading, in-process audio output, and a drop-in patch for audiocraft's JASCO.
+"""
+from jasco_fast import reference
+from jasco_fast.audio import audio_write, write_batch
+from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.jasco import patch, unpatch
+from jasco_fast.loading import CheckpointError, load_decoder
+from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
+from jasco_fast.pipeline import LatentDecoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "Decoder", "DecoderConfig", "load_decoder",
+    "CheckpointError", "LatentDecoder", "patch", "unpatch", "audio_write", "write_batch", "reference",
+]

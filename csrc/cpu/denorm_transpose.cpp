@@ -1,0 +1,244 @@
+// CPU kernel of jasco_fast::denorm_transpose: out[b, d, t] = latents[b, t, d] * std[d] + mean[d], cast to the
+// output dtype, in one pass over memory.
+//
+// Portability: the binary is built without -m flags. The float32/float16/bfloat16 fast paths are compiled
+// for AVX2 + F16C with function-level target attributes and chosen at run time (__builtin_cpu_supports);
+// other CPUs, float64 and inputs whose D axis is not contiguous take the plain (auto-vectorised) loops.
+// No FMA anywhere: multiply then add, the same two roundings as JASCO's `latents * std + mean`.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
+
+#include "../denorm_transpose.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define JASCO_FAST_X86 1
+#endif
+
+namespace jasco_fast {
+namespace {
+
+struct Geometry {
+  int64_t B, T, D;
+  int64_t sb, st, sd;  // input strides, in elements
+};
+
+// Blocked transpose tile: kTileT time steps x kTileD channels. Chosen by measurement on [16, 1500, 128]
+// (benchmarks/NOTES_denorm_transpose.md).
+int64_t env_or(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atoll(v) : fallback;
+}
+const int64_t kTileT = env_or("JF_TT", 64);
+const int64_t kTileD = env_or("JF_TD", 64);
+
+#ifdef JASCO_FAST_X86
+#define JF_AVX2 __attribute__((target("avx2,f16c")))
+
+bool has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return yes;
+}
+
+// 8 values -> float32 lanes (exact for every input dtype).
+JF_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+JF_AVX2 inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+JF_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// float32 lanes -> 8 values, rounded to nearest even exactly as c10::Half / c10::BFloat16 do.
+JF_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+JF_AVX2 inline void store8(c10::Half* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+JF_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);  // c10's NaN
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+// Transposes an 8 x 8 block held as 8 row registers into 8 column registers.
+JF_AVX2 inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+  }
+}
+
+// One tile: in at (t0, d0) with row stride st (D contiguous), out at (d0, t0) with row stride T.
+// Full 8 x 8 blocks in registers, the ragged edges in scalar code.
+template <typename in_t, typename out_t>
+JF_AVX2 void transpose_tile_avx2(const in_t* in, int64_t st, out_t* out, int64_t T, const float* s, const float* m,
+                                 int64_t tn, int64_t dn) {
+  const int64_t tn8 = tn / 8 * 8, dn8 = dn / 8 * 8;
+  for (int64_t t = 0; t < tn8; t += 8) {
+    for (int64_t d = 0; d < dn8; d += 8) {
+      const __m256 S = _mm256_loadu_ps(s + d), M = _mm256_loadu_ps(m + d);
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_add_ps(_mm256_mul_ps(load8(in + (t + i) * st + d), S), M);
+      transpose8(r);
+      for (int i = 0; i < 8; ++i) store8(out + (d + i) * T + t, r[i]);
+    }
+  }
+  for (int64_t d = 0; d < dn; ++d)  // the last tn % 8 time steps, every channel
+    for (int64_t t = tn8; t < tn; ++t)
+      out[d * T + t] = static_cast<out_t>(static_cast<float>(in[t * st + d]) * s[d] + m[d]);
+  for (int64_t d = dn8; d < dn; ++d)  // the last dn % 8 channels of the full time steps
+    for (int64_t t = 0; t < tn8; ++t)
+      out[d * T + t] = static_cast<out_t>(static_cast<float>(in[t * st + d]) * s[d] + m[d]);
+}
+
+template <typename in_t, typename out_t>
+JF_AVX2 void scale_shift_row_avx2(const in_t* src, out_t* dst, const float* s, const float* m, int64_t n) {
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    store8(dst + d, _mm256_add_ps(_mm256_mul_ps(load8(src + d), _mm256_loadu_ps(s + d)), _mm256_loadu_ps(m + d)));
+  for (; d < n; ++d) dst[d] = static_cast<out_t>(static_cast<float>(src[d]) * s[d] + m[d]);
+}
+
+template <typename in_t, typename out_t, typename acc_t>
+constexpr bool kHasAvx2Path = std::is_same_v<acc_t, float> && !std::is_same_v<in_t, double> &&
+                              !std::is_same_v<out_t, double>;
+#endif
+
+// channels_last=True: the output's memory order is [B, T, D], the input's logical order, so this is a
+// streaming elementwise pass over rows of D values.
+template <typename in_t, typename out_t, typename acc_t>
+void scale_shift(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std, const Geometry& g) {
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / g.D);
+  at::parallel_for(0, g.B * g.T, grain, [&](int64_t r0, int64_t r1) {
+    int64_t b = r0 / g.T, t = r0 % g.T;
+    for (int64_t r = r0; r < r1; ++r) {
+      const in_t* src = in + b * g.sb + t * g.st;
+      out_t* dst = out + r * g.D;
+      if (++t == g.T) t = 0, ++b;
+#ifdef JASCO_FAST_X86
+      if constexpr (kHasAvx2Path<in_t, out_t, acc_t>) {
+        if (g.sd == 1 && has_avx2()) {
+          scale_shift_row_avx2(src, dst, std, mean, g.D);
+          continue;
+        }
+      }
+#endif
+      if (g.sd == 1) {
+        for (int64_t d = 0; d < g.D; ++d) dst[d] = static_cast<out_t>(static_cast<acc_t>(src[d]) * std[d] + mean[d]);
+      } else {
+        for (int64_t d = 0; d < g.D; ++d)
+          dst[d] = static_cast<out_t>(static_cast<acc_t>(src[d * g.sd]) * std[d] + mean[d]);
+      }
+    }
+  });
+}
+
+// channels_last=False: a blocked transpose into contiguous [B, D, T]. Plain path: each tile is scaled into
+// a small buffer row by row (reads along D), then written out row by row (writes along T).
+template <typename in_t, typename out_t, typename acc_t>
+void scale_shift_transpose(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std, const Geometry& g) {
+  const int64_t TT = kTileT, TD = kTileD;
+  const int64_t nt = (g.T + TT - 1) / TT, nd = (g.D + TD - 1) / TD;
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (TT * TD));
+  at::parallel_for(0, g.B * nt * nd, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<acc_t> tile;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / (nt * nd), t0 = (i / nd) % nt * TT, d0 = i % nd * TD;
+      const int64_t tn = std::min(TT, g.T - t0), dn = std::min(TD, g.D - d0);
+      const acc_t* m = mean + d0;
+      const acc_t* s = std + d0;
+      const in_t* src = in + b * g.sb + t0 * g.st + d0 * g.sd;
+      out_t* dst = out + (b * g.D + d0) * g.T + t0;
+#ifdef JASCO_FAST_X86
+      if constexpr (kHasAvx2Path<in_t, out_t, acc_t>) {
+        if (g.sd == 1 && has_avx2()) {
+          transpose_tile_avx2(src, g.st, dst, g.T, s, m, tn, dn);
+          continue;
+        }
+      }
+#endif
+      tile.resize(TT * TD);
+      for (int64_t t = 0; t < tn; ++t, src += g.st) {
+        acc_t* row = tile.data() + t * TD;
+        for (int64_t d = 0; d < dn; ++d) row[d] = static_cast<acc_t>(src[d * g.sd]) * s[d] + m[d];
+      }
+      for (int64_t d = 0; d < dn; ++d, dst += g.T)
+        for (int64_t t = 0; t < tn; ++t) dst[t] = static_cast<out_t>(tile[t * TD + d]);
+    }
+  });
+}
+
+// mean/std broadcast to D values in the compute type.
+template <typename acc_t>
+std::vector<acc_t> per_channel(const at::Tensor& s, int64_t D) {
+  const at::Tensor v = s.to(c10::CppTypeToScalarType<acc_t>::value).contiguous().reshape(-1);
+  const acc_t* p = v.const_data_ptr<acc_t>();
+  std::vector<acc_t> out(D);
+  for (int64_t d = 0; d < D; ++d) out[d] = v.numel() == 1 ? p[0] : p[d];
+  return out;
+}
+
+template <typename acc_t>
+void run(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std, at::Tensor& out,
+         bool channels_last) {
+  const Geometry g{latents.size(0), latents.size(1), latents.size(2),
+                   latents.stride(0), latents.stride(1), latents.stride(2)};
+  const std::vector<acc_t> m = per_channel<acc_t>(mean, g.D), s = per_channel<acc_t>(std, g.D);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, latents.scalar_type(), "denorm_transpose_cpu", [&] {
+    using in_t = scalar_t;
+    const in_t* in = latents.const_data_ptr<in_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "denorm_transpose_cpu_out", [&] {
+      using out_t = scalar_t;
+      if (channels_last) {
+        scale_shift<in_t, out_t, acc_t>(in, out.mutable_data_ptr<out_t>(), m.data(), s.data(), g);
+      } else {
+        scale_shift_transpose<in_t, out_t, acc_t>(in, out.mutable_data_ptr<out_t>(), m.data(), s.data(), g);
+      }
+    });
+  });
+}
+
+at::Tensor denorm_transpose_cpu(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std,
+                                std::optional<at::ScalarType> dtype, bool channels_last) {
+  const at::ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
+  at::Tensor out = make_output(latents, out_dtype, channels_last);
+  if (out.numel() == 0) return out;
+  // float64 arithmetic when latents or the output are float64, float32 otherwise (also for half /
+  // bfloat16, as PyTorch's opmath does)
+  if (latents.scalar_type() == at::kDouble || out_dtype == at::kDouble) {
+    run<double>(latents, mean, std, out, channels_last);
+  } else {
+    run<float>(latents, mean, std, out, channels_last);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("denorm_transpose", &denorm_transpose_cpu); }
+
+}  // namespace jasco_fast

@@ -1,0 +1,19 @@
+// The schema of jasco_fast's op, defined once; each device file registers its kernel.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import jasco_fast._C` loads this shared library, which runs the registrations.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(jasco_fast, m) {
+  // needs_fixed_stride_order: inductor must keep the strides the kernel returns (contiguous [B, D, T] or
+  // channels-last), not restride the output.
+  m.def("denorm_transpose(Tensor latents, Tensor mean, Tensor std, ScalarType? dtype=None, "
+        "bool channels_last=False) -> Tensor",
+        {at::Tag::needs_fixed_stride_order});
+}

@@ -1,0 +1,106 @@
+"""The fused op ``torch.ops.jasco_fast.denorm_transpose`` and its Python face.
+
+``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
+``(latents * std + mean).permute(0, 2, 1)`` (and the cast to ``dtype``) in one pass over memory. The
+arithmetic is float32 (float64 for float64 latents), rounded once to the output dtype. The kernels live in ``csrc/``; this module adds the fake (meta) kernel that lets torch.compile
+trace through the op and the autograd formula.
+"""
+from __future__ import annotations
+
+import torch
+
+from jasco_fast import _C  # noqa: F401  (loading the extension registers the op)
+
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose"]
+
+# JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
+JASCO_LATENT_MEAN = -0.0074
+JASCO_LATENT_STD = 4.0102
+
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> torch.dtype:
+    """The op's argument rules (the C++ kernels enforce the same); returns the output dtype."""
+    if latents.dim() != 3:
+        raise ValueError(f"denormalize_transpose: latents must be 3-D [B, T, D], got {latents.dim()}-D "
+                         f"with shape {list(latents.shape)}")
+    if latents.dtype not in _FLOATS:
+        raise TypeError(f"denormalize_transpose: latents must be float32/float64/float16/bfloat16, got {latents.dtype}")
+    D = latents.shape[2]
+    if D <= 0:
+        raise ValueError(f"denormalize_transpose: latents need D > 0 channels, got shape {list(latents.shape)}")
+    for name, s in (("mean", mean), ("std", std)):
+        if s.device != latents.device:
+            raise ValueError(f"denormalize_transpose: {name} is on {s.device} but latents are on {latents.device}; "
+                             f"put them on the same device")
+        if s.dtype not in _FLOATS:
+            raise TypeError(f"denormalize_transpose: {name} must be a floating-point tensor, got {s.dtype}")
+        if s.dim() > 1 or s.numel() not in (1, D):
+            raise ValueError(f"denormalize_transpose: {name} must be a scalar (0-d or 1 element) or have "
+                             f"D = {D} elements, got shape {list(s.shape)}")
+    if dtype is not None and dtype not in _FLOATS:
+        raise TypeError(f"denormalize_transpose: dtype must be float32/float64/float16/bfloat16, got {dtype}")
+    return dtype or latents.dtype
+
+
+def _as_statistic(value, latents: torch.Tensor, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"denormalize_transpose: {name} must be a float or a tensor, got {type(value).__name__}")
+    wide = torch.float64 if latents.dtype == torch.float64 else torch.float32
+    return torch.tensor(float(value), dtype=wide, device=latents.device)
+
+
+def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None,
+                          channels_last: bool = False) -> torch.Tensor:
+    """``(latents * std + mean).permute(0, 2, 1)`` in one pass: [B, T, D] -> [B, D, T].
+
+    Args:
+        latents: [B, T, D], float32/float64/float16/bfloat16, any strides.
+        mean, std: floats, 0-d tensors, or [D] tensors (per-channel statistics), on latents' device.
+        dtype: output dtype (the cast is fused); default: latents' dtype.
+        channels_last: ``False`` returns a contiguous [B, D, T]; ``True`` returns [B, D, T] with strides
+            (T*D, 1, D), i.e. [B, T, D] in memory, the layout a channels-last decoder reads without a copy.
+    """
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"denormalize_transpose: latents must be a tensor, got {type(latents).__name__}")
+    mean = _as_statistic(mean, latents, "mean")
+    std = _as_statistic(std, latents, "std")
+    _check(latents, mean, std, dtype)
+    return torch.ops.jasco_fast.denorm_transpose.default(latents, mean, std, dtype, bool(channels_last))
+
+
+@torch.library.register_fake("jasco_fast::denorm_transpose")
+def _(latents, mean, std, dtype=None, channels_last=False):
+    out_dtype = _check(latents, mean, std, dtype)
+    B, T, D = latents.shape
+    if channels_last:
+        return latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
+    return latents.new_empty((B, D, T), dtype=out_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    latents, mean, std, _, _ = inputs
+    ctx.save_for_backward(latents if ctx.needs_input_grad[2] else None, std if ctx.needs_input_grad[0] else None)
+    ctx.meta = (latents.dtype, mean.shape, mean.dtype, std.shape, std.dtype)
+
+
+def _reduce_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a [B, T, D] gradient down to a statistic's shape (scalar, [1] or [D])."""
+    return grad.sum(dim=(0, 1)).reshape(shape) if shape.numel() > 1 else grad.sum().reshape(shape)
+
+
+def _backward(ctx, grad):
+    latents, std = ctx.saved_tensors
+    latent_dtype, mean_shape, mean_dtype, std_shape, std_dtype = ctx.meta
+    wide = torch.float64 if torch.float64 in (grad.dtype, latent_dtype) else torch.float32
+    g = grad.transpose(1, 2).to(wide)  # back to [B, T, D]
+    grad_latents = (g * std.to(wide)).to(latent_dtype) if ctx.needs_input_grad[0] else None
+    grad_mean = _reduce_to(g, mean_shape).to(mean_dtype) if ctx.needs_input_grad[1] else None
+    grad_std = _reduce_to(g * latents.to(wide), std_shape).to(std_dtype) if ctx.needs_input_grad[2] else None
+    return grad_latents, grad_mean, grad_std, None, None
+
+
+torch.library.register_autograd("jasco_fast::denorm_transpose", _backward, setup_context=_setup_context)

@@ -1,0 +1,274 @@
+"""jasco_fast::denorm_transpose against the reference, on CPU always and on CUDA where there is a GPU."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import jasco_fast
+from jasco_fast import reference
+
+FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# Tolerances per dtype. The kernel computes in float32 (float64 for float64 latents) and rounds once to
+# the output dtype; JASCO's expression, the reference, rounds after each op in the input dtype. So:
+# - against float64 truth cast to the output dtype, the kernel is within the tolerance of the coarser of
+#   its compute dtype and the output dtype;
+# - against the reference, within the tolerance of the COARSER of input and output dtype (one unit in
+#   the last place of float16/bfloat16: rtol = their epsilon 2^-10, 2^-7; atol covers results near 0).
+TOL = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
+    torch.float16: dict(rtol=2 ** -10, atol=1e-3),
+    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
+}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+def expected_strides(B, T, D, channels_last):
+    return (T * D, 1, D) if channels_last else (D * T, T, 1)
+
+
+def check_against_reference(latents, mean, std, dtype, channels_last):
+    got = jasco_fast.denormalize_transpose(latents, mean, std, dtype=dtype, channels_last=channels_last)
+    want = reference.denormalize_transpose(latents, mean, std, dtype=dtype, channels_last=channels_last)
+    B, T, D = latents.shape
+    out_dtype = dtype or latents.dtype
+    assert got.shape == (B, D, T) and got.dtype == out_dtype and got.device == latents.device
+    if got.numel():
+        assert got.stride() == expected_strides(B, T, D, channels_last)
+    coarser = max(latents.dtype, out_dtype, key=lambda t: torch.finfo(t).eps)
+    torch.testing.assert_close(got, want, **TOL[coarser])
+    truth = reference.denormalize_transpose(latents.double(), torch.as_tensor(mean, dtype=torch.float64),
+                                            torch.as_tensor(std, dtype=torch.float64), dtype=out_dtype,
+                                            channels_last=channels_last)
+    compute = torch.float64 if latents.dtype == torch.float64 else torch.float32
+    torch.testing.assert_close(got, truth, **TOL[max(compute, out_dtype, key=lambda t: torch.finfo(t).eps)])
+    return got
+
+
+# ------------------------------------------------------------------------------------------------
+# Property-based comparison with the reference
+
+
+@st.composite
+def op_inputs(draw):
+    B = draw(st.integers(1, 3))
+    T = draw(st.integers(1, 150))
+    D = draw(st.integers(1, 140))
+    in_dtype = draw(st.sampled_from(FLOATS))
+    out_dtype = draw(st.sampled_from([None] + FLOATS))
+    layout = draw(st.sampled_from(["contiguous", "transposed_storage", "strided", "expanded", "offset"]))
+    per_channel = draw(st.booleans())
+    channels_last = draw(st.booleans())
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    return B, T, D, in_dtype, out_dtype, layout, per_channel, channels_last, seed
+
+
+def make_latents(B, T, D, dtype, layout, gen, device="cpu"):
+    """[B, T, D] latents with the memory layout asked for."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    if layout == "contiguous":
+        return randn(B, T, D)
+    if layout == "transposed_storage":  # [B, D, T] memory viewed as [B, T, D]
+        return randn(B, D, T).transpose(1, 2)
+    if layout == "strided":  # every other time step and channel
+        return randn(B, 2 * T, 2 * D)[:, ::2, ::2]
+    if layout == "expanded":  # a zero batch stride
+        return randn(1, T, D).expand(B, T, D)
+    return randn(B, T + 3, D + 5)[:, 3:, 5:]  # a storage offset and padded rows
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=op_inputs())
+def test_matches_reference(device, case):
+    B, T, D, in_dtype, out_dtype, layout, per_channel, channels_last, seed = case
+    gen = torch.Generator().manual_seed(seed)
+    latents = make_latents(B, T, D, in_dtype, layout, gen, device)
+    if per_channel:
+        mean = (torch.randn(D, generator=gen) * 0.1).to(device)
+        std = (torch.rand(D, generator=gen) + 0.5).to(device)
+    else:
+        mean, std = jasco_fast.JASCO_LATENT_MEAN, jasco_fast.JASCO_LATENT_STD
+    check_against_reference(latents, mean, std, out_dtype, channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 500, 128), (2, 7, 129), (3, 65, 64), (1, 1500, 128), (2, 64, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_edge_and_jasco_shapes_float32_exact(device, shape, channels_last):
+    """float32 in and out: multiply then add, as JASCO computes it, so the result is bit-exact."""
+    latents = torch.randn(shape, device=device)
+    got = jasco_fast.denormalize_transpose(latents, -0.0074, 4.0102, channels_last=channels_last)
+    want = reference.denormalize_transpose(latents, -0.0074, 4.0102, channels_last=channels_last)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stat_shape", [(), (1,), (128,)])
+def test_statistics_shapes_and_dtypes(device, stat_shape):
+    latents = torch.randn(2, 33, 128, device=device)
+    for stat_dtype in FLOATS:
+        mean = torch.randn(stat_shape, device=device).to(stat_dtype)
+        std = torch.rand(stat_shape, device=device).to(stat_dtype) + 1
+        check_against_reference(latents, mean, std, None, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_non_finite(device):
+    for B, T in [(2, 0), (0, 5), (0, 0)]:
+        for channels_last in (False, True):
+            out = jasco_fast.denormalize_transpose(torch.randn(B, T, 16, device=device), 0.0, 1.0,
+                                                   channels_last=channels_last)
+            assert out.shape == (B, 16, T)
+    latents = torch.randn(2, 9, 16, device=device)
+    latents[0, 3, 5], latents[1, 0, 0], latents[1, 8, 15] = float("nan"), float("inf"), -float("inf")
+    for channels_last in (False, True):
+        got = jasco_fast.denormalize_transpose(latents, -0.0074, 4.0102, channels_last=channels_last)
+        want = reference.denormalize_transpose(latents, -0.0074, 4.0102, channels_last=channels_last)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        assert got[0, 5, 3].isnan() and got[1, 0, 0] == float("inf") and got[1, 15, 8] == -float("inf")
+
+
+# ------------------------------------------------------------------------------------------------
+# A first-class op: opcheck, autograd, torch.compile
+
+
+def opcheck_samples(device):
+    gen = torch.Generator().manual_seed(0)
+    for dtype in FLOATS:
+        for per_channel in (False, True):
+            for channels_last in (False, True):
+                for out_dtype in (None, torch.float32):
+                    latents = torch.randn(2, 11, 24, generator=gen).to(device=device, dtype=dtype)
+                    mean = torch.randn(24 if per_channel else (), generator=gen).to(device=device, dtype=dtype)
+                    std = torch.rand(24 if per_channel else (), generator=gen).to(device=device, dtype=dtype) + 0.5
+                    yield latents, mean, std, out_dtype, channels_last
+    # with gradients
+    latents = torch.randn(2, 5, 8, device=device, dtype=torch.float64, requires_grad=True)
+    mean = torch.randn(8, device=device, dtype=torch.float64, requires_grad=True)
+    std = torch.rand((), device=device, dtype=torch.float64, requires_grad=True)
+    yield latents, mean, std, None, True
+    yield latents, mean, std, None, False
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for args in opcheck_samples(device):
+        torch.library.opcheck(torch.ops.jasco_fast.denorm_transpose.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stat_shape", [(), (1,), (6,)])
+def test_gradcheck(device, channels_last, stat_shape):
+    latents = torch.randn(2, 5, 6, device=device, dtype=torch.float64, requires_grad=True)
+    mean = torch.randn(stat_shape, device=device, dtype=torch.float64, requires_grad=True)
+    std = torch.randn(stat_shape, device=device, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, m, s):
+        return torch.ops.jasco_fast.denorm_transpose(x, m, s, None, channels_last)
+
+    assert torch.autograd.gradcheck(fn, (latents, mean, std))
+    assert torch.autograd.gradgradcheck(fn, (latents, mean, std))
+
+
+def test_gradients_cast_back_to_input_dtypes():
+    latents = torch.randn(2, 5, 6, dtype=torch.bfloat16, requires_grad=True)
+    mean = torch.zeros(6, requires_grad=True)
+    std = torch.ones((), requires_grad=True)
+    out = jasco_fast.denormalize_transpose(latents, mean, std, dtype=torch.float32)
+    out.sum().backward()
+    assert latents.grad.dtype == torch.bfloat16 and mean.grad.shape == (6,) and std.grad.shape == ()
+    torch.testing.assert_close(mean.grad, torch.full((6,), 10.0))
+
+
+def test_torch_compile_fullgraph():
+    def fn(x, m, s):
+        y = jasco_fast.denormalize_transpose(x, m, s, channels_last=True)
+        return torch.nn.functional.relu(y) * 2
+
+    compiled = torch.compile(fn, fullgraph=True)
+    x, m, s = torch.randn(2, 40, 16), torch.randn(16), torch.rand(16) + 0.5
+    torch.testing.assert_close(compiled(x, m, s), fn(x, m, s))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input gets a clear error: the Python face raises ValueError / TypeError, the raw op RuntimeError
+
+
+BAD_INPUTS = [
+    (lambda: (torch.randn(4, 5), 0.0, 1.0), ValueError, r"3-D \[B, T, D\]"),
+    (lambda: (torch.randn(1, 4, 5, 6), 0.0, 1.0), ValueError, r"3-D \[B, T, D\]"),
+    (lambda: (torch.ones(1, 4, 5, dtype=torch.int32), 0.0, 1.0), TypeError, r"float32/float64/float16/bfloat16"),
+    (lambda: (torch.ones(1, 4, 5, dtype=torch.complex64), 0.0, 1.0), TypeError, r"float32/float64/float16/bfloat16"),
+    (lambda: (torch.randn(1, 4, 5), torch.zeros(3), 1.0), ValueError, r"mean must be a scalar .* D = 5"),
+    (lambda: (torch.randn(1, 4, 5), 0.0, torch.ones(2, 5)), ValueError, r"std must be a scalar .* D = 5"),
+    (lambda: (torch.randn(1, 4, 5), torch.zeros(5, dtype=torch.int64), 1.0), TypeError, r"mean must be a floating"),
+    (lambda: (torch.randn(1, 4, 0), 0.0, 1.0), ValueError, r"D > 0"),
+    (lambda: (torch.randn(1, 4, 5), torch.zeros(5, device="meta"), 1.0), ValueError, r"same device"),
+]
+
+
+@pytest.mark.parametrize("make,error,match", BAD_INPUTS)
+def test_errors_python_face(make, error, match):
+    latents, mean, std = make()
+    with pytest.raises(error, match=match):
+        jasco_fast.denormalize_transpose(latents, mean, std)
+
+
+@pytest.mark.parametrize("make,error,match", BAD_INPUTS)
+def test_errors_raw_op(make, error, match):
+    latents, mean, std = make()
+    mean = mean if isinstance(mean, torch.Tensor) else torch.tensor(mean)
+    std = std if isinstance(std, torch.Tensor) else torch.tensor(std)
+    with pytest.raises((RuntimeError, NotImplementedError, ValueError, TypeError), match=match):
+        torch.ops.jasco_fast.denorm_transpose(latents, mean, std, None, False)
+
+
+def test_errors_dtype_argument():
+    with pytest.raises(TypeError, match="dtype must be"):
+        jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), 0.0, 1.0, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="dtype must be"):
+        torch.ops.jasco_fast.denorm_transpose(torch.randn(1, 2, 3), torch.tensor(0.0), torch.tensor(1.0),
+                                              torch.int8, False)
+    with pytest.raises(TypeError, match="mean must be a float or a tensor"):
+        jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), "0", 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA: where a GPU exists (the device tool's machines); CI compiles the kernel source below
+
+
+@needs_cuda
+def test_cuda_uses_current_stream_and_matches_cpu():
+    latents = torch.randn(4, 300, 128)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        got = jasco_fast.denormalize_transpose(latents.cuda(), -0.0074, 4.0102, dtype=torch.bfloat16)
+    stream.synchronize()
+    want = jasco_fast.denormalize_transpose(latents, -0.0074, 4.0102, dtype=torch.bfloat16)
+    assert torch.equal(got.cpu(), want)
+
+
+KERNEL = Path(__file__).resolve().parent.parent / "csrc" / "cuda" / "denorm_transpose_kernel.cu"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_cuda_kernel_source_compiles_for_sm80_and_sm90(tmp_path):
+    cmd = ["nvcc", "-c", "-O3", "-std=c++17", "-gencode", "arch=compute_80,code=sm_80",
+           "-gencode", "arch=compute_90,code=sm_90", str(KERNEL), "-o", str(tmp_path / "kernel.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    if shutil.which("cuobjdump"):
+        listing = subprocess.run(["cuobjdump", "--list-elf", str(tmp_path / "kernel.o")], capture_output=True,
+                                 text=True)
+        assert "sm_80" in listing.stdout and "sm_90" in listing.stdout
