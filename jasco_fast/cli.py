@@ -1,0 +1,372 @@
+"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench.
+
+``decode`` turns latent files into audio files; under ``torchrun`` it shards the input files across
+ranks (gloo on CPU, NCCL on GPU), each file decoded by exactly one rank, and rank 0 prints a summary
+gathered from all of them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from jasco_fast.audio import FORMATS, write_batch
+from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.loading import CheckpointError, load_decoder
+from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
+from jasco_fast.pipeline import LatentDecoder
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STRATEGIES = ("peak", "clip", "rms", "loudness", "none")
+LATENT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
+
+
+class UsageError(Exception):
+    """A problem with the command as a whole (exit code 2), as opposed to one bad input file."""
+
+
+def _say(message: str) -> None:
+    print(f"jasco-fast: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
+    """Latents [B, T, D] (float32) from a .pt / .npy / .safetensors file holding [T, D] or [B, T, D], and
+    whether the file held a single [T, D] item."""
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise ValueError("not a readable torch file (truncated, corrupt, or holding Python objects, which "
+                             "are refused)") from None
+        tensor = _pick_tensor(obj)
+    elif suffix == ".npy":
+        import numpy as np
+
+        try:
+            tensor = torch.from_numpy(np.load(path, allow_pickle=False))
+        except Exception:
+            raise ValueError("not a readable .npy file (truncated, corrupt, or holding Python objects, which "
+                             "are refused)") from None
+    elif suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception:
+            raise ValueError("not a readable safetensors file (truncated or corrupt)") from None
+        tensor = _pick_tensor(state)
+    else:
+        raise ValueError(f"unsupported file type {suffix!r} (expected {', '.join(LATENT_SUFFIXES)})")
+    if not tensor.is_floating_point():
+        raise ValueError(f"latents must be floating point, got {tensor.dtype}")
+    single = tensor.dim() == 2
+    if single:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 3:
+        raise ValueError(f"latents must be [T, D] or [B, T, D], got shape {list(tensor.shape)}")
+    if tensor.shape[2] != dimension:
+        raise ValueError(f"latents have D = {tensor.shape[2]}, the decoder expects D = {dimension}")
+    if tensor.shape[1] < 1 or tensor.shape[0] < 1:
+        raise ValueError(f"no frames in latents of shape {list(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ValueError("latents contain NaN or Inf")
+    return tensor.float(), single
+
+
+def _pick_tensor(obj) -> torch.Tensor:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        if isinstance(obj.get("latents"), torch.Tensor):
+            return obj["latents"]
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+        raise ValueError(f"expected one tensor or a 'latents' key, found keys {sorted(map(str, obj))[:6]}")
+    raise ValueError(f"expected a tensor, found {type(obj).__name__}")
+
+
+@dataclass
+class Item:
+    name: str
+    latents: torch.Tensor  # [T, D]
+
+
+@dataclass
+class Summary:
+    decoded: int = 0
+    audio_seconds: float = 0.0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def merge(self, other: "Summary") -> None:
+        self.decoded += other.decoded
+        self.audio_seconds += other.audio_seconds
+        self.skipped += other.skipped
+        self.failures += other.failures
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared set-up
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda, but CUDA is not available here")
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = False) -> Decoder:
+    if checkpoint is None:
+        if not quiet:
+            _say("no --checkpoint: the EnCodec 32 kHz architecture with RANDOM weights, so the audio is noise "
+                 "(pass --checkpoint for real audio)")
+        torch.manual_seed(0)
+        return Decoder(DecoderConfig()).to(device).eval()
+    try:
+        return load_decoder(checkpoint, device=device)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="EnCodec checkpoint: audiocraft compression_state_dict.bin (or its folder), "
+                                        "or a transformers EnCodec folder; default: random weights")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
+    p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
+    p.add_argument("--format", default="wav", choices=FORMATS)
+    p.add_argument("--strategy", default="peak", choices=STRATEGIES, help="loudness normalisation (audio_write)")
+
+
+# --------------------------------------------------------------------------------------------------
+# decode
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
+
+
+def cmd_decode(args) -> int:
+    rank, world = _distributed()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+    usage_error = False
+    try:
+        summary, wall = _decode_shard(args, rank, world)
+    except UsageError as exc:  # still joins the gather below, so the other ranks do not hang
+        _say(str(exc))
+        usage_error = True
+        summary, wall = Summary(failures=[f"rank {rank}: {exc}"]), 0.0
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (summary, wall))
+        total = Summary()
+        for part, _ in gathered:
+            total.merge(part)
+        wall = max(w for _, w in gathered)
+        dist.destroy_process_group()
+    else:
+        total = summary
+    if rank == 0:
+        rtf = total.audio_seconds / wall if wall > 0 else 0.0
+        where = f" on {world} processes" if world > 1 else ""
+        print(f"decoded {total.decoded} items ({total.audio_seconds:.1f} s of audio) in {wall:.2f} s{where}: "
+              f"{rtf:.1f}x real time; {total.skipped} skipped (output exists); {len(total.failures)} failed",
+              flush=True)
+    return 2 if usage_error else (1 if total.failures else 0)
+
+
+def _decode_shard(args, rank: int, world: int) -> tuple[Summary, float]:
+    from tqdm import tqdm
+
+    device = _device(args.device)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = sorted({str(Path(p)) for p in args.latents})[rank::world]
+    decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
+    fast = LatentDecoder(decoder, args.mean, args.std, compile=not args.no_compile, dtype=DTYPES[args.dtype])
+
+    summary = Summary()
+    start = time.perf_counter()
+    items: list[Item] = []
+    names: set[str] = set()
+    for f in files:
+        path = Path(f)
+        try:
+            latents, single = read_latents(path, decoder.dimension)
+        except Exception as exc:  # one line per bad file; the others still run
+            _say(f"{path}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
+            summary.failures.append(str(path))
+            continue
+        stems = [path.stem] if single else [f"{path.stem}_{i}" for i in range(latents.shape[0])]
+        if names & set(stems):
+            _say(f"{path}: output name {sorted(names & set(stems))[0]!r} is taken by another input; rename the file")
+            summary.failures.append(str(path))
+            continue
+        names |= set(stems)
+        for stem, lat in zip(stems, latents):
+            if not args.overwrite and (out_dir / f"{stem}.{args.format}").exists():
+                summary.skipped += 1
+            else:
+                items.append(Item(stem, lat))
+
+    # Equal lengths batch together; padding a shorter item would change the last frames of its audio.
+    by_length: dict[int, list[Item]] = {}
+    for item in items:
+        by_length.setdefault(item.latents.shape[0], []).append(item)
+    batches = [group[i:i + args.batch_size] for _, group in sorted(by_length.items())
+               for i in range(0, len(group), args.batch_size)]
+    frame_rate = decoder.config.frame_rate
+    total = sum(it.latents.shape[0] for it in items) / frame_rate
+    with tqdm(total=round(total, 3), unit="audio-s", desc="decoding", disable=rank != 0 or not items,
+              dynamic_ncols=True, file=sys.stderr) as bar:
+        for batch in batches:
+            audio = fast(torch.stack([it.latents for it in batch]))
+            stems = [str(out_dir / it.name) for it in batch]
+            try:
+                write_batch(audio, stems, fast.sample_rate, format=args.format, strategy=args.strategy)
+            except Exception as exc:
+                _say(f"writing {', '.join(it.name for it in batch)}: {exc}")
+                summary.failures += [it.name for it in batch]
+                continue
+            seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
+            summary.decoded += len(batch)
+            summary.audio_seconds += seconds
+            bar.update(min(seconds, bar.total - bar.n))  # no overshoot from float rounding
+    return summary, time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args) -> int:
+    device = _device(args.device)
+    decoder = build_decoder(args.checkpoint, device, quiet=True)
+    if args.checkpoint is None:
+        print("weights: RANDOM (no --checkpoint given), EnCodec 32 kHz architecture: the audio is noise, "
+              "the timing is real")
+    else:
+        print(f"weights: {args.checkpoint}")
+    frames = max(1, round(args.seconds * decoder.config.frame_rate))
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(args.batch_size, frames, decoder.dimension, generator=gen).to(device)
+    fast = LatentDecoder(decoder, compile=not args.no_compile, dtype=DTYPES[args.dtype])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    t0 = time.perf_counter()
+    fast(latents)
+    sync()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    audio = fast(latents)
+    sync()
+    warm = time.perf_counter() - t0
+    audio_seconds = args.batch_size * frames / decoder.config.frame_rate
+    out_dir = Path(args.out_dir)
+    paths = write_batch(audio, [str(out_dir / f"demo_{i}") for i in range(args.batch_size)], fast.sample_rate,
+                        format=args.format, make_parent_dir=True)
+    mode = "eager" if args.no_compile else "torch.compile"
+    print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "
+          f"{args.dtype}, {device}):")
+    print(f"  first call {first:.2f} s (includes compilation), warm call {warm:.3f} s: "
+          f"{audio_seconds / warm:.1f}x real time")
+    for p in paths:
+        print(f"  wrote {p}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# bench
+
+BENCHMARKS = {"denorm_transpose": "bench_denorm_transpose.py", "decode": "bench_decode.py"}
+
+
+def cmd_bench(args) -> int:
+    import jasco_fast
+
+    folder = Path(jasco_fast.__file__).resolve().parent.parent / "benchmarks"
+    unknown = sorted(set(args.which) - set(BENCHMARKS))
+    if unknown:
+        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
+    for name in args.which or list(BENCHMARKS):
+        script = folder / BENCHMARKS[name]
+        if not script.is_file():
+            raise UsageError(f"benchmark {script} not found: the benchmarks ship with the source tree "
+                             f"(install with `pip install -e .` from a clone)")
+        spec = importlib.util.spec_from_file_location(f"jasco_fast_bench_{name}", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.main(["--device", args.device] + (["--quick"] if args.quick else []))
+        print()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jasco-fast", description="Decode JASCO latents to audio, fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("decode", help="decode latent files (.pt/.npy/.safetensors, [T, D] or [B, T, D]) to audio "
+                                      "files; under torchrun the files are sharded across processes")
+    p.add_argument("latents", nargs="+", help="latent files")
+    p.add_argument("--out-dir", required=True, help="folder for the audio files (one per item)")
+    _add_decoding_options(p)
+    p.add_argument("--batch-size", type=_positive_int, default=8,
+                   help="items of equal length decoded together (default 8)")
+    p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN, help=f"latent mean (default {JASCO_LATENT_MEAN})")
+    p.add_argument("--std", type=float, default=JASCO_LATENT_STD, help=f"latent std (default {JASCO_LATENT_STD})")
+    p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("demo", help="decode example latents on the built-in default and print the timing")
+    p.add_argument("--out-dir", default="jasco_fast_demo")
+    _add_decoding_options(p)
+    p.add_argument("--seconds", type=float, default=10.0, help="audio seconds per item (default 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=1)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run the benchmarks and print their tables")
+    p.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        _say(str(exc))
+        return 2

@@ -1,0 +1,143 @@
+"""The jasco-fast command line on temporary folders: decode, skip, bad inputs, demo, torchrun."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import save_file
+
+from jasco_fast.cli import main
+
+HOP, RATE, D = 8, 8000, 8  # the tiny checkpoint (tests/checkpoints.py TINY_HF)
+
+
+def write_inputs(folder, lengths=(("a", (40, D)), ("b", (2, 40, D)), ("c", (25, D)))):
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, (name, shape) in enumerate(lengths):
+        latents = torch.randn(shape)
+        path = folder / f"{name}{['.pt', '.npy', '.safetensors'][i % 3]}"
+        if path.suffix == ".pt":
+            torch.save(latents, path)
+        elif path.suffix == ".npy":
+            np.save(path, latents.numpy())
+        else:
+            save_file({"latents": latents}, str(path))
+        files.append(path)
+    return files
+
+
+def decode(files, out, checkpoint, *extra):
+    return main(["decode", *map(str, files), "--out-dir", str(out), "--checkpoint", str(checkpoint),
+                 "--no-compile", *extra])
+
+
+def test_decode_every_input_format_and_batching(tmp_path, tiny_hf_checkpoint, capsys):
+    files = write_inputs(tmp_path / "in")
+    assert decode(files, tmp_path / "out", tiny_hf_checkpoint, "--batch-size", "2") == 0
+    expected = {"a.wav": 40, "b_0.wav": 40, "b_1.wav": 40, "c.wav": 25}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(expected)
+    for name, frames in expected.items():
+        info = sf.info(str(tmp_path / "out" / name))
+        assert info.samplerate == RATE and info.frames == frames * HOP and info.channels == 1
+    assert "decoded 4 items" in capsys.readouterr().out
+
+
+def test_skip_existing_and_overwrite(tmp_path, tiny_hf_checkpoint, capsys):
+    files = write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    assert decode(files, out, tiny_hf_checkpoint) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert decode(files, out, tiny_hf_checkpoint) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    printed = capsys.readouterr().out
+    assert "decoded 0 items" in printed and "4 skipped" in printed
+    assert decode(files, out, tiny_hf_checkpoint, "--overwrite") == 0
+    assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.iterdir())
+
+
+def test_bad_inputs_are_reported_one_line_each_and_the_rest_finish(tmp_path, tiny_hf_checkpoint, capsys):
+    good = write_inputs(tmp_path / "in", (("good", (30, D)),))
+    corrupt = tmp_path / "in" / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    wrong_d = tmp_path / "in" / "wrong_d.npy"
+    np.save(wrong_d, np.zeros((30, D + 1), dtype=np.float32))
+    rank4 = tmp_path / "in" / "rank4.pt"
+    torch.save(torch.zeros(1, 1, 30, D), rank4)
+    integer = tmp_path / "in" / "integer.pt"
+    torch.save(torch.zeros(30, D, dtype=torch.int64), integer)
+    nan = tmp_path / "in" / "nan.pt"
+    torch.save(torch.full((30, D), float("nan")), nan)
+    code = decode([*good, corrupt, wrong_d, rank4, integer, nan], tmp_path / "out", tiny_hf_checkpoint)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert (tmp_path / "out" / "good.wav").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.wav"]
+    lines = [line for line in err.splitlines() if line.startswith("jasco-fast: ")]
+    for path, problem in [(corrupt, "not a readable torch file"), (wrong_d, "D = 9"), (rank4, "[T, D] or [B, T, D]"),
+                          (integer, "floating point"), (nan, "NaN")]:
+        assert sum(str(path) in line and problem in line for line in lines) == 1, (path, err)
+
+
+def test_formats_and_strategy(tmp_path, tiny_hf_checkpoint):
+    files = write_inputs(tmp_path / "in", (("x", (100, D)),))
+    assert decode(files, tmp_path / "out", tiny_hf_checkpoint, "--format", "flac", "--strategy", "rms") == 0
+    data, rate = sf.read(str(tmp_path / "out" / "x.flac"))
+    assert rate == RATE and len(data) == 100 * HOP and np.abs(data).max() > 0
+
+
+def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
+    files = write_inputs(tmp_path / "in", (("x", (10, D)),))
+    assert decode(files, tmp_path / "out", tmp_path / "missing") == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_demo_on_the_default_architecture(tmp_path, capsys):
+    assert main(["demo", "--seconds", "0.2", "--no-compile", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM" in out and "real time" in out and "first call" in out
+    info = sf.info(str(tmp_path / "demo_0.wav"))
+    assert info.samplerate == 32000 and info.frames == 10 * 640
+
+
+def test_demo_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
+    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
+                 "--out-dir", str(tmp_path)]) == 0
+    assert "torch.compile" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
+
+
+def test_module_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "jasco_fast", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "decode" in result.stdout and "demo" in result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_shard_the_files(tmp_path, tiny_hf_checkpoint):
+    files = write_inputs(tmp_path / "in", tuple((f"f{i}", (20 + i, D)) for i in range(5)))
+    files.append(tmp_path / "in" / "broken.pt")
+    files[-1].write_bytes(b"broken")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "jasco_fast", "decode", *map(str, files), "--out-dir", str(out),
+           "--checkpoint", str(tiny_hf_checkpoint), "--no-compile"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # every good file decoded exactly once, by one of the two ranks
+    assert sorted(p.name for p in out.iterdir()) == [f"f{i}.wav" for i in range(5)]
+    assert result.stdout.count("decoded 5 items") == 1, result.stdout + result.stderr
+    assert "on 2 processes" in result.stdout and "1 failed" in result.stdout
+    assert result.stderr.count("broken.pt: not a readable torch file") == 1
+    assert result.returncode != 0  # a failed input makes the whole run fail
