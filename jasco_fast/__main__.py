@@ -1,4 +1,7 @@
-"""python -m jasco_fast: the jasco-fast command line (also what torchrun -m jasco_fast runs)."""
+"""python -m jasco_fast: the jasco-fast command line (also what ``torchrun -m jasco_fast`` runs)."""
+import sys
+
 from jasco_fast.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    sys.exit(main())

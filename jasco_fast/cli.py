@@ -54,10 +54,13 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
         import numpy as np
 
         try:
-            tensor = torch.from_numpy(np.load(path, allow_pickle=False))
+            array = np.load(path, allow_pickle=False)
         except Exception:
             raise ValueError("not a readable .npy file (truncated, corrupt, or holding Python objects, which "
                              "are refused)") from None
+        if array.dtype.kind not in "fiub":
+            raise ValueError(f"latents must be floating point, got numpy dtype {array.dtype}")
+        tensor = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=False))
     elif suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -105,10 +108,15 @@ class Item:
 
 @dataclass
 class Summary:
+    rank: int = 0
     decoded: int = 0
     audio_seconds: float = 0.0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"rank {self.rank}: {self.decoded} items, {self.audio_seconds:.1f} audio s, {self.skipped} skipped, "
+                f"{len(self.failures)} failed")
 
     def merge(self, other: "Summary") -> None:
         self.decoded += other.decoded
@@ -151,6 +159,15 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
     p.add_argument("--format", default="wav", choices=FORMATS)
     p.add_argument("--strategy", default="peak", choices=STRATEGIES, help="loudness normalisation (audio_write)")
+    p.add_argument("--mp3-rate", type=_positive_int, default=None,
+                   help="MP3 bitrate in kbps (default: the highest the sample rate allows: 320 at >= 32 kHz, "
+                        "160 at 16-24 kHz, 64 below)")
+
+
+def _mp3_rate(requested: int | None, sample_rate: int) -> int:
+    if requested is not None:
+        return requested
+    return 320 if sample_rate >= 32000 else 160 if sample_rate >= 16000 else 64
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,70 +175,102 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
 
 
 def _distributed() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) outside torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
 
 
 def cmd_decode(args) -> int:
     rank, world = _distributed()
+    device = _device(args.device)  # before init: no CUDA is the same usage error on every rank, nobody waits
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     usage_error = False
     try:
-        summary, wall = _decode_shard(args, rank, world)
+        summary, wall = _decode_shard(args, device, rank, world)
     except UsageError as exc:  # still joins the gather below, so the other ranks do not hang
         _say(str(exc))
         usage_error = True
-        summary, wall = Summary(failures=[f"rank {rank}: {exc}"]), 0.0
+        summary, wall = Summary(rank=rank, failures=[f"rank {rank}: {exc}"]), 0.0
+    except Exception as exc:
+        if world == 1:
+            raise
+        import traceback
+
+        traceback.print_exc()  # an unexpected error on one rank: report it, and still join the gather
+        summary, wall = Summary(rank=rank, failures=[f"rank {rank}: {type(exc).__name__}: {exc}"]), 0.0
+    parts = [(summary, wall)]
     if world > 1:
         import torch.distributed as dist
 
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (summary, wall))
-        total = Summary()
-        for part, _ in gathered:
-            total.merge(part)
-        wall = max(w for _, w in gathered)
+        parts = [None] * world
+        dist.all_gather_object(parts, (summary, wall))  # every rank learns whether any rank failed
         dist.destroy_process_group()
-    else:
-        total = summary
+    total = Summary(rank=-1)
+    for part, _ in parts:
+        total.merge(part)
+    wall = max(w for _, w in parts)  # the ranks run side by side: the job took as long as the slowest
     if rank == 0:
+        if world > 1:
+            for part, part_wall in parts:
+                print(f"  {part.line()}, {part_wall:.2f} wall s", flush=True)
         rtf = total.audio_seconds / wall if wall > 0 else 0.0
         where = f" on {world} processes" if world > 1 else ""
-        print(f"decoded {total.decoded} items ({total.audio_seconds:.1f} s of audio) in {wall:.2f} s{where}: "
-              f"{rtf:.1f}x real time; {total.skipped} skipped (output exists); {len(total.failures)} failed",
-              flush=True)
+        print(f"decoded {total.decoded} items ({total.audio_seconds:.1f} audio s) in {wall:.2f} wall s{where}: "
+              f"real-time factor {rtf:.1f}x; {total.skipped} skipped (output exists, --overwrite rewrites); "
+              f"{len(total.failures)} failed", flush=True)
     return 2 if usage_error else (1 if total.failures else 0)
 
 
-def _decode_shard(args, rank: int, world: int) -> tuple[Summary, float]:
+def _output_stems(files: list[str]) -> dict[str, str]:
+    """File -> why it cannot be decoded, for files whose name (stem) an earlier file in the sorted list already
+    has: their outputs would overwrite each other. Decided on the full list, so every rank agrees."""
+    first: dict[str, str] = {}
+    clashes = {}
+    for f in files:
+        stem = Path(f).stem
+        if stem in first:
+            clashes[f] = f"its output names clash with those of {first[stem]} (same file name); rename one of them"
+        else:
+            first[stem] = f
+    return clashes
+
+
+def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Summary, float]:
     from tqdm import tqdm
 
-    device = _device(args.device)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted({str(Path(p)) for p in args.latents})[rank::world]
+    all_files = sorted({str(Path(p)) for p in args.latents})  # the same list on every rank
+    clashes = _output_stems(all_files)
+    files = all_files[rank::world]  # each file decoded by exactly one rank
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
     fast = LatentDecoder(decoder, args.mean, args.std, compile=not args.no_compile, dtype=DTYPES[args.dtype])
 
-    summary = Summary()
+    summary = Summary(rank=rank)
     start = time.perf_counter()
     items: list[Item] = []
     names: set[str] = set()
+
+    def fail(path, problem: str) -> None:  # one line per bad input; the others still run
+        _say(f"{path}: {(str(problem).strip().splitlines() or ['error'])[0]}")
+        summary.failures.append(str(path))
+
     for f in files:
         path = Path(f)
+        if f in clashes:
+            fail(path, clashes[f])
+            continue
         try:
             latents, single = read_latents(path, decoder.dimension)
-        except Exception as exc:  # one line per bad file; the others still run
-            _say(f"{path}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
-            summary.failures.append(str(path))
+        except Exception as exc:
+            fail(path, str(exc) or type(exc).__name__)
             continue
         stems = [path.stem] if single else [f"{path.stem}_{i}" for i in range(latents.shape[0])]
-        if names & set(stems):
-            _say(f"{path}: output name {sorted(names & set(stems))[0]!r} is taken by another input; rename the file")
-            summary.failures.append(str(path))
+        if names & set(stems):  # e.g. "x_0.pt" holding [T, D] next to "x.pt" holding [B, T, D]
+            fail(path, f"output name {sorted(names & set(stems))[0]!r} is taken by another input; rename the file")
             continue
         names |= set(stems)
         for stem, lat in zip(stems, latents):
@@ -230,7 +279,8 @@ def _decode_shard(args, rank: int, world: int) -> tuple[Summary, float]:
             else:
                 items.append(Item(stem, lat))
 
-    # Equal lengths batch together; padding a shorter item would change the last frames of its audio.
+    # Only items of EQUAL length T share a batch (sorted by T): padding a shorter item to a longer one would
+    # change the last frames of its audio (the decoder's convolutions and LSTM see the padding).
     by_length: dict[int, list[Item]] = {}
     for item in items:
         by_length.setdefault(item.latents.shape[0], []).append(item)
@@ -238,15 +288,18 @@ def _decode_shard(args, rank: int, world: int) -> tuple[Summary, float]:
                for i in range(0, len(group), args.batch_size)]
     frame_rate = decoder.config.frame_rate
     total = sum(it.latents.shape[0] for it in items) / frame_rate
-    with tqdm(total=round(total, 3), unit="audio-s", desc="decoding", disable=rank != 0 or not items,
+    # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
+    with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds", disable=rank != 0 or not items,
               dynamic_ncols=True, file=sys.stderr) as bar:
         for batch in batches:
-            audio = fast(torch.stack([it.latents for it in batch]))
-            stems = [str(out_dir / it.name) for it in batch]
+            names_in_batch = ", ".join(it.name for it in batch)
             try:
-                write_batch(audio, stems, fast.sample_rate, format=args.format, strategy=args.strategy)
-            except Exception as exc:
-                _say(f"writing {', '.join(it.name for it in batch)}: {exc}")
+                audio = fast(torch.stack([it.latents for it in batch]))
+                write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
+                            strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
+            except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
+                _say(f"decoding {names_in_batch}: {type(exc).__name__}: "
+                     f"{(str(exc).strip().splitlines() or [''])[0]}")
                 summary.failures += [it.name for it in batch]
                 continue
             seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
@@ -271,7 +324,11 @@ def cmd_demo(args) -> int:
     frames = max(1, round(args.seconds * decoder.config.frame_rate))
     gen = torch.Generator().manual_seed(0)
     latents = torch.randn(args.batch_size, frames, decoder.dimension, generator=gen).to(device)
+    print(f"latents: seeded N(0, 1) example, [{args.batch_size}, {frames}, {decoder.dimension}] "
+          f"(JASCO's latents are normalised to about N(0, 1))")
     fast = LatentDecoder(decoder, compile=not args.no_compile, dtype=DTYPES[args.dtype])
+    if not args.no_compile:
+        print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     t0 = time.perf_counter()
@@ -285,12 +342,14 @@ def cmd_demo(args) -> int:
     audio_seconds = args.batch_size * frames / decoder.config.frame_rate
     out_dir = Path(args.out_dir)
     paths = write_batch(audio, [str(out_dir / f"demo_{i}") for i in range(args.batch_size)], fast.sample_rate,
-                        format=args.format, make_parent_dir=True)
+                        format=args.format, strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate),
+                        make_parent_dir=True)
     mode = "eager" if args.no_compile else "torch.compile"
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "
           f"{args.dtype}, {device}):")
-    print(f"  first call {first:.2f} s (includes compilation), warm call {warm:.3f} s: "
-          f"{audio_seconds / warm:.1f}x real time")
+    print(f"  first call {first:.2f} s{' (includes compilation)' if not args.no_compile else ''}, "
+          f"warm call {warm:.3f} s: real-time factor {audio_seconds / warm:.1f}x "
+          f"({audio_seconds:g} audio s / {warm:.3f} wall s)")
     for p in paths:
         print(f"  wrote {p}")
     return 0
@@ -331,11 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("decode", help="decode latent files (.pt/.npy/.safetensors, [T, D] or [B, T, D]) to audio "
                                       "files; under torchrun the files are sharded across processes")
-    p.add_argument("latents", nargs="+", help="latent files")
+    p.description = ("Decode latent files to one audio file per item: <stem>.<format> for a [T, D] file, "
+                     "<stem>_<i>.<format> for each item of a [B, T, D] file. Files that cannot be read are reported "
+                     "(exit code 1) and the others still finish. Several processes: torchrun --nproc-per-node N "
+                     "-m jasco_fast decode ... (the files are shared out across the processes).")
+    p.add_argument("latents", nargs="+", help=".pt / .npy / .safetensors files holding [T, D] or [B, T, D] latents "
+                                              "(a dict or safetensors file: its one tensor, or its 'latents' key)")
     p.add_argument("--out-dir", required=True, help="folder for the audio files (one per item)")
     _add_decoding_options(p)
     p.add_argument("--batch-size", type=_positive_int, default=8,
-                   help="items of equal length decoded together (default 8)")
+                   help="items of EQUAL length T decoded together (default 8); items are never padded to a "
+                        "common length, since padding would change the end of their audio")
     p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN, help=f"latent mean (default {JASCO_LATENT_MEAN})")
     p.add_argument("--std", type=float, default=JASCO_LATENT_STD, help=f"latent std (default {JASCO_LATENT_STD})")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
@@ -344,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="decode example latents on the built-in default and print the timing")
     p.add_argument("--out-dir", default="jasco_fast_demo")
     _add_decoding_options(p)
-    p.add_argument("--seconds", type=float, default=10.0, help="audio seconds per item (default 10)")
+    p.add_argument("--seconds", type=_positive_float, default=10.0, help="audio seconds per item (default 10)")
     p.add_argument("--batch-size", type=_positive_int, default=1)
     p.set_defaults(func=cmd_demo)
 
@@ -360,6 +425,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number")
     return value
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,7 +47,30 @@ def test_decode_every_input_format_and_batching(tmp_path, tiny_hf_checkpoint, ca
     for name, frames in expected.items():
         info = sf.info(str(tmp_path / "out" / name))
         assert info.samplerate == RATE and info.frames == frames * HOP and info.channels == 1
-    assert "decoded 4 items" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "decoded 4 items" in captured.out and "real-time factor" in captured.out
+    # the progress bar counts audio seconds: total = 145 frames / 1000 frames per s
+    assert "decoding audio seconds" in captured.err and "0.145/0.145" in captured.err and "s/s" in captured.err
+
+
+def test_pt_and_safetensors_dicts_with_one_tensor(tmp_path, tiny_hf_checkpoint):
+    (tmp_path / "in").mkdir()
+    torch.save({"anything": torch.randn(12, D)}, tmp_path / "in" / "p.pt")
+    save_file({"z": torch.randn(3, 12, D)}, str(tmp_path / "in" / "s.safetensors"))
+    torch.save({"x": torch.randn(12, D), "y": torch.randn(12, D)}, tmp_path / "in" / "two.pt")
+    code = decode(sorted((tmp_path / "in").iterdir()), tmp_path / "out", tiny_hf_checkpoint)
+    assert code == 1  # two.pt: two tensors and no 'latents' key is ambiguous
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p.wav", "s_0.wav", "s_1.wav", "s_2.wav"]
+
+
+def test_items_of_one_file_are_decoded_independently_of_batching(tmp_path, tiny_hf_checkpoint):
+    files = write_inputs(tmp_path / "in", (("b", (3, 16, D)),))
+    decode(files, tmp_path / "one", tiny_hf_checkpoint, "--batch-size", "1", "--strategy", "none")
+    decode(files, tmp_path / "all", tiny_hf_checkpoint, "--batch-size", "3", "--strategy", "none")
+    for i in range(3):
+        a, _ = sf.read(str(tmp_path / "one" / f"b_{i}.wav"))
+        b, _ = sf.read(str(tmp_path / "all" / f"b_{i}.wav"))
+        np.testing.assert_allclose(a, b, atol=2 / 32768)
 
 
 def test_skip_existing_and_overwrite(tmp_path, tiny_hf_checkpoint, capsys):
@@ -59,8 +83,22 @@ def test_skip_existing_and_overwrite(tmp_path, tiny_hf_checkpoint, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     printed = capsys.readouterr().out
     assert "decoded 0 items" in printed and "4 skipped" in printed
+    (out / "a.wav").unlink()  # only the missing one is decoded
+    assert decode(files, out, tiny_hf_checkpoint) == 0
+    assert "decoded 1 items" in capsys.readouterr().out
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     assert decode(files, out, tiny_hf_checkpoint, "--overwrite") == 0
+    assert "decoded 4 items" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns != stamps[p.name] for p in out.iterdir())
+
+
+def test_inputs_whose_outputs_would_clash(tmp_path, tiny_hf_checkpoint, capsys):
+    (tmp_path / "in").mkdir()
+    torch.save(torch.randn(10, D), tmp_path / "in" / "x.pt")
+    np.save(tmp_path / "in" / "x.npy", np.zeros((10, D), dtype=np.float32))
+    assert decode([tmp_path / "in" / "x.pt", tmp_path / "in" / "x.npy"], tmp_path / "out", tiny_hf_checkpoint) == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.wav"]
+    assert "x.pt: its output names clash with those of" in capsys.readouterr().err
 
 
 def test_bad_inputs_are_reported_one_line_each_and_the_rest_finish(tmp_path, tiny_hf_checkpoint, capsys):
@@ -86,11 +124,34 @@ def test_bad_inputs_are_reported_one_line_each_and_the_rest_finish(tmp_path, tin
         assert sum(str(path) in line and problem in line for line in lines) == 1, (path, err)
 
 
-def test_formats_and_strategy(tmp_path, tiny_hf_checkpoint):
+@pytest.mark.parametrize("fmt", ["flac", "mp3"])
+def test_formats_and_strategy(tmp_path, tiny_hf_checkpoint, fmt):
     files = write_inputs(tmp_path / "in", (("x", (100, D)),))
-    assert decode(files, tmp_path / "out", tiny_hf_checkpoint, "--format", "flac", "--strategy", "rms") == 0
-    data, rate = sf.read(str(tmp_path / "out" / "x.flac"))
-    assert rate == RATE and len(data) == 100 * HOP and np.abs(data).max() > 0
+    assert decode(files, tmp_path / "out", tiny_hf_checkpoint, "--format", fmt, "--strategy", "rms") == 0
+    data, rate = sf.read(str(tmp_path / "out" / f"x.{fmt}"))
+    assert rate == RATE and np.abs(data).max() > 0
+    if fmt == "flac":
+        assert len(data) == 100 * HOP
+    else:  # LAME pads the start and end by up to a frame
+        assert abs(len(data) - 100 * HOP) <= 2 * 1152
+
+
+def test_decode_without_checkpoint_says_the_weights_are_random(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    torch.save(torch.randn(5, 128), tmp_path / "in" / "r.pt")
+    assert main(["decode", str(tmp_path / "in" / "r.pt"), "--out-dir", str(tmp_path / "out"), "--no-compile"]) == 0
+    err = capsys.readouterr().err
+    assert "RANDOM" in err and "noise" in err
+    info = sf.info(str(tmp_path / "out" / "r.wav"))
+    assert info.samplerate == 32000 and info.frames == 5 * 640
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_without_cuda_is_a_clear_error(tmp_path, tiny_hf_checkpoint, capsys):
+    files = write_inputs(tmp_path / "in", (("x", (10, D)),))
+    assert decode(files, tmp_path / "out", tiny_hf_checkpoint, "--device", "cuda") == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert main(["demo", "--device", "cuda", "--out-dir", str(tmp_path / "demo")]) == 2
 
 
 def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
@@ -102,7 +163,7 @@ def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
 def test_demo_on_the_default_architecture(tmp_path, capsys):
     assert main(["demo", "--seconds", "0.2", "--no-compile", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM" in out and "real time" in out and "first call" in out
+    assert "RANDOM" in out and "real-time factor" in out and "first call" in out and "warm call" in out
     info = sf.info(str(tmp_path / "demo_0.wav"))
     assert info.samplerate == 32000 and info.frames == 10 * 640
 
@@ -112,6 +173,26 @@ def test_demo_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
                  "--out-dir", str(tmp_path)]) == 0
     assert "torch.compile" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
+
+
+def test_bench_runs_the_scripts_next_to_the_package(tmp_path, monkeypatch, capsys):
+    import jasco_fast
+
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    for name in ("bench_denorm_transpose", "bench_decode"):
+        (bench / f"{name}.py").write_text(f"def main(argv=None):\n    print('TABLE {name}', argv)\n    return {{}}\n")
+    monkeypatch.setattr(jasco_fast, "__file__", str(tmp_path / "jasco_fast" / "__init__.py"))
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "TABLE bench_denorm_transpose ['--device', 'cpu', '--quick']" in out
+    assert "TABLE bench_decode ['--device', 'cpu', '--quick']" in out
+    assert main(["bench", "decode"]) == 0
+    assert "bench_denorm" not in capsys.readouterr().out
+    assert main(["bench", "nope"]) == 2
+    (bench / "bench_decode.py").unlink()
+    assert main(["bench", "decode"]) == 2
+    assert "not found" in capsys.readouterr().err
 
 
 def test_module_entry_point_help():
@@ -139,5 +220,8 @@ def test_torchrun_two_processes_shard_the_files(tmp_path, tiny_hf_checkpoint):
     assert sorted(p.name for p in out.iterdir()) == [f"f{i}.wav" for i in range(5)]
     assert result.stdout.count("decoded 5 items") == 1, result.stdout + result.stderr
     assert "on 2 processes" in result.stdout and "1 failed" in result.stdout
+    # the gathered per-rank counts: each file decoded by exactly one rank (5 in all, both ranks busy)
+    per_rank = [int(m) for m in re.findall(r"rank \d: (\d+) items", result.stdout)]
+    assert len(per_rank) == 2 and sum(per_rank) == 5 and min(per_rank) >= 2, result.stdout
     assert result.stderr.count("broken.pt: not a readable torch file") == 1
     assert result.returncode != 0  # a failed input makes the whole run fail
