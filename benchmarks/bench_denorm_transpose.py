@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
     result = {"benchmark": "denorm_transpose", "device": device_name(args.device), "device_type": args.device,
               "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
               "rounds": rounds, "rows": rows,
-              "command": "python benchmarks/bench_denorm_transpose.py " + " ".join(argv or [])}
+              "command": "python benchmarks/bench_denorm_transpose.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     print_table(result)
     out = args.out or RESULTS / f"denorm_transpose_{args.device}{'_quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,9 @@
 
 ``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
 ``(latents * std + mean).permute(0, 2, 1)`` (and the cast to ``dtype``) in one pass over memory. The
-arithmetic is float32 (float64 for float64 latents), rounded once to the output dtype. The kernels live in ``csrc/``; this module adds the fake (meta) kernel that lets torch.compile
-trace through the op and the autograd formula.
+arithmetic is float32 (float64 when latents or the output are float64), rounded once to the output dtype.
+The kernels live in ``csrc/``; this module adds the fake (meta) kernel that lets torch.compile trace
+through the op, and the autograd formula.
 """
 from __future__ import annotations
 
@@ -44,12 +45,13 @@ def _check(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) 
     return dtype or latents.dtype
 
 
-def _as_statistic(value, latents: torch.Tensor, name: str) -> torch.Tensor:
+def _as_statistic(value, latents: torch.Tensor, name: str, dtype) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"denormalize_transpose: {name} must be a float or a tensor, got {type(value).__name__}")
-    wide = torch.float64 if latents.dtype == torch.float64 else torch.float32
+    # the op's compute type: float64 when latents or the output are float64, else float32
+    wide = torch.float64 if torch.float64 in (latents.dtype, dtype) else torch.float32
     return torch.tensor(float(value), dtype=wide, device=latents.device)
 
 
@@ -66,8 +68,8 @@ def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtyp
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"denormalize_transpose: latents must be a tensor, got {type(latents).__name__}")
-    mean = _as_statistic(mean, latents, "mean")
-    std = _as_statistic(std, latents, "std")
+    mean = _as_statistic(mean, latents, "mean", dtype)
+    std = _as_statistic(std, latents, "std", dtype)
     _check(latents, mean, std, dtype)
     return torch.ops.jasco_fast.denorm_transpose.default(latents, mean, std, dtype, bool(channels_last))
 

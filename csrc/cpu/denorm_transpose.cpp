@@ -12,7 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -31,20 +30,20 @@ struct Geometry {
   int64_t sb, st, sd;  // input strides, in elements
 };
 
-// Blocked transpose tile: kTileT time steps x kTileD channels. Chosen by measurement on [16, 1500, 128]
-// (benchmarks/NOTES_denorm_transpose.md).
-int64_t env_or(const char* name, int64_t fallback) {
-  const char* v = std::getenv(name);
-  return v ? std::atoll(v) : fallback;
-}
-const int64_t kTileT = env_or("JF_TT", 64);
-const int64_t kTileD = env_or("JF_TD", 64);
+// Blocked transpose tiles of kTileT time steps x kTileD channels, chosen by measurement on [16, 1500, 128]
+// float32 (benchmarks/NOTES_denorm_transpose.md): long runs along T keep the 16 output rows of a tile
+// streaming, and the tile's 16 channels are one 64-byte line of each float32 input row.
+constexpr int64_t kTileT = 512;
+constexpr int64_t kTileD = 16;
+// Output lines are prefetched for writing this many elements ahead of the 8 x 8 blocks.
+constexpr int64_t kPrefetchOut = 128;
 
 #ifdef JASCO_FAST_X86
-#define JF_AVX2 __attribute__((target("avx2,f16c")))
+#define JF_AVX2 __attribute__((target("avx2,f16c,prfchw")))
 
 bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                          __builtin_cpu_supports("prfchw");
   return yes;
 }
 
@@ -56,6 +55,21 @@ JF_AVX2 inline __m256 load8(const c10::Half* p) {
 JF_AVX2 inline __m256 load8(const c10::BFloat16* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+// Rows a and b, 4 values each -> [a0..a3 | b0..b3] as float32 lanes. For float32 the second half is a
+// memory-operand vinsertf128 (a load, not a shuffle), which keeps the 8 x 8 transpose below at 16 shuffles.
+JF_AVX2 inline __m128 load4(const float* p) { return _mm_loadu_ps(p); }
+JF_AVX2 inline __m128 load4(const c10::Half* p) {
+  return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+JF_AVX2 inline __m128 load4(const c10::BFloat16* p) {
+  const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm_castsi128_ps(_mm_slli_epi32(w, 16));
+}
+template <typename in_t>
+JF_AVX2 inline __m256 load4x2(const in_t* a, const in_t* b) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(load4(a)), load4(b), 1);
 }
 
 // float32 lanes -> 8 values, rounded to nearest even exactly as c10::Half / c10::BFloat16 do.
@@ -73,39 +87,41 @@ JF_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 
-// Transposes an 8 x 8 block held as 8 row registers into 8 column registers.
-JF_AVX2 inline void transpose8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-  }
-}
-
 // One tile: in at (t0, d0) with row stride st (D contiguous), out at (d0, t0) with row stride T.
-// Full 8 x 8 blocks in registers, the ragged edges in scalar code.
+// Full 8 x 8 blocks in registers, the ragged edges in scalar code. Each block: rows t..t+3 paired with
+// t+4..t+7 by 128-bit halves at load time, scale and shift, then unpack + shuffle (16 shuffles per 64 values)
+// give the 8 channel rows.
 template <typename in_t, typename out_t>
 JF_AVX2 void transpose_tile_avx2(const in_t* in, int64_t st, out_t* out, int64_t T, const float* s, const float* m,
                                  int64_t tn, int64_t dn) {
   const int64_t tn8 = tn / 8 * 8, dn8 = dn / 8 * 8;
-  for (int64_t t = 0; t < tn8; t += 8) {
-    for (int64_t d = 0; d < dn8; d += 8) {
-      const __m256 S = _mm256_loadu_ps(s + d), M = _mm256_loadu_ps(m + d);
-      __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_add_ps(_mm256_mul_ps(load8(in + (t + i) * st + d), S), M);
-      transpose8(r);
-      for (int i = 0; i < 8; ++i) store8(out + (d + i) * T + t, r[i]);
+  auto block = [&](int64_t t, int64_t d) JF_AVX2 {
+    const in_t* row = in + t * st;
+    const __m256 S0 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + d));
+    const __m256 S1 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(s + d + 4));
+    const __m256 M0 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(m + d));
+    const __m256 M1 = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(m + d + 4));
+    __m256 r[8];  // r[i]: rows t+i | t+i+4, channels d..d+3 (i < 4) or d+4..d+7 (i >= 4)
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm256_add_ps(_mm256_mul_ps(load4x2(row + i * st + d, row + (i + 4) * st + d), S0), M0);
+      r[i + 4] = _mm256_add_ps(_mm256_mul_ps(load4x2(row + i * st + d + 4, row + (i + 4) * st + d + 4), S1), M1);
     }
+    for (int h = 0; h < 2; ++h) {  // h = 0: channels d..d+3, h = 1: d+4..d+7
+      const __m256 t0 = _mm256_unpacklo_ps(r[4 * h + 0], r[4 * h + 1]);
+      const __m256 t1 = _mm256_unpackhi_ps(r[4 * h + 0], r[4 * h + 1]);
+      const __m256 t2 = _mm256_unpacklo_ps(r[4 * h + 2], r[4 * h + 3]);
+      const __m256 t3 = _mm256_unpackhi_ps(r[4 * h + 2], r[4 * h + 3]);
+      out_t* o = out + (d + 4 * h) * T + t;
+      store8(o, _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)));
+      store8(o + T, _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2)));
+      store8(o + 2 * T, _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)));
+      store8(o + 3 * T, _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+  };
+  for (int64_t t = 0; t < tn8; t += 8) {
+    if (t % 16 == 0 && t + kPrefetchOut < tn)
+      for (int64_t d = 0; d < dn; ++d) __builtin_prefetch(out + d * T + t + kPrefetchOut, 1, 3);
+    for (int64_t d = 0; d < dn8; d += 8) block(t, d);
   }
   for (int64_t d = 0; d < dn; ++d)  // the last tn % 8 time steps, every channel
     for (int64_t t = tn8; t < tn; ++t)
@@ -115,12 +131,16 @@ JF_AVX2 void transpose_tile_avx2(const in_t* in, int64_t st, out_t* out, int64_t
       out[d * T + t] = static_cast<out_t>(static_cast<float>(in[t * st + d]) * s[d] + m[d]);
 }
 
+// rows consecutive rows of n values (source rows src_stride apart, destination rows contiguous).
 template <typename in_t, typename out_t>
-JF_AVX2 void scale_shift_row_avx2(const in_t* src, out_t* dst, const float* s, const float* m, int64_t n) {
-  int64_t d = 0;
-  for (; d + 8 <= n; d += 8)
-    store8(dst + d, _mm256_add_ps(_mm256_mul_ps(load8(src + d), _mm256_loadu_ps(s + d)), _mm256_loadu_ps(m + d)));
-  for (; d < n; ++d) dst[d] = static_cast<out_t>(static_cast<float>(src[d]) * s[d] + m[d]);
+JF_AVX2 void scale_shift_rows_avx2(const in_t* src, int64_t src_stride, out_t* dst, const float* s, const float* m,
+                                   int64_t n, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r, src += src_stride, dst += n) {
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8)
+      store8(dst + d, _mm256_add_ps(_mm256_mul_ps(load8(src + d), _mm256_loadu_ps(s + d)), _mm256_loadu_ps(m + d)));
+    for (; d < n; ++d) dst[d] = static_cast<out_t>(static_cast<float>(src[d]) * s[d] + m[d]);
+  }
 }
 
 template <typename in_t, typename out_t, typename acc_t>
@@ -135,24 +155,28 @@ void scale_shift(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / g.D);
   at::parallel_for(0, g.B * g.T, grain, [&](int64_t r0, int64_t r1) {
     int64_t b = r0 / g.T, t = r0 % g.T;
-    for (int64_t r = r0; r < r1; ++r) {
+    while (r0 < r1) {  // runs of rows inside one batch entry
+      const int64_t rows = std::min(r1 - r0, g.T - t);
       const in_t* src = in + b * g.sb + t * g.st;
-      out_t* dst = out + r * g.D;
-      if (++t == g.T) t = 0, ++b;
+      out_t* dst = out + r0 * g.D;
+      bool done = false;
 #ifdef JASCO_FAST_X86
       if constexpr (kHasAvx2Path<in_t, out_t, acc_t>) {
         if (g.sd == 1 && has_avx2()) {
-          scale_shift_row_avx2(src, dst, std, mean, g.D);
-          continue;
+          scale_shift_rows_avx2(src, g.st, dst, std, mean, g.D, rows);
+          done = true;
         }
       }
 #endif
-      if (g.sd == 1) {
-        for (int64_t d = 0; d < g.D; ++d) dst[d] = static_cast<out_t>(static_cast<acc_t>(src[d]) * std[d] + mean[d]);
-      } else {
-        for (int64_t d = 0; d < g.D; ++d)
-          dst[d] = static_cast<out_t>(static_cast<acc_t>(src[d * g.sd]) * std[d] + mean[d]);
+      for (int64_t r = 0; !done && r < rows; ++r, src += g.st, dst += g.D) {
+        if (g.sd == 1) {
+          for (int64_t d = 0; d < g.D; ++d) dst[d] = static_cast<out_t>(static_cast<acc_t>(src[d]) * std[d] + mean[d]);
+        } else {
+          for (int64_t d = 0; d < g.D; ++d)
+            dst[d] = static_cast<out_t>(static_cast<acc_t>(src[d * g.sd]) * std[d] + mean[d]);
+        }
       }
+      r0 += rows, t = 0, ++b;
     }
   });
 }
@@ -161,7 +185,7 @@ void scale_shift(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std
 // a small buffer row by row (reads along D), then written out row by row (writes along T).
 template <typename in_t, typename out_t, typename acc_t>
 void scale_shift_transpose(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std, const Geometry& g) {
-  const int64_t TT = kTileT, TD = kTileD;
+  constexpr int64_t TT = kTileT, TD = kTileD;
   const int64_t nt = (g.T + TT - 1) / TT, nd = (g.D + TD - 1) / TD;
   const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (TT * TD));
   at::parallel_for(0, g.B * nt * nd, grain, [&](int64_t i0, int64_t i1) {

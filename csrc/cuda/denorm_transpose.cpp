@@ -1,4 +1,9 @@
-// The torch binding of the CUDA kernels: built only against a CUDA build of torch.
+// CUDA binding of jasco_fast::denorm_transpose (built only with a CUDA torch, JASCO_FAST_WITH_CUDA).
+// Same checks and output allocation as the CPU kernel (../denorm_transpose.h); the kernels themselves
+// are in denorm_transpose_kernel.cu. The input's strides are passed to the kernels as they are (no
+// .contiguous() copy): the tiled transpose reads any strides, with vector loads when D is contiguous and
+// aligned; channels_last uses vector loads/stores on contiguous aligned input and a strided loop otherwise.
+#include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,32 +15,51 @@
 namespace jasco_fast {
 namespace {
 
-cuda::Dtype kernel_dtype(at::ScalarType t) {
+cuda::DType to_kernel_dtype(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return cuda::Dtype::kFloat32;
-    case at::kDouble: return cuda::Dtype::kFloat64;
-    case at::kHalf: return cuda::Dtype::kFloat16;
-    case at::kBFloat16: return cuda::Dtype::kBFloat16;
-    default: TORCH_CHECK(false, "denorm_transpose: unsupported dtype ", t);
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kDouble: return cuda::DType::kFloat64;
+    case at::kHalf: return cuda::DType::kFloat16;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    default: break;
   }
+  TORCH_CHECK(false, "denorm_transpose: unsupported dtype ", t);
+  return cuda::DType::kFloat32;  // not reached
 }
 
 at::Tensor denorm_transpose_cuda(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std,
                                  std::optional<at::ScalarType> dtype, bool channels_last) {
   const at::ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
+  TORCH_CHECK(latents.is_cuda(), "denorm_transpose: the CUDA kernel got latents on ", latents.device());
   const c10::cuda::CUDAGuard guard(latents.device());
   at::Tensor out = make_output(latents, out_dtype, channels_last);
   if (out.numel() == 0) return out;
-  // The statistics in the compute type, as the kernel reads them (a few bytes; same stream).
-  const at::ScalarType acc = latents.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor m = mean.to(acc).contiguous(), s = std.to(acc).contiguous();
-  cuda::DenormTransposeArgs args{latents.const_data_ptr(), kernel_dtype(latents.scalar_type()),
-                                 latents.size(0), latents.size(1), latents.size(2),
-                                 latents.stride(0), latents.stride(1), latents.stride(2),
-                                 out.data_ptr(), kernel_dtype(out_dtype), channels_last,
-                                 m.const_data_ptr(), m.numel(), s.const_data_ptr(), s.numel()};
-  // The current stream, so the op is ordered with the rest of the graph (and CUDA-graph capturable).
-  C10_CUDA_CHECK(cuda::denorm_transpose_launch(args, at::cuda::getCurrentCUDAStream()));
+
+  // The statistics in the compute type, 1 or D contiguous values (a tiny copy on the current stream).
+  const bool wide = latents.scalar_type() == at::kDouble || out_dtype == at::kDouble;
+  const at::ScalarType acc = wide ? at::kDouble : at::kFloat;
+  const at::Tensor m = mean.to(acc).contiguous().reshape(-1);
+  const at::Tensor s = std.to(acc).contiguous().reshape(-1);
+
+  cuda::DenormTransposeArgs args{};
+  args.in = latents.const_data_ptr();
+  args.out = out.mutable_data_ptr();
+  args.in_dtype = to_kernel_dtype(latents.scalar_type());
+  args.out_dtype = to_kernel_dtype(out_dtype);
+  args.mean = m.const_data_ptr();
+  args.std = s.const_data_ptr();
+  args.mean_step = m.numel() == 1 ? 0 : 1;
+  args.std_step = s.numel() == 1 ? 0 : 1;
+  args.B = latents.size(0);
+  args.T = latents.size(1);
+  args.D = latents.size(2);
+  args.sb = latents.stride(0);
+  args.st = latents.stride(1);
+  args.sd = latents.stride(2);
+  args.channels_last = channels_last;
+
+  // On the current stream (CUDA graphs, reduce-overhead); the launcher returns cudaGetLastError().
+  C10_CUDA_CHECK(cuda::launch_denorm_transpose(args, at::cuda::getCurrentCUDAStream(latents.get_device()).stream()));
   return out;
 }
 

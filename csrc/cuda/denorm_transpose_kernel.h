@@ -1,5 +1,5 @@
-// CUDA kernels of jasco_fast::denorm_transpose behind a launcher on raw pointers, free of torch
-// headers so that nvcc compiles them without a CUDA build of torch.
+// CUDA kernels of jasco_fast::denorm_transpose on raw pointers (no torch headers: this header is shared by
+// the .cu file, compiled by nvcc alone, and by the torch binding in denorm_transpose.cpp).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,24 +9,27 @@
 namespace jasco_fast {
 namespace cuda {
 
-enum class Dtype : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 struct DenormTransposeArgs {
-  const void* in;  // latents [B, T, D] with element strides (sb, st, sd)
-  Dtype in_dtype;
-  int64_t B, T, D, sb, st, sd;
-  void* out;  // contiguous [B, D, T], or [B, T, D] memory when channels_last
-  Dtype out_dtype;
-  bool channels_last;
-  // Device arrays in the compute type (double for float64 latents, else float), 1 or D elements each.
+  const void* in;   // latents [B, T, D], element strides (sb, st, sd), any values (0 from expand included)
+  void* out;        // [B, D, T] contiguous, or [B, T, D] contiguous memory when channels_last
+  DType in_dtype;
+  DType out_dtype;
+  // mean/std in the compute type (float64 when in_dtype or out_dtype is float64, else float32), device
+  // pointers to 1 or D values; mean_step/std_step are 0 for a scalar, 1 for per-channel statistics.
   const void* mean;
-  int64_t mean_numel;
   const void* std;
-  int64_t std_numel;
+  int64_t mean_step;
+  int64_t std_step;
+  int64_t B, T, D;
+  int64_t sb, st, sd;
+  bool channels_last;
 };
 
-// out = latents * std + mean, transposed to [B, D, T] and cast, on `stream`; returns the launch status.
-cudaError_t denorm_transpose_launch(const DenormTransposeArgs& args, cudaStream_t stream);
+// Enqueues the kernel on `stream` and returns the launch status (cudaGetLastError after the launch);
+// cudaErrorInvalidValue for an unsupported dtype or a grid that is too large.
+cudaError_t launch_denorm_transpose(const DenormTransposeArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace jasco_fast
