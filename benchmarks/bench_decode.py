@@ -12,10 +12,9 @@ the same convolutions runs much faster. Writes benchmarks/results/decode_<device
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,22 +23,12 @@ import torch
 import torch.utils.benchmark as tbench
 
 import jasco_fast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_name, write_result  # noqa: E402
 from jasco_fast import Decoder, DecoderConfig, LatentDecoder, reference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"{platform.processor() or 'CPU'} ({torch.get_num_threads()} threads)"
 
 
 def decoder_macs(cfg: DecoderConfig, frames: int) -> int:
@@ -194,10 +183,7 @@ def main(argv=None) -> dict:
     print()
     print_table(rows, f"decode: JASCO eager path vs jasco_fast.LatentDecoder on {result['device']}, torch "
                       f"{torch.__version__}; matmul {rate / 1e9:.0f} GFLOP/s")
-    out = args.out or RESULTS / f"decode_{args.device}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, "decode", args.device, args.quick, args.out)
     return result
 
 

@@ -10,7 +10,6 @@ Writes benchmarks/results/denorm_transpose_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -19,19 +18,12 @@ import torch
 import torch.utils.benchmark as tbench
 
 import jasco_fast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import device_name, write_result  # noqa: E402
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = [(1, 500, 128), (8, 1500, 128), (16, 1500, 128), (64, 1500, 128)]
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    return f"CPU ({torch.get_num_threads()} threads)"
 
 
 def median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
@@ -97,10 +89,7 @@ def main(argv=None) -> dict:
               "rounds": rounds, "rows": rows,
               "command": "python benchmarks/bench_denorm_transpose.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     print_table(result)
-    out = args.out or RESULTS / f"denorm_transpose_{args.device}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(result, "denorm_transpose", args.device, args.quick, args.out)
     return result
 
 
