@@ -35,6 +35,11 @@ def _say(message: str) -> None:
     print(f"jasco-fast: {message}", file=sys.stderr, flush=True)
 
 
+def _first_line(text: str, default: str = "") -> str:
+    """Error messages are reported on one line each."""
+    return (str(text).strip().splitlines() or [default])[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # Inputs
 
@@ -224,7 +229,7 @@ def cmd_decode(args) -> int:
     return 2 if usage_error else (1 if total.failures else 0)
 
 
-def _output_stems(files: list[str]) -> dict[str, str]:
+def _stem_clashes(files: list[str]) -> dict[str, str]:
     """File -> why it cannot be decoded, for files whose name (stem) an earlier file in the sorted list already
     has: their outputs would overwrite each other. Decided on the full list, so every rank agrees."""
     first: dict[str, str] = {}
@@ -244,7 +249,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     all_files = sorted({str(Path(p)) for p in args.latents})  # the same list on every rank
-    clashes = _output_stems(all_files)
+    clashes = _stem_clashes(all_files)
     files = all_files[rank::world]  # each file decoded by exactly one rank
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
     fast = LatentDecoder(decoder, args.mean, args.std, compile=not args.no_compile, dtype=DTYPES[args.dtype])
@@ -255,7 +260,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     names: set[str] = set()
 
     def fail(path, problem: str) -> None:  # one line per bad input; the others still run
-        _say(f"{path}: {(str(problem).strip().splitlines() or ['error'])[0]}")
+        _say(f"{path}: {_first_line(problem, 'error')}")
         summary.failures.append(str(path))
 
     for f in files:
@@ -298,8 +303,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                 write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
                             strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
             except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
-                _say(f"decoding {names_in_batch}: {type(exc).__name__}: "
-                     f"{(str(exc).strip().splitlines() or [''])[0]}")
+                _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
                 continue
             seconds = len(batch) * batch[0].latents.shape[0] / frame_rate

@@ -13,7 +13,6 @@ computationally laid out for speed:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -108,9 +107,6 @@ class DecoderConfig:
         conv); audiocraft's ``disable_norm_outer_blocks`` switches it off for the last N blocks."""
         n_blocks = len(self.ratios) + 2
         return "none" if self.disable_norm_outer_blocks >= n_blocks - block else self.norm
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _activation(name: str, params: dict | None) -> nn.Module:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from jasco_fast.decoder import Decoder
-from jasco_fast.loading import decoder_config_from_transformers, load_state
+from jasco_fast.loading import decoder_config_from_transformers, decoder_from_state
 from jasco_fast.pipeline import LatentDecoder
 
 __all__ = ["patch", "unpatch", "decoder_from_jasco"]
@@ -25,8 +25,8 @@ def decoder_from_jasco(jasco_model) -> Decoder:
     config = decoder_config_from_transformers(raw)
     state = {f"decoder.{k}": v.detach().cpu() for k, v in hf_decoder.state_dict().items()}
     param = next(hf_decoder.parameters())
-    decoder = load_state(Decoder(config), state, "transformers", "<jasco_model.compression_model>")
-    return decoder.to(device=param.device, dtype=param.dtype).eval()
+    return decoder_from_state(config, state, "transformers", "<jasco_model.compression_model>",
+                              device=param.device, dtype=param.dtype)
 
 
 def patch(jasco_model, **latent_decoder_kwargs) -> LatentDecoder:

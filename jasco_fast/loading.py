@@ -23,9 +23,11 @@ import yaml
 from jasco_fast.decoder import Conv, ConvTranspose, Decoder, DecoderConfig, LSTM, ResBlock
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "decoder_config_from_audiocraft",
-           "decoder_config_from_transformers"]
+           "decoder_config_from_transformers", "decoder_from_state"]
 
 AUDIOCRAFT_FILE = "compression_state_dict.bin"
+# Where each format keeps the decoder's Sequential / ModuleList in its state dict.
+_DECODER_ROOT = {"audiocraft": "decoder.model.", "transformers": "decoder.layers."}
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -277,9 +279,8 @@ def _upstream_prefixes(decoder: Decoder, fmt: str):
 
     Both upstream decoders are one Sequential/ModuleList in the same order as ours, so index i matches.
     """
-    root = "decoder.model." if fmt == "audiocraft" else "decoder.layers."
     for i, layer in enumerate(decoder.layers):
-        base = f"{root}{i}."
+        base = f"{_DECODER_ROOT[fmt]}{i}."
         if isinstance(layer, ResBlock):
             parts = [(layer.conv1, f"{base}block.1."), (layer.conv2, f"{base}block.3.")]
             if isinstance(layer.shortcut, Conv):
@@ -360,8 +361,7 @@ def load_state(decoder: Decoder, state: dict, fmt: str, path) -> Decoder:
             for name in ("weight", "bias"):
                 used.add(norm_prefix + name)
                 _copy(path, norm_prefix + name, getattr(module.norm, name), state.get(norm_prefix + name))
-    root = "decoder.model." if fmt == "audiocraft" else "decoder.layers."
-    unexpected = sorted(k for k in state if k.startswith(root) and k not in used)
+    unexpected = sorted(k for k in state if k.startswith(_DECODER_ROOT[fmt]) and k not in used)
     if unexpected:
         raise CheckpointError(path, f"decoder keys the config does not account for (architecture mismatch?): "
                                     f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
@@ -374,6 +374,13 @@ def load_decoder(path, *, device="cpu", dtype=torch.float32) -> Decoder:
     Returns an eval-mode :class:`Decoder` with folded weights on ``device`` in ``dtype``.
     """
     config, state, fmt, source = read_checkpoint(path)
+    return decoder_from_state(config, state, fmt, source, device=device, dtype=dtype)
+
+
+def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, device="cpu",
+                       dtype=torch.float32) -> Decoder:
+    """An eval-mode :class:`Decoder` for ``config`` from an upstream state dict (``fmt``: 'audiocraft' or
+    'transformers'); ``source`` names where the state came from, for error messages."""
     with torch.device("meta"):
         skeleton = Decoder(config)
     # folded in float64 and rounded once, to whatever dtype is asked for
