@@ -9,8 +9,14 @@ piping every file through an ffmpeg subprocess. On top of upstream it:
   ``TypeError`` / ``ValueError`` with a message instead of ``assert``;
 * writes silence as silence (no 0/0, no NaN) for every strategy;
 * accepts float16/bfloat16/float32/float64 tensors on any device and float numpy arrays;
-* never leaves a partial file: it writes to a hidden temporary name in the destination folder and
-  ``os.replace``-s it onto the final name, removing the temporary on any exception.
+* never leaves a partial file: it writes to a hidden temporary name in the destination folder
+  (``.<name>.<12 hex>.tmp``, locked with ``flock`` while being written) and ``os.replace``-s it onto
+  the final name, removing the temporary on any exception. A temporary that a killed process left
+  (its lock is gone) is removed by the next write of the same output; nothing else is ever removed;
+* writes files of any length: the samples go to libsndfile in blocks of ``BLOCK_FRAMES`` (65536)
+  frames, normalised block by block, so the memory beyond the caller's tensor is one block (plus
+  one float64 copy for the loudness measurement). One huge write call crashes libsndfile's Vorbis
+  encoder (about 2 minutes of 32 kHz audio and beyond).
 
 ``write_batch`` writes a batch ``[B, C, T]`` with a small thread pool (libsndfile releases
 the GIL while encoding).
@@ -25,11 +31,13 @@ Encodings (all through libsndfile 1.2):
 * ``flac``: 24-bit (what ffmpeg's FLAC encoder produces from float input). Rates 1..655350 Hz,
   1..8 channels.
 * ``mp3``: LAME, constant bitrate ``mp3_rate`` kbps. Rates 8000, 11025, 12000, 16000, 22050,
-  24000, 32000, 44100, 48000 Hz; 1 or 2 channels. ``mp3_rate`` must lie in the range of the MPEG
-  version the rate implies: [32, 320] kbps (MPEG-1, >= 32 kHz), [8, 160] (MPEG-2, 16-24 kHz),
-  [8, 64] (MPEG-2.5, 8-12 kHz). libsndfile maps a compression level c in [0, 1] linearly onto that
-  range (``bitrate = int(max - c * (max - min))``); we invert that map, and LAME then rounds to the
-  nearest standard bitrate of that MPEG version (e.g. 100 -> 96 kbps).
+  24000, 32000, 44100, 48000 Hz; 1 or 2 channels. Each MPEG version the rate implies has its band:
+  [32, 320] kbps (MPEG-1, >= 32 kHz), [8, 160] (MPEG-2, 16-24 kHz), [8, 64] (MPEG-2.5, 8-12 kHz).
+  A rate outside the band is clamped to the nearest end with a warning naming both rates, as
+  upstream's ffmpeg/LAME writes such a file (so the default 320 works at 16 kHz: 160 kbps). A
+  non-positive or non-integer rate raises. libsndfile maps a compression level c in [0, 1] linearly
+  onto the band (``bitrate = int(max - c * (max - min))``); we invert that map, and LAME then rounds
+  to the nearest standard bitrate of that MPEG version (e.g. 100 -> 96 kbps).
 * ``ogg``: Vorbis, variable bitrate. libsndfile sets Vorbis quality ``q = 1 - compression_level``
   (q in [0, 1], i.e. oggenc's -q 0..10). ``ogg_rate`` (kbps) is turned into a quality by linear
   interpolation in libvorbis' nominal bitrates for 44.1 kHz stereo
@@ -37,16 +45,32 @@ Encodings (all through libsndfile 1.2):
   [64, 500]. ``ogg_rate=None`` uses q = 0.4 (oggenc -q 4, ~128 kbps nominal; libsndfile's default).
   The real bitrate is content, rate and channel dependent (lower at 32 kHz and for mono). Vorbis
   encodes 1..200000 Hz and 1..255 channels (libvorbis has no setup beyond; libsndfile crashes there).
+
+Where this differs from upstream's ffmpeg path, and why:
+
+* The final clamp to [-1, 1] applies to every strategy (upstream: rms and loudness only). It is
+  reachable only for peak/clip with a negative headroom; upstream's ffmpeg then clips while
+  converting to 16/24-bit integers for wav/flac anyway, and hands LAME/Vorbis out-of-range floats.
+  Same files for wav/flac, no overdriven encoder input for mp3/ogg.
+* FLAC is 24-bit: what ffmpeg's FLAC encoder makes of upstream's float input (it encodes s32 with
+  24 significant bits), so the same precision.
+* ``ogg_rate`` selects a Vorbis quality instead of ffmpeg's bitrate-managed mode: libsndfile offers
+  only quality-based VBR. The mapping keeps the order and the nominal size; a rate outside
+  [64, 500] kbps raises: no Vorbis quality level corresponds to it.
+* The mp3 bands match upstream (clamped as LAME clamps).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import numbers
 import os
+import re
 import secrets
 import typing as tp
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +100,10 @@ WAV_MAX_DATA_BYTES = 2**32 - 2**16
 LOUDNESS_ENERGY_FLOOR = 2e-3
 # BS.1770 gating block; shorter signals are measured as one block (see _integrated_loudness).
 LOUDNESS_BLOCK_S = 0.4
+# Frames handed to libsndfile per write call. Its Vorbis encoder crashes the process when one call
+# holds about 2 minutes of 32 kHz audio or more; 65536-frame writes are safe for any length, and
+# every format is written the same way.
+BLOCK_FRAMES = 65536
 
 PathLike = tp.Union[str, "os.PathLike[str]"]
 AudioLike = tp.Union[torch.Tensor, np.ndarray]
@@ -94,7 +122,7 @@ class _Plan:
     """Everything audio_write needs once validation has passed."""
     path: Path
     tmp_dir: Path
-    wav: torch.Tensor  # [C, T] float64 CPU, not yet normalized
+    wav: torch.Tensor  # [C, T] float CPU (the caller's precision), not yet normalized
     sample_rate: int
     encoding: _Encoding
     make_parent_dir: bool
@@ -113,29 +141,35 @@ def _check_real(name: str, value: tp.Any) -> float:
     return float(value)
 
 
-def _to_float64_cpu(wav: tp.Any) -> torch.Tensor:
-    """Any float tensor / array -> float64 CPU tensor (same shape), or TypeError."""
+def _to_cpu_float(wav: tp.Any) -> torch.Tensor:
+    """Any float tensor / array -> a float CPU tensor (same shape), or TypeError.
+
+    The samples keep their own precision (float16/bfloat16/float32/float64): statistics and the gain
+    are computed in float64 block by block, so long audio never needs a float64 copy of itself.
+    """
     if isinstance(wav, torch.Tensor):
         if wav.dtype == torch.bool or wav.is_complex() or not wav.dtype.is_floating_point:
             raise TypeError(
                 f"wav must hold real floating-point samples in [-1, 1], got dtype {wav.dtype}; "
                 "convert integer PCM first, e.g. wav.float() / 32768")
-        # Move in the source dtype (smaller transfer), widen on the CPU. float64 keeps the gain
-        # arithmetic of very quiet or very loud inputs from overflowing.
-        return wav.detach().cpu().to(torch.float64)
+        return wav.detach().cpu()  # moved in the source dtype: the smallest transfer
     if isinstance(wav, np.ndarray):
         if wav.dtype.kind != "f":
             raise TypeError(
                 f"wav must hold real floating-point samples in [-1, 1], got numpy dtype {wav.dtype}; "
                 "convert integer PCM first, e.g. wav.astype(np.float32) / 32768")
-        # A copy: the input may be read-only, strided or big-endian.
-        return torch.from_numpy(np.array(wav, dtype=np.float64, order="C", copy=True))
+        # A native-endian, writeable array torch can view; float16 widens to float32 (numpy's
+        # float16 has no fast torch path). Read-only or big-endian input is copied.
+        dtype = np.float64 if wav.dtype.itemsize == 8 else np.float32
+        if wav.dtype != np.dtype(dtype) or not wav.flags.writeable:
+            wav = np.array(wav, dtype=dtype, copy=True)
+        return torch.from_numpy(wav)
     raise TypeError(f"wav must be a torch.Tensor or numpy.ndarray, got {type(wav).__name__}")
 
 
 def _check_wav(wav: tp.Any) -> torch.Tensor:
-    """Validate and return ``wav`` as a [C, T] float64 CPU tensor."""
-    out = _to_float64_cpu(wav)
+    """Validate and return ``wav`` as a [C, T] float CPU tensor."""
+    out = _to_cpu_float(wav)
     if out.dim() == 1:
         out = out[None]
     elif out.dim() != 2:
@@ -143,9 +177,25 @@ def _check_wav(wav: tp.Any) -> torch.Tensor:
     channels, frames = out.shape
     if channels == 0 or frames == 0:
         raise ValueError(f"wav has no samples (shape [C, T] = {tuple(out.shape)})")
-    if not bool(torch.isfinite(out).all()):
+    if not all(bool(torch.isfinite(block).all()) for block in _blocks(out)):
         raise ValueError("wav contains NaN or Inf samples")
     return out
+
+
+def _blocks(wav: torch.Tensor, frames: int = None) -> tp.Iterator[torch.Tensor]:
+    """[..., T] in views of at most ``frames`` (default BLOCK_FRAMES) samples along T."""
+    frames = frames or BLOCK_FRAMES
+    for start in range(0, wav.shape[-1], frames):
+        yield wav[..., start:start + frames]
+
+
+def _mp3_rate_range(sample_rate: int) -> tp.Tuple[int, int, str]:
+    """(lowest, highest) CBR bitrate in kbps and the MPEG version that ``sample_rate`` implies."""
+    if sample_rate >= 32000:
+        return 32, 320, "MPEG-1"
+    if sample_rate >= 16000:
+        return 8, 160, "MPEG-2"
+    return 8, 64, "MPEG-2.5"
 
 
 def _encoding(format: str, sample_rate: int, channels: int, frames: int,
@@ -169,16 +219,20 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
             raise ValueError(f"MP3 supports only the sample rates {MP3_SAMPLE_RATES} Hz, got {sample_rate}")
         if channels > 2:
             raise ValueError(f"MP3 supports 1 or 2 channels, got {channels} {layout_hint}")
-        if not _is_int(mp3_rate):
-            raise TypeError(f"mp3_rate must be an int (kbps), got {type(mp3_rate).__name__}")
-        if sample_rate >= 32000:
-            lo, hi, version = 32, 320, "MPEG-1"
-        elif sample_rate >= 16000:
-            lo, hi, version = 8, 160, "MPEG-2"
-        else:
-            lo, hi, version = 8, 64, "MPEG-2.5"
+        lo, hi, version = _mp3_rate_range(sample_rate)
+        if isinstance(mp3_rate, bool) or not isinstance(mp3_rate, numbers.Real) \
+                or (not _is_int(mp3_rate) and not float(mp3_rate).is_integer()):
+            raise TypeError(f"mp3_rate must be an int (kbps), got {mp3_rate!r}")
+        if not mp3_rate > 0:
+            raise ValueError(f"mp3_rate must be a positive bitrate in kbps, got {mp3_rate}")
+        mp3_rate = int(mp3_rate)
         if not lo <= mp3_rate <= hi:
-            raise ValueError(f"mp3_rate must be in [{lo}, {hi}] kbps for {version} at {sample_rate} Hz, got {mp3_rate}")
+            # What ffmpeg's LAME encoder (upstream's writer) does: take the nearest rate this sample
+            # rate allows, and write the file.
+            clamped = min(max(mp3_rate, lo), hi)
+            warnings.warn(f"mp3_rate={mp3_rate} kbps is outside [{lo}, {hi}] kbps, the range of {version} at "
+                          f"{sample_rate} Hz; writing {clamped} kbps", stacklevel=4)
+            mp3_rate = clamped
         # libsndfile: bitrate = int(hi - c * (hi - lo)); aim 0.25 kbps above the target so the
         # truncation lands on it despite rounding in c.
         level = min(1.0, max(0.0, (hi - mp3_rate - 0.25) / (hi - lo)))
@@ -198,6 +252,19 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
             quality = float(np.interp(rate, VORBIS_NOMINAL_KBPS, np.arange(11))) / 10
         return _Encoding("OGG", "VORBIS", 1.0 - quality)
     raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
+
+
+def _check_writable(format: str, encoding: _Encoding) -> None:
+    """The libsndfile that soundfile loaded can write this encoding (MP3 needs libsndfile >= 1.1)."""
+    if encoding.subtype not in _available_subtypes(encoding.format):
+        raise ValueError(f"format={format!r}: the libsndfile this soundfile uses ({sf.__libsndfile_version__}) "
+                         f"cannot write {encoding.format}/{encoding.subtype}; upgrade soundfile (its wheels bundle "
+                         f"libsndfile 1.1+, which writes every format here) or pick another format")
+
+
+@functools.lru_cache(maxsize=None)
+def _available_subtypes(major: str) -> tp.FrozenSet[str]:
+    return frozenset(sf.available_subtypes(major)) if major in sf.available_formats() else frozenset()
 
 
 def _output_path(stem_name: tp.Any, format: str, add_suffix: bool) -> Path:
@@ -229,10 +296,11 @@ def _plan(stem_name: tp.Any, wav: tp.Any, sample_rate: tp.Any, format: str = "wa
     wav = _check_wav(wav)
     channels, frames = wav.shape
     encoding = _encoding(format, sample_rate, channels, frames, mp3_rate, ogg_rate)
+    _check_writable(format, encoding)
     if strategy == "loudness" and channels > 5:
         raise ValueError(f"strategy='loudness' (ITU-R BS.1770) supports at most 5 channels, got {channels}")
     if strategy in ("none", ""):
-        peak = wav.abs().max().item()
+        peak = _peak(wav)
         # Upstream asserts this: with no normalization the samples must already fit.
         if peak >= 1:
             raise ValueError(f"strategy='none' needs |wav| < 1, got a peak of {peak:.4g}; "
@@ -267,19 +335,96 @@ def _integrated_loudness(wav: torch.Tensor, sample_rate: int) -> float:
     if frames < block * sample_rate:
         block = (frames - 0.5) / sample_rate  # pyloudnorm needs frames >= block * rate
     meter = pyloudnorm.Meter(sample_rate, block_size=block)
-    return float(meter.integrated_loudness(wav.t().numpy()))
+    return float(meter.integrated_loudness(wav.to(torch.float64).t().numpy()))
 
 
-def _clip(wav: torch.Tensor, log_clipping: bool, stem_name: tp.Optional[str]) -> torch.Tensor:
-    """Clamp to [-1, 1], warning (like upstream's _clip_wav) when samples actually clip."""
-    peak = wav.abs().max().item()
-    if peak > 1:
-        if log_clipping:
-            frac = (wav.abs() > 1).double().mean().item()
-            logger.warning("CLIPPING %s: %.4g%% of samples clamped to [-1, 1] (a bit of clipping is "
-                           "okay), maximum scale %.4g", stem_name or "", 100 * frac, peak)
-        wav = wav.clamp(-1, 1)
-    return wav
+def _peak(wav: torch.Tensor) -> float:
+    return max(block.abs().max().item() for block in _blocks(wav))
+
+
+def _rms(x: torch.Tensor, peak: float, mono: bool = False) -> float:
+    """Root mean square of every sample of ``x`` (``mono``: of its mean over dim 0, the mono mix), in
+    float64, block by block; ``peak`` (max |x|) is factored out so the squares cannot overflow even
+    for huge float64 input."""
+    if peak == 0:
+        return 0.0
+    mix = (lambda b: b.mean(dim=0)) if mono and x.dim() > 1 else (lambda b: b)
+    total = sum((mix(block.to(torch.float64) / peak) ** 2).sum().item() for block in _blocks(x))
+    return peak * math.sqrt(total / (x.numel() // (x.shape[0] if mono and x.dim() > 1 else 1)))
+
+
+@dataclass(frozen=True)
+class _Transform:
+    """What every normalisation strategy reduces to, sample by sample:
+    ``y = clamp(f(gain * x), -limit, limit)`` with ``f = tanh`` for the loudness compressor, then the
+    final clamp to [-1, 1] (``_clip_wav``). Applied block by block while writing."""
+    gain: float = 1.0
+    compress: bool = False
+    limit: float = math.inf
+
+    def peak_after(self, peak: float) -> float:
+        """max |f(gain * x)| clamped to the limit, from the input's peak (f is monotonic)."""
+        y = self.gain * peak
+        return min(math.tanh(y) if self.compress else y, self.limit)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """float64 copy of ``x`` transformed, before the final [-1, 1] clamp."""
+        y = x.to(torch.float64, copy=True)
+        if self.gain != 1.0:
+            y.mul_(self.gain)
+        if self.compress:
+            y.tanh_()
+        if self.limit != math.inf:
+            y.clamp_(-self.limit, self.limit)
+        return y
+
+
+def _normalization(wav: torch.Tensor, normalize: bool, strategy: str, peak_clip_headroom_db: float,
+                   rms_headroom_db: float, loudness_headroom_db: float, loudness_compressor: bool,
+                   sample_rate: tp.Optional[int], peak: float) -> _Transform:
+    """The transform audiocraft's ``normalize_audio`` applies to ``wav`` (``peak``: its max |x|)."""
+    scale_peak = 10 ** (-peak_clip_headroom_db / 20)
+    if strategy == "peak":
+        if peak > 0:  # silence stays silence instead of 0 * inf
+            rescaling = scale_peak / peak
+            if normalize or rescaling < 1:
+                return _Transform(gain=rescaling)
+    elif strategy == "clip":
+        return _Transform(limit=scale_peak)
+    elif strategy == "rms":
+        rms = _rms(wav, peak, mono=True)
+        if rms > 0:
+            rescaling = 10 ** (-rms_headroom_db / 20) / rms
+            if normalize or rescaling < 1:
+                return _Transform(gain=rescaling)
+    elif strategy == "loudness":
+        if sample_rate is None:
+            raise ValueError("strategy='loudness' requires sample_rate")
+        if _rms(wav, peak) >= LOUDNESS_ENERGY_FLOOR:
+            loudness = _integrated_loudness(wav if wav.dim() > 1 else wav[None], sample_rate)
+            # -inf when every block is gated out (e.g. pure DC, removed by K-weighting).
+            if math.isfinite(loudness):
+                gain = 10.0 ** ((-loudness_headroom_db - loudness) / 20.0)
+                return _Transform(gain=gain, compress=loudness_compressor)
+    elif peak >= 1:
+        raise ValueError(f"strategy='none' needs |wav| < 1, got a peak of {peak:.4g}")
+    return _Transform()
+
+
+def _log_clipping(wav: torch.Tensor, transform: _Transform, peak: float, stem_name: tp.Optional[str]) -> None:
+    """Warn (like upstream's _clip_wav) when the final clamp to [-1, 1] will actually clip."""
+    peak_after = transform.peak_after(peak)
+    if peak_after > 1:
+        clipped = sum((transform(block).abs() > 1).sum().item() for block in _blocks(wav))
+        logger.warning("CLIPPING %s: %.4g%% of samples clamped to [-1, 1] (a bit of clipping is "
+                       "okay), maximum scale %.4g", stem_name or "", 100 * clipped / wav.numel(), peak_after)
+
+
+def _clip_wav(wav: torch.Tensor, log_clipping: bool = False, stem_name: tp.Optional[str] = None) -> None:
+    """Clamp ``wav`` to [-1, 1] in place, warning when samples actually clip (upstream's _clip_wav)."""
+    if log_clipping:
+        _log_clipping(wav, _Transform(), _peak(wav), stem_name)
+    wav.clamp_(-1, 1)
 
 
 def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "peak",
@@ -308,82 +453,110 @@ def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-    dtype = wav.dtype
-    x = wav.to(torch.float64)
-    scale_peak = 10 ** (-peak_clip_headroom_db / 20)
-    scale_rms = 10 ** (-rms_headroom_db / 20)
-    if strategy == "peak":
-        peak = x.abs().max().item()
-        if peak > 0:  # silence stays silence instead of 0 * inf
-            rescaling = scale_peak / peak
-            if normalize or rescaling < 1:
-                x = x * rescaling
-    elif strategy == "clip":
-        x = x.clamp(-scale_peak, scale_peak)
-    elif strategy == "rms":
-        mono = x.mean(dim=0) if x.dim() > 1 else x
-        peak = mono.abs().max().item()
-        # Factor out the peak so the mean square cannot overflow for huge float64 inputs.
-        rms = peak * (mono / peak).pow(2).mean().sqrt().item() if peak > 0 else 0.0
-        if rms > 0:
-            rescaling = scale_rms / rms
-            if normalize or rescaling < 1:
-                x = x * rescaling
-    elif strategy == "loudness":
-        if sample_rate is None:
-            raise ValueError("strategy='loudness' requires sample_rate")
-        energy = x.pow(2).mean().sqrt().item()
-        if energy >= LOUDNESS_ENERGY_FLOOR:
-            x2 = x if x.dim() > 1 else x[None]
-            loudness = _integrated_loudness(x2, sample_rate)
-            # -inf when every block is gated out (e.g. pure DC, removed by K-weighting).
-            if math.isfinite(loudness):
-                gain = 10.0 ** ((-loudness_headroom_db - loudness) / 20.0)
-                x = gain * x
-                if loudness_compressor:
-                    x = torch.tanh(x)
-    else:
-        peak = x.abs().max().item()
-        if peak >= 1:
-            raise ValueError(f"strategy='none' needs |wav| < 1, got a peak of {peak:.4g}")
-    x = _clip(x, log_clipping, stem_name)
-    return x.to(dtype)
+    peak = _peak(wav)
+    transform = _normalization(wav, normalize, strategy, peak_clip_headroom_db, rms_headroom_db,
+                               loudness_headroom_db, loudness_compressor, sample_rate, peak)
+    if log_clipping:
+        _log_clipping(wav, transform, peak, stem_name)
+    out = transform(wav)
+    _clip_wav(out)
+    return out.to(wav.dtype)
+
+
+if os.name == "posix":
+    import fcntl
+
+    def _try_lock(fd: int, block: bool) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+            return True
+        except BlockingIOError:
+            return False
+else:  # no flock: temporaries are still unique and removed on failure, but a killed run's stay
+    _try_lock = None
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove what a killed run left while writing ``path``: temporaries of exactly this output whose
+    lock nobody holds. A writer holds its temporary's lock until the rename, so a file being written
+    right now, by this or another process, is never touched; nor is any other file."""
+    if _try_lock is None:
+        return
+    pattern = re.compile(r"\.%s\.[0-9a-f]{12}\.tmp" % re.escape(path.name))
+    try:
+        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd, block=False):
+                os.unlink(entry.path)
+                logger.info("removed %s, left behind by an interrupted write of %s", entry.path, path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _open_temporary(path: Path) -> tp.Tuple[Path, int]:
+    """Create a hidden temporary beside ``path`` and hold its lock; returns (its path, the locked fd)."""
+    _remove_stale_temporaries(path)
+    for _ in range(100):
+        candidate = _temporary_name(path)
+        try:
+            # O_EXCL: a unique name even with concurrent writers; mode 0o666 so the final file gets
+            # the usual umask-based permissions (mkstemp would give 0o600).
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        if _try_lock is None:
+            return candidate, fd
+        _try_lock(fd, block=True)
+        try:
+            # Another writer's stale-file sweep may have removed it before we held the lock.
+            if os.stat(candidate).st_ino == os.fstat(fd).st_ino:
+                return candidate, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise FileExistsError(f"could not create a temporary file in {str(path.parent)!r}")
 
 
 def _execute(plan: _Plan) -> Path:
-    """Normalize, encode to a temporary file next to the target, then rename it into place."""
-    wav = normalize_audio(plan.wav, sample_rate=plan.sample_rate, **plan.norm_kwargs)
+    """Normalize and encode block by block to a temporary file next to the target, then rename it into
+    place. Memory beyond the input: one block, plus one float64 copy for the loudness measurement."""
+    peak = _peak(plan.wav)
+    norm = dict(plan.norm_kwargs)
+    log_clipping, stem_name = norm.pop("log_clipping"), norm.pop("stem_name")
+    transform = _normalization(plan.wav, sample_rate=plan.sample_rate, peak=peak, **norm)
+    if log_clipping:
+        _log_clipping(plan.wav, transform, peak, stem_name)
     enc = plan.encoding
-    if enc.subtype == "PCM_16":
-        # Quantize here: libsndfile's float -> int16 path floors (up to 1 LSB of error); this
-        # rounds to nearest like ffmpeg's pcm_s16le, which upstream used.
-        wav = (wav * 32768).round_().clamp_(-32768, 32767).to(torch.int16)
-    else:
-        # float32 is what libsndfile's other encoders consume natively.
-        wav = wav.to(torch.float32)
-    data = np.ascontiguousarray(wav.t().numpy())  # soundfile wants [T, C]
     if plan.make_parent_dir:
         plan.tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = None
+    tmp, fd = _open_temporary(plan.path)
     try:
-        # O_EXCL: a unique name even with concurrent writers; mode 0o666 so the final file gets
-        # the usual umask-based permissions (mkstemp would give 0o600).
-        for _ in range(100):
-            candidate = plan.tmp_dir / f".{plan.path.name}.{secrets.token_hex(6)}.tmp"
-            try:
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            os.close(fd)
-            tmp = candidate
-            break
-        else:
-            raise FileExistsError(f"could not create a temporary file in {str(plan.tmp_dir)!r}")
-        with sf.SoundFile(tmp, "w", samplerate=plan.sample_rate, channels=data.shape[1],
+        with sf.SoundFile(tmp, "w", samplerate=plan.sample_rate, channels=plan.wav.shape[0],
                           format=enc.format, subtype=enc.subtype,
                           compression_level=enc.compression_level,
                           bitrate_mode=enc.bitrate_mode) as f:
-            f.write(data)
+            for block in _blocks(plan.wav):
+                y = transform(block).clamp_(-1, 1)
+                if enc.subtype == "PCM_16":
+                    # Quantize here: libsndfile's float -> int16 path floors (up to 1 LSB of error);
+                    # this rounds to nearest like ffmpeg's pcm_s16le, which upstream used.
+                    y = y.mul_(32768).round_().clamp_(-32768, 32767).to(torch.int16)
+                else:
+                    y = y.to(torch.float32)  # what libsndfile's other encoders consume natively
+                f.write(np.ascontiguousarray(y.t().numpy()))  # soundfile wants [T, C]
         os.replace(tmp, plan.path)
         tmp = None
     finally:
@@ -392,6 +565,7 @@ def _execute(plan: _Plan) -> Path:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+        os.close(fd)  # releases the lock, after the rename
     return plan.path
 
 
@@ -411,7 +585,8 @@ def audio_write(stem_name: PathLike, wav: AudioLike, sample_rate: int, format: s
         sample_rate: positive int, and one the format can encode (see the module docstring).
         format: ``'wav'`` (16-bit PCM), ``'mp3'`` (CBR ``mp3_rate`` kbps), ``'ogg'`` (Vorbis VBR,
             quality from ``ogg_rate`` kbps) or ``'flac'`` (24-bit).
-        mp3_rate: MP3 bitrate in kbps, within the range of the MPEG version of the rate.
+        mp3_rate: MP3 bitrate in kbps; outside the band of the rate's MPEG version it is clamped to
+            the nearest end of that band, with a warning (module docstring).
         ogg_rate: nominal Vorbis bitrate in kbps in [64, 500], mapped to a quality level
             (module docstring); ``None``: quality 4 (~128 kbps nominal).
         normalize, strategy, peak_clip_headroom_db, rms_headroom_db, loudness_headroom_db,
@@ -423,7 +598,8 @@ def audio_write(stem_name: PathLike, wav: AudioLike, sample_rate: int, format: s
     Everything is validated before any file or folder is created. The file is written to a hidden
     temporary name in the destination folder and renamed onto the final path, so a failure (or an
     interrupt) leaves neither a partial file nor the temporary behind; an existing file at the
-    final path is replaced only on success.
+    final path is replaced only on success. A process killed outright (SIGKILL, power loss) leaves
+    its temporary; the next write of the same output removes it. Any length is written, in blocks.
     """
     plan = _plan(stem_name, wav, sample_rate, format=format, mp3_rate=mp3_rate,
                  ogg_rate=ogg_rate, normalize=normalize, strategy=strategy,
