@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.jasco_fast_installed
+UPSTREAM = .upstream
 SOURCES = setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 
 .PHONY: install demo test bench clean
@@ -15,19 +16,23 @@ $(STAMP): $(SOURCES)
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
-	# audiocraft is a test oracle only: its SEANet files are loaded by path, and its own
-	# dependencies (a pinned torch, xformers, ...) must not come in.
-	$(BIN)/pip install -q --no-deps --no-build-isolation "audiocraft==1.3.0"
+	# audiocraft is a test oracle only: its SEANet files are loaded by path, its audio tests run
+	# against jasco_fast (tests/test_audiocraft_audio.py, from the unpacked sdist in $(UPSTREAM)),
+	# and its own dependencies (a pinned torch, xformers, ...) must not come in.
+	mkdir -p $(UPSTREAM)
+	$(BIN)/pip download -q --no-deps --no-binary :all: "audiocraft==1.3.0" -d $(UPSTREAM)
+	tar -xzf $(UPSTREAM)/audiocraft-1.3.0.tar.gz -C $(UPSTREAM)
+	$(BIN)/pip install -q --no-deps --no-build-isolation $(UPSTREAM)/audiocraft-1.3.0.tar.gz "julius==0.2.8"
 	touch $(STAMP)
 
 demo: install
 	$(BIN)/jasco-fast demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	JASCO_FAST_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/jasco-fast bench
 
 clean:
-	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV)
+	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV) $(UPSTREAM)
