@@ -1,4 +1,4 @@
-"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench.
+"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench, info.
 
 ``decode`` turns latent files into audio files; under ``torchrun`` it shards the input files across
 ranks (gloo on CPU, NCCL on GPU), each file decoded by exactly one rank, and rank 0 prints a summary
@@ -386,6 +386,20 @@ def cmd_bench(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from jasco_fast import info
+
+    report = info.collect()
+    print(json.dumps(report, indent=2) if args.json else info.render(report))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="what this install runs: torch build, compiled kernels per device, CPU fast "
+                                    "path, devices, cache folder, audio formats, versions (start here when "
+                                    "troubleshooting)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_info)
     return parser
 
 
