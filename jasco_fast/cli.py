@@ -18,6 +18,7 @@ import torch
 
 from jasco_fast.audio import FORMATS, write_batch
 from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.errors import is_out_of_memory
 from jasco_fast.loading import CheckpointError, load_decoder
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.pipeline import LatentDecoder
@@ -303,7 +304,14 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                 write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
                             strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
             except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
-                _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
+                if is_out_of_memory(exc):
+                    _say(f"decoding {names_in_batch}: out of memory with {len(batch)} item"
+                         f"{'s' if len(batch) > 1 else ''} of {batch[0].latents.shape[0]} frames (--batch-size {args.batch_size}) on {device}: rerun "
+                         f"with a smaller --batch-size, or --chunk-frames to decode in chunks")
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()  # give the next batches the memory back
+                else:
+                    _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
                 continue
             seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
