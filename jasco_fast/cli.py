@@ -138,6 +138,8 @@ class Summary:
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda, but CUDA is not available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps, but Apple's MPS is not available here")
     if name == "cuda" and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         return torch.device("cuda", torch.cuda.current_device())
@@ -160,7 +162,8 @@ def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = Fa
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="EnCodec checkpoint: audiocraft compression_state_dict.bin (or its folder), "
                                         "or a transformers EnCodec folder; default: random weights")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
+                   help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
     p.add_argument("--format", default="wav", choices=FORMATS)
@@ -341,7 +344,7 @@ def cmd_demo(args) -> int:
     fast = LatentDecoder(decoder, compile=not args.no_compile, dtype=DTYPES[args.dtype])
     if not args.no_compile:
         print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)
 
     t0 = time.perf_counter()
     fast(latents)

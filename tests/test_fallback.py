@@ -280,3 +280,15 @@ def test_real_device_latent_decoder(device):
         warnings.simplefilter("ignore", ops.FallbackWarning)
         got = jasco_fast.LatentDecoder(decoder.to(device), compile=False)(latents.to(device))
     torch.testing.assert_close(got.cpu(), reference.decode(decoder.cpu(), latents), rtol=1e-3, atol=1e-4)
+
+
+def test_cli_device_mps(tmp_path, tiny_hf_checkpoint, capsys):
+    from jasco_fast.cli import main
+
+    torch.save(torch.randn(30, 8), tmp_path / "a.pt")
+    code = main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
+                 str(tiny_hf_checkpoint), "--no-compile", "--device", "mps"])
+    if torch.backends.mps.is_available():
+        assert code == 0 and (tmp_path / "out" / "a.wav").is_file()
+    else:  # a clear usage error, not a traceback
+        assert code == 2 and "--device mps, but Apple's MPS is not available here" in capsys.readouterr().err
