@@ -193,6 +193,19 @@ def test_torch_compile_calls_the_fallback_as_one_op(cpu_kernel_hidden):
     torch.testing.assert_close(again, want * 2, rtol=0, atol=0)
 
 
+def test_export_keeps_the_op_whole():
+    """A CompositeExplicitAutograd kernel is not a decomposition: torch.export (and AOTInductor after it) keep
+    the fused op, with or without run_decompositions."""
+    class Module(torch.nn.Module):
+        def forward(self, latents):
+            return jasco_fast.denormalize_transpose(latents, 0.5, 2.0, channels_last=True)
+
+    exported = torch.export.export(Module(), (torch.randn(2, 10, 8),))
+    for program in (exported, exported.run_decompositions()):
+        targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
+        assert OP in targets and torch.ops.aten.mul.Tensor not in targets
+
+
 @pytest.mark.parametrize("compile", [False, True])
 def test_latent_decoder_on_the_fallback(compile, cpu_kernel_hidden):
     torch.manual_seed(0)
