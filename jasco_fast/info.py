@@ -22,6 +22,9 @@ __all__ = ["collect", "render", "cache_dir", "op_path"]
 # Backend dispatch keys a compiled kernel may be registered for (a ROCm torch's GPUs use "CUDA" too).
 KERNEL_KEYS = ("CPU", "CUDA", "MPS", "XPU")
 DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
+# jasco_fast's output formats -> the libsndfile (major format, subtype) each needs.
+ENCODERS = {"wav": ("WAV", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"),
+            "flac": ("FLAC", "PCM_16")}
 PACKAGES = ("soundfile", "pyloudnorm", "transformers", "omegaconf", "safetensors", "numpy", "tqdm", "triton")
 
 
@@ -172,10 +175,10 @@ def _packages() -> dict:
         available = soundfile.available_formats()
         report["soundfile"]["libsndfile"] = soundfile.__libsndfile_version__
         report["soundfile"]["formats"] = sorted(available)
-        # what jasco_fast writes: ogg needs libsndfile's Vorbis encoder too
+        # what jasco_fast writes: the container and its encoder (MP3 needs libsndfile >= 1.1)
         report["soundfile"]["jasco_fast_formats"] = {
-            f: f.upper() in available and (f != "ogg" or "VORBIS" in soundfile.available_subtypes("OGG"))
-            for f in FORMATS}
+            f: major in available and subtype in soundfile.available_subtypes(major)
+            for f, (major, subtype) in ENCODERS.items() if f in FORMATS}
     except Exception as exc:  # e.g. libsndfile missing: say so
         report["soundfile"]["error"] = f"{type(exc).__name__}: {exc}"
     return report

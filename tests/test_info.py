@@ -135,3 +135,16 @@ def test_python_m_jasco_fast_info(extra, cache):
         assert report["cache"]["path"] == str(cache)
     else:
         assert done.stdout.startswith("jasco_fast ") and "devices:" in done.stdout
+
+
+def test_a_missing_encoder_is_named(monkeypatch):
+    real = soundfile.available_subtypes
+
+    def without_mp3(major=None):  # a libsndfile older than 1.1: the MP3 container but no encoder
+        return {k: v for k, v in real(major).items() if k != "MPEG_LAYER_III"}
+
+    monkeypatch.setattr(soundfile, "available_subtypes", without_mp3)
+    report = info.collect()
+    assert report["packages"]["soundfile"]["jasco_fast_formats"] == {"wav": True, "mp3": False, "ogg": True,
+                                                                    "flac": True}
+    assert "writes wav, mp3 (MISSING), ogg, flac" in info.render(report)
