@@ -184,6 +184,35 @@ def _packages() -> dict:
     return report
 
 
+def _notes(report: dict) -> list[str]:
+    """What in the report needs action, one sentence each (the README's Troubleshooting has more)."""
+    notes = []
+    t, ops = report.get("torch", {}), report.get("ops", {})
+    op = ops.get("jasco_fast::denorm_transpose", {}) if "error" not in ops else {}
+    if t.get("cuda") and not t.get("hip") and op and "CUDA" not in op["compiled_kernels"]:
+        notes.append(f"torch is a CUDA {t['cuda']} build but the extension has no CUDA kernel, so CUDA tensors run "
+                     f"the PyTorch fallback: install the CUDA {t['cuda']} toolkit (nvcc) or set CUDA_HOME, then "
+                     f"rebuild with `pip install --no-build-isolation -e .`")
+    if t.get("hip"):
+        notes.append("ROCm build: AMD GPUs run the PyTorch fallback of denorm_transpose (no HIP kernels are built)")
+    if report.get("cpu_fast_path", {}).get("denorm_transpose") == "portable" and platform.machine() in ("x86_64", "AMD64"):
+        notes.append("this CPU lacks AVX2/F16C: the CPU kernel runs its portable loops")
+    if "cxx" in report.get("torch_compile", {}) and not report["torch_compile"]["cxx"]:
+        notes.append("no C++ compiler found: torch.compile cannot build CPU code; install g++ or run with "
+                     "--no-compile / LatentDecoder(..., compile=False)")
+    sf = report.get("packages", {}).get("soundfile", {})
+    missing = [f for f, ok in sf.get("jasco_fast_formats", {}).items() if not ok]
+    if missing:
+        notes.append(f"libsndfile {sf.get('libsndfile')} cannot write {', '.join(missing)}: upgrade soundfile "
+                     f"(its wheels bundle libsndfile 1.2)")
+    if "error" in sf:
+        notes.append("soundfile/libsndfile failed to load: audio files cannot be written")
+    errors = [name for name, section in report.items() if isinstance(section, dict) and "error" in section]
+    if errors:
+        notes.append(f"sections that failed: {', '.join(errors)} (their errors are shown above)")
+    return notes
+
+
 def collect() -> dict:
     """Everything ``jasco-fast info`` reports, as a JSON-ready dict."""
     report: dict = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -198,6 +227,7 @@ def collect() -> dict:
         report["devices"] = _devices(list(report["ops"]) if "error" not in report["ops"] else [])
     except Exception as exc:
         report["devices"] = [{"error": f"{type(exc).__name__}: {exc}"}]
+    report["notes"] = _notes(report)
     return report
 
 
@@ -285,4 +315,6 @@ def render(report: dict) -> str:
         lines.append(f"    libsndfile formats: {', '.join(sf['formats'])}")
     for name in PACKAGES[1:]:
         lines.append(f"  {name} {p[name]['version'] or 'not installed'}")
+    lines.append("notes: " + ("none" if not report["notes"] else ""))
+    lines += [f"  - {note}" for note in report["notes"]]
     return "\n".join(lines)

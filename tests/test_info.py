@@ -38,7 +38,7 @@ def cpu_flags() -> set[str]:
 def test_json_schema(cache):
     report = json.loads(json.dumps(info.collect()))  # JSON-ready all the way down
     assert set(report) == {"python", "platform", "jasco_fast", "torch", "ops", "cpu_fast_path", "torch_compile",
-                           "cache", "packages", "devices"}
+                           "cache", "packages", "devices", "notes"}
     assert report["torch"]["version"] == torch.__version__
     assert report["torch"]["build"] == (f"ROCm {torch.version.hip}" if torch.version.hip else
                                         f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU")
@@ -121,6 +121,7 @@ def test_a_failing_section_is_reported_not_fatal(monkeypatch, capsys):
     assert report["cache"] == {"error": "PermissionError: cannot read the cache folder"}
     assert "cache: ERROR PermissionError: cannot read the cache folder" in info.render(report)
     assert report["ops"][OP]["compiled_kernels"]  # the other sections are still there
+    assert "sections that failed: cache" in report["notes"][-1]
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
@@ -148,3 +149,20 @@ def test_a_missing_encoder_is_named(monkeypatch):
     assert report["packages"]["soundfile"]["jasco_fast_formats"] == {"wav": True, "mp3": False, "ogg": True,
                                                                     "flac": True}
     assert "writes wav, mp3 (MISSING), ogg, flac" in info.render(report)
+    assert any("cannot write mp3: upgrade soundfile" in note for note in report["notes"])
+
+
+def test_notes_say_what_needs_action(monkeypatch):
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.version, "hip", None)
+    report = info.collect()
+    cuda_note = [n for n in report["notes"] if "no CUDA kernel" in n]
+    if torch._C._dispatch_has_kernel_for_dispatch_key(OP, "CUDA"):
+        assert not cuda_note
+    else:
+        assert cuda_note and "CUDA 12.4 toolkit (nvcc)" in cuda_note[0] and "--no-build-isolation" in cuda_note[0]
+        assert "no CUDA kernel" in info.render(report)
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert any("ROCm build: AMD GPUs run the PyTorch fallback" in n for n in info.collect()["notes"])
+    monkeypatch.setattr(info, "_compile", lambda: {"cxx": None, "triton": None})
+    assert any("no C++ compiler found" in n for n in info.collect()["notes"])
