@@ -13,6 +13,7 @@ Real devices (CUDA/ROCm, MPS) run where present and are skipped with a reason el
 from __future__ import annotations
 
 import itertools
+import types
 import warnings
 
 import pytest
@@ -233,6 +234,23 @@ def test_latent_decoder_same_audio_with_and_without_the_kernel():
         finally:
             library._destroy()
     torch.testing.assert_close(without, with_kernel, rtol=0, atol=0)
+
+
+def test_patch_on_the_fallback(cpu_kernel_hidden):
+    """patch(): audiocraft's JASCO.generate_audio through LatentDecoder, on a device without the kernel."""
+    from checkpoints import transformers_model
+
+    hf_model = transformers_model(seed=3)
+    jasco_model = types.SimpleNamespace(  # what patch() reads of a JASCO model
+        cfg=types.SimpleNamespace(compression_model_latent_mean=-0.0074, compression_model_latent_std=4.0102),
+        compression_model=types.SimpleNamespace(model=hf_model))
+    latents = torch.randn(2, 25, 8)
+    with torch.no_grad():  # JASCO's own decode: latents * std + mean, permute, the EnCodec decoder
+        upstream = hf_model.decoder((latents * 4.0102 + -0.0074).permute(0, 2, 1))
+    jasco_fast.patch(jasco_model, compile=False)
+    got = jasco_model.generate_audio(latents)
+    assert cpu_kernel_hidden
+    torch.testing.assert_close(got, upstream, rtol=1e-4, atol=1e-5)
 
 
 def test_cli_decodes_on_the_fallback(tmp_path, tiny_hf_checkpoint, cpu_kernel_hidden):
