@@ -129,7 +129,7 @@ class FallbackWarning(UserWarning):
 
 # op name -> its PyTorch implementation, for every op that has one registered (`jasco-fast info` lists them).
 FALLBACKS: dict[str, Callable] = {}
-_FALLBACK_LIBRARY = torch.library.Library("jasco_fast", "FRAGMENT")  # owns the registrations below
+_fallback_libraries: dict[str, torch.library.Library] = {}  # namespace -> the library owning its fallbacks
 _warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
 
@@ -163,6 +163,15 @@ def _warn_once(op: str, device: torch.device) -> None:
                   f"compiled kernels.", FallbackWarning, stacklevel=3)
 
 
+def _device_of(args) -> torch.device:
+    """The device of an op call: that of its first tensor (also inside a Tensor[] argument)."""
+    for a in args:
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if isinstance(t, torch.Tensor):
+                return t.device
+    return torch.device("cpu")
+
+
 def register_fallback(op: str):
     """Decorator: register ``function`` (same signature as ``op``'s schema, written in PyTorch ops) as the
     op's kernel on every device that has no compiled kernel.
@@ -180,11 +189,13 @@ def register_fallback(op: str):
             return function
 
         def kernel(*args, **kwargs):
-            device = next(a.device for a in args if isinstance(a, torch.Tensor))
-            _warn_once(op, device)
+            _warn_once(op, _device_of(args))
             return FALLBACKS[op](*args, **kwargs)  # looked up per call: the registry says what runs
 
-        _FALLBACK_LIBRARY.impl(op.split("::", 1)[1], kernel, "CompositeExplicitAutograd")
+        namespace, name = op.split("::", 1)
+        if namespace not in _fallback_libraries:
+            _fallback_libraries[namespace] = torch.library.Library(namespace, "FRAGMENT")
+        _fallback_libraries[namespace].impl(name, kernel, "CompositeExplicitAutograd")
         FALLBACKS[op] = function
         return function
     return register

@@ -157,6 +157,42 @@ def test_warns_once_per_process_and_device(monkeypatch):
     assert OP_NAME in message and "cpu" in message and "rebuild" in message and "jasco-fast info" in message
 
 
+# A second op, defined for the test's whole process (an op schema cannot be removed while kernels for it
+# remain registered): register_fallback is meant for every op with kernels on some devices only.
+_TEST_LIBRARY = torch.library.Library("jasco_fast_test", "DEF")
+_TEST_LIBRARY.define("twice(Tensor x, Tensor[] extra) -> Tensor")
+_TEST_LIBRARY.impl("twice", lambda x, extra: x * 2, "CPU")
+_TEST_LIBRARY.define("generic(Tensor x) -> Tensor")
+_TEST_LIBRARY.impl("generic", lambda x: x + 1, "CompositeExplicitAutograd")
+
+
+def test_registry_takes_other_ops(monkeypatch):
+    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setattr(ops, "FALLBACKS", dict(ops.FALLBACKS))
+    twice = torch.ops.jasco_fast_test.twice.default
+    key = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, KERNEL_LESS_KEY))
+    with pytest.raises(NotImplementedError):  # no kernel for that backend yet
+        twice.redispatch(key, torch.ones(2), [torch.ones(1)])
+
+    @ops.register_fallback("jasco_fast_test::twice")
+    def twice_in_pytorch(x, extra):
+        return x + x
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(twice.redispatch(key, torch.ones(2), [torch.ones(1)]), torch.full((2,), 2.0))
+        assert torch.equal(twice(torch.ones(2), []), torch.full((2,), 2.0))  # the CPU kernel still
+    assert [str(w.message).split(" has no")[0] for w in caught] == ["jasco_fast_test::twice"]
+    assert ops.FALLBACKS["jasco_fast_test::twice"] is twice_in_pytorch
+
+    @ops.register_fallback("jasco_fast_test::generic")  # already runs everywhere: left alone
+    def generic_in_pytorch(x):
+        return x - 1
+
+    assert "jasco_fast_test::generic" not in ops.FALLBACKS
+    assert torch.equal(torch.ops.jasco_fast_test.generic(torch.zeros(1)), torch.ones(1))
+
+
 def test_hints_name_what_to_do(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.version, "cuda", "12.4")
