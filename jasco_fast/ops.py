@@ -23,7 +23,7 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
 __all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "FallbackWarning", "FALLBACKS",
-           "register_fallback"]
+           "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
 JASCO_LATENT_MEAN = -0.0074
