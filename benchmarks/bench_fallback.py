@@ -99,7 +99,8 @@ def bench_decode(device: str, rounds: int, seconds_of_audio: float) -> dict:
         library._destroy()
     row = {"batch": 1, "audio_seconds": seconds_of_audio, "compile": False, **summarise(kernel, slow)}
     print(f"  decode 1 x {seconds_of_audio:g} s eager: kernel {row['kernel_ms']:.0f} ms  fallback "
-          f"{row['fallback_ms']:.0f} ms  {row['fallback_over_kernel']:.3f}x ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})")
+          f"{row['fallback_ms']:.0f} ms  {row['fallback_over_kernel']:.3f}x "
+          f"({row['ratio_min']:.3f}-{row['ratio_max']:.3f})")
     return row
 
 

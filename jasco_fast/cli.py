@@ -308,9 +308,10 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                             strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
             except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
                 if is_out_of_memory(exc):
-                    _say(f"decoding {names_in_batch}: out of memory with {len(batch)} item"
-                         f"{'s' if len(batch) > 1 else ''} of {batch[0].latents.shape[0]} frames (--batch-size {args.batch_size}) on {device}: rerun "
-                         f"with a smaller --batch-size, or --chunk-frames to decode in chunks")
+                    items = f"{len(batch)} item{'s' if len(batch) > 1 else ''}"
+                    _say(f"decoding {names_in_batch}: out of memory with {items} of {batch[0].latents.shape[0]} "
+                         f"frames (--batch-size {args.batch_size}) on {device}: rerun with a smaller --batch-size, "
+                         f"or --chunk-frames to decode in chunks")
                     if device.type == "cuda":
                         torch.cuda.empty_cache()  # give the next batches the memory back
                 else:

@@ -195,7 +195,8 @@ def _notes(report: dict) -> list[str]:
                      f"rebuild with `pip install --no-build-isolation -e .`")
     if t.get("hip"):
         notes.append("ROCm build: AMD GPUs run the PyTorch fallback of denorm_transpose (no HIP kernels are built)")
-    if report.get("cpu_fast_path", {}).get("denorm_transpose") == "portable" and platform.machine() in ("x86_64", "AMD64"):
+    x86 = platform.machine() in ("x86_64", "AMD64")
+    if report.get("cpu_fast_path", {}).get("denorm_transpose") == "portable" and x86:
         notes.append("this CPU lacks AVX2/F16C: the CPU kernel runs its portable loops")
     if "cxx" in report.get("torch_compile", {}) and not report["torch_compile"]["cxx"]:
         notes.append("no C++ compiler found: torch.compile cannot build CPU code; install g++ or run with "
@@ -297,7 +298,8 @@ def render(report: dict) -> str:
     if section("cache", cache):
         where = {"JASCO_FAST_CACHE_DIR": "from JASCO_FAST_CACHE_DIR", "XDG_CACHE_HOME": "from XDG_CACHE_HOME",
                  "default": "default; JASCO_FAST_CACHE_DIR overrides"}[cache["source"]]
-        state = (f"{len(cache['entries'])} entries, {_size(cache['bytes'])}" if cache["exists"] else "does not exist yet")
+        state = (f"{len(cache['entries'])} entries, {_size(cache['bytes'])}" if cache["exists"]
+                 else "does not exist yet")
         lines.append(f"cache: {cache['path']} ({where}): {state}")
         for e in cache["entries"][:20]:
             lines.append(f"  {e['name']}  {_size(e['bytes'])}")
