@@ -1,4 +1,4 @@
-// The schema of jasco_fast's op, defined once; each device file registers its kernel.
+// The schemas of jasco_fast's ops, defined once; each device file registers its kernels.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -16,4 +16,6 @@ TORCH_LIBRARY(jasco_fast, m) {
   m.def("denorm_transpose(Tensor latents, Tensor mean, Tensor std, ScalarType? dtype=None, "
         "bool channels_last=False) -> Tensor",
         {at::Tag::needs_fixed_stride_order});
+  // What the CPU kernels' run-time dispatch chose on this machine: "avx2+f16c" or "portable" (`jasco-fast info`).
+  m.def("cpu_fast_path() -> str");
 }

@@ -1,4 +1,4 @@
-"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench.
+"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench, info.
 
 ``decode`` turns latent files into audio files; under ``torchrun`` it shards the input files across
 ranks (gloo on CPU, NCCL on GPU), each file decoded by exactly one rank, and rank 0 prints a summary
@@ -18,6 +18,7 @@ import torch
 
 from jasco_fast.audio import FORMATS, write_batch
 from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.errors import is_out_of_memory
 from jasco_fast.loading import CheckpointError, load_decoder
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.pipeline import LatentDecoder
@@ -137,6 +138,8 @@ class Summary:
 def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda, but CUDA is not available here")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps, but Apple's MPS is not available here")
     if name == "cuda" and "LOCAL_RANK" in os.environ:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         return torch.device("cuda", torch.cuda.current_device())
@@ -159,7 +162,8 @@ def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = Fa
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="EnCodec checkpoint: audiocraft compression_state_dict.bin (or its folder), "
                                         "or a transformers EnCodec folder; default: random weights")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
+                   help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
     p.add_argument("--format", default="wav", choices=FORMATS)
@@ -303,7 +307,15 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                 write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
                             strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
             except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
-                _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
+                if is_out_of_memory(exc):
+                    items = f"{len(batch)} item{'s' if len(batch) > 1 else ''}"
+                    _say(f"decoding {names_in_batch}: out of memory with {items} of {batch[0].latents.shape[0]} "
+                         f"frames (--batch-size {args.batch_size}) on {device}: rerun with a smaller --batch-size, "
+                         f"or --chunk-frames to decode in chunks")
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()  # give the next batches the memory back
+                else:
+                    _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
                 continue
             seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
@@ -333,7 +345,7 @@ def cmd_demo(args) -> int:
     fast = LatentDecoder(decoder, compile=not args.no_compile, dtype=DTYPES[args.dtype])
     if not args.no_compile:
         print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)
 
     t0 = time.perf_counter()
     fast(latents)
@@ -386,6 +398,20 @@ def cmd_bench(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# info
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from jasco_fast import info
+
+    report = info.collect()
+    print(json.dumps(report, indent=2) if args.json else info.render(report))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="what this install runs: torch build, compiled kernels per device, CPU fast "
+                                    "path, devices, cache folder, audio formats, versions (start here when "
+                                    "troubleshooting)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_info)
     return parser
 
 

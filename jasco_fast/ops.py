@@ -4,15 +4,26 @@
 ``(latents * std + mean).permute(0, 2, 1)`` (and the cast to ``dtype``) in one pass over memory. The
 arithmetic is float32 (float64 when latents or the output are float64), rounded once to the output dtype.
 The kernels live in ``csrc/``; this module adds the fake (meta) kernel that lets torch.compile trace
-through the op, and the autograd formula.
+through the op, the autograd formula, and the PyTorch fallback that runs the op on devices the extension
+has no kernel for (see ``register_fallback``).
 """
 from __future__ import annotations
 
+import threading
+import warnings
+from typing import Callable
+
 import torch
 
-from jasco_fast import _C  # noqa: F401  (loading the extension registers the op)
+try:
+    from jasco_fast import _C  # noqa: F401  (loading the extension registers the ops)
+except ImportError as exc:  # typically: built against another torch than the one installed now
+    raise ImportError(f"jasco_fast's compiled extension (jasco_fast._C) failed to load with torch "
+                      f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
+                      f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose"]
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "FallbackWarning", "FALLBACKS",
+           "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
 JASCO_LATENT_MEAN = -0.0074
@@ -106,3 +117,103 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("jasco_fast::denorm_transpose", _backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices without a compiled kernel (MPS, ROCm, CUDA built without nvcc, XLA, ...)
+
+
+class FallbackWarning(UserWarning):
+    """An op ran its PyTorch fallback because the extension has no kernel for the tensors' device."""
+
+
+# op name -> its PyTorch implementation, for every op that has one registered (`jasco-fast info` lists them).
+FALLBACKS: dict[str, Callable] = {}
+_fallback_libraries: dict[str, torch.library.Library] = {}  # namespace -> the library owning its fallbacks
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _device_name(device: torch.device) -> str:
+    return "cuda (ROCm)" if device.type == "cuda" and torch.version.hip else device.type
+
+
+def missing_kernel_hint(device: torch.device) -> str:
+    """What to do to get a compiled kernel for ``device`` (or why there is none)."""
+    if device.type == "cuda" and torch.version.hip:
+        return ("jasco_fast compiles no HIP kernels (a ROCm torch builds the CPU kernels only), so this "
+                "fallback is the AMD GPU path")
+    if device.type == "cuda":
+        return (f"the extension was built without its CUDA kernels (nvcc not found, or JASCO_FAST_NO_CUDA=1): "
+                f"install the CUDA {torch.version.cuda} toolkit or set CUDA_HOME, then rebuild with "
+                f"`pip install --no-build-isolation -e .`")
+    if device.type == "cpu":
+        return "the extension was built without its CPU kernel: rebuild with `pip install --no-build-isolation -e .`"
+    return f"jasco_fast has no {device.type} kernels, so this fallback is the {device.type} path"
+
+
+def _warn_once(op: str, device: torch.device) -> None:
+    key = (op, _device_name(device))
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(f"{op} has no compiled kernel for {key[1]} tensors; running its PyTorch implementation "
+                  f"(same results, slower); {missing_kernel_hint(device)}. `jasco-fast info` lists the "
+                  f"compiled kernels.", FallbackWarning, stacklevel=3)
+
+
+def _device_of(args) -> torch.device:
+    """The device of an op call: that of its first tensor (also inside a Tensor[] argument)."""
+    for a in args:
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if isinstance(t, torch.Tensor):
+                return t.device
+    return torch.device("cpu")
+
+
+def register_fallback(op: str):
+    """Decorator: register ``function`` (same signature as ``op``'s schema, written in PyTorch ops) as the
+    op's kernel on every device that has no compiled kernel.
+
+    It goes in as the op's CompositeExplicitAutograd kernel: the dispatcher uses that for any backend
+    without a kernel of its own, and keeps the compiled kernels (CPU, CUDA) where they exist. The op keeps
+    its one schema, its fake kernel (so torch.compile traces it as one opaque call) and its autograd
+    formula (which redispatches to whichever kernel runs). The first call on each device warns once per
+    process (``FallbackWarning``). An op that already has a device-generic kernel (CompositeExplicit- or
+    CompositeImplicitAutograd, e.g. one written in C++ over ATen ops) needs none and is left alone.
+    """
+    def register(function: Callable) -> Callable:
+        if any(torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+               for key in ("CompositeExplicitAutograd", "CompositeImplicitAutograd")):
+            return function
+
+        def kernel(*args, **kwargs):
+            _warn_once(op, _device_of(args))
+            return FALLBACKS[op](*args, **kwargs)  # looked up per call: the registry says what runs
+
+        namespace, name = op.split("::", 1)
+        if namespace not in _fallback_libraries:
+            _fallback_libraries[namespace] = torch.library.Library(namespace, "FRAGMENT")
+        _fallback_libraries[namespace].impl(name, kernel, "CompositeExplicitAutograd")
+        FALLBACKS[op] = function
+        return function
+    return register
+
+
+@register_fallback("jasco_fast::denorm_transpose")
+def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                              dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+    """The kernels' arithmetic in PyTorch ops: compute type float32 (float64 when latents or the output are
+    float64), multiply then add (two roundings, no FMA: separate ops), one rounding to the output dtype, and
+    the same output strides. Bit for bit the CPU kernel's result."""
+    out_dtype = _check(latents, mean, std, dtype)
+    B, T, D = latents.shape
+    out = (latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2) if channels_last
+           else latents.new_empty((B, D, T), dtype=out_dtype))
+    if out.numel() == 0:
+        return out
+    wide = torch.float64 if torch.float64 in (latents.dtype, out_dtype) else torch.float32
+    scaled = latents.to(wide) * std.to(wide).reshape(-1)
+    out.transpose(1, 2).copy_(scaled.add_(mean.to(wide).reshape(-1)))  # copy_ rounds once to out_dtype
+    return out

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from jasco_fast.decoder import Decoder
+from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
 
 __all__ = ["LatentDecoder"]
@@ -93,4 +94,10 @@ class LatentDecoder(nn.Module):
         if self.compiled and latents.shape[1] > 1:
             torch._dynamo.mark_dynamic(latents, 1)  # one graph for every length
         with torch.inference_mode():
-            return self._run(latents)
+            try:
+                return self._run(latents)
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one too
+                if not is_out_of_memory(exc):
+                    raise
+                raise decoding_out_of_memory(exc, latents.shape[0], latents.shape[1], self.decoder.config.frame_rate,
+                                             self.device, self.dtype) from exc

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -261,8 +262,20 @@ at::Tensor denorm_transpose_cpu(const at::Tensor& latents, const at::Tensor& mea
   return out;
 }
 
+// The path scale_shift / scale_shift_transpose take for float32/float16/bfloat16 with contiguous D.
+std::string cpu_fast_path() {
+#ifdef JASCO_FAST_X86
+  return has_avx2() ? "avx2+f16c" : "portable";
+#else
+  return "portable";
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("denorm_transpose", &denorm_transpose_cpu); }
+
+// No tensor arguments, so no backend key to dispatch on: a device-independent kernel.
+TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("cpu_fast_path", &cpu_fast_path); }
 
 }  // namespace jasco_fast
