@@ -112,7 +112,7 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        ok = (isinstance(entry, dict) and entry.get("dtype") in _SAFETENSORS_ITEMSIZE
+        ok = (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and entry["dtype"] in _SAFETENSORS_ITEMSIZE
               and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
               and len(entry["data_offsets"]) == 2
               and all(type(v) is int and v >= 0 for v in entry["shape"] + entry["data_offsets"]))
@@ -257,8 +257,10 @@ def resolve_pretrained(name: str) -> Path | None:
             continue
         ref = repo / "refs" / "main"
         candidates = []
-        if ref.is_file():
-            candidates.append(snapshots / ref.read_text().strip())
+        if ref.is_file():  # a commit hash; anything else (a damaged or hostile ref) is ignored
+            commit = ref.read_bytes()[:256].decode("utf-8", "replace").strip()
+            if re.fullmatch(r"[0-9A-Za-z_-][0-9A-Za-z._-]*", commit):
+                candidates.append(snapshots / commit)
         candidates += sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for snap in candidates:
             if (snap / "config.json").is_file() and any((snap / w).is_file() for w in TRANSFORMERS_WEIGHTS):
