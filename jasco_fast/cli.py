@@ -21,7 +21,7 @@ import torch
 
 from jasco_fast.audio import FORMATS, write_batch
 from jasco_fast.decoder import Decoder, DecoderConfig
-from jasco_fast.loading import CheckpointError, load_decoder, read_safetensors_header
+from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.pipeline import LatentDecoder
 
@@ -53,7 +53,10 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
         try:
+            check_torch_zip(path)  # no zip bomb
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except CheckpointError as exc:
+            raise ValueError(exc.problem) from None
         except OSError as exc:
             raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
         except Exception:

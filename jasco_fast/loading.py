@@ -169,6 +169,22 @@ def _check_xp_cfg(path: Path, text) -> None:
         raise CheckpointError(path, f"bad 'xp.cfg': its aliases expand to more than {MAX_YAML_NODES} values")
 
 
+def check_torch_zip(path: Path) -> None:
+    """A zip-format torch file must not expand beyond its size: torch.save stores records uncompressed,
+    but torch.load also inflates compressed ones, so a few MB of zeros could declare gigabytes."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except Exception:  # not a zip (a legacy pickle) or a damaged one: torch.load reports it
+        return
+    if declared > 4 * size + (1 << 20):
+        raise CheckpointError(path, f"its zip records expand to {declared} bytes from a {size}-byte file "
+                                    f"(a zip bomb?)")
+
+
 def _one_line(exc) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -212,6 +228,7 @@ def _check_transformers_config(path: Path, raw) -> None:
 
 
 def _torch_load(path: Path):
+    check_torch_zip(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises several types; all mean "not loadable safely"

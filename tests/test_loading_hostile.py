@@ -228,6 +228,22 @@ def test_pickles_carrying_code_are_refused_not_executed(bin_dir, tmp_path, where
     assert not marker.exists()
 
 
+def test_zip_bomb_is_refused_before_inflating(bin_dir):
+    import io
+    import zipfile
+
+    folder, state = bin_dir
+    state["padding"] = torch.zeros(2_000_000)  # 8 MB of zeros deflate to a few kB
+    plain = io.BytesIO()
+    torch.save(state, plain)
+    source = zipfile.ZipFile(io.BytesIO(plain.getvalue()))
+    with zipfile.ZipFile(folder / "pytorch_model.bin", "w", compression=zipfile.ZIP_DEFLATED) as bomb:
+        for info in source.infolist():
+            bomb.writestr(info.filename, source.read(info.filename))
+    assert (folder / "pytorch_model.bin").stat().st_size < 200_000
+    refused(folder, r"pytorch_model\.bin: its zip records expand to \d+ bytes from a \d+-byte file")
+
+
 @pytest.mark.parametrize("name", [None, 3, "a\x00b", "../../../etc", "x" * 500, ["facebook/encodec_32khz"]])
 def test_pointer_to_a_name_that_is_not_a_model_name(tmp_path, name):
     p = tmp_path / "compression_state_dict.bin"

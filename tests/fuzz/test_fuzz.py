@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
@@ -32,7 +33,7 @@ def seeded(test):
 
 
 class Session(tuple):
-    """(seeds, worker, case folder root, findings), with a short repr for hypothesis' reports."""
+    """(seeds, worker, case folder root, findings, outcome counts), with a short repr for hypothesis' reports."""
 
     def __repr__(self):
         return "<fuzz session>"
@@ -45,15 +46,22 @@ def fuzz(tmp_path_factory):
     seeds = harness.make_seeds(root / "seeds")
     worker = harness.Worker()
     findings: dict[str, tuple] = {}
-    yield Session((seeds, worker, root, findings))
+    outcomes: Counter = Counter()
+    yield Session((seeds, worker, root, findings, outcomes))
     worker.close()
+    print("\nfuzz outcomes (most common first):")
+    for (outcome, what), n in outcomes.most_common(40):
+        print(f"  {n:6d}  {outcome:9s} {what}")
     for kind, entry, files, problem in findings.values():
         print(f"\nfinding saved to {harness.save_finding(kind, entry, files, problem)}: {problem.splitlines()[0]}")
 
 
 def run_and_check(fuzz, kind, entry, files):
-    _, worker, root, findings = fuzz
+    _, worker, root, findings, outcomes = fuzz
     answer, folder = harness.run(worker, root, kind, entry, files)
+    # what refused it, without the file names and numbers: shows which checks the mutations reach
+    what = re.sub(r"\d+", "N", answer.get("message", "").split(": ", 1)[-1])[:70]
+    outcomes[(answer["outcome"], what)] += 1
     problem = harness.check(answer, kind)
     if problem is None:
         shutil.rmtree(folder, ignore_errors=True)
@@ -149,6 +157,10 @@ POINTER_WEIGHTS = "hub/models--facebook--encodec_32khz/snapshots/0123abcd/model.
 POINTER_CONFIG = "hub/models--facebook--encodec_32khz/snapshots/0123abcd/config.json"
 
 
+def legacy_seed(name: str) -> bool:
+    return name.endswith("legacy")
+
+
 @st.composite
 def checkpoint_cases(draw, seeds):
     import torch
@@ -162,6 +174,8 @@ def checkpoint_cases(draw, seeds):
         families += ["json", "header" if name in ("hf_safetensors", "pointer") else "state"]
     if name.startswith("audiocraft"):
         families += ["yaml", "state"]
+    if weights.endswith(".bin") and not legacy_seed(name):
+        families += ["deflate"]
     family = draw(st.sampled_from(families))
     legacy = name.endswith("legacy")
     if family == "bytes":
@@ -179,6 +193,8 @@ def checkpoint_cases(draw, seeds):
         text = torch.load(io.BytesIO(files[weights]), weights_only=True)["xp.cfg"]
         files[weights] = harness.mutate_state(files[weights], [("xp.cfg", harness.mutate_yaml(text, draw(yaml_edits)))],
                                               legacy)
+    elif family == "deflate":  # re-packed with compression: a legitimate file, or a zip bomb
+        files[weights] = harness.deflate_zip(files[weights], draw(st.sampled_from([0, 1 << 20, 64 << 20])))
     else:  # a pickle that carries code, in the place of the checkpoint's pickle
         target = weights
         if weights.endswith(".safetensors"):  # the folder's weights become a pickle
@@ -222,7 +238,7 @@ def latent_cases(draw, seeds):
     kind, entry, files = seeds[name]
     data = files[entry]
     families = ["bytes", "code"] + (["header"] if entry.endswith(".safetensors") else []) + \
-        (["state"] if entry.endswith(".pt") else [])
+        (["state"] if entry.endswith(".pt") else []) + (["deflate"] if name == "latents_pt" else [])
     family = draw(st.sampled_from(families))
     if family == "bytes":
         data = harness.mutate_bytes(data, draw(byte_ops))
@@ -230,6 +246,8 @@ def latent_cases(draw, seeds):
         data = harness.mutate_safetensors_header(data, draw(header_ops))
     elif family == "state":
         data = harness.mutate_state(data, [_state_value(op) for op in draw(state_ops)], name.endswith("legacy"))
+    elif family == "deflate":
+        data = harness.deflate_zip(data, draw(st.sampled_from([0, 1 << 20, 64 << 20])))
     else:
         data = harness.code_pickle(draw(st.sampled_from(["open", "system", "exec", "subprocess"])),
                                    as_torch=entry.endswith(".pt") and draw(st.booleans()))
