@@ -337,14 +337,16 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
               dynamic_ncols=True, file=sys.stderr) as bar:
         for number, batch in enumerate(batches):
             names_in_batch = ", ".join(it.name for it in batch)
+            stage = "decoding"
             try:
                 audio = fast(torch.stack([it.latents for it in batch]))
+                stage = "writing"
                 write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
                             strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
             except Exception as exc:  # e.g. out of memory: those items fail, the others still run
-                _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
+                _say(f"{stage} {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
-                problem = _folder_problem(out_dir, exc, needed=sum(it.latents.shape[0] for it in batch) * 2
+                problem = stage == "writing" and _folder_problem(out_dir, exc, needed=sum(it.latents.shape[0] for it in batch) * 2
                                           * decoder.hop_length * decoder.channels)
                 if problem:  # every later write would fail too
                     rest = [it.name for b in batches[number + 1:] for it in b]

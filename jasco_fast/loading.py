@@ -49,6 +49,7 @@ class CheckpointError(ValueError):
 
 MAX_TEXT_BYTES = 4 << 20  # config.json / xp.cfg: real ones are a few kB
 MAX_YAML_NODES = 200_000  # after expanding aliases (a "billion laughs" YAML expands exponentially)
+MAX_INTERPOLATED = 10_000_000  # values and characters after expanding ${...} interpolations
 MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
 _SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "I64": 8,
                          "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
@@ -167,6 +168,53 @@ def _check_xp_cfg(path: Path, text) -> None:
                 stack.append((child, False))
     if root is not None and sizes[id(root)] > MAX_YAML_NODES:
         raise CheckpointError(path, f"bad 'xp.cfg': its aliases expand to more than {MAX_YAML_NODES} values")
+    if _interpolated_size(yaml.safe_load(text)) > MAX_INTERPOLATED:
+        raise CheckpointError(path, f"bad 'xp.cfg': its ${{...}} interpolations expand to more than "
+                                    f"{MAX_INTERPOLATED} values and characters")
+
+
+def _interpolated_size(cfg) -> int:
+    """Values plus characters of ``cfg`` once every OmegaConf ``${...}`` is expanded, computed without
+    expanding (each referenced node's size is computed once): resolving copies what a reference names,
+    so references to references grow exponentially, like YAML aliases. Capped at MAX_INTERPOLATED + 1."""
+    cap = MAX_INTERPOLATED + 1
+    memo: dict[tuple, int] = {}
+
+    def node_at(keys: tuple):
+        node = cfg
+        for key in keys:
+            if isinstance(node, dict) and key in node:
+                node = node[key]
+            elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+            else:
+                return None
+        return node
+
+    def size_at(keys: tuple) -> int:
+        if keys not in memo:
+            memo[keys] = 1  # while being computed: a reference cycle counts once (the resolver refuses it)
+            memo[keys] = size(node_at(keys), keys)
+        return memo[keys]
+
+    def size(node, here: tuple) -> int:
+        if isinstance(node, dict):
+            return min(cap, 1 + sum(size_at(here + (k,)) for k in node if isinstance(k, str)))
+        if isinstance(node, list):
+            return min(cap, 1 + sum(size_at(here + (str(i),)) for i in range(len(node))))
+        if not isinstance(node, str):
+            return 1
+        total = len(node)
+        for ref in _INTERPOLATION.findall(node):
+            if ":" in ref:  # a resolver such as oc.env: its value is not in the config
+                continue
+            dots = len(ref) - len(ref.lstrip("."))
+            parent = here[:-1]
+            base = parent[:len(parent) - dots + 1] if dots else ()
+            total = min(cap, total + size_at(base + tuple(ref.lstrip(".").split("."))))
+        return total
+
+    return size_at(())
 
 
 def check_torch_zip(path: Path) -> None:

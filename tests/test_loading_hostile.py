@@ -279,8 +279,19 @@ def _laughs(levels: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interpolation_laughs(levels: int, whole_values: bool) -> str:
+    if whole_values:  # lists of references to lists: resolving copies each one
+        lines = ["a0: [x, x, x, x, x, x, x, x, x, x]"]
+        lines += [f"a{i}: [{', '.join([repr('${a%d}' % (i - 1))] * 10)}]" for i in range(1, levels)]
+    else:  # strings made of references to strings
+        lines = ["a0: xxxxxxxxxx"] + [f"a{i}: '{('${a%d}' % (i - 1)) * 10}'" for i in range(1, levels)]
+    return "\n".join(lines) + "\nseanet: {ratios: [4, 2]}\n"
+
+
 @pytest.mark.parametrize("text, match", [
     (_laughs(9), r"aliases expand to more than"),  # 10^9 values once expanded
+    (_interpolation_laughs(10, whole_values=False), r"interpolations expand to more than"),
+    (_interpolation_laughs(10, whole_values=True), r"interpolations expand to more than"),
     ("a: &a [1, *a]\n", r"alias refers to itself"),
     ("[" * 5000 + "]" * 5000, r"(nested too deeply|not a mapping|bad 'xp\.cfg')"),
     ("seanet: {ratios: [4, 2]\n", r"bad 'xp\.cfg'"),

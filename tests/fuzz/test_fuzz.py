@@ -107,11 +107,18 @@ YAML_SNIPPETS = ["null", "~", "true", "no", "'8'", "8.0", "-4", "1e400", ".nan",
                  "!!python/name:os.system", "Tanh", "Transformer", "PReLU", "Module", "Identity", "reflect",
                  "circular", "time_group_norm", "spectral_norm", "{alpha: x}", "{num_parameters: 3}",
                  "{eps: -1}", "{affine: false}", "'" + "x" * 300 + "'", "[" * 300, "|\n    text"]
+# references to references: aliases, and ${...} interpolations of strings and of lists
+YAML_BOMBS = ["\nz0: &z0 [x, x, x, x, x, x, x, x]\n" + "".join(f"z{i}: &z{i} [{', '.join([f'*z{i - 1}'] * 8)}]\n"
+                                                             for i in range(1, 9)),
+              "\nz0: xxxxxxxx\n" + "".join(f"z{i}: '{('${z%d}' % (i - 1)) * 8}'\n" for i in range(1, 10)),
+              "\nz0: [x, x, x, x, x, x, x, x]\n" + "".join(f"z{i}: [{', '.join([repr('${z%d}' % (i - 1))] * 8)}]\n"
+                                                         for i in range(1, 10))]
 yaml_edits = st.lists(st.one_of(
     st.tuples(st.just("value"), st.sampled_from(YAML_KEYS), st.one_of(st.sampled_from(YAML_SNIPPETS),
                                                                       st.text(max_size=20), ints.map(str))),
     st.tuples(st.just("text"), st.integers(0, 4000), st.integers(0, 40),
-              st.one_of(st.text(max_size=20), st.sampled_from(["\n", ": ", "- ", "&x ", "*x", "${", "}", "\t"])))),
+              st.one_of(st.text(max_size=20), st.sampled_from(["\n", ": ", "- ", "&x ", "*x", "${", "}", "\t"]),
+                        st.sampled_from(YAML_BOMBS)))),
     min_size=1, max_size=4)
 
 byte_ops = st.lists(st.one_of(
