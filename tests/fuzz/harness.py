@@ -292,7 +292,7 @@ class Worker:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.started += 1
         ready = self._read(120)
-        if not ready or not ready.get("ready"):
+        if not ready or not ready.get("ready"):  # None (silent) or {"eof": True} (died)
             raise RuntimeError(f"the fuzz worker did not start: {ready}")
 
     def _read(self, seconds: float):
@@ -301,9 +301,9 @@ class Worker:
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(seconds):
-            return None
+            return None  # no answer in time
         line = self.proc.stdout.readline()
-        return json.loads(line) if line else None
+        return json.loads(line) if line else {"eof": True}
 
     def run(self, case: dict) -> dict:
         if self.proc is None or self.proc.poll() is not None:
@@ -312,13 +312,12 @@ class Worker:
         self.proc.stdin.flush()
         answer = self._read(PER_CASE_SECONDS + 30)  # the worker's own alarm fires first unless C code hangs
         if answer is None:
-            code = self.proc.poll()
-            if code is None:
-                self.proc.kill()
-                self.proc.wait()
-                answer = {"outcome": "hang", "message": "no answer (stuck outside Python?)"}
-            else:
-                answer = {"outcome": "crash", "message": f"worker died with exit status {code}"}
+            self.proc.kill()
+            self.proc.wait()
+            answer = {"outcome": "hang", "message": "no answer (stuck outside Python?)"}
+            self.proc = None
+        elif answer.get("eof"):
+            answer = {"outcome": "crash", "message": f"worker died with exit status {self.proc.wait()}"}
             self.proc = None
         return answer
 

@@ -274,6 +274,22 @@ def test_fuzz_latents(fuzz, latent_strategy, data):
     run_and_check(fuzz, kind, entry, files)
 
 
+def test_worker_caps(fuzz):
+    """The caps the property relies on are in force, and each way of breaking them is reported."""
+    worker = fuzz[1]
+    small = worker.run({"kind": "selftest", "action": "allocate", "bytes": 1 << 20})
+    assert small["outcome"] == "selftest done"
+    over = worker.run({"kind": "selftest", "action": "allocate", "bytes": (harness.MEMORY_MB + 256) << 20})
+    assert over["outcome"] == "unexpected" and over["type"] == "MemoryError"
+    assert harness.check(over, "checkpoint").startswith("unexpected: MemoryError")
+    slow = worker.run({"kind": "selftest", "action": "sleep", "seconds_to_sleep": 30, "seconds": 1})
+    assert slow["outcome"] == "timeout" and harness.check(slow, "latents").startswith("timeout")
+    crash = worker.run({"kind": "selftest", "action": "abort"})
+    assert crash["outcome"] == "crash" and harness.check(crash, "checkpoint").startswith("crash")
+    assert harness.check({"outcome": "decoder", "code_ran": True}, "checkpoint") == "a pickle's code ran"
+    assert harness.check({"outcome": "refused", "type": "KeyError"}, "checkpoint").startswith("refused with KeyError")
+
+
 # --------------------------------------------------------------------------------------------------
 # Findings of earlier runs
 

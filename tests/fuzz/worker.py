@@ -36,6 +36,16 @@ def run_case(case: dict) -> dict:
     from jasco_fast.cli import read_latents
     from jasco_fast.loading import CheckpointError, load_decoder
 
+    if case["kind"] == "selftest":  # proves the caps hold: see test_fuzz.test_worker_caps
+        if case["action"] == "allocate":
+            bytearray(case["bytes"])
+        elif case["action"] == "sleep":
+            import time
+
+            time.sleep(case["seconds_to_sleep"])
+        elif case["action"] == "abort":
+            os.abort()
+        return {"outcome": "selftest done"}
     folder = Path(case["dir"])
     entry = folder / case["entry"]
     os.chdir(folder)  # where a code-carrying pickle, were it ever run, would leave its marker
@@ -84,7 +94,7 @@ def main() -> None:
     print(json.dumps({"ready": True, "cap_mb": cap // 2**20}), flush=True)
     for line in sys.stdin:
         case = json.loads(line)
-        signal.alarm(args.seconds)
+        signal.alarm(case.get("seconds", args.seconds))
         try:
             answer = run_case(case)
         except CaseTimeout:
