@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import stat
 from pathlib import Path
 
 import torch
@@ -77,13 +78,26 @@ def _checkpoint_errors(func):
     return wrapper
 
 
+def _regular_file(path: Path) -> int:
+    """The size of ``path``, which must be a regular file: a FIFO would block the reader forever and a
+    device such as /dev/zero never ends."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(path, "not a regular file")
+    return info.st_size
+
+
 def read_text_file(path: Path, limit: int = MAX_TEXT_BYTES) -> str:
     """A small UTF-8 text file, refused (CheckpointError) when larger than ``limit`` bytes."""
-    size = path.stat().st_size
+    size = _regular_file(path)
     if size > limit:
         raise CheckpointError(path, f"{size} bytes, too large for a config file (at most {limit})")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew since stat
+        raise CheckpointError(path, f"more than {limit} bytes, too large for a config file")
     try:
-        return path.read_bytes()[:limit].decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CheckpointError(path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
 
@@ -93,7 +107,7 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     before anything is allocated: the 8-byte header length, the JSON, each tensor's offsets and size."""
     path = Path(path)
     corrupt = "not a readable safetensors file (truncated or corrupt?): "
-    size = path.stat().st_size
+    size = _regular_file(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -222,7 +236,7 @@ def check_torch_zip(path: Path) -> None:
     but torch.load also inflates compressed ones, so a few MB of zeros could declare gigabytes."""
     import zipfile
 
-    size = path.stat().st_size
+    size = _regular_file(path)
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())

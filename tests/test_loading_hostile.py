@@ -365,6 +365,23 @@ def test_allocator_failure_while_materialising_is_a_checkpoint_error(hf_dir, mon
     refused(hf_dir, r"no memory for a decoder of [\d,]+ parameters")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_files_that_never_end_are_refused(hf_dir, tmp_path, kind):
+    import os
+
+    def endless(path):
+        path.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(path)  # no writer: reading it would block forever
+        else:
+            path.symlink_to("/dev/zero")
+
+    endless(hf_dir / "config.json")
+    refused(hf_dir / "config.json", r"config\.json: not a regular file")
+    endless(tmp_path / "compression_state_dict.bin")
+    refused(tmp_path / "compression_state_dict.bin", r"compression_state_dict\.bin: not a regular file")
+
+
 def test_config_json_that_is_a_folder(hf_dir):
     (hf_dir / "config.json").unlink()
     (hf_dir / "config.json").mkdir()
