@@ -660,7 +660,14 @@ def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, 
     source = Path(source)
     skeleton = validate_architecture(config, state, fmt, source)
     decoder = _materialise(skeleton, source)  # in float64: weights are folded there and rounded once
-    load_state(decoder, state, fmt, source)
+    try:
+        load_state(decoder, state, fmt, source)
+    except MemoryError:
+        raise CheckpointError(source, "out of memory while folding the weights") from None
+    except RuntimeError as exc:
+        if "alloc" not in str(exc):  # only the allocator's failures are the checkpoint's size
+            raise
+        raise CheckpointError(source, f"out of memory while folding the weights: {_one_line(exc)}") from None
     _check_runs(decoder, source)
     return decoder.to(device=device, dtype=dtype).eval()
 

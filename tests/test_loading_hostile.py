@@ -382,6 +382,15 @@ def test_files_that_never_end_are_refused(hf_dir, tmp_path, kind):
     refused(tmp_path / "compression_state_dict.bin", r"compression_state_dict\.bin: not a regular file")
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory")])
+def test_allocator_failure_while_folding_is_a_checkpoint_error(hf_dir, monkeypatch, error):
+    def no_memory(g, v):
+        raise error
+
+    monkeypatch.setattr(loading, "_fold_weight_norm", no_memory)
+    refused(hf_dir, r"model\.safetensors: out of memory while folding the weights")
+
+
 def test_config_json_that_is_a_folder(hf_dir):
     (hf_dir / "config.json").unlink()
     (hf_dir / "config.json").mkdir()
