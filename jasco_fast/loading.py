@@ -51,6 +51,7 @@ class CheckpointError(ValueError):
 MAX_TEXT_BYTES = 4 << 20  # config.json / xp.cfg: real ones are a few kB
 MAX_YAML_NODES = 200_000  # after expanding aliases (a "billion laughs" YAML expands exponentially)
 MAX_INTERPOLATED = 10_000_000  # values and characters after expanding ${...} interpolations
+_REFERENCE = re.compile(r"\$\{([^${}]+)\}")  # an innermost OmegaConf interpolation
 MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
 _SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "I64": 8,
                          "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
@@ -219,7 +220,7 @@ def _interpolated_size(cfg) -> int:
         if not isinstance(node, str):
             return 1
         total = len(node)
-        for ref in _INTERPOLATION.findall(node):
+        for ref in _REFERENCE.findall(node):
             if ":" in ref:  # a resolver such as oc.env: its value is not in the config
                 continue
             dots = len(ref) - len(ref.lstrip("."))
