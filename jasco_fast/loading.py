@@ -750,6 +750,18 @@ def _parameter_count(config: DecoderConfig) -> tuple[int, int]:
 
 
 def _check_plausible(config: DecoderConfig, tensors: dict, path: Path) -> None:
+    # Activations are built from the config by name: only torch's elementwise activation modules, whose
+    # construction cannot allocate or loop (a module such as Transformer or Embedding could, by its
+    # arguments), and no argument placing anything outside the meta device.
+    for name in ("activation", "final_activation"):
+        cls = getattr(torch.nn, getattr(config, name) or "Identity")
+        if cls is not torch.nn.Identity and (cls.__module__ != "torch.nn.modules.activation"
+                                             or cls is torch.nn.MultiheadAttention):
+            raise CheckpointError(path, f"its config's {name} {getattr(config, name)!r} is not an elementwise "
+                                        f"activation")
+    for name in ("activation_params", "final_activation_params", "norm_params"):
+        if {"device", "dtype"} & set(getattr(config, name) or {}):
+            raise CheckpointError(path, f"its config's {name} may not set a device or dtype")
     if len(config.ratios) > MAX_STAGES:
         raise CheckpointError(path, f"its config has {len(config.ratios)} upsampling stages (at most {MAX_STAGES})")
     if config.hop_length > MAX_HOP:

@@ -316,7 +316,10 @@ def test_xp_cfg_of_the_wrong_type(tmp_path, ac_source):
     ("true_skip: true", "true_skip: 'no'", r"true_skip must be true or false"),
     ("activation_params: {\"alpha\": 1.0}", "activation_params: [1]", r"activation_params must be a mapping"),
     ("activation_params: {\"alpha\": 1.0}", "activation_params: {\"alpha\": x}", r"fails on a 2-frame input"),
-    ("activation: ELU", "activation: Transformer", r"(parameters no checkpoint holds|does not build)"),
+    ("activation: ELU", "activation: Transformer", r"activation 'Transformer' is not an elementwise activation"),
+    ("activation: ELU", "activation: Embedding", r"activation 'Embedding' is not an elementwise activation"),
+    ("activation_params: {\"alpha\": 1.0}", "activation_params: {\"alpha\": 1.0, device: cpu}",
+     r"activation_params may not set a device"),
     ("activation_params: {\"alpha\": 1.0}\n  norm:", "activation_params: {}\n  norm:", None),
     ("dilation_base: 2", "dilation_base: 1000000000", None),  # one residual layer: dilation 1, fine
     ("trim_right_ratio: 1.0", "trim_right_ratio: .nan", r"trim_right_ratio must lie in"),
