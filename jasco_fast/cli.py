@@ -113,6 +113,8 @@ def _pick_tensor(obj) -> torch.Tensor:
     if isinstance(obj, dict):
         if isinstance(obj.get("latents"), torch.Tensor):
             return obj["latents"]
+        if "latents" in obj:
+            raise ValueError(f"its 'latents' entry is a {type(obj['latents']).__name__}, not a tensor")
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
         if len(tensors) == 1:
             return tensors[0]

@@ -233,3 +233,17 @@ def test_signal_mid_batch(tmp_path, tiny_hf_checkpoint, signum, status, said):
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(written)} skipped" in rerun.stdout
     assert len(list(out.glob("*.wav"))) == count and leftovers(out) == []
+
+
+def test_sigterm_handler_is_installed_only_while_main_runs(tmp_path, tiny_hf_checkpoint, monkeypatch):
+    seen = []
+    real_shard = cli._decode_shard
+
+    def shard(*args):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return real_shard(*args)
+
+    monkeypatch.setattr(cli, "_decode_shard", shard)
+    before = signal.getsignal(signal.SIGTERM)
+    assert decode(write_inputs(tmp_path / "in", 1, 30), tmp_path / "out", tiny_hf_checkpoint) == 0
+    assert seen == [cli._terminate] and signal.getsignal(signal.SIGTERM) is before
