@@ -217,7 +217,9 @@ def test_signal_mid_batch(tmp_path, tiny_hf_checkpoint, signum, status, said):
     cmd = [sys.executable, "-m", "jasco_fast", "decode", *map(str, files), "--out-dir", str(out),
            "--checkpoint", str(tiny_hf_checkpoint), "--no-compile", "--batch-size", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # default dispositions in the child: a shell's background job would otherwise pass on an ignored SIGINT
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.wav"))) < 3:
         time.sleep(0.01)
