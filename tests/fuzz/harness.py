@@ -228,8 +228,8 @@ def _replacement(value, how):
 
 
 def deflate_zip(data: bytes, zeros: int) -> bytes:
-    """The zip-format torch file ``data`` re-packed with deflate, ``zeros`` zero bytes appended to each
-    record's name space as an extra record (0: a legitimately compressed file; large: a zip bomb)."""
+    """The zip-format torch file ``data`` re-packed with deflate, plus an extra record of ``zeros`` zero
+    bytes (0: a legitimately compressed file, which loads; large: a zip bomb, which must be refused)."""
     import zipfile
 
     try:
