@@ -176,15 +176,15 @@ def checkpoint_cases(draw, seeds):
     kind, entry, files = seeds[name]
     files = dict(files)
     weights = WEIGHT_FILES[name]
+    legacy = legacy_seed(name)
     families = ["bytes", "code"]
     if name.startswith("hf") or name == "pointer":
         families += ["json", "header" if name in ("hf_safetensors", "pointer") else "state"]
     if name.startswith("audiocraft"):
         families += ["yaml", "state"]
-    if weights.endswith(".bin") and not legacy_seed(name):
+    if weights.endswith(".bin") and not legacy:
         families += ["deflate"]
     family = draw(st.sampled_from(families))
-    legacy = name.endswith("legacy")
     if family == "bytes":
         target = draw(st.sampled_from(sorted(files)))
         files[target] = harness.mutate_bytes(files[target], draw(byte_ops))
@@ -252,7 +252,7 @@ def latent_cases(draw, seeds):
     elif family == "header":
         data = harness.mutate_safetensors_header(data, draw(header_ops))
     elif family == "state":
-        data = harness.mutate_state(data, [_state_value(op) for op in draw(state_ops)], name.endswith("legacy"))
+        data = harness.mutate_state(data, [_state_value(op) for op in draw(state_ops)], legacy_seed(name))
     elif family == "deflate":
         data = harness.deflate_zip(data, draw(st.sampled_from([0, 1 << 20, 64 << 20])))
     else:
