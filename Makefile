@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.jasco_fast_installed
 UPSTREAM = .upstream
 SOURCES = setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test fuzz bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ demo: install
 
 test: install
 	JASCO_FAST_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
+
+# A long search for checkpoint / latent files that break the readers (tests/fuzz); each kind of failure
+# found is saved to tests/fuzz/corpus/, which `make test` replays. FUZZ_EXAMPLES cases per format family.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install
+	JASCO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) JASCO_FUZZ_SEED=random $(BIN)/python -m pytest -q -s tests/fuzz
 
 bench: install
 	$(BIN)/jasco-fast bench

@@ -7,9 +7,12 @@ gathered from all of them.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ import torch
 from jasco_fast.audio import FORMATS, write_batch
 from jasco_fast.decoder import Decoder, DecoderConfig
 from jasco_fast.errors import is_out_of_memory
-from jasco_fast.loading import CheckpointError, load_decoder
+from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.pipeline import LatentDecoder
 
@@ -51,7 +54,12 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
         try:
+            check_torch_zip(path)  # no zip bomb
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except CheckpointError as exc:
+            raise ValueError(exc.problem) from None
+        except OSError as exc:
+            raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
         except Exception:
             raise ValueError("not a readable torch file (truncated, corrupt, or holding Python objects, which "
                              "are refused)") from None
@@ -61,6 +69,8 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
 
         try:
             array = np.load(path, allow_pickle=False)
+        except OSError as exc:
+            raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
         except Exception:
             raise ValueError("not a readable .npy file (truncated, corrupt, or holding Python objects, which "
                              "are refused)") from None
@@ -71,7 +81,12 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
         from safetensors.torch import load_file
 
         try:
+            read_safetensors_header(path)  # sizes checked against the file before the library allocates
             state = load_file(str(path))
+        except CheckpointError as exc:
+            raise ValueError(exc.problem) from None
+        except OSError as exc:
+            raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
         except Exception:
             raise ValueError("not a readable safetensors file (truncated or corrupt)") from None
         tensor = _pick_tensor(state)
@@ -99,6 +114,8 @@ def _pick_tensor(obj) -> torch.Tensor:
     if isinstance(obj, dict):
         if isinstance(obj.get("latents"), torch.Tensor):
             return obj["latents"]
+        if "latents" in obj:
+            raise ValueError(f"its 'latents' entry is a {type(obj['latents']).__name__}, not a tensor")
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
         if len(tensors) == 1:
             return tensors[0]
@@ -233,6 +250,27 @@ def cmd_decode(args) -> int:
     return 2 if usage_error else (1 if total.failures else 0)
 
 
+# Errors of the output folder rather than of one item: full, read-only, no permission.
+_FOLDER_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _folder_problem(out_dir: Path, exc: BaseException, needed: int) -> str | None:
+    """Why ``out_dir`` cannot take more output after a failed write (full, read-only, no permission), or
+    None when the failure looks like the item's own. libsndfile reports a full disk as "System error."
+    without the errno, so the folder itself is asked too (``needed``: bytes the batch would take as WAV)."""
+    if isinstance(exc, OSError) and exc.errno in _FOLDER_ERRORS:
+        return exc.strerror or str(exc)
+    try:
+        stat = os.statvfs(out_dir)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return None
+    if stat.f_flag & os.ST_RDONLY:
+        return "read-only file system"
+    if stat.f_bavail * stat.f_frsize < needed:
+        return f"no space left: {stat.f_bavail * stat.f_frsize} bytes free"
+    return None
+
+
 def _stem_clashes(files: list[str]) -> dict[str, str]:
     """File -> why it cannot be decoded, for files whose name (stem) an earlier file in the sorted list already
     has: their outputs would overwrite each other. Decided on the full list, so every rank agrees."""
@@ -251,7 +289,10 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     from tqdm import tqdm
 
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     all_files = sorted({str(Path(p)) for p in args.latents})  # the same list on every rank
     clashes = _stem_clashes(all_files)
     files = all_files[rank::world]  # each file decoded by exactly one rank
@@ -300,23 +341,33 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
     with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds", disable=rank != 0 or not items,
               dynamic_ncols=True, file=sys.stderr) as bar:
-        for batch in batches:
+        for number, batch in enumerate(batches):
             names_in_batch = ", ".join(it.name for it in batch)
+            stage = "decoding"
             try:
                 audio = fast(torch.stack([it.latents for it in batch]))
+                stage = "writing"
                 write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
                             strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
             except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
                 if is_out_of_memory(exc):
                     items = f"{len(batch)} item{'s' if len(batch) > 1 else ''}"
-                    _say(f"decoding {names_in_batch}: out of memory with {items} of {batch[0].latents.shape[0]} "
+                    _say(f"{stage} {names_in_batch}: out of memory with {items} of {batch[0].latents.shape[0]} "
                          f"frames (--batch-size {args.batch_size}) on {device}: rerun with a smaller --batch-size, "
                          f"or --chunk-frames to decode in chunks")
                     if device.type == "cuda":
                         torch.cuda.empty_cache()  # give the next batches the memory back
                 else:
-                    _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
+                    _say(f"{stage} {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
+                problem = stage == "writing" and _folder_problem(out_dir, exc, needed=sum(it.latents.shape[0] for it in batch) * 2
+                                          * decoder.hop_length * decoder.channels)
+                if problem:  # every later write would fail too
+                    rest = [it.name for b in batches[number + 1:] for it in b]
+                    summary.failures += rest
+                    _say(f"stopping: {out_dir} cannot take more output ({problem}); {len(rest)} items not "
+                         f"decoded; the files written so far are whole, and a rerun decodes only what is missing")
+                    break
                 continue
             seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
             summary.decoded += len(batch)
@@ -471,10 +522,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that ``finally`` blocks clean up (a BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` swallows it)."""
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM's default action kills without running any cleanup; as an exception, temporaries are removed
+    # and writes in flight finish (exit status 128 + 15, as if killed by the signal; Ctrl-C: 128 + 2).
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    rerun = "; outputs written so far are whole, a rerun decodes only what is missing" \
+        if args.command == "decode" else ""
     try:
         return args.func(args)
     except UsageError as exc:
         _say(str(exc))
         return 2
+    except Terminated:
+        _say(f"terminated (SIGTERM){rerun}")
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        _say(f"interrupted{rerun}")
+        return 128 + signal.SIGINT
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -58,7 +58,11 @@ class DecoderConfig:
     sample_rate: int = 32000
 
     def __post_init__(self):
-        object.__setattr__(self, "ratios", tuple(int(r) for r in self.ratios))
+        # Values may come from untrusted config files: wrong types are refused, never coerced.
+        ratios = self.ratios
+        if not isinstance(ratios, (list, tuple)) or not all(_is_int(r) for r in ratios):
+            raise ValueError(f"invalid decoder config: ratios must be a list of positive integers, got {ratios!r}")
+        object.__setattr__(self, "ratios", tuple(int(r) for r in ratios))
         problems = []
         for name in ("dimension", "channels", "n_filters", "kernel_size", "last_kernel_size",
                      "residual_kernel_size", "dilation_base", "compress", "sample_rate"):
@@ -80,9 +84,18 @@ class DecoderConfig:
             problems.append(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.norm == "time_group_norm" and self.causal:
             problems.append("time_group_norm cannot be causal")
-        if not 0.0 <= float(self.trim_right_ratio) <= 1.0:
+        for name in ("true_skip", "causal"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("activation_params", "final_activation_params", "norm_params"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+                problems.append(f"{name} must be a mapping of keyword arguments, got {value!r}")
+        if not isinstance(self.trim_right_ratio, (int, float)) or isinstance(self.trim_right_ratio, bool):
+            problems.append(f"trim_right_ratio must be a number, got {self.trim_right_ratio!r}")
+        elif not 0.0 <= float(self.trim_right_ratio) <= 1.0:
             problems.append(f"trim_right_ratio must lie in [0, 1], got {self.trim_right_ratio}")
-        if not self.causal and float(self.trim_right_ratio) != 1.0:
+        elif not self.causal and float(self.trim_right_ratio) != 1.0:
             problems.append("trim_right_ratio != 1 only makes sense for a causal decoder")
         if isinstance(self.disable_norm_outer_blocks, int) and self.disable_norm_outer_blocks > len(self.ratios) + 2:
             problems.append(f"disable_norm_outer_blocks must be <= {len(self.ratios) + 2} (the number of blocks)")
@@ -107,6 +120,10 @@ class DecoderConfig:
         conv); audiocraft's ``disable_norm_outer_blocks`` switches it off for the last N blocks."""
         n_blocks = len(self.ratios) + 2
         return "none" if self.disable_norm_outer_blocks >= n_blocks - block else self.norm
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _activation(name: str, params: dict | None) -> nn.Module:
