@@ -5,7 +5,15 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.jasco_fast_installed
 SOURCES = setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 
-.PHONY: install demo test bench clean
+# The CUDA build, checked in CI on a GPU-less machine: a second environment with a CUDA torch.
+CUDA_VENV  ?= .venv-cuda
+CUDA_TORCH ?= 2.14.1
+CUDA_BIN    = $(CUDA_VENV)/bin
+CUDA_STAMP  = $(CUDA_VENV)/.jasco_fast_installed
+# On a GPU machine: its own Python with a CUDA torch (the device machines' python3).
+GPU_PYTHON ?= python3
+
+.PHONY: install demo test bench clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench
 
 install: $(STAMP)
 
@@ -29,5 +37,40 @@ test: install
 bench: install
 	$(BIN)/jasco-fast bench
 
+# ---- CUDA build without a GPU (CI): torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV), reused when there.
+# A regular (not editable) install, so its _C never replaces the CPU environment's in the source tree;
+# the tests run through the venv's pytest script, which does not put the source tree on sys.path.
+$(CUDA_VENV)/.torch-$(CUDA_TORCH):
+	test -x $(CUDA_BIN)/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_BIN)/pip install -q "torch==$(CUDA_TORCH)" setuptools wheel ninja packaging
+	echo "torch==$(CUDA_TORCH)" > $(CUDA_VENV)/constraints.txt
+	touch $@
+
+$(CUDA_STAMP): $(CUDA_VENV)/.torch-$(CUDA_TORCH) $(SOURCES) $(wildcard jasco_fast/*.py)
+	# -c: pip may add the test dependencies but never replace this torch.
+	$(CUDA_BIN)/pip install -q --no-build-isolation -c $(CUDA_VENV)/constraints.txt ".[test]"
+	$(CUDA_BIN)/pip install -q --no-deps --no-build-isolation "audiocraft==1.3.0"
+	touch $@
+
+test-cuda-build: $(CUDA_STAMP)
+	$(CUDA_BIN)/python .ci/check_cuda_build.py
+	$(CUDA_BIN)/pytest -q -p no:cacheprovider
+
+# ---- On a machine with a GPU: build in place with its torch, run the CUDA tests, measure, write results.
+# `make gpu-check` does all of it; the parts exist so each fits a 10-minute command.
+gpu-build:
+	$(GPU_PYTHON) benchmarks/gpu_check.py preflight
+	$(GPU_PYTHON) setup.py -q build_ext --inplace
+	$(GPU_PYTHON) benchmarks/gpu_check.py kernels
+
+gpu-test: gpu-build
+	$(GPU_PYTHON) -m pytest -q -x tests/test_cuda.py tests/test_denorm_transpose.py tests/test_overlap.py
+
+gpu-bench: gpu-build
+	$(GPU_PYTHON) benchmarks/gpu_check.py bench
+
+gpu-check: gpu-test
+	$(GPU_PYTHON) benchmarks/gpu_check.py bench
+
 clean:
-	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV)
+	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV) $(CUDA_VENV)

@@ -20,6 +20,7 @@ from jasco_fast.audio import FORMATS, write_batch
 from jasco_fast.decoder import Decoder, DecoderConfig
 from jasco_fast.loading import CheckpointError, load_decoder
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
+from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
 from jasco_fast.pipeline import LatentDecoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -293,24 +294,49 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                for i in range(0, len(group), args.batch_size)]
     frame_rate = decoder.config.frame_rate
     total = sum(it.latents.shape[0] for it in items) / frame_rate
+    mp3_rate = _mp3_rate(args.mp3_rate, fast.sample_rate)
+
+    def write(job: tuple[list[Item], HostCopy]) -> None:  # on the writer thread
+        batch, audio = job
+        write_batch(audio.result(), [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
+                    strategy=args.strategy, mp3_rate=mp3_rate)
+
     # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
     with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds", disable=rank != 0 or not items,
               dynamic_ncols=True, file=sys.stderr) as bar:
+        _decode_overlapped(fast, batches, write, summary, bar, frame_rate)
+    return summary, time.perf_counter() - start
+
+
+def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], write, summary: Summary, bar,
+                       frame_rate: float) -> None:
+    """Decodes batch k + 1 while batch k is copied to the host (pinned, non-blocking) and written on a
+    background thread. A batch that fails to decode or to write fails alone; the others still run."""
+
+    def account(outcome: Outcome) -> None:
+        batch, _ = outcome.job
+        if outcome.error is not None:  # e.g. disk full
+            _say(f"writing {', '.join(it.name for it in batch)}: {type(outcome.error).__name__}: "
+                 f"{_first_line(outcome.error)}")
+            summary.failures += [it.name for it in batch]
+            return
+        seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
+        summary.decoded += len(batch)
+        summary.audio_seconds += seconds
+        bar.update(min(seconds, bar.total - bar.n))  # no overshoot from float rounding
+
+    with WriteQueue(write, depth=2) as writer:
         for batch in batches:
-            names_in_batch = ", ".join(it.name for it in batch)
             try:
                 audio = fast(torch.stack([it.latents for it in batch]))
-                write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
-                            strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
-            except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
-                _say(f"decoding {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
+                writer.put((batch, HostCopy(audio)))
+            except Exception as exc:  # e.g. out of memory: those items fail, the others still run
+                _say(f"decoding {', '.join(it.name for it in batch)}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
-                continue
-            seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
-            summary.decoded += len(batch)
-            summary.audio_seconds += seconds
-            bar.update(min(seconds, bar.total - bar.n))  # no overshoot from float rounding
-    return summary, time.perf_counter() - start
+            for outcome in writer.done():
+                account(outcome)
+        for outcome in writer.close():
+            account(outcome)
 
 
 # --------------------------------------------------------------------------------------------------
