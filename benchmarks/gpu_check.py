@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path

@@ -197,6 +197,9 @@ def test_to_device_goes_through_pinned_memory_and_is_ordered():
 def test_host_copy_is_pinned_non_blocking_and_waits_for_the_producer():
     src = torch.randn(8, 1, 64_000, device="cuda")
     out = torch.zeros_like(src)
+    # a pinned block of this size, cached when released: HostCopy reuses it instead of calling cudaHostAlloc
+    torch.empty(src.shape, pin_memory=True)
+    torch.cuda.synchronize()
     torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU time before `out` gets its values
     out.copy_(src)
     copy = HostCopy(out)  # queued behind the sleep: returns at once
