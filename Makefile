@@ -10,10 +10,14 @@ CUDA_VENV  ?= .venv-cuda
 CUDA_TORCH ?= 2.14.1
 CUDA_BIN    = $(CUDA_VENV)/bin
 CUDA_STAMP  = $(CUDA_VENV)/.jasco_fast_installed
-# On a GPU machine: its own Python with a CUDA torch (the device machines' python3).
-GPU_PYTHON ?= python3
+# On a GPU machine: its own Python with a CUDA torch (the device machines' python3). An offline GPU
+# machine gets the few packages its image may lack as wheels: `make gpu-wheels` here (GPU_PY_VERSION is
+# that machine's Python), carry .whl/ there, and gpu-build installs them.
+GPU_PYTHON     ?= python3
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
 
-.PHONY: install demo test bench clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench
+.PHONY: install demo test bench clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
 install: $(STAMP)
 
@@ -58,19 +62,30 @@ test-cuda-build: $(CUDA_STAMP)
 
 # ---- On a machine with a GPU: build in place with its torch, run the CUDA tests, measure, write results.
 # `make gpu-check` does all of it; the parts exist so each fits a 10-minute command.
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+
 gpu-build:
+	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps .whl/*.whl; fi
 	$(GPU_PYTHON) benchmarks/gpu_check.py preflight
 	$(GPU_PYTHON) setup.py -q build_ext --inplace
 	$(GPU_PYTHON) benchmarks/gpu_check.py kernels
 
 gpu-test: gpu-build
-	$(GPU_PYTHON) -m pytest -q -x tests/test_cuda.py tests/test_denorm_transpose.py tests/test_overlap.py
+	$(GPU_PYTHON) -m pytest -q -rs tests/test_cuda.py tests/test_overlap.py
 
+# GPU_BENCH_ARGS: e.g. "--dtype bfloat16 --skip-op" to measure one dtype per call
 gpu-bench: gpu-build
-	$(GPU_PYTHON) benchmarks/gpu_check.py bench
+	$(GPU_PYTHON) benchmarks/gpu_check.py bench $(GPU_BENCH_ARGS)
 
-gpu-check: gpu-test
-	$(GPU_PYTHON) benchmarks/gpu_check.py bench
+# the whole suite on the GPU machine (the op's tests run on CUDA too); last, so that a failure caused by
+# that machine's package versions does not stop the measurements
+gpu-suite: gpu-build
+	$(GPU_PYTHON) -m pytest -q -rs tests
+
+gpu-check: gpu-test gpu-bench gpu-suite
 
 clean:
 	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV) $(CUDA_VENV)

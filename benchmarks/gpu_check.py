@@ -98,7 +98,8 @@ def _load(script: str):
 
 def bench(device: str, quick: bool, dtypes: list[str], results: Path, skip_op: bool) -> None:
     if device == "cuda" and not torch.cuda.is_available():
-        raise CheckFailed("--device cuda but torch sees no CUDA GPU")
+        raise CheckFailed(f"torch {torch.__version__} sees no GPU (torch.cuda.is_available() is False); use "
+                          f"--device cpu to exercise this code without one")
     sys.path.insert(0, str(ROOT))
     tag = device_tag(device)
     results.mkdir(parents=True, exist_ok=True)
