@@ -136,6 +136,9 @@ def main(argv=None) -> dict:
     min_time = args.min_time if args.min_time is not None else (0.2 if args.quick else 1.0)
     dtype = DTYPES[args.dtype]
 
+    # Every LatentDecoder compiles the same method: earlier runs' graphs (another dtype, another mode) would
+    # count towards dynamo's recompile limit, past which it silently runs eagerly.
+    torch._dynamo.reset()
     torch.manual_seed(0)
     decoder = Decoder(DecoderConfig()).to(args.device).eval()
     cfg = decoder.config

@@ -217,6 +217,13 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_dynamo():
+    """Every LatentDecoder compiles the same method: graphs left by other test modules would count towards
+    dynamo's recompile limit, past which it silently runs eagerly."""
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="module")
 def full_decoder():
     """The EnCodec 32 kHz architecture, random weights, on the GPU (timing and accuracy do not need real ones)."""
