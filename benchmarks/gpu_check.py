@@ -4,7 +4,7 @@ run the op and decode benchmarks, and summarise them against the targets as a RE
     python benchmarks/gpu_check.py preflight          # a CUDA GPU, nvcc and the Python packages, or exit 1
     python benchmarks/gpu_check.py kernels            # jasco_fast (this tree) has its CUDA kernel, or exit 1
     python benchmarks/gpu_check.py bench [--dtype D]  # benchmarks -> results/*_cuda_<gpu>.json, then summary
-    python benchmarks/gpu_check.py summary            # results/*_cuda_<gpu>.json -> gpu_check_cuda_<gpu>.json + table
+    python benchmarks/gpu_check.py summary [--tag cuda_h100]   # results/*_<tag>.json -> gpu_check_<tag>.json + tables
     python benchmarks/gpu_check.py bench --device cpu --quick --results-dir /tmp/r    # the same code on a CPU
 
 Targets (issue 11): the fused op moves >= 85% of a device-to-device copy's bandwidth; the decode is >= 3x
@@ -181,37 +181,42 @@ def op_table(op: dict) -> str:
     return "\n".join(lines)
 
 
-def summary(device: str, results: Path) -> dict:
-    tag = device_tag(device)
+def summary(device: str, results: Path, tag: str | None = None) -> dict:
+    tag = tag or device_tag(device)
     op_file = results / f"denorm_transpose_{tag}.json"
     decode_files = sorted(results.glob(f"decode_throughput_*_{tag}.json"))
     if not op_file.is_file() and not decode_files:
         raise CheckFailed(f"no results for {tag} in {results}: run `gpu_check.py bench` first")
     op = json.loads(op_file.read_text()) if op_file.is_file() else None
     decodes = [json.loads(p.read_text()) for p in decode_files]
-    result = {"benchmark": "gpu_check", "device": (op or decodes[0])["device"], "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "files": [p.name for p in ([op_file] if op else []) + decode_files],
+    first = op or decodes[0]
+    result = {"benchmark": "gpu_check", "device": first["device"], "torch": first.get("torch"),
+              "date": max((d.get("date", "") for d in decodes), default="") or time.strftime("%Y-%m-%d"),
+              "files": [p.name for p in ([op_file] if op else []) + decode_files],
               "op": op_summary(op) if op else None, "decode": decode_summary(decodes, TARGET_BATCH)}
     out = results / f"gpu_check_{tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n## {result['device']}, torch {torch.__version__}, {result['date']}\n")
+    text = [f"## {result['device']}, torch {result['torch']}, {result['date']}", ""]
     if op:
         s = result["op"]
-        print(op_table(op))
-        print(f"\nfused op at {tuple(s['shape'])}: {s['fused_fraction_of_copy']:.0%} (contiguous) and "
-              f"{s['fused_channels_last_fraction_of_copy']:.0%} (channels-last) of the copy's {s['copy_GBps']:.3g} GB/s; "
-              f"target >= {OP_TARGET:.0%}: {'met' if s['meets_target'] else 'NOT met'}\n")
+        text += [op_table(op), "",
+                 f"fused op at {tuple(s['shape'])}: {s['fused_fraction_of_copy']:.0%} (contiguous) and "
+                 f"{s['fused_channels_last_fraction_of_copy']:.0%} (channels-last) of the copy's "
+                 f"{s['copy_GBps']:.3g} GB/s; target >= {OP_TARGET:.0%}: {'met' if s['meets_target'] else 'NOT met'}", ""]
     if decodes:
-        print(readme_table(decodes))
+        text += [readme_table(decodes), ""]
         d = result["decode"]
         if d["best"]:
             b = d["best"]
-            print(f"\ndecode at B = {TARGET_BATCH}: best {b['speedup_vs_eager_float32']:.2f}x eager float32 "
-                  f"({b['path']}, {b['dtype']}, {b['seconds']:g} s); target >= {DECODE_TARGET:g}x: "
-                  f"{'met' if d['meets_target'] else 'NOT met'}")
+            text.append(f"decode at B = {TARGET_BATCH}: best {b['speedup_vs_eager_float32']:.2f}x eager float32 "
+                        f"({b['path']}, {b['dtype']}, {b['seconds']:g} s); target >= {DECODE_TARGET:g}x: "
+                        f"{'met' if d['meets_target'] else 'NOT met'}")
         else:
-            print(f"\ndecode at B = {TARGET_BATCH}: not measured")
-    print(f"wrote {out}")
+            text.append(f"decode at B = {TARGET_BATCH}: not measured")
+    table = out.with_suffix(".md")
+    table.write_text("\n".join(text) + "\n")
+    print("\n" + "\n".join(text))
+    print(f"wrote {out} and {table.name} (the README's tables)")
     return result
 
 
@@ -223,6 +228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="decode dtypes (default: all three)")
     parser.add_argument("--skip-op", action="store_true", help="no op benchmark (e.g. a second call for more dtypes)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--tag", help="summary of results made elsewhere, e.g. cuda_h100 (no GPU needed)")
     args = parser.parse_args(argv)
     if args.step == "preflight":
         preflight()
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
         bench(args.device, args.quick, args.dtype or list(DTYPES), args.results_dir, args.skip_op)
         summary(args.device, args.results_dir)
     else:
-        summary(args.device, args.results_dir)
+        summary(args.device, args.results_dir, args.tag)
     return 0
 
 
