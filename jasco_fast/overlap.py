@@ -114,8 +114,8 @@ class WriteQueue:
             try:
                 self._write(job)
                 outcome = Outcome(job)
-            except Exception as exc:  # reported to the caller with its job; the next jobs still run
-                outcome = Outcome(job, exc)
+            except BaseException as exc:  # reported to the caller with its job; the next jobs still run, and
+                outcome = Outcome(job, exc)  # the thread stays alive, so put() never waits on a dead writer
             with self._lock:
                 self._outcomes.append(outcome)
 
