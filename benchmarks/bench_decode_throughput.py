@@ -11,8 +11,8 @@ interleaved order: ``eager_float32`` (``reference.EagerDecoder``: what JASCO run
 (B = 1, B > 1), not once per case. Per path and case: median seconds per call over repeated calls (with
 min and max), audio seconds per second, the speedup over eager float32, peak memory of the first call
 (compilation / graph recording included), relative L2 error against eager float32, and the first call's
-time. A case that runs out of memory is recorded as such. On CUDA one call of each path at B = 8, 10 s is
-profiled: the top kernels say where the time goes. Weights are random (timing does not depend on them).
+time. A case that runs out of memory is recorded as such. One call of each path at B = 8, 10 s (--quick:
+the last case) is profiled: the top CUDA kernels (CPU operators on a CPU) say where the time goes. Weights are random (timing does not depend on them).
 Writes benchmarks/results/decode_throughput_<dtype>_<device>[_quick].json (or --out).
 """
 from __future__ import annotations
@@ -172,8 +172,9 @@ def main(argv=None) -> dict:
     add_speedups(rows)
 
     profiles = {}
-    if args.device == "cuda" and not args.no_profile:
-        batch, seconds = PROFILE_CASE
+    profile_case = cases[-1] if args.quick else PROFILE_CASE
+    if not args.no_profile:
+        batch, seconds = profile_case
         latents = torch.randn(batch, int(seconds * cfg.frame_rate), cfg.dimension, device=args.device)
         for runner in runners:
             try:
@@ -186,7 +187,7 @@ def main(argv=None) -> dict:
         "jasco_fast": getattr(jasco_fast, "__version__", None), "decoder": "EnCodec 32 kHz (random weights)",
         "dtype": args.dtype, "min_time_s": min_time, "date": time.strftime("%Y-%m-%d"),
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
-        "rows": rows, "profile_case": list(PROFILE_CASE), "profiles": profiles,
+        "rows": rows, "profile_case": list(profile_case), "profiles": profiles,
         "command": "python benchmarks/bench_decode_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     name = f"decode_throughput_{args.dtype}"

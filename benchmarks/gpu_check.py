@@ -181,6 +181,18 @@ def op_table(op: dict) -> str:
     return "\n".join(lines)
 
 
+def profile_lines(decodes: list[dict], top: int = 5) -> list[str]:
+    """Where the time goes: each run's profiled call, its top kernels (operators on a CPU) by share."""
+    lines = []
+    for d in decodes:
+        case = d.get("profile_case")
+        for path, events in d.get("profiles", {}).items():
+            shown = "; ".join(f"{e['name'][:60]} {e['share']:.0%}" if "share" in e else e.get("error", "?")
+                              for e in events[:top])
+            lines.append(f"- {d['dtype']} run, {path}, B = {case[0]}, {case[1]:g} s: {shown}")
+    return lines
+
+
 def summary(device: str, results: Path, tag: str | None = None) -> dict:
     tag = tag or device_tag(device)
     op_file = results / f"denorm_transpose_{tag}.json"
@@ -213,6 +225,9 @@ def summary(device: str, results: Path, tag: str | None = None) -> dict:
                         f"{'met' if d['meets_target'] else 'NOT met'}")
         else:
             text.append(f"decode at B = {TARGET_BATCH}: not measured")
+        profiles = profile_lines(decodes)
+        if profiles:
+            text += ["", "Where the time goes (share of one profiled call):"] + profiles
     table = out.with_suffix(".md")
     table.write_text("\n".join(text) + "\n")
     print("\n" + "\n".join(text))
