@@ -59,8 +59,6 @@ def find_cuda_home():
     for home in _toolkit_of_nvcc(nvcc):
         if os.path.isfile(os.path.join(home, RUNTIME_HEADER)) and os.path.isfile(os.path.join(home, "bin", "nvcc")):
             return home
-    warn(f"found {nvcc} but not its toolkit folder (one holding {RUNTIME_HEADER} and bin/nvcc); "
-         f"set CUDA_HOME to it")
     return None
 
 
@@ -123,9 +121,12 @@ def cuda_plan():
         return False, None
     home = find_cuda_home()
     if home is None:
-        warn(f"torch {torch.__version__} is a CUDA {torch.version.cuda} build but nvcc was not found: building "
-             f"the CPU kernels only (CUDA tensors use the op's PyTorch implementation). For the CUDA kernels "
-             f"install the CUDA {torch.version.cuda} toolkit (nvcc) or set CUDA_HOME, then rebuild.")
+        nvcc = shutil.which("nvcc")
+        why = ("nvcc was not found" if nvcc is None else
+               f"{nvcc} belongs to no toolkit folder holding {RUNTIME_HEADER} and bin/nvcc")
+        warn(f"torch {torch.__version__} is a CUDA {torch.version.cuda} build but {why}: building the CPU "
+             f"kernels only (CUDA tensors use the op's PyTorch implementation). For the CUDA kernels install "
+             f"the CUDA {torch.version.cuda} toolkit or set CUDA_HOME to it, then rebuild.")
         return False, None
     return True, home
 

@@ -115,3 +115,15 @@ def test_wheel_headers_of_the_installed_torch(setup_py):
         assert any(any(Path(d).glob("libcusparse.so*")) for d in libs), libs
     else:
         assert includes == [] and libs == []
+
+
+def test_nvcc_without_its_toolkit_is_named_in_the_one_warning(setup_py, monkeypatch, tmp_path, capsys):
+    executable(tmp_path / "bin" / "nvcc", "#!/bin/sh\nexit 1\n")  # a stray nvcc: no TOP, no headers
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(setup_py, "DEFAULT_CUDA_HOME", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert setup_py.cuda_plan() == (False, None)
+    err = capsys.readouterr().err
+    assert err.count("WARNING (jasco_fast build)") == 1
+    assert f"{tmp_path / 'bin' / 'nvcc'} belongs to no toolkit folder" in err and "CPU kernels only" in err
