@@ -91,3 +91,18 @@ def test_summary_against_the_targets(gpu_check, tmp_path, capsys, speedup, fract
 def test_summary_without_results_fails_loudly(gpu_check, tmp_path):
     with pytest.raises(SystemExit, match="no results"):
         gpu_check.summary("cpu", tmp_path)
+
+
+def test_summary_judges_the_op_on_the_device_timed_bandwidth(gpu_check, tmp_path, capsys):
+    write_results(tmp_path, 3.5, 0.5)  # the op benchmark alone would fail the target ...
+    rows = [{"name": "copy", "GBps": 3000.0}, {"name": "fused", "GBps": 2700.0},
+            {"name": "fused_channels_last", "GBps": 2850.0}, {"name": "fused_to_bfloat16", "GBps": 2400.0}]
+    for r in rows:
+        r["fraction_of_copy"] = r["GBps"] / 3000.0
+    (tmp_path / "bandwidth_cpu.json").write_text(json.dumps({"shape": [256, 1500, 128], "rows": rows}))
+    result = gpu_check.summary("cpu", tmp_path)  # ... the bandwidth measured on the device passes it
+    assert result["op"]["shape"] == [256, 1500, 128] and result["op"]["meets_target"] is True
+    assert result["op"]["fused_fraction_of_copy"] == pytest.approx(0.9)
+    assert "bandwidth_cpu.json" in result["files"]
+    out = capsys.readouterr().out
+    assert "90% of the device-to-device copy's 3000 GB/s" in out and "target >= 85%: met" in out
