@@ -240,13 +240,17 @@ def readme_table(decodes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _gbps(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
+
+
 def op_table(op: dict) -> str:
     lines = ["| shape | out | copy GB/s | fused GB/s (of copy) | channels-last GB/s (of copy) | eager GB/s |",
              "|---|---|---:|---:|---:|---:|"]
     for r in op["rows"]:
-        lines.append(f"| {tuple(r['shape'])} | {r['out_dtype']} | {r['clone_GBps']:.0f} | {r['fused_GBps']:.0f} "
-                     f"({r['fused_GBps'] / r['clone_GBps']:.0%}) | {r['fused_channels_last_GBps']:.0f} "
-                     f"({r['fused_channels_last_GBps'] / r['clone_GBps']:.0%}) | {r['eager_GBps']:.0f} |")
+        lines.append(f"| {tuple(r['shape'])} | {r['out_dtype']} | {_gbps(r['clone_GBps'])} | {_gbps(r['fused_GBps'])} "
+                     f"({r['fused_GBps'] / r['clone_GBps']:.0%}) | {_gbps(r['fused_channels_last_GBps'])} "
+                     f"({r['fused_channels_last_GBps'] / r['clone_GBps']:.0%}) | {_gbps(r['eager_GBps'])} |")
     return "\n".join(lines)
 
 
@@ -287,9 +291,9 @@ def summary(device: str, results: Path, tag: str | None = None) -> dict:
     if result["op"]:
         s = result["op"]
         extra = (f", to bfloat16 {s['fused_to_bfloat16_fraction_of_copy']:.0%}" if "fused_to_bfloat16_GBps" in s else "")
-        text += [f"fused op at {tuple(s['shape'])}, float32 in: {s['fused_GBps']:.0f} GB/s contiguous "
-                 f"({s['fused_fraction_of_copy']:.0%} of the device-to-device copy's {s['copy_GBps']:.0f} GB/s), "
-                 f"{s['fused_channels_last_GBps']:.0f} GB/s channels-last ({s['fused_channels_last_fraction_of_copy']:.0%})"
+        text += [f"fused op at {tuple(s['shape'])}, float32 in: {_gbps(s['fused_GBps'])} GB/s contiguous "
+                 f"({s['fused_fraction_of_copy']:.0%} of the device-to-device copy's {_gbps(s['copy_GBps'])} GB/s), "
+                 f"{_gbps(s['fused_channels_last_GBps'])} GB/s channels-last ({s['fused_channels_last_fraction_of_copy']:.0%})"
                  f"{extra}; target >= {OP_TARGET:.0%}: {'met' if s['meets_target'] else 'NOT met'}", ""]
     if decodes:
         text += [readme_table(decodes), ""]
