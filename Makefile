@@ -4,13 +4,32 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.jasco_fast_installed
 UPSTREAM = .upstream
+AUDIOCRAFT_SDIST = $(UPSTREAM)/audiocraft-1.3.0.tar.gz
 SOURCES = setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 
-.PHONY: install demo test fuzz bench clean
+# The CUDA build, checked in CI on a GPU-less machine: a second environment with a CUDA torch.
+CUDA_VENV  ?= .venv-cuda
+CUDA_TORCH ?= 2.14.1
+CUDA_BIN    = $(CUDA_VENV)/bin
+CUDA_STAMP  = $(CUDA_VENV)/.jasco_fast_installed
+# On a GPU machine: its own Python with a CUDA torch (the device machines' python3). An offline GPU
+# machine gets the few packages its image may lack as wheels: `make gpu-wheels` here (GPU_PY_VERSION is
+# that machine's Python), carry .whl/ there, and gpu-build installs them.
+GPU_PYTHON     ?= python3
+GPU_PY_VERSION ?= 3.12
+GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
+
+.PHONY: install demo test fuzz bench clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
 install: $(STAMP)
 
-$(STAMP): $(SOURCES)
+# audiocraft's sdist: a test oracle (its SEANet modules) and the source of its own audio tests.
+$(AUDIOCRAFT_SDIST):
+	mkdir -p $(UPSTREAM)
+	$(PYTHON) -m pip download -q --no-deps --no-binary :all: "audiocraft==1.3.0" -d $(UPSTREAM)
+	tar -xzf $@ -C $(UPSTREAM)
+
+$(STAMP): $(SOURCES) $(AUDIOCRAFT_SDIST)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned, so nothing below can pull a newer (CUDA) build.
 	$(BIN)/pip install -q "torch==2.13.0"
@@ -19,10 +38,7 @@ $(STAMP): $(SOURCES)
 	# audiocraft is a test oracle only: its SEANet files are loaded by path, its audio tests run
 	# against jasco_fast (tests/test_audiocraft_audio.py, from the unpacked sdist in $(UPSTREAM)),
 	# and its own dependencies (a pinned torch, xformers, ...) must not come in.
-	mkdir -p $(UPSTREAM)
-	$(BIN)/pip download -q --no-deps --no-binary :all: "audiocraft==1.3.0" -d $(UPSTREAM)
-	tar -xzf $(UPSTREAM)/audiocraft-1.3.0.tar.gz -C $(UPSTREAM)
-	$(BIN)/pip install -q --no-deps --no-build-isolation $(UPSTREAM)/audiocraft-1.3.0.tar.gz "julius==0.2.8"
+	$(BIN)/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
 	touch $(STAMP)
 
 demo: install
@@ -40,5 +56,51 @@ fuzz: install
 bench: install
 	$(BIN)/jasco-fast bench
 
+# ---- CUDA build without a GPU (CI): torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV), reused when there.
+# A regular (not editable) install, so its _C never replaces the CPU environment's in the source tree;
+# the tests run through the venv's pytest script, which does not put the source tree on sys.path.
+$(CUDA_VENV)/.torch-$(CUDA_TORCH):
+	test -x $(CUDA_BIN)/python || $(PYTHON) -m venv $(CUDA_VENV)
+	$(CUDA_BIN)/pip install -q "torch==$(CUDA_TORCH)" setuptools wheel ninja packaging
+	echo "torch==$(CUDA_TORCH)" > $(CUDA_VENV)/constraints.txt
+	touch $@
+
+$(CUDA_STAMP): $(CUDA_VENV)/.torch-$(CUDA_TORCH) $(SOURCES) $(wildcard jasco_fast/*.py) $(AUDIOCRAFT_SDIST)
+	# -c: pip may add the test dependencies but never replace this torch.
+	$(CUDA_BIN)/pip install -q --no-build-isolation -c $(CUDA_VENV)/constraints.txt ".[test]"
+	$(CUDA_BIN)/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
+	touch $@
+
+test-cuda-build: $(CUDA_STAMP)
+	$(CUDA_BIN)/python .ci/check_cuda_build.py
+	JASCO_FAST_REQUIRE_UPSTREAM=1 $(CUDA_BIN)/pytest -q -p no:cacheprovider
+
+# ---- On a machine with a GPU: build in place with its torch, run the CUDA tests, measure, write results.
+# `make gpu-check` does all of it; the parts exist so each fits a 10-minute command.
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+
+gpu-build:
+	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps .whl/*.whl; fi
+	$(GPU_PYTHON) benchmarks/gpu_check.py preflight
+	$(GPU_PYTHON) setup.py -q build_ext --inplace
+	$(GPU_PYTHON) benchmarks/gpu_check.py kernels
+
+gpu-test: gpu-build
+	$(GPU_PYTHON) -m pytest -q -rs tests/test_cuda.py tests/test_overlap.py
+
+# GPU_BENCH_ARGS: e.g. "--dtype bfloat16 --skip-op" to measure one dtype per call
+gpu-bench: gpu-build
+	$(GPU_PYTHON) benchmarks/gpu_check.py bench $(GPU_BENCH_ARGS)
+
+# the whole suite on the GPU machine (the op's tests run on CUDA too); last, so that a failure caused by
+# that machine's package versions does not stop the measurements
+gpu-suite: gpu-build
+	$(GPU_PYTHON) -m pytest -q -rs tests
+
+gpu-check: gpu-test gpu-bench gpu-suite
+
 clean:
-	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV) $(UPSTREAM)
+	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV) $(CUDA_VENV) $(UPSTREAM)

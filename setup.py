@@ -1,45 +1,185 @@
-"""Builds jasco_fast._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc exists."""
+"""Builds jasco_fast._C: the CPU kernels always; the CUDA kernels when torch is a CUDA build and nvcc exists.
+
+    pip install --no-build-isolation .        # against the torch already installed; no environment needed
+
+The CUDA toolchain is found without help (see `find_cuda_home`, `torch_cuda_wheel_dirs`): CUDA_HOME (or
+CUDA_PATH) when set, else the folder of the toolkit that nvcc belongs to, and the include/lib folders of the
+nvidia-* wheels that the installed torch depends on (torch's CUDA headers include cuSPARSE/cuBLAS headers,
+which a bare toolkit may lack). Knobs: JASCO_FAST_NO_CUDA=1 builds the CPU kernels only;
+TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0": A100, H100/H200).
+On a ROCm torch the CUDA sources are not built (see the README's "GPU builds" section).
+"""
 import glob
 import os
+import shutil
+import subprocess
+import sys
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RUNTIME_HEADER = os.path.join("include", "cuda_runtime_api.h")
+DEFAULT_CUDA_HOME = "/usr/local/cuda"
 
 
 def rel(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
 
-# Not torch.cuda.is_available(): a GPU-less build box with a CUDA torch should still build them.
-with_cuda = bool(torch.version.cuda) and CUDA_HOME is not None and os.environ.get("JASCO_FAST_NO_CUDA") != "1"
+def warn(message):
+    print(f"\nWARNING (jasco_fast build): {message}\n", file=sys.stderr, flush=True)
 
-sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-# OpenMP on compile AND link, else at::parallel_for runs on one thread.
-extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
-extra_link_args = ["-fopenmp"]
-define_macros = []
 
-if with_cuda:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
-    extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
-    define_macros.append(("JASCO_FAST_WITH_CUDA", None))
-    Extension = CUDAExtension
-else:
-    Extension = CppExtension
+def _toolkit_of_nvcc(nvcc):
+    """Toolkit folders nvcc may belong to: beside its real path (symlinks resolved), then the TOP that nvcc
+    itself reports (it may be a wrapper script in another folder, e.g. /usr/local/bin/nvcc), then the
+    conventional place."""
+    yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    try:  # a dry run prints nvcc's settings, among them `#$ TOP=<toolkit>/bin/..`; it compiles nothing
+        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+        for line in (dry.stdout + dry.stderr).splitlines():
+            if line.startswith("#$ TOP="):
+                yield os.path.realpath(line.split("=", 1)[1].strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    yield DEFAULT_CUDA_HOME
 
-setup(
-    ext_modules=[
-        Extension(
-            "jasco_fast._C",
-            sources,
-            extra_compile_args=extra_compile_args,
-            extra_link_args=extra_link_args,
-            define_macros=define_macros,
-        )
-    ],
-    cmdclass={"build_ext": BuildExtension},
-)
+
+def find_cuda_home():
+    """The CUDA toolkit folder (the one holding include/cuda_runtime_api.h), or None when there is no nvcc."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]  # the user's word; a wrong one fails loudly in the compiler
+    default_nvcc = os.path.join(DEFAULT_CUDA_HOME, "bin", "nvcc")
+    nvcc = shutil.which("nvcc") or (default_nvcc if os.access(default_nvcc, os.X_OK) else None)
+    if nvcc is None:
+        return None
+    for home in _toolkit_of_nvcc(nvcc):
+        if os.path.isfile(os.path.join(home, RUNTIME_HEADER)) and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return home
+    return None
+
+
+def torch_cuda_wheel_dirs():
+    """(include folders, library folders) of the nvidia-*/cuda-* wheels that the installed torch depends on,
+    followed through their own dependencies (torch -> cuda-toolkit[cublas,...] -> nvidia-cublas, ...)."""
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    except ImportError:  # setuptools carries its own copy
+        from setuptools._vendor.packaging.requirements import Requirement
+        from setuptools._vendor.packaging.utils import canonicalize_name
+
+    includes, libs, seen = [], [], set()
+    todo = [("torch", frozenset())]
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        for text in dist.requires or []:
+            req = Requirement(text)
+            dep = canonicalize_name(req.name)
+            if not dep.startswith(("nvidia-", "cuda-")):
+                continue
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (extras or {""})):
+                continue
+            todo.append((dep, frozenset(req.extras)))
+        if name == "torch":
+            continue
+        for f in dist.files or []:
+            parts = f.parts
+            if "include" in parts[:-1] and f.name.endswith((".h", ".hpp", ".cuh")):
+                folder = str(dist.locate_file(os.path.join(*parts[:parts.index("include") + 1])))
+                if folder not in includes:
+                    includes.append(folder)
+            elif ".so" in f.name and len(parts) > 1 and parts[-2] in ("lib", "lib64"):
+                folder = str(dist.locate_file(os.path.join(*parts[:-1])))
+                if folder not in libs:
+                    libs.append(folder)
+    return includes, libs
+
+
+def cuda_plan():
+    """(build the CUDA kernels?, CUDA_HOME). Decided on torch's build, not torch.cuda.is_available(): a
+    GPU-less build box with a CUDA torch (CI) still builds them."""
+    if os.environ.get("JASCO_FAST_NO_CUDA") == "1":
+        return False, None
+    if getattr(torch.version, "hip", None):
+        warn(f"torch {torch.__version__} is a ROCm build: the CUDA kernels are not compiled for HIP; AMD GPUs "
+             f"run the op's PyTorch implementation. Building the CPU kernels only.")
+        return False, None
+    if not torch.version.cuda:
+        return False, None
+    home = find_cuda_home()
+    if home is None:
+        nvcc = shutil.which("nvcc")
+        why = ("nvcc was not found" if nvcc is None else
+               f"{nvcc} belongs to no toolkit folder holding {RUNTIME_HEADER} and bin/nvcc")
+        warn(f"torch {torch.__version__} is a CUDA {torch.version.cuda} build but {why}: building the CPU "
+             f"kernels only (CUDA tensors use the op's PyTorch implementation). For the CUDA kernels install "
+             f"the CUDA {torch.version.cuda} toolkit or set CUDA_HOME to it, then rebuild.")
+        return False, None
+    return True, home
+
+
+def main():
+    with_cuda, cuda_home = cuda_plan()
+    if with_cuda:
+        # torch's cpp_extension guesses CUDA_HOME from nvcc's folder at import time: decide it before the import.
+        os.environ["CUDA_HOME"] = cuda_home
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    from torch.utils import cpp_extension
+
+    if with_cuda:
+        cpp_extension.CUDA_HOME = cuda_home  # in case something imported cpp_extension before us
+
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    # OpenMP on compile AND link, else at::parallel_for runs on one thread. -ffp-contract=off: no fused
+    # multiply-add, so `x * std + mean` rounds twice, bit-exact with the eager expression on every
+    # architecture (GCC contracts a*b+c on aarch64 and with -mfma by default).
+    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-ffp-contract=off"]}
+    extra_link_args = ["-fopenmp"]
+    include_dirs, library_dirs = [], []
+
+    if with_cuda:
+        sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
+        # The kernel rounds multiply and add separately itself (__fmul_rn / __fadd_rn).
+        extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+        wheel_includes, wheel_libs = torch_cuda_wheel_dirs()
+        # The toolkit's own headers first: the wheels only fill in what it lacks (cusparse.h, cublas_v2.h, ...).
+        include_dirs = [os.path.join(cuda_home, "include")] + wheel_includes
+        library_dirs = wheel_libs
+        extension = cpp_extension.CUDAExtension
+        print(f"jasco_fast build: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, "
+              f"CUDA_HOME={cuda_home}, {len(wheel_includes)} include folder(s) from torch's nvidia wheels", flush=True)
+    else:
+        extension = cpp_extension.CppExtension
+
+    setup(
+        ext_modules=[
+            extension(
+                "jasco_fast._C",
+                sources,
+                include_dirs=include_dirs,
+                library_dirs=library_dirs,
+                extra_compile_args=extra_compile_args,
+                extra_link_args=extra_link_args,
+            )
+        ],
+        cmdclass={"build_ext": cpp_extension.BuildExtension},
+        # One build folder per torch build: objects compiled against one torch never link into another's.
+        options={"build": {"build_base": os.path.join("build", f"torch-{torch.__version__}")}},
+    )
+
+
+if __name__ == "__main__":  # pip and `python setup.py` run it so; tests import the functions above
+    main()

@@ -24,6 +24,7 @@ from jasco_fast.decoder import Decoder, DecoderConfig
 from jasco_fast.errors import is_out_of_memory
 from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
+from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
 from jasco_fast.pipeline import LatentDecoder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -338,42 +339,73 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                for i in range(0, len(group), args.batch_size)]
     frame_rate = decoder.config.frame_rate
     total = sum(it.latents.shape[0] for it in items) / frame_rate
+    mp3_rate = _mp3_rate(args.mp3_rate, fast.sample_rate)
+
+    def write(job: tuple[list[Item], HostCopy]) -> None:  # on the writer thread
+        batch, audio = job
+        write_batch(audio.result(), [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
+                    strategy=args.strategy, mp3_rate=mp3_rate)
+
     # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
     with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds", disable=rank != 0 or not items,
               dynamic_ncols=True, file=sys.stderr) as bar:
+        _decode_overlapped(fast, batches, write, summary, bar, frame_rate, out_dir=out_dir,
+                           batch_size=args.batch_size, device=device)
+    return summary, time.perf_counter() - start
+
+
+def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], write, summary: Summary, bar,
+                       frame_rate: float, *, out_dir: Path, batch_size: int, device: torch.device) -> None:
+    """Decodes batch k + 1 while batch k is copied to the host (pinned, non-blocking) and written on a
+    background thread. A batch that fails to decode or to write fails alone and the others still run,
+    except when the output folder can take no more (full, read-only): then the run stops."""
+    stop: str | None = None
+
+    def account(outcome: Outcome) -> None:
+        nonlocal stop
+        batch, _ = outcome.job
+        if outcome.error is not None:  # e.g. disk full
+            _say(f"writing {', '.join(it.name for it in batch)}: {type(outcome.error).__name__}: "
+                 f"{_first_line(outcome.error)}")
+            summary.failures += [it.name for it in batch]
+            if stop is None:
+                stop = _folder_problem(out_dir, outcome.error, needed=sum(it.latents.shape[0] for it in batch) * 2
+                                       * fast.hop_length * fast.decoder.channels)
+            return
+        seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
+        summary.decoded += len(batch)
+        summary.audio_seconds += seconds
+        bar.update(min(seconds, bar.total - bar.n))  # no overshoot from float rounding
+
+    rest: list[str] = []
+    with WriteQueue(write, depth=2) as writer:
         for number, batch in enumerate(batches):
-            names_in_batch = ", ".join(it.name for it in batch)
-            stage = "decoding"
+            if stop is not None:  # every later write would fail too
+                rest = [it.name for b in batches[number:] for it in b]
+                summary.failures += rest
+                break
+            names = ", ".join(it.name for it in batch)
             try:
                 audio = fast(torch.stack([it.latents for it in batch]))
-                stage = "writing"
-                write_batch(audio, [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
-                            strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate))
-            except Exception as exc:  # e.g. out of memory, disk full: those items fail, the others still run
+                writer.put((batch, HostCopy(audio)))
+            except Exception as exc:  # e.g. out of memory: those items fail, the others still run
                 if is_out_of_memory(exc):
                     items = f"{len(batch)} item{'s' if len(batch) > 1 else ''}"
-                    _say(f"{stage} {names_in_batch}: out of memory with {items} of {batch[0].latents.shape[0]} "
-                         f"frames (--batch-size {args.batch_size}) on {device}: rerun with a smaller --batch-size, "
+                    _say(f"decoding {names}: out of memory with {items} of {batch[0].latents.shape[0]} "
+                         f"frames (--batch-size {batch_size}) on {device}: rerun with a smaller --batch-size, "
                          f"or --chunk-frames to decode in chunks")
                     if device.type == "cuda":
                         torch.cuda.empty_cache()  # give the next batches the memory back
                 else:
-                    _say(f"{stage} {names_in_batch}: {type(exc).__name__}: {_first_line(exc)}")
+                    _say(f"decoding {names}: {type(exc).__name__}: {_first_line(exc)}")
                 summary.failures += [it.name for it in batch]
-                problem = stage == "writing" and _folder_problem(out_dir, exc, needed=sum(it.latents.shape[0] for it in batch) * 2
-                                          * decoder.hop_length * decoder.channels)
-                if problem:  # every later write would fail too
-                    rest = [it.name for b in batches[number + 1:] for it in b]
-                    summary.failures += rest
-                    _say(f"stopping: {out_dir} cannot take more output ({problem}); {len(rest)} items not "
-                         f"decoded; the files written so far are whole, and a rerun decodes only what is missing")
-                    break
-                continue
-            seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
-            summary.decoded += len(batch)
-            summary.audio_seconds += seconds
-            bar.update(min(seconds, bar.total - bar.n))  # no overshoot from float rounding
-    return summary, time.perf_counter() - start
+            for outcome in writer.done():
+                account(outcome)
+        for outcome in writer.close():
+            account(outcome)
+    if stop is not None:
+        _say(f"stopping: {out_dir} cannot take more output ({stop}); {len(rest)} items not decoded; the files "
+             f"written so far are whole, and a rerun decodes only what is missing")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from torch import nn
 from jasco_fast.decoder import Decoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
+from jasco_fast.overlap import to_device
 
 __all__ = ["LatentDecoder"]
 
@@ -90,7 +91,7 @@ class LatentDecoder(nn.Module):
             raise ValueError("latents need at least one frame (T >= 1)")
         if latents.shape[0] == 0:
             return latents.new_zeros(0, self.decoder.channels, latents.shape[1] * self.hop_length, dtype=torch.float32)
-        latents = latents.to(self.device)
+        latents = to_device(latents, self.device)  # through pinned memory, non-blocking, to a GPU
         if self.compiled and latents.shape[1] > 1:
             torch._dynamo.mark_dynamic(latents, 1)  # one graph for every length
         with torch.inference_mode():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,8 +103,12 @@ def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys,
 
     monkeypatch.setattr(audio, "_open_temporary", open_then_refuse)
     assert decode(files, out, tiny_hf_checkpoint) == 1
-    err = capsys.readouterr().err
-    assert f"stopping: {out} cannot take more output ({os.strerror(code)}); 3 items not decoded" in err
+    captured = capsys.readouterr()
+    # Writing overlaps decoding, so up to every remaining batch may be decoded (and refused) before it stops.
+    stopped = re.search(rf"stopping: {re.escape(str(out))} cannot take more output \({os.strerror(code)}\); "
+                        rf"(\d) items not decoded", captured.err)
+    assert stopped and 0 <= int(stopped.group(1)) <= 3, captured.err
+    assert "decoded 2 items" in captured.out and "4 failed" in captured.out, captured.out
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav"] and leftovers(out) == []
 
     monkeypatch.setattr(audio, "_open_temporary", real_open)  # writable again: the rerun finishes the job

@@ -1,4 +1,4 @@
-// CUDA binding of jasco_fast::denorm_transpose (built only with a CUDA torch, JASCO_FAST_WITH_CUDA).
+// CUDA binding of jasco_fast::denorm_transpose (setup.py compiles csrc/cuda/ only against a CUDA torch).
 // Same checks and output allocation as the CPU kernel (../denorm_transpose.h); the kernels themselves
 // are in denorm_transpose_kernel.cu. The input's strides are passed to the kernels as they are (no
 // .contiguous() copy): the tiled transpose reads any strides, with vector loads when D is contiguous and
@@ -31,6 +31,10 @@ at::Tensor denorm_transpose_cuda(const at::Tensor& latents, const at::Tensor& me
                                  std::optional<at::ScalarType> dtype, bool channels_last) {
   const at::ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
   TORCH_CHECK(latents.is_cuda(), "denorm_transpose: the CUDA kernel got latents on ", latents.device());
+  // The tiled transpose's grid maps T along x (the channels-last pass is grid-strided: any size).
+  TORCH_CHECK(channels_last || latents.size(1) <= cuda::kMaxTimeSteps, "denorm_transpose: T = ", latents.size(1),
+              " time steps is more than the CUDA kernel's grid covers (", cuda::kMaxTimeSteps,
+              "); decode the latents in shorter pieces along T");
   const c10::cuda::CUDAGuard guard(latents.device());
   at::Tensor out = make_output(latents, out_dtype, channels_last);
   if (out.numel() == 0) return out;

@@ -19,7 +19,6 @@ namespace jasco_fast {
 namespace cuda {
 namespace {
 
-constexpr int kTileT = 32;  // time steps per tile
 constexpr int kRowsPerPass = 8;  // blockDim.y
 
 // ---- conversions: load to the compute type, store rounded to nearest even -------------------------
@@ -95,40 +94,42 @@ __global__ void __launch_bounds__(32 * kRowsPerPass)
   __shared__ acc_t tile[kTileT][kTileD + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTileT;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD;
-  for (int64_t b = blockIdx.z; b < p.B; b += gridDim.z) {
-    const in_t* in_b = p.in + b * p.sb;
-    // load: rows t0 + r, channels d0 + tx * VEC .. + VEC - 1
+  // Grid-stride over channel tiles and batch entries: any D and B fit the grid (y and z are capped at 65535).
+  for (int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD; d0 < p.D; d0 += static_cast<int64_t>(gridDim.y) * kTileD) {
+    for (int64_t b = blockIdx.z; b < p.B; b += gridDim.z) {
+      const in_t* in_b = p.in + b * p.sb;
+      // load: rows t0 + r, channels d0 + tx * VEC .. + VEC - 1
 #pragma unroll
-    for (int r = ty; r < kTileT; r += kRowsPerPass) {
-      const int64_t t = t0 + r;
-      const int64_t d = d0 + static_cast<int64_t>(tx) * VEC;
-      if (t < p.T) {
-        if constexpr (VEC > 1) {
-          if (d < p.D) {  // D % VEC == 0: the whole pack is inside the row
-            const Pack<in_t, VEC> v = *reinterpret_cast<const Pack<in_t, VEC>*>(in_b + t * p.st + d);
+      for (int r = ty; r < kTileT; r += kRowsPerPass) {
+        const int64_t t = t0 + r;
+        const int64_t d = d0 + static_cast<int64_t>(tx) * VEC;
+        if (t < p.T) {
+          if constexpr (VEC > 1) {
+            if (d < p.D) {  // D % VEC == 0: the whole pack is inside the row
+              const Pack<in_t, VEC> v = *reinterpret_cast<const Pack<in_t, VEC>*>(in_b + t * p.st + d);
 #pragma unroll
-            for (int j = 0; j < VEC; ++j)
-              tile[r][tx * VEC + j] =
-                  mul_add(Cvt<acc_t, in_t>::load(v.v[j]), p.std[(d + j) * p.std_step], p.mean[(d + j) * p.mean_step]);
+              for (int j = 0; j < VEC; ++j)
+                tile[r][tx * VEC + j] = mul_add(Cvt<acc_t, in_t>::load(v.v[j]), p.std[(d + j) * p.std_step],
+                                                p.mean[(d + j) * p.mean_step]);
+            }
+          } else if (d < p.D) {
+            tile[r][tx] = mul_add(Cvt<acc_t, in_t>::load(in_b[t * p.st + d * p.sd]), p.std[d * p.std_step],
+                                  p.mean[d * p.mean_step]);
           }
-        } else if (d < p.D) {
-          tile[r][tx] = mul_add(Cvt<acc_t, in_t>::load(in_b[t * p.st + d * p.sd]), p.std[d * p.std_step],
-                                p.mean[d * p.mean_step]);
         }
       }
-    }
-    __syncthreads();
-    // store: channel rows d0 + c, time steps t0 + tx (coalesced along T)
-    const int64_t t = t0 + tx;
-    if (t < p.T) {
+      __syncthreads();
+      // store: channel rows d0 + c, time steps t0 + tx (coalesced along T)
+      const int64_t t = t0 + tx;
+      if (t < p.T) {
 #pragma unroll 4
-      for (int c = ty; c < kTileD; c += kRowsPerPass) {
-        const int64_t d = d0 + c;
-        if (d < p.D) p.out[(b * p.D + d) * p.T + t] = Cvt<acc_t, out_t>::store(tile[tx][c]);
+        for (int c = ty; c < kTileD; c += kRowsPerPass) {
+          const int64_t d = d0 + c;
+          if (d < p.D) p.out[(b * p.D + d) * p.T + t] = Cvt<acc_t, out_t>::store(tile[tx][c]);
+        }
       }
+      __syncthreads();  // the tile is reused for the next (channel tile, batch entry)
     }
-    __syncthreads();  // the tile is reused for the next batch entry
   }
 }
 
@@ -179,9 +180,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 template <typename in_t, typename out_t, typename acc_t, int VEC>
 cudaError_t launch_transpose(const Params<in_t, out_t, acc_t>& p, cudaStream_t stream) {
   const int64_t gx = ceil_div(p.T, kTileT), gy = ceil_div(p.D, 32 * VEC);
-  if (gx > 2147483647LL || gy > 65535) return cudaErrorInvalidValue;
-  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
-                  static_cast<unsigned>(p.B < 65535 ? p.B : 65535));
+  if (p.T > kMaxTimeSteps) return cudaErrorInvalidValue;  // the binding refuses it first, with a message
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy < kMaxGridYZ ? gy : kMaxGridYZ),
+                  static_cast<unsigned>(p.B < kMaxGridYZ ? p.B : kMaxGridYZ));
   transpose_kernel<in_t, out_t, acc_t, VEC><<<grid, dim3(32, kRowsPerPass), 0, stream>>>(p);
   return cudaGetLastError();
 }

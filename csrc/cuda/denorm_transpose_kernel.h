@@ -9,6 +9,13 @@
 namespace jasco_fast {
 namespace cuda {
 
+// Grid limits. The tiled transpose maps 32 time steps to each block along the grid's x axis (at most
+// 2^31 - 1 blocks), so it covers T <= kMaxTimeSteps; channels and batch entries are grid-strided (any size).
+constexpr int kTileT = 32;
+constexpr int64_t kMaxGridX = 2147483647;
+constexpr int64_t kMaxGridYZ = 65535;
+constexpr int64_t kMaxTimeSteps = kMaxGridX * kTileT;
+
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 struct DenormTransposeArgs {
@@ -28,7 +35,7 @@ struct DenormTransposeArgs {
 };
 
 // Enqueues the kernel on `stream` and returns the launch status (cudaGetLastError after the launch);
-// cudaErrorInvalidValue for an unsupported dtype or a grid that is too large.
+// cudaErrorInvalidValue for an unsupported dtype or T > kMaxTimeSteps (check both before calling).
 cudaError_t launch_denorm_transpose(const DenormTransposeArgs& args, cudaStream_t stream);
 
 }  // namespace cuda
