@@ -1,7 +1,8 @@
 """Loading EnCodec decoders from the checkpoint formats JASCO users have on disk.
 
 * audiocraft exported compression model (``compression_state_dict.bin``, or a directory holding one):
-  ``{'best_state': state_dict, 'xp.cfg': YAML, ...}``; the YAML's OmegaConf interpolations are resolved.
+  ``{'best_state': state_dict, 'xp.cfg': YAML, ...}``; the YAML is read with OmegaConf, as audiocraft
+  writes it, so its interpolations resolve as they do upstream.
 * audiocraft pointer file ``{'pretrained': 'facebook/encodec_32khz', ...}``: resolved to a local copy
   in the Hugging Face cache layout, never downloaded.
 * transformers EnCodec directory: ``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, weight
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import yaml
 
 from jasco_fast.decoder import Conv, ConvTranspose, Decoder, DecoderConfig, LSTM, ResBlock
 
-__all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "decoder_config_from_audiocraft",
+__all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "audiocraft_config", "decoder_config_from_audiocraft",
            "decoder_config_from_transformers", "decoder_from_state"]
 
 AUDIOCRAFT_FILE = "compression_state_dict.bin"
@@ -161,13 +161,9 @@ def _read_audiocraft(path: Path, pkg: dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise CheckpointError(path, "'best_state' is not a state dict")
-    cfg_text = pkg["xp.cfg"]
     try:
-        cfg = yaml.safe_load(cfg_text) if isinstance(cfg_text, str) else cfg_text
-        if not isinstance(cfg, dict):
-            raise ValueError("the config is not a mapping")
-        config = decoder_config_from_audiocraft(resolve_interpolations(cfg))
-    except (ValueError, yaml.YAMLError) as exc:
+        config = decoder_config_from_audiocraft(audiocraft_config(pkg["xp.cfg"]))
+    except ValueError as exc:
         raise CheckpointError(path, f"bad 'xp.cfg': {exc}") from None
     return config, state, "audiocraft", path
 
@@ -175,45 +171,33 @@ def _read_audiocraft(path: Path, pkg: dict):
 # ---------------------------------------------------------------------------------------------------
 # Configs
 
-_INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
+# The sections of an audiocraft config the decoder is built from. Only these are resolved: other sections
+# may hold interpolations that resolve only inside audiocraft (its own resolvers, experiment paths).
+AUDIOCRAFT_SECTIONS = ("compression_model", "sample_rate", "channels", "encodec", "seanet")
 
 
-def resolve_interpolations(cfg: dict) -> dict:
-    """Resolve OmegaConf ``${a.b}`` references (absolute, or relative with leading dots) in a plain dict."""
+def audiocraft_config(cfg) -> dict:
+    """Read an audiocraft config (its YAML text, or a mapping) with OmegaConf, as audiocraft does, and return
+    the sections the decoder needs (:data:`AUDIOCRAFT_SECTIONS`) as plain containers, interpolations such as
+    ``${channels}`` or ``${.dimension}`` resolved. Raises ``ValueError`` naming the key at fault."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    def lookup(ref: str, here: tuple, seen: tuple):
-        if ":" in ref:
-            raise ValueError(f"unsupported OmegaConf resolver in ${{{ref}}}")
-        if ref.startswith("."):
-            depth = len(ref) - len(ref.lstrip("."))
-            keys = list(here[:len(here) - depth]) + ref.lstrip(".").split(".")
-        else:
-            keys = ref.split(".")
-        node = cfg
-        for k in keys:
-            if isinstance(node, dict) and k in node:
-                node = node[k]
-            elif isinstance(node, list) and k.isdigit() and int(k) < len(node):
-                node = node[int(k)]
-            else:
-                raise ValueError(f"interpolation ${{{ref}}} refers to a missing key")
-        if ref in seen:
-            raise ValueError(f"interpolation cycle through ${{{ref}}}")
-        return resolve(node, tuple(keys[:-1]), seen + (ref,))
+    try:
+        conf = OmegaConf.create(cfg)
+        if not isinstance(conf, DictConfig):
+            raise ValueError(f"the config is not a mapping but a {type(OmegaConf.to_object(conf)).__name__}")
+        return {key: OmegaConf.to_container(conf[key], resolve=True) if OmegaConf.is_config(conf[key]) else conf[key]
+                for key in AUDIOCRAFT_SECTIONS if key in conf}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {_first_line(exc)}") from None
+    except OmegaConfBaseException as exc:
+        where = f" (at {exc.full_key})" if getattr(exc, "full_key", None) else ""
+        raise ValueError(f"{_first_line(exc)}{where}") from None
 
-    def resolve(node, here: tuple, seen: tuple = ()):
-        if isinstance(node, dict):
-            return {k: resolve(v, here + (k,), seen) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v, here, seen) for v in node]
-        if isinstance(node, str):
-            whole = _INTERPOLATION.fullmatch(node.strip())
-            if whole:  # keeps the referenced value's type
-                return lookup(whole.group(1), here[:-1] if here else here, seen)
-            return _INTERPOLATION.sub(lambda m: str(lookup(m.group(1), here[:-1] if here else here, seen)), node)
-        return node
 
-    return resolve(cfg, ())
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 _SEANET_FIELDS = {"dimension", "channels", "n_filters", "n_residual_layers", "ratios", "activation",
