@@ -3,7 +3,7 @@
     python benchmarks/bench_decode.py [--device cpu|cuda] [--quick] [--dtype float32|bfloat16|float16]
 
 The eager path is what audiocraft runs: ``latents * std + mean``, ``permute``, the EnCodec decoder in
-[B, C, T] layout with weight norm recomputed on every call (``jasco_fast.reference.EagerDecoder``).
+[B, C, T] layout with weight norm recomputed on every call (``jasco_fast.reference.ReferenceDecoder``).
 The fast path is ``LatentDecoder`` (fused op, channels-last, torch.compile); its first call, which
 includes compilation, is reported separately. Weights are random (timing does not depend on them).
 "Floor" is the decoder's arithmetic at this machine's measured matmul rate: no implementation of
@@ -26,9 +26,8 @@ import jasco_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, write_result  # noqa: E402
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, reference
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
+from jasco_fast.pipeline import DTYPES
 
 
 def decoder_macs(cfg: DecoderConfig, frames: int) -> int:
@@ -102,7 +101,7 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(timer.timeit(1).mean for _ in range(repeats))
 
 
-def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decoder: Decoder, eager,
+def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decoder: SEANetDecoder, eager,
              fast: LatentDecoder, floor_rate: float, repeats: int) -> dict:
     cfg = decoder.config
     frames = int(seconds * cfg.frame_rate)
@@ -164,8 +163,8 @@ def main(argv=None) -> dict:
     repeats = args.repeats or (1 if args.quick else (0 if args.device == "cuda" else 3))
 
     torch.manual_seed(0)
-    decoder = Decoder(DecoderConfig()).to(args.device).eval()
-    eager = reference.EagerDecoder(decoder)  # float32, as JASCO runs it
+    decoder = SEANetDecoder(DecoderConfig()).to(args.device).eval()
+    eager = reference.ReferenceDecoder(decoder)  # float32, as JASCO runs it
     fast = LatentDecoder(decoder, dtype=dtype)
     rate = matmul_rate(args.device)
     rows = []

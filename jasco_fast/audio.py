@@ -77,6 +77,16 @@ LOUDNESS_ENERGY_FLOOR = 2e-3
 # BS.1770 gating block; shorter signals are measured as one block (see _integrated_loudness).
 LOUDNESS_BLOCK_S = 0.4
 
+
+def mp3_rate_range(sample_rate: int) -> tp.Tuple[int, int, str]:
+    """(lowest, highest kbps, MPEG version) an MP3 at ``sample_rate`` Hz can have; the highest is the best."""
+    if sample_rate >= 32000:
+        return 32, 320, "MPEG-1"
+    if sample_rate >= 16000:
+        return 8, 160, "MPEG-2"
+    return 8, 64, "MPEG-2.5"
+
+
 PathLike = tp.Union[str, "os.PathLike[str]"]
 AudioLike = tp.Union[torch.Tensor, np.ndarray]
 
@@ -171,12 +181,7 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
             raise ValueError(f"MP3 supports 1 or 2 channels, got {channels} {layout_hint}")
         if not _is_int(mp3_rate):
             raise TypeError(f"mp3_rate must be an int (kbps), got {type(mp3_rate).__name__}")
-        if sample_rate >= 32000:
-            lo, hi, version = 32, 320, "MPEG-1"
-        elif sample_rate >= 16000:
-            lo, hi, version = 8, 160, "MPEG-2"
-        else:
-            lo, hi, version = 8, 64, "MPEG-2.5"
+        lo, hi, version = mp3_rate_range(sample_rate)
         if not lo <= mp3_rate <= hi:
             raise ValueError(f"mp3_rate must be in [{lo}, {hi}] kbps for {version} at {sample_rate} Hz, got {mp3_rate}")
         # libsndfile: bitrate = int(hi - c * (hi - lo)); aim 0.25 kbps above the target so the

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from jasco_fast.decoder import Conv, ConvTranspose, Decoder, DecoderConfig, LSTM, ResBlock
+from jasco_fast.decoder import Conv, ConvTranspose, SEANetDecoder, DecoderConfig, LSTM, ResBlock
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "audiocraft_config", "decoder_config_from_audiocraft",
            "decoder_config_from_transformers", "decoder_from_state"]
@@ -258,7 +258,7 @@ def decoder_config_from_transformers(raw: dict) -> DecoderConfig:
 # Weights
 
 
-def _upstream_prefixes(decoder: Decoder, fmt: str):
+def _upstream_prefixes(decoder: SEANetDecoder, fmt: str):
     """(our module, upstream key prefix of its conv, upstream key prefix of its GroupNorm) per module.
 
     Both upstream decoders are one Sequential/ModuleList in the same order as ours, so index i matches.
@@ -327,7 +327,7 @@ def _copy(path: Path, key: str, dst: torch.Tensor, src: torch.Tensor | None):
         dst.copy_(src.reshape(dst.shape))
 
 
-def load_state(decoder: Decoder, state: dict, fmt: str, path) -> Decoder:
+def load_state(decoder: SEANetDecoder, state: dict, fmt: str, path) -> SEANetDecoder:
     """Fill ``decoder`` from an upstream state dict, folding weight norm; every decoder key must be used."""
     path = Path(path)
     used: set[str] = set()
@@ -352,21 +352,21 @@ def load_state(decoder: Decoder, state: dict, fmt: str, path) -> Decoder:
     return decoder
 
 
-def load_decoder(path, *, device="cpu", dtype=torch.float32) -> Decoder:
+def load_decoder(path, *, device="cpu", dtype=torch.float32) -> SEANetDecoder:
     """Load the EnCodec decoder from a checkpoint file or directory (formats in the module docstring).
 
-    Returns an eval-mode :class:`Decoder` with folded weights on ``device`` in ``dtype``.
+    Returns an eval-mode :class:`SEANetDecoder` with folded weights on ``device`` in ``dtype``.
     """
     config, state, fmt, source = read_checkpoint(path)
     return decoder_from_state(config, state, fmt, source, device=device, dtype=dtype)
 
 
 def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, device="cpu",
-                       dtype=torch.float32) -> Decoder:
-    """An eval-mode :class:`Decoder` for ``config`` from an upstream state dict (``fmt``: 'audiocraft' or
+                       dtype=torch.float32) -> SEANetDecoder:
+    """An eval-mode :class:`SEANetDecoder` for ``config`` from an upstream state dict (``fmt``: 'audiocraft' or
     'transformers'); ``source`` names where the state came from, for error messages."""
     with torch.device("meta"):
-        skeleton = Decoder(config)
+        skeleton = SEANetDecoder(config)
     # folded in float64 and rounded once, to whatever dtype is asked for
     decoder = skeleton.to_empty(device="cpu").double()
     load_state(decoder, state, fmt, source)

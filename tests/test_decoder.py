@@ -13,7 +13,7 @@ from checkpoints import (audiocraft_modules, fake_hf_cache, transformers_model, 
                          write_pointer, write_transformers_dir)
 
 import jasco_fast
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, load_decoder, reference
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, load_decoder, reference
 from jasco_fast.loading import CheckpointError
 
 # Relative L2 error budget for float32 paths against the upstream implementations; what we see is
@@ -49,7 +49,7 @@ HF_CONFIGS = {
 def test_matches_transformers(name, tmp_path):
     path, model = write_transformers_dir(tmp_path, seed=seed_of(name), **HF_CONFIGS[name])
     decoder = load_decoder(path)
-    eager = reference.EagerDecoder(decoder)
+    eager = reference.ReferenceDecoder(decoder)
     cfg = model.config
     for T in LENGTHS:
         x = torch.randn(2, cfg.hidden_size, T)
@@ -79,7 +79,7 @@ def test_matches_audiocraft(name, tmp_path):
     path, upstream = write_audiocraft_checkpoint(tmp_path / "compression_state_dict.bin", seed=seed_of(name),
                                                  **AUDIOCRAFT_CONFIGS[name])
     decoder = load_decoder(path)
-    eager = reference.EagerDecoder(decoder)
+    eager = reference.ReferenceDecoder(decoder)
     lengths = LENGTHS
     if decoder.config.pad_mode == "circular":  # upstream cannot wrap a pad around more than once either
         with pytest.raises(ValueError, match="circular padding"):
@@ -105,7 +105,7 @@ def test_full_size_32khz_matches_transformers():
                                upsampling_ratios=[8, 5, 4, 4], num_lstm_layers=2, use_causal_conv=False,
                                pad_mode="reflect", use_conv_shortcut=False)
     state = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
-    decoder = jasco_fast.loading.load_state(Decoder(DecoderConfig()), state, "transformers", "<memory>").eval()
+    decoder = jasco_fast.loading.load_state(SEANetDecoder(DecoderConfig()), state, "transformers", "<memory>").eval()
     # the same parameters once weight norm's g is folded away: ~28.4 M
     upstream_count = sum(p.numel() for n, p in model.decoder.named_parameters() if not n.endswith("original0"))
     assert sum(p.numel() for p in decoder.parameters()) == upstream_count
@@ -273,8 +273,8 @@ def test_config_validation():
         DecoderConfig(trim_right_ratio=0.5)
     with pytest.raises(ValueError, match="activation"):
         DecoderConfig(activation="NotAnActivation")
-    with pytest.raises(ValueError, match=r"Decoder expects \[B, 128, T\]"):
-        Decoder()(torch.randn(1, 64, 5))
+    with pytest.raises(ValueError, match=r"SEANetDecoder expects \[B, 128, T\]"):
+        SEANetDecoder()(torch.randn(1, 64, 5))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_latent_decoder_bfloat16_error_budget(tiny_decoder):
     reference itself makes when run in bf16 (the flash-attention rule), plus a small floor."""
     latents = torch.randn(2, 40, 8)
     want = reference.decode(tiny_decoder, latents)
-    ref_bf16 = reference.decode(reference.EagerDecoder(tiny_decoder).to(torch.bfloat16), latents.bfloat16()).float()
+    ref_bf16 = reference.decode(reference.ReferenceDecoder(tiny_decoder).to(torch.bfloat16), latents.bfloat16()).float()
     budget = 2 * rel_err(ref_bf16, want) + 1e-3
     got = LatentDecoder(tiny_decoder, compile=False, dtype=torch.bfloat16)(latents)
     assert got.dtype == torch.float32
@@ -346,7 +346,7 @@ def test_latent_decoder_input_errors(tiny_decoder):
         fast(torch.randn(1, 0, 8))
     with pytest.raises(ValueError, match="mean"):
         LatentDecoder(tiny_decoder, mean=torch.zeros(3))
-    with pytest.raises(TypeError, match="Decoder"):
+    with pytest.raises(TypeError, match="SEANetDecoder"):
         LatentDecoder(torch.nn.Linear(2, 2))
     assert fast(torch.randn(0, 5, 8)).shape == (0, 1, 5 * tiny_decoder.hop_length)
 
