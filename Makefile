@@ -26,8 +26,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Reruns every benchmark (results JSON in benchmarks/results/) and regenerates the README / notes tables
+# from the JSON. Run it on a quiet machine; NOTE="..." is recorded in the JSON (e.g. what else was running).
 bench: install
-	$(BIN)/jasco-fast bench
+	$(BIN)/jasco-fast bench $(if $(NOTE),--note "$(NOTE)")
+	$(BIN)/python benchmarks/tables.py --write
 
 clean:
 	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV)

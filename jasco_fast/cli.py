@@ -392,7 +392,8 @@ def cmd_bench(args) -> int:
         spec = importlib.util.spec_from_file_location(f"jasco_fast_bench_{name}", scripts[name])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.main(["--device", args.device] + (["--quick"] if args.quick else []))
+        module.main(["--device", args.device] + (["--quick"] if args.quick else [])
+                    + (["--note", args.note] if args.note else []))
         print()
     return 0
 
@@ -434,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", nargs="*", help="benchmark names, <name> of benchmarks/bench_<name>.py (default: all)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--note", default=None, help="recorded in each results JSON (e.g. what else ran on the machine)")
     p.set_defaults(func=cmd_bench)
     return parser
 
