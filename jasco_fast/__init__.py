@@ -5,7 +5,7 @@ loading, in-process audio output, and a drop-in patch for audiocraft's JASCO.
 """
 from jasco_fast import reference
 from jasco_fast.audio import audio_write, write_batch
-from jasco_fast.decoder import SEANetDecoder, DecoderConfig
+from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 from jasco_fast.jasco import patch, unpatch
 from jasco_fast.loading import CheckpointError, load_decoder
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from jasco_fast.audio import FORMATS, STRATEGIES, mp3_rate_range, write_batch
-from jasco_fast.decoder import SEANetDecoder, DecoderConfig
+from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 from jasco_fast.loading import CheckpointError, load_decoder
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.pipeline import DTYPES, LatentDecoder

@@ -45,9 +45,7 @@ def patch(jasco_model, **latent_decoder_kwargs) -> LatentDecoder:
     fast = LatentDecoder(decoder_from_jasco(jasco_model), mean, std, **latent_decoder_kwargs)
 
     def generate_audio(gen_latents):
-        """Decode audio from generated latents [B, T, D] (jasco_fast fast path)."""
-        if gen_latents.dim() != 3:
-            raise ValueError(f"generate_audio expects latents [B, T, D], got {list(gen_latents.shape)}")
+        """Decode audio from generated latents [B, T, D] (jasco_fast fast path; LatentDecoder checks them)."""
         return fast(gen_latents)
 
     jasco_model.generate_audio = generate_audio  # an instance attribute shadows the class method

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from jasco_fast.decoder import Conv, ConvTranspose, SEANetDecoder, DecoderConfig, LSTM, ResBlock
+from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, ResBlock, SEANetDecoder
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "audiocraft_config", "decoder_config_from_audiocraft",
            "decoder_config_from_transformers", "decoder_from_state"]

@@ -36,6 +36,8 @@ def test_patch_and_unpatch():
     patched = model.generate_audio(latents)
     assert patched.shape == upstream.shape
     assert rel_err(patched, upstream) < F32_TOL
+    with pytest.raises(ValueError, match=r"latents must be \[B, T, 8\]"):
+        model.generate_audio(latents[0])
     jasco_fast.unpatch(model)
     assert model.generate_audio.__func__ is _StandInJASCO.generate_audio
     with torch.no_grad():
