@@ -29,7 +29,7 @@ import jasco_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance, spread, write_result  # noqa: E402
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.pipeline import DTYPES
 
 
