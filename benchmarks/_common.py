@@ -52,6 +52,9 @@ def load_average() -> list[float] | None:
 def provenance(script: str, argv: list[str] | None, device: str, note: str | None) -> dict:
     """Who, when, where and how: enough to rerun the measurement and to judge it."""
     args = sys.argv[1:] if argv is None else list(argv)
+    # the note is recorded on its own; the command is what reproduces the numbers
+    args = [a for i, a in enumerate(args) if a != "--note" and (i == 0 or args[i - 1] != "--note")
+            and not a.startswith("--note=")]
     import jasco_fast
 
     return {

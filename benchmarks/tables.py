@@ -26,7 +26,9 @@ def _range(s: dict, fmt: str, scale: float = 1.0) -> str:
 
 def provenance_line(result: dict) -> str:
     load = result.get("load_average_at_start")
-    note = f" Note: {result['note']}" if result.get("note") else ""
+    note = f" Note: {result['note'].rstrip('.')}." if result.get("note") else ""
+    if result.get("complete") is False:
+        note += " The run did not finish: only the rows below were measured."
     return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}, torch {result['torch']}, "
             f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {result['rounds']} interleaved rounds "
             f"(median [min–max]), load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
@@ -69,6 +71,8 @@ RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table}
 
 def table(path: Path) -> str:
     result = json.loads(path.read_text())
+    if "date_utc" not in result:
+        raise SystemExit(f"{path}: written by an older benchmark script (no date, rounds or spread); rerun it")
     return RENDER[result["benchmark"]](result)
 
 
