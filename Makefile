@@ -53,8 +53,11 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	JASCO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) JASCO_FUZZ_SEED=random $(BIN)/python -m pytest -q -s tests/fuzz
 
+# Reruns every benchmark (results JSON in benchmarks/results/) and regenerates the README / notes tables
+# from the JSON. Run it on a quiet machine; NOTE="..." is recorded in the JSON (e.g. what else was running).
 bench: install
-	$(BIN)/jasco-fast bench
+	$(BIN)/jasco-fast bench $(if $(NOTE),--note "$(NOTE)")
+	$(BIN)/python benchmarks/tables.py --write
 
 # ---- CUDA build without a GPU (CI): torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV), reused when there.
 # A regular (not editable) install, so its _C never replaces the CPU environment's in the source tree;

@@ -1,12 +1,21 @@
-"""What the benchmark scripts share: the device's name and writing the results file."""
+"""What the benchmark scripts share: the device's name, the run's provenance, summaries of repeated
+timings, and writing the results file."""
 from __future__ import annotations
 
+import datetime
 import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def device_name(device: str) -> str:
@@ -21,8 +30,52 @@ def device_name(device: str) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted changes" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: how busy the machine was (other jobs make CPU timings noisy)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def provenance(script: str, argv: list[str] | None, device: str, note: str | None) -> dict:
+    """Who, when, where and how: enough to rerun the measurement and to judge it."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    # the note is recorded on its own; the command is what reproduces the numbers
+    args = [a for i, a in enumerate(args) if a != "--note" and (i == 0 or args[i - 1] != "--note")
+            and not a.startswith("--note=")]
+    import jasco_fast
+
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, args)]),
+        "device": device_name(device), "device_type": device, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "jasco_fast": jasco_fast.__version__,
+        "git_commit": _git_commit(), "load_average_at_start": load_average(), "note": note,
+    }
+
+
+def spread(samples: list[float], scale: float = 1.0) -> dict:
+    """median, min, max (scaled) and the number of samples: report the median, judge it by the spread."""
+    return {"median": statistics.median(samples) * scale, "min": min(samples) * scale,
+            "max": max(samples) * scale, "n": len(samples)}
+
+
 def write_result(result: dict, name: str, device: str, quick: bool, out: Path | None) -> Path:
     """benchmarks/results/<name>_<device>[_quick].json unless `out` is given."""
+    result["load_average_at_end"] = load_average()
     path = out or RESULTS / f"{name}_{device}{'_quick' if quick else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

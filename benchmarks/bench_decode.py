@@ -1,13 +1,16 @@
 """Decode benchmark: JASCO's eager path against jasco_fast's LatentDecoder, same weights.
 
     python benchmarks/bench_decode.py [--device cpu|cuda] [--quick] [--dtype float32|bfloat16|float16]
+                                      [--rounds N] [--note TEXT]
 
 The eager path is what audiocraft runs: ``latents * std + mean``, ``permute``, the EnCodec decoder in
-[B, C, T] layout with weight norm recomputed on every call (``jasco_fast.reference.EagerDecoder``).
+[B, C, T] layout with weight norm recomputed on every call (``jasco_fast.reference.ReferenceDecoder``).
 The fast path is ``LatentDecoder`` (fused op, channels-last, torch.compile); its first call, which
 includes compilation, is reported separately. Weights are random (timing does not depend on them).
 "Floor" is the decoder's arithmetic at this machine's measured matmul rate: no implementation of
-the same convolutions runs much faster. Writes benchmarks/results/decode_<device>.json.
+the same convolutions runs much faster. Eager and fast calls alternate in rounds (the machine's speed
+drifts; each ratio is taken within a round); the JSON keeps the median, min and max over rounds, with the
+date, command, machine, torch version and load average. Writes benchmarks/results/decode_<device>.json.
 """
 from __future__ import annotations
 
@@ -25,10 +28,9 @@ import torch.utils.benchmark as tbench
 import jasco_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, write_result  # noqa: E402
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, reference
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from _common import provenance, spread, write_result  # noqa: E402
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
+from jasco_fast.pipeline import DTYPES
 
 
 def decoder_macs(cfg: DecoderConfig, frames: int) -> int:
@@ -93,17 +95,15 @@ class PeakMemory:
             self.bytes = max(0, self.peak - self.base)
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds per call: `repeats` single calls, or blocked_autorange when repeats is 0
-    (torch.utils.benchmark synchronises CUDA)."""
+def timed(fn, device: str) -> float:
+    """Seconds of one call: a single call on the CPU (a decode takes long enough), a blocked_autorange
+    median on CUDA (torch.utils.benchmark synchronises)."""
     timer = tbench.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    if repeats <= 0:
-        return timer.blocked_autorange(min_run_time=2.0).median
-    return statistics.median(timer.timeit(1).mean for _ in range(repeats))
+    return timer.blocked_autorange(min_run_time=2.0).median if device == "cuda" else timer.timeit(1).mean
 
 
-def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decoder: Decoder, eager,
-             fast: LatentDecoder, floor_rate: float, repeats: int) -> dict:
+def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decoder: SEANetDecoder, oracle,
+             fast: LatentDecoder, floor_rate: float, rounds: int) -> dict:
     cfg = decoder.config
     frames = int(seconds * cfg.frame_rate)
     latents = torch.randn(batch, frames, cfg.dimension, device=device)
@@ -115,20 +115,23 @@ def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decode
         sync()
     first = time.perf_counter() - t0
     with PeakMemory(device) as mem_eager:
-        want = reference.decode(eager, latents)
+        want = reference.decode(oracle, latents)
         sync()
     err = ((got.double() - want.double()).norm() / want.double().norm()).item()
 
-    t_eager = timed(lambda: reference.decode(eager, latents), repeats)
-    t_fast = timed(lambda: fast(latents), repeats)
+    t_eager, t_fast = [], []
+    for _ in range(rounds):  # interleaved: a slow spell of the machine hits both sides of a ratio
+        t_eager.append(timed(lambda: reference.decode(oracle, latents), device))
+        t_fast.append(timed(lambda: fast(latents), device))
     audio_s = batch * frames / cfg.frame_rate
     floor = 2 * batch * decoder_macs(cfg, frames) / floor_rate
     return {
         "batch": batch, "seconds": seconds, "frames": frames, "dtype": str(dtype).replace("torch.", ""),
-        "eager_ms": t_eager * 1e3, "fast_ms": t_fast * 1e3, "fast_first_call_ms": first * 1e3,
-        "speedup": t_eager / t_fast, "fast_over_eager": t_fast / t_eager,
-        "eager_rtf": audio_s / t_eager, "fast_rtf": audio_s / t_fast,
-        "floor_ms": floor * 1e3, "fast_over_floor": t_fast / floor,
+        "eager_ms": spread(t_eager, 1e3), "fast_ms": spread(t_fast, 1e3),
+        "fast_over_eager": spread([f / e for f, e in zip(t_fast, t_eager)]),
+        "fast_first_call_ms": first * 1e3,
+        "eager_rtf": audio_s / statistics.median(t_eager), "fast_rtf": audio_s / statistics.median(t_fast),
+        "floor_ms": floor * 1e3, "fast_over_floor": spread([f / floor for f in t_fast]),
         "eager_peak_mem_mb": mem_eager.bytes / 2**20, "fast_peak_mem_mb": mem_fast.bytes / 2**20,
         "rel_error": err,
     }
@@ -136,14 +139,15 @@ def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decode
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    cols = ["B", "audio", "dtype", "eager ms", "fast ms", "first call ms", "speedup", "fast RTF", "floor ms",
-            "eager MB", "fast MB", "rel err"]
+    cols = ["B", "audio", "dtype", "eager ms", "fast ms", "fast/eager", "[min-max]", "first call ms", "fast RTF",
+            "floor ms", "eager MB", "fast MB", "rel err"]
     print(" | ".join(f"{c:>13}" for c in cols))
     for r in rows:
-        vals = [r["batch"], f"{r['seconds']:g} s", r["dtype"], f"{r['eager_ms']:.1f}", f"{r['fast_ms']:.1f}",
-                f"{r['fast_first_call_ms']:.0f}", f"{r['speedup']:.2f}x", f"{r['fast_rtf']:.1f}x",
-                f"{r['floor_ms']:.1f}", f"{r['eager_peak_mem_mb']:.0f}", f"{r['fast_peak_mem_mb']:.0f}",
-                f"{r['rel_error']:.1e}"]
+        ratio = r["fast_over_eager"]
+        vals = [r["batch"], f"{r['seconds']:g} s", r["dtype"], f"{r['eager_ms']['median']:.1f}",
+                f"{r['fast_ms']['median']:.1f}", f"{ratio['median']:.2f}x", f"{ratio['min']:.2f}-{ratio['max']:.2f}",
+                f"{r['fast_first_call_ms']:.0f}", f"{r['fast_rtf']:.1f}x", f"{r['floor_ms']:.1f}",
+                f"{r['eager_peak_mem_mb']:.0f}", f"{r['fast_peak_mem_mb']:.0f}", f"{r['rel_error']:.1e}"]
         print(" | ".join(f"{str(v):>13}" for v in vals))
 
 
@@ -151,8 +155,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    parser.add_argument("--quick", action="store_true", help="B=1, 10 s only, fewer repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median)")
+    parser.add_argument("--quick", action="store_true", help="B=1, 10 s only, one round")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved eager/fast rounds (default 3; --quick 1)")
+    parser.add_argument("--note", default=None, help="recorded in the JSON, e.g. what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/decode_<device>.json)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -161,29 +166,27 @@ def main(argv=None) -> dict:
     cases = [(1, 10.0)] if args.quick else [(1, 10.0), (1, 30.0), (8, 10.0), (8, 30.0)]
     if args.device == "cuda" and not args.quick:
         cases.append((32, 10.0))
-    repeats = args.repeats or (1 if args.quick else (0 if args.device == "cuda" else 3))
+    rounds = args.rounds or (1 if args.quick else 3)
+    result = {"benchmark": "decode", **provenance("bench_decode.py", argv, args.device, args.note),
+              "decoder": "EnCodec 32 kHz (random weights)", "rounds": rounds}
 
     torch.manual_seed(0)
-    decoder = Decoder(DecoderConfig()).to(args.device).eval()
-    eager = reference.EagerDecoder(decoder)  # float32, as JASCO runs it
+    decoder = SEANetDecoder(DecoderConfig()).to(args.device).eval()
+    oracle = reference.ReferenceDecoder(decoder)  # float32, as JASCO runs it
     fast = LatentDecoder(decoder, dtype=dtype)
     rate = matmul_rate(args.device)
-    rows = []
+    result["matmul_gflops"] = rate / 1e9
+    rows = result["rows"] = []
     for batch, seconds in cases:
-        rows.append(run_case(batch, seconds, args.device, dtype, decoder, eager, fast, rate, repeats))
+        rows.append(run_case(batch, seconds, args.device, dtype, decoder, oracle, fast, rate, rounds))
         if len(cases) > 1:
             print_table(rows[-1:], f"-- B={batch}, {seconds:g} s")
-    result = {
-        "benchmark": "decode", "device": device_name(args.device), "device_type": args.device,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-        "jasco_fast": getattr(jasco_fast, "__version__", None), "decoder": "EnCodec 32 kHz (random weights)",
-        "matmul_gflops": rate / 1e9, "repeats": repeats, "rows": rows,
-        "command": "python benchmarks/bench_decode.py " + " ".join(argv if argv is not None else []),
-    }
+        # written after every case (a long run that is stopped keeps what it measured), marked complete at the end
+        result["complete"] = len(rows) == len(cases)
+        write_result(result, "decode", args.device, args.quick, args.out)
     print()
     print_table(rows, f"decode: JASCO eager path vs jasco_fast.LatentDecoder on {result['device']}, torch "
-                      f"{torch.__version__}; matmul {rate / 1e9:.0f} GFLOP/s")
-    write_result(result, "decode", args.device, args.quick, args.out)
+                      f"{torch.__version__}; matmul {rate / 1e9:.0f} GFLOP/s; median of {rounds} rounds")
     return result
 
 

@@ -5,7 +5,7 @@ compile mode, against JASCO's eager float32 path measured in the same run.
     python benchmarks/bench_decode_throughput.py --device cpu --quick              # a small grid, any machine
 
 Grid: B = 1, 8, 32, 128 at 10 s and 30 s of audio (--quick: B = 1, 2 at 1 s). Paths per case, measured in
-interleaved order: ``eager_float32`` (``reference.EagerDecoder``: what JASCO runs), ``compiled``
+interleaved order: ``eager_float32`` (``reference.ReferenceDecoder``: what JASCO runs), ``compiled``
 (``LatentDecoder``, torch.compile with frozen weights) and, on CUDA, ``cudagraphs`` (``LatentDecoder`` with
 ``compile_mode="reduce-overhead"``: CUDA graphs). B > 1 is marked dynamic, so each path compiles twice
 (B = 1, B > 1), not once per case. Per path and case: median seconds per call over repeated calls (with
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, write_result  # noqa: E402
 
 import jasco_fast  # noqa: E402
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, reference  # noqa: E402
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FULL_CASES = [(b, s) for s in (10.0, 30.0) for b in (1, 8, 32, 128)]
@@ -54,8 +54,8 @@ class Runner(NamedTuple):
     run: Callable[[torch.Tensor], torch.Tensor]
 
 
-def make_runners(decoder: Decoder, device: str, dtype: torch.dtype) -> list[Runner]:
-    eager = reference.EagerDecoder(decoder)  # float32, as JASCO runs it
+def make_runners(decoder: SEANetDecoder, device: str, dtype: torch.dtype) -> list[Runner]:
+    eager = reference.ReferenceDecoder(decoder)  # float32, as JASCO runs it
     runners = [Runner("eager_float32", lambda x: reference.decode(eager, x)),
                Runner("compiled", LatentDecoder(decoder, dtype=dtype))]
     if device == "cuda":
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     # count towards dynamo's recompile limit, past which it silently runs eagerly.
     torch._dynamo.reset()
     torch.manual_seed(0)
-    decoder = Decoder(DecoderConfig()).to(args.device).eval()
+    decoder = SEANetDecoder(DecoderConfig()).to(args.device).eval()
     cfg = decoder.config
     runners = make_runners(decoder, args.device, dtype)
     rows = []

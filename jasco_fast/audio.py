@@ -105,6 +105,16 @@ LOUDNESS_BLOCK_S = 0.4
 # every format is written the same way.
 BLOCK_FRAMES = 65536
 
+
+def mp3_rate_range(sample_rate: int) -> tp.Tuple[int, int, str]:
+    """(lowest, highest kbps, MPEG version) an MP3 at ``sample_rate`` Hz can have; the highest is the best."""
+    if sample_rate >= 32000:
+        return 32, 320, "MPEG-1"
+    if sample_rate >= 16000:
+        return 8, 160, "MPEG-2"
+    return 8, 64, "MPEG-2.5"
+
+
 PathLike = tp.Union[str, "os.PathLike[str]"]
 AudioLike = tp.Union[torch.Tensor, np.ndarray]
 
@@ -189,15 +199,6 @@ def _blocks(wav: torch.Tensor, frames: int = None) -> tp.Iterator[torch.Tensor]:
         yield wav[..., start:start + frames]
 
 
-def _mp3_rate_range(sample_rate: int) -> tp.Tuple[int, int, str]:
-    """(lowest, highest) CBR bitrate in kbps and the MPEG version that ``sample_rate`` implies."""
-    if sample_rate >= 32000:
-        return 32, 320, "MPEG-1"
-    if sample_rate >= 16000:
-        return 8, 160, "MPEG-2"
-    return 8, 64, "MPEG-2.5"
-
-
 def _encoding(format: str, sample_rate: int, channels: int, frames: int,
               mp3_rate: tp.Any, ogg_rate: tp.Any) -> _Encoding:
     """Map (format, rates) to libsndfile settings; raise if the format cannot encode it."""
@@ -219,7 +220,7 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
             raise ValueError(f"MP3 supports only the sample rates {MP3_SAMPLE_RATES} Hz, got {sample_rate}")
         if channels > 2:
             raise ValueError(f"MP3 supports 1 or 2 channels, got {channels} {layout_hint}")
-        lo, hi, version = _mp3_rate_range(sample_rate)
+        lo, hi, version = mp3_rate_range(sample_rate)
         if isinstance(mp3_rate, bool) or not isinstance(mp3_rate, numbers.Real) \
                 or (not _is_int(mp3_rate) and not float(mp3_rate).is_integer()):
             raise TypeError(f"mp3_rate must be an int (kbps), got {mp3_rate!r}")

@@ -19,16 +19,14 @@ from pathlib import Path
 
 import torch
 
-from jasco_fast.audio import FORMATS, write_batch
-from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.audio import FORMATS, STRATEGIES, mp3_rate_range, write_batch
+from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 from jasco_fast.errors import is_out_of_memory
 from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
-from jasco_fast.pipeline import LatentDecoder
+from jasco_fast.pipeline import DTYPES, LatentDecoder
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-STRATEGIES = ("peak", "clip", "rms", "loudness", "none")
 LATENT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 
 
@@ -164,13 +162,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = False) -> Decoder:
+def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = False) -> SEANetDecoder:
     if checkpoint is None:
         if not quiet:
             _say("no --checkpoint: the EnCodec 32 kHz architecture with RANDOM weights, so the audio is noise "
                  "(pass --checkpoint for real audio)")
         torch.manual_seed(0)
-        return Decoder(DecoderConfig()).to(device).eval()
+        return SEANetDecoder(DecoderConfig()).to(device).eval()
     try:
         return load_decoder(checkpoint, device=device)
     except CheckpointError as exc:
@@ -185,16 +183,16 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
     p.add_argument("--format", default="wav", choices=FORMATS)
-    p.add_argument("--strategy", default="peak", choices=STRATEGIES, help="loudness normalisation (audio_write)")
+    p.add_argument("--strategy", default="peak", choices=[s for s in STRATEGIES if s],
+                   help="loudness normalisation (audio_write)")
     p.add_argument("--mp3-rate", type=_positive_int, default=None,
-                   help="MP3 bitrate in kbps (default: the highest the sample rate allows: 320 at >= 32 kHz, "
-                        "160 at 16-24 kHz, 64 below)")
+                   help="MP3 bitrate in kbps (default: the highest the sample rate's MPEG version allows, "
+                        "320 at 32 kHz)")
 
 
 def _mp3_rate(requested: int | None, sample_rate: int) -> int:
-    if requested is not None:
-        return requested
-    return 320 if sample_rate >= 32000 else 160 if sample_rate >= 16000 else 64
+    """--mp3-rate, else the highest rate the sample rate allows."""
+    return requested if requested is not None else mp3_rate_range(sample_rate)[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,25 +455,40 @@ def cmd_demo(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # bench
 
-BENCHMARKS = {"denorm_transpose": "bench_denorm_transpose.py", "decode": "bench_decode.py"}
+def benchmark_scripts() -> dict[str, Path]:
+    """Benchmark name -> script: ``benchmarks/bench_<name>.py`` of the source checkout this package runs from.
+
+    The benchmarks are scripts of the repository (they write their results into ``benchmarks/results/``
+    beside them), not part of the installed package: an install from a wheel has none, and says so.
+    """
+    import jasco_fast
+
+    root = Path(jasco_fast.__file__).resolve().parent.parent
+    folder = root / "benchmarks"
+    try:
+        is_checkout = 'name = "jasco_fast"' in (root / "pyproject.toml").read_text()
+    except OSError:
+        is_checkout = False
+    scripts = {p.stem[len("bench_"):]: p for p in sorted(folder.glob("bench_*.py"))} if is_checkout else {}
+    if not scripts:
+        raise UsageError(f"`jasco-fast bench` runs the benchmark scripts of a source checkout (benchmarks/ next to "
+                         f"the jasco_fast folder), and this jasco_fast ({Path(jasco_fast.__file__).parent}) was not "
+                         f"installed from one: clone the repository, `pip install --no-build-isolation -e .` there, "
+                         f"then run `jasco-fast bench` (or `make bench`)")
+    return scripts
 
 
 def cmd_bench(args) -> int:
-    import jasco_fast
-
-    folder = Path(jasco_fast.__file__).resolve().parent.parent / "benchmarks"
-    unknown = sorted(set(args.which) - set(BENCHMARKS))
+    scripts = benchmark_scripts()
+    unknown = sorted(set(args.which) - set(scripts))
     if unknown:
-        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}")
-    for name in args.which or list(BENCHMARKS):
-        script = folder / BENCHMARKS[name]
-        if not script.is_file():
-            raise UsageError(f"benchmark {script} not found: the benchmarks ship with the source tree "
-                             f"(install with `pip install -e .` from a clone)")
-        spec = importlib.util.spec_from_file_location(f"jasco_fast_bench_{name}", script)
+        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(scripts)}")
+    for name in args.which or list(scripts):
+        spec = importlib.util.spec_from_file_location(f"jasco_fast_bench_{name}", scripts[name])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        module.main(["--device", args.device] + (["--quick"] if args.quick else []))
+        module.main(["--device", args.device] + (["--quick"] if args.quick else [])
+                    + (["--note", args.note] if args.note else []))
         print()
     return 0
 
@@ -526,10 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="run the benchmarks and print their tables")
-    p.add_argument("which", nargs="*", help=f"any of {', '.join(BENCHMARKS)} (default: all)")
+    p = sub.add_parser("bench", help="run the benchmarks of a source checkout (benchmarks/bench_*.py), print their "
+                                     "tables and write their JSON results")
+    p.add_argument("which", nargs="*", help="benchmark names, <name> of benchmarks/bench_<name>.py (default: all)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--note", default=None, help="recorded in each results JSON (e.g. what else ran on the machine)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="what this install runs: torch build, compiled kernels per device, CPU fast "

@@ -14,6 +14,7 @@ computationally laid out for speed:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -279,7 +280,7 @@ class ResBlock(nn.Module):
         return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
 
 
-class Decoder(nn.Module):
+class SEANetDecoder(nn.Module):
     """SEANet decoder: [B, dimension, T] -> [B, channels, T * hop_length], any T >= 1.
 
     Runs in whatever dtype/device its parameters are in. Input of any strides is accepted; input laid
@@ -330,7 +331,7 @@ class Decoder(nn.Module):
     def dimension(self) -> int:
         return self.config.dimension
 
-    def to_channels_last(self) -> "Decoder":
+    def to_channels_last(self) -> "SEANetDecoder":
         """Store the convolution weights NHWC, the layout the channels-last kernels read directly."""
         for module in self.modules():
             if isinstance(module, (Conv, ConvTranspose)):
@@ -339,8 +340,17 @@ class Decoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         if latents.dim() != 3 or latents.shape[1] != self.config.dimension:
-            raise ValueError(f"Decoder expects [B, {self.config.dimension}, T], got {list(latents.shape)}")
+            raise ValueError(f"SEANetDecoder expects [B, {self.config.dimension}, T], got {list(latents.shape)}")
         if latents.shape[-1] < 1:
-            raise ValueError("Decoder needs at least one frame (T >= 1)")
+            raise ValueError("SEANetDecoder needs at least one frame (T >= 1)")
         y = self.layers(latents.unsqueeze(2))
         return y.squeeze(2).contiguous()
+
+
+def __getattr__(name: str):
+    # Deprecated names, kept for one release (removed in 0.3): `Decoder` is `SEANetDecoder`.
+    if name == "Decoder":
+        warnings.warn("jasco_fast.Decoder is deprecated and will be removed in jasco_fast 0.3; it is now named "
+                      "jasco_fast.SEANetDecoder", DeprecationWarning, stacklevel=2)
+        return SEANetDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

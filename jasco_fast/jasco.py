@@ -1,7 +1,7 @@
 """Drop-in use inside audiocraft: ``patch(jasco)`` makes ``JASCO.generate_audio`` take the fast path."""
 from __future__ import annotations
 
-from jasco_fast.decoder import Decoder
+from jasco_fast.decoder import SEANetDecoder
 from jasco_fast.loading import decoder_config_from_transformers, decoder_from_state
 from jasco_fast.pipeline import LatentDecoder
 
@@ -10,8 +10,8 @@ __all__ = ["patch", "unpatch", "decoder_from_jasco"]
 _ATTR = "_jasco_fast_decoder"
 
 
-def decoder_from_jasco(jasco_model) -> Decoder:
-    """A :class:`Decoder` holding the weights of ``jasco_model.compression_model.model.decoder``.
+def decoder_from_jasco(jasco_model) -> SEANetDecoder:
+    """A :class:`SEANetDecoder` holding the weights of ``jasco_model.compression_model.model.decoder``.
 
     Released JASCO models decode with the transformers EnCodec model their compression model wraps.
     """
@@ -45,9 +45,7 @@ def patch(jasco_model, **latent_decoder_kwargs) -> LatentDecoder:
     fast = LatentDecoder(decoder_from_jasco(jasco_model), mean, std, **latent_decoder_kwargs)
 
     def generate_audio(gen_latents):
-        """Decode audio from generated latents [B, T, D] (jasco_fast fast path)."""
-        if gen_latents.dim() != 3:
-            raise ValueError(f"generate_audio expects latents [B, T, D], got {list(gen_latents.shape)}")
+        """Decode audio from generated latents [B, T, D] (jasco_fast fast path; LatentDecoder checks them)."""
         return fast(gen_latents)
 
     jasco_model.generate_audio = generate_audio  # an instance attribute shadows the class method

@@ -1,7 +1,8 @@
 """Loading EnCodec decoders from the checkpoint formats JASCO users have on disk.
 
 * audiocraft exported compression model (``compression_state_dict.bin``, or a directory holding one):
-  ``{'best_state': state_dict, 'xp.cfg': YAML, ...}``; the YAML's OmegaConf interpolations are resolved.
+  ``{'best_state': state_dict, 'xp.cfg': YAML, ...}``; the YAML is read with OmegaConf, as audiocraft
+  writes it, so its interpolations resolve as they do upstream.
 * audiocraft pointer file ``{'pretrained': 'facebook/encodec_32khz', ...}``: resolved to a local copy
   in the Hugging Face cache layout, never downloaded.
 * transformers EnCodec directory: ``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``, weight
@@ -23,9 +24,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from jasco_fast.decoder import Conv, ConvTranspose, Decoder, DecoderConfig, LSTM, ResBlock
+from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, ResBlock, SEANetDecoder
 
-__all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "decoder_config_from_audiocraft",
+__all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "audiocraft_config", "decoder_config_from_audiocraft",
            "decoder_config_from_transformers", "decoder_from_state"]
 
 AUDIOCRAFT_FILE = "compression_state_dict.bin"
@@ -159,7 +160,7 @@ def _check_xp_cfg(path: Path, text) -> None:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise CheckpointError(path, f"bad 'xp.cfg': {_one_line(exc)}") from None
+        raise CheckpointError(path, f"bad 'xp.cfg': not valid YAML: {_one_line(exc)}") from None
     # Expanded size of the node graph, each shared (aliased) node counted once per reference.
     sizes: dict[int, int] = {}
     stack = [(root, False)] if root is not None else []
@@ -418,13 +419,9 @@ def _read_audiocraft(path: Path, pkg: dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise CheckpointError(path, "'best_state' is not a state dict")
-    cfg_text = pkg["xp.cfg"]
     try:
-        cfg = yaml.safe_load(cfg_text) if isinstance(cfg_text, str) else cfg_text
-        if not isinstance(cfg, dict):
-            raise ValueError("the config is not a mapping")
-        config = decoder_config_from_audiocraft(resolve_interpolations(cfg))
-    except (ValueError, yaml.YAMLError) as exc:
+        config = decoder_config_from_audiocraft(audiocraft_config(pkg["xp.cfg"]))
+    except ValueError as exc:
         raise CheckpointError(path, f"bad 'xp.cfg': {exc}") from None
     return config, state, "audiocraft", path
 
@@ -432,45 +429,33 @@ def _read_audiocraft(path: Path, pkg: dict):
 # ---------------------------------------------------------------------------------------------------
 # Configs
 
-_INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
+# The sections of an audiocraft config the decoder is built from. Only these are resolved: other sections
+# may hold interpolations that resolve only inside audiocraft (its own resolvers, experiment paths).
+AUDIOCRAFT_SECTIONS = ("compression_model", "sample_rate", "channels", "encodec", "seanet")
 
 
-def resolve_interpolations(cfg: dict) -> dict:
-    """Resolve OmegaConf ``${a.b}`` references (absolute, or relative with leading dots) in a plain dict."""
+def audiocraft_config(cfg) -> dict:
+    """Read an audiocraft config (its YAML text, or a mapping) with OmegaConf, as audiocraft does, and return
+    the sections the decoder needs (:data:`AUDIOCRAFT_SECTIONS`) as plain containers, interpolations such as
+    ``${channels}`` or ``${.dimension}`` resolved. Raises ``ValueError`` naming the key at fault."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    def lookup(ref: str, here: tuple, seen: tuple):
-        if ":" in ref:
-            raise ValueError(f"unsupported OmegaConf resolver in ${{{ref}}}")
-        if ref.startswith("."):
-            depth = len(ref) - len(ref.lstrip("."))
-            keys = list(here[:len(here) - depth]) + ref.lstrip(".").split(".")
-        else:
-            keys = ref.split(".")
-        node = cfg
-        for k in keys:
-            if isinstance(node, dict) and k in node:
-                node = node[k]
-            elif isinstance(node, list) and k.isdigit() and int(k) < len(node):
-                node = node[int(k)]
-            else:
-                raise ValueError(f"interpolation ${{{ref}}} refers to a missing key")
-        if ref in seen:
-            raise ValueError(f"interpolation cycle through ${{{ref}}}")
-        return resolve(node, tuple(keys[:-1]), seen + (ref,))
+    try:
+        conf = OmegaConf.create(cfg)
+        if not isinstance(conf, DictConfig):
+            raise ValueError(f"the config is not a mapping but a {type(OmegaConf.to_object(conf)).__name__}")
+        return {key: OmegaConf.to_container(conf[key], resolve=True) if OmegaConf.is_config(conf[key]) else conf[key]
+                for key in AUDIOCRAFT_SECTIONS if key in conf}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {_first_line(exc)}") from None
+    except OmegaConfBaseException as exc:
+        where = f" (at {exc.full_key})" if getattr(exc, "full_key", None) else ""
+        raise ValueError(f"{_first_line(exc)}{where}") from None
 
-    def resolve(node, here: tuple, seen: tuple = ()):
-        if isinstance(node, dict):
-            return {k: resolve(v, here + (k,), seen) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v, here, seen) for v in node]
-        if isinstance(node, str):
-            whole = _INTERPOLATION.fullmatch(node.strip())
-            if whole:  # keeps the referenced value's type
-                return lookup(whole.group(1), here[:-1] if here else here, seen)
-            return _INTERPOLATION.sub(lambda m: str(lookup(m.group(1), here[:-1] if here else here, seen)), node)
-        return node
 
-    return resolve(cfg, ())
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 _SEANET_FIELDS = {"dimension", "channels", "n_filters", "n_residual_layers", "ratios", "activation",
@@ -531,7 +516,7 @@ def decoder_config_from_transformers(raw: dict) -> DecoderConfig:
 # Weights
 
 
-def _upstream_prefixes(decoder: Decoder, fmt: str):
+def _upstream_prefixes(decoder: SEANetDecoder, fmt: str):
     """(our module, upstream key prefix of its conv, upstream key prefix of its GroupNorm) per module.
 
     Both upstream decoders are one Sequential/ModuleList in the same order as ours, so index i matches.
@@ -616,7 +601,7 @@ def _copy(path: Path, key: str, dst: torch.Tensor, src: torch.Tensor | None):
         dst.copy_(src.reshape(dst.shape))
 
 
-def load_state(decoder: Decoder, state: dict, fmt: str, path) -> Decoder:
+def load_state(decoder: SEANetDecoder, state: dict, fmt: str, path) -> SEANetDecoder:
     """Fill ``decoder`` from an upstream state dict, folding weight norm; every decoder key must be used."""
     path = Path(path)
     used: set[str] = set()
@@ -641,18 +626,18 @@ def load_state(decoder: Decoder, state: dict, fmt: str, path) -> Decoder:
     return decoder
 
 
-def load_decoder(path, *, device="cpu", dtype=torch.float32) -> Decoder:
+def load_decoder(path, *, device="cpu", dtype=torch.float32) -> SEANetDecoder:
     """Load the EnCodec decoder from a checkpoint file or directory (formats in the module docstring).
 
-    Returns an eval-mode :class:`Decoder` with folded weights on ``device`` in ``dtype``.
+    Returns an eval-mode :class:`SEANetDecoder` with folded weights on ``device`` in ``dtype``.
     """
     config, state, fmt, source = read_checkpoint(path)
     return decoder_from_state(config, state, fmt, source, device=device, dtype=dtype)
 
 
 def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, device="cpu",
-                       dtype=torch.float32) -> Decoder:
-    """An eval-mode :class:`Decoder` for ``config`` from an upstream state dict (``fmt``: 'audiocraft' or
+                       dtype=torch.float32) -> SEANetDecoder:
+    """An eval-mode :class:`SEANetDecoder` for ``config`` from an upstream state dict (``fmt``: 'audiocraft' or
     'transformers'); ``source`` names where the state came from, for error messages.
 
     Nothing is allocated for the decoder before :func:`validate_architecture` has matched the architecture
@@ -683,7 +668,7 @@ MAX_CONV_PADDING = 1 << 16  # samples a dilated residual convolution pads with (
 _WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def validate_architecture(config: DecoderConfig, state: dict, fmt: str, path) -> Decoder:
+def validate_architecture(config: DecoderConfig, state: dict, fmt: str, path) -> SEANetDecoder:
     """The decoder ``config`` describes, built on the meta device (no memory for its weights), once it
     is checked against ``state``: plausible sizes first (counted from the config alone), then every
     parameter's name and shape against the checkpoint's tensors, and no decoder tensor left over.
@@ -695,7 +680,7 @@ def validate_architecture(config: DecoderConfig, state: dict, fmt: str, path) ->
     _check_plausible(config, tensors, path)
     try:
         with torch.device("meta"):
-            skeleton = Decoder(config)
+            skeleton = SEANetDecoder(config)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(path, f"its config does not build a decoder: {type(exc).__name__}: {_one_line(exc)}") from None
     _check_against_tensors(skeleton, tensors, fmt, path)
@@ -726,7 +711,7 @@ def _decoder_tensors(state, fmt: str, path: Path) -> dict[str, torch.Tensor]:
 
 def _parameter_count(config: DecoderConfig) -> tuple[int, int]:
     """(at least how many tensors, at most how many values) the decoder of ``config`` has, counted
-    from the config alone (Python ints: no overflow, no allocation). Mirrors Decoder.__init__."""
+    from the config alone (Python ints: no overflow, no allocation). Mirrors SEANetDecoder.__init__."""
     group_norm = 2 if config.norm == "time_group_norm" else 0
 
     def conv(cin: int, cout: int, kernel: int) -> int:
@@ -784,7 +769,7 @@ def _check_plausible(config: DecoderConfig, tensors: dict, path: Path) -> None:
         raise CheckpointError(path, f"its config's sample rate {config.sample_rate} is implausible")
 
 
-def _check_against_tensors(skeleton: Decoder, tensors: dict, fmt: str, path: Path) -> None:
+def _check_against_tensors(skeleton: SEANetDecoder, tensors: dict, fmt: str, path: Path) -> None:
     """Every parameter of the (meta) skeleton has its upstream tensors, of the right shapes; no decoder
     tensor is left over. Shapes as upstream stores them: conv weights [out, in, k] (transposed: [in, out, k])."""
     used: set[str] = set()
@@ -840,7 +825,7 @@ def _check_against_tensors(skeleton: Decoder, tensors: dict, fmt: str, path: Pat
                                     f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
 
 
-def _materialise(skeleton: Decoder, path: Path) -> Decoder:
+def _materialise(skeleton: SEANetDecoder, path: Path) -> SEANetDecoder:
     try:
         return skeleton.to_empty(device="cpu").double()
     except (MemoryError, RuntimeError) as exc:
@@ -848,7 +833,7 @@ def _materialise(skeleton: Decoder, path: Path) -> Decoder:
         raise CheckpointError(path, f"no memory for a decoder of {count:,} parameters: {_one_line(exc)}") from None
 
 
-def _check_runs(decoder: Decoder, path: Path) -> None:
+def _check_runs(decoder: SEANetDecoder, path: Path) -> None:
     """Settings that shape no tensor (activation parameters, padding, ...) still have to work together."""
     # circular padding needs at least as many samples as it pads; the other modes take any length
     frames = max(2, decoder.config.kernel_size) if decoder.config.pad_mode == "circular" else 2

@@ -3,12 +3,14 @@
 ``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
 ``(latents * std + mean).permute(0, 2, 1)`` (and the cast to ``dtype``) in one pass over memory. The
 arithmetic is float32 (float64 when latents or the output are float64), rounded once to the output dtype.
-The kernels live in ``csrc/``; this module adds the fake (meta) kernel that lets torch.compile trace
-through the op, the autograd formula, and the PyTorch fallback that runs the op on devices the extension
-has no kernel for (see ``register_fallback``).
+The kernels live in ``csrc/``, and so do the op's argument rules (``csrc/denorm_transpose.h``); this module
+adds the Python face (which only turns float statistics into tensors), the fake (meta) kernel that lets
+torch.compile trace through the op, the autograd formula, and the PyTorch fallback that runs the op on
+devices the extension has no kernel for (see ``register_fallback``).
 """
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from typing import Callable
@@ -32,30 +34,6 @@ JASCO_LATENT_STD = 4.0102
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> torch.dtype:
-    """The op's argument rules (the C++ kernels enforce the same); returns the output dtype."""
-    if latents.dim() != 3:
-        raise ValueError(f"denormalize_transpose: latents must be 3-D [B, T, D], got {latents.dim()}-D "
-                         f"with shape {list(latents.shape)}")
-    if latents.dtype not in _FLOATS:
-        raise TypeError(f"denormalize_transpose: latents must be float32/float64/float16/bfloat16, got {latents.dtype}")
-    D = latents.shape[2]
-    if D <= 0:
-        raise ValueError(f"denormalize_transpose: latents need D > 0 channels, got shape {list(latents.shape)}")
-    for name, s in (("mean", mean), ("std", std)):
-        if s.device != latents.device:
-            raise ValueError(f"denormalize_transpose: {name} is on {s.device} but latents are on {latents.device}; "
-                             f"put them on the same device")
-        if s.dtype not in _FLOATS:
-            raise TypeError(f"denormalize_transpose: {name} must be a floating-point tensor, got {s.dtype}")
-        if s.dim() > 1 or s.numel() not in (1, D):
-            raise ValueError(f"denormalize_transpose: {name} must be a scalar (0-d or 1 element) or have "
-                             f"D = {D} elements, got shape {list(s.shape)}")
-    if dtype is not None and dtype not in _FLOATS:
-        raise TypeError(f"denormalize_transpose: dtype must be float32/float64/float16/bfloat16, got {dtype}")
-    return dtype or latents.dtype
-
-
 def _as_statistic(value, latents: torch.Tensor, name: str, dtype) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
@@ -63,7 +41,18 @@ def _as_statistic(value, latents: torch.Tensor, name: str, dtype) -> torch.Tenso
         raise TypeError(f"denormalize_transpose: {name} must be a float or a tensor, got {type(value).__name__}")
     # the op's compute type: float64 when latents or the output are float64, else float32
     wide = torch.float64 if torch.float64 in (latents.dtype, dtype) else torch.float32
-    return torch.tensor(float(value), dtype=wide, device=latents.device)
+    if torch.compiler.is_compiling():  # traced into the graph as a constant; a cache would hold fake tensors
+        return torch.tensor(float(value), dtype=wide, device=latents.device)
+    return _scalar_tensor(float(value).hex(), wide, latents.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar_tensor(value_hex: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-d tensor per (value, dtype, device), made once: on CUDA a fresh one per call would be a
+    host-to-device copy per call. Keyed by float.hex so -0.0 and NaN are keys like any other value; made
+    outside inference mode so that autograd may save it. The op never writes to its inputs."""
+    with torch.inference_mode(False):
+        return torch.tensor(float.fromhex(value_hex), dtype=dtype, device=device)
 
 
 def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None,
@@ -76,18 +65,44 @@ def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtyp
         dtype: output dtype (the cast is fused); default: latents' dtype.
         channels_last: ``False`` returns a contiguous [B, D, T]; ``True`` returns [B, D, T] with strides
             (T*D, 1, D), i.e. [B, T, D] in memory, the layout a channels-last decoder reads without a copy.
+
+    Raises:
+        ValueError / TypeError: for arguments outside the rules above (checked by the op itself, in C++).
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"denormalize_transpose: latents must be a tensor, got {type(latents).__name__}")
     mean = _as_statistic(mean, latents, "mean", dtype)
     std = _as_statistic(std, latents, "std", dtype)
-    _check(latents, mean, std, dtype)
     return torch.ops.jasco_fast.denorm_transpose.default(latents, mean, std, dtype, bool(channels_last))
+
+
+def _check_arguments(latents, mean, std, dtype) -> torch.dtype:
+    """The facts the output's shape, dtype and device rest on, in the words of the C++ check_inputs (which
+    enforces them on real tensors); here for tracing (symbolic sizes included) and for the fallback kernel.
+    Returns the output dtype."""
+    torch._check_value(latents.dim() == 3, lambda: f"denorm_transpose: latents must be 3-D [B, T, D], got "
+                                                   f"{latents.dim()}-D with shape {list(latents.shape)}")
+    torch._check_type(latents.dtype in _FLOATS, lambda: f"denorm_transpose: latents must be "
+                                                        f"float32/float64/float16/bfloat16, got {latents.dtype}")
+    B, T, D = latents.shape
+    torch._check_value(D > 0, lambda: f"denorm_transpose: latents need D > 0 channels, got shape {list(latents.shape)}")
+    for name, s in (("mean", mean), ("std", std)):
+        torch._check_value(s.device == latents.device, lambda: f"denorm_transpose: {name} is on {s.device} but "
+                                                               f"latents are on {latents.device}; put them on the same device")
+        torch._check_type(s.dtype in _FLOATS, lambda: f"denorm_transpose: {name} must be a floating-point tensor "
+                                                      f"(float32/float64/float16/bfloat16), got {s.dtype}")
+        torch._check_value(s.dim() <= 1 and (s.numel() == 1 or s.numel() == D),
+                           lambda: f"denorm_transpose: {name} must be a scalar (0-d or 1 element) or have D = {D} "
+                                   f"elements, got shape {list(s.shape)}")
+    out_dtype = dtype or latents.dtype
+    torch._check_type(out_dtype in _FLOATS, lambda: f"denorm_transpose: dtype must be "
+                                                    f"float32/float64/float16/bfloat16, got {out_dtype}")
+    return out_dtype
 
 
 @torch.library.register_fake("jasco_fast::denorm_transpose")
 def _(latents, mean, std, dtype=None, channels_last=False):
-    out_dtype = _check(latents, mean, std, dtype)
+    out_dtype = _check_arguments(latents, mean, std, dtype)
     B, T, D = latents.shape
     if channels_last:
         return latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
@@ -207,7 +222,7 @@ def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: to
     """The kernels' arithmetic in PyTorch ops: compute type float32 (float64 when latents or the output are
     float64), multiply then add (two roundings, no FMA: separate ops), one rounding to the output dtype, and
     the same output strides. Bit for bit the CPU kernel's result."""
-    out_dtype = _check(latents, mean, std, dtype)
+    out_dtype = _check_arguments(latents, mean, std, dtype)
     B, T, D = latents.shape
     out = (latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2) if channels_last
            else latents.new_empty((B, D, T), dtype=out_dtype))

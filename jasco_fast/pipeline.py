@@ -2,19 +2,38 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
 
-from jasco_fast.decoder import Decoder
+from jasco_fast.decoder import SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
 from jasco_fast.overlap import to_device
 
-__all__ = ["LatentDecoder"]
+__all__ = ["LatentDecoder", "DTYPES"]
+
+
+# The compute dtypes LatentDecoder is tested with, by the names the CLI and the benchmarks take.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _compile_options(mode: str | None) -> dict:
+    """Inductor options for ``mode`` with freezing kept on: torch.compile takes ``mode`` or ``options``, not
+    both, so the mode's own options (``torch._inductor.list_mode_options``) are merged with freezing here."""
+    from torch._inductor import list_mode_options
+
+    try:
+        options = dict(list_mode_options(mode)) if mode else {}
+    except RuntimeError as exc:  # an unknown mode
+        raise ValueError(f"compile_mode: {exc}") from None
+    return {**options, "freezing": True}
 
 
 def _statistic(value, name: str, dim: int) -> torch.Tensor:
+    # Checked at construction (the op sees the statistics only at the first call) and for finiteness,
+    # which the op does not require.
     t = torch.as_tensor(value, dtype=torch.float32).detach().clone()
     if t.dim() > 1 or t.numel() not in (1, dim):
         raise ValueError(f"{name} must be a scalar or have {dim} values (one per latent channel), "
@@ -34,20 +53,20 @@ class LatentDecoder(nn.Module):
     lengths reuse the compiled graph instead of recompiling.
 
     Args:
-        decoder: a :class:`Decoder` (e.g. from ``load_decoder``); it is copied, not modified.
+        decoder: a :class:`SEANetDecoder` (e.g. from ``load_decoder``); it is copied, not modified.
         mean, std: the latent statistics, scalars or one per channel (JASCO: -0.0074, 4.0102).
         compile: ``False`` runs the same path eagerly.
         channels_last: ``False`` feeds the decoder a contiguous [B, D, T] instead (for comparison).
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
-        compile_mode: passed to ``torch.compile`` (e.g. ``"reduce-overhead"`` for CUDA graphs when every
-            call has the same shape).
+        compile_mode: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` for CUDA graphs when every call
+            has the same shape); its options are applied with freezing still on.
     """
 
-    def __init__(self, decoder: Decoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *, compile: bool = True,
+    def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *, compile: bool = True,
                  channels_last: bool = True, dtype: torch.dtype | None = None, compile_mode: str | None = None):
         super().__init__()
-        if not isinstance(decoder, Decoder):
-            raise TypeError(f"decoder must be a jasco_fast.Decoder, got {type(decoder).__name__}")
+        if not isinstance(decoder, SEANetDecoder):
+            raise TypeError(f"decoder must be a jasco_fast.SEANetDecoder, got {type(decoder).__name__}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         param = next(decoder.parameters())
@@ -59,9 +78,16 @@ class LatentDecoder(nn.Module):
         dim = decoder.config.dimension
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
-        self.compiled = compile
-        self._run = torch.compile(self._decode, dynamic=False, mode=compile_mode,
-                                  options=None if compile_mode else {"freezing": True}) if compile else self._decode
+        self.is_compiled = bool(compile)
+        self._run = torch.compile(self._decode, dynamic=False, options=_compile_options(compile_mode)) \
+            if compile else self._decode
+
+    @property
+    def compiled(self) -> bool:
+        """Deprecated (removed in 0.3): :attr:`is_compiled`."""
+        warnings.warn("LatentDecoder.compiled is deprecated and will be removed in jasco_fast 0.3; use "
+                      "LatentDecoder.is_compiled", DeprecationWarning, stacklevel=2)
+        return self.is_compiled
 
     @property
     def hop_length(self) -> int:
@@ -80,6 +106,9 @@ class LatentDecoder(nn.Module):
         return self.decoder(x).float()
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        # Checked here, before the compiled graph (where an error would arrive wrapped in a dynamo exception):
+        # the decoder's D, at least one frame (the graph is traced with T dynamic), a floating-point input.
+        # The op and the decoder hold their own rules (csrc/denorm_transpose.h, SEANetDecoder.forward).
         if not isinstance(latents, torch.Tensor):
             raise TypeError(f"latents must be a tensor, got {type(latents).__name__}")
         dim = self.decoder.config.dimension
@@ -92,7 +121,7 @@ class LatentDecoder(nn.Module):
         if latents.shape[0] == 0:
             return latents.new_zeros(0, self.decoder.channels, latents.shape[1] * self.hop_length, dtype=torch.float32)
         latents = to_device(latents, self.device)  # through pinned memory, non-blocking, to a GPU
-        if self.compiled and latents.shape[1] > 1:
+        if self.is_compiled and latents.shape[1] > 1:
             torch._dynamo.mark_dynamic(latents, 1)  # one graph for every length
         with torch.inference_mode():
             try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from torch import nn
 
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 
-__all__ = ["denormalize_transpose", "decode", "EagerDecoder"]
+__all__ = ["denormalize_transpose", "decode", "ReferenceDecoder"]
 
 
 def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None,
@@ -25,7 +26,7 @@ def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtyp
 
 
 # ---------------------------------------------------------------------------------------------------
-# The decoder as JASCO runs it upstream: the oracle for jasco_fast.Decoder / LatentDecoder.
+# The decoder as JASCO runs it upstream: the oracle for jasco_fast.SEANetDecoder / LatentDecoder.
 
 
 def _upstream_pad(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor:
@@ -103,10 +104,11 @@ class _EagerResBlock(nn.Module):
         return self.shortcut(x) + self.block(x)
 
 
-class EagerDecoder(nn.Module):
-    """The decoder as upstream runs it: [B, C, T] layout, conv1d, weight norm recomputed every call.
+class ReferenceDecoder(nn.Module):
+    """The oracle for :class:`jasco_fast.SEANetDecoder`: the decoder as upstream runs it ([B, C, T] layout,
+    conv1d, weight norm recomputed every call). Slow on purpose; tests and benchmarks compare with it.
 
-    Built from a :class:`jasco_fast.Decoder` (its weights re-parametrised as g * v / ||v||), on the
+    Built from a :class:`jasco_fast.SEANetDecoder` (its weights re-parametrised as g * v / ||v||), on the
     decoder's device and dtype.
     """
 
@@ -142,16 +144,25 @@ class EagerDecoder(nn.Module):
 def decode(decoder_or_path, latents: torch.Tensor, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD) -> torch.Tensor:
     """JASCO's ``generate_audio``, eagerly: latents [B, T, D] -> audio [B, C, T * hop].
 
-    ``decoder_or_path``: a :class:`EagerDecoder`, a :class:`jasco_fast.Decoder`, or a checkpoint path.
+    ``decoder_or_path``: a :class:`ReferenceDecoder`, a :class:`jasco_fast.SEANetDecoder`, or a checkpoint path.
     """
-    from jasco_fast.decoder import Decoder
+    from jasco_fast.decoder import SEANetDecoder
     from jasco_fast.loading import load_decoder
 
-    if isinstance(decoder_or_path, EagerDecoder):
+    if isinstance(decoder_or_path, ReferenceDecoder):
         eager = decoder_or_path
-    elif isinstance(decoder_or_path, Decoder):
-        eager = EagerDecoder(decoder_or_path)
+    elif isinstance(decoder_or_path, SEANetDecoder):
+        eager = ReferenceDecoder(decoder_or_path)
     else:
-        eager = EagerDecoder(load_decoder(decoder_or_path))
+        eager = ReferenceDecoder(load_decoder(decoder_or_path))
     with torch.no_grad():
         return eager((latents * std + mean).permute(0, 2, 1))
+
+
+def __getattr__(name: str):
+    # Deprecated names, kept for one release (removed in 0.3): `EagerDecoder` is `ReferenceDecoder`.
+    if name == "EagerDecoder":
+        warnings.warn("jasco_fast.reference.EagerDecoder is deprecated and will be removed in jasco_fast 0.3; it "
+                      "is now named jasco_fast.reference.ReferenceDecoder", DeprecationWarning, stacklevel=2)
+        return ReferenceDecoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

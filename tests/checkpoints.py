@@ -1,13 +1,16 @@
-"""Small random-weight EnCodec checkpoints written in the real upstream file formats, by the real
-upstream code where it can run here (transformers' save_pretrained; audiocraft's SEANet modules)."""
+"""What the test modules share: small random-weight EnCodec checkpoints written in the real upstream file
+formats, by the real upstream code where it can run here (transformers' save_pretrained; audiocraft's
+SEANet modules), the audiocraft skip marker, the error measure, tolerances and the configs compared upstream."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import sys
 import types
+import zlib
 from pathlib import Path
 
+import pytest
 import torch
 
 # A tiny 32 kHz-style model: same structure as facebook/encodec_32khz, far fewer channels.
@@ -58,9 +61,13 @@ def write_transformers_dir(path: Path, seed: int = 0, *, weight_format: str = "p
 
 def audiocraft_modules():
     """audiocraft's conv/lstm/seanet modules, loaded from the installed package's files only: importing
-    the audiocraft package itself would pull in its whole dependency tree."""
-    spec = importlib.util.find_spec("audiocraft")
-    if spec is None:
+    the audiocraft package itself would pull in its whole dependency tree. None when audiocraft is not
+    installed (it is a test oracle, installed apart: see the Makefile)."""
+    try:
+        spec = importlib.util.find_spec("audiocraft")
+    except ImportError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
         return None
     root = Path(spec.submodule_search_locations[0]) / "modules"
     pkg = types.ModuleType("_ac_modules")
@@ -130,6 +137,8 @@ def write_audiocraft_checkpoint(path: Path, seed: int = 0, **overrides):
     settings = {**AUDIOCRAFT_DEFAULTS, **overrides}
     text = AUDIOCRAFT_YAML.format(**settings)
     seanet = audiocraft_modules()
+    if seanet is None:
+        raise RuntimeError("write_audiocraft_checkpoint needs audiocraft; mark the test with @needs_audiocraft")
     resolved = yaml.safe_load(text)
     kwargs = {k: v for k, v in resolved["seanet"].items() if k not in ("encoder", "decoder")}
     kwargs.update(resolved["seanet"]["decoder"])
@@ -166,3 +175,49 @@ def fake_hf_cache(cache_root: Path, name: str, source_dir: Path) -> Path:
 
 def config_json(path: Path) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared by the test modules: the audiocraft skip, error measure, tolerances and configs compared upstream
+
+needs_audiocraft = pytest.mark.skipif(
+    audiocraft_modules() is None,
+    reason="audiocraft is not installed (a test oracle: pip install --no-deps audiocraft==1.3.0, as `make install` does)")
+
+# Relative L2 error budget for float32 paths against the upstream implementations; what we see is
+# ~1e-7 (the same arithmetic in a different order).
+F32_TOL = 2e-6
+LENGTHS = (1, 2, 5, 37)
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
+
+
+def seed_of(name: str) -> int:
+    return zlib.crc32(name.encode()) % 10_000
+
+
+# transformers EncodecConfig overrides of TINY_HF, one per architecture option worth covering
+HF_CONFIGS = {
+    "encodec_32khz_like": {},
+    "causal": dict(use_causal_conv=True),
+    "causal_trim_half": dict(use_causal_conv=True, trim_right_ratio=0.5),
+    "time_group_norm": dict(norm_type="time_group_norm"),
+    "conv_shortcut_two_res": dict(use_conv_shortcut=True, num_residual_layers=2),
+    "constant_pad_stereo": dict(pad_mode="constant", audio_channels=2),
+    "odd_sizes": dict(upsampling_ratios=[3, 5], kernel_size=5, last_kernel_size=3, residual_kernel_size=5,
+                      compress=1, dilation_growth_rate=3, num_residual_layers=2, num_lstm_layers=2),
+}
+
+# write_audiocraft_checkpoint overrides of AUDIOCRAFT_DEFAULTS
+AUDIOCRAFT_CONFIGS = {
+    "default_constant_pad": {},
+    "reflect_causal_trim": dict(causal="true", pad_mode="reflect", trim_right_ratio=0.25),
+    "tanh_disable_outer_norms": dict(final_activation="Tanh", disable_norm_outer_blocks=2),
+    "no_lstm_leaky_conv_shortcut": dict(lstm=0, activation="LeakyReLU", activation_params='{"negative_slope": 0.2}',
+                                        true_skip="false", n_residual_layers=2),
+    "spectral_norm": dict(norm="spectral_norm"),
+    "time_group_norm": dict(norm="time_group_norm", pad_mode="replicate"),
+    "no_norm_three_stages_circular": dict(norm="none", ratios="[2, 3, 2]", pad_mode="circular"),
+}

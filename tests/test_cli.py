@@ -175,9 +175,10 @@ def test_demo_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
 
 
-def test_bench_runs_the_scripts_next_to_the_package(tmp_path, monkeypatch, capsys):
+def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, capsys):
     import jasco_fast
 
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "jasco_fast"\n')
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     for name in ("bench_denorm_transpose", "bench_decode"):
@@ -187,12 +188,29 @@ def test_bench_runs_the_scripts_next_to_the_package(tmp_path, monkeypatch, capsy
     out = capsys.readouterr().out
     assert "TABLE bench_denorm_transpose ['--device', 'cpu', '--quick']" in out
     assert "TABLE bench_decode ['--device', 'cpu', '--quick']" in out
-    assert main(["bench", "decode"]) == 0
-    assert "bench_denorm" not in capsys.readouterr().out
+    assert main(["bench", "decode", "--note", "busy machine"]) == 0
+    out = capsys.readouterr().out
+    assert "bench_denorm" not in out and "TABLE bench_decode ['--device', 'cpu', '--note', 'busy machine']" in out
     assert main(["bench", "nope"]) == 2
-    (bench / "bench_decode.py").unlink()
-    assert main(["bench", "decode"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "unknown benchmark 'nope'; choose from decode, denorm_transpose" in capsys.readouterr().err
+
+
+def test_bench_outside_a_source_checkout_says_what_it_needs(tmp_path, monkeypatch, capsys):
+    import jasco_fast
+
+    # as installed from a wheel: site-packages/jasco_fast, and maybe some other project's benchmarks/ beside it
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_other.py").write_text("raise SystemExit('must not run')\n")
+    monkeypatch.setattr(jasco_fast, "__file__", str(tmp_path / "jasco_fast" / "__init__.py"))
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "source checkout" in err and "pip install --no-build-isolation -e ." in err
+
+
+def test_the_repository_benchmarks_are_found():
+    from jasco_fast.cli import benchmark_scripts
+
+    assert {"decode", "denorm_transpose"} <= set(benchmark_scripts())
 
 
 def test_module_entry_point_help():

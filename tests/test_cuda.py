@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import jasco_fast
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, reference
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
 from jasco_fast.overlap import HostCopy, to_device
 
 HAS_CUDA = torch.cuda.is_available()
@@ -228,14 +228,14 @@ def fresh_dynamo():
 def full_decoder():
     """The EnCodec 32 kHz architecture, random weights, on the GPU (timing and accuracy do not need real ones)."""
     torch.manual_seed(0)
-    return Decoder(DecoderConfig()).cuda().eval()
+    return SEANetDecoder(DecoderConfig()).cuda().eval()
 
 
 @pytest.fixture(scope="module")
 def latents_and_truth(full_decoder):
     """[2, 50, 128] latents (1 s of audio) and their decode in float64 by the reference, on the GPU."""
     latents = torch.randn(2, 50, 128, generator=torch.Generator().manual_seed(1)).cuda()
-    truth = reference.decode(reference.EagerDecoder(full_decoder).double(), latents.double())
+    truth = reference.decode(reference.ReferenceDecoder(full_decoder).double(), latents.double())
     return latents, truth
 
 
@@ -247,7 +247,7 @@ def test_latent_decoder_on_cuda_within_the_reference_error_budget(full_decoder, 
     run in the same dtype on the same GPU (TF32 convolutions included), plus a floor: 1e-6 for float32,
     1e-3 for the half types. The budgets themselves must be small: under 1e-2 (float32) and 0.1 (halves)."""
     latents, truth = latents_and_truth
-    eager = reference.EagerDecoder(full_decoder).to(dtype)
+    eager = reference.ReferenceDecoder(full_decoder).to(dtype)
     ref_err = rel_err(reference.decode(eager, latents.to(dtype)).float(), truth)
     budget = 2 * ref_err + (1e-6 if dtype == torch.float32 else 1e-3)
     assert budget < (1e-2 if dtype == torch.float32 else 0.1), (dtype, ref_err)
@@ -263,7 +263,7 @@ def test_latent_decoder_on_cuda_within_the_reference_error_budget(full_decoder, 
 def test_latent_decoder_with_cuda_graphs(full_decoder, latents_and_truth):
     latents, truth = latents_and_truth
     fast = LatentDecoder(full_decoder, dtype=torch.bfloat16, compile_mode="reduce-overhead")
-    eager = reference.EagerDecoder(full_decoder).to(torch.bfloat16)
+    eager = reference.ReferenceDecoder(full_decoder).to(torch.bfloat16)
     budget = 2 * rel_err(reference.decode(eager, latents.bfloat16()).float(), truth) + 1e-3
     for _ in range(3):  # recording, then replays
         assert rel_err(fast(latents).clone(), truth) <= budget

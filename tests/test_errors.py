@@ -10,7 +10,7 @@ import torch
 
 import jasco_fast
 from jasco_fast.cli import main
-from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.decoder import SEANetDecoder, DecoderConfig
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 
 TINY = DecoderConfig(dimension=8, n_filters=4, ratios=(4, 2), lstm=1, sample_rate=8000)
@@ -39,7 +39,7 @@ def test_recognises_allocator_errors():
 @pytest.mark.parametrize("fail", [allocate_too_much, gpu_out_of_memory], ids=["cpu_allocator", "cuda_allocator"])
 def test_latent_decoder_names_the_batch_and_the_remedies(fail, monkeypatch):
     monkeypatch.setattr(jasco_fast.LatentDecoder, "_decode", fail)
-    fast = jasco_fast.LatentDecoder(Decoder(TINY), compile=False)
+    fast = jasco_fast.LatentDecoder(SEANetDecoder(TINY), compile=False)
     with pytest.raises(torch.OutOfMemoryError) as err:
         fast(torch.randn(3, 50, TINY.dimension))
     message = str(err.value)
@@ -56,7 +56,7 @@ def test_other_errors_pass_through_unchanged(monkeypatch):
 
     monkeypatch.setattr(jasco_fast.LatentDecoder, "_decode", broken)
     with pytest.raises(RuntimeError, match="^something else$"):
-        jasco_fast.LatentDecoder(Decoder(TINY), compile=False)(torch.randn(1, 5, TINY.dimension))
+        jasco_fast.LatentDecoder(SEANetDecoder(TINY), compile=False)(torch.randn(1, 5, TINY.dimension))
 
 
 def test_no_dtype_hint_for_16_bit_decoders():

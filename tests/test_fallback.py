@@ -21,7 +21,7 @@ import torch
 
 import jasco_fast
 from jasco_fast import ops, reference
-from jasco_fast.decoder import Decoder, DecoderConfig
+from jasco_fast.decoder import SEANetDecoder, DecoderConfig
 
 OP = torch.ops.jasco_fast.denorm_transpose.default
 OP_NAME = "jasco_fast::denorm_transpose"
@@ -246,7 +246,7 @@ def test_export_keeps_the_op_whole():
 @pytest.mark.parametrize("compile", [False, True])
 def test_latent_decoder_on_the_fallback(compile, cpu_kernel_hidden):
     torch.manual_seed(0)
-    decoder = Decoder(TINY).eval()
+    decoder = SEANetDecoder(TINY).eval()
     latents = torch.randn(2, 13, TINY.dimension)
     on_fallback = jasco_fast.LatentDecoder(decoder, compile=compile)(latents)
     assert cpu_kernel_hidden, "LatentDecoder did not reach the fallback"
@@ -257,7 +257,7 @@ def test_latent_decoder_on_the_fallback(compile, cpu_kernel_hidden):
 
 def test_latent_decoder_same_audio_with_and_without_the_kernel():
     torch.manual_seed(1)
-    decoder = Decoder(TINY).eval()
+    decoder = SEANetDecoder(TINY).eval()
     latents = torch.randn(1, 21, TINY.dimension)
     fast = jasco_fast.LatentDecoder(decoder, compile=False)
     with_kernel = fast(latents)
@@ -341,7 +341,7 @@ def test_real_device_matches_cpu_kernel(device):
 @pytest.mark.parametrize("device", _real_devices())
 def test_real_device_latent_decoder(device):
     torch.manual_seed(0)
-    decoder = Decoder(TINY).eval()
+    decoder = SEANetDecoder(TINY).eval()
     latents = torch.randn(2, 13, TINY.dimension)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ops.FallbackWarning)

@@ -14,7 +14,7 @@ import torch
 
 import jasco_fast.loading as loading
 from checkpoints import write_audiocraft_checkpoint, write_pointer, write_transformers_dir
-from jasco_fast.decoder import Decoder
+from jasco_fast.decoder import SEANetDecoder
 from jasco_fast.loading import CheckpointError, load_decoder, read_safetensors_header
 
 
@@ -329,7 +329,7 @@ def test_audiocraft_config_values(tmp_path, ac_source, old, new, match):
     assert old in text
     p = _with_cfg(tmp_path, ac_source, text.replace(old, new, 1))
     if match is None:
-        assert isinstance(load_decoder(p), Decoder)
+        assert isinstance(load_decoder(p), SEANetDecoder)
     else:
         refused(p, match)
 
@@ -364,7 +364,7 @@ def test_allocator_failure_while_materialising_is_a_checkpoint_error(hf_dir, mon
     def no_memory(self, *, device, recurse=True):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
 
-    monkeypatch.setattr(Decoder, "to_empty", no_memory)
+    monkeypatch.setattr(SEANetDecoder, "to_empty", no_memory)
     refused(hf_dir, r"no memory for a decoder of [\d,]+ parameters")
 
 

@@ -218,7 +218,8 @@ def test_torch_compile_fullgraph():
 
 
 # ------------------------------------------------------------------------------------------------
-# Bad input gets a clear error: the Python face raises ValueError / TypeError, the raw op RuntimeError
+# Bad input gets a clear error, ValueError / TypeError, from the op's one set of rules (C++ check_inputs):
+# through the Python face, the raw op, and the fake kernel under torch.compile alike
 
 
 BAD_INPUTS = [
@@ -246,14 +247,53 @@ def test_errors_raw_op(make, error, match):
     latents, mean, std = make()
     mean = mean if isinstance(mean, torch.Tensor) else torch.tensor(mean)
     std = std if isinstance(std, torch.Tensor) else torch.tensor(std)
-    with pytest.raises((RuntimeError, NotImplementedError, ValueError, TypeError), match=match):
+    with pytest.raises(error, match=match):
         torch.ops.jasco_fast.denorm_transpose(latents, mean, std, None, False)
+
+
+@pytest.mark.parametrize("make,error,match", BAD_INPUTS[:-1])  # (the last mixes devices on purpose)
+def test_errors_fake_kernel(make, error, match):
+    """The fake kernel (what torch.compile traces) states the same rules in the same words."""
+    latents, mean, std = make()
+    mean = torch.as_tensor(mean).to("meta")
+    std = torch.as_tensor(std).to("meta")
+    with pytest.raises(error, match=match):
+        torch.ops.jasco_fast.denorm_transpose(latents.to("meta"), mean, std, None, False)
+
+
+def test_float_statistics_are_made_once_per_value_dtype_device():
+    from jasco_fast import ops
+
+    x = torch.randn(1, 3, 4)
+    ops._scalar_tensor.cache_clear()
+    first = jasco_fast.denormalize_transpose(x, 0.25, 2.0)
+    second = jasco_fast.denormalize_transpose(x, 0.25, 2.0)
+    assert torch.equal(first, second)
+    info = ops._scalar_tensor.cache_info()
+    assert (info.misses, info.hits) == (2, 2)
+    jasco_fast.denormalize_transpose(x.double(), 0.25, 2.0)  # another compute dtype: new tensors
+    assert ops._scalar_tensor.cache_info().misses == 4
+    # -0.0 and 0.0 are different statistics: x * 1 + (-0.0) keeps a -0.0, x * 1 + 0.0 does not
+    zeros = torch.full((1, 1, 1), -0.0)
+    assert torch.signbit(jasco_fast.denormalize_transpose(zeros, -0.0, 1.0)).all()
+    assert not torch.signbit(jasco_fast.denormalize_transpose(zeros, 0.0, 1.0)).any()
+
+
+def test_cached_statistics_made_in_inference_mode_serve_autograd_later():
+    from jasco_fast import ops
+
+    ops._scalar_tensor.cache_clear()
+    with torch.inference_mode():
+        jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), 0.125, 3.0)
+    latents = torch.randn(1, 2, 3, requires_grad=True)
+    jasco_fast.denormalize_transpose(latents, 0.125, 3.0).sum().backward()  # saves the cached std
+    torch.testing.assert_close(latents.grad, torch.full((1, 2, 3), 3.0))
 
 
 def test_errors_dtype_argument():
     with pytest.raises(TypeError, match="dtype must be"):
         jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), 0.0, 1.0, dtype=torch.int8)
-    with pytest.raises(RuntimeError, match="dtype must be"):
+    with pytest.raises(TypeError, match=r"dtype must be .*, got torch\.int8"):
         torch.ops.jasco_fast.denorm_transpose(torch.randn(1, 2, 3), torch.tensor(0.0), torch.tensor(1.0),
                                               torch.int8, False)
     with pytest.raises(TypeError, match="mean must be a float or a tensor"):

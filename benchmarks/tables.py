@@ -1,0 +1,104 @@
+"""Markdown tables from the benchmark results JSON: the README's and the notes' figures come from here.
+
+    python benchmarks/tables.py                 # print a table per benchmarks/results/*.json
+    python benchmarks/tables.py --write         # also rewrite the marked blocks in README.md and the notes
+
+A document marks a table with `<!-- results: decode_cpu.json -->` ... `<!-- /results -->`; --write replaces
+what lies between with the table of that file, so the figures there are always those of the committed JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOCUMENTS = [HERE.parent / "README.md", HERE / "NOTES_denorm_transpose.md"]
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n).*?(<!-- /results -->)", re.S)
+
+
+def _range(s: dict, fmt: str, scale: float = 1.0) -> str:
+    """median [min-max] of a spread over rounds."""
+    return f"{s['median'] * scale:{fmt}} [{s['min'] * scale:{fmt}}–{s['max'] * scale:{fmt}}]"
+
+
+def provenance_line(result: dict) -> str:
+    load = result.get("load_average_at_start")
+    note = f" Note: {result['note'].rstrip('.')}." if result.get("note") else ""
+    if result.get("complete") is False:
+        note += " The run did not finish: only the rows below were measured."
+    return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}, torch {result['torch']}, "
+            f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {result['rounds']} interleaved rounds "
+            f"(median [min–max]), load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
+            f"CPUs, by `{result['command']}`.{note}")
+
+
+def decode_table(result: dict) -> str:
+    lines = [provenance_line(result), "",
+             "| B | audio | eager s | fast path s | fast / eager | first call (compiles) s | real time | floor s | "
+             "fast / floor | peak RSS eager / fast MB | rel. error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['batch']} | {r['seconds']:g} s | {_range(r['eager_ms'], '.2f', 1e-3)} | "
+            f"{_range(r['fast_ms'], '.2f', 1e-3)} | {_range(r['fast_over_eager'], '.2f')} | "
+            f"{r['fast_first_call_ms'] / 1e3:.1f} | {r['fast_rtf']:.1f}x | {r['floor_ms'] / 1e3:.2f} | "
+            f"{_range(r['fast_over_floor'], '.2f')} | {r['eager_peak_mem_mb']:.0f} / {r['fast_peak_mem_mb']:.0f} | "
+            f"{r['rel_error']:.1e} |")
+    lines.append("")
+    lines.append(f"Floor: the decoder's arithmetic at this run's measured float32 matmul rate "
+                 f"({result['matmul_gflops']:.0f} GFLOP/s).")
+    return "\n".join(lines)
+
+
+def denorm_transpose_table(result: dict) -> str:
+    lines = [provenance_line(result), "",
+             "| shape | output | clone ms | fused, contiguous: ms (x clone) | fused, channels-last: ms (x clone) | "
+             "eager `(x*std+mean).permute(0,2,1).contiguous()`: ms (x clone) |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = [str(tuple(r["shape"])), r["out_dtype"], _range(r["ms"]["clone"], ".3f")]
+        for k in ("fused", "fused_channels_last", "eager"):
+            cells.append(f"{r['ms'][k]['median']:.3f} ({_range(r['over_clone'][k], '.2f')})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table}
+
+
+def table(path: Path) -> str:
+    result = json.loads(path.read_text())
+    if "date_utc" not in result:
+        raise SystemExit(f"{path}: written by an older benchmark script (no date, rounds or spread); rerun it")
+    return RENDER[result["benchmark"]](result)
+
+
+def rewrite(document: Path) -> bool:
+    text = document.read_text()
+
+    def replace(m: re.Match) -> str:
+        return m.group(1) + table(RESULTS / m.group("name")) + "\n" + m.group(3)
+
+    new = BLOCK.sub(replace, text)
+    if new != text:
+        document.write_text(new)
+    return new != text
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", action="store_true", help="rewrite the marked blocks of README.md and the notes")
+    args = parser.parse_args(argv)
+    for path in sorted(RESULTS.glob("*.json")):
+        if json.loads(path.read_text()).get("benchmark") in RENDER:
+            print(f"## {path.name}\n\n{table(path)}\n")
+    if args.write:
+        for doc in DOCUMENTS:
+            print(f"{doc.name}: {'updated' if rewrite(doc) else 'unchanged'}")
+
+
+if __name__ == "__main__":
+    main()

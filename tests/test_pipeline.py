@@ -1,0 +1,117 @@
+"""jasco_fast.pipeline: LatentDecoder (the fast path, eager and compiled) against reference.decode
+(JASCO's eager path), its input checks, dtypes and compile options."""
+from __future__ import annotations
+
+import pytest
+import torch
+from checkpoints import F32_TOL, rel_err
+
+from jasco_fast import LatentDecoder, load_decoder, reference
+from jasco_fast.pipeline import DTYPES, _compile_options
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tiny_hf_checkpoint):
+    return load_decoder(tiny_hf_checkpoint)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_eager_matches_reference(tiny_decoder, channels_last):
+    fast = LatentDecoder(tiny_decoder, compile=False, channels_last=channels_last)
+    assert not fast.is_compiled
+    for B, T in [(1, 1), (3, 2), (2, 5), (2, 64)]:
+        latents = torch.randn(B, T, 8)
+        want = reference.decode(tiny_decoder, latents)
+        got = fast(latents)
+        assert got.dtype == torch.float32 and got.shape == (B, 1, T * tiny_decoder.hop_length)
+        assert rel_err(got, want) < F32_TOL
+
+
+def test_per_channel_statistics_and_strided_latents(tiny_decoder):
+    mean, std = torch.randn(8) * 0.1, torch.rand(8) + 0.5
+    fast = LatentDecoder(tiny_decoder, mean, std, compile=False)
+    latents = torch.randn(2, 8, 30).transpose(1, 2)  # [B, T, D] with non-contiguous strides
+    assert rel_err(fast(latents), reference.decode(tiny_decoder, latents, mean, std)) < F32_TOL
+
+
+def test_compiled_matches_reference_without_recompiling(tiny_decoder):
+    fast = LatentDecoder(tiny_decoder)
+    assert fast.is_compiled
+    latents = torch.randn(2, 12, 8)
+    assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
+    # one graph serves every length (T is dynamic): a recompilation would raise here
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for T in (29, 40, 57):
+            latents = torch.randn(2, T, 8)
+            assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL, T
+
+
+def test_compiled_single_frame(tiny_decoder):
+    fast = LatentDecoder(tiny_decoder)
+    latents = torch.randn(1, 1, 8)
+    assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
+
+
+def test_bfloat16_error_budget(tiny_decoder):
+    """bf16 compute: its error against the float32 reference must stay within twice the error the
+    reference itself makes when run in bf16 (the flash-attention rule), plus a small floor."""
+    latents = torch.randn(2, 40, 8)
+    want = reference.decode(tiny_decoder, latents)
+    ref_bf16 = reference.decode(reference.ReferenceDecoder(tiny_decoder).to(torch.bfloat16), latents.bfloat16()).float()
+    budget = 2 * rel_err(ref_bf16, want) + 1e-3
+    got = LatentDecoder(tiny_decoder, compile=False, dtype=DTYPES["bfloat16"])(latents)
+    assert got.dtype == torch.float32
+    assert rel_err(got, want) <= budget
+    assert budget < 0.1  # the budget itself is meaningful, not vacuous
+
+
+def test_input_errors(tiny_decoder):
+    fast = LatentDecoder(tiny_decoder, compile=False)
+    with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
+        fast(torch.randn(2, 8))
+    with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
+        fast(torch.randn(1, 5, 7))
+    with pytest.raises(TypeError, match="floating point"):
+        fast(torch.ones(1, 5, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="T >= 1"):
+        fast(torch.randn(1, 0, 8))
+    with pytest.raises(ValueError, match="mean"):
+        LatentDecoder(tiny_decoder, mean=torch.zeros(3))
+    with pytest.raises(ValueError, match="std must be finite"):
+        LatentDecoder(tiny_decoder, std=float("nan"))
+    with pytest.raises(TypeError, match="SEANetDecoder"):
+        LatentDecoder(torch.nn.Linear(2, 2))
+    assert fast(torch.randn(0, 5, 8)).shape == (0, 1, 5 * tiny_decoder.hop_length)
+
+
+def test_compiled_input_errors_are_plain_errors(tiny_decoder):
+    """Checked before the compiled graph: the same ValueError/TypeError, not a wrapped dynamo error."""
+    fast = LatentDecoder(tiny_decoder)
+    with pytest.raises(TypeError, match="floating point"):
+        fast(torch.ones(1, 5, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
+        fast(torch.randn(1, 5, 7))
+
+
+def test_compile_mode_keeps_freezing():
+    assert _compile_options(None) == {"freezing": True}
+    assert _compile_options("default") == {"freezing": True}
+    assert _compile_options("max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True,
+                                                              "freezing": True}
+    assert _compile_options("reduce-overhead") == {"triton.cudagraphs": True, "freezing": True}
+    with pytest.raises(ValueError, match="compile_mode.*banana"):
+        _compile_options("banana")
+
+
+def test_compile_mode_runs(tiny_decoder):
+    fast = LatentDecoder(tiny_decoder, compile_mode="default")
+    latents = torch.randn(1, 7, 8)
+    assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
+    with pytest.raises(ValueError, match="compile_mode"):
+        LatentDecoder(tiny_decoder, compile_mode="banana")
+
+
+def test_old_name_compiled_still_works_and_warns(tiny_decoder):
+    fast = LatentDecoder(tiny_decoder, compile=False)
+    with pytest.warns(DeprecationWarning, match="is_compiled"):
+        assert fast.compiled is False
