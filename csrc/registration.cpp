@@ -1,4 +1,4 @@
-// The schema of jasco_fast's op, defined once; each device file registers its kernel.
+// The schemas of jasco_fast's ops, defined once; each device file registers its kernels.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -15,5 +15,11 @@ TORCH_LIBRARY(jasco_fast, m) {
   // channels-last), not restride the output.
   m.def("denorm_transpose(Tensor latents, Tensor mean, Tensor std, ScalarType? dtype=None, "
         "bool channels_last=False) -> Tensor",
+        {at::Tag::needs_fixed_stride_order});
+  // lstm(seq) + seq for a batch-first unidirectional LSTM with biases (weights: w_ih, w_hh, b_ih, b_hh per
+  // layer), from state (h0, c0) (zeros when absent; [num_layers, B, C]); also returns the state after the
+  // first `state_frames` frames (default: all). Outputs: y [B, T, C] contiguous, h, c.
+  m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
+        "int? state_frames=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::needs_fixed_stride_order});
 }

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jasco_fast.ops import lstm_skip
+
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
 
@@ -109,6 +111,63 @@ class DecoderConfig:
         return "none" if self.disable_norm_outer_blocks >= n_blocks - block else self.norm
 
 
+@dataclass(frozen=True)
+class Context:
+    """Which input frames of a layer (or a stack of layers) one output sample depends on.
+
+    A layer that upsamples by ``upsample`` turns input frame j into output samples [j * u, (j + 1) * u);
+    output sample i depends on input frames ``[i // u - left, i // u + right]`` (the worst case over the
+    u samples of a frame). ``left=None``: every earlier frame (the LSTM, whose memory a chunked decode
+    carries as state); ``left=right=None``: the whole sequence (GroupNorm over time).
+    """
+
+    left: int | None
+    right: int | None
+    upsample: int = 1
+
+    @property
+    def bounded(self) -> bool:
+        return self.left is not None and self.right is not None
+
+    def then(self, after: "Context") -> "Context":
+        """This layer followed by ``after``: ``after``'s context in its input frames (this layer's output
+        samples) becomes ceil(left / u) and floor((u - 1 + right) / u) more of this layer's input frames."""
+        u = self.upsample
+        left = None if self.left is None or after.left is None else self.left + -(-after.left // u)
+        right = None if self.right is None or after.right is None else self.right + (u - 1 + after.right) // u
+        return Context(left, right, u * after.upsample)
+
+    def union(self, other: "Context") -> "Context":
+        """Two parallel branches over the same input (a residual block and its shortcut)."""
+        if self.upsample != other.upsample:
+            raise ValueError("parallel branches must upsample alike")
+        left = None if self.left is None or other.left is None else max(self.left, other.left)
+        right = None if self.right is None or other.right is None else max(self.right, other.right)
+        return Context(left, right, self.upsample)
+
+
+POINTWISE = Context(0, 0, 1)
+
+
+def layer_context(layer: nn.Module) -> Context:
+    """A layer's :class:`Context`: its own ``context()``, or pointwise for activations and identities."""
+    if hasattr(layer, "context"):
+        return layer.context()
+    if isinstance(layer, nn.Sequential):
+        return receptive_field(layer)
+    if isinstance(layer, nn.Identity) or type(layer).__module__ == "torch.nn.modules.activation":
+        return POINTWISE
+    raise TypeError(f"no receptive field known for {type(layer).__name__}")
+
+
+def receptive_field(layers) -> Context:
+    """The :class:`Context` of layers applied in turn (pointwise when there are none)."""
+    total = POINTWISE
+    for layer in layers:
+        total = total.then(layer_context(layer))
+    return total
+
+
 def _activation(name: str, params: dict | None) -> nn.Module:
     return getattr(nn, name)(**(params or {}))
 
@@ -165,6 +224,11 @@ class Conv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(in_channels * kernel_size), 1 / math.sqrt(in_channels * kernel_size))
 
+    def context(self) -> Context:
+        if self.norm is not None:  # GroupNorm normalises over the whole sequence
+            return Context(None, None)
+        return Context(self.pad_left, self.pad_right)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _pad_time(x, self.pad_left, self.pad_right, self.pad_mode)
         y = F.conv2d(x, self.weight, self.bias, dilation=(1, self.dilation))
@@ -181,6 +245,7 @@ class ConvTranspose(nn.Module):
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         self.stride = stride
+        self.kernel_size = kernel_size
         total = kernel_size - stride
         right = math.ceil(total * trim_right_ratio) if causal else total // 2
         self.trim_left, self.trim_right = total - right, right
@@ -188,34 +253,18 @@ class ConvTranspose(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(out_channels * kernel_size), 1 / math.sqrt(out_channels * kernel_size))
 
+    def context(self) -> Context:
+        if self.norm is not None:
+            return Context(None, None, self.stride)
+        # output sample i (untrimmed position p = i + trim_left) sums input frames j with 0 <= p - j * stride < k
+        k, r, t = self.kernel_size, self.stride, self.trim_left
+        return Context((k - 1 - t) // r, (r - 1 + t) // r, r)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
         if self.norm is not None:  # upstream normalises before trimming
             y = self.norm(y)
         return y[..., self.trim_left:y.shape[-1] - self.trim_right]
-
-
-def _lstm_with_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int) -> torch.Tensor:
-    seq = seq.contiguous()  # the oneDNN LSTM is ~10x slower on a strided [B, T, C] view
-    h0 = seq.new_zeros(num_layers, seq.shape[0], seq.shape[2])
-    out = torch.lstm(seq, (h0, h0), weights, True, num_layers, 0.0, False, False, True)[0]
-    # batch-first output comes back time-major in memory; [B, T, C] is what the next conv reads
-    return (out + seq).contiguous()
-
-
-@torch.library.custom_op("jasco_fast::lstm_skip", mutates_args=())
-def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int) -> torch.Tensor:
-    """lstm(seq) + seq for a batch-first, unidirectional LSTM with biases; seq [B, T, C].
-
-    Opaque to torch.compile: dynamo cannot trace an LSTM, and a graph break there would split the
-    decoder into many small graphs with unfused activations.
-    """
-    return _lstm_with_skip(seq, weights, num_layers)
-
-
-@lstm_skip.register_fake
-def _(seq, weights, num_layers):
-    return torch.empty_like(seq, memory_format=torch.contiguous_format)
 
 
 class LSTM(nn.Module):
@@ -237,11 +286,19 @@ class LSTM(nn.Module):
         return [getattr(self, f"{kind}_l{k}") for k in range(self.num_layers)
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def context(self) -> Context:
+        return Context(None, 0)  # causal: every earlier frame, through the state
+
+    def forward_with_state(self, x: torch.Tensor, h: torch.Tensor | None = None, c: torch.Tensor | None = None,
+                           state_frames: int | None = None):
+        """(y, h, c): y as :meth:`forward` from state (h, c) ([num_layers, B, C], default zeros), and the
+        state after the first ``state_frames`` frames (default: all)."""
         seq = x.squeeze(2).transpose(1, 2)  # [B, T, C]: a view when x is channels-last
-        lstm = lstm_skip if torch.compiler.is_compiling() else _lstm_with_skip
-        y = lstm(seq, self.flat_weights(), self.num_layers)
-        return y.transpose(1, 2).unsqueeze(2)
+        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames)
+        return y.transpose(1, 2).unsqueeze(2), h, c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_state(x)[0]
 
 
 class ResBlock(nn.Module):
@@ -257,6 +314,10 @@ class ResBlock(nn.Module):
         self.act2 = _activation(cfg.activation, cfg.activation_params)
         self.conv2 = Conv(hidden, dim, 1, **kw)
         self.shortcut = nn.Identity() if cfg.true_skip else Conv(dim, dim, 1, **kw)
+
+    def context(self) -> Context:
+        branch = receptive_field([self.act1, self.conv1, self.act2, self.conv2])
+        return branch.union(layer_context(self.shortcut))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
@@ -312,6 +373,10 @@ class Decoder(nn.Module):
     @property
     def dimension(self) -> int:
         return self.config.dimension
+
+    def receptive_field(self) -> Context:
+        """The whole network's :class:`Context` in latent frames (left is None when it has an LSTM)."""
+        return receptive_field(self.layers)
 
     def to_channels_last(self) -> "Decoder":
         """Store the convolution weights NHWC, the layout the channels-last kernels read directly."""
