@@ -25,10 +25,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_lstm(const at::Tensor& piece,
 
 void check_state(const std::optional<at::Tensor>& s, const char* name, const at::Tensor& seq, int64_t num_layers) {
   if (!s.has_value()) return;
-  TORCH_CHECK(s->dim() == 3 && s->size(0) == num_layers && s->size(1) == seq.size(0) && s->size(2) == seq.size(2),
+  TORCH_CHECK_VALUE(s->dim() == 3 && s->size(0) == num_layers && s->size(1) == seq.size(0) && s->size(2) == seq.size(2),
               "lstm_skip: ", name, " must be [num_layers, B, C] = [", num_layers, ", ", seq.size(0), ", ",
               seq.size(2), "], got ", s->sizes());
-  TORCH_CHECK(s->scalar_type() == seq.scalar_type() && s->device() == seq.device(), "lstm_skip: ", name,
+  TORCH_CHECK_TYPE(s->scalar_type() == seq.scalar_type() && s->device() == seq.device(), "lstm_skip: ", name,
               " must have seq's dtype and device (", seq.scalar_type(), ", ", seq.device(), "), got ",
               s->scalar_type(), ", ", s->device());
 }
@@ -37,16 +37,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
                                                          int64_t num_layers, const std::optional<at::Tensor>& h0,
                                                          const std::optional<at::Tensor>& c0,
                                                          std::optional<int64_t> state_frames) {
-  TORCH_CHECK(seq.dim() == 3, "lstm_skip: seq must be 3-D [B, T, C], got shape ", seq.sizes());
-  TORCH_CHECK(num_layers >= 1, "lstm_skip: num_layers must be >= 1, got ", num_layers);
-  TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 * num_layers, "lstm_skip: expected 4 * num_layers = ",
+  TORCH_CHECK_VALUE(seq.dim() == 3, "lstm_skip: seq must be 3-D [B, T, C], got shape ", seq.sizes());
+  TORCH_CHECK_VALUE(num_layers >= 1, "lstm_skip: num_layers must be >= 1, got ", num_layers);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == 4 * num_layers, "lstm_skip: expected 4 * num_layers = ",
               4 * num_layers, " weights (w_ih, w_hh, b_ih, b_hh per layer), got ", weights.size());
-  TORCH_CHECK(h0.has_value() == c0.has_value(), "lstm_skip: give both h0 and c0, or neither");
+  TORCH_CHECK_VALUE(h0.has_value() == c0.has_value(), "lstm_skip: give both h0 and c0, or neither");
   check_state(h0, "h0", seq, num_layers);
   check_state(c0, "c0", seq, num_layers);
   const int64_t T = seq.size(1);
   const int64_t n = state_frames.value_or(T);
-  TORCH_CHECK(0 <= n && n <= T, "lstm_skip: state_frames must lie in [0, T] = [0, ", T, "], got ", n);
+  TORCH_CHECK_VALUE(0 <= n && n <= T, "lstm_skip: state_frames must lie in [0, T] = [0, ", T, "], got ", n);
 
   const auto state_shape = std::vector<int64_t>{num_layers, seq.size(0), seq.size(2)};
   at::Tensor h = h0.has_value() ? *h0 : at::zeros(state_shape, seq.options());

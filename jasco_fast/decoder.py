@@ -111,14 +111,17 @@ class DecoderConfig:
         return "none" if self.disable_norm_outer_blocks >= n_blocks - block else self.norm
 
 
+Span = tuple  # (first, last) input index, inclusive; None where unbounded
+
+
 @dataclass(frozen=True)
 class Context:
-    """Which input frames of a layer (or a stack of layers) one output sample depends on.
+    """Which input frames of a layer (or a stack of layers) the output samples of one frame depend on.
 
     A layer that upsamples by ``upsample`` turns input frame j into output samples [j * u, (j + 1) * u);
-    output sample i depends on input frames ``[i // u - left, i // u + right]`` (the worst case over the
-    u samples of a frame). ``left=None``: every earlier frame (the LSTM, whose memory a chunked decode
-    carries as state); ``left=right=None``: the whole sequence (GroupNorm over time).
+    those samples together depend on input frames ``[j - left, j + right]``. ``left=None``: every earlier
+    frame (the LSTM, whose memory a chunked decode carries as state); ``left=right=None``: the whole
+    sequence (GroupNorm over time).
     """
 
     left: int | None
@@ -129,43 +132,43 @@ class Context:
     def bounded(self) -> bool:
         return self.left is not None and self.right is not None
 
-    def then(self, after: "Context") -> "Context":
-        """This layer followed by ``after``: ``after``'s context in its input frames (this layer's output
-        samples) becomes ceil(left / u) and floor((u - 1 + right) / u) more of this layer's input frames."""
-        u = self.upsample
-        left = None if self.left is None or after.left is None else self.left + -(-after.left // u)
-        right = None if self.right is None or after.right is None else self.right + (u - 1 + after.right) // u
-        return Context(left, right, u * after.upsample)
 
-    def union(self, other: "Context") -> "Context":
-        """Two parallel branches over the same input (a residual block and its shortcut)."""
-        if self.upsample != other.upsample:
-            raise ValueError("parallel branches must upsample alike")
-        left = None if self.left is None or other.left is None else max(self.left, other.left)
-        right = None if self.right is None or other.right is None else max(self.right, other.right)
-        return Context(left, right, self.upsample)
-
-
-POINTWISE = Context(0, 0, 1)
-
-
-def layer_context(layer: nn.Module) -> Context:
-    """A layer's :class:`Context`: its own ``context()``, or pointwise for activations and identities."""
-    if hasattr(layer, "context"):
-        return layer.context()
+def layer_upsample(layer: nn.Module) -> int:
     if isinstance(layer, nn.Sequential):
-        return receptive_field(layer)
+        return math.prod(layer_upsample(m) for m in layer)
+    return getattr(layer, "upsample", 1)
+
+
+def input_span(layer: nn.Module, first: int | None, last: int | None) -> Span:
+    """The input indices output samples ``first..last`` of ``layer`` depend on, exactly (sample by sample:
+    composing per-frame worst cases would overestimate). Activations and identities are pointwise."""
+    if hasattr(layer, "input_span"):
+        return layer.input_span(first, last)
+    if isinstance(layer, nn.Sequential):
+        return stack_span(list(layer), first, last)
     if isinstance(layer, nn.Identity) or type(layer).__module__ == "torch.nn.modules.activation":
-        return POINTWISE
+        return first, last
     raise TypeError(f"no receptive field known for {type(layer).__name__}")
+
+
+def stack_span(layers, first: int | None, last: int | None) -> Span:
+    for layer in reversed(list(layers)):
+        first, last = input_span(layer, first, last)
+    return first, last
 
 
 def receptive_field(layers) -> Context:
     """The :class:`Context` of layers applied in turn (pointwise when there are none)."""
-    total = POINTWISE
-    for layer in layers:
-        total = total.then(layer_context(layer))
-    return total
+    layers = list(layers)
+    up = math.prod(layer_upsample(m) for m in layers)
+    frame = 1 << 20  # any frame far from 0: the layers are shift-equivariant
+    first, last = stack_span(layers, frame * up, frame * up + up - 1)
+    return Context(None if first is None else frame - first, None if last is None else last - frame, up)
+
+
+def layer_context(layer: nn.Module) -> Context:
+    """One layer's :class:`Context` (activations: pointwise)."""
+    return receptive_field([layer])
 
 
 def _activation(name: str, params: dict | None) -> nn.Module:
@@ -224,10 +227,10 @@ class Conv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(in_channels * kernel_size), 1 / math.sqrt(in_channels * kernel_size))
 
-    def context(self) -> Context:
+    def input_span(self, first, last) -> Span:
         if self.norm is not None:  # GroupNorm normalises over the whole sequence
-            return Context(None, None)
-        return Context(self.pad_left, self.pad_right)
+            return None, None
+        return (None if first is None else first - self.pad_left), (None if last is None else last + self.pad_right)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _pad_time(x, self.pad_left, self.pad_right, self.pad_mode)
@@ -253,12 +256,16 @@ class ConvTranspose(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(out_channels * kernel_size), 1 / math.sqrt(out_channels * kernel_size))
 
-    def context(self) -> Context:
+    @property
+    def upsample(self) -> int:
+        return self.stride
+
+    def input_span(self, first, last) -> Span:
         if self.norm is not None:
-            return Context(None, None, self.stride)
+            return None, None
         # output sample i (untrimmed position p = i + trim_left) sums input frames j with 0 <= p - j * stride < k
         k, r, t = self.kernel_size, self.stride, self.trim_left
-        return Context((k - 1 - t) // r, (r - 1 + t) // r, r)
+        return (None if first is None else -((k - 1 - first - t) // r)), (None if last is None else (last + t) // r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
@@ -286,8 +293,8 @@ class LSTM(nn.Module):
         return [getattr(self, f"{kind}_l{k}") for k in range(self.num_layers)
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
-    def context(self) -> Context:
-        return Context(None, 0)  # causal: every earlier frame, through the state
+    def input_span(self, first, last) -> Span:
+        return None, last  # causal: every earlier frame, through the state
 
     def forward_with_state(self, x: torch.Tensor, h: torch.Tensor | None = None, c: torch.Tensor | None = None,
                            state_frames: int | None = None):
@@ -315,9 +322,10 @@ class ResBlock(nn.Module):
         self.conv2 = Conv(hidden, dim, 1, **kw)
         self.shortcut = nn.Identity() if cfg.true_skip else Conv(dim, dim, 1, **kw)
 
-    def context(self) -> Context:
-        branch = receptive_field([self.act1, self.conv1, self.act2, self.conv2])
-        return branch.union(layer_context(self.shortcut))
+    def input_span(self, first, last) -> Span:
+        a = stack_span([self.act1, self.conv1, self.act2, self.conv2], first, last)
+        b = input_span(self.shortcut, first, last)
+        return (None if None in (a[0], b[0]) else min(a[0], b[0])), (None if None in (a[1], b[1]) else max(a[1], b[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
