@@ -55,6 +55,7 @@ MEMORY_SKIPS = {
 
 def child_memory(path: str, batch: int, seconds: float, decode: bool) -> None:
     """Runs in the subprocess: build the decoder and latents, optionally decode once, print what it did."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     torch.manual_seed(0)
     decoder = Decoder(DecoderConfig()).eval()
     fast = LatentDecoder(decoder, compile=False, chunk_frames=None if path == "full" else DEFAULT_CHUNK_FRAMES)
@@ -82,19 +83,19 @@ def run_child(cmd: list[str], env=None) -> tuple[int, float, str]:
     return usage.ru_maxrss * 1024, wall, stdout  # Linux reports kilobytes
 
 
-def measure_memory(cases: list[tuple[str, int, float]]) -> list[dict]:
+def measure_memory(cases: list[tuple[str, int, float]], env) -> list[dict]:
     rows = []
     base_cache: dict[tuple[int, float], int] = {}
     for path, batch, seconds in cases:
-        key = (path, batch, int(seconds))
+        key = (path, batch, round(seconds))
         if key in MEMORY_SKIPS:
             rows.append({"path": path, "batch": batch, "seconds": seconds, "skipped": MEMORY_SKIPS[key]})
             print(f"memory {path:8} B={batch} {seconds:>6g} s: skipped ({MEMORY_SKIPS[key]})", flush=True)
             continue
         script = [sys.executable, __file__, "--child-memory", path, str(batch), str(seconds)]
         if (batch, seconds) not in base_cache:
-            base_cache[(batch, seconds)] = run_child(script + ["--no-decode"])[0]
-        peak, wall, out = run_child(script)
+            base_cache[(batch, seconds)] = run_child(script + ["--no-decode"], env)[0]
+        peak, wall, out = run_child(script, env)
         decode_s = json.loads(out.strip().splitlines()[-1])["decode_s"]
         base = base_cache[(batch, seconds)]
         rows.append({"path": path, "batch": batch, "seconds": seconds, "peak_rss_mb": peak / 2**20,
@@ -168,7 +169,7 @@ def measure_chunk_sizes(sizes: list[int], seconds: float, rounds: int) -> list[d
 # cli: jasco-fast decode of a 600 s latent file to FLAC
 
 
-def measure_cli(seconds: float) -> dict:
+def measure_cli(seconds: float, env) -> dict:
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,8 +177,7 @@ def measure_cli(seconds: float) -> dict:
         np.save(path, np.random.default_rng(0).standard_normal((int(seconds * FRAME_RATE), 128), dtype=np.float32))
         cmd = [sys.executable, "-m", "jasco_fast", "decode", str(path), "--out-dir", str(Path(tmp) / "out"),
                "--format", "flac"]
-        env = {**os.environ, "TQDM_DISABLE": "1"}
-        peak, wall, out = run_child(cmd, env=env)
+        peak, wall, out = run_child(cmd, env={**env, "TQDM_DISABLE": "1"})
         written = Path(tmp) / "out" / "long.flac"
         import soundfile
 
@@ -198,6 +198,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--chunk-sizes", default="128,256,512,1024")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only for now")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads here and in the subprocesses (default: torch's default)")
+    parser.add_argument("--lengths", default=None, help="memory: comma-separated seconds (default 10,60,300,3600)")
+    parser.add_argument("--batches", default="1,8", help="memory: comma-separated batch sizes")
+    parser.add_argument("--throughput-cases", default=None,
+                        help="throughput: comma-separated BxSECONDS (default 1x10,1x300,8x10)")
     parser.add_argument("--child-memory", nargs=3, metavar=("PATH", "B", "SECONDS"), help=argparse.SUPPRESS)
     parser.add_argument("--no-decode", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -206,24 +212,30 @@ def main(argv=None) -> dict:
         child_memory(path, int(batch), float(seconds), not args.no_decode)
         return {}
     parts = set(args.parts.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     result = {"benchmark": "long_audio", "device": device_name("cpu"), "torch": torch.__version__,
               "jasco_fast": jasco_fast.__version__, "decoder": "EnCodec 32 kHz (random weights), float32",
-              "default_chunk_frames": DEFAULT_CHUNK_FRAMES, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "default_chunk_frames": DEFAULT_CHUNK_FRAMES, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "note": "2-core VM shared with other jobs while measured: compare ratios within one run",
               "command": "python benchmarks/bench_long_audio.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if "memory" in parts:
-        lengths = (10, 60) if args.quick else (10, 60, 300, 3600)
-        cases = [(p, b, s) for b in (1, 8) for s in lengths for p in ("full", "chunked")]
-        result["memory"] = measure_memory(cases)
+        lengths = [float(x) for x in args.lengths.split(",")] if args.lengths else \
+            ([10, 60] if args.quick else [10, 60, 300, 3600])
+        batches = [int(b) for b in args.batches.split(",")]
+        cases = [(p, b, s) for b in batches for s in lengths for p in ("full", "chunked")]
+        result["memory"] = measure_memory(cases, env)
     if "throughput" in parts:
-        cases = [(1, 10.0)] if args.quick else [(1, 10.0), (1, 300.0), (8, 10.0)]
+        cases = [(int(b), float(sec)) for b, sec in (c.split("x") for c in args.throughput_cases.split(","))] \
+            if args.throughput_cases else [(1, 10.0)] if args.quick else [(1, 10.0), (1, 300.0), (8, 10.0)]
         result["throughput"] = measure_throughput(cases, max(1, args.rounds if not args.quick else 2),
                                                   DEFAULT_CHUNK_FRAMES)
     if "chunks" in parts:
         sizes = [int(s) for s in args.chunk_sizes.split(",")]
         result["chunk_sizes"] = measure_chunk_sizes(sizes, 30.0 if args.quick else 60.0, 3)
     if "cli" in parts:
-        result["cli"] = measure_cli(60.0 if args.quick else 600.0)
+        result["cli"] = measure_cli(60.0 if args.quick else 600.0, env)
     write_result(result, "long_audio", "cpu", args.quick, args.out)
     return result
 

@@ -58,8 +58,8 @@ class LatentDecoder(nn.Module):
     lengths reuse the compiled graph instead of recompiling.
 
     **Long inputs are decoded chunk by chunk, in bounded memory** (the same chunks as :meth:`stream`):
-    a call with ``T >= chunk_frames + right`` latent frames (``right``: the decoder's look-ahead, 12
-    frames for EnCodec 32 kHz; so T >= 268 frames, 5.4 s of JASCO audio, at the default 256) decodes
+    a call with ``T >= chunk_frames + right`` latent frames (``right``: the decoder's look-ahead, 4
+    frames for EnCodec 32 kHz; so T >= 260 frames, 5.2 s of JASCO audio, at the default 256) decodes
     windows of ``left + chunk_frames + right`` frames and carries the LSTM state between them; shorter
     inputs take one pass. The result is the same as one pass (float32: within ~1e-6 of the peak; the
     convolutions see the same numbers, only the kernels' summation order may differ with the length).
@@ -169,7 +169,7 @@ class LatentDecoder(nn.Module):
                 :data:`DEFAULT_CHUNK_FRAMES`); at least the decoder's left context.
         The pieces concatenate to what one pass gives: each chunk reads its neighbours' frames as context,
         carries the LSTM state, and applies the configured padding only at the true start and end. A
-        piece is yielded once ``right`` (12 for EnCodec 32 kHz) frames after it have arrived; input
+        piece is yielded once ``right`` (4 for EnCodec 32 kHz) frames after it have arrived; input
         shorter than ``chunk_frames + right`` frames comes out as one piece at the end. Decoders that
         cannot be chunked (``time_group_norm``, ``circular`` padding) also yield one piece at the end.
         Compiled, each position is one graph (``last``: dynamic length), reused by every chunk and call

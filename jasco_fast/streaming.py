@@ -170,16 +170,13 @@ class ChunkStep(nn.Module):
         return y.squeeze(2).contiguous(), h, c
 
 
-def _check_piece(piece, first: torch.Tensor | None) -> torch.Tensor:
+def _kind(piece) -> tuple:
+    """What every piece of one sequence must share: batch size, trailing dims, dtype, device."""
     if not isinstance(piece, torch.Tensor):
         raise TypeError(f"each chunk of latents must be a tensor, got {type(piece).__name__}")
-    if piece.dim() != 3:
-        raise ValueError(f"each chunk of latents must be [B, t, D], got shape {list(piece.shape)}")
-    if first is not None and (piece.shape[0] != first.shape[0] or piece.shape[2:] != first.shape[2:]
-                              or piece.dtype != first.dtype or piece.device != first.device):
-        raise ValueError(f"chunks of latents must agree in B, D, dtype and device: got {list(piece.shape)} "
-                         f"{piece.dtype} {piece.device} after {list(first.shape)} {first.dtype} {first.device}")
-    return piece
+    if piece.dim() < 2:
+        raise ValueError(f"each chunk of latents must be [B, t, ...], got shape {list(piece.shape)}")
+    return piece.shape[0], tuple(piece.shape[2:]), piece.dtype, piece.device
 
 
 def run_chunks(pieces: Iterable[torch.Tensor], plan: ChunkPlan,
@@ -198,10 +195,12 @@ def run_chunks(pieces: Iterable[torch.Tensor], plan: ChunkPlan,
     start = total = 0
     committed = 0  # the next chunk commits frames [committed, committed + C)
     state = None
-    first_piece = None
+    kind = None
     for piece in pieces:
-        piece = _check_piece(piece, first_piece)
-        first_piece = first_piece if first_piece is not None else piece
+        kind = kind or _kind(piece)
+        if _kind(piece) != kind:
+            raise ValueError(f"chunks of latents must agree in B, trailing dims, dtype and device: got "
+                             f"{list(piece.shape)} {piece.dtype} {piece.device} after {kind}")
         if piece.shape[1] == 0:
             continue
         buffer = piece if buffer is None else torch.cat([buffer, piece], dim=1)
@@ -218,7 +217,7 @@ def run_chunks(pieces: Iterable[torch.Tensor], plan: ChunkPlan,
             committed += C
             yield audio
             buffer, start = buffer[:, committed - L - start:], committed - L  # drop what no chunk needs
-    if first_piece is None or total == 0:
+    if total == 0:
         raise ValueError("latents need at least one frame (T >= 1)")
     if committed == 0:
         yield whole(buffer)

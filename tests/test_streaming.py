@@ -312,3 +312,29 @@ def test_argument_errors():
         list(fast.stream([torch.ones(1, 5, 8, dtype=torch.int64)]))
     with pytest.raises(ValueError, match="position"):
         fast.chunk_step("middle_ish")
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line decodes long inputs chunk by chunk
+
+
+def test_cli_decodes_long_items_chunk_by_chunk(tmp_path, tiny_hf_checkpoint, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from jasco_fast import load_decoder
+    from jasco_fast.cli import main
+
+    decoder = load_decoder(tiny_hf_checkpoint)
+    latents = torch.randn(300, decoder.dimension)
+    np.save(tmp_path / "long.npy", latents.numpy())
+    args = ["decode", str(tmp_path / "long.npy"), "--checkpoint", str(tiny_hf_checkpoint), "--no-compile",
+            "--format", "flac", "--strategy", "none"]
+    assert main(args + ["--out-dir", str(tmp_path / "chunked"), "--chunk-frames", "16"]) == 0
+    want = LatentDecoder(decoder, compile=False, chunk_frames=None)(latents[None])[0, 0].numpy()
+    got, rate = sf.read(str(tmp_path / "chunked" / "long.flac"))
+    assert rate == decoder.sample_rate and got.shape == want.shape
+    assert np.abs(got - want.clip(-1, 1)).max() <= 1 / 32768  # 16-bit rounding only
+    left = chunk_plan(decoder, 64).left
+    assert main(args + ["--out-dir", str(tmp_path / "bad"), "--chunk-frames", str(left - 1)]) == 2
+    assert f"at least {left}" in capsys.readouterr().err
