@@ -9,7 +9,12 @@ computationally laid out for speed:
   channels_last=True)`` writes) flows through the whole network without a transposing copy;
 * padding is built from slices (reflect = flipped slices) so torch.compile fuses it with the
   activations instead of materialising padded copies;
-* the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``.
+* the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``, through the op
+  ``jasco_fast::lstm_skip``, which also takes and returns a state (for chunked decoding).
+
+Every layer reports which input samples its outputs depend on (``input_span``; :func:`receptive_field`
+turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
+chunked decoding from the network itself.
 """
 from __future__ import annotations
 
