@@ -61,14 +61,15 @@ class LatentDecoder(nn.Module):
     a call with ``T >= chunk_frames + right`` latent frames (``right``: the decoder's look-ahead, 4
     frames for EnCodec 32 kHz; so T >= 260 frames, 5.2 s of JASCO audio, at the default 256) decodes
     windows of ``left + chunk_frames + right`` frames and carries the LSTM state between them; shorter
-    inputs take one pass. The result is the same as one pass (float32: within ~1e-6 of the peak; the
-    convolutions see the same numbers, only the kernels' summation order may differ with the length).
-    Memory: the decoder's activations for one window, about 0.6 MB per latent frame of window per batch
-    item in float32 for EnCodec 32 kHz (the widest activation is 64 channels at the audio rate, several
-    alive at once), so about 0.2 GB per batch item at the default chunk, plus the output audio
-    (128 kB per second per channel per item) and the latents. One pass instead needs activations for all
-    T frames. Decoders that cannot be chunked exactly (``time_group_norm``, ``circular`` padding) always
-    take one pass.
+    inputs take one pass. The result is the same as one pass (float32: below 1e-6 of the peak in the tests;
+    the convolutions see the same numbers, only the kernels' summation order may differ with the length).
+    Memory: the decoder's activations for one window of ``chunk_frames + left + right`` frames per batch
+    item (for EnCodec 32 kHz in float32 the widest are 64 channels at the audio rate, 164 kB per frame
+    each, a few alive at once; measured about 0.25-0.3 GB above the process's base at B = 1 and the
+    default chunk), plus the output audio (128 kB per second per channel per item) and the latents
+    (0.5 kB per frame per item). It does not grow with T. One pass instead needs activations for all
+    T frames (about 28 MB per second of audio per item). Decoders that cannot be chunked exactly
+    (``time_group_norm``, ``circular`` padding) always take one pass.
 
     Args:
         decoder: a :class:`Decoder` (e.g. from ``load_decoder``); it is copied, not modified.
