@@ -1,6 +1,7 @@
 """Long audio: peak memory against length, the throughput cost of chunking, and the CLI on a 600 s file.
 
-    python benchmarks/bench_long_audio.py [--quick] [--parts memory,throughput,chunks,cli] [--out PATH]
+    python benchmarks/bench_long_audio.py [--quick] [--parts memory,throughput,chunks,cli] [--threads N]
+        [--lengths 10,60,300,3600] [--batches 1,8] [--throughput-cases 1x10,1x300,8x10] [--out PATH]
 
 * memory: whole-process peak RSS (``ru_maxrss`` of a fresh subprocess per measurement, from ``os.wait4``)
   of one decode of B x seconds of audio, one pass (``LatentDecoder(..., chunk_frames=None)``) against
@@ -13,7 +14,9 @@
 * cli: ``jasco-fast decode`` of a 600 s latent file to FLAC (default options, compiled): whole-process peak RSS.
 
 EnCodec 32 kHz with random weights (cost and memory do not depend on them), float32, CPU.
-Writes benchmarks/results/long_audio_cpu.json.
+Writes benchmarks/results/long_audio_cpu.json. Cases that cannot fit or would take too long are listed
+with the reason (MEMORY_SKIPS). On a machine shared with other jobs, ``--threads 1`` avoids OpenMP
+threads waiting on each other (which made calls 10-100x slower on a 2-core VM at load 12+).
 """
 from __future__ import annotations
 
