@@ -165,7 +165,8 @@ class LatentDecoder(nn.Module):
         """Decode chunk by chunk, yielding float32 audio [B, C, n] pieces in order, each as soon as it is final.
 
         Args:
-            latents: a [B, T, D] tensor, or an iterable of [B, t, D] pieces (any t, as they are produced).
+            latents: a [B, T, D] tensor, or an iterable of [B, t, D] pieces (any t, as they are produced;
+                a piece is read, not copied, so do not modify it after handing it over).
             chunk_frames: latent frames per chunk (default: this decoder's ``chunk_frames``, else
                 :data:`DEFAULT_CHUNK_FRAMES`); at least the decoder's left context.
         The pieces concatenate to what one pass gives: each chunk reads its neighbours' frames as context,
