@@ -65,8 +65,8 @@ class LatentDecoder(nn.Module):
     the convolutions see the same numbers, only the kernels' summation order may differ with the length).
     Memory: the decoder's activations for one window of ``chunk_frames + left + right`` frames per batch
     item (for EnCodec 32 kHz in float32 the widest are 64 channels at the audio rate, 164 kB per frame
-    each, a few alive at once; measured about 0.25-0.3 GB above the process's base at B = 1 and the
-    default chunk), plus the output audio (128 kB per second per channel per item) and the latents
+    each, a few alive at once; measured above the process's base at the default chunk: 0.25-0.3 GB at
+    B = 1, 1.15 GB at B = 8, so about 0.15 GB per item), plus the output audio (128 kB per second per channel per item) and the latents
     (0.5 kB per frame per item). It does not grow with T. One pass instead needs activations for all
     T frames (about 28 MB per second of audio per item). Decoders that cannot be chunked exactly
     (``time_group_norm``, ``circular`` padding) always take one pass.
