@@ -18,4 +18,11 @@ TORCH_LIBRARY(jasco_fast, m) {
         {at::Tag::needs_fixed_stride_order});
   // What the CPU kernels' run-time dispatch chose on this machine: "avx2+f16c" or "portable" (`jasco-fast info`).
   m.def("cpu_fast_path() -> str");
+
+  // lstm(seq) + seq for a batch-first unidirectional LSTM with biases (weights: w_ih, w_hh, b_ih, b_hh per
+  // layer), from state (h0, c0) (zeros when absent; [num_layers, B, C]); also returns the state after the
+  // first `state_frames` frames (default: all). Outputs: y [B, T, C] contiguous, h, c.
+  m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
+        "int? state_frames=None) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::needs_fixed_stride_order});
 }

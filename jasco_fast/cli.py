@@ -25,7 +25,7 @@ from jasco_fast.errors import is_out_of_memory
 from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
-from jasco_fast.pipeline import DTYPES, LatentDecoder
+from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES, DTYPES, LatentDecoder
 
 LATENT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 
@@ -296,7 +296,11 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     clashes = _stem_clashes(all_files)
     files = all_files[rank::world]  # each file decoded by exactly one rank
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
-    fast = LatentDecoder(decoder, args.mean, args.std, compile=not args.no_compile, dtype=DTYPES[args.dtype])
+    try:  # long items are decoded chunk by chunk: only their audio is held, never the activations
+        fast = LatentDecoder(decoder, args.mean, args.std, compile=not args.no_compile, dtype=DTYPES[args.dtype],
+                             chunk_frames=args.chunk_frames)
+    except ValueError as exc:
+        raise UsageError(f"--chunk-frames: {exc}") from None
 
     summary = Summary(rank=rank)
     start = time.perf_counter()
@@ -530,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN, help=f"latent mean (default {JASCO_LATENT_MEAN})")
     p.add_argument("--std", type=float, default=JASCO_LATENT_STD, help=f"latent std (default {JASCO_LATENT_STD})")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    p.add_argument("--chunk-frames", type=_positive_int, default=DEFAULT_CHUNK_FRAMES,
+                   help=f"latent frames per chunk (default {DEFAULT_CHUNK_FRAMES}): longer items are decoded chunk by "
+                        f"chunk, exactly, in memory that does not grow with their length (only their audio is "
+                        f"kept, for normalisation)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("demo", help="decode example latents on the built-in default and print the timing")

@@ -9,7 +9,12 @@ computationally laid out for speed:
   channels_last=True)`` writes) flows through the whole network without a transposing copy;
 * padding is built from slices (reflect = flipped slices) so torch.compile fuses it with the
   activations instead of materialising padded copies;
-* the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``.
+* the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``, through the op
+  ``jasco_fast::lstm_skip``, which also takes and returns a state (for chunked decoding).
+
+Every layer reports which input samples its outputs depend on (``input_span``; :func:`receptive_field`
+turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
+chunked decoding from the network itself.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from jasco_fast.ops import lstm_skip
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
@@ -127,6 +134,66 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+Span = tuple  # (first, last) input index, inclusive; None where unbounded
+
+
+@dataclass(frozen=True)
+class Context:
+    """Which input frames of a layer (or a stack of layers) the output samples of one frame depend on.
+
+    A layer that upsamples by ``upsample`` turns input frame j into output samples [j * u, (j + 1) * u);
+    those samples together depend on input frames ``[j - left, j + right]``. ``left=None``: every earlier
+    frame (the LSTM, whose memory a chunked decode carries as state); ``left=right=None``: the whole
+    sequence (GroupNorm over time).
+    """
+
+    left: int | None
+    right: int | None
+    upsample: int = 1
+
+    @property
+    def bounded(self) -> bool:
+        return self.left is not None and self.right is not None
+
+
+def layer_upsample(layer: nn.Module) -> int:
+    if isinstance(layer, nn.Sequential):
+        return math.prod(layer_upsample(m) for m in layer)
+    return getattr(layer, "upsample", 1)
+
+
+def input_span(layer: nn.Module, first: int | None, last: int | None) -> Span:
+    """The input indices output samples ``first..last`` of ``layer`` depend on, exactly (sample by sample:
+    composing per-frame worst cases would overestimate). Activations and identities are pointwise."""
+    if hasattr(layer, "input_span"):
+        return layer.input_span(first, last)
+    if isinstance(layer, nn.Sequential):
+        return stack_span(list(layer), first, last)
+    if isinstance(layer, nn.Identity) or type(layer).__module__ == "torch.nn.modules.activation":
+        return first, last
+    raise TypeError(f"no receptive field known for {type(layer).__name__}")
+
+
+def stack_span(layers, first: int | None, last: int | None) -> Span:
+    for layer in reversed(list(layers)):
+        first, last = input_span(layer, first, last)
+    return first, last
+
+
+def receptive_field(layers) -> Context:
+    """The :class:`Context` of layers applied in turn (pointwise when there are none)."""
+    layers = list(layers)
+    up = math.prod(layer_upsample(m) for m in layers)
+    frame = 1 << 20  # any frame far from 0: the layers are shift-equivariant
+    first, last = stack_span(layers, frame * up, frame * up + up - 1)
+    return Context(None if first is None else frame - first, None if last is None else last - frame, up)
+
+
+def layer_context(layer: nn.Module) -> Context:
+    """One layer's :class:`Context` (activations: pointwise)."""
+    return receptive_field([layer])
+
+
 def _activation(name: str, params: dict | None) -> nn.Module:
     return getattr(nn, name)(**(params or {}))
 
@@ -183,6 +250,11 @@ class Conv(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(in_channels * kernel_size), 1 / math.sqrt(in_channels * kernel_size))
 
+    def input_span(self, first, last) -> Span:
+        if self.norm is not None:  # GroupNorm normalises over the whole sequence
+            return None, None
+        return (None if first is None else first - self.pad_left), (None if last is None else last + self.pad_right)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _pad_time(x, self.pad_left, self.pad_right, self.pad_mode)
         y = F.conv2d(x, self.weight, self.bias, dilation=(1, self.dilation))
@@ -199,6 +271,7 @@ class ConvTranspose(nn.Module):
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
         self.stride = stride
+        self.kernel_size = kernel_size
         total = kernel_size - stride
         right = math.ceil(total * trim_right_ratio) if causal else total // 2
         self.trim_left, self.trim_right = total - right, right
@@ -206,34 +279,22 @@ class ConvTranspose(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         nn.init.uniform_(self.bias, -1 / math.sqrt(out_channels * kernel_size), 1 / math.sqrt(out_channels * kernel_size))
 
+    @property
+    def upsample(self) -> int:
+        return self.stride
+
+    def input_span(self, first, last) -> Span:
+        if self.norm is not None:
+            return None, None
+        # output sample i (untrimmed position p = i + trim_left) sums input frames j with 0 <= p - j * stride < k
+        k, r, t = self.kernel_size, self.stride, self.trim_left
+        return (None if first is None else -((k - 1 - first - t) // r)), (None if last is None else (last + t) // r)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
         if self.norm is not None:  # upstream normalises before trimming
             y = self.norm(y)
         return y[..., self.trim_left:y.shape[-1] - self.trim_right]
-
-
-def _lstm_with_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int) -> torch.Tensor:
-    seq = seq.contiguous()  # the oneDNN LSTM is ~10x slower on a strided [B, T, C] view
-    h0 = seq.new_zeros(num_layers, seq.shape[0], seq.shape[2])
-    out = torch.lstm(seq, (h0, h0), weights, True, num_layers, 0.0, False, False, True)[0]
-    # batch-first output comes back time-major in memory; [B, T, C] is what the next conv reads
-    return (out + seq).contiguous()
-
-
-@torch.library.custom_op("jasco_fast::lstm_skip", mutates_args=())
-def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int) -> torch.Tensor:
-    """lstm(seq) + seq for a batch-first, unidirectional LSTM with biases; seq [B, T, C].
-
-    Opaque to torch.compile: dynamo cannot trace an LSTM, and a graph break there would split the
-    decoder into many small graphs with unfused activations.
-    """
-    return _lstm_with_skip(seq, weights, num_layers)
-
-
-@lstm_skip.register_fake
-def _(seq, weights, num_layers):
-    return torch.empty_like(seq, memory_format=torch.contiguous_format)
 
 
 class LSTM(nn.Module):
@@ -255,11 +316,19 @@ class LSTM(nn.Module):
         return [getattr(self, f"{kind}_l{k}") for k in range(self.num_layers)
                 for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def input_span(self, first, last) -> Span:
+        return None, last  # causal: every earlier frame, through the state
+
+    def forward_with_state(self, x: torch.Tensor, h: torch.Tensor | None = None, c: torch.Tensor | None = None,
+                           state_frames: int | None = None):
+        """(y, h, c): y as :meth:`forward` from state (h, c) ([num_layers, B, C], default zeros), and the
+        state after the first ``state_frames`` frames (default: all)."""
         seq = x.squeeze(2).transpose(1, 2)  # [B, T, C]: a view when x is channels-last
-        lstm = lstm_skip if torch.compiler.is_compiling() else _lstm_with_skip
-        y = lstm(seq, self.flat_weights(), self.num_layers)
-        return y.transpose(1, 2).unsqueeze(2)
+        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames)
+        return y.transpose(1, 2).unsqueeze(2), h, c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_state(x)[0]
 
 
 class ResBlock(nn.Module):
@@ -275,6 +344,11 @@ class ResBlock(nn.Module):
         self.act2 = _activation(cfg.activation, cfg.activation_params)
         self.conv2 = Conv(hidden, dim, 1, **kw)
         self.shortcut = nn.Identity() if cfg.true_skip else Conv(dim, dim, 1, **kw)
+
+    def input_span(self, first, last) -> Span:
+        a = stack_span([self.act1, self.conv1, self.act2, self.conv2], first, last)
+        b = input_span(self.shortcut, first, last)
+        return (None if None in (a[0], b[0]) else min(a[0], b[0])), (None if None in (a[1], b[1]) else max(a[1], b[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
@@ -330,6 +404,10 @@ class SEANetDecoder(nn.Module):
     @property
     def dimension(self) -> int:
         return self.config.dimension
+
+    def receptive_field(self) -> Context:
+        """The whole network's :class:`Context` in latent frames (left is None when it has an LSTM)."""
+        return receptive_field(self.layers)
 
     def to_channels_last(self) -> "SEANetDecoder":
         """Store the convolution weights NHWC, the layout the channels-last kernels read directly."""

@@ -1,4 +1,12 @@
-"""The fused op ``torch.ops.jasco_fast.denorm_transpose`` and its Python face.
+"""The ops of jasco_fast (``torch.ops.jasco_fast.*``) and their Python faces, fake kernels and autograd.
+
+The schemas live in ``csrc/registration.cpp``, the kernels in ``csrc/``.
+
+``lstm_skip(seq [B, T, C], weights, num_layers, h0=None, c0=None, state_frames=None) -> (y, h, c)``: the
+SEANet LSTM block ``y = lstm(seq) + seq`` (ATen's LSTM, any device), from state ``(h0, c0)``, returning the
+state after the first ``state_frames`` frames; what chunked decoding carries from chunk to chunk.
+Inference only (no autograd formula).
+
 
 ``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
 ``(latents * std + mean).permute(0, 2, 1)`` (and the cast to ``dtype``) in one pass over memory. The
@@ -24,7 +32,7 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "FallbackWarning", "FALLBACKS",
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "FallbackWarning", "FALLBACKS",
            "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
@@ -232,3 +240,47 @@ def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: to
     scaled = latents.to(wide) * std.to(wide).reshape(-1)
     out.transpose(1, 2).copy_(scaled.add_(mean.to(wide).reshape(-1)))  # copy_ rounds once to out_dtype
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# lstm_skip
+
+
+def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h0: torch.Tensor | None = None,
+              c0: torch.Tensor | None = None, state_frames: int | None = None):
+    """``lstm(seq) + seq`` for a batch-first, unidirectional LSTM with biases, from state ``(h0, c0)``.
+
+    Args:
+        seq: [B, T, C], any strides (read contiguously: the oneDNN LSTM is ~10x slower on strided views).
+        weights: ``w_ih, w_hh, b_ih, b_hh`` of each layer in turn (``nn.LSTM``'s flat weights), C -> C.
+        num_layers: the number of stacked layers.
+        h0, c0: the initial state, [num_layers, B, C] each (both or neither; default zeros).
+        state_frames: return the state after this many frames (default: all T). Frames after it are
+            look-ahead: a chunked decode recomputes them in the next chunk from the returned state.
+    Returns:
+        (y [B, T, C] contiguous, h [num_layers, B, C], c [num_layers, B, C]).
+
+    Opaque to torch.compile (dynamo cannot trace an LSTM; a graph break there would split the decoder
+    into small graphs with unfused activations).
+    """
+    return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames)
+
+
+@torch.library.register_fake("jasco_fast::lstm_skip")
+def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None):
+    torch._check(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
+    torch._check(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
+    torch._check(len(weights) == 4 * num_layers,
+                 lambda: f"lstm_skip: expected 4 * num_layers = {4 * num_layers} weights, got {len(weights)}")
+    torch._check((h0 is None) == (c0 is None), lambda: "lstm_skip: give both h0 and c0, or neither")
+    B, T, C = seq.shape
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s is not None:
+            torch._check(s.dim() == 3 and s.shape[0] == num_layers and s.shape[1] == B and s.shape[2] == C,
+                         lambda: f"lstm_skip: {name} must be [num_layers, B, C], got {list(s.shape)}")
+            torch._check(s.dtype == seq.dtype, lambda: f"lstm_skip: {name} must have seq's dtype {seq.dtype}")
+    if state_frames is not None:
+        torch._check(0 <= state_frames, lambda: f"lstm_skip: state_frames must be >= 0, got {state_frames}")
+        torch._check(state_frames <= T, lambda: f"lstm_skip: state_frames must be <= T, got {state_frames}")
+    out = seq.new_empty((B, T, C))  # contiguous
+    return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))

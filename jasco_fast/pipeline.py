@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -11,8 +12,9 @@ from jasco_fast.decoder import SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
 from jasco_fast.overlap import to_device
+from jasco_fast.streaming import POSITIONS, ChunkPlan, ChunkStep, chunk_plan, run_chunks, why_not_chunkable
 
-__all__ = ["LatentDecoder", "DTYPES"]
+__all__ = ["LatentDecoder", "DTYPES", "DEFAULT_CHUNK_FRAMES"]
 
 
 # The compute dtypes LatentDecoder is tested with, by the names the CLI and the benchmarks take.
@@ -31,6 +33,11 @@ def _compile_options(mode: str | None) -> dict:
     return {**options, "freezing": True}
 
 
+# Latent frames per chunk when decoding long inputs (50 frames per second for JASCO): chosen by
+# benchmarks/bench_long_audio.py (throughput against memory).
+DEFAULT_CHUNK_FRAMES = 256
+
+
 def _statistic(value, name: str, dim: int) -> torch.Tensor:
     # Checked at construction (the op sees the statistics only at the first call) and for finiteness,
     # which the op does not require.
@@ -43,6 +50,26 @@ def _statistic(value, name: str, dim: int) -> torch.Tensor:
     return t.reshape(()) if t.numel() == 1 else t
 
 
+class LatentChunkStep(nn.Module):
+    """One chunk of :meth:`LatentDecoder.stream` at one position, tensors in and out:
+    ``(latents window [B, W, D], h, c) -> (audio [B, C, n * hop] float32, h, c)``.
+
+    The fused op (denormalise, transpose, cast, channels-last) followed by :class:`ChunkStep`; this is the
+    function a compiled or exported chunk decoder compiles, one per position ("first", "middle", "last").
+    """
+
+    def __init__(self, owner: "LatentDecoder", plan: ChunkPlan, position: str):
+        super().__init__()
+        self.step = ChunkStep(owner.decoder, plan, position)
+        self.mean, self.std = owner.mean, owner.std  # shared with the owner, not copies
+        self.dtype, self.channels_last = owner.dtype, owner.channels_last
+
+    def forward(self, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        x = denormalize_transpose(window, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last)
+        audio, h, c = self.step(x, h, c)
+        return audio.float(), h, c
+
+
 class LatentDecoder(nn.Module):
     """Latents [B, T, D] -> audio [B, C, T * hop] (float32), as JASCO's ``generate_audio`` computes it.
 
@@ -52,6 +79,20 @@ class LatentDecoder(nn.Module):
     weights; change the decoder afterwards and build a new LatentDecoder). T is marked dynamic: new
     lengths reuse the compiled graph instead of recompiling.
 
+    **Long inputs are decoded chunk by chunk, in bounded memory** (the same chunks as :meth:`stream`):
+    a call with ``T >= chunk_frames + right`` latent frames (``right``: the decoder's look-ahead, 4
+    frames for EnCodec 32 kHz; so T >= 260 frames, 5.2 s of JASCO audio, at the default 256) decodes
+    windows of ``left + chunk_frames + right`` frames and carries the LSTM state between them; shorter
+    inputs take one pass. The result is the same as one pass (float32: below 1e-6 of the peak in the tests;
+    the convolutions see the same numbers, only the kernels' summation order may differ with the length).
+    Memory: the decoder's activations for one window of ``chunk_frames + left + right`` frames per batch
+    item (for EnCodec 32 kHz in float32 the widest are 64 channels at the audio rate, 164 kB per frame
+    each, a few alive at once; measured above the process's base at the default chunk: 0.25-0.3 GB at
+    B = 1, 1.15 GB at B = 8, so about 0.15 GB per item), plus the output audio (128 kB per second per channel per item) and the latents
+    (0.5 kB per frame per item). It does not grow with T. One pass instead needs activations for all
+    T frames (about 28 MB per second of audio per item). Decoders that cannot be chunked exactly
+    (``time_group_norm``, ``circular`` padding) always take one pass.
+
     Args:
         decoder: a :class:`SEANetDecoder` (e.g. from ``load_decoder``); it is copied, not modified.
         mean, std: the latent statistics, scalars or one per channel (JASCO: -0.0074, 4.0102).
@@ -60,10 +101,13 @@ class LatentDecoder(nn.Module):
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
         compile_mode: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` for CUDA graphs when every call
             has the same shape); its options are applied with freezing still on.
+        chunk_frames: latent frames per chunk for long inputs (default :data:`DEFAULT_CHUNK_FRAMES`);
+            ``None``: every call takes one pass, whatever its length (memory grows with T).
     """
 
     def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *, compile: bool = True,
-                 channels_last: bool = True, dtype: torch.dtype | None = None, compile_mode: str | None = None):
+                 channels_last: bool = True, dtype: torch.dtype | None = None, compile_mode: str | None = None,
+                 chunk_frames: int | None = DEFAULT_CHUNK_FRAMES):
         super().__init__()
         if not isinstance(decoder, SEANetDecoder):
             raise TypeError(f"decoder must be a jasco_fast.SEANetDecoder, got {type(decoder).__name__}")
@@ -79,8 +123,12 @@ class LatentDecoder(nn.Module):
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
         self.is_compiled = bool(compile)
-        self._run = torch.compile(self._decode, dynamic=False, options=_compile_options(compile_mode)) \
-            if compile else self._decode
+        self._compile_kwargs = dict(dynamic=False, options=_compile_options(compile_mode))
+        self._run = torch.compile(self._decode, **self._compile_kwargs) if compile else self._decode
+        self.chunk_frames = None  # None: one pass whatever the length
+        if chunk_frames is not None and why_not_chunkable(self.decoder) is None:
+            self.chunk_frames = self._plan(chunk_frames).chunk_frames  # validates it
+        self._steps: dict[tuple[int, str], object] = {}
 
     @property
     def compiled(self) -> bool:
@@ -105,29 +153,136 @@ class LatentDecoder(nn.Module):
         x = denormalize_transpose(latents, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last)
         return self.decoder(x).float()
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        # Checked here, before the compiled graph (where an error would arrive wrapped in a dynamo exception):
-        # the decoder's D, at least one frame (the graph is traced with T dynamic), a floating-point input.
-        # The op and the decoder hold their own rules (csrc/denorm_transpose.h, SEANetDecoder.forward).
-        if not isinstance(latents, torch.Tensor):
-            raise TypeError(f"latents must be a tensor, got {type(latents).__name__}")
+    def _plan(self, chunk_frames: int) -> ChunkPlan:
+        return chunk_plan(self.decoder, chunk_frames)
+
+    def chunk_step(self, position: str, chunk_frames: int | None = None) -> LatentChunkStep:
+        """The per-chunk function of :meth:`stream` at ``position`` ("first", "middle" or "last"), eager:
+        ``(latents window [B, W, D], h, c) -> (audio, h, c)``. For ahead-of-time compilation; the window
+        lengths are ``chunk_plan(...).window_frames(position)`` (``last``: any length > ``left``)."""
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        return LatentChunkStep(self, self._plan(chunk_frames or self.chunk_frames or DEFAULT_CHUNK_FRAMES), position)
+
+    def _compiled_step(self, plan: ChunkPlan, position: str):
+        key = (plan.chunk_frames, position)
+        if key not in self._steps:
+            module = LatentChunkStep(self, plan, position)
+            self._steps[key] = torch.compile(module, **self._compile_kwargs) if self.is_compiled else module
+        return self._steps[key]
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
         dim = self.decoder.config.dimension
         if latents.dim() != 3 or latents.shape[2] != dim:
             raise ValueError(f"latents must be [B, T, {dim}], got {list(latents.shape)}")
         if not latents.is_floating_point():
             raise TypeError(f"latents must be floating point, got {latents.dtype}")
-        if latents.shape[1] < 1:
-            raise ValueError("latents need at least one frame (T >= 1)")
+
+    def _whole(self, latents: torch.Tensor) -> torch.Tensor:
+        """One pass over all of ``latents`` (already checked)."""
         if latents.shape[0] == 0:
             return latents.new_zeros(0, self.decoder.channels, latents.shape[1] * self.hop_length, dtype=torch.float32)
         latents = to_device(latents, self.device)  # through pinned memory, non-blocking, to a GPU
         if self.is_compiled and latents.shape[1] > 1:
             torch._dynamo.mark_dynamic(latents, 1)  # one graph for every length
         with torch.inference_mode():
-            try:
-                return self._run(latents)
-            except RuntimeError as exc:  # torch.OutOfMemoryError is one too
-                if not is_out_of_memory(exc):
-                    raise
-                raise decoding_out_of_memory(exc, latents.shape[0], latents.shape[1], self.decoder.config.frame_rate,
-                                             self.device, self.dtype) from exc
+            return self._run(latents)
+
+    def stream(self, latents: torch.Tensor | Iterable[torch.Tensor], *,
+               chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """Decode chunk by chunk, yielding float32 audio [B, C, n] pieces in order, each as soon as it is final.
+
+        Args:
+            latents: a [B, T, D] tensor, or an iterable of [B, t, D] pieces (any t, as they are produced;
+                a piece is read, not copied, so do not modify it after handing it over).
+            chunk_frames: latent frames per chunk (default: this decoder's ``chunk_frames``, else
+                :data:`DEFAULT_CHUNK_FRAMES`); at least the decoder's left context.
+        The pieces concatenate to what one pass gives: each chunk reads its neighbours' frames as context,
+        carries the LSTM state, and applies the configured padding only at the true start and end. A
+        piece is yielded once ``right`` (4 for EnCodec 32 kHz) frames after it have arrived; input
+        shorter than ``chunk_frames + right`` frames comes out as one piece at the end. Decoders that
+        cannot be chunked (``time_group_norm``, ``circular`` padding) also yield one piece at the end.
+        Compiled, each position is one graph (``last``: dynamic length), reused by every chunk and call
+        of the same batch size.
+        """
+        if isinstance(latents, torch.Tensor):
+            self._check_latents(latents)
+            pieces: Iterable[torch.Tensor] = (latents,)
+        elif isinstance(latents, Iterable) and not isinstance(latents, (str, bytes)):
+            pieces = latents
+        else:
+            raise TypeError(f"latents must be a tensor or an iterable of tensors, got {type(latents).__name__}")
+        if chunk_frames is None:
+            chunk_frames = self.chunk_frames or DEFAULT_CHUNK_FRAMES
+        if why_not_chunkable(self.decoder) is not None:
+            return self._stream_whole(pieces)
+        plan = self._plan(chunk_frames)
+        return self._stream(pieces, plan)
+
+    def _checked_pieces(self, pieces: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for piece in pieces:
+            if not isinstance(piece, torch.Tensor):
+                raise TypeError(f"each chunk of latents must be a tensor, got {type(piece).__name__}")
+            self._check_latents(piece)
+            yield to_device(piece, self.device)
+
+    def _stream_whole(self, pieces: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        parts = list(self._checked_pieces(pieces))
+        if not parts or sum(p.shape[1] for p in parts) == 0:
+            raise ValueError("latents need at least one frame (T >= 1)")
+        yield self._whole(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+
+    def _stream(self, pieces: Iterable[torch.Tensor], plan: ChunkPlan) -> Iterator[torch.Tensor]:
+        lstm = next((m for m in self.decoder.layers if hasattr(m, "flat_weights")), None)
+
+        def initial_state(batch: int):
+            shape = (lstm.num_layers, batch, lstm.weight_hh_l0.shape[1]) if lstm is not None else (0,)
+            zeros = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            return zeros, zeros.clone()
+
+        def step(position: str, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+            if window.shape[0] == 0:
+                return window.new_zeros(0, self.decoder.channels, self._committed(plan, position, window) *
+                                        self.hop_length, dtype=torch.float32), h, c
+            window = window.contiguous()  # the same strides for every input length: no recompilation
+            if self.is_compiled and position == "last":
+                torch._dynamo.mark_dynamic(window, 1)  # one graph for every length of the last chunk
+            with torch.inference_mode():
+                return self._compiled_step(plan, position)(window, h, c)
+
+        return run_chunks(self._checked_pieces(pieces), plan, step, self._whole, initial_state)
+
+    @staticmethod
+    def _committed(plan: ChunkPlan, position: str, window: torch.Tensor) -> int:
+        return plan.chunk_frames if position != "last" else window.shape[1] - plan.left
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        # Checked here, before the compiled graph (where an error would arrive wrapped in a dynamo exception):
+        # the decoder's D, at least one frame (the graph is traced with T dynamic), a floating-point input.
+        # The op and the decoder hold their own rules (csrc/denorm_transpose.h, SEANetDecoder.forward).
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a tensor, got {type(latents).__name__}")
+        self._check_latents(latents)
+        T = latents.shape[1]
+        if T < 1:
+            raise ValueError("latents need at least one frame (T >= 1)")
+        try:
+            return self._decode_checked(latents)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one too
+            if not is_out_of_memory(exc):
+                raise
+            raise decoding_out_of_memory(exc, latents.shape[0], T, self.decoder.config.frame_rate,
+                                         self.device, self.dtype) from exc
+
+    def _decode_checked(self, latents: torch.Tensor) -> torch.Tensor:
+        T = latents.shape[1]
+        if self.chunk_frames is None or T < self._plan(self.chunk_frames).min_chunked_frames:
+            return self._whole(latents)
+        # chunk by chunk into the output, so only one window's activations are alive at a time
+        out = torch.empty(latents.shape[0], self.decoder.channels, T * self.hop_length, dtype=torch.float32,
+                          device=self.device)
+        at = 0
+        for piece in self.stream(latents):
+            out[..., at:at + piece.shape[-1]] = piece
+            at += piece.shape[-1]
+        return out
