@@ -17,5 +17,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "codes_to_latents", "Decoder", "DecoderConfig",
-    "load_decoder", "CheckpointError", "LatentDecoder", "CodeDecoder", "Quantizer", "load_quantizer", "patch", "unpatch", "audio_write", "write_batch", "reference",
+    "load_decoder", "CheckpointError", "LatentDecoder", "CodeDecoder", "Quantizer", "load_quantizer", "patch",
+    "unpatch", "audio_write", "write_batch", "reference",
 ]

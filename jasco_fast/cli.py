@@ -1,6 +1,6 @@
 """The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench.
 
-``decode`` turns latent files (or integer EnCodec code files) into audio files; under ``torchrun`` it shards the input files across
+``decode`` turns latent files into audio files; under ``torchrun`` it shards the input files across
 ranks (gloo on CPU, NCCL on GPU), each file decoded by exactly one rank, and rank 0 prints a summary
 gathered from all of them.
 """

@@ -102,10 +102,12 @@ cudaError_t dispatch_out(const CodesToLatentsArgs& a, cudaStream_t stream) {
   const bool wide = a.codebook_dtype == DType::kFloat64;  // float64 arithmetic for float64 codebooks or output
   switch (a.out_dtype) {
     case DType::kFloat32:
-      return wide ? launch_typed<code_t, cb_t, float, double>(a, stream) : launch_typed<code_t, cb_t, float, float>(a, stream);
+      return wide ? launch_typed<code_t, cb_t, float, double>(a, stream)
+                  : launch_typed<code_t, cb_t, float, float>(a, stream);
     case DType::kFloat64: return launch_typed<code_t, cb_t, double, double>(a, stream);
     case DType::kFloat16:
-      return wide ? launch_typed<code_t, cb_t, __half, double>(a, stream) : launch_typed<code_t, cb_t, __half, float>(a, stream);
+      return wide ? launch_typed<code_t, cb_t, __half, double>(a, stream)
+                  : launch_typed<code_t, cb_t, __half, float>(a, stream);
     case DType::kBFloat16:
       return wide ? launch_typed<code_t, cb_t, __nv_bfloat16, double>(a, stream)
                   : launch_typed<code_t, cb_t, __nv_bfloat16, float>(a, stream);
