@@ -38,6 +38,7 @@ def test_transformers_dir_decodes_like_transformers_quantizer(hf_codes, K):
     got = q.decode(codes)
     assert got.shape == (3, 41, 8) and got.is_contiguous()
     assert rel_err(got, want) < F32_TOL
+    assert torch.equal(got, want)  # the same float32 sums in the same order: the same bits
 
 
 @needs_audiocraft_rvq
@@ -50,6 +51,7 @@ def test_audiocraft_export_decodes_like_audiocraft_rvq(tmp_path, K):
     with torch.no_grad():
         want = rvq.decode(codes).transpose(1, 2)  # audiocraft: [B, D, T]
     assert rel_err(q.decode(codes), want) < F32_TOL
+    assert torch.equal(q.decode(codes), want)  # the same float32 sums in the same order: the same bits
     assert torch.equal(load_quantizer(tmp_path).codebooks, q.codebooks)  # the folder holding the file
 
 
