@@ -34,7 +34,7 @@ void note_bad(std::atomic<int64_t>& first_bad, int64_t index) {
   }
 }
 
-// The sum of time step t's K codebook rows into acc[0, D). Returns false (acc unspecified) on a bad code.
+// The sum of one time step's K codebook rows into acc[0, D); a bad code is noted in first_bad and skipped.
 template <typename code_t, typename cb_t, typename acc_t>
 inline void gather_sum(const code_t* codes_bt, const cb_t* codebooks, const CodeGeometry& g, acc_t* acc,
                        std::atomic<int64_t>& first_bad, int64_t flat_bt) {
