@@ -59,6 +59,13 @@ def test_compiled_matches_transformers_decode_across_lengths(hf_codes, parts):
         assert rel_err(fast(codes), transformers_decode(model, codes)) < F32_TOL
 
 
+def test_compiled_chunked_matches_transformers_decode(hf_codes, parts):
+    _, model = hf_codes
+    fast = CodeDecoder(*parts, chunk_frames=16)
+    codes = torch.randint(0, 16, (1, 4, 70))  # first, middle and last chunks, each a compiled graph
+    assert rel_err(fast(codes), transformers_decode(model, codes)) < F32_TOL
+
+
 def test_long_input_is_chunked_and_equal(hf_codes, parts):
     _, model = hf_codes
     fast = CodeDecoder(*parts, compile=False, chunk_frames=16)
