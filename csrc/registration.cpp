@@ -25,4 +25,10 @@ TORCH_LIBRARY(jasco_fast, m) {
   m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
         "int? state_frames=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::needs_fixed_stride_order});
+  // Residual vector quantisation decode: out[b, :, t] = sum over k < K of codebooks[k, codes[b, k, t], :] for codes
+  // [B, K, T] (int64/int32, K <= num_codebooks: the first K are used) and codebooks [num_codebooks,
+  // codebook_size, D]; float32 accumulation in codebook order (float64 for float64), cast to `dtype`, written
+  // as [B, D, T] contiguous or channels-last. Out-of-range codes raise an error.
+  m.def("codes_to_latents(Tensor codes, Tensor codebooks, ScalarType? dtype=None, bool channels_last=False) -> Tensor",
+        {at::Tag::needs_fixed_stride_order});
 }

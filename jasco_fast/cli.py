@@ -26,6 +26,8 @@ from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, r
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
 from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES, DTYPES, LatentDecoder
+from jasco_fast.pipeline import CodeDecoder
+from jasco_fast.quantizer import Quantizer, load_quantizer
 
 LATENT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 
@@ -47,9 +49,8 @@ def _first_line(text: str, default: str = "") -> str:
 # Inputs
 
 
-def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
-    """Latents [B, T, D] (float32) from a .pt / .npy / .safetensors file holding [T, D] or [B, T, D], and
-    whether the file held a single [T, D] item."""
+def _load_tensor(path: Path) -> torch.Tensor:
+    """The one tensor of a .pt / .npy / .safetensors file (read safely: no pickled code)."""
     suffix = path.suffix.lower()
     if suffix in (".pt", ".pth"):
         try:
@@ -91,6 +92,13 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
         tensor = _pick_tensor(state)
     else:
         raise ValueError(f"unsupported file type {suffix!r} (expected {', '.join(LATENT_SUFFIXES)})")
+    return tensor
+
+
+def read_latents(path: Path, dimension: int, tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
+    """Latents [B, T, D] (float32) from a .pt / .npy / .safetensors file holding [T, D] or [B, T, D], and
+    whether the file held a single [T, D] item."""
+    tensor = _load_tensor(path) if tensor is None else tensor
     if not tensor.is_floating_point():
         raise ValueError(f"latents must be floating point, got {tensor.dtype}")
     single = tensor.dim() == 2
@@ -107,25 +115,60 @@ def read_latents(path: Path, dimension: int) -> tuple[torch.Tensor, bool]:
     return tensor.float(), single
 
 
+def is_codes(tensor: torch.Tensor) -> bool:
+    """Integer tensors are EnCodec codes, floating-point ones latents."""
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+def read_codes(path: Path, tensor: torch.Tensor, num_codebooks: int, codebook_size: int) -> tuple[torch.Tensor, bool]:
+    """EnCodec codes from a file's integer tensor [K, T] or [B, K, T]: (codes [B, K, T] int64, whether the
+    file held a single [K, T] item). K <= num_codebooks (the first K codebooks are used)."""
+    single = tensor.dim() == 2
+    if single:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 3:
+        raise ValueError(f"codes must be [K, T] or [B, K, T], got shape {list(tensor.shape)}")
+    if not 1 <= tensor.shape[1] <= num_codebooks:
+        raise ValueError(f"codes have K = {tensor.shape[1]} codebooks, the quantizer has {num_codebooks} "
+                         f"(codes are [K, T] or [B, K, T])")
+    if tensor.shape[2] < 1 or tensor.shape[0] < 1:
+        raise ValueError(f"no frames in codes of shape {list(tensor.shape)}")
+    tensor = tensor.long()
+    if tensor.min() < 0 or tensor.max() >= codebook_size:
+        raise ValueError(f"codes must lie in [0, {codebook_size}), got values in [{int(tensor.min())}, "
+                         f"{int(tensor.max())}]")
+    return tensor, single
+
+
+def build_quantizer(checkpoint: str | None, device: torch.device, dimension: int) -> Quantizer:
+    """The checkpoint's RVQ codebooks; without a checkpoint, random ones shaped like EnCodec 32 kHz's."""
+    if checkpoint is None:
+        gen = torch.Generator().manual_seed(0)
+        return Quantizer(torch.randn(4, 2048, dimension, generator=gen)).to(device)
+    return load_quantizer(checkpoint, device=device)
+
+
 def _pick_tensor(obj) -> torch.Tensor:
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, dict):
-        if isinstance(obj.get("latents"), torch.Tensor):
-            return obj["latents"]
-        if "latents" in obj:
-            raise ValueError(f"its 'latents' entry is a {type(obj['latents']).__name__}, not a tensor")
+        for key in ("latents", "codes"):
+            if isinstance(obj.get(key), torch.Tensor):
+                return obj[key]
+            if key in obj:
+                raise ValueError(f"its {key!r} entry is a {type(obj[key]).__name__}, not a tensor")
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
         if len(tensors) == 1:
             return tensors[0]
-        raise ValueError(f"expected one tensor or a 'latents' key, found keys {sorted(map(str, obj))[:6]}")
+        raise ValueError(f"expected one tensor or a 'latents' / 'codes' key, found keys {sorted(map(str, obj))[:6]}")
     raise ValueError(f"expected a tensor, found {type(obj).__name__}")
 
 
 @dataclass
 class Item:
     name: str
-    latents: torch.Tensor  # [T, D]
+    latents: torch.Tensor  # [T, D]; codes frames-major, [T, K]
+    codes: bool = False
 
 
 @dataclass
@@ -301,6 +344,14 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
                              chunk_frames=args.chunk_frames)
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
+    code_decoders: list[CodeDecoder] = []  # built at the first codes file
+
+    def code_decoder() -> CodeDecoder:
+        if not code_decoders:
+            quantizer = build_quantizer(args.checkpoint, device, decoder.dimension)
+            code_decoders.append(CodeDecoder(decoder, quantizer, compile=not args.no_compile,
+                                             dtype=DTYPES[args.dtype], chunk_frames=args.chunk_frames))
+        return code_decoders[0]
 
     summary = Summary(rank=rank)
     start = time.perf_counter()
@@ -317,7 +368,14 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
             fail(path, clashes[f])
             continue
         try:
-            latents, single = read_latents(path, decoder.dimension)
+            tensor = _load_tensor(path)
+            codes = is_codes(tensor)  # told apart by dtype
+            if codes:
+                cd = code_decoder()
+                latents, single = read_codes(path, tensor, cd.num_codebooks, cd.codebook_size)
+                latents = latents.transpose(1, 2)  # frames-major [B, T, K], as items are
+            else:
+                latents, single = read_latents(path, decoder.dimension, tensor)
         except Exception as exc:
             fail(path, str(exc) or type(exc).__name__)
             continue
@@ -330,18 +388,22 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
             if not args.overwrite and (out_dir / f"{stem}.{args.format}").exists():
                 summary.skipped += 1
             else:
-                items.append(Item(stem, lat))
+                items.append(Item(stem, lat, codes))
 
     # Only items of EQUAL length T share a batch (sorted by T): padding a shorter item to a longer one would
     # change the last frames of its audio (the decoder's convolutions and LSTM see the padding).
-    by_length: dict[int, list[Item]] = {}
-    for item in items:
-        by_length.setdefault(item.latents.shape[0], []).append(item)
+    by_length: dict[tuple, list[Item]] = {}
+    for item in items:  # (T, codes or latents, D or K)
+        by_length.setdefault((item.latents.shape[0], item.codes, item.latents.shape[1]), []).append(item)
     batches = [group[i:i + args.batch_size] for _, group in sorted(by_length.items())
                for i in range(0, len(group), args.batch_size)]
     frame_rate = decoder.config.frame_rate
     total = sum(it.latents.shape[0] for it in items) / frame_rate
     mp3_rate = _mp3_rate(args.mp3_rate, fast.sample_rate)
+
+    def decode(batch: list[Item]) -> torch.Tensor:
+        stacked = torch.stack([it.latents for it in batch])  # frames-major: [B, T, D] latents or [B, T, K] codes
+        return code_decoder()(stacked.transpose(1, 2)) if batch[0].codes else fast(stacked)
 
     def write(job: tuple[list[Item], HostCopy]) -> None:  # on the writer thread
         batch, audio = job
@@ -351,12 +413,12 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
     with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds", disable=rank != 0 or not items,
               dynamic_ncols=True, file=sys.stderr) as bar:
-        _decode_overlapped(fast, batches, write, summary, bar, frame_rate, out_dir=out_dir,
+        _decode_overlapped(fast, batches, decode, write, summary, bar, frame_rate, out_dir=out_dir,
                            batch_size=args.batch_size, device=device)
     return summary, time.perf_counter() - start
 
 
-def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], write, summary: Summary, bar,
+def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], decode, write, summary: Summary, bar,
                        frame_rate: float, *, out_dir: Path, batch_size: int, device: torch.device) -> None:
     """Decodes batch k + 1 while batch k is copied to the host (pinned, non-blocking) and written on a
     background thread. A batch that fails to decode or to write fails alone and the others still run,
@@ -388,7 +450,7 @@ def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], write, su
                 break
             names = ", ".join(it.name for it in batch)
             try:
-                audio = fast(torch.stack([it.latents for it in batch]))
+                audio = decode(batch)
                 writer.put((batch, HostCopy(audio)))
             except Exception as exc:  # e.g. out of memory: those items fail, the others still run
                 if is_out_of_memory(exc):
@@ -525,7 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(exit code 1) and the others still finish. Several processes: torchrun --nproc-per-node N "
                      "-m jasco_fast decode ... (the files are shared out across the processes).")
     p.add_argument("latents", nargs="+", help=".pt / .npy / .safetensors files holding [T, D] or [B, T, D] latents "
-                                              "(a dict or safetensors file: its one tensor, or its 'latents' key)")
+                                              "(a dict or safetensors file: its one tensor, or its 'latents' key), "
+                                              "or integer EnCodec codes [K, T] or [B, K, T] (MusicGen / AudioGen "
+                                              "tokens; 'codes' key), decoded through the checkpoint's quantizer")
     p.add_argument("--out-dir", required=True, help="folder for the audio files (one per item)")
     _add_decoding_options(p)
     p.add_argument("--batch-size", type=_positive_int, default=8,

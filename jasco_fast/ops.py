@@ -15,6 +15,10 @@ The kernels live in ``csrc/``, and so do the op's argument rules (``csrc/denorm_
 adds the Python face (which only turns float statistics into tensors), the fake (meta) kernel that lets
 torch.compile trace through the op, the autograd formula, and the PyTorch fallback that runs the op on
 devices the extension has no kernel for (see ``register_fallback``).
+
+``codes_to_latents(codes [B, K, T], codebooks [N, S, D], dtype=None, channels_last=False) -> [B, D, T]``:
+residual vector quantisation decode (the sum of K codebook rows per frame), cast and laid out for the decoder,
+in one pass (EnCodec codes: MusicGen / AudioGen tokens).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "FallbackWarning", "FALLBACKS",
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "codes_to_latents", "FallbackWarning", "FALLBACKS",
            "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
@@ -284,3 +288,74 @@ def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None):
         torch._check(state_frames <= T, lambda: f"lstm_skip: state_frames must be <= T, got {state_frames}")
     out = seq.new_empty((B, T, C))  # contiguous
     return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))
+
+
+# --------------------------------------------------------------------------------------------------
+# codes_to_latents
+
+_CODES = (torch.int64, torch.int32)
+
+
+def _check_codes(codes: torch.Tensor, codebooks: torch.Tensor, dtype) -> torch.dtype:
+    """The op's argument rules (the C++ kernels enforce the same); returns the output dtype."""
+    if codes.dim() != 3:
+        raise ValueError(f"codes_to_latents: codes must be 3-D [B, K, T], got {codes.dim()}-D with shape "
+                         f"{list(codes.shape)}")
+    if codes.dtype not in _CODES:
+        raise TypeError(f"codes_to_latents: codes must be int64 or int32, got {codes.dtype}")
+    if codebooks.dim() != 3:
+        raise ValueError(f"codes_to_latents: codebooks must be 3-D [num_codebooks, codebook_size, D], got shape "
+                         f"{list(codebooks.shape)}")
+    if codebooks.dtype not in _FLOATS:
+        raise TypeError(f"codes_to_latents: codebooks must be float32/float64/float16/bfloat16, got {codebooks.dtype}")
+    if codebooks.device != codes.device:
+        raise ValueError(f"codes_to_latents: codebooks are on {codebooks.device} but codes are on {codes.device}; "
+                         f"put them on the same device")
+    if codebooks.shape[1] <= 0 or codebooks.shape[2] <= 0:
+        raise ValueError(f"codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape "
+                         f"{list(codebooks.shape)}")
+    K, N = codes.shape[1], codebooks.shape[0]
+    if not 1 <= K <= N:
+        raise ValueError(f"codes_to_latents: codes have K = {K} codebooks; this quantizer has {N} "
+                         f"(K must lie in [1, {N}]; the first K codebooks are used)")
+    if dtype is not None and dtype not in _FLOATS:
+        raise TypeError(f"codes_to_latents: dtype must be float32/float64/float16/bfloat16, got {dtype}")
+    return dtype or codebooks.dtype
+
+
+def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None,
+                     channels_last: bool = False) -> torch.Tensor:
+    """Residual vector quantisation decode in one pass: codes [B, K, T] -> latents [B, D, T].
+
+    ``out[b, :, t] = sum_{k < K} codebooks[k, codes[b, k, t], :]``, summed in codebook order in float32
+    (float64 when the codebooks or the output are float64) and rounded once to ``dtype``: what EnCodec's
+    quantizer decode computes (transformers' and audiocraft's), then the transpose, the cast and the layout
+    the decoder reads.
+
+    Args:
+        codes: [B, K, T] int64/int32, any strides; every code in ``[0, codebook_size)`` (else RuntimeError
+            naming the first bad one). K may be smaller than the number of codebooks: the first K are used
+            (EnCodec's lower bandwidths).
+        codebooks: [num_codebooks, codebook_size, D], float32/float64/float16/bfloat16, on codes' device.
+        dtype: output dtype (the cast is fused); default: the codebooks' dtype.
+        channels_last: ``False`` returns a contiguous [B, D, T]; ``True`` returns [B, D, T] with strides
+            (T*D, 1, D), i.e. [B, T, D] in memory, the layout a channels-last decoder reads without a copy.
+
+    On CUDA the range check reads a device flag back after the kernel (one sync); inside CUDA graph capture
+    it is skipped and out-of-range codes add nothing. No autograd (codes are integers; codebooks are frozen).
+    """
+    if not isinstance(codes, torch.Tensor) or not isinstance(codebooks, torch.Tensor):
+        raise TypeError(f"codes_to_latents: codes and codebooks must be tensors, got {type(codes).__name__} "
+                        f"and {type(codebooks).__name__}")
+    _check_codes(codes, codebooks, dtype)
+    return torch.ops.jasco_fast.codes_to_latents.default(codes, codebooks, dtype, bool(channels_last))
+
+
+@torch.library.register_fake("jasco_fast::codes_to_latents")
+def _(codes, codebooks, dtype=None, channels_last=False):
+    out_dtype = _check_codes(codes, codebooks, dtype)
+    B, _, T = codes.shape
+    D = codebooks.shape[2]
+    if channels_last:
+        return codebooks.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
+    return codebooks.new_empty((B, D, T), dtype=out_dtype)

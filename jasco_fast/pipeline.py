@@ -1,4 +1,5 @@
-"""LatentDecoder: JASCO latents [B, T, D] -> audio [B, C, T * hop], the fast path end to end."""
+"""LatentDecoder: JASCO latents [B, T, D] -> audio [B, C, T * hop], the fast path end to end.
+CodeDecoder: EnCodec codes [B, K, T] (MusicGen / AudioGen tokens) -> audio, the same path after the RVQ decode."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +11,12 @@ from torch import nn
 
 from jasco_fast.decoder import SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
-from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, denormalize_transpose
+from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose
 from jasco_fast.overlap import to_device
+from jasco_fast.quantizer import Quantizer, as_codes
 from jasco_fast.streaming import POSITIONS, ChunkPlan, ChunkStep, chunk_plan, run_chunks, why_not_chunkable
 
-__all__ = ["LatentDecoder", "DTYPES", "DEFAULT_CHUNK_FRAMES"]
+__all__ = ["LatentDecoder", "CodeDecoder", "DTYPES", "DEFAULT_CHUNK_FRAMES"]
 
 
 # The compute dtypes LatentDecoder is tested with, by the names the CLI and the benchmarks take.
@@ -162,12 +164,15 @@ class LatentDecoder(nn.Module):
         lengths are ``chunk_plan(...).window_frames(position)`` (``last``: any length > ``left``)."""
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-        return LatentChunkStep(self, self._plan(chunk_frames or self.chunk_frames or DEFAULT_CHUNK_FRAMES), position)
+        return self._make_step(self._plan(chunk_frames or self.chunk_frames or DEFAULT_CHUNK_FRAMES), position)
+
+    def _make_step(self, plan: ChunkPlan, position: str) -> nn.Module:
+        return LatentChunkStep(self, plan, position)
 
     def _compiled_step(self, plan: ChunkPlan, position: str):
         key = (plan.chunk_frames, position)
         if key not in self._steps:
-            module = LatentChunkStep(self, plan, position)
+            module = self._make_step(plan, position)
             self._steps[key] = torch.compile(module, **self._compile_kwargs) if self.is_compiled else module
         return self._steps[key]
 
@@ -282,7 +287,113 @@ class LatentDecoder(nn.Module):
         out = torch.empty(latents.shape[0], self.decoder.channels, T * self.hop_length, dtype=torch.float32,
                           device=self.device)
         at = 0
-        for piece in self.stream(latents):
+        for piece in LatentDecoder.stream(self, latents):  # frames-major input, also in CodeDecoder
             out[..., at:at + piece.shape[-1]] = piece
             at += piece.shape[-1]
         return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Codes: RVQ decode (fused op) + the same decoder, chunking and streaming.
+# Internally codes travel frames-major, as [B, T, K] views of the caller's [B, K, T], so the streaming
+# runner (frames on dim 1) cuts them like latents: codes -> latents is per frame.
+
+
+class CodeChunkStep(nn.Module):
+    """One chunk of :meth:`CodeDecoder.stream` at one position: ``(codes window [B, W, K], h, c) ->
+    (audio [B, C, n * hop] float32, h, c)``; the fused RVQ decode followed by :class:`ChunkStep`."""
+
+    def __init__(self, owner: "CodeDecoder", plan: ChunkPlan, position: str):
+        super().__init__()
+        self.step = ChunkStep(owner.decoder, plan, position)
+        self.codebooks = owner.codebooks  # shared with the owner, not a copy
+        self.dtype, self.channels_last = owner.dtype, owner.channels_last
+
+    def forward(self, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        x = codes_to_latents(window.transpose(1, 2), self.codebooks, dtype=self.dtype,
+                             channels_last=self.channels_last)
+        audio, h, c = self.step(x, h, c)
+        return audio.float(), h, c
+
+
+class CodeDecoder(LatentDecoder):
+    """EnCodec codes [B, K, T] -> audio [B, C, T * hop] (float32), as EnCodec's ``decode`` computes it
+    (transformers' ``EncodecModel.decode``, MusicGen's and AudioGen's ``generate_audio``).
+
+    One pass of the fused ``codes_to_latents`` op (gather and sum the first K codebooks' rows, cast to
+    ``dtype``, write channels-last), then the decoder exactly as :class:`LatentDecoder` runs it: compiled,
+    chunked for long inputs, streamable with :meth:`stream` (a tensor or an iterable of [B, K, t] pieces).
+    No mean/std: EnCodec's decoder reads the quantizer's output as it is. K may be smaller than the
+    quantizer's number of codebooks (lower bandwidths); each K compiles its own graph.
+
+    Args:
+        decoder: a :class:`SEANetDecoder`; quantizer: a :class:`Quantizer` whose D is the decoder's (both copied).
+        compile, channels_last, dtype, compile_mode, chunk_frames: as for :class:`LatentDecoder`.
+    :meth:`chunk_step` windows are codes frames-major, [B, W, K] (``codes.transpose(1, 2)``).
+    """
+
+    def __init__(self, decoder: SEANetDecoder, quantizer: Quantizer, *, compile: bool = True, channels_last: bool = True,
+                 dtype: torch.dtype | None = None, compile_mode: str | None = None,
+                 chunk_frames: int | None = DEFAULT_CHUNK_FRAMES):
+        if not isinstance(quantizer, Quantizer):
+            raise TypeError(f"quantizer must be a jasco_fast.Quantizer, got {type(quantizer).__name__}")
+        if isinstance(decoder, SEANetDecoder) and quantizer.dimension != decoder.config.dimension:
+            raise ValueError(f"the quantizer's codebooks have D = {quantizer.dimension}, the decoder reads "
+                             f"D = {decoder.config.dimension}")
+        super().__init__(decoder, 0.0, 1.0, compile=compile, channels_last=channels_last, dtype=dtype,
+                         compile_mode=compile_mode, chunk_frames=chunk_frames)
+        # the op sums in float32 (float64 codebooks: float64) and casts once to `dtype`
+        self.register_buffer("codebooks", quantizer.codebooks.detach().clone().to(self.device))
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebooks.shape[1]
+
+    def _decode(self, codes_t: torch.Tensor) -> torch.Tensor:
+        x = codes_to_latents(codes_t.transpose(1, 2), self.codebooks, dtype=self.dtype,
+                             channels_last=self.channels_last)
+        return self.decoder(x).float()
+
+    def _make_step(self, plan: ChunkPlan, position: str) -> nn.Module:
+        return CodeChunkStep(self, plan, position)
+
+    def _frames_major(self, codes) -> torch.Tensor:
+        """Caller's codes [B, K, T] -> checked int64/int32 [B, T, K] view."""
+        codes = as_codes(codes)
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [B, K, T], got shape {list(codes.shape)}")
+        return codes.transpose(1, 2)
+
+    def _check_latents(self, codes_t: torch.Tensor) -> None:
+        # called on frames-major [B, T, K] views: messages speak of the caller's [B, K, T]
+        if codes_t.dim() != 3:
+            raise ValueError(f"codes must be [B, K, T], got shape {list(codes_t.shape)}")
+        if codes_t.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"codes must be integers, got {codes_t.dtype}")
+        N, S = self.num_codebooks, self.codebook_size
+        K = codes_t.shape[2]
+        if not 1 <= K <= N:
+            raise ValueError(f"codes [B, K, T] = {list(codes_t.transpose(1, 2).shape)} have K = {K} codebooks; "
+                             f"this quantizer has {N} (1 <= K <= {N}; the first K are used)")
+        bad = (codes_t < 0) | (codes_t >= S)
+        if codes_t.numel() and bool(bad.any()):
+            b, t, k = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"code {int(codes_t[b, t, k])} at [b={b}, k={k}, t={t}] is out of range: codes must "
+                             f"lie in [0, {S}) (the codebook size)")
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, T] (any integer dtype) -> audio [B, C, T * hop], float32."""
+        return super().forward(self._frames_major(codes))
+
+    def stream(self, codes: torch.Tensor | Iterable[torch.Tensor], *,
+               chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """As :meth:`LatentDecoder.stream`, for codes: a [B, K, T] tensor or an iterable of [B, K, t] pieces."""
+        if isinstance(codes, torch.Tensor):
+            return super().stream(self._frames_major(codes), chunk_frames=chunk_frames)
+        if isinstance(codes, Iterable) and not isinstance(codes, (str, bytes)):
+            return super().stream((self._frames_major(p) for p in codes), chunk_frames=chunk_frames)
+        raise TypeError(f"codes must be a tensor or an iterable of tensors, got {type(codes).__name__}")

@@ -11,7 +11,7 @@ from torch import nn
 
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 
-__all__ = ["denormalize_transpose", "decode", "ReferenceDecoder"]
+__all__ = ["denormalize_transpose", "decode", "ReferenceDecoder", "codes_to_latents"]
 
 
 def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None,
@@ -157,6 +157,28 @@ def decode(decoder_or_path, latents: torch.Tensor, mean=JASCO_LATENT_MEAN, std=J
         eager = ReferenceDecoder(load_decoder(decoder_or_path))
     with torch.no_grad():
         return eager((latents * std + mean).permute(0, 2, 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Residual vector quantisation: the oracle for jasco_fast.codes_to_latents / Quantizer.decode.
+
+
+def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None,
+                     channels_last: bool = False) -> torch.Tensor:
+    """EnCodec's RVQ decode as transformers and audiocraft write it (``0 + q_0 + q_1 + ...`` with
+    ``q_k = embedding(codes[:, k], codebooks[k])``), in float32 (float64 for float64 codebooks or output),
+    then the cast and the layout of ``jasco_fast.codes_to_latents`` (same signature): [B, K, T] -> [B, D, T]."""
+    if codes.shape[1] == 0:
+        raise ValueError("codes need K >= 1 codebooks")
+    out_dtype = dtype or codebooks.dtype
+    wide = torch.float64 if torch.float64 in (codebooks.dtype, out_dtype) else torch.float32
+    total = torch.zeros((), dtype=wide, device=codes.device)
+    for k in range(codes.shape[1]):
+        total = total + F.embedding(codes[:, k].long(), codebooks[k].to(wide))  # [B, T, D]
+    out = total.permute(0, 2, 1).to(out_dtype)
+    if channels_last:
+        return out.transpose(1, 2).contiguous().transpose(1, 2)
+    return out.contiguous()
 
 
 def __getattr__(name: str):

@@ -221,3 +221,67 @@ AUDIOCRAFT_CONFIGS = {
     "time_group_norm": dict(norm="time_group_norm", pad_mode="replicate"),
     "no_norm_three_stages_circular": dict(norm="none", ratios="[2, 3, 2]", pad_mode="circular"),
 }
+
+
+# Codes: checkpoints whose RVQ codebooks are random (transformers and audiocraft initialise them to zeros
+# or leave them to k-means at training time)
+
+
+def randomize_codebooks_(quantizer: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill every codebook buffer (``...codebook.embed`` / ``..._codebook.embed``) with N(0, 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buf in quantizer.named_buffers():
+            if name.endswith("codebook.embed"):
+                buf.copy_(torch.randn(buf.shape, generator=gen))
+    return quantizer
+
+
+def write_transformers_codes_dir(path: Path, seed: int = 0, **overrides) -> tuple[Path, object]:
+    """save_pretrained of a random EncodecModel with random codebooks (TINY_HF: 6 codebooks of 16 x 8)."""
+    model = transformers_model(seed, **overrides)
+    randomize_codebooks_(model.quantizer, seed)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    return path, model
+
+
+def audiocraft_quantization():
+    """audiocraft's quantization package (vq.py, core_vq.py, base.py) loaded from the installed package's
+    files only, or None when they cannot be. core_vq imports flashy, audiocraft's training library, for
+    distributed k-means initialisation only; when flashy is not installed an empty stand-in module takes its
+    place (decode never reaches it). einops must be installed (the test extra)."""
+    spec = importlib.util.find_spec("audiocraft")
+    if spec is None or importlib.util.find_spec("einops") is None:
+        return None
+    if "flashy" not in sys.modules and importlib.util.find_spec("flashy") is None:
+        sys.modules["flashy"] = types.ModuleType("flashy")
+    root = Path(spec.submodule_search_locations[0]) / "quantization"
+    pkg = types.ModuleType("_ac_quantization")
+    pkg.__path__ = [str(root)]
+    sys.modules.setdefault("_ac_quantization", pkg)
+    for name in ("base", "core_vq", "vq"):
+        full = f"_ac_quantization.{name}"
+        if full not in sys.modules:
+            mspec = importlib.util.spec_from_file_location(full, root / f"{name}.py")
+            module = importlib.util.module_from_spec(mspec)
+            sys.modules[full] = module
+            mspec.loader.exec_module(module)
+    return sys.modules["_ac_quantization.vq"]
+
+
+def write_audiocraft_codes_checkpoint(path: Path, seed: int = 0, n_q: int = 4, bins: int = 16):
+    """An exported audiocraft compression checkpoint (write_audiocraft_checkpoint's decoder) whose quantizer
+    is audiocraft's own ResidualVectorQuantizer with random codebooks; returns (path, decoder, quantizer)."""
+    vq = audiocraft_quantization()
+    path, decoder = write_audiocraft_checkpoint(path, seed)
+    torch.manual_seed(seed)
+    rvq = randomize_codebooks_(vq.ResidualVectorQuantizer(dimension=8, n_q=n_q, bins=bins, kmeans_init=False),
+                               seed).eval()
+    pkg = torch.load(path, weights_only=True)
+    state = {k: v for k, v in pkg["best_state"].items() if not k.startswith("quantizer.")}
+    state.update({f"quantizer.{k}": v for k, v in rvq.state_dict().items()})
+    pkg["best_state"] = state
+    torch.save(pkg, path)
+    return path, decoder, rvq

@@ -120,7 +120,7 @@ def test_bad_inputs_are_reported_one_line_each_and_the_rest_finish(tmp_path, tin
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.wav"]
     lines = [line for line in err.splitlines() if line.startswith("jasco-fast: ")]
     for path, problem in [(corrupt, "not a readable torch file"), (wrong_d, "D = 9"), (rank4, "[T, D] or [B, T, D]"),
-                          (integer, "floating point"), (nan, "NaN")]:
+                          (integer, "codes have K = 30"), (nan, "NaN")]:  # integer files are codes [K, T]
         assert sum(str(path) in line and problem in line for line in lines) == 1, (path, err)
 
 

@@ -190,20 +190,20 @@ def test_disk_fills_up_tmpfs(tmp_path, tiny_hf_checkpoint, capsys, tmpfs):
 def test_input_deleted_mid_run(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch):
     files = write_inputs(tmp_path / "in", 4, 30)
     kept = files[2].read_bytes()
-    real_read = cli.read_latents
+    real_read = cli._load_tensor
 
-    def read_and_delete(path, dimension):
+    def read_and_delete(path):
         if path == files[0]:
             files[2].unlink()
-        return real_read(path, dimension)
+        return real_read(path)
 
-    monkeypatch.setattr(cli, "read_latents", read_and_delete)
+    monkeypatch.setattr(cli, "_load_tensor", read_and_delete)
     out = tmp_path / "out"
     assert decode(files, out, tiny_hf_checkpoint) == 1
     assert f"{files[2]}: cannot read it: No such file or directory" in capsys.readouterr().err
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav", "item003.wav"] and leftovers(out) == []
     files[2].write_bytes(kept)
-    monkeypatch.setattr(cli, "read_latents", real_read)
+    monkeypatch.setattr(cli, "_load_tensor", real_read)
     assert decode(files, out, tiny_hf_checkpoint) == 0
     assert "3 skipped" in capsys.readouterr().out
     assert len(assert_whole(out, 30)) == 4
