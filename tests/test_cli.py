@@ -171,7 +171,7 @@ def test_demo_on_the_default_architecture(tmp_path, capsys):
 def test_demo_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
                  "--out-dir", str(tmp_path)]) == 0
-    assert "torch.compile" in capsys.readouterr().out
+    assert "compiled decoder" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
 
 

@@ -306,7 +306,7 @@ def test_latent_decoder_per_channel_statistics_and_strided_latents(tiny_decoder)
 
 def test_latent_decoder_compiled_matches_reference_without_recompiling(tiny_decoder):
     torch._dynamo.reset()
-    fast = LatentDecoder(tiny_decoder)
+    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for T in (12, 29, 40, 57):
         latents = torch.randn(2, T, 8)
@@ -316,7 +316,7 @@ def test_latent_decoder_compiled_matches_reference_without_recompiling(tiny_deco
 
 
 def test_latent_decoder_compiled_single_frame(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder)
+    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
     latents = torch.randn(1, 1, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
 
