@@ -365,7 +365,11 @@ def load(recipe: Recipe, owner: nn.Module, *, cache: Path | None = None) -> tupl
     manifest, why = _read_manifest(recipe, cache)
     if manifest is None:
         return None, why
-    weights = {k: v.to(recipe.device) for k, v in _weights(owner).items()}
+    weights = _weights(owner)
+    devices = {v.device for v in weights.values()}
+    if len(devices) != 1 or next(iter(devices)).type != recipe.device:
+        return None, f"the module's tensors are on {sorted(map(str, devices))}, the recipe is for {recipe.device}"
+    device = next(iter(devices))
     mine = {k: _tensor_spec(v) for k, v in weights.items()}
     if mine != manifest.get("constants"):
         theirs = manifest.get("constants") or {}
@@ -373,7 +377,8 @@ def load(recipe: Recipe, owner: nn.Module, *, cache: Path | None = None) -> tupl
         return None, f"the module's tensors differ from those the artifact was built for ({diff[:3]})"
     path = _paths(manifest["key"], cache)["pt2"]
     try:
-        runner = torch._inductor.aoti_load_package(str(path))
+        runner = torch._inductor.aoti_load_package(str(path), device_index=device.index if device.index is not None
+                                                   else -1)
         names = set(runner.get_constant_fqns())
         if not names <= set(weights):
             return None, f"the package expects constants the module lacks: {sorted(names - set(weights))[:3]}"
@@ -549,4 +554,7 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    # run the importable module's copy, so Program, the key and the lock are the ones callers use
+    from jasco_fast import artifacts as _module
+
+    sys.exit(_module._main())

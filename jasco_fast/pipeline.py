@@ -158,8 +158,7 @@ def aot_min_frames(decoder: Decoder) -> int:
     return need
 
 
-def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                           device: str = "cpu") -> artifacts.Program:
+def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list) -> artifacts.Program:
     """The recipe factory of LatentDecoder's artifact: ``_decode`` of a LatentDecoder of this architecture
     (random weights: the artifact takes the real ones at load), dynamic in B and T."""
     from torch.export import Dim
@@ -167,8 +166,8 @@ def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statis
     decoder = Decoder(DecoderConfig(**config))
     mean_shape, std_shape = statistics_shape
     owner = LatentDecoder(decoder, torch.zeros(mean_shape), torch.ones(std_shape), compile=False,
-                          channels_last=channels_last, dtype=getattr(torch, dtype)).to(device)
+                          channels_last=channels_last, dtype=getattr(torch, dtype))
     min_frames = aot_min_frames(owner.decoder)
-    example = torch.randn(2, max(min_frames + 1, 50), decoder.dimension, device=device)
+    example = torch.randn(2, max(min_frames + 1, 50), decoder.dimension)  # build() moves both to the device
     dims = {0: Dim("batch", min=1, max=AOT_MAX_BATCH), 1: Dim("frames", min=min_frames, max=AOT_MAX_FRAMES)}
     return artifacts.Program(owner, (example,), (dims,), method="_decode")
