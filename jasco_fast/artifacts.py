@@ -479,13 +479,22 @@ class ArtifactRunner:
         self.builder = None  # a rebuild may start after the next call
 
     def __call__(self, *inputs):
+        """Inputs as the recipe's example inputs were: same dtypes, contiguous, on the recipe's device."""
         if self.artifact is None and self._rebuilds <= 1 and self._manifest_path.exists():
             self._try_load()  # built meanwhile (by our background process, another process, or `compile`)
         if self.artifact is not None:
             return self.artifact(*inputs)
         out = self.eager(*inputs)
         if self.background and self.builder is None:
-            self.builder = build_in_background(self.recipe, cache=self.cache)
+            try:
+                self.builder = build_in_background(self.recipe, cache=self.cache)
+            except OSError as exc:  # e.g. a read-only cache folder: stay eager, say so once
+                import warnings
+
+                self.background = False
+                warnings.warn(f"jasco_fast: cannot build the ahead-of-time artifact in the background ({exc}); "
+                              f"running eagerly (set JASCO_FAST_CACHE_DIR to a writable folder)", RuntimeWarning,
+                              stacklevel=2)
         return out
 
 
