@@ -36,8 +36,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--variants", default="inputs,baked", help="any of inputs,baked,frozen")
+    parser.add_argument("--batches", default="1,2", help="batch sizes to time (10 s of audio each)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads; default torch's")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     decoder = Decoder(DecoderConfig()).eval()
     owner = LatentDecoder(decoder, compile=False)
@@ -66,7 +70,7 @@ def main(argv=None) -> dict:
         print(f"{name}: build {build_s:.1f} s, load {load_s * 1e3:.1f} ms, {path.stat().st_size / 1e6:.1f} MB", flush=True)
     runs["torch_compile"] = LatentDecoder(decoder, compile="torch.compile")
     rows = {}
-    for batch in (1, 2):
+    for batch in map(int, args.batches.split(",")):
         x = torch.randn(batch, 500, 128)
         with torch.inference_mode():
             want = owner._decode(x)

@@ -167,6 +167,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steady-rounds", type=int, default=7, help="interleaved timed calls per path")
     parser.add_argument("--quick", action="store_true", help="1 round, 3 steady-state calls")
     parser.add_argument("--no-torch-compile", action="store_true", help="skip the torch_compile child")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads in every process (OMP_NUM_THREADS); default torch's")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", nargs=3, metavar=("KIND", "CHECKPOINT", "LATENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -176,8 +178,12 @@ def main(argv=None) -> dict:
     rounds, steady_rounds = (1, 3) if args.quick else (args.rounds, args.steady_rounds)
     kinds = [k for k in KINDS if not (args.no_torch_compile and k == "torch_compile")]
 
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the children inherit it
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
     from _common import device_name, write_result
 

@@ -63,7 +63,7 @@ def forbid_eager(fast: LatentDecoder):
     """Make the eager path fail, so a passing call proves the artifact ran."""
     def eager(_):
         raise AssertionError("the eager path ran instead of the artifact")
-    fast._run = eager
+    fast._run = fast.aot.eager = eager
 
 
 # --------------------------------------------------------------------------------------------------
