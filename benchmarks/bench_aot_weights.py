@@ -12,6 +12,7 @@ interleaved with the torch.compile path. Writes benchmarks/results/aot_weights_c
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -92,6 +93,7 @@ def main(argv=None) -> dict:
               "note": "shared 2-core machine: other jobs ran at the same time; compare ratios within this run",
               "command": "python benchmarks/bench_aot_weights.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     write_result(result, "aot_weights", "cpu", False, args.out)
+    shutil.rmtree(work, ignore_errors=True)  # the packages: up to 0.25 GB
     return result
 
 

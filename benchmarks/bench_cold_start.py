@@ -30,6 +30,7 @@ _T_START = time.perf_counter()  # noqa: E402  (the child measures its own import
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -238,6 +239,7 @@ def main(argv=None) -> dict:
               f"{row['aot_over_torch_compile']['median']:.3f} ({row['aot_over_torch_compile']['min']:.3f}-"
               f"{row['aot_over_torch_compile']['max']:.3f})")
     write_result(result, "cold_start", "cpu", args.quick, args.out)
+    shutil.rmtree(work, ignore_errors=True)  # checkpoint, caches: ~0.25 GB
     return result
 
 
