@@ -225,12 +225,20 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
                    help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
+    p.add_argument("--aot", action="store_true",
+                   help="serve one-pass calls (items shorter than the chunked threshold) from the ahead-of-time "
+                        "compiled decoder in the cache (`jasco-fast compile`; built in the background on a miss)")
     p.add_argument("--format", default="wav", choices=FORMATS)
     p.add_argument("--strategy", default="peak", choices=[s for s in STRATEGIES if s],
                    help="loudness normalisation (audio_write)")
     p.add_argument("--mp3-rate", type=_positive_int, default=None,
                    help="MP3 bitrate in kbps (default: the highest the sample rate's MPEG version allows, "
                         "320 at 32 kHz)")
+
+
+def _compile_choice(args) -> bool | str:
+    """LatentDecoder's ``compile`` from --no-compile / --aot."""
+    return False if args.no_compile else "aot" if args.aot else True
 
 
 def _mp3_rate(requested: int | None, sample_rate: int) -> int:
@@ -340,7 +348,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     files = all_files[rank::world]  # each file decoded by exactly one rank
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
     try:  # long items are decoded chunk by chunk: only their audio is held, never the activations
-        fast = LatentDecoder(decoder, args.mean, args.std, compile=not args.no_compile, dtype=DTYPES[args.dtype],
+        fast = LatentDecoder(decoder, args.mean, args.std, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
                              chunk_frames=args.chunk_frames)
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
@@ -489,9 +497,14 @@ def cmd_demo(args) -> int:
     latents = torch.randn(args.batch_size, frames, decoder.dimension, generator=gen).to(device)
     print(f"latents: seeded N(0, 1) example, [{args.batch_size}, {frames}, {decoder.dimension}] "
           f"(JASCO's latents are normalised to about N(0, 1))")
-    fast = LatentDecoder(decoder, compile=not args.no_compile, dtype=DTYPES[args.dtype])
+    # --aot: one pass, which the artifact serves (a chunked decode's chunks take torch.compile)
+    fast = LatentDecoder(decoder, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
+                         chunk_frames=None if args.aot else DEFAULT_CHUNK_FRAMES)
     if not args.no_compile:
-        print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
+        print("compiled decoder: " + ("the cached ahead-of-time artifact" if fast.aot.artifact is not None else
+              "none cached yet, so these calls run eagerly while a background process builds it (or run "
+              "`jasco-fast compile`)") if fast.aot is not None else
+              "first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)
 
     t0 = time.perf_counter()
@@ -507,14 +520,59 @@ def cmd_demo(args) -> int:
     paths = write_batch(audio, [str(out_dir / f"demo_{i}") for i in range(args.batch_size)], fast.sample_rate,
                         format=args.format, strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate),
                         make_parent_dir=True)
-    mode = "eager" if args.no_compile else "torch.compile"
+    mode = ("eager" if fast.backend == "eager" or (fast.aot is not None and fast.aot.artifact is None) else
+            "ahead-of-time artifact" if fast.aot is not None else "torch.compile")
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "
           f"{args.dtype}, {device}):")
-    print(f"  first call {first:.2f} s{' (includes compilation)' if not args.no_compile else ''}, "
+    print(f"  first call {first:.2f} s, "
           f"warm call {warm:.3f} s: real-time factor {audio_seconds / warm:.1f}x "
           f"({audio_seconds:g} audio s / {warm:.3f} wall s)")
     for p in paths:
         print(f"  wrote {p}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# compile, cache
+
+
+def cmd_compile(args) -> int:
+    from jasco_fast import artifacts
+
+    device = _device(args.device)
+    decoder = build_decoder(args.checkpoint, device, quiet=True)
+    fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=DTYPES[args.dtype])
+    recipe = fast.aot_recipe()
+    print(f"building the ahead-of-time decoder for {recipe.device}, {args.dtype} (architecture of "
+          f"{args.checkpoint or 'EnCodec 32 kHz'}; every checkpoint of it shares the artifact) ...", flush=True)
+    start = time.perf_counter()
+    try:
+        path = artifacts.build(recipe, force=args.force)
+    except artifacts.ArtifactError as exc:
+        raise UsageError(_first_line(exc)) from None
+    aot = LatentDecoder(decoder, args.mean, args.std, compile="aot", dtype=DTYPES[args.dtype],
+                        background_build=False).aot
+    if aot.artifact is None:  # loads and validates it as a later process will
+        raise UsageError(f"the artifact was built but does not load: {aot.status}")
+    print(f"ready in {time.perf_counter() - start:.1f} s: {path} ({aot.status})")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from jasco_fast import artifacts
+
+    folder = artifacts.cache_dir()
+    if args.action == "dir":
+        print(folder)
+    elif args.action == "list":
+        found = artifacts.entries()
+        for m in found:
+            material = m.get("material", {})
+            print(f"{m.get('key')}  {m.get('size', 0) / 1e6:.1f} MB  torch {material.get('torch')}  "
+                  f"{material.get('machine')}  built {m.get('built_at')}")
+        print(f"{len(found)} artifacts in {folder / 'aot'}")
+    else:
+        print(f"removed {artifacts.clear()} files from {folder / 'aot'}")
     return 0
 
 
@@ -610,6 +668,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive_float, default=10.0, help="audio seconds per item (default 10)")
     p.add_argument("--batch-size", type=_positive_int, default=1)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("compile", help="build the ahead-of-time compiled decoder for a checkpoint's architecture, "
+                                       "device and dtype into the cache (later processes load it at once)")
+    p.add_argument("--checkpoint", help="EnCodec checkpoint whose architecture to compile; default EnCodec 32 kHz")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
+    p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN)
+    p.add_argument("--std", type=float, default=JASCO_LATENT_STD)
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache holds a valid artifact")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("cache", help="the ahead-of-time artifact cache: where it is, what it holds, clear it")
+    p.add_argument("action", choices=["dir", "list", "clear"])
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("bench", help="run the benchmarks of a source checkout (benchmarks/bench_*.py), print their "
                                      "tables and write their JSON results")

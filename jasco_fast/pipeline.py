@@ -3,20 +3,24 @@ CodeDecoder: EnCodec codes [B, K, T] (MusicGen / AudioGen tokens) -> audio, the 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
-from jasco_fast.decoder import SEANetDecoder
+from jasco_fast import artifacts
+from jasco_fast.decoder import Conv, ConvTranspose, DecoderConfig, SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose
 from jasco_fast.overlap import to_device
 from jasco_fast.quantizer import Quantizer, as_codes
 from jasco_fast.streaming import POSITIONS, ChunkPlan, ChunkStep, chunk_plan, run_chunks, why_not_chunkable
 
-__all__ = ["LatentDecoder", "CodeDecoder", "DTYPES", "DEFAULT_CHUNK_FRAMES"]
+__all__ = ["LatentDecoder", "CodeDecoder", "DTYPES", "DEFAULT_CHUNK_FRAMES", "AOT_MAX_BATCH", "AOT_MAX_FRAMES",
+           "aot_min_frames"]
 
 
 # The compute dtypes LatentDecoder is tested with, by the names the CLI and the benchmarks take.
@@ -38,6 +42,11 @@ def _compile_options(mode: str | None) -> dict:
 # Latent frames per chunk when decoding long inputs (50 frames per second for JASCO): chosen by
 # benchmarks/bench_long_audio.py (throughput against memory).
 DEFAULT_CHUNK_FRAMES = 256
+
+COMPILE_CHOICES = (True, False, "aot", "torch.compile")
+# Bounds of the ahead-of-time artifact's dynamic dims; calls outside them take the torch.compile path.
+AOT_MAX_BATCH = 1024
+AOT_MAX_FRAMES = 2 ** 17  # 43 minutes at 50 frames/s
 
 
 def _statistic(value, name: str, dim: int) -> torch.Tensor:
@@ -76,10 +85,20 @@ class LatentDecoder(nn.Module):
     """Latents [B, T, D] -> audio [B, C, T * hop] (float32), as JASCO's ``generate_audio`` computes it.
 
     One pass of the fused ``denorm_transpose`` op (scale, shift, transpose and cast to ``dtype``) writes
-    the latents channels-last, and the decoder reads them there, with its weights channels-last too,
-    compiled with ``torch.compile`` (weights frozen into the graph, so oneDNN/cuDNN get prepacked
-    weights; change the decoder afterwards and build a new LatentDecoder). T is marked dynamic: new
-    lengths reuse the compiled graph instead of recompiling.
+    the latents channels-last, and the decoder reads them there, with its weights channels-last too.
+
+    ``compile=True`` (or ``"torch.compile"``): compiled with ``torch.compile`` (weights frozen into the
+    graph, so oneDNN/cuDNN get prepacked weights; change the decoder afterwards and build a new
+    LatentDecoder); T is dynamic, so new lengths reuse the graph; the first call (and a new batch size)
+    compiles. ``compile=False``: the same path eagerly.
+
+    ``compile="aot"`` serves one-pass calls (inputs shorter than the chunked threshold below, or every call
+    with ``chunk_frames=None``) from an ahead-of-time compiled artifact (AOTInductor, see
+    :mod:`jasco_fast.artifacts`) in the on-disk cache, shared by every checkpoint of the architecture and
+    serving ``1 <= B <= AOT_MAX_BATCH``, ``aot_min_frames(decoder) <= T <= AOT_MAX_FRAMES`` without
+    recompiling. With no artifact cached yet those calls run eagerly (nothing blocks on a compile) while a
+    background process builds it (``background_build=False`` or ``JASCO_FAST_BACKGROUND_BUILD=0`` leaves
+    building to ``jasco-fast compile``). The chunks of long inputs still take ``torch.compile``.
 
     **Long inputs are decoded chunk by chunk, in bounded memory** (the same chunks as :meth:`stream`):
     a call with ``T >= chunk_frames + right`` latent frames (``right``: the decoder's look-ahead, 4
@@ -98,21 +117,26 @@ class LatentDecoder(nn.Module):
     Args:
         decoder: a :class:`SEANetDecoder` (e.g. from ``load_decoder``); it is copied, not modified.
         mean, std: the latent statistics, scalars or one per channel (JASCO: -0.0074, 4.0102).
-        compile: ``False`` runs the same path eagerly.
+        compile: ``True``/``"torch.compile"``, ``"aot"`` (above), or ``False`` (the same path eagerly).
         channels_last: ``False`` feeds the decoder a contiguous [B, D, T] instead (for comparison).
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
         compile_mode: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` for CUDA graphs when every call
             has the same shape); its options are applied with freezing still on.
         chunk_frames: latent frames per chunk for long inputs (default :data:`DEFAULT_CHUNK_FRAMES`);
             ``None``: every call takes one pass, whatever its length (memory grows with T).
+        background_build: ``compile="aot"`` only: on an artifact cache miss, build it in a background process
+            (default: unless the environment sets ``JASCO_FAST_BACKGROUND_BUILD=0``).
     """
 
-    def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *, compile: bool = True,
-                 channels_last: bool = True, dtype: torch.dtype | None = None, compile_mode: str | None = None,
-                 chunk_frames: int | None = DEFAULT_CHUNK_FRAMES):
+    def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *,
+                 compile: bool | str = True, channels_last: bool = True, dtype: torch.dtype | None = None,
+                 compile_mode: str | None = None, chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
+                 background_build: bool | None = None):
         super().__init__()
         if not isinstance(decoder, SEANetDecoder):
             raise TypeError(f"decoder must be a jasco_fast.SEANetDecoder, got {type(decoder).__name__}")
+        if not any(compile is c for c in COMPILE_CHOICES[:2]) and compile not in COMPILE_CHOICES[2:]:
+            raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {compile!r}")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         param = next(decoder.parameters())
@@ -124,13 +148,26 @@ class LatentDecoder(nn.Module):
         dim = decoder.config.dimension
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
-        self.is_compiled = bool(compile)
+        # True and "torch.compile": torch.compile; "aot": one-pass calls from the ahead-of-time artifact, chunks
+        # of long inputs through torch.compile; False: eager.
+        self.backend = "eager" if compile is False else "aot" if compile == "aot" else "torch.compile"
+        self.is_compiled = self.backend != "eager"
         self._compile_kwargs = dict(dynamic=False, options=_compile_options(compile_mode))
-        self._run = torch.compile(self._decode, **self._compile_kwargs) if compile else self._decode
+        self._run = torch.compile(self._decode, **self._compile_kwargs) if self.is_compiled else self._decode
         self.chunk_frames = None  # None: one pass whatever the length
         if chunk_frames is not None and why_not_chunkable(self.decoder) is None:
             self.chunk_frames = self._plan(chunk_frames).chunk_frames  # validates it
         self._steps: dict[tuple[int, str], object] = {}
+        # --- ahead-of-time artifact of `_decode` (jasco_fast.artifacts): the one hook into that machinery
+        self.aot: artifacts.ArtifactRunner | None = None
+        if self.backend == "aot":
+            if background_build is None:
+                background_build = os.environ.get("JASCO_FAST_BACKGROUND_BUILD", "1") != "0"
+            self._aot_min_frames = aot_min_frames(self.decoder)
+            probe = torch.randn(2, self._aot_min_frames + 1, dim, generator=torch.Generator().manual_seed(0))
+            self.aot = artifacts.ArtifactRunner(
+                self.aot_recipe(), self, self._decode, (probe.to(param.device),),
+                artifacts.VALIDATION_TOLERANCE.get(self.dtype, 3e-2), background=background_build)
 
     @property
     def compiled(self) -> bool:
@@ -138,6 +175,18 @@ class LatentDecoder(nn.Module):
         warnings.warn("LatentDecoder.compiled is deprecated and will be removed in jasco_fast 0.3; use "
                       "LatentDecoder.is_compiled", DeprecationWarning, stacklevel=2)
         return self.is_compiled
+
+    def aot_recipe(self) -> artifacts.Recipe:
+        """The recipe of this decoder's ahead-of-time artifact: architecture, dtype, layout, device."""
+        return artifacts.Recipe("latent_decoder", "jasco_fast.pipeline:latent_decoder_program", {
+            "config": dataclasses.asdict(self.decoder.config), "dtype": str(self.dtype).replace("torch.", ""),
+            "channels_last": self.channels_last, "statistics_shape": [list(self.mean.shape), list(self.std.shape)],
+        }, device=self.device.type)
+
+    def _aot_accepts(self, latents: torch.Tensor) -> bool:
+        B, T, _ = latents.shape
+        return (latents.dtype != torch.float64 and B <= AOT_MAX_BATCH
+                and self._aot_min_frames <= T <= AOT_MAX_FRAMES)
 
     @property
     def hop_length(self) -> int:
@@ -191,6 +240,10 @@ class LatentDecoder(nn.Module):
         if self.is_compiled and latents.shape[1] > 1:
             torch._dynamo.mark_dynamic(latents, 1)  # one graph for every length
         with torch.inference_mode():
+            if self.aot is not None and self._aot_accepts(latents):
+                # the artifact was traced from contiguous float32 latents (the op computes in float32 for
+                # float32/16 and bfloat16 latents alike, so the cast changes nothing)
+                return self.aot(latents.to(torch.float32).contiguous())
             return self._run(latents)
 
     def stream(self, latents: torch.Tensor | Iterable[torch.Tensor], *,
@@ -337,6 +390,9 @@ class CodeDecoder(LatentDecoder):
                  chunk_frames: int | None = DEFAULT_CHUNK_FRAMES):
         if not isinstance(quantizer, Quantizer):
             raise TypeError(f"quantizer must be a jasco_fast.Quantizer, got {type(quantizer).__name__}")
+        if compile == "aot":
+            raise ValueError("compile='aot' is not available for CodeDecoder yet (its artifact recipe covers latents "
+                             "only); use compile=True (torch.compile) or False")
         if isinstance(decoder, SEANetDecoder) and quantizer.dimension != decoder.config.dimension:
             raise ValueError(f"the quantizer's codebooks have D = {quantizer.dimension}, the decoder reads "
                              f"D = {decoder.config.dimension}")
@@ -397,3 +453,32 @@ class CodeDecoder(LatentDecoder):
         if isinstance(codes, Iterable) and not isinstance(codes, (str, bytes)):
             return super().stream((self._frames_major(p) for p in codes), chunk_frames=chunk_frames)
         raise TypeError(f"codes must be a tensor or an iterable of tensors, got {type(codes).__name__}")
+
+
+def aot_min_frames(decoder: SEANetDecoder) -> int:
+    """The fewest latent frames the ahead-of-time artifact takes: every reflect/circular padding must be
+    shorter than its input (below that the decoder takes another branch, so the export is bounded)."""
+    need, upsampling = 2, 1
+    for layer in decoder.layers:
+        if isinstance(layer, ConvTranspose):
+            upsampling *= layer.stride
+        for conv in (m for m in layer.modules() if isinstance(m, Conv)):
+            pad = max(conv.pad_left, conv.pad_right)
+            if conv.pad_mode in ("reflect", "circular") and pad:
+                need = max(need, pad // upsampling + 1)
+    return need
+
+
+def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list) -> artifacts.Program:
+    """The recipe factory of LatentDecoder's artifact: ``_decode`` of a LatentDecoder of this architecture
+    (random weights: the artifact takes the real ones at load), dynamic in B and T."""
+    from torch.export import Dim
+
+    decoder = SEANetDecoder(DecoderConfig(**config))
+    mean_shape, std_shape = statistics_shape
+    owner = LatentDecoder(decoder, torch.zeros(mean_shape), torch.ones(std_shape), compile=False,
+                          channels_last=channels_last, dtype=getattr(torch, dtype), chunk_frames=None)
+    min_frames = aot_min_frames(owner.decoder)
+    example = torch.randn(2, max(min_frames + 1, 50), decoder.dimension)  # build() moves both to the device
+    dims = {0: Dim("batch", min=1, max=AOT_MAX_BATCH), 1: Dim("frames", min=min_frames, max=AOT_MAX_FRAMES)}
+    return artifacts.Program(owner, (example,), (dims,), method="_decode")

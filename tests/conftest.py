@@ -1,7 +1,14 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Ahead-of-time artifacts built by tests go to a throw-away cache, never the user's, and none is built in
+# the background unless a test asks for it (tests/test_artifacts.py).
+os.environ["JASCO_FAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="jasco_fast_test_cache_")
+os.environ["JASCO_FAST_BACKGROUND_BUILD"] = "0"
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared checkpoint writers in tests/checkpoints.py
 

@@ -171,8 +171,15 @@ def test_demo_on_the_default_architecture(tmp_path, capsys):
 def test_demo_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
                  "--out-dir", str(tmp_path)]) == 0
-    assert "torch.compile" in capsys.readouterr().out
+    assert "compiling with torch.compile" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
+
+
+def test_demo_aot_on_an_empty_cache_runs_eagerly(tmp_path, tiny_hf_checkpoint, capsys):
+    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--aot",
+                 "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "compiled decoder: none cached yet" in out and ", eager," in out
 
 
 def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, capsys):

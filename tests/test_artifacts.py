@@ -1,0 +1,286 @@
+"""jasco_fast.artifacts: ahead-of-time artifacts built, keyed, cached, loaded and validated; LatentDecoder's
+"aot" backend against the reference. Every AOT compile costs seconds to minutes on a small machine, so the
+whole file builds two: one shared entry (copied for tests that damage it) and one real background build."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints import write_transformers_dir
+from jasco_fast import LatentDecoder, artifacts, load_decoder, reference
+from jasco_fast.artifacts import Recipe
+from jasco_fast.cli import main
+from jasco_fast.pipeline import aot_min_frames
+
+F32_TOL = 1e-5
+
+
+def rel_err(got, want):
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory):
+    """Two checkpoints of one tiny architecture, different weights."""
+    root = tmp_path_factory.mktemp("ckpts")
+    return [load_decoder(write_transformers_dir(root / f"s{seed}", seed=seed)[0]) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def built_cache(tmp_path_factory, decoders):
+    """A cache folder holding the artifact of the tiny architecture (float32, scalar statistics)."""
+    cache = tmp_path_factory.mktemp("cache")
+    recipe = LatentDecoder(decoders[0], compile=False).aot_recipe()
+    path = artifacts.build(recipe, cache=cache)
+    assert path is not None and path.is_file()
+    return cache
+
+
+@pytest.fixture
+def cache(tmp_path, built_cache, monkeypatch):
+    """A private copy of the built cache, used by LatentDecoder through the environment."""
+    copy = tmp_path / "cache"
+    shutil.copytree(built_cache, copy)
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(copy))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "0")
+    return copy
+
+
+def entry_files(cache: Path, suffix: str) -> list[Path]:
+    return sorted((cache / "aot").glob(f"*.{suffix}"))
+
+
+def forbid_eager(fast: LatentDecoder):
+    """Make the eager path fail, so a passing call proves the artifact ran."""
+    def eager(_):
+        raise AssertionError("the eager path ran instead of the artifact")
+    fast._run = fast.aot.eager = eager
+
+
+# --------------------------------------------------------------------------------------------------
+# Correctness, dynamic shapes, one artifact per architecture
+
+
+def test_artifact_matches_reference_for_every_batch_size_and_length(cache, decoders):
+    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    assert fast.aot.artifact is not None, fast.aot.status
+    forbid_eager(fast)
+    lo = aot_min_frames(fast.decoder)
+    for B, T in [(1, lo), (3, 17), (2, 64), (5, 33), (1, 200)]:
+        latents = torch.randn(B, T, 8)
+        assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL, (B, T)
+    # strided and half-precision latents go through it too
+    latents = torch.randn(2, 8, 30).transpose(1, 2)
+    assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
+    assert rel_err(fast(latents.bfloat16()), reference.decode(decoders[0], latents.bfloat16().float())) < F32_TOL
+    assert len(entry_files(cache, "pt2")) == 1  # no new build for new shapes
+
+
+def test_shapes_outside_the_bounds_run_eagerly(cache, decoders):
+    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    lo = aot_min_frames(fast.decoder)
+    for latents in (torch.randn(2, lo - 1, 8), torch.randn(1, 1, 8), torch.randn(2, 20, 8, dtype=torch.float64)):
+        assert rel_err(fast(latents), reference.decode(decoders[0], latents.float())) < F32_TOL
+
+
+def test_one_artifact_serves_every_checkpoint_of_an_architecture(cache, decoders):
+    """Weights are not baked in: another checkpoint and other statistics load the same entry and give
+    their own results (biases and scalars included, which Inductor would otherwise inline)."""
+    first = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    other = LatentDecoder(decoders[1], mean=0.3, std=2.5, compile="aot", chunk_frames=None)
+    assert other.aot_recipe().key() == first.aot_recipe().key()
+    assert other.aot.artifact is not None, other.aot.status
+    forbid_eager(other)
+    latents = torch.randn(2, 40, 8)
+    want = reference.decode(decoders[1], latents, 0.3, 2.5)
+    assert rel_err(other(latents), want) < F32_TOL
+    assert rel_err(first(latents), reference.decode(decoders[0], latents)) < F32_TOL
+
+
+def test_key_covers_what_changes_the_generated_code(decoders, monkeypatch):
+    base = LatentDecoder(decoders[0], compile=False)
+    key = base.aot_recipe().key()
+    assert LatentDecoder(decoders[1], mean=1.0, compile=False).aot_recipe().key() == key  # weights, values: same
+    others = [
+        LatentDecoder(decoders[0], compile=False, dtype=torch.bfloat16).aot_recipe().key(),
+        LatentDecoder(decoders[0], compile=False, channels_last=False).aot_recipe().key(),
+        LatentDecoder(decoders[0], mean=torch.zeros(8), compile=False).aot_recipe().key(),
+        Recipe("latent_decoder", base.aot_recipe().factory, {**base.aot_recipe().params,
+                                                             "config": {**base.aot_recipe().params["config"],
+                                                                        "n_filters": 8}}).key(),
+    ]
+    assert len(set(others + [key])) == len(others) + 1
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "OTHER_ISA")
+    assert base.aot_recipe().key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    assert base.aot_recipe().key() != key
+
+
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "x"))
+    assert artifacts.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv("JASCO_FAST_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert artifacts.cache_dir() == tmp_path / "xdg" / "jasco_fast"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert artifacts.cache_dir() == Path.home() / ".cache" / "jasco_fast"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache safety: damaged, stale, foreign and wrong entries are never run, and are rebuilt
+
+
+@pytest.fixture
+def rebuilds(monkeypatch):
+    """Records background builds instead of starting them."""
+    started = []
+    monkeypatch.setattr(artifacts, "build_in_background", lambda recipe, cache=None: started.append(recipe) or object())
+    return started
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_package", "garbage_manifest"])
+def test_damaged_entry_is_not_loaded_but_rebuilt(cache, decoders, rebuilds, monkeypatch, damage):
+    package, manifest = entry_files(cache, "pt2")[0], entry_files(cache, "json")[0]
+    data = package.read_bytes()
+    if damage == "truncate":
+        package.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        package.write_bytes(data[:1000] + bytes([data[1000] ^ 0xFF]) + data[1001:])
+    elif damage == "delete_package":
+        package.unlink()
+    else:
+        manifest.write_text("{not json")
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    assert fast.aot.artifact is None and "rejected" in fast.aot.status
+    assert not manifest.exists()  # discarded
+    latents = torch.randn(2, 30, 8)
+    assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL  # served eagerly
+    assert [r.key() for r in rebuilds] == [fast.aot_recipe().key()]  # and rebuilt
+
+
+def test_stale_entry_is_not_loaded(cache, decoders):
+    """A manifest made under another torch (or machine, or source) at the same path is stale."""
+    manifest_path = entry_files(cache, "json")[0]
+    manifest = json.loads(manifest_path.read_text())
+    manifest["material"]["torch"] = "2.0.0"
+    manifest_path.write_text(json.dumps(manifest))
+    artifact, why = artifacts.load(LatentDecoder(decoders[0], compile=False).aot_recipe(),
+                                   LatentDecoder(decoders[0], compile=False))
+    assert artifact is None and "stale" in why
+
+
+def test_another_cpu_or_torch_misses_the_entry(cache, decoders, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")
+    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    assert fast.aot.artifact is None and fast.aot.status == "no entry"
+    assert len(entry_files(cache, "json")) == 1  # the other machine's entry is left alone
+
+
+def test_entry_that_disagrees_with_eager_is_never_run(cache, built_cache, decoders, rebuilds):
+    """A package that loads but computes something else (here: the oracle disagrees) is discarded,
+    rebuilt once, and after a second failure the process stays eager with a warning."""
+    owner = LatentDecoder(decoders[0], compile=False)
+    recipe = owner.aot_recipe()
+    probe = (torch.randn(2, 10, 8),)
+    wrong = lambda x: owner._decode(x) * 1.5  # noqa: E731
+    runner = artifacts.ArtifactRunner(recipe, owner, wrong, probe, 1e-4, cache=cache)
+    assert runner.artifact is None and "validation" in runner.status
+    assert entry_files(cache, "json") == []
+    latents = torch.randn(1, 12, 8)
+    assert torch.equal(runner(latents), wrong(latents))  # served eagerly, and a rebuild was asked for
+    assert len(rebuilds) == 1
+    shutil.copytree(built_cache, cache, dirs_exist_ok=True)  # "the rebuild" lands: wrong again
+    with pytest.warns(RuntimeWarning, match="rejected twice"):
+        assert torch.equal(runner(latents), wrong(latents))
+    assert runner.artifact is None and not runner.background
+
+
+# --------------------------------------------------------------------------------------------------
+# Concurrent builders: one builds, the others wait (or step aside), nobody clobbers
+
+
+def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders):
+    recipe = LatentDecoder(decoders[0], compile=False).aot_recipe()
+    package = entry_files(cache, "pt2")[0]
+    before = package.stat().st_mtime_ns
+    lock = cache / "aot" / f"{recipe.key()}.lock"
+    result = {}
+    with artifacts._locked(lock, blocking=True):
+        assert artifacts.build(recipe, cache=cache, blocking=False) is None  # someone else builds: step aside
+        waiter = threading.Thread(target=lambda: result.setdefault("path", artifacts.build(recipe, cache=cache)))
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()  # blocked on the lock
+    waiter.join(timeout=60)
+    assert result["path"] == package and package.stat().st_mtime_ns == before  # found it valid: no rebuild
+
+
+def _env(cache: Path) -> dict:
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "JASCO_FAST_CACHE_DIR": str(cache),
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
+def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypatch):
+    """Empty cache: the first call runs eagerly and starts a detached build; a second process (as another
+    torchrun rank would) builds the same entry at the same time. One entry results, intact, and the
+    decoder switches to it without being rebuilt."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(cache))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    fast = LatentDecoder(decoders[1], compile="aot", chunk_frames=None)
+    assert fast.aot.artifact is None and fast.aot.status == "no entry"
+    rival = subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", fast.aot_recipe().to_json()],
+                             env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    latents = torch.randn(2, 16, 8)
+    want = reference.decode(decoders[1], latents)
+    assert rel_err(fast(latents), want) < F32_TOL  # eager
+    assert fast.aot.builder is not None
+    assert fast.aot.builder.wait(timeout=900) == 0
+    rival_output = rival.communicate(timeout=900)[0]
+    assert rival.returncode == 0, rival_output
+    assert len(entry_files(cache, "pt2")) == 1 and len(entry_files(cache, "json")) == 1
+    assert not list((cache / "aot").glob(".*"))  # no temporary files left behind
+    assert rel_err(fast(latents), want) < F32_TOL
+    assert fast.aot.artifact is not None, fast.aot.status
+    forbid_eager(fast)
+    assert rel_err(fast(latents), want) < F32_TOL
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: compile, cache
+
+
+def test_cli_compile_finds_the_entry_and_cache_lists_and_clears_it(cache, decoders, tmp_path, capsys):
+    ckpt, _ = write_transformers_dir(tmp_path / "ckpt", seed=3)
+    assert main(["compile", "--checkpoint", str(ckpt)]) == 0  # same architecture: already built
+    out = capsys.readouterr().out
+    assert "ready in" in out and "loaded" in out
+    assert main(["cache", "list"]) == 0
+    assert "1 artifacts" in capsys.readouterr().out
+    assert main(["cache", "dir"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache)
+    assert main(["cache", "clear"]) == 0
+    assert entry_files(cache, "pt2") == [] and entry_files(cache, "json") == []
+
+
+def test_unwritable_cache_folder_keeps_decoding_eagerly(tmp_path, decoders, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    fast = LatentDecoder(decoders[0], background_build=True, compile="aot", chunk_frames=None)
+    latents = torch.randn(1, 20, 8)
+    with pytest.warns(RuntimeWarning, match="cannot build"):
+        assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
+    assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
