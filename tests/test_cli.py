@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,8 +216,13 @@ def test_bench_outside_a_source_checkout_says_what_it_needs(tmp_path, monkeypatc
 
 
 def test_the_repository_benchmarks_are_found():
+    import jasco_fast
     from jasco_fast.cli import benchmark_scripts
 
+    checkout = Path(__file__).resolve().parent.parent
+    if Path(jasco_fast.__file__).resolve().parent.parent != checkout:
+        pytest.skip("jasco_fast is imported from an installed copy, not this checkout (e.g. make test-cuda-build's "
+                    "regular install); the error for that case is tested above")
     assert {"decode", "denorm_transpose"} <= set(benchmark_scripts())
 
 
