@@ -67,6 +67,7 @@ def make_seeds(work: Path) -> dict[str, tuple[str, str, Files]]:
     ac_pkg = torch.load(ac, weights_only=True)
     snapshot = "hub/models--facebook--encodec_32khz/snapshots/0123abcd/"
     latents = torch.randn(2, 5, 8)
+    codes = torch.randint(0, 16, (2, 4, 5))  # [B, K, T] for a quantizer of 6 codebooks of 16 (tests' TINY_HF)
     return {
         "hf_safetensors": ("checkpoint", ".", hf_files),
         "hf_bin": ("checkpoint", ".", {"config.json": hf_files["config.json"],
@@ -87,6 +88,10 @@ def make_seeds(work: Path) -> dict[str, tuple[str, str, Files]]:
         "latents_pt": ("latents", "x.pt", {"x.pt": _torch_bytes({"latents": latents})}),
         "latents_pt_legacy": ("latents", "x.pt", {"x.pt": _torch_bytes(latents[0], legacy=True)}),
         "latents_safetensors": ("latents", "x.safetensors", {"x.safetensors": save({"latents": latents})}),
+        # EnCodec codes: integer files, told apart from latents by dtype (what `jasco-fast decode` does)
+        "codes_npy": ("latents", "c.npy", {"c.npy": _npy_bytes(np, codes.numpy())}),
+        "codes_pt": ("latents", "c.pt", {"c.pt": _torch_bytes({"codes": codes.to(torch.int32)})}),
+        "codes_safetensors": ("latents", "c.safetensors", {"c.safetensors": save({"codes": codes})}),
     }
 
 

@@ -236,7 +236,8 @@ def test_fuzz_checkpoints(fuzz, checkpoint_strategy, data):
 # --------------------------------------------------------------------------------------------------
 # Latent files (jasco_fast.cli.read_latents)
 
-LATENT_SEEDS = ["latents_npy", "latents_pt", "latents_pt_legacy", "latents_safetensors"]
+LATENT_SEEDS = ["latents_npy", "latents_pt", "latents_pt_legacy", "latents_safetensors", "codes_npy", "codes_pt",
+                "codes_safetensors"]
 
 
 @st.composite
@@ -245,7 +246,7 @@ def latent_cases(draw, seeds):
     kind, entry, files = seeds[name]
     data = files[entry]
     families = ["bytes", "code"] + (["header"] if entry.endswith(".safetensors") else []) + \
-        (["state"] if entry.endswith(".pt") else []) + (["deflate"] if name == "latents_pt" else [])
+        (["state"] if entry.endswith(".pt") else []) + (["deflate"] if name in ("latents_pt", "codes_pt") else [])
     family = draw(st.sampled_from(families))
     if family == "bytes":
         data = harness.mutate_bytes(data, draw(byte_ops))

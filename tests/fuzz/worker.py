@@ -33,7 +33,7 @@ def _on_alarm(signum, frame):
 def run_case(case: dict) -> dict:
     import torch
 
-    from jasco_fast.cli import read_latents
+    from jasco_fast.cli import _load_tensor, is_codes, read_codes, read_latents
     from jasco_fast.loading import CheckpointError, load_decoder
 
     if case["kind"] == "selftest":  # proves the caps hold: see test_fuzz.test_worker_caps
@@ -62,10 +62,19 @@ def run_case(case: dict) -> dict:
         if tuple(audio.shape) != (2, decoder.channels, 3 * decoder.hop_length) or not torch.isfinite(audio).all():
             raise AssertionError(f"loaded decoder gives audio of shape {list(audio.shape)}")
         return {"outcome": "decoder"}
+    # an input file as `jasco-fast decode` reads it: one tensor, then latents (float) or codes (integer)
     try:
-        latents, _ = read_latents(entry, case.get("dimension", 8))
+        tensor = _load_tensor(entry)
+        if is_codes(tensor):
+            codes, _ = read_codes(entry, tensor, case.get("codebooks", 6), case.get("codebook_size", 16))
+        else:
+            latents, _ = read_latents(entry, case.get("dimension", 8), tensor)
     except ValueError as exc:
         return {"outcome": "refused", "type": type(exc).__name__, "message": str(exc)[:400]}
+    if is_codes(tensor):
+        if codes.dtype != torch.int64 or codes.dim() != 3 or codes.min() < 0 or codes.max() >= 16:
+            raise AssertionError(f"read_codes returned {codes.dtype} {list(codes.shape)}")
+        return {"outcome": "latents"}
     if latents.dtype != torch.float32 or latents.dim() != 3 or not torch.isfinite(latents).all():
         raise AssertionError(f"read_latents returned {latents.dtype} {list(latents.shape)}")
     return {"outcome": "latents"}
