@@ -4,6 +4,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 # Ahead-of-time artifacts built by tests go to a throw-away cache, never the user's, and none is built in
 # the background unless a test asks for it (tests/test_artifacts.py).
@@ -20,3 +21,13 @@ def tiny_hf_checkpoint(tmp_path_factory):
     """A tiny random-weight transformers EnCodec directory (config.json + model.safetensors)."""
     path, _ = write_transformers_dir(tmp_path_factory.mktemp("tiny_hf"), seed=0)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: one thread is faster, and on a busy machine OpenMP threads waiting for
+    each other can make a call 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

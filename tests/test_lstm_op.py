@@ -12,14 +12,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 F32_ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster, and on a busy machine OpenMP threads waiting for each
-    other can make a call 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_lstm(dim: int, layers: int, device: str, dtype=torch.float32, seed: int = 0) -> torch.nn.LSTM:

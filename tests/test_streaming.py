@@ -18,14 +18,7 @@ PEAK_TOL = 1e-5
 MEAN, STD = -0.0074, 4.0102
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster, and on a busy machine OpenMP threads waiting for each
-    other can make a call 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_config(**overrides) -> DecoderConfig:
