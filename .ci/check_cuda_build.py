@@ -1,4 +1,4 @@
-"""CI: the package installed in the CUDA environment is the one under test and has its CUDA kernel.
+"""CI: the package installed in the CUDA environment is the one under test and has its CUDA kernels.
 
 Run with that environment's python as a script (the script's folder, not the source tree, goes on sys.path).
 """
@@ -21,8 +21,10 @@ if not torch.version.cuda:
 where = Path(jasco_fast.__file__).resolve()
 if where.parent == SOURCE_TREE / "jasco_fast":
     fail(f"jasco_fast was imported from the source tree ({where}), not from the installed package")
-for key in ("CPU", "CUDA"):
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("jasco_fast::denorm_transpose", key):
-        fail(f"jasco_fast::denorm_transpose has no {key} kernel in {where.parent}")
+OPS_WITH_DEVICE_KERNELS = ("jasco_fast::denorm_transpose", "jasco_fast::codes_to_latents")
+for op in OPS_WITH_DEVICE_KERNELS:
+    for key in ("CPU", "CUDA"):
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
+            fail(f"{op} has no {key} kernel in {where.parent}")
 print(f"check_cuda_build: torch {torch.__version__} (CUDA {torch.version.cuda}), jasco_fast from {where.parent}: "
-      f"CPU and CUDA kernels of jasco_fast::denorm_transpose registered")
+      f"CPU and CUDA kernels of {', '.join(OPS_WITH_DEVICE_KERNELS)} registered")
