@@ -521,12 +521,14 @@ def build_in_background(recipe: Recipe, *, cache: Path | None = None) -> subproc
     paths["log"].parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["JASCO_FAST_CACHE_DIR"] = str(cache or cache_dir())
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parent.parent),
-                                                    env.get("PYTHONPATH", "")] if p)
+    # This very jasco_fast, not another copy: `-m` puts the working directory first on sys.path (a source
+    # tree there would shadow an installed package and give its artifact another key), so run from here.
+    home = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [home, env.get("PYTHONPATH", "")] if p)
     with open(paths["log"], "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", "--nice", "--no-wait",
                                  recipe.to_json()], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                start_new_session=True, close_fds=True)
+                                cwd=home, start_new_session=True, close_fds=True)
 
 
 def entries(cache: Path | None = None) -> list[dict]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from checkpoints import write_transformers_dir
+import jasco_fast
 from jasco_fast import LatentDecoder, artifacts, load_decoder, reference
 from jasco_fast.artifacts import Recipe
 from jasco_fast.cli import main
@@ -226,10 +227,14 @@ def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders)
     assert result["path"] == package and package.stat().st_mtime_ns == before  # found it valid: no rebuild
 
 
+# The jasco_fast under test (a source tree, or an installed copy as in make test-cuda-build): subprocesses
+# run from its folder, since `-m` puts the working directory first on sys.path.
+HOME = str(Path(jasco_fast.__file__).resolve().parent.parent)
+
+
 def _env(cache: Path) -> dict:
-    root = str(Path(__file__).resolve().parent.parent)
     return {**os.environ, "JASCO_FAST_CACHE_DIR": str(cache),
-            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+            "PYTHONPATH": os.pathsep.join([HOME, os.environ.get("PYTHONPATH", "")])}
 
 
 def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypatch):
@@ -242,7 +247,7 @@ def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypa
     fast = LatentDecoder(decoders[1], compile="aot", chunk_frames=None)
     assert fast.aot.artifact is None and fast.aot.status == "no entry"
     rival = subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", fast.aot_recipe().to_json()],
-                             env=_env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             env=_env(cache), cwd=HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     latents = torch.randn(2, 16, 8)
     want = reference.decode(decoders[1], latents)
     assert rel_err(fast(latents), want) < F32_TOL  # eager
