@@ -285,3 +285,19 @@ def write_audiocraft_codes_checkpoint(path: Path, seed: int = 0, n_q: int = 4, b
     pkg["best_state"] = state
     torch.save(pkg, path)
     return path, decoder, rvq
+
+
+# The fused denorm_transpose op against its reference, per dtype (tests/test_ops.py, tests/test_cuda.py).
+FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+# The kernel computes in float32 (float64 for float64 latents or output) and rounds once to the output
+# dtype; JASCO's expression, the reference, rounds after each op in the input dtype. So:
+# - against float64 truth cast to the output dtype, the kernel is within the tolerance of the coarser of
+#   its compute dtype and the output dtype;
+# - against the reference, within the tolerance of the COARSER of input and output dtype (one unit in
+#   the last place of float16/bfloat16: rtol = their epsilon 2^-10, 2^-7; atol covers results near 0).
+OP_TOL = {
+    torch.float64: dict(rtol=1e-12, atol=1e-12),
+    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
+    torch.float16: dict(rtol=2 ** -10, atol=1e-3),
+    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
+}

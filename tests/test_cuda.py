@@ -27,16 +27,7 @@ HAS_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("jasco_fast::denorm_
 needs_kernel = pytest.mark.skipif(HAS_CUDA and not HAS_KERNEL, reason="jasco_fast was built without its CUDA kernel (no nvcc "
                                                          "at build time); rebuild with the CUDA toolkit")
 
-FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# The kernel computes in float32 (float64 when input or output is float64) and rounds once to the output
-# dtype; JASCO's expression rounds after each op in the input dtype. Against the reference the kernel is
-# within one unit in the last place of the COARSER of input and output dtype.
-TOL = {
-    torch.float64: dict(rtol=1e-12, atol=1e-12),
-    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-3),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
-}
+from checkpoints import FLOATS, OP_TOL as TOL  # noqa: E402  (shared with tests/test_ops.py)
 LAYOUTS = ["contiguous", "transposed_storage", "strided", "expanded", "offset", "misaligned"]
 
 

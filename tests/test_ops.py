@@ -13,19 +13,7 @@ from hypothesis import strategies as st
 import jasco_fast
 from jasco_fast import reference
 
-FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-# Tolerances per dtype. The kernel computes in float32 (float64 for float64 latents) and rounds once to
-# the output dtype; JASCO's expression, the reference, rounds after each op in the input dtype. So:
-# - against float64 truth cast to the output dtype, the kernel is within the tolerance of the coarser of
-#   its compute dtype and the output dtype;
-# - against the reference, within the tolerance of the COARSER of input and output dtype (one unit in
-#   the last place of float16/bfloat16: rtol = their epsilon 2^-10, 2^-7; atol covers results near 0).
-TOL = {
-    torch.float64: dict(rtol=1e-12, atol=1e-12),
-    torch.float32: dict(rtol=1.3e-6, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-3),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
-}
+from checkpoints import FLOATS, OP_TOL as TOL  # noqa: E402  (shared with tests/test_cuda.py)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
