@@ -8,11 +8,12 @@ So the times include the interpreter, ``import torch`` and everything else a use
 
 * ``transformers``: what released JASCO runs: ``EncodecModel.from_pretrained`` of a transformers EnCodec
   folder, then ``model.decoder(latents * std + mean permuted)``, eager.
-* ``jasco_fast_empty``: ``load_decoder`` + ``LatentDecoder`` (the default, ahead-of-time backend) with an
-  EMPTY artifact cache: the first call runs eagerly and starts the background build. The child then waits
-  for that build and reports how long after its start the artifact was ready.
+* ``jasco_fast_empty``: ``load_decoder`` + ``LatentDecoder(decoder)``, the defaults (ahead-of-time backend;
+  10 s is decoded in two chunks, "first" and "last"), with an EMPTY artifact cache: the first call runs
+  eagerly and starts the background build. The child then waits for that build and reports how long
+  after its start the artifacts were ready.
 * ``jasco_fast_warm``: the same with the artifact cache warm (built by the previous empty-cache child).
-* ``torch_compile``: ``LatentDecoder(compile="torch.compile")``, the path before artifacts, with
+* ``torch_compile``: ``LatentDecoder(compile="torch.compile")``, the default before this, with
   torch.compile's own on-disk caches warm (its first round warms them and is not counted).
 
 The kinds run in interleaved rounds (one of each per round, each round with a fresh artifact cache); the
@@ -79,18 +80,18 @@ def child(kind: str, checkpoint: str, latents_path: str) -> None:
 
         info["import_library_s"] = time.perf_counter() - t
         decoder = jasco_fast.load_decoder(checkpoint)
-        # one pass (chunk_frames=None): the artifact serves one-pass calls; 10 s is above the chunked threshold
-        fast = jasco_fast.LatentDecoder(decoder, compile="torch.compile" if kind == "torch_compile" else "aot",
-                                        chunk_frames=None)
+        # the defaults, as a user writes it
+        fast = jasco_fast.LatentDecoder(decoder, **({"compile": "torch.compile"} if kind == "torch_compile" else {}))
         audio = fast(latents)
     _report(event="ready", since_start_s=time.perf_counter() - _T_START, samples=audio.shape[-1], **info)
     if kind.startswith("jasco_fast"):
-        info = {"aot_status": fast.aot.status, "used_artifact": fast.aot.artifact is not None}
-        if fast.aot.builder is not None:  # the background build this first call started
-            fast.aot.builder.wait()
+        status = fast.artifact_status()
+        info = {"backend": fast.backend, "artifact_status": status,
+                "used_artifacts": all(s.startswith("loaded") for s in status.values())}
+        if fast.wait_for_artifacts():  # the background build this first call started
             info["artifact_ready_since_start_s"] = time.perf_counter() - _T_START
             fast(latents)
-            info["switched_to_artifact"] = fast.aot.artifact is not None
+            info["switched_to_artifacts"] = all(s.startswith("loaded") for s in fast.artifact_status().values())
         _report(event="done", **info)
 
 
@@ -127,18 +128,15 @@ def write_checkpoint(folder: Path) -> Path:
 
 
 def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
-    """Seconds per call, interleaved: the artifact, torch.compile (frozen weights), eager channels-last."""
-    import torch
-
+    """Seconds per call of the default decode (10 s: two chunks), interleaved: the artifacts, torch.compile
+    (frozen weights), eager channels-last."""
     import jasco_fast
 
     os.environ["JASCO_FAST_CACHE_DIR"] = str(cache)
     decoder = jasco_fast.load_decoder(checkpoint)
-    runs = {"aot": jasco_fast.LatentDecoder(decoder, compile="aot", background_build=False, chunk_frames=None),
-            "torch_compile": jasco_fast.LatentDecoder(decoder, compile="torch.compile", chunk_frames=None),
-            "eager": jasco_fast.LatentDecoder(decoder, compile=False, chunk_frames=None)}
-    if runs["aot"].aot.artifact is None:
-        raise RuntimeError(f"steady state: no artifact loaded ({runs['aot'].aot.status})")
+    runs = {"aot": jasco_fast.LatentDecoder(decoder, compile="aot", background_build=False),
+            "torch_compile": jasco_fast.LatentDecoder(decoder, compile="torch.compile"),
+            "eager": jasco_fast.LatentDecoder(decoder, compile=False)}
     rows = {}
     for batch in (1, 2):
         x = latents.expand(batch, -1, -1).contiguous()
@@ -146,6 +144,9 @@ def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
         for name, fast in runs.items():  # warm-up (torch.compile compiles here for this batch size)
             err = ((fast(x) - want).norm() / want.norm()).item()
             rows.setdefault(f"B={batch}", {})[f"{name}_rel_error_vs_eager"] = err
+        status = runs["aot"].artifact_status()
+        if not status or not all(s.startswith("loaded") for s in status.values()):
+            raise RuntimeError(f"steady state: artifacts not loaded ({status})")
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(rounds):
             for name, fast in runs.items():

@@ -57,7 +57,7 @@ class Runner(NamedTuple):
 def make_runners(decoder: SEANetDecoder, device: str, dtype: torch.dtype) -> list[Runner]:
     eager = reference.ReferenceDecoder(decoder)  # float32, as JASCO runs it
     runners = [Runner("eager_float32", lambda x: reference.decode(eager, x)),
-               Runner("compiled", LatentDecoder(decoder, dtype=dtype))]
+               Runner("compiled", LatentDecoder(decoder, compile="torch.compile", dtype=dtype))]
     if device == "cuda":
         runners.append(Runner("cudagraphs", LatentDecoder(decoder, dtype=dtype, compile_mode="reduce-overhead")))
     return runners

@@ -51,8 +51,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "cache_dir", "machine_tag", "build",
-           "load", "validate", "build_in_background", "entries", "clear", "discard"]
+__all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
+           "machine_tag", "build", "load", "validate", "build_in_background", "entries", "clear", "discard", "failure"]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -115,13 +115,15 @@ def source_fingerprint() -> str:
 @dataclasses.dataclass(frozen=True)
 class Program:
     """What a recipe's factory returns: the module whose ``method`` is compiled, example inputs (batch
-    dims of 2 or more, or torch.export specialises them to 1), and ``dynamic_shapes`` in torch.export's
-    form for the method's positional inputs (e.g. ``({0: Dim("batch", ...), 1: Dim("frames", ...)},)``)."""
+    dims of 2 or more, or torch.export specialises them to 1), ``dynamic_shapes`` in torch.export's
+    form for the method's positional inputs (e.g. ``({0: Dim("batch", ...), 1: Dim("frames", ...)},)``),
+    and the ``tolerance`` of the build's check of the artifact against the eager method."""
 
     module: nn.Module
     example_inputs: tuple
     dynamic_shapes: Any = None
     method: str = "forward"
+    tolerance: float = 1e-4  # relative L2 error accepted when the build checks the artifact against eager
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +206,7 @@ def _tensor_spec(t: torch.Tensor) -> list:
 
 def _paths(key: str, cache: Path | None) -> dict[str, Path]:
     folder = (cache or cache_dir()) / "aot"
-    return {s: folder / f"{key}.{s}" for s in ("pt2", "json", "lock", "log")}
+    return {s: folder / f"{key}.{s}" for s in ("pt2", "json", "lock", "log", "failed")}
 
 
 def _sha256(path: Path) -> str:
@@ -281,7 +283,10 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
         if not force and _read_manifest(recipe, cache)[0] is not None:
             return paths["pt2"]
         start = time.perf_counter()
-        program = recipe.make()
+        try:
+            program = recipe.make()
+        except Exception as exc:
+            raise ArtifactError(f"{recipe.factory} failed: {type(exc).__name__}: {exc}") from exc
         owner = program.module.to(recipe.device).eval()
         inputs = tuple(x.to(recipe.device) if isinstance(x, torch.Tensor) else x for x in program.example_inputs)
         try:
@@ -299,11 +304,17 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
             tmp.unlink(missing_ok=True)
             raise ArtifactError(f"AOTInductor compilation of {recipe.factory} failed: {type(exc).__name__}: "
                                 f"{exc}") from exc
+        constants = {k: _tensor_spec(v) for k, v in _weights(owner).items()}
+        try:
+            error = _check_built(tmp, owner, program, inputs)
+        except ArtifactError:
+            tmp.unlink(missing_ok=True)
+            raise
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         manifest = {
             "format": FORMAT, "key": key, "material": material, "size": tmp.stat().st_size, "sha256": _sha256(tmp),
-            "constants": {k: _tensor_spec(v) for k, v in _weights(owner).items()},
+            "constants": constants, "checked_error": error,
             "built_seconds": round(time.perf_counter() - start, 2), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                               time.gmtime()),
         }
@@ -311,7 +322,51 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
         paths["json"].unlink(missing_ok=True)
         os.replace(tmp, paths["pt2"])
         _atomic_write(paths["json"], json.dumps(manifest, indent=1, sort_keys=True).encode())
+        paths["failed"].unlink(missing_ok=True)
         return paths["pt2"]
+
+
+def _check_built(package: Path, owner: nn.Module, program: Program, inputs: tuple) -> float:
+    """Run the freshly built package against the eager method on the example inputs, with the owner's
+    weights PERTURBED first: an artifact that baked in a tensor instead of reading the constants it is
+    handed (or that miscompiled) fails here, before it is published. Returns the relative error."""
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    with torch.no_grad():
+        for t in _weights(owner).values():
+            if t.is_floating_point():
+                noise = torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype)
+                t.mul_(1 + 0.1 * noise).add_(0.01 * noise)
+    weights = _weights(owner)
+    device = inputs[0].device
+    try:
+        runner = _open_package(package, device.index if device.index is not None else -1)
+        foreign = sorted(set(runner.get_constant_fqns()) - set(weights))
+        if not foreign:
+            runner.load_constants({k: weights[k] for k in runner.get_constant_fqns()}, check_full_update=True,
+                                  user_managed=True)
+    except Exception as exc:
+        raise ArtifactError(f"the built artifact does not load: {type(exc).__name__}: {exc}") from exc
+    if foreign:  # e.g. a plain tensor attribute instead of a buffer: it would never see the real weights
+        raise ArtifactError(f"the built artifact holds tensors that are not the module's parameters or buffers "
+                            f"{foreign[:3]}: not published")
+    ok, error = validate(runner, getattr(owner, program.method), inputs, tolerance=program.tolerance)
+    if not ok:
+        raise ArtifactError(f"the built artifact disagrees with the eager method (relative error {error:.1e} > "
+                            f"{program.tolerance:.0e}): not published")
+    return error
+
+
+def failure(recipe: Recipe, *, cache: Path | None = None) -> str | None:
+    """Why the last background build of ``recipe`` failed on this machine (None if it did not): such a
+    recipe is not built in the background again until the marker goes (``jasco-fast compile``, which
+    builds in the foreground and shows the error, or ``jasco-fast cache clear``)."""
+    path = _paths(recipe.key(), cache)["failed"]
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text()).get("error", "unknown error"))
+    except (OSError, ValueError, AttributeError):
+        return "unreadable failure marker"
 
 
 def discard(recipe: Recipe, *, cache: Path | None = None, sha256: str | None = None) -> bool:
@@ -432,34 +487,43 @@ def validate(artifact: Callable, reference: Callable, inputs: Sequence, *, toler
 class ArtifactRunner:
     """Runs ``owner``'s method through its artifact when the cache has a valid one, else through ``eager``.
 
-    The policy (README, "First call and the artifact cache"): a cache hit is loaded and validated against
-    ``eager`` on ``probe`` (a small input) before its first use. On a miss, calls are served by ``eager``
-    (nothing blocks on a compile); after the first such call, when ``background`` is true, a detached,
-    low-priority process builds the artifact (:func:`build_in_background`), and each later call checks,
-    with one ``stat``, whether it has appeared, then switches to it. An entry that fails to load or to
-    validate is discarded and rebuilt once; after that this process stays eager (and warns once).
+    The policy (README, "First call and the artifact cache"): a cache hit is loaded (and, given a
+    ``probe``, validated against ``eager`` on it) before its first use. On a miss, calls are served by
+    ``eager`` (nothing blocks on a compile); after the first such call, when ``background`` is true, a
+    detached, low-priority process builds the artifact (through ``builds``, which may be shared with other
+    runners so that one process builds them all), and each later call checks, with one ``stat``, whether
+    it has appeared, then switches to it. An entry that fails to load or to validate is discarded and
+    rebuilt once; after that this process stays eager (and warns once).
 
     Args:
         recipe: what to build; ``recipe.make()`` must export the same method of a module structured like
             ``owner`` (same tensor names, shapes, strides, dtypes).
         owner: the module whose weights the artifact computes with.
         eager: the eager function computing the same thing (the fallback and the validation oracle).
-        probe: small inputs for validation.
+        probe: small inputs for validation at load, or None to rely on the check every build makes
+            (:func:`build` runs the artifact against eager, with perturbed weights, before publishing it).
         tolerance: largest accepted relative L2 error of the artifact against ``eager`` on ``probe``.
         background: build on a miss in a background process (else only an explicit :func:`build` does).
+        builds: the :class:`BackgroundBuilds` to ask (default: one of its own, for this recipe alone).
     """
 
-    def __init__(self, recipe: Recipe, owner: nn.Module, eager: Callable, probe: Sequence, tolerance: float, *,
-                 background: bool = True, cache: Path | None = None):
-        self.recipe, self.owner, self.eager, self.probe, self.tolerance = recipe, owner, eager, tuple(probe), tolerance
+    def __init__(self, recipe: Recipe, owner: nn.Module, eager: Callable, probe: Sequence | None, tolerance: float, *,
+                 background: bool = True, cache: Path | None = None, builds: "BackgroundBuilds | None" = None):
+        self.recipe, self.owner, self.eager, self.tolerance = recipe, owner, eager, tolerance
+        self.probe = None if probe is None else tuple(probe)
         self.background = background
         self.cache = cache
+        self.builds = builds or BackgroundBuilds([recipe], cache=cache)
         self.artifact: Artifact | None = None
-        self.builder: subprocess.Popen | None = None
         self.status = "not loaded"
         self._manifest_path = _paths(recipe.key(), cache)["json"]
         self._rebuilds = 0
         self._try_load()
+
+    @property
+    def builder(self) -> subprocess.Popen | None:
+        """The background build process last started for this runner's recipes (None if none)."""
+        return self.builds.process
 
     def _try_load(self) -> None:
         artifact, why = load(self.recipe, self.owner, cache=self.cache)
@@ -467,6 +531,10 @@ class ArtifactRunner:
             self.status = why
             if why != "no entry":
                 self._reject(why)
+            return
+        if self.probe is None:
+            self.artifact = artifact
+            self.status = f"loaded {artifact.path.name} (checked when built: error {artifact.manifest.get('checked_error', float('nan')):.1e})"
             return
         ok, err = validate(artifact, self.eager, self.probe, tolerance=self.tolerance)
         if ok:
@@ -487,7 +555,6 @@ class ArtifactRunner:
             self.background = False
             warnings.warn(f"jasco_fast: the ahead-of-time artifact {self.recipe.name} was rejected twice ({why}); "
                           f"running eagerly", RuntimeWarning, stacklevel=3)
-        self.builder = None  # a rebuild may start after the next call
 
     def __call__(self, *inputs):
         """Inputs as the recipe's example inputs were: same dtypes, contiguous, on the recipe's device."""
@@ -496,9 +563,9 @@ class ArtifactRunner:
         if self.artifact is not None:
             return self.artifact(*inputs)
         out = self.eager(*inputs)
-        if self.background and self.builder is None:
+        if self.background:
             try:
-                self.builder = build_in_background(self.recipe, cache=self.cache)
+                self.builds.request(self.recipe)
             except OSError as exc:  # e.g. a read-only cache folder: stay eager, say so once
                 import warnings
 
@@ -509,15 +576,48 @@ class ArtifactRunner:
         return out
 
 
+class BackgroundBuilds:
+    """The background builds of a set of recipes (e.g. a decoder's whole-input and per-chunk artifacts):
+    at most one builder process at a time, which builds every requested recipe not yet in the cache, the
+    requested one first, then the rest of the set. A recipe is started at most twice per process (a build,
+    and one rebuild after a rejected entry), and never while its last background build has a failure
+    marker (:func:`failure`)."""
+
+    def __init__(self, recipes: Sequence[Recipe], *, cache: Path | None = None):
+        self.recipes = list(recipes)
+        self.cache = cache
+        self.process: subprocess.Popen | None = None
+        self._started: dict[str, int] = {}
+
+    def request(self, recipe: Recipe) -> None:
+        """Called on a miss of ``recipe``: start a builder unless one is running."""
+        if self.process is not None and self.process.poll() is None:
+            return  # one builder at a time; it has the set already
+        todo, seen = [], set()
+        for r in [recipe, *self.recipes]:
+            key = r.key()
+            if key in seen or self._started.get(key, 0) >= 2 or failure(r, cache=self.cache) is not None:
+                continue
+            seen.add(key)
+            if not _paths(key, self.cache)["json"].exists():
+                todo.append(r)
+        if todo:
+            self.process = build_in_background(todo, cache=self.cache)
+            for r in todo:
+                self._started[r.key()] = self._started.get(r.key(), 0) + 1
+
+
 # --------------------------------------------------------------------------------------------------
 # Building in a separate process, and the cache as a whole
 
 
-def build_in_background(recipe: Recipe, *, cache: Path | None = None) -> subprocess.Popen:
-    """Start ``python -m jasco_fast.artifacts build <recipe>`` as a detached, low-priority process (it
-    finishes even if this process exits first); its output goes to ``aot/<key>.log``. If another process
-    is already building the entry, the new one exits at once."""
-    paths = _paths(recipe.key(), cache)
+def build_in_background(recipes: Recipe | Sequence[Recipe], *, cache: Path | None = None) -> subprocess.Popen:
+    """Start ``python -m jasco_fast.artifacts build <recipe>...`` as a detached, low-priority process (it
+    finishes even if this process exits first) that builds the recipes one after another; its output goes
+    to ``aot/<key>.log`` of the first. It skips an entry another process is already building, and leaves a
+    failure marker for a recipe whose build fails (:func:`failure`)."""
+    recipes = [recipes] if isinstance(recipes, Recipe) else list(recipes)
+    paths = _paths(recipes[0].key(), cache)
     paths["log"].parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["JASCO_FAST_CACHE_DIR"] = str(cache or cache_dir())
@@ -527,7 +627,7 @@ def build_in_background(recipe: Recipe, *, cache: Path | None = None) -> subproc
     env["PYTHONPATH"] = os.pathsep.join(p for p in [home, env.get("PYTHONPATH", "")] if p)
     with open(paths["log"], "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", "--nice", "--no-wait",
-                                 recipe.to_json()], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                 *(r.to_json() for r in recipes)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                 cwd=home, start_new_session=True, close_fds=True)
 
 
@@ -559,20 +659,31 @@ def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jasco_fast.artifacts", description="build an artifact")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build")
-    p.add_argument("recipe", help="the recipe as JSON (Recipe.to_json)")
+    p.add_argument("recipes", nargs="+", help="recipes as JSON (Recipe.to_json), built in this order")
     p.add_argument("--nice", action="store_true", help="run at low CPU priority")
     p.add_argument("--no-wait", action="store_true", help="exit at once if another process builds it")
     args = parser.parse_args(argv)
     if args.nice:
         with contextlib.suppress(OSError):
             os.nice(10)
-    recipe = Recipe.from_json(args.recipe)
-    start = time.perf_counter()
-    path = build(recipe, blocking=not args.no_wait)
-    print(f"{time.strftime('%H:%M:%S')} {recipe.name}: "
-          f"{'built ' + str(path) if path else 'another process is building it'} "
-          f"({time.perf_counter() - start:.1f} s)", flush=True)
-    return 0
+    failed = 0
+    for text in args.recipes:
+        recipe = Recipe.from_json(text)
+        start = time.perf_counter()
+        try:
+            path = build(recipe, blocking=not args.no_wait)
+        except ArtifactError as exc:
+            # remembered, so that later processes do not start the same failing build over and over
+            failed += 1
+            marker = _paths(recipe.key(), None)["failed"]
+            _atomic_write(marker, json.dumps({"error": str(exc).splitlines()[0] if str(exc) else repr(exc),
+                                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+            print(f"{time.strftime('%H:%M:%S')} {recipe.name}: FAILED: {exc}", flush=True)
+            continue
+        print(f"{time.strftime('%H:%M:%S')} {recipe.name}: "
+              f"{'built ' + str(path) if path else 'another process is building it'} "
+              f"({time.perf_counter() - start:.1f} s)", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

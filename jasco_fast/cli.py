@@ -224,10 +224,12 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
                    help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
-    p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no torch.compile)")
-    p.add_argument("--aot", action="store_true",
-                   help="serve one-pass calls (items shorter than the chunked threshold) from the ahead-of-time "
-                        "compiled decoder in the cache (`jasco-fast compile`; built in the background on a miss)")
+    p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no compiled decoder)")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="compile with torch.compile in this process instead of using the ahead-of-time compiled "
+                        "decoders in the cache (the CPU default; `jasco-fast compile`, or built in the background "
+                        "on a miss while the first calls run eagerly)")
+    p.add_argument("--aot", action="store_true", help=argparse.SUPPRESS)  # the default since 0.2; still accepted
     p.add_argument("--format", default="wav", choices=FORMATS)
     p.add_argument("--strategy", default="peak", choices=[s for s in STRATEGIES if s],
                    help="loudness normalisation (audio_write)")
@@ -237,8 +239,10 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
 
 
 def _compile_choice(args) -> bool | str:
-    """LatentDecoder's ``compile`` from --no-compile / --aot."""
-    return False if args.no_compile else "aot" if args.aot else True
+    """LatentDecoder's ``compile`` from --no-compile / --torch-compile (default: the device's default)."""
+    if args.no_compile and args.torch_compile:
+        raise UsageError("--no-compile and --torch-compile contradict each other")
+    return False if args.no_compile else "torch.compile" if args.torch_compile else True
 
 
 def _mp3_rate(requested: int | None, sample_rate: int) -> int:
@@ -357,7 +361,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     def code_decoder() -> CodeDecoder:
         if not code_decoders:
             quantizer = build_quantizer(args.checkpoint, device, decoder.dimension)
-            code_decoders.append(CodeDecoder(decoder, quantizer, compile=not args.no_compile,
+            code_decoders.append(CodeDecoder(decoder, quantizer, compile=_compile_choice(args) is not False,
                                              dtype=DTYPES[args.dtype], chunk_frames=args.chunk_frames))
         return code_decoders[0]
 
@@ -497,14 +501,10 @@ def cmd_demo(args) -> int:
     latents = torch.randn(args.batch_size, frames, decoder.dimension, generator=gen).to(device)
     print(f"latents: seeded N(0, 1) example, [{args.batch_size}, {frames}, {decoder.dimension}] "
           f"(JASCO's latents are normalised to about N(0, 1))")
-    # --aot: one pass, which the artifact serves (a chunked decode's chunks take torch.compile)
     fast = LatentDecoder(decoder, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
-                         chunk_frames=None if args.aot else DEFAULT_CHUNK_FRAMES)
-    if not args.no_compile:
-        print("compiled decoder: " + ("the cached ahead-of-time artifact" if fast.aot.artifact is not None else
-              "none cached yet, so these calls run eagerly while a background process builds it (or run "
-              "`jasco-fast compile`)") if fast.aot is not None else
-              "first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
+                         chunk_frames=DEFAULT_CHUNK_FRAMES)
+    if fast.backend == "torch.compile":
+        print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)
 
     t0 = time.perf_counter()
@@ -520,8 +520,11 @@ def cmd_demo(args) -> int:
     paths = write_batch(audio, [str(out_dir / f"demo_{i}") for i in range(args.batch_size)], fast.sample_rate,
                         format=args.format, strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate),
                         make_parent_dir=True)
-    mode = ("eager" if fast.backend == "eager" or (fast.aot is not None and fast.aot.artifact is None) else
-            "ahead-of-time artifact" if fast.aot is not None else "torch.compile")
+    status = fast.artifact_status()
+    if fast.backend == "aot" and not all(s.startswith("loaded") for s in status.values()):
+        mode = "eager: no ahead-of-time decoder cached yet; a background process builds it (or run `jasco-fast compile`)"
+    else:
+        mode = {"aot": "ahead-of-time compiled decoder from the cache"}.get(fast.backend, fast.backend)
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "
           f"{args.dtype}, {device}):")
     print(f"  first call {first:.2f} s, "
@@ -541,20 +544,30 @@ def cmd_compile(args) -> int:
 
     device = _device(args.device)
     decoder = build_decoder(args.checkpoint, device, quiet=True)
-    fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=DTYPES[args.dtype])
-    recipe = fast.aot_recipe()
-    print(f"building the ahead-of-time decoder for {recipe.device}, {args.dtype} (architecture of "
-          f"{args.checkpoint or 'EnCodec 32 kHz'}; every checkpoint of it shares the artifact) ...", flush=True)
-    start = time.perf_counter()
     try:
-        path = artifacts.build(recipe, force=args.force)
-    except artifacts.ArtifactError as exc:
-        raise UsageError(_first_line(exc)) from None
+        fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=DTYPES[args.dtype],
+                             chunk_frames=args.chunk_frames)
+    except ValueError as exc:
+        raise UsageError(f"--chunk-frames: {exc}") from None
+    recipes = fast.aot_recipes()
+    print(f"building the ahead-of-time decoders for {recipes[0].device}, {args.dtype} (architecture of "
+          f"{args.checkpoint or 'EnCodec 32 kHz'}; every checkpoint of it shares them): one-pass"
+          + (f" and the three chunk steps of {fast.chunk_frames}-frame chunks" if len(recipes) > 1 else "")
+          + " ...", flush=True)
+    start = time.perf_counter()
+    for recipe in recipes:
+        try:
+            path = artifacts.build(recipe, force=args.force)
+        except artifacts.ArtifactError as exc:
+            raise UsageError(_first_line(exc)) from None
+        print(f"  {path.name} ({time.perf_counter() - start:.1f} s)", flush=True)
     aot = LatentDecoder(decoder, args.mean, args.std, compile="aot", dtype=DTYPES[args.dtype],
-                        background_build=False).aot
-    if aot.artifact is None:  # loads and validates it as a later process will
-        raise UsageError(f"the artifact was built but does not load: {aot.status}")
-    print(f"ready in {time.perf_counter() - start:.1f} s: {path} ({aot.status})")
+                        chunk_frames=args.chunk_frames, background_build=False)
+    status = aot.load_artifacts()  # loads (and validates) them as a later process will
+    bad = {k: v for k, v in status.items() if not v.startswith("loaded")}
+    if bad:
+        raise UsageError(f"built but not loadable: {bad}")
+    print(f"ready in {time.perf_counter() - start:.1f} s: {len(status)} artifacts in {artifacts.cache_dir() / 'aot'}")
     return 0
 
 
@@ -676,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
     p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN)
     p.add_argument("--std", type=float, default=JASCO_LATENT_STD)
+    p.add_argument("--chunk-frames", type=_positive_int, default=DEFAULT_CHUNK_FRAMES,
+                   help="the chunk size the chunk-step decoders are built for (as `decode --chunk-frames`)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache holds a valid artifact")
     p.set_defaults(func=cmd_compile)
 

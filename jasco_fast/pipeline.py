@@ -72,7 +72,9 @@ class LatentChunkStep(nn.Module):
     def __init__(self, owner: "LatentDecoder", plan: ChunkPlan, position: str):
         super().__init__()
         self.step = ChunkStep(owner.decoder, plan, position)
-        self.mean, self.std = owner.mean, owner.std  # shared with the owner, not copies
+        # the owner's tensors, not copies; buffers, so that an exported step reads them as weights
+        self.register_buffer("mean", owner.mean)
+        self.register_buffer("std", owner.std)
         self.dtype, self.channels_last = owner.dtype, owner.channels_last
 
     def forward(self, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
@@ -87,18 +89,21 @@ class LatentDecoder(nn.Module):
     One pass of the fused ``denorm_transpose`` op (scale, shift, transpose and cast to ``dtype``) writes
     the latents channels-last, and the decoder reads them there, with its weights channels-last too.
 
-    ``compile=True`` (or ``"torch.compile"``): compiled with ``torch.compile`` (weights frozen into the
+    ``compile=True`` (the default) picks the device's compiled path: on the CPU ``"aot"``, elsewhere (and
+    with a ``compile_mode``) ``"torch.compile"``. ``compile=False``: the same path eagerly.
+
+    ``compile="aot"``: ahead-of-time compiled artifacts (AOTInductor, see :mod:`jasco_fast.artifacts`) from the
+    on-disk cache, one for one-pass calls and one per chunk position for long inputs, each loaded at its first
+    use; shared by every checkpoint of the architecture; serving ``1 <= B <= AOT_MAX_BATCH`` (one-pass:
+    ``aot_min_frames(decoder) <= T <= AOT_MAX_FRAMES``) without recompiling; other calls run eagerly. With
+    no artifact cached yet, calls run eagerly (nothing blocks on a compile) while one background process
+    builds them (``background_build=False`` or ``JASCO_FAST_BACKGROUND_BUILD=0`` leaves building to
+    ``jasco-fast compile``); later calls switch to them as they appear.
+
+    ``compile="torch.compile"``: compiled in this process with ``torch.compile`` (weights frozen into the
     graph, so oneDNN/cuDNN get prepacked weights; change the decoder afterwards and build a new
     LatentDecoder); T is dynamic, so new lengths reuse the graph; the first call (and a new batch size)
-    compiles. ``compile=False``: the same path eagerly.
-
-    ``compile="aot"`` serves one-pass calls (inputs shorter than the chunked threshold below, or every call
-    with ``chunk_frames=None``) from an ahead-of-time compiled artifact (AOTInductor, see
-    :mod:`jasco_fast.artifacts`) in the on-disk cache, shared by every checkpoint of the architecture and
-    serving ``1 <= B <= AOT_MAX_BATCH``, ``aot_min_frames(decoder) <= T <= AOT_MAX_FRAMES`` without
-    recompiling. With no artifact cached yet those calls run eagerly (nothing blocks on a compile) while a
-    background process builds it (``background_build=False`` or ``JASCO_FAST_BACKGROUND_BUILD=0`` leaves
-    building to ``jasco-fast compile``). The chunks of long inputs still take ``torch.compile``.
+    compiles.
 
     **Long inputs are decoded chunk by chunk, in bounded memory** (the same chunks as :meth:`stream`):
     a call with ``T >= chunk_frames + right`` latent frames (``right``: the decoder's look-ahead, 4
@@ -117,15 +122,15 @@ class LatentDecoder(nn.Module):
     Args:
         decoder: a :class:`SEANetDecoder` (e.g. from ``load_decoder``); it is copied, not modified.
         mean, std: the latent statistics, scalars or one per channel (JASCO: -0.0074, 4.0102).
-        compile: ``True``/``"torch.compile"``, ``"aot"`` (above), or ``False`` (the same path eagerly).
+        compile: ``True`` (the device's default), ``"aot"``, ``"torch.compile"`` (above), or ``False`` (eager).
         channels_last: ``False`` feeds the decoder a contiguous [B, D, T] instead (for comparison).
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
         compile_mode: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` for CUDA graphs when every call
             has the same shape); its options are applied with freezing still on.
         chunk_frames: latent frames per chunk for long inputs (default :data:`DEFAULT_CHUNK_FRAMES`);
             ``None``: every call takes one pass, whatever its length (memory grows with T).
-        background_build: ``compile="aot"`` only: on an artifact cache miss, build it in a background process
-            (default: unless the environment sets ``JASCO_FAST_BACKGROUND_BUILD=0``).
+        background_build: ``"aot"`` only: on an artifact cache miss, build the artifacts in a background
+            process (default: unless the environment sets ``JASCO_FAST_BACKGROUND_BUILD=0``).
     """
 
     def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *,
@@ -148,26 +153,37 @@ class LatentDecoder(nn.Module):
         dim = decoder.config.dimension
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
-        # True and "torch.compile": torch.compile; "aot": one-pass calls from the ahead-of-time artifact, chunks
-        # of long inputs through torch.compile; False: eager.
-        self.backend = "eager" if compile is False else "aot" if compile == "aot" else "torch.compile"
+        self.backend = self._backend(compile, compile_mode, param.device)
         self.is_compiled = self.backend != "eager"
         self._compile_kwargs = dict(dynamic=False, options=_compile_options(compile_mode))
-        self._run = torch.compile(self._decode, **self._compile_kwargs) if self.is_compiled else self._decode
+        # the "aot" backend never calls torch.compile: what its artifacts do not serve runs eagerly
+        self._run = torch.compile(self._decode, **self._compile_kwargs) if self.backend == "torch.compile" \
+            else self._decode
         self.chunk_frames = None  # None: one pass whatever the length
         if chunk_frames is not None and why_not_chunkable(self.decoder) is None:
             self.chunk_frames = self._plan(chunk_frames).chunk_frames  # validates it
         self._steps: dict[tuple[int, str], object] = {}
-        # --- ahead-of-time artifact of `_decode` (jasco_fast.artifacts): the one hook into that machinery
-        self.aot: artifacts.ArtifactRunner | None = None
+        # --- ahead-of-time artifacts (jasco_fast.artifacts): one for one-pass calls, one per chunk position;
+        # each is loaded at its first use, and one background process builds whatever the cache lacks
+        self._runners: dict[object, artifacts.ArtifactRunner] = {}
         if self.backend == "aot":
             if background_build is None:
                 background_build = os.environ.get("JASCO_FAST_BACKGROUND_BUILD", "1") != "0"
+            self._background_build = background_build
             self._aot_min_frames = aot_min_frames(self.decoder)
-            probe = torch.randn(2, self._aot_min_frames + 1, dim, generator=torch.Generator().manual_seed(0))
-            self.aot = artifacts.ArtifactRunner(
-                self.aot_recipe(), self, self._decode, (probe.to(param.device),),
-                artifacts.VALIDATION_TOLERANCE.get(self.dtype, 3e-2), background=background_build)
+            self._builds = artifacts.BackgroundBuilds(self.aot_recipes())
+
+    def _backend(self, compile, compile_mode, device: torch.device) -> str:
+        """``compile`` -> "eager", "aot" or "torch.compile". True picks the ahead-of-time artifacts where they
+        are measured (CPU, no ``compile_mode``), else torch.compile."""
+        if compile is False:
+            return "eager"
+        if compile == "aot" or (compile is True and self._aot_by_default(compile_mode, device)):
+            return "aot"
+        return "torch.compile"
+
+    def _aot_by_default(self, compile_mode, device: torch.device) -> bool:
+        return compile_mode is None and device.type == "cpu"
 
     @property
     def compiled(self) -> bool:
@@ -176,12 +192,80 @@ class LatentDecoder(nn.Module):
                       "LatentDecoder.is_compiled", DeprecationWarning, stacklevel=2)
         return self.is_compiled
 
-    def aot_recipe(self) -> artifacts.Recipe:
-        """The recipe of this decoder's ahead-of-time artifact: architecture, dtype, layout, device."""
-        return artifacts.Recipe("latent_decoder", "jasco_fast.pipeline:latent_decoder_program", {
-            "config": dataclasses.asdict(self.decoder.config), "dtype": str(self.dtype).replace("torch.", ""),
-            "channels_last": self.channels_last, "statistics_shape": [list(self.mean.shape), list(self.std.shape)],
-        }, device=self.device.type)
+    def _recipe_params(self) -> dict:
+        return {"config": dataclasses.asdict(self.decoder.config), "dtype": str(self.dtype).replace("torch.", ""),
+                "channels_last": self.channels_last,
+                "statistics_shape": [list(self.mean.shape), list(self.std.shape)]}
+
+    def aot_recipe(self, position: str | None = None, chunk_frames: int | None = None) -> artifacts.Recipe:
+        """The recipe of an ahead-of-time artifact of this decoder (architecture, dtype, layout, device):
+        one-pass decoding (``position`` None), or the chunk step at ``position`` for chunks of
+        ``chunk_frames`` (default: this decoder's)."""
+        if position is None:
+            return artifacts.Recipe("latent_decoder", "jasco_fast.pipeline:latent_decoder_program",
+                                    self._recipe_params(), device=self.device.type)
+        if position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+        params = {**self._recipe_params(), "position": position,
+                  "chunk_frames": self._plan(chunk_frames or self.chunk_frames or DEFAULT_CHUNK_FRAMES).chunk_frames}
+        return artifacts.Recipe("latent_chunk_step", "jasco_fast.pipeline:latent_chunk_step_program", params,
+                                device=self.device.type)
+
+    def aot_recipes(self) -> list[artifacts.Recipe]:
+        """Every artifact this decoder's calls use: one-pass, and each chunk position when it chunks."""
+        chunked = [self.aot_recipe(p) for p in ("first", "last", "middle")] if self.chunk_frames else []
+        return [self.aot_recipe(), *chunked]
+
+    @property
+    def aot(self) -> artifacts.ArtifactRunner | None:
+        """The runner of the one-pass artifact (``compile="aot"``; None otherwise), loaded at first use."""
+        if self.backend != "aot":
+            return None
+        if None not in self._runners:
+            dim = self.decoder.config.dimension
+            probe = torch.randn(2, self._aot_min_frames + 1, dim, generator=torch.Generator().manual_seed(0))
+            self._runners[None] = artifacts.ArtifactRunner(
+                self.aot_recipe(), self, self._decode, (probe.to(self.device),),
+                artifacts.VALIDATION_TOLERANCE.get(self.dtype, 3e-2), background=self._background_build,
+                builds=self._builds)
+        return self._runners[None]
+
+    def load_artifacts(self) -> dict[str, str]:
+        """``compile="aot"``: load every artifact this decoder's calls use now (else each loads at its first
+        use); returns :meth:`artifact_status`."""
+        if self.backend == "aot":
+            self.aot  # noqa: B018  (loads the one-pass artifact)
+            if self.chunk_frames:
+                plan = self._plan(self.chunk_frames)
+                for position in POSITIONS:
+                    self._chunk_runner(plan, position)
+        return self.artifact_status()
+
+    def artifact_status(self) -> dict[str, str]:
+        """``compile="aot"``: what each artifact used so far is doing ("loaded ...", "no entry", "rejected: ...")."""
+        return {"one pass" if key is None else f"chunk {key[1]} ({key[0]} frames)": runner.status
+                for key, runner in self._runners.items()}
+
+    def wait_for_artifacts(self, timeout: float | None = None) -> bool:
+        """``compile="aot"``: wait for the background build this decoder started (if any); True when it
+        finished and built everything (later calls switch to the artifacts). For scripts that want the
+        artifacts in place before timing or exiting."""
+        process = self._builds.process if self.backend == "aot" else None
+        return process is not None and process.wait(timeout) == 0
+
+    def _chunk_runner(self, plan: ChunkPlan, position: str) -> artifacts.ArtifactRunner:
+        key = (plan.chunk_frames, position)
+        if key not in self._runners:
+            # no probe: a chunk window is hundreds of frames, and every build already checked the artifact
+            recipe = self.aot_recipe(position, plan.chunk_frames)
+            if recipe not in self._builds.recipes:  # stream() with another chunk_frames
+                self._builds.recipes.append(recipe)
+            step = self._make_step(plan, position)
+            self._runners[key] = artifacts.ArtifactRunner(
+                recipe, step, step, None,
+                artifacts.VALIDATION_TOLERANCE.get(self.dtype, 3e-2), background=self._background_build,
+                builds=self._builds)
+        return self._runners[key]
 
     def _aot_accepts(self, latents: torch.Tensor) -> bool:
         B, T, _ = latents.shape
@@ -222,7 +306,8 @@ class LatentDecoder(nn.Module):
         key = (plan.chunk_frames, position)
         if key not in self._steps:
             module = self._make_step(plan, position)
-            self._steps[key] = torch.compile(module, **self._compile_kwargs) if self.is_compiled else module
+            self._steps[key] = torch.compile(module, **self._compile_kwargs) if self.backend == "torch.compile" \
+                else module
         return self._steps[key]
 
     def _check_latents(self, latents: torch.Tensor) -> None:
@@ -237,10 +322,10 @@ class LatentDecoder(nn.Module):
         if latents.shape[0] == 0:
             return latents.new_zeros(0, self.decoder.channels, latents.shape[1] * self.hop_length, dtype=torch.float32)
         latents = to_device(latents, self.device)  # through pinned memory, non-blocking, to a GPU
-        if self.is_compiled and latents.shape[1] > 1:
+        if self.backend == "torch.compile" and latents.shape[1] > 1:
             torch._dynamo.mark_dynamic(latents, 1)  # one graph for every length
         with torch.inference_mode():
-            if self.aot is not None and self._aot_accepts(latents):
+            if self.backend == "aot" and self._aot_accepts(latents):
                 # the artifact was traced from contiguous float32 latents (the op computes in float32 for
                 # float32/16 and bfloat16 latents alike, so the cast changes nothing)
                 return self.aot(latents.to(torch.float32).contiguous())
@@ -260,8 +345,8 @@ class LatentDecoder(nn.Module):
         piece is yielded once ``right`` (4 for EnCodec 32 kHz) frames after it have arrived; input
         shorter than ``chunk_frames + right`` frames comes out as one piece at the end. Decoders that
         cannot be chunked (``time_group_norm``, ``circular`` padding) also yield one piece at the end.
-        Compiled, each position is one graph (``last``: dynamic length), reused by every chunk and call
-        of the same batch size.
+        Compiled, each position is one graph or artifact (``last``: dynamic length), reused by every chunk
+        and call (torch.compile: of the same batch size; artifacts: of any batch size).
         """
         if isinstance(latents, torch.Tensor):
             self._check_latents(latents)
@@ -291,11 +376,8 @@ class LatentDecoder(nn.Module):
         yield self._whole(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
     def _stream(self, pieces: Iterable[torch.Tensor], plan: ChunkPlan) -> Iterator[torch.Tensor]:
-        lstm = next((m for m in self.decoder.layers if hasattr(m, "flat_weights")), None)
-
         def initial_state(batch: int):
-            shape = (lstm.num_layers, batch, lstm.weight_hh_l0.shape[1]) if lstm is not None else (0,)
-            zeros = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            zeros = torch.zeros(_state_shape(self.decoder, batch), dtype=self.dtype, device=self.device)
             return zeros, zeros.clone()
 
         def step(position: str, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
@@ -303,9 +385,14 @@ class LatentDecoder(nn.Module):
                 return window.new_zeros(0, self.decoder.channels, self._committed(plan, position, window) *
                                         self.hop_length, dtype=torch.float32), h, c
             window = window.contiguous()  # the same strides for every input length: no recompilation
-            if self.is_compiled and position == "last":
-                torch._dynamo.mark_dynamic(window, 1)  # one graph for every length of the last chunk
             with torch.inference_mode():
+                if self.backend == "aot":
+                    if window.shape[0] > AOT_MAX_BATCH or window.dtype == torch.float64:
+                        return self._compiled_step(plan, position)(window, h, c)  # eager
+                    # traced from float32 windows, like the one-pass artifact
+                    return self._chunk_runner(plan, position)(window.to(torch.float32), h, c)
+                if self.backend == "torch.compile" and position == "last":
+                    torch._dynamo.mark_dynamic(window, 1)  # one graph for every length of the last chunk
                 return self._compiled_step(plan, position)(window, h, c)
 
         return run_chunks(self._checked_pieces(pieces), plan, step, self._whole, initial_state)
@@ -401,6 +488,9 @@ class CodeDecoder(LatentDecoder):
         # the op sums in float32 (float64 codebooks: float64) and casts once to `dtype`
         self.register_buffer("codebooks", quantizer.codebooks.detach().clone().to(self.device))
 
+    def _aot_by_default(self, compile_mode, device: torch.device) -> bool:
+        return False  # no artifact recipe for codes yet: compile=True is torch.compile
+
     @property
     def num_codebooks(self) -> int:
         return self.codebooks.shape[0]
@@ -455,6 +545,12 @@ class CodeDecoder(LatentDecoder):
         raise TypeError(f"codes must be a tensor or an iterable of tensors, got {type(codes).__name__}")
 
 
+def _state_shape(decoder: SEANetDecoder, batch: int) -> tuple[int, ...]:
+    """The LSTM state a chunk hands on, [num_layers, B, H]; (0,) for a decoder without an LSTM."""
+    lstm = next((m for m in decoder.layers if hasattr(m, "flat_weights")), None)
+    return (lstm.num_layers, batch, lstm.weight_hh_l0.shape[1]) if lstm is not None else (0,)
+
+
 def aot_min_frames(decoder: SEANetDecoder) -> int:
     """The fewest latent frames the ahead-of-time artifact takes: every reflect/circular padding must be
     shorter than its input (below that the decoder takes another branch, so the export is bounded)."""
@@ -469,16 +565,47 @@ def aot_min_frames(decoder: SEANetDecoder) -> int:
     return need
 
 
+def _program_owner(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
+                   chunk_frames: int | None = None) -> LatentDecoder:
+    # random weights: an artifact takes the real ones at load
+    mean_shape, std_shape = statistics_shape
+    return LatentDecoder(SEANetDecoder(DecoderConfig(**config)), torch.zeros(mean_shape), torch.ones(std_shape),
+                         compile=False, channels_last=channels_last, dtype=getattr(torch, dtype),
+                         chunk_frames=chunk_frames)
+
+
 def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list) -> artifacts.Program:
-    """The recipe factory of LatentDecoder's artifact: ``_decode`` of a LatentDecoder of this architecture
-    (random weights: the artifact takes the real ones at load), dynamic in B and T."""
+    """The recipe factory of LatentDecoder's one-pass artifact: ``_decode`` of a LatentDecoder of this
+    architecture, dynamic in B and T."""
     from torch.export import Dim
 
-    decoder = SEANetDecoder(DecoderConfig(**config))
-    mean_shape, std_shape = statistics_shape
-    owner = LatentDecoder(decoder, torch.zeros(mean_shape), torch.ones(std_shape), compile=False,
-                          channels_last=channels_last, dtype=getattr(torch, dtype), chunk_frames=None)
+    owner = _program_owner(config, dtype, channels_last, statistics_shape)
     min_frames = aot_min_frames(owner.decoder)
-    example = torch.randn(2, max(min_frames + 1, 50), decoder.dimension)  # build() moves both to the device
+    example = torch.randn(2, max(min_frames + 1, 50), owner.decoder.dimension)  # build() moves it to the device
     dims = {0: Dim("batch", min=1, max=AOT_MAX_BATCH), 1: Dim("frames", min=min_frames, max=AOT_MAX_FRAMES)}
-    return artifacts.Program(owner, (example,), (dims,), method="_decode")
+    return artifacts.Program(owner, (example,), (dims,), method="_decode",
+                             tolerance=artifacts.VALIDATION_TOLERANCE[owner.dtype])
+
+
+def latent_chunk_step_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
+                              chunk_frames: int, position: str) -> artifacts.Program:
+    """The recipe factory of LatentDecoder's chunk-step artifacts: :meth:`LatentDecoder.chunk_step` at
+    ``position``, dynamic in B (and in the window's length for ``last``)."""
+    from torch.export import Dim
+
+    owner = _program_owner(config, dtype, channels_last, statistics_shape, chunk_frames)
+    plan = owner._plan(chunk_frames)
+    step = owner.chunk_step(position, chunk_frames)
+    batch = Dim("batch", min=1, max=AOT_MAX_BATCH)
+    window = {0: batch}
+    frames = plan.window_frames(position)
+    if frames is None:  # the last chunk: at least one committed frame, fewer than a full chunk's window
+        frames = plan.left + max(1, plan.chunk_frames // 2)
+        window[1] = Dim("frames", min=plan.left + 1, max=plan.left + plan.chunk_frames + plan.right - 1)
+    example = torch.randn(2, frames, owner.decoder.dimension)
+    shape = _state_shape(owner.decoder, 2)
+    state_dims = {1: batch} if len(shape) == 3 else None
+    # a non-zero state, as a middle or last chunk receives it
+    h, c = ((0.1 * torch.randn(shape)).to(owner.dtype) for _ in range(2))
+    return artifacts.Program(step, (example, h, c), (window, state_dims, state_dims),
+                             tolerance=artifacts.VALIDATION_TOLERANCE[owner.dtype])

@@ -1,6 +1,7 @@
 """jasco_fast.artifacts: ahead-of-time artifacts built, keyed, cached, loaded and validated; LatentDecoder's
-"aot" backend against the reference. Every AOT compile costs seconds to minutes on a small machine, so the
-whole file builds two: one shared entry (copied for tests that damage it) and one real background build."""
+"aot" backend (one-pass and chunk-step artifacts) against the reference. Every AOT compile costs seconds on a
+small machine, so the file builds one shared cache (the one-pass entry and the three chunk steps, copied for
+tests that damage it), one real background build, and two deliberately broken packages."""
 from __future__ import annotations
 
 import json
@@ -36,13 +37,17 @@ def decoders(tmp_path_factory):
     return [load_decoder(write_transformers_dir(root / f"s{seed}", seed=seed)[0]) for seed in (0, 1)]
 
 
+CHUNK = 16  # latent frames per chunk in the chunked tests (the tiny decoder's left context is a few frames)
+
+
 @pytest.fixture(scope="module")
 def built_cache(tmp_path_factory, decoders):
-    """A cache folder holding the artifact of the tiny architecture (float32, scalar statistics)."""
+    """A cache folder holding the artifacts of the tiny architecture (float32, scalar statistics): one-pass,
+    and the three chunk steps of CHUNK-frame chunks."""
     cache = tmp_path_factory.mktemp("cache")
-    recipe = LatentDecoder(decoders[0], compile=False).aot_recipe()
-    path = artifacts.build(recipe, cache=cache)
-    assert path is not None and path.is_file()
+    for recipe in LatentDecoder(decoders[0], compile=False, chunk_frames=CHUNK).aot_recipes():
+        path = artifacts.build(recipe, cache=cache)
+        assert path is not None and path.is_file()
     return cache
 
 
@@ -56,15 +61,19 @@ def cache(tmp_path, built_cache, monkeypatch):
     return copy
 
 
-def entry_files(cache: Path, suffix: str) -> list[Path]:
-    return sorted((cache / "aot").glob(f"*.{suffix}"))
+def entry_files(cache: Path, suffix: str, name: str = "latent_decoder") -> list[Path]:
+    return sorted((cache / "aot").glob(f"{name}-*.{suffix}"))
 
 
 def forbid_eager(fast: LatentDecoder):
-    """Make the eager path fail, so a passing call proves the artifact ran."""
-    def eager(_):
+    """Make the eager paths fail, so a passing call proves the artifacts ran."""
+    def eager(*_):
         raise AssertionError("the eager path ran instead of the artifact")
-    fast._run = fast.aot.eager = eager
+    fast.load_artifacts()
+    fast._run = eager
+    for runner in fast._runners.values():
+        runner.eager = eager
+    fast._compiled_step = eager
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,6 +116,85 @@ def test_one_artifact_serves_every_checkpoint_of_an_architecture(cache, decoders
     assert rel_err(first(latents), reference.decode(decoders[0], latents)) < F32_TOL
 
 
+def test_cpu_default_is_the_artifacts_and_torch_compile_stays_available(decoders):
+    assert LatentDecoder(decoders[0]).backend == "aot"
+    assert LatentDecoder(decoders[0], compile=True).backend == "aot"
+    assert LatentDecoder(decoders[0], compile="torch.compile").backend == "torch.compile"
+    assert LatentDecoder(decoders[0], compile_mode="default").backend == "torch.compile"  # a torch.compile mode
+    assert LatentDecoder(decoders[0], compile=False).backend == "eager"
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_chunked_decode_runs_from_the_chunk_step_artifacts(cache, decoders, B):
+    """Long inputs: first, middle and last chunks each from their artifact (dynamic B; dynamic length for
+    the last), equal to the reference; no new build for new shapes, and the default decoder uses them."""
+    fast = LatentDecoder(decoders[1], mean=0.2, std=3.0, chunk_frames=CHUNK)  # the defaults, other weights
+    forbid_eager(fast)
+    status = fast.artifact_status()
+    assert len(status) == 4 and all(s.startswith("loaded") for s in status.values()), status
+    plan = fast._plan(CHUNK)
+    for T in (plan.min_chunked_frames, plan.min_chunked_frames + 1, 2 * CHUNK + plan.right, 5 * CHUNK + 7, 97):
+        latents = torch.randn(B, T, 8)
+        want = reference.decode(decoders[1], latents, 0.2, 3.0)
+        assert rel_err(fast(latents), want) < F32_TOL, T
+        assert rel_err(torch.cat(list(fast.stream(latents)), -1), want) < F32_TOL, T
+    assert len(list((cache / "aot").glob("*.pt2"))) == 4
+
+
+def test_build_refuses_an_artifact_that_ignores_the_weights_it_is_handed(tmp_path, monkeypatch):
+    """A tensor the export bakes in (here a plain attribute, not a buffer) would keep computing with the
+    build's random values whatever checkpoint is loaded: the build's check catches it, nothing is published, and a background build leaves a failure marker so later processes do not
+    retry it endlessly (until `jasco-fast compile` or `cache clear`)."""
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
+    recipe = Recipe("baked", "test_artifacts:baked_program", {"baked": True})
+    with pytest.raises(artifacts.ArtifactError, match="not the module's parameters or buffers"):
+        artifacts.build(recipe)
+    assert not list((tmp_path / "aot").glob("baked-*.pt2")) and not list((tmp_path / "aot").glob("baked-*.json"))
+    sys.path.insert(0, str(Path(__file__).parent))  # for the builder process's import of this module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    builds = artifacts.BackgroundBuilds([recipe])
+    builds.request(recipe)
+    assert builds.process.wait(timeout=600) == 1
+    assert "not the module's parameters" in artifacts.failure(recipe)
+    builds.process = None
+    builds.request(recipe)
+    assert builds.process is None  # not retried
+    assert main(["cache", "clear"]) == 0
+    assert artifacts.failure(recipe) is None
+
+
+def test_build_refuses_an_artifact_with_weights_inlined_in_its_code(tmp_path, monkeypatch):
+    """Without `always_keep_tensor_constants`, Inductor writes scalar buffers into the generated code: the
+    artifact loads, but ignores the weights it is handed. The build runs it with perturbed weights against
+    eager and refuses it; with the option (as shipped) the same program builds."""
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
+    recipe = Recipe("scaled", "test_artifacts:baked_program", {"baked": False})
+    assert artifacts.build(recipe).is_file()
+    monkeypatch.setattr(artifacts, "INDUCTOR_OPTIONS", {"aot_inductor.package_constants_in_so": False})
+    with pytest.raises(artifacts.ArtifactError, match="disagrees"):
+        artifacts.build(recipe, force=True)
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self, baked: bool):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(4, 4))
+        scale = torch.tensor(2.0)  # a scalar: what Inductor would inline into the code if allowed
+        if baked:
+            self.scale = scale  # a plain attribute: torch.export lifts it as a constant
+        else:
+            self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return (x @ self.weight) * self.scale
+
+
+def baked_program(baked: bool) -> artifacts.Program:
+    from torch.export import Dim
+
+    return artifacts.Program(_Scaled(baked), (torch.randn(3, 4),), ({0: Dim("rows", min=1, max=64)},))
+
+
 def test_key_covers_what_changes_the_generated_code(decoders, monkeypatch):
     base = LatentDecoder(decoders[0], compile=False)
     key = base.aot_recipe().key()
@@ -145,7 +233,13 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 def rebuilds(monkeypatch):
     """Records background builds instead of starting them."""
     started = []
-    monkeypatch.setattr(artifacts, "build_in_background", lambda recipe, cache=None: started.append(recipe) or object())
+
+    class Finished:  # what build_in_background returns: a process, here one that has exited
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(artifacts, "build_in_background",
+                        lambda recipes, cache=None: started.extend(recipes) or Finished())
     return started
 
 
@@ -269,11 +363,12 @@ def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypa
 
 def test_cli_compile_finds_the_entry_and_cache_lists_and_clears_it(cache, decoders, tmp_path, capsys):
     ckpt, _ = write_transformers_dir(tmp_path / "ckpt", seed=3)
-    assert main(["compile", "--checkpoint", str(ckpt)]) == 0  # same architecture: already built
+    assert main(["compile", "--checkpoint", str(ckpt), "--chunk-frames", str(CHUNK)]) == 0  # same architecture
     out = capsys.readouterr().out
-    assert "ready in" in out and "loaded" in out
+    assert "ready in" in out and "4 artifacts" in out
+    assert len(list((cache / "aot").glob("*.pt2"))) == 4  # found, not rebuilt
     assert main(["cache", "list"]) == 0
-    assert "1 artifacts" in capsys.readouterr().out
+    assert "4 artifacts" in capsys.readouterr().out
     assert main(["cache", "dir"]) == 0
     assert capsys.readouterr().out.strip() == str(cache)
     assert main(["cache", "clear"]) == 0

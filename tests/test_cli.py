@@ -169,18 +169,24 @@ def test_demo_on_the_default_architecture(tmp_path, capsys):
     assert info.samplerate == 32000 and info.frames == 10 * 640
 
 
-def test_demo_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
+def test_demo_torch_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
-                 "--out-dir", str(tmp_path)]) == 0
-    assert "compiling with torch.compile" in capsys.readouterr().out
+                 "--torch-compile", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "compiling with torch.compile" in out and ", torch.compile," in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
 
 
-def test_demo_aot_on_an_empty_cache_runs_eagerly(tmp_path, tiny_hf_checkpoint, capsys):
-    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--aot",
+@pytest.mark.parametrize("flags", [[], ["--aot"]])  # --aot: the default since 0.2, still accepted
+def test_demo_on_an_empty_artifact_cache_runs_eagerly(tmp_path, tiny_hf_checkpoint, capsys, flags):
+    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), *flags,
                  "--out-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "compiled decoder: none cached yet" in out and ", eager," in out
+    assert "eager: no ahead-of-time decoder cached yet" in capsys.readouterr().out
+
+
+def test_contradicting_compile_flags_are_a_usage_error(tmp_path, capsys):
+    assert main(["demo", "--seconds", "0.05", "--no-compile", "--torch-compile", "--out-dir", str(tmp_path)]) == 2
+    assert "contradict" in capsys.readouterr().err
 
 
 def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, capsys):

@@ -35,8 +35,8 @@ def test_per_channel_statistics_and_strided_latents(tiny_decoder):
 
 
 def test_compiled_matches_reference_without_recompiling(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder)
-    assert fast.is_compiled
+    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
+    assert fast.is_compiled and fast.backend == "torch.compile"
     latents = torch.randn(2, 12, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
     # one graph serves every length (T is dynamic): a recompilation would raise here
@@ -47,7 +47,7 @@ def test_compiled_matches_reference_without_recompiling(tiny_decoder):
 
 
 def test_compiled_single_frame(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder)
+    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
     latents = torch.randn(1, 1, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
 
@@ -86,7 +86,7 @@ def test_input_errors(tiny_decoder):
 
 def test_compiled_input_errors_are_plain_errors(tiny_decoder):
     """Checked before the compiled graph: the same ValueError/TypeError, not a wrapped dynamo error."""
-    fast = LatentDecoder(tiny_decoder)
+    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
     with pytest.raises(TypeError, match="floating point"):
         fast(torch.ones(1, 5, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
@@ -105,6 +105,7 @@ def test_compile_mode_keeps_freezing():
 
 def test_compile_mode_runs(tiny_decoder):
     fast = LatentDecoder(tiny_decoder, compile_mode="default")
+    assert fast.backend == "torch.compile"  # a compile_mode is torch.compile's
     latents = torch.randn(1, 7, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
     with pytest.raises(ValueError, match="compile_mode"):

@@ -255,7 +255,7 @@ def test_empty_batch():
 def test_compiled_stream_equals_eager_without_recompiling():
     decoder = tiny_decoder(lstm=2, channels=2)
     eager = LatentDecoder(decoder, compile=False, chunk_frames=None)
-    fast = LatentDecoder(decoder, chunk_frames=16)
+    fast = LatentDecoder(decoder, compile="torch.compile", chunk_frames=16)
     for T in (45, 61):  # compiles first, middle and last (dynamic length) once
         latents = torch.randn(2, T, decoder.dimension)
         assert peak_err(torch.cat(list(fast.stream(latents)), -1), eager(latents)) <= PEAK_TOL
