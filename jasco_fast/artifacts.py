@@ -52,7 +52,8 @@ import torch
 from torch import nn
 
 __all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
-           "machine_tag", "build", "load", "validate", "build_in_background", "entries", "clear", "discard", "failure"]
+           "machine_tag", "build", "is_cached", "load", "validate", "build_in_background", "entries", "clear",
+           "discard", "failure"]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -237,6 +238,11 @@ def _read_manifest(recipe: Recipe, cache: Path | None) -> tuple[dict | None, str
     if size != manifest.get("size") or _sha256(paths["pt2"]) != manifest.get("sha256"):
         return None, "package truncated or corrupt (size or sha256 differ from the manifest)"
     return manifest, ""
+
+
+def is_cached(recipe: Recipe, *, cache: Path | None = None) -> bool:
+    """Whether the cache holds a complete, current entry for ``recipe`` (manifest, size and sha256 checked)."""
+    return _read_manifest(recipe, cache)[0] is not None
 
 
 @contextlib.contextmanager
@@ -534,7 +540,8 @@ class ArtifactRunner:
             return
         if self.probe is None:
             self.artifact = artifact
-            self.status = f"loaded {artifact.path.name} (checked when built: error {artifact.manifest.get('checked_error', float('nan')):.1e})"
+            error = artifact.manifest.get("checked_error", float("nan"))
+            self.status = f"loaded {artifact.path.name} (checked when built: error {error:.1e})"
             return
         ok, err = validate(artifact, self.eager, self.probe, tolerance=self.tolerance)
         if ok:
@@ -627,8 +634,8 @@ def build_in_background(recipes: Recipe | Sequence[Recipe], *, cache: Path | Non
     env["PYTHONPATH"] = os.pathsep.join(p for p in [home, env.get("PYTHONPATH", "")] if p)
     with open(paths["log"], "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", "--nice", "--no-wait",
-                                 *(r.to_json() for r in recipes)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                cwd=home, start_new_session=True, close_fds=True)
+                                 *(r.to_json() for r in recipes)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=env, cwd=home, start_new_session=True, close_fds=True)
 
 
 def entries(cache: Path | None = None) -> list[dict]:

@@ -522,7 +522,8 @@ def cmd_demo(args) -> int:
                         make_parent_dir=True)
     status = fast.artifact_status()
     if fast.backend == "aot" and not all(s.startswith("loaded") for s in status.values()):
-        mode = "eager: no ahead-of-time decoder cached yet; a background process builds it (or run `jasco-fast compile`)"
+        mode = ("eager: no ahead-of-time decoder cached yet; a background process builds it (or run "
+                "`jasco-fast compile`)")
     else:
         mode = {"aot": "ahead-of-time compiled decoder from the cache"}.get(fast.backend, fast.backend)
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "

@@ -247,11 +247,14 @@ class LatentDecoder(nn.Module):
                 for key, runner in self._runners.items()}
 
     def wait_for_artifacts(self, timeout: float | None = None) -> bool:
-        """``compile="aot"``: wait for the background build this decoder started (if any); True when it
-        finished and built everything (later calls switch to the artifacts). For scripts that want the
-        artifacts in place before timing or exiting."""
-        process = self._builds.process if self.backend == "aot" else None
-        return process is not None and process.wait(timeout) == 0
+        """``compile="aot"``: wait for the background build this decoder started (if one runs); returns
+        whether the cache now holds every artifact this decoder uses (later calls switch to them). For
+        scripts that want the artifacts in place before timing or exiting."""
+        if self.backend != "aot":
+            return False
+        if self._builds.process is not None:
+            self._builds.process.wait(timeout)
+        return all(artifacts.is_cached(r) for r in self._builds.recipes)
 
     def _chunk_runner(self, plan: ChunkPlan, position: str) -> artifacts.ArtifactRunner:
         key = (plan.chunk_frames, position)

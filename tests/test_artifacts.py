@@ -132,6 +132,7 @@ def test_chunked_decode_runs_from_the_chunk_step_artifacts(cache, decoders, B):
     forbid_eager(fast)
     status = fast.artifact_status()
     assert len(status) == 4 and all(s.startswith("loaded") for s in status.values()), status
+    assert fast.wait_for_artifacts()  # nothing to wait for: all cached
     plan = fast._plan(CHUNK)
     for T in (plan.min_chunked_frames, plan.min_chunked_frames + 1, 2 * CHUNK + plan.right, 5 * CHUNK + 7, 97):
         latents = torch.randn(B, T, 8)
@@ -160,7 +161,7 @@ def test_build_refuses_an_artifact_that_ignores_the_weights_it_is_handed(tmp_pat
     builds.request(recipe)
     assert builds.process is None  # not retried
     assert main(["cache", "clear"]) == 0
-    assert artifacts.failure(recipe) is None
+    assert artifacts.failure(recipe) is None and not artifacts.is_cached(recipe)
 
 
 def test_build_refuses_an_artifact_with_weights_inlined_in_its_code(tmp_path, monkeypatch):
