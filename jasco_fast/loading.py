@@ -827,7 +827,9 @@ def _check_against_tensors(skeleton: SEANetDecoder, tensors: dict, fmt: str, pat
 
 def _materialise(skeleton: SEANetDecoder, path: Path) -> SEANetDecoder:
     try:
-        return skeleton.to_empty(device="cpu").double()
+        # float64 storage straight away; not `to_empty()`, whose meta-tensor path imports sympy (a cold start's
+        # half second), nor a float32 allocation converted afterwards
+        return skeleton._apply(lambda t: torch.empty(t.shape, dtype=torch.float64))
     except (MemoryError, RuntimeError) as exc:
         count = sum(p.numel() for p in skeleton.parameters())
         raise CheckpointError(path, f"no memory for a decoder of {count:,} parameters: {_one_line(exc)}") from None

@@ -155,10 +155,12 @@ class LatentDecoder(nn.Module):
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
         self.backend = self._backend(compile, compile_mode, param.device)
         self.is_compiled = self.backend != "eager"
-        self._compile_kwargs = dict(dynamic=False, options=_compile_options(compile_mode))
-        # the "aot" backend never calls torch.compile: what its artifacts do not serve runs eagerly
-        self._run = torch.compile(self._decode, **self._compile_kwargs) if self.backend == "torch.compile" \
-            else self._decode
+        # the "aot" backend never calls torch.compile (nor imports it: a second of a cold start): what its
+        # artifacts do not serve runs eagerly
+        self._run = self._decode
+        if self.backend == "torch.compile":
+            self._compile_kwargs = dict(dynamic=False, options=_compile_options(compile_mode))
+            self._run = torch.compile(self._decode, **self._compile_kwargs)
         self.chunk_frames = None  # None: one pass whatever the length
         if chunk_frames is not None and why_not_chunkable(self.decoder) is None:
             self.chunk_frames = self._plan(chunk_frames).chunk_frames  # validates it
@@ -176,6 +178,9 @@ class LatentDecoder(nn.Module):
     def _backend(self, compile, compile_mode, device: torch.device) -> str:
         """``compile`` -> "eager", "aot" or "torch.compile". True picks the ahead-of-time artifacts where they
         are measured (CPU, no ``compile_mode``), else torch.compile."""
+        if compile_mode is not None and not (compile is True or compile == "torch.compile"):
+            raise ValueError(f"compile_mode is an option of torch.compile: it needs compile=True or "
+                             f"'torch.compile', got compile={compile!r}")
         if compile is False:
             return "eager"
         if compile == "aot" or (compile is True and self._aot_by_default(compile_mode, device)):
@@ -309,8 +314,8 @@ class LatentDecoder(nn.Module):
         key = (plan.chunk_frames, position)
         if key not in self._steps:
             module = self._make_step(plan, position)
-            self._steps[key] = torch.compile(module, **self._compile_kwargs) if self.backend == "torch.compile" \
-                else module
+            self._steps[key] = module if self.backend != "torch.compile" else \
+                torch.compile(module, **self._compile_kwargs)
         return self._steps[key]
 
     def _check_latents(self, latents: torch.Tensor) -> None:

@@ -361,10 +361,10 @@ def test_io_error_while_reading_is_a_checkpoint_error(hf_dir, monkeypatch):
 
 
 def test_allocator_failure_while_materialising_is_a_checkpoint_error(hf_dir, monkeypatch):
-    def no_memory(self, *, device, recurse=True):
+    def no_memory(self, fn, recurse=True):  # allocating the decoder's storage (Module._apply)
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
 
-    monkeypatch.setattr(SEANetDecoder, "to_empty", no_memory)
+    monkeypatch.setattr(SEANetDecoder, "_apply", no_memory)
     refused(hf_dir, r"no memory for a decoder of [\d,]+ parameters")
 
 

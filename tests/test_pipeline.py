@@ -110,6 +110,9 @@ def test_compile_mode_runs(tiny_decoder):
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
     with pytest.raises(ValueError, match="compile_mode"):
         LatentDecoder(tiny_decoder, compile_mode="banana")
+    for compile in (False, "aot"):  # a torch.compile option where torch.compile does not run
+        with pytest.raises(ValueError, match="compile_mode is an option of torch.compile"):
+            LatentDecoder(tiny_decoder, compile=compile, compile_mode="default")
 
 
 def test_old_name_compiled_still_works_and_warns(tiny_decoder):
