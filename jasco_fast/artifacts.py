@@ -419,15 +419,36 @@ class Artifact:
         return self._runner(*inputs)
 
 
-def _open_package(path: Path, device_index: int):
-    """``aoti_load_package`` without its per-process CPU probe: torch's Python loader compiles and runs
-    test programs to re-detect the vector ISA, only to warn on a mismatch (1.4 s of a 5 s cold start
-    here); the key already pins the ISA. Falls back to the public loader if torch's internals move."""
-    try:
-        from torch.export.pt2_archive._package import AOTICompiledModel
+class _Package:
+    """A loaded AOTInductor package, called with positional tensors. torch's own wrapper
+    (``torch.export.pt2_archive._package.AOTICompiledModel``) does the same but importing it pulls in the
+    export serializer and sympy (over a second of a cold start here) and re-parses the call spec per call."""
 
-        return AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
-    except (ImportError, AttributeError):
+    def __init__(self, loader):
+        import torch.utils._pytree as pytree
+
+        self.loader = loader
+        self._unflatten = pytree.tree_unflatten
+        self._out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+
+    def __call__(self, *inputs: torch.Tensor):
+        return self._unflatten(self.loader.boxed_run(list(inputs)), self._out_spec)
+
+    def get_constant_fqns(self) -> list[str]:
+        return self.loader.get_constant_fqns()
+
+    def load_constants(self, constants: dict, *, check_full_update: bool, user_managed: bool) -> None:
+        self.loader.load_constants(constants, False, check_full_update, user_managed)
+
+
+def _open_package(path: Path, device_index: int):
+    """The package at ``path``, loaded without ``aoti_load_package``'s per-process CPU probe (torch's Python
+    loader compiles and runs test programs to re-detect the vector ISA, only to warn on a mismatch: 1.4 s
+    of a 5 s cold start here; the key already pins the ISA) and without its Python wrapper's imports.
+    Falls back to the public loader if torch's internals move."""
+    try:
+        return _Package(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
+    except (AttributeError, TypeError):
         return torch._inductor.aoti_load_package(str(path), device_index=device_index)
 
 
