@@ -84,3 +84,19 @@ def log_mel_distance(reference: torch.Tensor, test: torch.Tensor, sample_rate: i
     if floor == 0:
         raise ValueError("log_mel_distance: the reference is silent")
     return (10 * (torch.log10(p_test.clamp_min(floor)) - torch.log10(p_ref.clamp_min(floor)))).abs().mean().item()
+
+
+def worst_band_snr_db(reference: torch.Tensor, test: torch.Tensor, sample_rate: int, *, n_mels: int = 80,
+                      n_fft: int = 2048, hop: int = 512, floor_db: float = -100.0) -> float:
+    """The lowest SNR of any mel band: per band, the reference's power over the error's power (summed over
+    frames), over the bands whose reference power lies above ``floor_db`` below the loudest band. Where the
+    overall SNR could hide an error concentrated where the music is quiet (e.g. high frequencies), this
+    does not."""
+    ref, test = _pair(reference, test)
+    p_ref = mel_power(ref, sample_rate, n_fft, hop, n_mels).sum(dim=-1).flatten(0, -2).sum(dim=0)
+    p_err = mel_power(test - ref, sample_rate, n_fft, hop, n_mels).sum(dim=-1).flatten(0, -2).sum(dim=0)
+    if p_ref.max() == 0:
+        raise ValueError("worst_band_snr_db: the reference is silent")
+    audible = p_ref > p_ref.max() * 10 ** (floor_db / 10)
+    ratio = p_ref[audible] / p_err[audible]
+    return math.inf if torch.isinf(ratio).all() else (10 * torch.log10(ratio.min())).item()

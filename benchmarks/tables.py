@@ -90,17 +90,18 @@ def fidelity_table(result: dict) -> str:
              f"{len(result['checkpoints'])} random-weight EnCodec 32 kHz checkpoints (seeds "
              f"{', '.join(str(c['seed']) for c in result['checkpoints'])}), {result['seconds']:g} s of latents each; "
              f"{result['weights']}; {result['latents']}", "",
-             "| mode | SNR dB, worst [per checkpoint] | log-mel distance dB, worst [per checkpoint] | "
-             "max error / peak, worst | notes |",
-             "|---|---|---|---|---|"]
+             "| mode | SNR dB, worst [per checkpoint] | worst mel band's SNR dB | log-mel distance dB, worst "
+             "[per checkpoint] | max error / peak, worst | notes |",
+             "|---|---|---|---|---|---|"]
     for name, m in result["modes"].items():
         if m["status"] != "ok":
-            lines.append(f"| {name} | – | – | – | {m['status']} |")
+            lines.append(f"| {name} | – | – | – | – | {m['status']} |")
             continue
         snr = ", ".join(f"{p['snr_db']:.1f}" for p in m["per_checkpoint"])
         mel = ", ".join(f"{p['log_mel_distance_db']:.3f}" for p in m["per_checkpoint"])
         worst = m["worst"]
-        lines.append(f"| {name} | {worst['snr_db']:.1f} [{snr}] | {worst['log_mel_distance_db']:.3f} [{mel}] | "
+        lines.append(f"| {name} | {worst['snr_db']:.1f} [{snr}] | {worst['worst_band_snr_db']:.1f} | "
+                     f"{worst['log_mel_distance_db']:.3f} [{mel}] | "
                      f"{worst['max_error_over_peak']:.1e} | {m['notes']} |")
     levels = ", ".join(f"{c['peak']:.2f} / {c['rms_dbfs']:.1f} dBFS" for c in result["checkpoints"])
     lines += ["", f"Level of the float32 decode per checkpoint (peak / RMS): {levels}."]

@@ -90,3 +90,19 @@ def test_log_mel_distance_grows_as_the_noise_rises():
     level = x.square().mean().sqrt()
     d = [_fidelity.log_mel_distance(x, x + level * 10 ** (-snr / 20) * noise, SR) for snr in (80, 50, 30, 10)]
     assert d == sorted(d) and d[0] < 0.01 and d[-1] > 1.0
+
+
+def test_worst_band_snr_finds_an_error_confined_to_one_band():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 1, 2 * SR, generator=gen, dtype=torch.float64)  # white: every band carries signal
+    white = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    white *= math.sqrt(x.square().sum().item() / white.square().sum().item() / 1e4)  # 40 dB overall
+    # white error: every band has about the overall SNR
+    assert _fidelity.worst_band_snr_db(x, x + white, SR) == pytest.approx(40.0, abs=1.0)
+    # the same error power as a 12 kHz tone: 40 dB overall, far worse in the band around 12 kHz
+    t = torch.arange(x.shape[-1], dtype=torch.float64) / SR
+    tone = torch.sin(2 * math.pi * 12000 * t).view(1, 1, -1)
+    tone *= math.sqrt(white.square().sum().item() / tone.square().sum().item())
+    assert _fidelity.snr_db(x, x + tone) == pytest.approx(40.0, abs=0.01)
+    assert _fidelity.worst_band_snr_db(x, x + tone, SR) < 30.0
+    assert _fidelity.worst_band_snr_db(x, x.clone(), SR) == math.inf
