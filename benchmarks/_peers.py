@@ -214,7 +214,8 @@ MODES: dict[str, dict] = {
     "jasco_fast (default)": {},
     "jasco_fast, compile='torch.compile'": dict(compile="torch.compile"),
     "jasco_fast, bfloat16": dict(dtype=torch.bfloat16),
-    "jasco_fast, float16": dict(dtype=torch.float16),
+    # float16 runs on the CPU but several times slower than float32 (README, "CPU peers"); its accuracy is in
+    # bench_fidelity.py. Time it with:  "jasco_fast, float16": dict(dtype=torch.float16),
 }
 BASELINE = "jasco_fast (default)"  # every ratio is time / this mode's time in the same round
 

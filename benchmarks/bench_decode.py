@@ -175,6 +175,9 @@ def main(argv=None) -> dict:
                         help="time the peers (transformers, ONNX Runtime, OpenVINO, every jasco_fast mode) instead")
     parser.add_argument("--batch", type=int, default=1, help="--peers: batch size (default 1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="--peers: seconds of audio (default 10)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="--peers: threads for every implementation (default: torch's default). On a machine "
+                             "shared with other jobs, 1 keeps OpenMP's barriers from waiting on descheduled threads")
     parser.add_argument("--only", action="append", default=None, metavar="TEXT",
                         help="--peers: only the implementations whose name contains TEXT (repeatable; the baseline always runs)")
     args = parser.parse_args(argv)
@@ -250,6 +253,10 @@ def run_peers(args, argv) -> dict:
     if args.batch < 1 or args.seconds <= 0:
         raise SystemExit("bench_decode --peers: --batch must be >= 1 and --seconds > 0")
     rounds = args.rounds or (1 if args.quick else 5)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("bench_decode --peers: --threads must be >= 1")
+        torch.set_num_threads(args.threads)  # ONNX Runtime and OpenVINO take the same count (_peers.py)
     peers = {**provenance("bench_decode.py", argv, args.device, args.note), "rounds": rounds,
              "baseline": _peers.BASELINE, "batch": args.batch, "seconds": args.seconds,
              "decoder": "EnCodec 32 kHz, random weights (transformers' initialisation, seed 0), shared by all"}
