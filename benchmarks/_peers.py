@@ -7,7 +7,6 @@ A peer whose package is missing raises :class:`NotInstalled` when built; the ben
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.metadata
 import math
@@ -124,9 +123,10 @@ class _ExportedDecode(nn.Module):
     """latents [B, T, D] -> audio: JASCO's denormalise + transpose, then the reference decoder with weight
     norm folded (``remove_parametrizations``) and its padding/trim made length-free for the ONNX tracer."""
 
-    def __init__(self, ref: reference.ReferenceDecoder):
+    def __init__(self, decoder):
         super().__init__()
-        model = copy.deepcopy(ref.model)
+        # a reference of its own: removing the parametrizations of a deep copy would break the original's
+        model = reference.ReferenceDecoder(decoder).model
         for module in list(model.modules()):
             if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and nn.utils.parametrize.is_parametrized(module):
                 nn.utils.parametrize.remove_parametrizations(module, "weight")
@@ -155,8 +155,8 @@ def export_onnx(setup: dict) -> Path:
     if "onnx_path" not in setup:
         need("onnx")
         path = Path(setup["workdir"]) / "decoder.onnx"
-        module = _ExportedDecode(setup["reference"]).eval()
-        example = torch.randn(1, 64, setup["reference"].config.dimension)
+        module = _ExportedDecode(setup["decoder"]).eval()
+        example = torch.randn(1, 64, setup["decoder"].config.dimension)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17,

@@ -273,7 +273,7 @@ def run_peers(args, argv) -> dict:
         want = reference.decode(oracle, latents)
         short = latents[:, : max(64, frames // 3)].contiguous()  # a second length: a dynamic-shape export must follow it
         want_short = reference.decode(oracle, short)
-        setup = {"checkpoint": checkpoint, "decoder": decoder, "reference": oracle, "latents": latents, "workdir": work}
+        setup = {"checkpoint": checkpoint, "decoder": decoder, "latents": latents, "workdir": work}
         peers["frames"] = frames
 
         runs, table = {}, {}
