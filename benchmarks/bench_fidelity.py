@@ -40,7 +40,7 @@ MODES: dict[str, dict] = {
 WEIGHTS_DOC = ("weights w = g * v / ||v|| (weight norm over dim 0, as upstream), v Gaussian, g log-normal per "
                "channel (sigma 0.5) times one gain per convolution calibrated on realistic latents so that each "
                "convolution's output RMS is 1 (residual branches 0.5 of the block input, final convolution "
-               "-20 dBFS audio), biases N(0, 0.05^2), LSTM PyTorch's default uniform(+-1/sqrt(1024))")
+               "zero-mean -20 dBFS audio), biases N(0, 0.05^2), LSTM PyTorch's default uniform(+-1/sqrt(1024))")
 LATENTS_DOC = ("latents: per channel an AR(1) Gaussian process with unit variance and frame-to-frame "
                "correlation drawn in [0.8, 0.98] (correlation time 0.1-1 s at 50 frames/s), plus a slow "
                "per-channel offset (std 0.3): zero-mean, unit-variance, temporally correlated, like JASCO's "
@@ -92,7 +92,8 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
     v Gaussian, g log-normal per channel, and then, convolution by convolution in forward order, one
     gain per convolution fitted (LSUV-style, on realistic latents) so that its output RMS is 1; residual
     branches add 0.5 of the block input's RMS (the skip carries most of the signal); the last
-    convolution makes -20 dBFS audio.
+    convolution makes zero-mean -20 dBFS audio (its bias cancels the DC the ELUs' positive mean would
+    otherwise leave: one checkpoint in four came out as almost pure DC without this).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -120,10 +121,16 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
         decoder(x)
         for h in hooks:
             h.remove()
-        target = AUDIO_RMS if role == "last" else 0.5 * _rms(seen["in"]) if role == "branch_out" else 1.0
-        linear = _rms(seen["out"] - conv.bias.view(1, -1, 1, 1))  # outputs are [B, C, 1, T]
+        linear = seen["out"] - conv.bias.view(1, -1, 1, 1)  # outputs are [B, C, 1, T]
+        if role == "last":  # audio: zero-mean (a trained decoder makes no DC) at AUDIO_RMS
+            mean = linear.mean(dim=(0, 2, 3))
+            scale = AUDIO_RMS / _rms(linear - mean.view(1, -1, 1, 1))
+            conv.weight.mul_(scale)
+            conv.bias.copy_(-scale * mean)
+            continue
+        target = 0.5 * _rms(seen["in"]) if role == "branch_out" else 1.0
         wanted = math.sqrt(max(target ** 2 - _rms(conv.bias) ** 2, (0.1 * target) ** 2))
-        conv.weight.mul_(wanted / linear)
+        conv.weight.mul_(wanted / _rms(linear))
     return decoder
 
 
@@ -176,7 +183,7 @@ def main(argv=None) -> dict:
         latents = realistic_latents(1, int(seconds * cfg.frame_rate), cfg.dimension, gen).to(args.device)
         want = reference.decode(reference.ReferenceDecoder(decoder), latents)
         levels = layer_levels(decoder, (latents * JASCO_LATENT_STD + JASCO_LATENT_MEAN).permute(0, 2, 1))
-        result["checkpoints"].append({"seed": seed, "peak": want.abs().max().item(),
+        result["checkpoints"].append({"seed": seed, "peak": want.abs().max().item(), "dc": want.mean().item(),
                                       "rms_dbfs": 20 * math.log10(_rms(want)),
                                       "layer_rms": [round(v, 4) for v in levels]})
         print(f"checkpoint seed {seed}: audio peak {want.abs().max().item():.2f}, RMS {20 * math.log10(_rms(want)):.1f} "
