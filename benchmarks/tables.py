@@ -30,9 +30,9 @@ def provenance_line(result: dict) -> str:
     note = f" Note: {result['note'].rstrip('.')}." if result.get("note") else ""
     if result.get("complete") is False:
         note += " The run did not finish: only the rows below were measured."
+    rounds = f"{result['rounds']} interleaved rounds (median [min–max]), " if result.get("rounds") else ""
     return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}, torch {result['torch']}, "
-            f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {result['rounds']} interleaved rounds "
-            f"(median [min–max]), load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
+            f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {rounds}load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
             f"CPUs, by `{result['command']}`.{note}")
 
 
