@@ -215,6 +215,8 @@ MODES: dict[str, dict] = {
     "jasco_fast, compile=False": dict(compile=False),
     "jasco_fast (default)": {},
     "jasco_fast, compile='torch.compile'": dict(compile="torch.compile"),
+    # the ahead-of-time artifact (built now if the cache lacks it), every call in one pass
+    "jasco_fast, compile='aot', one pass": dict(compile="aot", chunk_frames=None),
     "jasco_fast, bfloat16": dict(dtype=torch.bfloat16),
     # float16 runs on the CPU but several times slower than float32 (README, "CPU peers"); its accuracy is in
     # bench_fidelity.py. Time it with:  "jasco_fast, float16": dict(dtype=torch.float16),
@@ -228,10 +230,12 @@ def jasco_fast_mode(kwargs: dict) -> Callable[[dict], tuple[DecodeFn, str]]:
             fast = LatentDecoder(setup["decoder"], **kwargs)
         except TypeError as exc:
             raise NotInstalled(f"not available in this jasco_fast ({exc})") from None
-        if fast.backend == "aot" and fast.aot is not None and fast.aot.artifact is None:
+        if fast.backend == "aot" and getattr(fast.aot, "artifact", None) is None:
             fast = _with_artifact(setup["decoder"], kwargs)
         notes = (f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}, "
                  f"chunk_frames {fast.chunk_frames}")
+        if fast.backend == "aot":  # whether the artifact served the calls, in its own words
+            notes += f", artifact: {getattr(fast.aot, 'status', 'status unknown')}"
         return torch.no_grad()(fast), notes
     return build
 
