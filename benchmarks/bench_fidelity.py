@@ -42,9 +42,9 @@ WEIGHTS_DOC = ("weights w = g * v / ||v|| (weight norm over dim 0, as upstream),
                "convolution's output RMS is 1 (residual branches 0.5 of the block input, final convolution "
                "zero-mean -20 dBFS audio), biases N(0, 0.05^2), LSTM PyTorch's default uniform(+-1/sqrt(1024))")
 LATENTS_DOC = ("latents: per channel an AR(1) Gaussian process with unit variance and frame-to-frame "
-               "correlation drawn in [0.8, 0.98] (correlation time 0.1-1 s at 50 frames/s), plus a slow "
-               "per-channel offset (std 0.3): zero-mean, unit-variance, temporally correlated, like JASCO's "
-               "normalised latents")
+               "correlation drawn in [0.8, 0.98] (correlation time 0.1-1 s at 50 frames/s), standardised per "
+               "channel over the clip: zero-mean, unit-variance, temporally correlated, like JASCO's normalised "
+               "latents")
 AUDIO_RMS = 0.1  # -20 dBFS: a typical RMS level of mastered music (peaks then land near -6 to -3 dBFS)
 
 
@@ -56,8 +56,6 @@ def realistic_latents(batch: int, frames: int, dim: int, generator: torch.Genera
     x[:, 0] = torch.randn(batch, dim, generator=generator)
     for t in range(1, frames):
         x[:, t] = rho[:, 0] * x[:, t - 1] + noise[:, t]
-    offset = 0.3 * torch.randn(batch, 1, dim, generator=generator)
-    x = x + offset
     return (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True)  # exactly zero-mean, unit-variance
 
 
@@ -92,8 +90,8 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
     v Gaussian, g log-normal per channel, and then, convolution by convolution in forward order, one
     gain per convolution fitted (LSUV-style, on realistic latents) so that its output RMS is 1; residual
     branches add 0.5 of the block input's RMS (the skip carries most of the signal); the last
-    convolution makes zero-mean -20 dBFS audio (its bias cancels the DC the ELUs' positive mean would
-    otherwise leave: one checkpoint in four came out as almost pure DC without this).
+    convolution makes zero-mean -20 dBFS audio (its bias cancels the DC that the biases and the ELUs'
+    asymmetry otherwise leave: one checkpoint in four came out as almost pure DC without this).
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
