@@ -19,7 +19,7 @@ GPU_PYTHON     ?= python3
 GPU_PY_VERSION ?= 3.12
 GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
 
-.PHONY: install demo test fuzz bench clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
+.PHONY: install demo test fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
 install: $(STAMP)
 
@@ -57,6 +57,19 @@ fuzz: install
 # from the JSON. Run it on a quiet machine; NOTE="..." is recorded in the JSON (e.g. what else was running).
 bench: install
 	$(BIN)/jasco-fast bench $(if $(NOTE),--note "$(NOTE)")
+	$(BIN)/python benchmarks/tables.py --write
+
+# The optional CPU peers (ONNX Runtime, OpenVINO; the `bench` extra). The constraint keeps pip from touching
+# torch; the check after it fails loudly if anything did.
+bench-deps: install
+	echo "torch==2.13.0" > $(VENV)/torch-constraint.txt
+	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt --no-build-isolation -e ".[test,bench]"
+	$(BIN)/python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch changed to {v}')"
+
+# The peers table (B = 1, 10 s) and the fidelity of the reduced-precision modes, then the README tables.
+bench-peers: bench-deps
+	$(BIN)/python benchmarks/bench_decode.py --peers $(if $(NOTE),--note "$(NOTE)")
+	$(BIN)/python benchmarks/bench_fidelity.py $(if $(NOTE),--note "$(NOTE)")
 	$(BIN)/python benchmarks/tables.py --write
 
 # ---- CUDA build without a GPU (CI): torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV), reused when there.

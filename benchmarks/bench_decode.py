@@ -2,6 +2,7 @@
 
     python benchmarks/bench_decode.py [--device cpu|cuda] [--quick] [--dtype float32|bfloat16|float16]
                                       [--rounds N] [--note TEXT]
+    python benchmarks/bench_decode.py --peers [--batch 1] [--seconds 10] [--rounds 5] [--note TEXT]
 
 The eager path is what audiocraft runs: ``latents * std + mean``, ``permute``, the EnCodec decoder in
 [B, C, T] layout with weight norm recomputed on every call (``jasco_fast.reference.ReferenceDecoder``).
@@ -11,13 +12,24 @@ includes compilation, is reported separately. Weights are random (timing does no
 the same convolutions runs much faster. Eager and fast calls alternate in rounds (the machine's speed
 drifts; each ratio is taken within a round); the JSON keeps the median, min and max over rounds, with the
 date, command, machine, torch version and load average. Writes benchmarks/results/decode_<device>.json.
+
+``--peers`` (CPU) instead times the same decoder, same weights, in one process, as every implementation
+of ``benchmarks/_peers.py``: transformers eager (what released JASCO runs), transformers + torch.compile,
+ONNX Runtime and OpenVINO (float32 and its bf16 hint) on an ONNX export, and every jasco_fast mode
+(``_peers.MODES``). Each round calls every implementation once, in an order rotated by one each round;
+ratios are taken within a round against ``LatentDecoder`` float32 with its default ``compile``. Each
+output is compared with the float32 reference (``jasco_fast.reference``): max error / peak and SNR.
+A peer whose package is missing is reported as not installed (``pip install -e ".[bench]"``). The
+result goes under the key ``peers`` of the same JSON (the eager-vs-fast rows stay).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +40,7 @@ import torch.utils.benchmark as tbench
 import jasco_fast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance, spread, write_result  # noqa: E402
+from _common import RESULTS, load_average, provenance, spread, write_result  # noqa: E402
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.pipeline import DTYPES
 
@@ -159,9 +171,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved eager/fast rounds (default 3; --quick 1)")
     parser.add_argument("--note", default=None, help="recorded in the JSON, e.g. what else ran on the machine")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/decode_<device>.json)")
+    parser.add_argument("--peers", action="store_true",
+                        help="time the peers (transformers, ONNX Runtime, OpenVINO, every jasco_fast mode) instead")
+    parser.add_argument("--batch", type=int, default=1, help="--peers: batch size (default 1)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="--peers: seconds of audio (default 10)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="--peers: threads for every implementation (default: torch's default). On a machine "
+                             "shared with other jobs, 1 keeps OpenMP's barriers from waiting on descheduled threads")
+    parser.add_argument("--only", action="append", default=None, metavar="TEXT",
+                        help="--peers: only the implementations whose name contains TEXT (repeatable; the baseline always runs)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_decode: --device cuda but CUDA is not available")
+    if args.peers:
+        return run_peers(args, argv)
     dtype = DTYPES[args.dtype]
     cases = [(1, 10.0)] if args.quick else [(1, 10.0), (1, 30.0), (8, 10.0), (8, 30.0)]
     if args.device == "cuda" and not args.quick:
@@ -183,11 +206,137 @@ def main(argv=None) -> dict:
             print_table(rows[-1:], f"-- B={batch}, {seconds:g} s")
         # written after every case (a long run that is stopped keeps what it measured), marked complete at the end
         result["complete"] = len(rows) == len(cases)
+        _keep_peers(result, _result_path(args))
         write_result(result, "decode", args.device, args.quick, args.out)
     print()
     print_table(rows, f"decode: JASCO eager path vs jasco_fast.LatentDecoder on {result['device']}, torch "
                       f"{torch.__version__}; matmul {rate / 1e9:.0f} GFLOP/s; median of {rounds} rounds")
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers (--peers)
+
+
+def _result_path(args) -> Path:
+    return args.out or RESULTS / f"decode_{args.device}{'_quick' if args.quick else ''}.json"
+
+
+def _keep_peers(result: dict, path: Path) -> None:
+    """The rows and the peers table share one JSON; a run of one keeps the other's last result."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if "peers" in old and "peers" not in result:
+        result["peers"] = old["peers"]
+
+
+def _merge_into(path: Path, peers: dict) -> dict:
+    """The JSON at `path` with its "peers" replaced; a file without rows gets the peers run's provenance."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        result = {"benchmark": "decode", "decoder": peers["decoder"], "rows": [], "rounds": peers["rounds"],
+                  **{k: peers[k] for k in ("date_utc", "command", "device", "device_type", "threads", "torch",
+                                           "jasco_fast", "git_commit", "cpu_count", "note")}}
+    result["peers"] = peers
+    return result
+
+
+def run_peers(args, argv) -> dict:
+    import _fidelity
+    import _peers
+
+    if args.device != "cpu":
+        raise SystemExit("bench_decode --peers: CPU only (the peers here are CPU runtimes)")
+    if args.batch < 1 or args.seconds <= 0:
+        raise SystemExit("bench_decode --peers: --batch must be >= 1 and --seconds > 0")
+    rounds = args.rounds or (1 if args.quick else 5)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("bench_decode --peers: --threads must be >= 1")
+        torch.set_num_threads(args.threads)  # ONNX Runtime and OpenVINO take the same count (_peers.py)
+    peers = {**provenance("bench_decode.py", argv, args.device, args.note), "rounds": rounds,
+             "baseline": _peers.BASELINE, "batch": args.batch, "seconds": args.seconds,
+             "decoder": "EnCodec 32 kHz, random weights (transformers' initialisation, seed 0), shared by all"}
+    with tempfile.TemporaryDirectory(prefix="jasco_bench_peers_") as work:
+        work = Path(work)
+        try:
+            checkpoint = _peers.write_transformers_checkpoint(work / "encodec_32khz")
+            decoder = jasco_fast.load_decoder(checkpoint)
+        except _peers.NotInstalled:  # no transformers: the jasco_fast modes and the ONNX peers still run
+            checkpoint, decoder = None, SEANetDecoder(DecoderConfig()).eval()
+        frames = int(args.seconds * decoder.config.frame_rate)
+        latents = torch.randn(args.batch, frames, decoder.config.dimension, generator=torch.Generator().manual_seed(1))
+        oracle = reference.ReferenceDecoder(decoder)
+        want = reference.decode(oracle, latents)
+        short = latents[:, : max(64, frames // 3)].contiguous()  # a second length: a dynamic-shape export must follow it
+        want_short = reference.decode(oracle, short)
+        setup = {"checkpoint": checkpoint, "decoder": decoder, "latents": latents, "workdir": work}
+        peers["frames"] = frames
+
+        runs, table = {}, {}
+        chosen = {n: b for n, b in _peers.PEERS.items()
+                  if n == _peers.BASELINE or not args.only or any(t.lower() in n.lower() for t in args.only)}
+        for name, build in chosen.items():
+            entry = table[name] = {}
+            print(f"setting up {name} ...", flush=True)
+            t0 = time.perf_counter()
+            try:
+                fn, entry["notes"] = build(setup)
+                got = fn(latents)  # the first call compiles where the implementation compiles
+                entry["first_call_s"] = time.perf_counter() - t0
+                fn(latents)
+                entry["max_error_over_peak"] = error = _fidelity.max_error_over_peak(want, got)
+                entry["snr_db"] = _fidelity.snr_db(want, got)
+                if not getattr(fn, "static_shape", False):  # a dynamic-length export must be right at any length
+                    entry["max_error_over_peak_other_length"] = other = _fidelity.max_error_over_peak(want_short, fn(short))
+                    if other > max(10 * error, 1e-4):
+                        raise RuntimeError(f"wrong at {short.shape[1]} frames: max error / peak {other:.1e}")
+                entry["status"] = "ok"
+                runs[name] = fn
+            except _peers.NotInstalled as exc:
+                entry["status"] = str(exc)
+            except Exception as exc:  # a peer that breaks is reported; the others still run
+                entry["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"  {entry['status']}", flush=True)
+        if _peers.BASELINE not in runs:
+            raise SystemExit(f"bench_decode --peers: the baseline {_peers.BASELINE!r} did not run: "
+                             f"{table[_peers.BASELINE]['status']}")
+
+        names = list(runs)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):  # every implementation once per round, the order rotated each round
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                runs[name](latents)
+                times[name].append(time.perf_counter() - t0)
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n.split(' (')[0]} {times[n][-1] * 1e3:.0f}" for n in names),
+                  flush=True)
+    base = times[_peers.BASELINE]
+    for name in names:
+        table[name]["ms"] = spread(times[name], 1e3)
+        table[name]["over_baseline"] = spread([t / b for t, b in zip(times[name], base)])
+    peers["implementations"] = table
+    peers["load_average_at_end"] = load_average()
+    path = _result_path(args)
+    write_result(_merge_into(path, peers), "decode", args.device, args.quick, args.out)
+    print_peers(peers)
+    return peers
+
+
+def print_peers(peers: dict) -> None:
+    print(f"\ndecode peers: B={peers['batch']}, {peers['seconds']:g} s, {peers['device']}, torch {peers['torch']}; "
+          f"median [min-max] of {peers['rounds']} interleaved rounds; ratio = time / {peers['baseline']} in the same round")
+    print(f"{'implementation':48s} | {'ms':>7s} | {'ratio [min-max]':>18s} | {'max err/peak':>12s} | {'SNR dB':>6s}")
+    for name, e in peers["implementations"].items():
+        if e["status"] != "ok":
+            print(f"{name:48s} | {e['status']}")
+            continue
+        r = e["over_baseline"]
+        print(f"{name:48s} | {e['ms']['median']:7.0f} | {r['median']:5.2f} [{r['min']:.2f}-{r['max']:.2f}] | "
+              f"{e['max_error_over_peak']:12.1e} | {e['snr_db']:6.1f}")
 
 
 if __name__ == "__main__":

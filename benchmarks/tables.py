@@ -5,6 +5,7 @@
 
 A document marks a table with `<!-- results: decode_cpu.json -->` ... `<!-- /results -->`; --write replaces
 what lies between with the table of that file, so the figures there are always those of the committed JSON.
+`<!-- results: decode_cpu.json#peers -->` marks the table of one part of a file (here: its "peers" key).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOCUMENTS = [HERE.parent / "README.md", HERE / "NOTES_denorm_transpose.md"]
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n).*?(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)(?:#(?P<part>\w+))? -->\n).*?(<!-- /results -->)", re.S)
 
 
 def _range(s: dict, fmt: str, scale: float = 1.0) -> str:
@@ -29,9 +30,9 @@ def provenance_line(result: dict) -> str:
     note = f" Note: {result['note'].rstrip('.')}." if result.get("note") else ""
     if result.get("complete") is False:
         note += " The run did not finish: only the rows below were measured."
+    rounds = f"{result['rounds']} interleaved rounds (median [min–max]), " if result.get("rounds") else ""
     return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}, torch {result['torch']}, "
-            f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {result['rounds']} interleaved rounds "
-            f"(median [min–max]), load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
+            f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {rounds}load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
             f"CPUs, by `{result['command']}`.{note}")
 
 
@@ -66,11 +67,57 @@ def denorm_transpose_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table}
+def peers_table(peers: dict) -> str:
+    """bench_decode.py --peers: every implementation's time as a ratio to the baseline, and its error."""
+    lines = [provenance_line(peers), "",
+             f"B = {peers['batch']}, {peers['seconds']:g} s of audio ({peers['frames']} latent frames), {peers['decoder']}. "
+             f"Ratio: time / `{peers['baseline']}`'s time in the same round (below 1: faster). Error: against the "
+             f"float32 reference (`jasco_fast.reference`).", "",
+             "| implementation | time s | time ratio | max error / peak | SNR dB | notes |",
+             "|---|---|---|---|---|---|"]
+    for name, e in peers["implementations"].items():
+        if e["status"] != "ok":
+            lines.append(f"| {name} | – | – | – | – | {e['status']} |")
+            continue
+        lines.append(f"| {name} | {_range(e['ms'], '.2f', 1e-3)} | {_range(e['over_baseline'], '.2f')} | "
+                     f"{e['max_error_over_peak']:.1e} | {e['snr_db']:.1f} | {e['notes']} |")
+    return "\n".join(lines)
 
 
-def table(path: Path) -> str:
+def fidelity_table(result: dict) -> str:
+    """bench_fidelity.py: each reduced-precision mode against float32, worst case over the checkpoints."""
+    lines = [provenance_line(result), "",
+             f"{len(result['checkpoints'])} random-weight EnCodec 32 kHz checkpoints (seeds "
+             f"{', '.join(str(c['seed']) for c in result['checkpoints'])}), {result['seconds']:g} s of latents each; "
+             f"{result['weights']}; {result['latents']}", "",
+             "| mode | SNR dB, worst [per checkpoint] | worst mel band's SNR dB | log-mel distance dB, worst "
+             "[per checkpoint] | max error / peak, worst | notes |",
+             "|---|---|---|---|---|---|"]
+    for name, m in result["modes"].items():
+        if m["status"] != "ok":
+            lines.append(f"| {name} | – | – | – | – | {m['status']} |")
+            continue
+        snr = ", ".join(f"{p['snr_db']:.1f}" for p in m["per_checkpoint"])
+        mel = ", ".join(f"{p['log_mel_distance_db']:.3f}" for p in m["per_checkpoint"])
+        worst = m["worst"]
+        lines.append(f"| {name} | {worst['snr_db']:.1f} [{snr}] | {worst['worst_band_snr_db']:.1f} | "
+                     f"{worst['log_mel_distance_db']:.3f} [{mel}] | "
+                     f"{worst['max_error_over_peak']:.1e} | {m['notes']} |")
+    levels = ", ".join(f"{c['peak']:.2f} / {c['rms_dbfs']:.1f} dBFS" for c in result["checkpoints"])
+    lines += ["", f"Level of the float32 decode per checkpoint (peak / RMS): {levels}."]
+    return "\n".join(lines)
+
+
+RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table, "fidelity": fidelity_table}
+PARTS = {"peers": peers_table}
+
+
+def table(path: Path, part: str | None = None) -> str:
     result = json.loads(path.read_text())
+    if part is not None:
+        if part not in PARTS or part not in result:
+            raise SystemExit(f"{path}: no part {part!r} to render (parts: {', '.join(k for k in PARTS if k in result)})")
+        return PARTS[part](result[part])
     if "date_utc" not in result:
         raise SystemExit(f"{path}: written by an older benchmark script (no date, rounds or spread); rerun it")
     return RENDER[result["benchmark"]](result)
@@ -80,7 +127,7 @@ def rewrite(document: Path) -> bool:
     text = document.read_text()
 
     def replace(m: re.Match) -> str:
-        return m.group(1) + table(RESULTS / m.group("name")) + "\n" + m.group(3)
+        return m.group(1) + table(RESULTS / m.group("name"), m.group("part")) + "\n" + m.group(4)
 
     new = BLOCK.sub(replace, text)
     if new != text:
@@ -93,8 +140,13 @@ def main(argv=None) -> None:
     parser.add_argument("--write", action="store_true", help="rewrite the marked blocks of README.md and the notes")
     args = parser.parse_args(argv)
     for path in sorted(RESULTS.glob("*.json")):
-        if json.loads(path.read_text()).get("benchmark") in RENDER:
-            print(f"## {path.name}\n\n{table(path)}\n")
+        result = json.loads(path.read_text())
+        if result.get("benchmark") in RENDER:
+            if result.get("rows", True) != []:  # a decode file may hold only the peers so far
+                print(f"## {path.name}\n\n{table(path)}\n")
+            for part in PARTS:
+                if part in result:
+                    print(f"## {path.name}#{part}\n\n{table(path, part)}\n")
     if args.write:
         for doc in DOCUMENTS:
             print(f"{doc.name}: {'updated' if rewrite(doc) else 'unchanged'}")
