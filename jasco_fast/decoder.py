@@ -262,15 +262,15 @@ class Conv(nn.Module):
 
 
 # Transposed convolutions with at least this many input channels run as a GEMM plus a shifted sum
-# (ConvTranspose._as_gemm) when their weights are bfloat16/float16 on the CPU: measured on this project's
-# CPU (AMX), oneDNN's bfloat16 deconvolution took 2-3x the GEMM form's time for the 1024- and 512-channel
-# stages and less for the 256- and 128-channel ones; in float32 the direct deconvolution won at every stage
-# (benchmarks/NOTES_decode_cpu.md).
+# (ConvTranspose._as_gemm) when their weights are bfloat16 on the CPU. Measured on this project's CPU (AMX):
+# oneDNN's bfloat16 deconvolution took 2-3x the GEMM form's time for the 1024- and 512-channel stages, but
+# less than it for the 256- and 128-channel ones; in float32 the direct deconvolution won at every stage
+# (benchmarks/NOTES_decode_cpu.md). float16 was not measured and keeps the deconvolution.
 GEMM_TRANSPOSED_CONV_MIN_CHANNELS = 512
 
 
 def _gemm_transposed_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16)
+    return (x.device.type == "cpu" and weight.dtype == torch.bfloat16
             and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS)
 
 
