@@ -1,14 +1,15 @@
 """Stage-by-stage profile of the decode against each stage's floor.
 
     python benchmarks/bench_stages.py [--frames 500] [--rounds 7] [--dtype float32|bfloat16]
-                                      [--precision NAME] [--quick] [--note TEXT] [--out PATH]
+                                      [--threads N] [--quick] [--note TEXT] [--out PATH]
 
 The decoder runs as ``LatentDecoder`` runs it (weights folded, channels-last ``[B, C, 1, T]``, B = 1),
 cut into its stages: conv-in, the LSTM, each upsampling stage's ELU + ConvTranspose and its residual
 block(s), and the final ELU + conv. Each stage is timed on the input the previous stage produced, eager
-and compiled on its own (``torch.compile`` with freezing, as ``LatentDecoder`` compiles the whole
-decode), in interleaved rounds together with the whole decode (eager and compiled), so that the sum of
-the stages can be checked against the whole.
+and compiled on its own (``torch.compile`` with ``options={"freezing": True}``, as ``LatentDecoder``
+compiles the whole decode; in torch 2.13 that option alone leaves the weights as graph inputs, see
+benchmarks/NOTES_decode_cpu.md), in interleaved rounds together with the whole decode (eager and
+compiled), so that the sum of the stages can be checked against the whole.
 
 Each stage's floor is a roofline: the larger of
 * its multiply-accumulates at the GEMM rate (in the decode's dtype) measured here on GEMMs of the stage's
@@ -165,11 +166,16 @@ def main(argv=None) -> dict:
     p.add_argument("--frames", type=int, default=500, help="latent frames (50 per second of audio)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (the only device this profile covers; cuda is skipped, for `jasco-fast bench`)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--quick", action="store_true", help="3 rounds, no whole-decode comparison")
     p.add_argument("--note", default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.device != "cpu":
+        print("bench_stages: CPU only (its floors are CPU measurements); skipped for", args.device)
+        return {}
     rounds = 3 if args.quick else args.rounds
     if args.threads:
         torch.set_num_threads(args.threads)

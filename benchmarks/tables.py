@@ -70,7 +70,7 @@ def stages_table(result: dict) -> str:
     r = result["rates"]
     lines = [provenance_line(result), "",
              f"Decode of {result['frames']} frames at B = {result['batch']}, {result['dtype']}, each stage compiled on its "
-             f"own (torch.compile, freezing). Rates (best of two measurements): {r['gemm_square_2048_flops'] / 1e9:.0f} "
+             f"own (torch.compile with LatentDecoder's options). Rates (best of two measurements): {r['gemm_square_2048_flops'] / 1e9:.0f} "
              f"GFLOP/s for a 2048^3 GEMM, {r['lstm_matvec_bytes_per_s'] / 1e9:.1f} GB/s for the LSTM's [4096, 1024] "
              f"matvec, {r['copy_bytes_per_s'] / 1e9:.1f} GB/s copy (read + write).", "",
              "| stage | output [B, C, 1, T] | eager ms | compiled ms | floor ms | bound | compiled / floor (median) | "
