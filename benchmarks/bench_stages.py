@@ -149,7 +149,7 @@ def stage_floor(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, 
             "flops_s": flops_time, "flops_at_square_gemm_rate_s": peak_time, "bytes_s": bytes_time}
 
 
-def needed_gemms(stages, inputs, outputs, frames: int) -> set[tuple[int, int, int]]:
+def needed_gemms(stages, outputs, frames: int) -> set[tuple[int, int, int]]:
     shapes = set()
     for (name, module), y in zip(stages, outputs):
         if name == "lstm":
@@ -197,7 +197,7 @@ def main(argv=None) -> dict:
             x = module(x)
             outputs.append(x)
 
-    gemm_shapes = sorted(needed_gemms(stages, inputs, outputs, args.frames))
+    gemm_shapes = sorted(needed_gemms(stages, outputs, args.frames))
     C = decoder.layers[1].weight_hh_l0.shape[1] if isinstance(decoder.layers[1], LSTM) else 1024
 
     def measure_rates() -> dict:
