@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DOCUMENTS = [HERE.parent / "README.md", HERE / "NOTES_denorm_transpose.md"]
+DOCUMENTS = [HERE.parent / "README.md", HERE / "NOTES_denorm_transpose.md", HERE / "NOTES_decode_cpu.md"]
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)(?:#(?P<part>\w+))? -->\n).*?(<!-- /results -->)", re.S)
 
 
@@ -84,6 +84,33 @@ def peers_table(peers: dict) -> str:
     return "\n".join(lines)
 
 
+def stages_table(result: dict) -> str:
+    r = result["rates"]
+    lines = [provenance_line(result), "",
+             f"Decode of {result['frames']} frames at B = {result['batch']}, {result['dtype']}, each stage compiled on its "
+             f"own (torch.compile with LatentDecoder's options). Rates (best of two measurements): {r['gemm_square_2048_flops'] / 1e9:.0f} "
+             f"GFLOP/s for a 2048^3 GEMM, {r['lstm_matvec_bytes_per_s'] / 1e9:.1f} GB/s for the LSTM's [4096, 1024] "
+             f"matvec, {r['copy_bytes_per_s'] / 1e9:.1f} GB/s copy (read + write).", "",
+             "| stage | output [B, C, 1, T] | eager ms | compiled ms | floor ms | bound | compiled / floor (median) | "
+             "fastest round / floor |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in result["stages"]:
+        bound = "weights bytes x T" if row["stage"] == "lstm" else row["bound"]
+        lines.append(f"| {row['stage']} | {row['out_shape']} | {_range(row['eager_ms'], '.1f')} | "
+                     f"{_range(row['compiled_ms'], '.1f')} | {row['floor_ms']:.1f} | {bound} | "
+                     f"{row['ratio_compiled_to_floor']:.2f} | {row['ratio_fastest_compiled_to_floor']:.2f} |")
+    total = result["sum_of_stages_ms"]
+    lines.append(f"| sum of stages | | {total['eager']:.1f} | {total['compiled']:.1f} | {result['sum_of_floors_ms']:.1f} | | "
+                 f"{total['compiled'] / result['sum_of_floors_ms']:.2f} | "
+                 f"{result['sum_of_fastest_rounds_ms']['compiled'] / result['sum_of_floors_ms']:.2f} |")
+    whole = result.get("whole_decode_ms") or {}
+    if whole:
+        lines += ["", f"Whole decode in the same rounds: eager {_range(whole['eager'], '.1f')} ms, compiled (LatentDecoder, "
+                      f"one pass) {_range(whole['compiled'], '.1f')} ms: {result['whole_compiled_to_floor']:.2f}x the sum "
+                      f"of the floors (fastest round {result['whole_fastest_compiled_to_floor']:.2f}x)."]
+    return "\n".join(lines)
+
+
 def fidelity_table(result: dict) -> str:
     """bench_fidelity.py: each reduced-precision mode against float32, worst case over the checkpoints."""
     lines = [provenance_line(result), "",
@@ -108,7 +135,8 @@ def fidelity_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table, "fidelity": fidelity_table}
+RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table, "fidelity": fidelity_table,
+          "stages": stages_table}
 PARTS = {"peers": peers_table}
 
 

@@ -261,6 +261,19 @@ class Conv(nn.Module):
         return y if self.norm is None else self.norm(y)
 
 
+# Transposed convolutions with at least this many input channels run as a GEMM plus a shifted sum
+# (ConvTranspose._as_gemm) when their weights are bfloat16 on the CPU. Measured on this project's CPU (AMX):
+# oneDNN's bfloat16 deconvolution took 2-3x the GEMM form's time for the 1024- and 512-channel stages, but
+# less than it for the 256- and 128-channel ones; in float32 the direct deconvolution won at every stage
+# (benchmarks/NOTES_decode_cpu.md). float16 was not measured and keeps the deconvolution.
+GEMM_TRANSPOSED_CONV_MIN_CHANNELS = 512
+
+
+def _gemm_transposed_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and weight.dtype == torch.bfloat16
+            and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS)
+
+
 class ConvTranspose(nn.Module):
     """SEANet transposed convolution (kernel 2r, stride r) on [B, C, 1, T], trimmed to T * r."""
 
@@ -291,10 +304,29 @@ class ConvTranspose(nn.Module):
         return (None if first is None else -((k - 1 - first - t) // r)), (None if last is None else (last + t) // r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is None and _gemm_transposed_conv(x, self.weight):
+            return self._as_gemm(x)
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
         if self.norm is not None:  # upstream normalises before trimming
             y = self.norm(y)
         return y[..., self.trim_left:y.shape[-1] - self.trim_right]
+
+    def _as_gemm(self, x: torch.Tensor) -> torch.Tensor:
+        """The same transposed convolution as one GEMM and a shifted sum: every input frame times
+        [C_in, taps * C_out] gives its contribution to ``m = ceil(k / stride)`` consecutive output frames of
+        ``stride`` samples; frame f of the output sums tap group i of input frame f - i."""
+        B, C_in, _, T = x.shape
+        _, C_out, _, k = self.weight.shape
+        r = self.stride
+        m = -(-k // r)
+        w = F.pad(self.weight.squeeze(2), (0, m * r - k))  # [C_in, C_out, m * r]
+        w = w.permute(0, 2, 1).reshape(C_in, m * r * C_out)
+        z = torch.matmul(x.squeeze(2).transpose(1, 2), w).view(B, T, m, r * C_out)  # channels-last [B, T, C] input
+        y = F.pad(z[:, :, 0], (0, 0, 0, m - 1))
+        for i in range(1, m):
+            y = y + F.pad(z[:, :, i], (0, 0, i, m - 1 - i))
+        y = y.reshape(B, (T + m - 1) * r, C_out)[:, self.trim_left:(T - 1) * r + k - self.trim_right] + self.bias
+        return y.transpose(1, 2).unsqueeze(2)  # [B, C_out, 1, T'] over [B, T', C_out] memory: channels-last
 
 
 class LSTM(nn.Module):
