@@ -81,3 +81,20 @@ def write_result(result: dict, name: str, device: str, quick: bool, out: Path | 
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def ready_decoder(decoder, *args, **kwargs):
+    """``LatentDecoder(decoder, *args, **kwargs)`` ready to be timed: with the ahead-of-time backend (the CPU
+    default) its artifacts are built now if the cache lacks them, and loaded, so no call runs eagerly while
+    a background process builds them."""
+    from jasco_fast import LatentDecoder, artifacts
+
+    fast = LatentDecoder(decoder, *args, **kwargs, background_build=False)
+    if fast.backend != "aot":
+        return fast
+    for recipe in fast.aot_recipes():
+        artifacts.build(recipe)
+    status = fast.load_artifacts()
+    if not all(s.startswith("loaded") for s in status.values()):
+        raise RuntimeError(f"artifacts built but not loaded: {status}")
+    return fast

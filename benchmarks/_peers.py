@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _common import ready_decoder
+
 from jasco_fast import JASCO_LATENT_MEAN as MEAN, JASCO_LATENT_STD as STD, LatentDecoder, reference
 
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -227,30 +229,15 @@ BASELINE = "jasco_fast (default)"  # every ratio is time / this mode's time in t
 def jasco_fast_mode(kwargs: dict) -> Callable[[dict], tuple[DecodeFn, str]]:
     def build(setup: dict) -> tuple[DecodeFn, str]:
         try:
-            fast = LatentDecoder(setup["decoder"], **kwargs)
+            fast = ready_decoder(setup["decoder"], **kwargs)  # artifacts built and loaded when "aot"
         except TypeError as exc:
             raise NotInstalled(f"not available in this jasco_fast ({exc})") from None
-        if fast.backend == "aot" and getattr(fast.aot, "artifact", None) is None:
-            fast = _with_artifact(setup["decoder"], kwargs)
         notes = (f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}, "
                  f"chunk_frames {fast.chunk_frames}")
-        if fast.backend == "aot":  # whether the artifact served the calls, in its own words
-            notes += f", artifact: {getattr(fast.aot, 'status', 'status unknown')}"
+        if fast.backend == "aot":
+            notes += f", {len(fast.artifact_status())} artifacts loaded"
         return torch.no_grad()(fast), notes
     return build
-
-
-def _with_artifact(decoder, kwargs: dict) -> LatentDecoder:
-    """An AOT LatentDecoder with its artifact built now (else its calls would run eagerly while a
-    background process builds it, and the benchmark would time the wrong thing)."""
-    from jasco_fast import artifacts
-
-    probe = LatentDecoder(decoder, **{**kwargs, "compile": False})
-    artifacts.build(probe.aot_recipe())
-    fast = LatentDecoder(decoder, **{**kwargs, "background_build": False})
-    if fast.aot is None or fast.aot.artifact is None:
-        raise RuntimeError(f"the AOT artifact was built but does not load: {fast.aot and fast.aot.status}")
-    return fast
 
 
 PEERS: dict[str, Callable[[dict], tuple[DecodeFn, str]]] = {

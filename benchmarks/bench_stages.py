@@ -220,7 +220,7 @@ def main(argv=None) -> dict:
             runs[name] = {"eager": (module, x), "compiled": (compiled, x)}
         whole = {}
         if not args.quick:
-            compiled_whole = LatentDecoder(base, compile=True, dtype=dtype, chunk_frames=None)
+            compiled_whole = LatentDecoder(base, compile="torch.compile", dtype=dtype, chunk_frames=None)
             compiled_whole(latents)
             whole = {"eager": eager_whole, "compiled": compiled_whole}
             eager_whole.chunk_frames = None

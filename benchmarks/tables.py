@@ -38,7 +38,7 @@ def provenance_line(result: dict) -> str:
 
 def decode_table(result: dict) -> str:
     lines = [provenance_line(result), "",
-             "| B | audio | eager s | fast path s | fast / eager | first call (compiles) s | real time | floor s | "
+             "| B | audio | eager s | fast path s | fast / eager | first call s | real time | floor s | "
              "fast / floor | peak RSS eager / fast MB | rel. error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

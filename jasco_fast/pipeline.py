@@ -28,15 +28,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _compile_options(mode: str | None) -> dict:
-    """Inductor options for ``mode`` with freezing kept on: torch.compile takes ``mode`` or ``options``, not
-    both, so the mode's own options (``torch._inductor.list_mode_options``) are merged with freezing here."""
+    """Inductor options of a ``torch.compile`` mode (``torch._inductor.list_mode_options``), checked here so an
+    unknown mode is a ValueError at construction. No ``freezing``: in torch 2.13 that option alone does not
+    freeze (Dynamo reads the global flag), and frozen weights measured no faster (benchmarks/NOTES_decode_cpu.md)."""
     from torch._inductor import list_mode_options
 
     try:
-        options = dict(list_mode_options(mode)) if mode else {}
+        return dict(list_mode_options(mode)) if mode else {}
     except RuntimeError as exc:  # an unknown mode
         raise ValueError(f"compile_mode: {exc}") from None
-    return {**options, "freezing": True}
 
 
 # Latent frames per chunk when decoding long inputs (50 frames per second for JASCO): chosen by
@@ -100,9 +100,8 @@ class LatentDecoder(nn.Module):
     builds them (``background_build=False`` or ``JASCO_FAST_BACKGROUND_BUILD=0`` leaves building to
     ``jasco-fast compile``); later calls switch to them as they appear.
 
-    ``compile="torch.compile"``: compiled in this process with ``torch.compile`` (weights frozen into the
-    graph, so oneDNN/cuDNN get prepacked weights; change the decoder afterwards and build a new
-    LatentDecoder); T is dynamic, so new lengths reuse the graph; the first call (and a new batch size)
+    ``compile="torch.compile"``: compiled in this process with ``torch.compile`` (the decoder is copied:
+    change it afterwards and build a new LatentDecoder); T is dynamic, so new lengths reuse the graph; the first call (and a new batch size)
     compiles.
 
     **Long inputs are decoded chunk by chunk, in bounded memory** (the same chunks as :meth:`stream`):
@@ -126,7 +125,7 @@ class LatentDecoder(nn.Module):
         channels_last: ``False`` feeds the decoder a contiguous [B, D, T] instead (for comparison).
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
         compile_mode: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` for CUDA graphs when every call
-            has the same shape); its options are applied with freezing still on.
+            has the same shape).
         chunk_frames: latent frames per chunk for long inputs (default :data:`DEFAULT_CHUNK_FRAMES`);
             ``None``: every call takes one pass, whatever its length (memory grows with T).
         background_build: ``"aot"`` only: on an artifact cache miss, build the artifacts in a background

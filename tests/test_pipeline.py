@@ -93,12 +93,11 @@ def test_compiled_input_errors_are_plain_errors(tiny_decoder):
         fast(torch.randn(1, 5, 7))
 
 
-def test_compile_mode_keeps_freezing():
-    assert _compile_options(None) == {"freezing": True}
-    assert _compile_options("default") == {"freezing": True}
-    assert _compile_options("max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True,
-                                                              "freezing": True}
-    assert _compile_options("reduce-overhead") == {"triton.cudagraphs": True, "freezing": True}
+def test_compile_mode_options():
+    assert _compile_options(None) == {}
+    assert _compile_options("default") == {}
+    assert _compile_options("max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True}
+    assert _compile_options("reduce-overhead") == {"triton.cudagraphs": True}
     with pytest.raises(ValueError, match="compile_mode.*banana"):
         _compile_options("banana")
 
