@@ -174,6 +174,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads in every process (OMP_NUM_THREADS); default torch's")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--note", default=None, help="how busy the machine was, etc. (recorded in the JSON)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "CHECKPOINT", "LATENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -227,8 +228,10 @@ def main(argv=None) -> dict:
         "benchmark": "cold_start", "device": device_name("cpu"), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "audio_seconds": 10.0, "rounds": rounds, "summary": summary,
         "runs": runs, "steady_state": steady,
-        "note": "shared 2-core machine: other jobs ran at the same time; compare ratios within this run",
-        "command": "python benchmarks/bench_cold_start.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "note": args.note or "compare ratios within this run (other jobs may have shared the machine)",
+        "command": "python benchmarks/bench_cold_start.py " + " ".join(
+            a for i, a in enumerate(argv if argv is not None else sys.argv[1:])
+            if a != "--note" and (argv or sys.argv[1:])[i - 1] != "--note"),
     }
     print()
     print(f"{'kind':17s} | first audio median (min-max) | / transformers")
