@@ -592,22 +592,14 @@ class ArtifactRunner:
             return self.artifact(*inputs)
         out = self.eager(*inputs)
         if self.background:
-            try:
-                self.builds.request(self.recipe)
-            except OSError as exc:  # e.g. a read-only cache folder: stay eager, say so once
-                import warnings
-
-                self.background = False
-                warnings.warn(f"jasco_fast: cannot build the ahead-of-time artifact in the background ({exc}); "
-                              f"running eagerly (set JASCO_FAST_CACHE_DIR to a writable folder)", RuntimeWarning,
-                              stacklevel=2)
+            self.builds.request(self.recipe)
         return out
 
 
 class BackgroundBuilds:
     """The background builds of a set of recipes (e.g. a decoder's whole-input and per-chunk artifacts):
-    at most one builder process at a time, which builds every requested recipe not yet in the cache, the
-    requested one first, then the rest of the set. A recipe is started at most twice per process (a build,
+    at most one builder process at a time, which builds every recipe of the set not yet in the cache, the
+    requested ones first. Inside :meth:`deferred` (a decoder's call) the builder starts when the block ends. A recipe is started at most twice per process (a build,
     and one rebuild after a rejected entry), and never while its last background build has a failure
     marker (:func:`failure`)."""
 
@@ -615,28 +607,60 @@ class BackgroundBuilds:
         self.recipes = list(recipes)
         self.cache = cache
         self.process: subprocess.Popen | None = None
+        self.enabled = True
         self._started: dict[str, int] = {}
+        self._depth = 0
+        self._wanted: list[Recipe] = []  # misses inside a deferred() block, in order
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Requests made inside the block start their builder when it ends: after the caller's call, so
+        that a starting builder (an interpreter importing torch) does not compete with that call."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._wanted:
+                wanted, self._wanted = self._wanted, []
+                self._start(wanted)
 
     def request(self, recipe: Recipe) -> None:
-        """Called on a miss of ``recipe``: start a builder unless one is running."""
+        """Called on a miss of ``recipe``: start a builder (at once, or at the end of a deferred() block)
+        unless one is running. A folder that cannot be written (a read-only cache) turns background builds
+        off for this set, with one warning."""
+        if self._depth:
+            self._wanted.append(recipe)
+        else:
+            self._start([recipe])
+
+    def _start(self, first: list[Recipe]) -> None:
+        if not self.enabled:
+            return
         if self.process is not None and self.process.poll() is None:
             return  # one builder at a time; it has the set already
         todo, seen = [], set()
-        for r in [recipe, *self.recipes]:
+        for r in [*first, *self.recipes]:
             key = r.key()
             if key in seen or self._started.get(key, 0) >= 2 or failure(r, cache=self.cache) is not None:
                 continue
             seen.add(key)
             if not _paths(key, self.cache)["json"].exists():
                 todo.append(r)
-        if todo:
+        if not todo:
+            return
+        try:
             self.process = build_in_background(todo, cache=self.cache)
-            for r in todo:
-                self._started[r.key()] = self._started.get(r.key(), 0) + 1
+        except OSError as exc:
+            import warnings
 
-
-# --------------------------------------------------------------------------------------------------
-# Building in a separate process, and the cache as a whole
+            self.enabled = False
+            warnings.warn(f"jasco_fast: cannot build the ahead-of-time artifacts in the background ({exc}); "
+                          f"running eagerly (set JASCO_FAST_CACHE_DIR to a writable folder)", RuntimeWarning,
+                          stacklevel=3)
+            return
+        for r in todo:
+            self._started[r.key()] = self._started.get(r.key(), 0) + 1
 
 
 def build_in_background(recipes: Recipe | Sequence[Recipe], *, cache: Path | None = None) -> subprocess.Popen:

@@ -2,6 +2,7 @@
 CodeDecoder: EnCodec codes [B, K, T] (MusicGen / AudioGen tokens) -> audio, the same path after the RVQ decode."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -382,7 +383,14 @@ class LatentDecoder(nn.Module):
             raise ValueError("latents need at least one frame (T >= 1)")
         yield self._whole(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
 
+    def _deferred_builds(self):
+        return self._builds.deferred() if self.backend == "aot" else contextlib.nullcontext()
+
     def _stream(self, pieces: Iterable[torch.Tensor], plan: ChunkPlan) -> Iterator[torch.Tensor]:
+        with self._deferred_builds():  # a background build starts once the stream ends
+            yield from self._chunks(pieces, plan)
+
+    def _chunks(self, pieces: Iterable[torch.Tensor], plan: ChunkPlan) -> Iterator[torch.Tensor]:
         def initial_state(batch: int):
             zeros = torch.zeros(_state_shape(self.decoder, batch), dtype=self.dtype, device=self.device)
             return zeros, zeros.clone()
@@ -419,7 +427,8 @@ class LatentDecoder(nn.Module):
         if T < 1:
             raise ValueError("latents need at least one frame (T >= 1)")
         try:
-            return self._decode_checked(latents)
+            with self._deferred_builds():  # a background build starts after this call, not during it
+                return self._decode_checked(latents)
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too
             if not is_out_of_memory(exc):
                 raise

@@ -230,18 +230,44 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 # Cache safety: damaged, stale, foreign and wrong entries are never run, and are rebuilt
 
 
+class Finished:
+    """What build_in_background returns, a process; here one that has exited."""
+
+    def poll(self):
+        return 0
+
+
 @pytest.fixture
 def rebuilds(monkeypatch):
     """Records background builds instead of starting them."""
     started = []
-
-    class Finished:  # what build_in_background returns: a process, here one that has exited
-        def poll(self):
-            return 0
-
     monkeypatch.setattr(artifacts, "build_in_background",
                         lambda recipes, cache=None: started.extend(recipes) or Finished())
     return started
+
+
+def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decoders, monkeypatch):
+    """Empty cache, a long input: every chunk runs eagerly, and only then does one builder start (a
+    starting interpreter would compete with the call), for every artifact, the chunks it missed first."""
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    events = []
+    class Running:
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: events.append(
+        ["build"] + [r.params.get("position", "one pass") for r in recipes]) or Running())
+    fast = LatentDecoder(decoders[0], chunk_frames=CHUNK)
+    assert set(fast.load_artifacts().values()) == {"no entry"} and events == []
+    for (_, position), runner in ((k, r) for k, r in fast._runners.items() if k is not None):
+        runner.eager = (lambda eager, p: lambda *a: events.append(["chunk", p]) or eager(*a))(runner.eager, position)
+    latents = torch.randn(2, 3 * CHUNK + 5, 8)
+    assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
+    assert events == [["chunk", "first"], ["chunk", "middle"], ["chunk", "middle"], ["chunk", "last"],
+                      ["build", "first", "middle", "last", "one pass"]]
+    fast(latents)
+    assert events[-1] == ["chunk", "last"]  # the builder still runs and has the set: no second one
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_package", "garbage_manifest"])
