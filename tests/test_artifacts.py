@@ -65,6 +65,15 @@ def entry_files(cache: Path, suffix: str, name: str = "latent_decoder") -> list[
     return sorted((cache / "aot").glob(f"{name}-*.{suffix}"))
 
 
+def entry(cache: Path, recipe: Recipe, suffix: str) -> Path:
+    return cache / "aot" / f"{recipe.key()}.{suffix}"
+
+
+def one_pass_recipe(decoder) -> Recipe:
+    """The recipe of the one-pass artifact for any B (LatentDecoder.aot)."""
+    return LatentDecoder(decoder, compile=False, chunk_frames=None).aot_recipe()
+
+
 def forbid_eager(fast: LatentDecoder):
     """Make the eager paths fail, so a passing call proves the artifacts ran."""
     def eager(*_):
@@ -92,7 +101,7 @@ def test_artifact_matches_reference_for_every_batch_size_and_length(cache, decod
     latents = torch.randn(2, 8, 30).transpose(1, 2)
     assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
     assert rel_err(fast(latents.bfloat16()), reference.decode(decoders[0], latents.bfloat16().float())) < F32_TOL
-    assert len(entry_files(cache, "pt2")) == 1  # no new build for new shapes
+    assert len(entry_files(cache, "pt2")) == 2  # B = 1 and any B; no new build for new shapes
 
 
 def test_shapes_outside_the_bounds_run_eagerly(cache, decoders):
@@ -131,7 +140,7 @@ def test_chunked_decode_runs_from_the_chunk_step_artifacts(cache, decoders, B):
     fast = LatentDecoder(decoders[1], mean=0.2, std=3.0, chunk_frames=CHUNK)  # the defaults, other weights
     forbid_eager(fast)
     status = fast.artifact_status()
-    assert len(status) == 4 and all(s.startswith("loaded") for s in status.values()), status
+    assert len(status) == 8 and all(s.startswith("loaded") for s in status.values()), status
     assert fast.wait_for_artifacts()  # nothing to wait for: all cached
     plan = fast._plan(CHUNK)
     for T in (plan.min_chunked_frames, plan.min_chunked_frames + 1, 2 * CHUNK + plan.right, 5 * CHUNK + 7, 97):
@@ -139,7 +148,7 @@ def test_chunked_decode_runs_from_the_chunk_step_artifacts(cache, decoders, B):
         want = reference.decode(decoders[1], latents, 0.2, 3.0)
         assert rel_err(fast(latents), want) < F32_TOL, T
         assert rel_err(torch.cat(list(fast.stream(latents)), -1), want) < F32_TOL, T
-    assert len(list((cache / "aot").glob("*.pt2"))) == 4
+    assert len(list((cache / "aot").glob("*.pt2"))) == 8
 
 
 def test_build_refuses_an_artifact_that_ignores_the_weights_it_is_handed(tmp_path, monkeypatch):
@@ -256,23 +265,28 @@ def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decode
         def poll(self):
             return None
 
-    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: events.append(
-        ["build"] + [r.params.get("position", "one pass") for r in recipes]) or Running())
+    def label(recipe):
+        return recipe.params.get("position", "one pass") + (" B=1" if recipe.params["single"] else "")
+
+    monkeypatch.setattr(artifacts, "build_in_background",
+                        lambda recipes, cache=None: events.append(["build"] + [label(r) for r in recipes]) or Running())
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK)
     assert set(fast.load_artifacts().values()) == {"no entry"} and events == []
-    for (_, position), runner in ((k, r) for k, r in fast._runners.items() if k is not None):
+    for (_, position, _), runner in ((k, r) for k, r in fast._runners.items() if k[1] is not None):
         runner.eager = (lambda eager, p: lambda *a: events.append(["chunk", p]) or eager(*a))(runner.eager, position)
     latents = torch.randn(2, 3 * CHUNK + 5, 8)
     assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
     assert events == [["chunk", "first"], ["chunk", "middle"], ["chunk", "middle"], ["chunk", "last"],
-                      ["build", "first", "middle", "last", "one pass"]]
+                      ["build", "first", "middle", "last", "one pass B=1", "one pass", "first B=1", "last B=1",
+                       "middle B=1"]]
     fast(latents)
     assert events[-1] == ["chunk", "last"]  # the builder still runs and has the set: no second one
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_package", "garbage_manifest"])
 def test_damaged_entry_is_not_loaded_but_rebuilt(cache, decoders, rebuilds, monkeypatch, damage):
-    package, manifest = entry_files(cache, "pt2")[0], entry_files(cache, "json")[0]
+    recipe = one_pass_recipe(decoders[0])
+    package, manifest = entry(cache, recipe, "pt2"), entry(cache, recipe, "json")
     data = package.read_bytes()
     if damage == "truncate":
         package.write_bytes(data[: len(data) // 2])
@@ -293,7 +307,7 @@ def test_damaged_entry_is_not_loaded_but_rebuilt(cache, decoders, rebuilds, monk
 
 def test_stale_entry_is_not_loaded(cache, decoders):
     """A manifest made under another torch (or machine, or source) at the same path is stale."""
-    manifest_path = entry_files(cache, "json")[0]
+    manifest_path = entry(cache, one_pass_recipe(decoders[0]), "json")
     manifest = json.loads(manifest_path.read_text())
     manifest["material"]["torch"] = "2.0.0"
     manifest_path.write_text(json.dumps(manifest))
@@ -306,7 +320,7 @@ def test_another_cpu_or_torch_misses_the_entry(cache, decoders, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")
     fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
     assert fast.aot.artifact is None and fast.aot.status == "no entry"
-    assert len(entry_files(cache, "json")) == 1  # the other machine's entry is left alone
+    assert len(entry_files(cache, "json")) == 2  # the other machine's entries are left alone
 
 
 def test_entry_that_disagrees_with_eager_is_never_run(cache, built_cache, decoders, rebuilds):
@@ -318,7 +332,7 @@ def test_entry_that_disagrees_with_eager_is_never_run(cache, built_cache, decode
     wrong = lambda x: owner._decode(x) * 1.5  # noqa: E731
     runner = artifacts.ArtifactRunner(recipe, owner, wrong, probe, 1e-4, cache=cache)
     assert runner.artifact is None and "validation" in runner.status
-    assert entry_files(cache, "json") == []
+    assert not entry(cache, recipe, "json").exists()
     latents = torch.randn(1, 12, 8)
     assert torch.equal(runner(latents), wrong(latents))  # served eagerly, and a rebuild was asked for
     assert len(rebuilds) == 1
@@ -334,7 +348,7 @@ def test_entry_that_disagrees_with_eager_is_never_run(cache, built_cache, decode
 
 def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders):
     recipe = LatentDecoder(decoders[0], compile=False).aot_recipe()
-    package = entry_files(cache, "pt2")[0]
+    package = entry(cache, recipe, "pt2")
     before = package.stat().st_mtime_ns
     lock = cache / "aot" / f"{recipe.key()}.lock"
     result = {}
@@ -376,7 +390,7 @@ def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypa
     assert fast.aot.builder.wait(timeout=900) == 0
     rival_output = rival.communicate(timeout=900)[0]
     assert rival.returncode == 0, rival_output
-    assert len(entry_files(cache, "pt2")) == 1 and len(entry_files(cache, "json")) == 1
+    assert len(entry_files(cache, "pt2")) == 2 and len(entry_files(cache, "json")) == 2  # B = 1 and any B
     assert not list((cache / "aot").glob(".*"))  # no temporary files left behind
     assert rel_err(fast(latents), want) < F32_TOL
     assert fast.aot.artifact is not None, fast.aot.status
@@ -392,10 +406,10 @@ def test_cli_compile_finds_the_entry_and_cache_lists_and_clears_it(cache, decode
     ckpt, _ = write_transformers_dir(tmp_path / "ckpt", seed=3)
     assert main(["compile", "--checkpoint", str(ckpt), "--chunk-frames", str(CHUNK)]) == 0  # same architecture
     out = capsys.readouterr().out
-    assert "ready in" in out and "4 artifacts" in out
-    assert len(list((cache / "aot").glob("*.pt2"))) == 4  # found, not rebuilt
+    assert "ready in" in out and "8 artifacts" in out
+    assert len(list((cache / "aot").glob("*.pt2"))) == 8  # found, not rebuilt
     assert main(["cache", "list"]) == 0
-    assert "4 artifacts" in capsys.readouterr().out
+    assert "8 artifacts" in capsys.readouterr().out
     assert main(["cache", "dir"]) == 0
     assert capsys.readouterr().out.strip() == str(cache)
     assert main(["cache", "clear"]) == 0
