@@ -14,21 +14,10 @@
 
 #include "../codes_to_latents.h"
 #include "codes_to_latents_kernel.h"
+#include "kernel_dtype.h"
 
 namespace jasco_fast {
 namespace {
-
-cuda::DType to_float_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kHalf: return cuda::DType::kFloat16;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    default: break;
-  }
-  TORCH_CHECK(false, "codes_to_latents: unsupported dtype ", t);
-  return cuda::DType::kFloat32;  // not reached
-}
 
 at::Tensor codes_to_latents_cuda(const at::Tensor& codes, const at::Tensor& codebooks,
                                  std::optional<at::ScalarType> dtype, bool channels_last) {
@@ -46,9 +35,9 @@ at::Tensor codes_to_latents_cuda(const at::Tensor& codes, const at::Tensor& code
   args.codes = codes.const_data_ptr();
   args.code_dtype = codes.scalar_type() == at::kLong ? cuda::CodeDType::kInt64 : cuda::CodeDType::kInt32;
   args.codebooks = cb.const_data_ptr();
-  args.codebook_dtype = to_float_dtype(cb.scalar_type());
+  args.codebook_dtype = kernel_dtype(cb.scalar_type(), "codes_to_latents");
   args.out = out.mutable_data_ptr();
-  args.out_dtype = to_float_dtype(out_dtype);
+  args.out_dtype = kernel_dtype(out_dtype, "codes_to_latents");
   args.B = codes.size(0);
   args.K = codes.size(1);
   args.T = codes.size(2);

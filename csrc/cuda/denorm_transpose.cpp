@@ -11,21 +11,10 @@
 
 #include "../denorm_transpose.h"
 #include "denorm_transpose_kernel.h"
+#include "kernel_dtype.h"
 
 namespace jasco_fast {
 namespace {
-
-cuda::DType to_kernel_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kDouble: return cuda::DType::kFloat64;
-    case at::kHalf: return cuda::DType::kFloat16;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    default: break;
-  }
-  TORCH_CHECK(false, "denorm_transpose: unsupported dtype ", t);
-  return cuda::DType::kFloat32;  // not reached
-}
 
 at::Tensor denorm_transpose_cuda(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std,
                                  std::optional<at::ScalarType> dtype, bool channels_last) {
@@ -48,8 +37,8 @@ at::Tensor denorm_transpose_cuda(const at::Tensor& latents, const at::Tensor& me
   cuda::DenormTransposeArgs args{};
   args.in = latents.const_data_ptr();
   args.out = out.mutable_data_ptr();
-  args.in_dtype = to_kernel_dtype(latents.scalar_type());
-  args.out_dtype = to_kernel_dtype(out_dtype);
+  args.in_dtype = kernel_dtype(latents.scalar_type(), "denorm_transpose");
+  args.out_dtype = kernel_dtype(out_dtype, "denorm_transpose");
   args.mean = m.const_data_ptr();
   args.std = s.const_data_ptr();
   args.mean_step = m.numel() == 1 ? 0 : 1;
