@@ -337,19 +337,15 @@ def _check_built(package: Path, owner: nn.Module, program: Program, inputs: tupl
     weights PERTURBED first: an artifact that baked in a tensor instead of reading the constants it is
     handed (or that miscompiled) fails here, before it is published. Returns the relative error."""
     gen = torch.Generator(device="cpu").manual_seed(1234)
+    weights = _weights(owner)  # detached views: perturbing them perturbs the owner
     with torch.no_grad():
-        for t in _weights(owner).values():
+        for t in weights.values():
             if t.is_floating_point():
                 noise = torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype)
                 t.mul_(1 + 0.1 * noise).add_(0.01 * noise)
-    weights = _weights(owner)
-    device = inputs[0].device
     try:
-        runner = _open_package(package, device.index if device.index is not None else -1)
-        foreign = sorted(set(runner.get_constant_fqns()) - set(weights))
-        if not foreign:
-            runner.load_constants({k: weights[k] for k in runner.get_constant_fqns()}, check_full_update=True,
-                                  user_managed=True)
+        runner = _open_package(package, inputs[0].device)
+        foreign = _bind(runner, weights)
     except Exception as exc:
         raise ArtifactError(f"the built artifact does not load: {type(exc).__name__}: {exc}") from exc
     if foreign:  # e.g. a plain tensor attribute instead of a buffer: it would never see the real weights
@@ -441,11 +437,22 @@ class _Package:
         self.loader.load_constants(constants, False, check_full_update, user_managed)
 
 
-def _open_package(path: Path, device_index: int):
+def _bind(package, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Hand ``weights`` to a loaded package by reference (it reads them as they are); returns the constants
+    the package expects that are not among them, in which case nothing is bound."""
+    names = package.get_constant_fqns()
+    missing = sorted(set(names) - set(weights))
+    if not missing:
+        package.load_constants({k: weights[k] for k in names}, check_full_update=True, user_managed=True)
+    return missing
+
+
+def _open_package(path: Path, device: torch.device):
     """The package at ``path``, loaded without ``aoti_load_package``'s per-process CPU probe (torch's Python
     loader compiles and runs test programs to re-detect the vector ISA, only to warn on a mismatch: 1.4 s
     of a 5 s cold start here; the key already pins the ISA) and without its Python wrapper's imports.
     Falls back to the public loader if torch's internals move."""
+    device_index = device.index if device.index is not None else -1
     try:
         return _Package(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, device_index))
     except (AttributeError, TypeError):
@@ -471,11 +478,10 @@ def load(recipe: Recipe, owner: nn.Module, *, cache: Path | None = None) -> tupl
         return None, f"the module's tensors differ from those the artifact was built for ({diff[:3]})"
     path = _paths(manifest["key"], cache)["pt2"]
     try:
-        runner = _open_package(path, device.index if device.index is not None else -1)
-        names = set(runner.get_constant_fqns())
-        if not names <= set(weights):
-            return None, f"the package expects constants the module lacks: {sorted(names - set(weights))[:3]}"
-        runner.load_constants({k: weights[k] for k in names}, check_full_update=True, user_managed=True)
+        runner = _open_package(path, device)
+        missing = _bind(runner, weights)
+        if missing:
+            return None, f"the package expects constants the module lacks: {missing[:3]}"
     except Exception as exc:  # a package that torch cannot load is treated as corrupt
         return None, f"loading failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return Artifact(runner, path, manifest, weights), ""
