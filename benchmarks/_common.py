@@ -95,6 +95,6 @@ def ready_decoder(decoder, *args, **kwargs):
     for recipe in fast.aot_recipes():
         artifacts.build(recipe)
     status = fast.load_artifacts()
-    if not all(s.startswith("loaded") for s in status.values()):
+    if not fast.artifacts_loaded:
         raise RuntimeError(f"artifacts built but not loaded: {status}")
     return fast

@@ -85,13 +85,12 @@ def child(kind: str, checkpoint: str, latents_path: str) -> None:
         audio = fast(latents)
     _report(event="ready", since_start_s=time.perf_counter() - _T_START, samples=audio.shape[-1], **info)
     if kind.startswith("jasco_fast"):
-        status = fast.artifact_status()
-        info = {"backend": fast.backend, "artifact_status": status,
-                "used_artifacts": all(s.startswith("loaded") for s in status.values())}
+        info = {"backend": fast.backend, "artifact_status": fast.artifact_status(),
+                "used_artifacts": fast.artifacts_loaded}
         if kind == "jasco_fast_empty" and fast.wait_for_artifacts():  # the build this first call started
             info["artifact_ready_since_start_s"] = time.perf_counter() - _T_START
             fast(latents)
-            info["switched_to_artifacts"] = all(s.startswith("loaded") for s in fast.artifact_status().values())
+            info["switched_to_artifacts"] = fast.artifacts_loaded
         _report(event="done", **info)
 
 
@@ -144,9 +143,8 @@ def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
         for name, fast in runs.items():  # warm-up (torch.compile compiles here for this batch size)
             err = ((fast(x) - want).norm() / want.norm()).item()
             rows.setdefault(f"B={batch}", {})[f"{name}_rel_error_vs_eager"] = err
-        status = runs["aot"].artifact_status()
-        if not status or not all(s.startswith("loaded") for s in status.values()):
-            raise RuntimeError(f"steady state: artifacts not loaded ({status})")
+        if not runs["aot"].artifacts_loaded:
+            raise RuntimeError(f"steady state: artifacts not loaded ({runs['aot'].artifact_status()})")
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(rounds):
             for name, fast in runs.items():

@@ -520,8 +520,7 @@ def cmd_demo(args) -> int:
     paths = write_batch(audio, [str(out_dir / f"demo_{i}") for i in range(args.batch_size)], fast.sample_rate,
                         format=args.format, strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate),
                         make_parent_dir=True)
-    status = fast.artifact_status()
-    if fast.backend == "aot" and not all(s.startswith("loaded") for s in status.values()):
+    if fast.backend == "aot" and not fast.artifacts_loaded:
         mode = ("eager: no ahead-of-time decoder cached yet; a background process builds it (or run "
                 "`jasco-fast compile`)")
     else:

@@ -248,6 +248,12 @@ class LatentDecoder(nn.Module):
             return what + (", B = 1" if single else "")
         return {name(*key): runner.status for key, runner in self._runners.items()}
 
+    @property
+    def artifacts_loaded(self) -> bool:
+        """``compile="aot"``: whether every artifact used so far (each one after :meth:`load_artifacts`) is
+        loaded, so that those calls run compiled."""
+        return bool(self._runners) and all(r.artifact is not None for r in self._runners.values())
+
     def wait_for_artifacts(self, timeout: float | None = None) -> bool:
         """``compile="aot"``: wait for the background build this decoder started (if one runs); returns
         whether the cache now holds every artifact this decoder uses (later calls switch to them). For

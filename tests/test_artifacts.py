@@ -141,6 +141,7 @@ def test_chunked_decode_runs_from_the_chunk_step_artifacts(cache, decoders, B):
     forbid_eager(fast)
     status = fast.artifact_status()
     assert len(status) == 8 and all(s.startswith("loaded") for s in status.values()), status
+    assert fast.artifacts_loaded
     assert fast.wait_for_artifacts()  # nothing to wait for: all cached
     plan = fast._plan(CHUNK)
     for T in (plan.min_chunked_frames, plan.min_chunked_frames + 1, 2 * CHUNK + plan.right, 5 * CHUNK + 7, 97):
@@ -271,7 +272,7 @@ def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decode
     monkeypatch.setattr(artifacts, "build_in_background",
                         lambda recipes, cache=None: events.append(["build"] + [label(r) for r in recipes]) or Running())
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK)
-    assert set(fast.load_artifacts().values()) == {"no entry"} and events == []
+    assert set(fast.load_artifacts().values()) == {"no entry"} and events == [] and not fast.artifacts_loaded
     for (_, position, _), runner in ((k, r) for k, r in fast._runners.items() if k[1] is not None):
         runner.eager = (lambda eager, p: lambda *a: events.append(["chunk", p]) or eager(*a))(runner.eager, position)
     latents = torch.randn(2, 3 * CHUNK + 5, 8)
