@@ -31,4 +31,16 @@ TORCH_LIBRARY(jasco_fast, m) {
   // as [B, D, T] contiguous or channels-last. Out-of-range codes raise an error.
   m.def("codes_to_latents(Tensor codes, Tensor codebooks, ScalarType? dtype=None, bool channels_last=False) -> Tensor",
         {at::Tag::needs_fixed_stride_order});
+
+  // The SEANet decoder's tail, fused per time tile (CPU; float32 or bfloat16 activations, float32 arithmetic).
+  // x: [B, C, 1, T]; act = ELU(alpha); convolutions keep the length, padded (pad_left, pad_right) in pad_mode
+  // (constant/reflect/replicate/circular) after the activation. Outputs are channels-last [B, *, 1, T].
+  // elu_resblock: x + conv(act(conv(act(x), w1, b1, dilation)), w2, b2), w1 [H, C, 1, k], w2 [C, H, 1, 1].
+  m.def("elu_resblock(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, int dilation, int pad_left, "
+        "int pad_right, str pad_mode, float alpha) -> Tensor",
+        {at::Tag::needs_fixed_stride_order});
+  // elu_conv: conv(act(x), weight, bias, dilation), weight [Cout, C, 1, k].
+  m.def("elu_conv(Tensor x, Tensor weight, Tensor bias, int dilation, int pad_left, int pad_right, str pad_mode, "
+        "float alpha) -> Tensor",
+        {at::Tag::needs_fixed_stride_order});
 }

@@ -10,7 +10,11 @@ computationally laid out for speed:
 * padding is built from slices (reflect = flipped slices) so torch.compile fuses it with the
   activations instead of materialising padded copies;
 * the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``, through the op
-  ``jasco_fast::lstm_skip``, which also takes and returns a state (for chunked decoding).
+  ``jasco_fast::lstm_skip``, which also takes and returns a state (for chunked decoding);
+* on the CPU, the long narrow end of the network (the residual blocks of up to
+  ``FUSED_RESBLOCK_MAX_CHANNELS`` channels, and the final activation + convolution) runs as the ops
+  ``jasco_fast::elu_resblock`` / ``jasco_fast::elu_conv``, which take each tile of time steps through the
+  whole block while it is in cache, instead of one pass over memory per layer.
 
 Every layer reports which input samples its outputs depend on (``input_span``; :func:`receptive_field`
 turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jasco_fast.ops import lstm_skip
+from jasco_fast.ops import elu_conv, elu_resblock, lstm_skip
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
@@ -229,6 +233,22 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
     return out[..., :out.shape[-1] - extra] if extra else out
 
 
+# Residual blocks with at most this many channels run as jasco_fast::elu_resblock on the CPU. Measured on this
+# project's CPU (benchmarks/NOTES_decode_cpu.md), float32, 2 threads, against the block compiled by Inductor
+# (oneDNN convolutions): 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x the time.
+FUSED_RESBLOCK_MAX_CHANNELS = 256
+# An activation + convolution with at most this many output channels (the final one: audio channels) runs as
+# jasco_fast::elu_conv on the CPU (64 -> 1 channels, k = 7: 0.19x oneDNN's time).
+FUSED_CONV_MAX_OUT_CHANNELS = 8
+
+
+def _fused_kernel_applies(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """The CPU tail ops take float32/bfloat16 activations, and have no autograd formula: a caller that wants
+    gradients gets the layer-by-layer path."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))))
+
+
 class Conv(nn.Module):
     """Stride-1 SEANet convolution on [B, C, 1, T]: 'same' padding (causal: all on the left).
 
@@ -382,8 +402,43 @@ class ResBlock(nn.Module):
         b = input_span(self.shortcut, first, last)
         return (None if None in (a[0], b[0]) else min(a[0], b[0])), (None if None in (a[1], b[1]) else max(a[1], b[1]))
 
+    def _fusable(self, x: torch.Tensor) -> bool:
+        c1, c2 = self.conv1, self.conv2
+        return (type(self.act1) is nn.ELU and type(self.act2) is nn.ELU and self.act1.alpha == self.act2.alpha
+                and isinstance(self.shortcut, nn.Identity) and c1.norm is None and c2.norm is None
+                and c2.weight.shape[-1] == 1 and x.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS
+                and _fused_kernel_applies(x, c1.weight, c1.bias, c2.weight, c2.bias))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fusable(x):
+            c1, c2 = self.conv1, self.conv2
+            return elu_resblock(x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right,
+                                c1.pad_mode, self.act1.alpha)
         return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
+
+
+def _fusable_activation_conv(act: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
+    return (type(act) is nn.ELU and isinstance(conv, Conv) and conv.norm is None
+            and conv.weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS and _fused_kernel_applies(x, conv.weight, conv.bias))
+
+
+class DecoderLayers(nn.Sequential):
+    """The decoder's layers in order (an ``nn.Sequential``: same state-dict keys), running an ELU followed by a
+    narrow convolution (the final one) as one ``jasco_fast::elu_conv`` where it applies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            if i + 1 < len(layers) and _fusable_activation_conv(layers[i], layers[i + 1], x):
+                conv = layers[i + 1]
+                x = elu_conv(x, conv.weight, conv.bias, conv.dilation, conv.pad_left, conv.pad_right, conv.pad_mode,
+                             layers[i].alpha)
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
 
 
 class SEANetDecoder(nn.Module):
@@ -419,7 +474,7 @@ class SEANetDecoder(nn.Module):
                                group_norm=cfg.block_norm(len(cfg.ratios) + 1) == "time_group_norm")]
         if cfg.final_activation is not None:
             layers.append(_activation(cfg.final_activation, cfg.final_activation_params))
-        self.layers = nn.Sequential(*layers)
+        self.layers = DecoderLayers(*layers)
 
     @property
     def hop_length(self) -> int:

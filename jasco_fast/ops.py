@@ -19,6 +19,10 @@ devices the extension has no kernel for (see ``register_fallback``).
 ``codes_to_latents(codes [B, K, T], codebooks [N, S, D], dtype=None, channels_last=False) -> [B, D, T]``:
 residual vector quantisation decode (the sum of K codebook rows per frame), cast and laid out for the decoder,
 in one pass (EnCodec codes: MusicGen / AudioGen tokens).
+
+``elu_resblock(x, w1, b1, w2, b2, ...)`` and ``elu_conv(x, weight, bias, ...)`` (CPU only): the decoder's
+residual block and its final activation + convolution, each tile of time steps taken through the whole block
+while it is in cache (csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "codes_to_latents", "FallbackWarning", "FALLBACKS",
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "codes_to_latents", "elu_resblock", "elu_conv", "FallbackWarning", "FALLBACKS",
            "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
@@ -359,3 +363,70 @@ def _(codes, codebooks, dtype=None, channels_last=False):
     if channels_last:
         return codebooks.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
     return codebooks.new_empty((B, D, T), dtype=out_dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# elu_resblock, elu_conv: the decoder's tail on the CPU
+
+
+def elu_resblock(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                 dilation: int, pad_left: int, pad_right: int, pad_mode: str, alpha: float) -> torch.Tensor:
+    """The SEANet residual block ``x + conv(elu(conv(elu(x), w1, b1)), w2, b2)`` in one pass over ``x`` (CPU).
+
+    Args:
+        x: [B, C, 1, T], float32 or bfloat16 (read channels-last; other layouts are copied first).
+        w1, b1: the first convolution, [H, C, 1, k] and [H], dilated by ``dilation``; its input, ``elu(x)``, is
+            padded by ``pad_left + pad_right == (k - 1) * dilation`` in ``pad_mode`` (constant, reflect,
+            replicate, circular; reflect of an input no longer than the padding reflects a zero-extended copy,
+            as SEANet's padding does).
+        w2, b2: the 1x1 convolution back, [C, H, 1, 1] and [C].
+        alpha: the ELU's alpha (both activations).
+    Returns:
+        [B, C, 1, T] channels-last, x's dtype. Arithmetic in float32 whatever the dtype. No autograd formula.
+    """
+    return torch.ops.jasco_fast.elu_resblock.default(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode,
+                                                     float(alpha))
+
+
+def elu_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int, pad_left: int,
+             pad_right: int, pad_mode: str, alpha: float) -> torch.Tensor:
+    """``conv(elu(x), weight, bias)`` in one pass (CPU): x [B, C, 1, T] float32/bfloat16, weight [Cout, C, 1, k],
+    padding as in :func:`elu_resblock`. Returns [B, Cout, 1, T] channels-last in x's dtype (float32 arithmetic).
+    Meant for a narrow output (the decoder's last convolution): each output channel is a dot product per step."""
+    return torch.ops.jasco_fast.elu_conv.default(x, weight, bias, dilation, pad_left, pad_right, pad_mode,
+                                                 float(alpha))
+
+
+_TAIL_DTYPES = (torch.float32, torch.bfloat16)
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def _check_tail(op: str, x, weight, bias, in_channels, dilation, pad_left, pad_right, pad_mode):
+    """The C++ kernels' argument rules, for tracing."""
+    torch._check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
+    torch._check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
+    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[1] == in_channels,
+                       lambda: f"{op}: weight must be [out, {in_channels}, 1, k], got shape {list(weight.shape)}")
+    torch._check_value(bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+                       lambda: f"{op}: bias must be [{weight.shape[0]}], got shape {list(bias.shape)}")
+    torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
+                      lambda: f"{op}: weights must have x's dtype {x.dtype}, got {weight.dtype}, {bias.dtype}")
+    torch._check_value(dilation >= 1, lambda: f"{op}: dilation must be >= 1, got {dilation}")
+    torch._check_value(pad_left >= 0 and pad_right >= 0 and pad_left + pad_right == (weight.shape[3] - 1) * dilation,
+                       lambda: f"{op}: pad_left + pad_right must equal (k - 1) * dilation")
+    torch._check_value(pad_mode in _PAD_MODES, lambda: f"{op}: pad_mode must be one of {_PAD_MODES}, got {pad_mode!r}")
+
+
+@torch.library.register_fake("jasco_fast::elu_resblock")
+def _(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
+    _check_tail("elu_resblock", x, w1, b1, x.shape[1], dilation, pad_left, pad_right, pad_mode)
+    torch._check_value(w2.dim() == 4 and tuple(w2.shape[:2]) == (x.shape[1], w1.shape[0]) and w2.shape[3] == 1,
+                       lambda: f"elu_resblock: w2 must be [{x.shape[1]}, {w1.shape[0]}, 1, 1], got {list(w2.shape)}")
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("jasco_fast::elu_conv")
+def _(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
+    _check_tail("elu_conv", x, weight, bias, x.shape[1], dilation, pad_left, pad_right, pad_mode)
+    B, _, _, T = x.shape
+    return x.new_empty((B, weight.shape[0], 1, T)).contiguous(memory_format=torch.channels_last)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from jasco_fast.decoder import LSTM, SEANetDecoder, receptive_field
+from jasco_fast.decoder import LSTM, DecoderLayers, SEANetDecoder, receptive_field
 
 __all__ = ["POSITIONS", "ChunkPlan", "ChunkStep", "chunk_plan", "why_not_chunkable", "run_chunks"]
 
@@ -150,9 +150,9 @@ class ChunkStep(nn.Module):
     def __init__(self, decoder: SEANetDecoder, plan: ChunkPlan, position: str):
         super().__init__()
         pre, lstm, post = _split(decoder)
-        self.pre = nn.Sequential(*pre)
+        self.pre = DecoderLayers(*pre)
         self.lstm = lstm
-        self.post = nn.Sequential(*post)
+        self.post = DecoderLayers(*post)
         self.position = position
         self.pre_left, self.pre_right, self.post_left, self.post_right, self.state_frames = plan.crops(position)
         self.pre_upsample = plan.pre_upsample

@@ -1,0 +1,274 @@
+// CPU kernels of jasco_fast::elu_resblock and jasco_fast::elu_conv: the long, narrow end of the SEANet decoder.
+//
+// For 10 s at 32 kHz the last residual block and the final convolution see 64 channels x 320 000 samples. There
+// oneDNN's direct convolutions run far below the machine's FLOP rate (the 64 -> 1 final conv at ~1/15 of its
+// floor, benchmarks/NOTES_decode_cpu.md), and every separate op (activation, padding, conv, add) is another pass
+// over an 82 MB activation. Here a tile of time steps goes through activation, convolution, activation, 1x1
+// convolution and residual add while it sits in the L2 cache, as register-blocked float32 GEMMs.
+//
+// Portability: built without -m flags; the AVX-512 and AVX2+FMA copies of the loops (elu_conv_kernels.h) are
+// compiled with function-level target attributes and chosen at run time, else a portable copy runs. Channel
+// counts that are not a multiple of the vector width take the portable copy.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define JASCO_FAST_X86 1
+#endif
+
+namespace jasco_fast {
+namespace {
+
+enum class PadMode { constant, reflect, replicate, circular };
+
+// Where padded position q (relative to the unpadded start) reads from: an index in [0, T), or -1 for a zero.
+// Reflect on an input no longer than the padding reflects a zero-extended copy of it, as SEANet does.
+struct PadMap {
+  PadMode mode;
+  int64_t T;
+  int64_t extended;  // T plus the zero extension (reflect only)
+
+  int64_t operator()(int64_t q) const {
+    if (q >= 0 && q < T) return q;
+    switch (mode) {
+      case PadMode::constant:
+        return -1;
+      case PadMode::replicate:
+        return q < 0 ? 0 : T - 1;
+      case PadMode::circular:
+        return ((q % T) + T) % T;
+      case PadMode::reflect: {
+        if (q >= T && q < extended) return -1;
+        const int64_t r = q < 0 ? -q : 2 * (extended - 1) - q;
+        return r < T ? r : -1;
+      }
+    }
+    return -1;
+  }
+};
+
+// x and out: [B, T, C] memory (channels-last [B, C, 1, T]); conv1 C -> H (k taps), conv2 H -> C (1x1).
+template <typename scalar_t>
+struct ResblockArgs {
+  const scalar_t* x;
+  scalar_t* out;
+  int64_t T, C, H, k, dilation, pad_left, tile;
+  PadMap map;
+  const float* w1;  // [k, C, H]
+  const float* b1;  // [H]
+  const float* w2;  // [H, C]
+  const float* b2;  // [C]
+  float alpha;
+};
+
+// x: [B, T, C] memory, out: [B, T, Cout] memory.
+template <typename scalar_t>
+struct ConvArgs {
+  const scalar_t* x;
+  scalar_t* out;
+  int64_t T, C, Cout, k, dilation, pad_left, tile;
+  PadMap map;
+  const float* w;     // [Cout, k, C]
+  const float* bias;  // [Cout]
+  float alpha;
+};
+
+#define JF_ISA portable
+#define JF_TARGET
+#define JF_WIDTH 1
+#include "elu_conv_kernels.h"
+#undef JF_ISA
+#undef JF_TARGET
+#undef JF_WIDTH
+
+#ifdef JASCO_FAST_X86
+#define JF_ISA avx2
+#define JF_TARGET __attribute__((target("avx2,fma")))
+#define JF_WIDTH 8
+#include "elu_conv_kernels.h"
+#undef JF_ISA
+#undef JF_TARGET
+#undef JF_WIDTH
+
+#define JF_ISA avx512
+#define JF_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define JF_WIDTH 16
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's own AVX-512 headers (_mm512_undefined_*)
+#include "elu_conv_kernels.h"
+#pragma GCC diagnostic pop
+#undef JF_ISA
+#undef JF_TARGET
+#undef JF_WIDTH
+#endif
+
+// The widest copy of the loops this CPU runs and whose vector width divides every channel count.
+int vector_width(std::initializer_list<int64_t> channels) {
+  auto divides = [&](int64_t w) {
+    return std::all_of(channels.begin(), channels.end(), [w](int64_t c) { return c % w == 0; });
+  };
+#ifdef JASCO_FAST_X86
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512 && divides(16)) return 16;
+  if (avx2 && divides(8)) return 8;
+#endif
+  return 1;
+}
+
+PadMode parse_pad_mode(c10::string_view mode) {
+  if (mode == "constant") return PadMode::constant;
+  if (mode == "reflect") return PadMode::reflect;
+  if (mode == "replicate") return PadMode::replicate;
+  if (mode == "circular") return PadMode::circular;
+  TORCH_CHECK_VALUE(false, "pad_mode must be constant, reflect, replicate or circular, got '", std::string(mode), "'");
+}
+
+PadMap make_pad_map(const char* op, PadMode mode, int64_t T, int64_t pad_left, int64_t pad_right) {
+  const int64_t pad = std::max(pad_left, pad_right);
+  TORCH_CHECK_VALUE(mode != PadMode::circular || T >= pad, op, ": circular padding of ", pad,
+                    " needs at least that many samples, got ", T);
+  const int64_t extended = (mode == PadMode::reflect && T <= pad) ? pad + 1 : T;
+  return PadMap{mode, T, extended};
+}
+
+// Rows of a time tile: enough to amortise the halo, small enough that the tile's buffers stay in L2.
+int64_t tile_rows(int64_t widest_channels) {
+  const int64_t rows = std::clamp<int64_t>(16384 / std::max<int64_t>(widest_channels, 1), 12, 512);
+  return rows / 12 * 12;  // a multiple of the register blocks (6 rows, and 4 in the final conv)
+}
+
+void check_activations(const char* op, const at::Tensor& x, int64_t channels) {
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(2) == 1, op, ": x must be [B, C, 1, T], got shape ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
+                   ": x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) == channels, op, ": x has ", x.size(1), " channels, the weights expect ", channels);
+  TORCH_CHECK_VALUE(x.size(3) >= 1, op, ": x needs at least one time step");
+}
+
+void check_conv_weight(const char* op, const char* name, const at::Tensor& w, const at::Tensor& b, int64_t in_ch,
+                       const at::Tensor& x) {
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == 1 && w.size(1) == in_ch, op, ": ", name,
+                    " must be [out, ", in_ch, ", 1, k], got shape ", w.sizes());
+  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": the bias of ", name, " must be [", w.size(0),
+                    "], got shape ", b.sizes());
+  TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(), op, ": ", name,
+                   " and its bias must have x's dtype ", x.scalar_type(), ", got ", w.scalar_type(), " and ",
+                   b.scalar_type());
+  TORCH_CHECK_VALUE(w.device() == x.device() && b.device() == x.device(), op, ": ", name,
+                    " must be on x's device");
+}
+
+void check_padding(const char* op, int64_t k, int64_t dilation, int64_t pad_left, int64_t pad_right) {
+  TORCH_CHECK_VALUE(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  TORCH_CHECK_VALUE(pad_left >= 0 && pad_right >= 0 && pad_left + pad_right == (k - 1) * dilation, op,
+                    ": pad_left + pad_right must equal (k - 1) * dilation = ", (k - 1) * dilation, " (the output keeps",
+                    " the input's length), got ", pad_left, " + ", pad_right);
+}
+
+at::Tensor float_contiguous(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                        const at::Tensor& b2, int64_t dilation, int64_t pad_left, int64_t pad_right,
+                        c10::string_view pad_mode, double alpha) {
+  const char* op = "elu_resblock";
+  TORCH_CHECK_VALUE(w1.dim() == 4, op, ": w1 must be [H, C, 1, k], got shape ", w1.sizes());
+  const int64_t H = w1.size(0), C = w1.size(1), k = w1.size(3);
+  check_activations(op, x_in, C);
+  check_conv_weight(op, "w1", w1, b1, C, x_in);
+  check_conv_weight(op, "w2", w2, b2, H, x_in);
+  TORCH_CHECK_VALUE(w2.size(0) == C && w2.size(3) == 1, op, ": w2 must be [", C, ", ", H, ", 1, 1], got shape ",
+                    w2.sizes());
+  check_padding(op, k, dilation, pad_left, pad_right);
+  const PadMode mode = parse_pad_mode(pad_mode);
+
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), T = x.size(3);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor w1p = float_contiguous(w1.squeeze(2).permute({2, 1, 0}));  // [k, C, H]
+  const at::Tensor w2p = float_contiguous(w2.reshape({C, H}).t());           // [H, C]
+  const at::Tensor b1f = float_contiguous(b1), b2f = float_contiguous(b2);
+  const int64_t tile = tile_rows(std::max(C, H));
+  const int64_t jobs = B * ((T + tile - 1) / tile);
+  const int width = vector_width({C, H});
+
+  auto run = [&](auto* typed) {
+    using T_ = std::remove_pointer_t<decltype(typed)>;
+    ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, H, k, dilation, pad_left, tile,
+                          make_pad_map(op, mode, T, pad_left, pad_right), w1p.const_data_ptr<float>(),
+                          b1f.const_data_ptr<float>(), w2p.const_data_ptr<float>(), b2f.const_data_ptr<float>(),
+                          static_cast<float>(alpha)};
+    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
+#ifdef JASCO_FAST_X86
+      if (width == 16) return avx512::resblock_tiles(args, begin, end);
+      if (width == 8) return avx2::resblock_tiles(args, begin, end);
+#endif
+      portable::resblock_tiles(args, begin, end);
+    });
+  };
+  if (x.scalar_type() == at::kFloat) {
+    run(static_cast<float*>(nullptr));
+  } else {
+    run(static_cast<c10::BFloat16*>(nullptr));
+  }
+  return out;
+}
+
+at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, int64_t dilation,
+                    int64_t pad_left, int64_t pad_right, c10::string_view pad_mode, double alpha) {
+  const char* op = "elu_conv";
+  TORCH_CHECK_VALUE(weight.dim() == 4, op, ": weight must be [Cout, C, 1, k], got shape ", weight.sizes());
+  const int64_t Cout = weight.size(0), C = weight.size(1), k = weight.size(3);
+  check_activations(op, x_in, C);
+  check_conv_weight(op, "weight", weight, bias, C, x_in);
+  check_padding(op, k, dilation, pad_left, pad_right);
+  const PadMode mode = parse_pad_mode(pad_mode);
+
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), T = x.size(3);
+  at::Tensor out = at::empty({B, Cout, 1, T}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor wp = float_contiguous(weight.squeeze(2).permute({0, 2, 1}));  // [Cout, k, C]
+  const at::Tensor bf = float_contiguous(bias);
+  const int64_t tile = tile_rows(C);
+  const int64_t jobs = B * ((T + tile - 1) / tile);
+  const int width = vector_width({C});
+
+  auto run = [&](auto* typed) {
+    using T_ = std::remove_pointer_t<decltype(typed)>;
+    ConvArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, Cout, k, dilation, pad_left, tile,
+                      make_pad_map(op, mode, T, pad_left, pad_right), wp.const_data_ptr<float>(),
+                      bf.const_data_ptr<float>(), static_cast<float>(alpha)};
+    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
+#ifdef JASCO_FAST_X86
+      if (width == 16) return avx512::conv_tiles(args, begin, end);
+      if (width == 8) return avx2::conv_tiles(args, begin, end);
+#endif
+      portable::conv_tiles(args, begin, end);
+    });
+  };
+  if (x.scalar_type() == at::kFloat) {
+    run(static_cast<float*>(nullptr));
+  } else {
+    run(static_cast<c10::BFloat16*>(nullptr));
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) {
+  m.impl("elu_resblock", &elu_resblock);
+  m.impl("elu_conv", &elu_conv);
+}
+
+}  // namespace jasco_fast

@@ -1,0 +1,241 @@
+// The inner loops of elu_conv.cpp for one instruction set. Included once per instruction set (no include guard
+// on purpose) with:
+//   JF_ISA     the namespace the functions go in,
+//   JF_TARGET  the function attribute that enables the instruction set (empty for the portable copy),
+//   JF_WIDTH   float32 lanes per vector: 16 (AVX-512), 8 (AVX2 + FMA) or 1 (portable: V is a plain float).
+// Everything computes in float32; activations are read and written as float or c10::BFloat16.
+namespace JF_ISA {
+
+constexpr int W = JF_WIDTH;
+#if JF_WIDTH == 16
+using V = __m512;
+constexpr int kMaxVecs = 4;  // 6 rows x 4 vectors = 24 of the 32 zmm registers as accumulators
+JF_TARGET inline V vload(const float* p) { return _mm512_loadu_ps(p); }
+JF_TARGET inline void vstore(float* p, V v) { _mm512_storeu_ps(p, v); }
+JF_TARGET inline V vset1(float x) { return _mm512_set1_ps(x); }
+JF_TARGET inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+JF_TARGET inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+JF_TARGET inline float vsum(V v) { return _mm512_reduce_add_ps(v); }
+JF_TARGET inline V vload(const c10::BFloat16* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+JF_TARGET inline void vstore(c10::BFloat16* p, V v) {  // round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16)
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+// ELU: x for x > 0, alpha * expm1(x) otherwise (NaN stays NaN).
+JF_TARGET inline V velu(V x, float alpha) {
+  const V zero = _mm512_setzero_ps();
+  // min/max return their second operand when one is NaN: NaN goes through the polynomial and stays NaN
+  V n = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(zero, x));
+  const V k = _mm512_roundscale_ps(_mm512_mul_ps(n, _mm512_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), n);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  V p = _mm512_set1_ps(1.0f / 40320);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 5040));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r);  // expm1(r)
+  const V s = _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));  // 2^k, k >= -126
+  const V e = _mm512_fmadd_ps(s, p, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));  // expm1(x) = 2^k expm1(r) + 2^k - 1
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), _mm512_mul_ps(e, _mm512_set1_ps(alpha)), x);
+}
+#elif JF_WIDTH == 8
+using V = __m256;
+constexpr int kMaxVecs = 2;  // 6 rows x 2 vectors = 12 of the 16 ymm registers as accumulators
+JF_TARGET inline V vload(const float* p) { return _mm256_loadu_ps(p); }
+JF_TARGET inline void vstore(float* p, V v) { _mm256_storeu_ps(p, v); }
+JF_TARGET inline V vset1(float x) { return _mm256_set1_ps(x); }
+JF_TARGET inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+JF_TARGET inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
+JF_TARGET inline float vsum(V v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+JF_TARGET inline V vload(const c10::BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+JF_TARGET inline void vstore(c10::BFloat16* p, V v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  // 8 x 32-bit (each < 2^16) -> 8 x 16-bit
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+JF_TARGET inline V velu(V x, float alpha) {
+  const V zero = _mm256_setzero_ps();
+  V n = _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_min_ps(zero, x));
+  const V k = _mm256_round_ps(_mm256_mul_ps(n, _mm256_set1_ps(1.44269504088896341f)),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  V r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), n);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  V p = _mm256_set1_ps(1.0f / 40320);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 5040));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r);
+  const V s = _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+  const V e = _mm256_fmadd_ps(s, p, _mm256_sub_ps(s, _mm256_set1_ps(1.0f)));
+  return _mm256_blendv_ps(_mm256_mul_ps(e, _mm256_set1_ps(alpha)), x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+}
+#else
+using V = float;
+constexpr int kMaxVecs = 4;
+inline V vload(const float* p) { return *p; }
+inline void vstore(float* p, V v) { *p = v; }
+inline V vset1(float x) { return x; }
+inline V vfma(V a, V b, V c) { return a * b + c; }
+inline V vadd(V a, V b) { return a + b; }
+inline float vsum(V v) { return v; }
+inline V vload(const c10::BFloat16* p) { return static_cast<float>(*p); }
+inline void vstore(c10::BFloat16* p, V v) { *p = c10::BFloat16(v); }
+inline V velu(V x, float alpha) { return x > 0.0f ? x : (x == x ? alpha * std::expm1(x) : x); }
+#endif
+
+constexpr int kRows = 6;  // rows of a register block; tiles are padded to a multiple of it
+
+// acc[r][v] (r < kRows, v < NV vectors of W columns) += sum over taps j and channels c of
+// a[(r + j * tap_step) * lda + c] * w[(j * K + c) * N + v * W]; `out` holds the block's kRows x NV*W values
+// (row stride ldo) before and after.
+template <int NV>
+JF_TARGET void block_gemm(const float* a, int64_t lda, int64_t K, int64_t taps, int64_t tap_step, const float* w,
+                          int64_t N, float* out, int64_t ldo) {
+  V acc[kRows][NV];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = vload(out + r * ldo + v * W);
+  for (int64_t j = 0; j < taps; ++j) {
+    const float* aj = a + j * tap_step * lda;
+    const float* wj = w + j * K * N;
+    for (int64_t c = 0; c < K; ++c) {
+      V wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = vload(wj + c * N + v * W);
+      for (int r = 0; r < kRows; ++r) {
+        const V av = vset1(aj[r * lda + c]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = vfma(av, wv[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < NV; ++v) vstore(out + r * ldo + v * W, acc[r][v]);
+}
+
+// out[i, n] += sum_j sum_c a[(i + j * tap_step) * K + c] * w[(j * K + c) * N + n] for i < rows (a multiple of
+// kRows), n < N (a multiple of W): the tile's convolution as register-blocked GEMMs, one per tap.
+JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
+                                const float* w, int64_t N, float* out) {
+  for (int64_t i = 0; i < rows; i += kRows) {
+    for (int64_t n = 0; n < N;) {
+      const int64_t vecs = std::min<int64_t>(kMaxVecs, (N - n) / W);
+      const float* ai = a + i * K;
+      float* o = out + i * N + n;
+      switch (vecs) {
+        case 4: block_gemm<4>(ai, K, K, taps, tap_step, w + n, N, o, N); break;
+        case 3: block_gemm<3>(ai, K, K, taps, tap_step, w + n, N, o, N); break;
+        case 2: block_gemm<2>(ai, K, K, taps, tap_step, w + n, N, o, N); break;
+        default: block_gemm<1>(ai, K, K, taps, tap_step, w + n, N, o, N); break;
+      }
+      n += vecs * W;
+    }
+  }
+}
+
+// dst[c] = elu(src[c]) for c < C (a multiple of W), src in the activation dtype.
+template <typename scalar_t>
+JF_TARGET inline void elu_row(const scalar_t* src, float* dst, int64_t C, float alpha) {
+  for (int64_t c = 0; c < C; c += W) vstore(dst + c, velu(vload(src + c), alpha));
+}
+
+template <typename scalar_t>
+JF_TARGET void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, int64_t end) {
+  const int64_t C = p.C, H = p.H, span = (p.k - 1) * p.dilation;
+  const int64_t tiles = (p.T + p.tile - 1) / p.tile;
+  std::vector<float> act((p.tile + span) * C), hidden(p.tile * H), y(p.tile * C);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, p.T - t0);
+    const int64_t rows = (valid + kRows - 1) / kRows * kRows;
+    const scalar_t* x = p.x + b * p.T * C;
+    // conv1's padded input: elu(x) at the positions the tile's outputs read, zeros where the padding is zero
+    for (int64_t r = 0; r < rows + span; ++r) {
+      const int64_t src = r < valid + span ? p.map(t0 + r - p.pad_left) : -1;
+      float* dst = act.data() + r * C;
+      if (src < 0) {
+        std::fill(dst, dst + C, 0.0f);
+      } else {
+        elu_row(x + src * C, dst, C, p.alpha);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
+    tile_conv(act.data(), rows, C, p.k, p.dilation, p.w1, H, hidden.data());
+    for (int64_t i = 0; i < rows * H; i += W) vstore(hidden.data() + i, velu(vload(hidden.data() + i), p.alpha));
+    // y = x + b2 + conv2(hidden), rows past the sequence end read x's last valid row (discarded)
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* xr = x + (t0 + std::min(r, valid - 1)) * C;
+      float* yr = y.data() + r * C;
+      for (int64_t c = 0; c < C; c += W) vstore(yr + c, vadd(vload(xr + c), vload(p.b2 + c)));
+    }
+    tile_conv(hidden.data(), rows, H, 1, 1, p.w2, C, y.data());
+    scalar_t* out = p.out + (b * p.T + t0) * C;
+    for (int64_t i = 0; i < valid * C; i += W) vstore(out + i, vload(y.data() + i));
+  }
+}
+
+template <typename scalar_t>
+JF_TARGET void conv_tiles(const ConvArgs<scalar_t>& p, int64_t begin, int64_t end) {
+  const int64_t C = p.C, span = (p.k - 1) * p.dilation;
+  const int64_t tiles = (p.T + p.tile - 1) / p.tile;
+  constexpr int kDotRows = 4;
+  std::vector<float> act((p.tile + kDotRows + span) * C);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, p.T - t0);
+    const int64_t rows = (valid + kDotRows - 1) / kDotRows * kDotRows;
+    const scalar_t* x = p.x + b * p.T * C;
+    for (int64_t r = 0; r < rows + span; ++r) {
+      const int64_t src = r < valid + span ? p.map(t0 + r - p.pad_left) : -1;
+      float* dst = act.data() + r * C;
+      if (src < 0) {
+        std::fill(dst, dst + C, 0.0f);
+      } else {
+        elu_row(x + src * C, dst, C, p.alpha);
+      }
+    }
+    scalar_t* out = p.out + (b * p.T + t0) * p.Cout;
+    for (int64_t i = 0; i < rows; i += kDotRows) {
+      for (int64_t o = 0; o < p.Cout; ++o) {
+        V acc[kDotRows];
+        for (int r = 0; r < kDotRows; ++r) acc[r] = vset1(0.0f);
+        for (int64_t j = 0; j < p.k; ++j) {
+          const float* wj = p.w + (o * p.k + j) * C;
+          const float* aj = act.data() + (i + j * p.dilation) * C;
+          for (int64_t c = 0; c < C; c += W) {
+            const V wv = vload(wj + c);
+            for (int r = 0; r < kDotRows; ++r) acc[r] = vfma(vload(aj + r * C + c), wv, acc[r]);
+          }
+        }
+        for (int r = 0; r < kDotRows && i + r < valid; ++r) out[(i + r) * p.Cout + o] = scalar_t(vsum(acc[r]) + p.bias[o]);
+      }
+    }
+  }
+}
+
+}  // namespace JF_ISA

@@ -1,0 +1,252 @@
+"""The CPU tail ops jasco_fast::elu_resblock and jasco_fast::elu_conv (csrc/cpu/elu_conv.cpp) against the decoder's
+layer-by-layer path in float64, and where the decoder uses them.
+
+Channel counts pick the kernel's copy: multiples of 16 run the AVX-512 loops (on CPUs that have AVX-512), other
+multiples of 8 the AVX2 ones, anything else the portable loops.
+Tolerances (max error / peak of the float64 result): float32 2e-6 (float32 arithmetic, another summation
+order than oneDNN); bfloat16 2^-8, one rounding of the output (inputs and weights are bf16-rounded first, and
+the kernel computes in float32)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jasco_fast import DecoderConfig, SEANetDecoder, reference
+from jasco_fast.decoder import (FUSED_CONV_MAX_OUT_CHANNELS, FUSED_RESBLOCK_MAX_CHANNELS, Conv, DecoderLayers,
+                                ResBlock)
+from jasco_fast.ops import elu_conv, elu_resblock
+
+TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 2.0 ** -8}
+
+
+def make_block(C, k=3, dilation=1, *, causal=False, pad_mode="reflect", compress=2, alpha=1.0, seed=0):
+    torch.manual_seed(seed)
+    cfg = DecoderConfig(residual_kernel_size=k, compress=compress, causal=causal, pad_mode=pad_mode,
+                        activation_params={"alpha": alpha})
+    block = ResBlock(C, dilation, cfg, "none").eval()
+    for p in block.parameters():  # biases as large as the weights' effect, so a dropped bias shows
+        p.data.normal_(0, 1 / math.sqrt(p.shape[1] * p.shape[-1]) if p.dim() == 4 else 0.3)
+    return block
+
+
+def resblock_op(block, x):
+    c1, c2 = block.conv1, block.conv2
+    return elu_resblock(x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right,
+                        c1.pad_mode, block.act1.alpha)
+
+
+def conv_op(conv, x, alpha=1.0):
+    return elu_conv(x, conv.weight, conv.bias, conv.dilation, conv.pad_left, conv.pad_right, conv.pad_mode, alpha)
+
+
+def layer_by_layer(block, x):
+    """The block's plain path in float64 (the decoder's unfused layers)."""
+    b = block.double()
+    x = x.double()
+    return b.shortcut(x) + b.conv2(b.act2(b.conv1(b.act1(x))))
+
+
+def rounded(module, dtype):
+    """module with its weights rounded to dtype (kept in float32 so the float64 oracle sees the same values)."""
+    return module.to(dtype).float()
+
+
+def check(got, want, dtype):
+    assert got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert got.shape == want.shape
+    err = (got.double() - want).abs().max().item()
+    peak = want.abs().max().item()
+    assert err <= TOLERANCE[dtype] * peak, f"max error {err:.3g} vs peak {peak:.3g} ({dtype})"
+
+
+def inputs(B, C, T, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, C, 1, T, generator=g) * 1.5
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,compress", [(64, 2), (32, 2), (24, 3), (20, 2), (5, 1)])
+@pytest.mark.parametrize("k,dilation,causal", [(3, 1, False), (3, 2, True), (5, 3, False), (1, 1, False), (4, 1, False)])
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant", "replicate", "circular"])
+def test_resblock_matches_layers(dtype, C, compress, k, dilation, causal, pad_mode):
+    block = rounded(make_block(C, k, dilation, causal=causal, pad_mode=pad_mode, compress=compress), dtype)
+    for B, T in ((2, 1000), (1, 37), (3, 7)):
+        if pad_mode == "circular" and T < (k - 1) * dilation:
+            continue  # refused, see test_argument_errors
+        x = inputs(B, C, T, dtype)
+        with torch.no_grad():
+            check(resblock_op(block.to(dtype), x), layer_by_layer(block.float(), x.float()), dtype)
+        block.float()
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_resblock_reflect_shorter_than_padding(T):
+    """Reflect padding longer than the input reflects a zero-extended copy (SEANet's rule)."""
+    block = make_block(16, k=7, dilation=1)
+    x = inputs(2, 16, T, torch.float32)
+    with torch.no_grad():
+        check(resblock_op(block, x), layer_by_layer(block, x), torch.float32)
+        block.float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,Cout", [(64, 1), (64, 2), (32, 3), (24, 1), (10, 2)])
+@pytest.mark.parametrize("k,dilation,causal", [(7, 1, False), (7, 1, True), (3, 2, False), (1, 1, False)])
+@pytest.mark.parametrize("pad_mode", ["reflect", "constant", "replicate", "circular"])
+def test_conv_matches_layers(dtype, C, Cout, k, dilation, causal, pad_mode):
+    torch.manual_seed(0)
+    conv = rounded(Conv(C, Cout, k, dilation, causal=causal, pad_mode=pad_mode).eval(), dtype)
+    for B, T in ((2, 1001), (1, 13), (3, 6)):
+        if pad_mode == "circular" and T < (k - 1) * dilation:
+            continue
+        x = inputs(B, C, T, dtype)
+        with torch.no_grad():
+            want = conv.double()(F.elu(x.double()))
+            check(conv_op(conv.to(dtype), x), want, dtype)
+        conv.float()
+
+
+def test_alpha_and_layouts():
+    block = make_block(32, alpha=0.4)
+    x = inputs(2, 32, 300, torch.float32)
+    with torch.no_grad():
+        want = layer_by_layer(block, x)
+        block.float()
+        check(resblock_op(block, x), want, torch.float32)
+        check(resblock_op(block, x.contiguous()), want, torch.float32)  # NCHW input: copied, same result
+        conv = Conv(32, 1, 7).eval()
+        want = conv.double()(F.elu(x.double(), alpha=0.4))
+        conv.float()
+        check(conv_op(conv, x.contiguous(), alpha=0.4), want, torch.float32)
+
+
+def test_non_finite_inputs_spread_like_the_layers():
+    block = make_block(32)
+    x = inputs(1, 32, 200, torch.float32)
+    x[0, 3, 0, 50] = float("nan")
+    x[0, 5, 0, 120] = float("inf")
+    x[0, 6, 0, 160] = float("-inf")
+    with torch.no_grad():
+        want = layer_by_layer(block, x)
+        block.float()
+        got = resblock_op(block, x)
+    assert torch.equal(got.isnan(), want.isnan())
+    finite = want.isfinite()
+    torch.testing.assert_close(got.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_same_bits_for_any_thread_count():
+    """Every tile is computed the same way whichever thread takes it."""
+    block = make_block(64)
+    conv = Conv(64, 1, 7).eval()
+    x = inputs(2, 64, 5000, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = conv_op(conv, resblock_op(block, x))
+            torch.set_num_threads(2)
+            two = conv_op(conv, resblock_op(block, x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(C=st.sampled_from([8, 16, 48, 12, 3]), k=st.integers(1, 6), dilation=st.integers(1, 3),
+       causal=st.booleans(), pad_mode=st.sampled_from(["reflect", "constant", "replicate", "circular"]),
+       B=st.integers(1, 3), T=st.integers(1, 400), seed=st.integers(0, 2 ** 16))
+def test_resblock_property(C, k, dilation, causal, pad_mode, B, T, seed):
+    if pad_mode == "circular" and T < (k - 1) * dilation:
+        return
+    block = make_block(C, k, dilation, causal=causal, pad_mode=pad_mode, compress=1 if C < 8 else 2, seed=seed)
+    x = inputs(B, C, T, torch.float32, seed=seed)
+    with torch.no_grad():
+        want = layer_by_layer(block, x)
+        block.float()
+        check(resblock_op(block, x), want, torch.float32)
+
+
+def test_argument_errors():
+    block = make_block(16)
+    c1, c2 = block.conv1, block.conv2
+    x = inputs(1, 16, 20, torch.float32)
+    args = (c1.weight, c1.bias, c2.weight, c2.bias)
+    with torch.no_grad():
+        with pytest.raises(TypeError, match="float32 or bfloat16"):
+            elu_resblock(x.double(), *(a.double() for a in args), 1, 1, 1, "reflect", 1.0)
+        with pytest.raises(TypeError, match="dtype"):
+            elu_resblock(x, *(a.bfloat16() for a in args), 1, 1, 1, "reflect", 1.0)
+        with pytest.raises(ValueError, match="pad_left \\+ pad_right"):
+            elu_resblock(x, *args, 1, 1, 0, "reflect", 1.0)
+        with pytest.raises(ValueError, match="channels"):
+            elu_resblock(inputs(1, 8, 20, torch.float32), *args, 1, 1, 1, "reflect", 1.0)
+        with pytest.raises(ValueError, match="pad_mode"):
+            elu_resblock(x, *args, 1, 1, 1, "mirror", 1.0)
+        with pytest.raises(ValueError, match="circular padding"):
+            elu_resblock(inputs(1, 16, 2, torch.float32), c1.weight, c1.bias, c2.weight, c2.bias, 3, 3, 3,
+                         "circular", 1.0)
+        with pytest.raises(ValueError, match="dilation"):
+            elu_resblock(x, *args, 0, 1, 1, "reflect", 1.0)
+        with pytest.raises(ValueError, match="\\[B, C, 1, T\\]"):
+            elu_conv(x.squeeze(2), torch.zeros(1, 16, 1, 7), torch.zeros(1), 1, 3, 3, "reflect", 1.0)
+        with pytest.raises(ValueError, match="bias"):
+            elu_conv(x, torch.zeros(1, 16, 1, 7), torch.zeros(2), 1, 3, 3, "reflect", 1.0)
+
+
+@pytest.mark.parametrize("op", ["elu_resblock", "elu_conv"])
+def test_opcheck(op):
+    block = make_block(16).requires_grad_(False)
+    x = inputs(2, 16, 40, torch.float32)
+    if op == "elu_resblock":
+        c1, c2 = block.conv1, block.conv2
+        args = (x, c1.weight, c1.bias, c2.weight, c2.bias, 1, 1, 1, "reflect", 1.0)
+    else:
+        args = (x, torch.randn(2, 16, 1, 7), torch.randn(2), 1, 3, 3, "replicate", 0.7)
+    torch.library.opcheck(getattr(torch.ops.jasco_fast, op).default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static",
+                                      "test_aot_dispatch_dynamic"))
+
+
+def test_where_the_decoder_uses_them():
+    narrow, wide = make_block(FUSED_RESBLOCK_MAX_CHANNELS), make_block(2 * FUSED_RESBLOCK_MAX_CHANNELS)
+    x = torch.empty(1, FUSED_RESBLOCK_MAX_CHANNELS, 1, 4)
+    with torch.no_grad():
+        assert narrow._fusable(x)
+        assert narrow._fusable(x.bfloat16())
+        assert not narrow._fusable(x.double())
+        assert not narrow._fusable(x.to("meta"))
+        assert not wide._fusable(torch.empty(1, 2 * FUSED_RESBLOCK_MAX_CHANNELS, 1, 4))
+    with torch.enable_grad():  # gradients wanted: the layer-by-layer path (the ops have no autograd formula)
+        assert not narrow._fusable(x)  # the parameters require grad
+        frozen = make_block(16).requires_grad_(False)
+        assert frozen._fusable(torch.empty(1, 16, 1, 4))
+        assert not frozen._fusable(torch.empty(1, 16, 1, 4).requires_grad_())
+    block = make_block(16)
+    block.act2 = torch.nn.ReLU()
+    with torch.no_grad():
+        assert not block._fusable(torch.empty(1, 16, 1, 4))
+
+
+def test_decoder_fuses_its_tail_and_matches_reference():
+    torch.manual_seed(0)
+    decoder = SEANetDecoder(DecoderConfig(dimension=16, n_filters=8, ratios=(2, 2), lstm=1)).eval()
+    assert isinstance(decoder.layers, DecoderLayers)
+    assert isinstance(decoder.layers[2:], DecoderLayers)  # sliced, as chunked decoding slices it
+    latents = torch.randn(2, 30, 16)
+    with torch.no_grad():
+        want = reference.decode(decoder, latents)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            got = decoder((latents * reference.JASCO_LATENT_STD + reference.JASCO_LATENT_MEAN).transpose(1, 2))
+    ran = {e.name for e in prof.events()}
+    assert {"jasco_fast::elu_resblock", "jasco_fast::elu_conv"} <= ran
+    assert decoder.layers[-1].weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS
+    err = (got.double() - want.double()).abs().max().item()
+    assert err <= 1e-5 * want.abs().max().item()
