@@ -235,7 +235,9 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
 
 # Residual blocks with at most this many channels run as jasco_fast::elu_resblock on the CPU. Measured on this
 # project's CPU (benchmarks/NOTES_decode_cpu.md), float32, 2 threads, against the block compiled by Inductor
-# (oneDNN convolutions): 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x the time.
+# (oneDNN convolutions): 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x the time. bfloat16 blocks of 128
+# and 256 channels measured faster alone through oneDNN (AMX tiles), but the whole bfloat16 decode was faster
+# with the op up to 256 channels than up to 64 (bf16 / f32 time 0.61 vs 0.63, same run).
 FUSED_RESBLOCK_MAX_CHANNELS = 256
 # An activation + convolution with at most this many output channels (the final one: audio channels) runs as
 # jasco_fast::elu_conv on the CPU (64 -> 1 channels, k = 7: 0.19x oneDNN's time).

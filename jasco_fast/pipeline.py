@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from jasco_fast import artifacts
+from jasco_fast.memory import reuse_freed_memory
 from jasco_fast.decoder import Conv, ConvTranspose, DecoderConfig, SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose
@@ -154,6 +155,8 @@ class LatentDecoder(nn.Module):
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
         self.backend = self._backend(compile, compile_mode, param.device)
+        if param.device.type == "cpu":
+            reuse_freed_memory()
         self.is_compiled = self.backend != "eager"
         # the "aot" backend never calls torch.compile (nor imports it: a second of a cold start): what its
         # artifacts do not serve runs eagerly
