@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance, spread, write_result  # noqa: E402
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
-from jasco_fast.decoder import LSTM, Conv, ConvTranspose, ResBlock
+from jasco_fast.decoder import DecoderLayers, LSTM, Conv, ConvTranspose, ResBlock
 from jasco_fast.ops import denormalize_transpose
 from jasco_fast.pipeline import DTYPES
 
@@ -78,7 +78,7 @@ def stages_of(decoder: SEANetDecoder) -> list[tuple[str, nn.Module]]:
             if stages and stages[-1][0] == f"up{up}.resblock":
                 stages[-1][1].append(layer)
             else:
-                stages.append((f"up{up}.resblock", nn.Sequential(layer)))
+                stages.append((f"up{up}.resblock", DecoderLayers(layer)))
             continue
         if isinstance(layer, (Conv, ConvTranspose, LSTM)):
             if isinstance(layer, ConvTranspose):
@@ -86,7 +86,7 @@ def stages_of(decoder: SEANetDecoder) -> list[tuple[str, nn.Module]]:
                 name = f"up{up}.convtr"
             else:
                 name = "lstm" if isinstance(layer, LSTM) else ("conv_in" if not stages else "conv_out")
-            stages.append((name, nn.Sequential(*pending, layer)))
+            stages.append((name, DecoderLayers(*pending, layer)))
             pending = []
         else:  # activation: belongs to the next weighted layer (or, at the end, to the last stage)
             pending.append(layer)

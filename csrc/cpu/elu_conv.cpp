@@ -61,7 +61,7 @@ template <typename scalar_t>
 struct ResblockArgs {
   const scalar_t* x;
   scalar_t* out;
-  int64_t T, C, H, k, dilation, pad_left, tile;
+  int64_t B, T, C, H, k, dilation, pad_left, tile;
   PadMap map;
   const float* w1;  // [k, C, H]
   const float* b1;  // [H]
@@ -204,7 +204,7 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
 
   auto run = [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
-    ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, H, k, dilation, pad_left, tile,
+    ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), B, T, C, H, k, dilation, pad_left, tile,
                           make_pad_map(op, mode, T, pad_left, pad_right), w1p.const_data_ptr<float>(),
                           b1f.const_data_ptr<float>(), w2p.const_data_ptr<float>(), b2f.const_data_ptr<float>(),
                           static_cast<float>(alpha)};

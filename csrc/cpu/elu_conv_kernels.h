@@ -139,10 +139,20 @@ JF_TARGET void block_gemm(const float* a, int64_t lda, int64_t K, int64_t taps, 
 }
 
 // out[i, n] += sum_j sum_c a[(i + j * tap_step) * K + c] * w[(j * K + c) * N + n] for i < rows (a multiple of
-// kRows), n < N (a multiple of W): the tile's convolution as register-blocked GEMMs, one per tap.
+// kRows), n < N (a multiple of W): the tile's convolution as register-blocked GEMMs, one per tap. Meanwhile it
+// prefetches [ahead, ahead + ahead_bytes) into L2 (the next tile's input), spread over the row blocks so the
+// memory traffic overlaps the arithmetic instead of stalling the next tile's first pass.
 JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
-                                const float* w, int64_t N, float* out) {
+                                const float* w, int64_t N, float* out, const char* ahead = nullptr,
+                                int64_t ahead_bytes = 0) {
+  const int64_t blocks = rows / kRows;
+  const int64_t lines_per_block = (ahead_bytes / 64 + blocks - 1) / std::max<int64_t>(blocks, 1);
   for (int64_t i = 0; i < rows; i += kRows) {
+    if (ahead != nullptr) {
+      const int64_t first = (i / kRows) * lines_per_block * 64;
+      for (int64_t b = first; b < std::min(ahead_bytes, first + lines_per_block * 64); b += 64)
+        __builtin_prefetch(ahead + b, 0, 2);
+    }
     for (int64_t n = 0; n < N;) {
       const int64_t vecs = std::min<int64_t>(kMaxVecs, (N - n) / W);
       const float* ai = a + i * K;
@@ -185,7 +195,11 @@ JF_TARGET void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, in
       }
     }
     for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
-    tile_conv(act.data(), rows, C, p.k, p.dilation, p.w1, H, hidden.data());
+    // the next tile (or the next batch item's first tile) starts where this one's input ends
+    const char* ahead = reinterpret_cast<const char*>(x + (t0 + valid) * C);
+    const int64_t ahead_bytes = std::min<int64_t>(p.tile * C, (p.B * p.T - b * p.T - t0 - valid) * C) *
+                                static_cast<int64_t>(sizeof(scalar_t));
+    tile_conv(act.data(), rows, C, p.k, p.dilation, p.w1, H, hidden.data(), ahead, ahead_bytes);
     for (int64_t i = 0; i < rows * H; i += W) vstore(hidden.data() + i, velu(vload(hidden.data() + i), p.alpha));
     // y = x + b2 + conv2(hidden), rows past the sequence end read x's last valid row (discarded)
     for (int64_t r = 0; r < rows; ++r) {
