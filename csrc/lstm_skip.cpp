@@ -2,14 +2,19 @@
 // state after the first `state_frames` frames (the frames a chunk commits; the frames after them are
 // look-ahead that the next chunk recomputes from that state).
 //
-// Device-generic: it calls ATen's LSTM (oneDNN on CPU, cuDNN on CUDA), so one CompositeExplicitAutograd
-// kernel serves every device. Inference only: there is no autograd formula.
+// Device-generic: one CompositeExplicitAutograd kernel serves every device. On CPU at small batch it runs the
+// recurrence kernel (csrc/cpu/lstm_recurrence.cpp: float32 state and arithmetic, W_hh streamed in its own
+// dtype or as int8); everywhere else ATen's LSTM (oneDNN on CPU, cuDNN on CUDA). recurrent_dtype = int8
+// quantises the recurrent matrices (lstm_recurrence.h); where the kernel does not run, ATen's LSTM computes
+// with the dequantised matrices, the same numbers up to rounding. Inference only: there is no autograd formula.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
 #include <vector>
+
+#include "lstm_recurrence.h"
 
 namespace jasco_fast {
 namespace {
@@ -33,10 +38,20 @@ void check_state(const std::optional<at::Tensor>& s, const char* name, const at:
               s->scalar_type(), ", ", s->device());
 }
 
+// Whether recurrent_dtype asks for the int8 format; None and the weights' own dtype mean no quantisation.
+bool int8_recurrent(std::optional<at::ScalarType> recurrent_dtype, at::TensorList weights) {
+  if (!recurrent_dtype.has_value()) return false;
+  if (*recurrent_dtype == at::kChar) return true;
+  TORCH_CHECK_TYPE(weights.size() >= 2 && *recurrent_dtype == weights[1].scalar_type(),
+                   "lstm_skip: recurrent_dtype must be None, torch.int8 or the weights' dtype, got ", *recurrent_dtype);
+  return false;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, at::TensorList weights,
                                                          int64_t num_layers, const std::optional<at::Tensor>& h0,
                                                          const std::optional<at::Tensor>& c0,
-                                                         std::optional<int64_t> state_frames) {
+                                                         std::optional<int64_t> state_frames,
+                                                         std::optional<at::ScalarType> recurrent_dtype) {
   TORCH_CHECK_VALUE(seq.dim() == 3, "lstm_skip: seq must be 3-D [B, T, C], got shape ", seq.sizes());
   TORCH_CHECK_VALUE(num_layers >= 1, "lstm_skip: num_layers must be >= 1, got ", num_layers);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == 4 * num_layers, "lstm_skip: expected 4 * num_layers = ",
@@ -47,10 +62,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
   const int64_t T = seq.size(1);
   const int64_t n = state_frames.value_or(T);
   TORCH_CHECK_VALUE(0 <= n && n <= T, "lstm_skip: state_frames must lie in [0, T] = [0, ", T, "], got ", n);
+  const bool int8 = int8_recurrent(recurrent_dtype, weights);
 
   const auto state_shape = std::vector<int64_t>{num_layers, seq.size(0), seq.size(2)};
   at::Tensor h = h0.has_value() ? *h0 : at::zeros(state_shape, seq.options());
   at::Tensor c = c0.has_value() ? *c0 : at::zeros(state_shape, seq.options());
+  if (lstm_recurrence_cpu_applies(seq, weights, num_layers)) {
+    return lstm_skip_recurrence_cpu(seq, weights, num_layers, h, c, n, int8);
+  }
+  std::vector<at::Tensor> dequantized;
+  if (int8) {  // ATen's LSTM with q * scale in place of each W_hh
+    dequantized = weights.vec();
+    for (int64_t l = 0; l < num_layers; ++l) dequantized[4 * l + 1] = dequantized_int8_rows(weights[4 * l + 1]);
+    weights = dequantized;
+  }
   // [B, T, C] contiguous, what the next convolution reads (batch-first LSTM output is time-major in memory)
   at::Tensor out = at::empty(seq.sizes(), seq.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor h_n, c_n;
@@ -76,6 +101,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
 }
 
 }  // namespace
+
+at::Tensor dequantized_int8_rows(const at::Tensor& w_hh) {
+  // the same float32 arithmetic as the CPU kernel's packing (int8_row_scale, int8_quantize)
+  const at::Tensor w = w_hh.to(at::kFloat);
+  at::Tensor scale = w.abs().amax({1}, /*keepdim=*/true) / 127;
+  scale = at::where(scale == 0, at::ones_like(scale), scale);
+  return (w / scale).round().clamp(-127, 127).mul(scale).to(w_hh.scalar_type());
+}
 
 TORCH_LIBRARY_IMPL(jasco_fast, CompositeExplicitAutograd, m) { m.impl("lstm_skip", &lstm_skip); }
 
