@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
 }  // namespace
 
 at::Tensor dequantized_int8_rows(const at::Tensor& w_hh) {
-  // the same float32 arithmetic as the CPU kernel's packing (int8_row_scale, int8_quantize)
+  // the same float32 arithmetic as the CPU kernel's packing (quantize_row)
   const at::Tensor w = w_hh.to(at::kFloat);
   at::Tensor scale = w.abs().amax({1}, /*keepdim=*/true) / 127;
   scale = at::where(scale == 0, at::ones_like(scale), scale);

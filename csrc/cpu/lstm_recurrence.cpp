@@ -24,7 +24,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "../lstm_recurrence.h"
@@ -80,15 +82,26 @@ void tile_portable(const void* tile, int64_t k_steps, const float* h, int64_t h_
 #define JF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx2")))
 #define JF_AVX2_FMA __attribute__((target("avx2,fma")))
 
-bool has_avx512() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
-  return yes;
+// The instruction set the kernel uses: the best this CPU has, or a lower one named by the environment
+// variable JASCO_FAST_LSTM_ISA ("avx2", "portable"; read once), so that tests reach every path on one machine.
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kPortable;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+      best = Isa::kAvx512;
+    const char* want = std::getenv("JASCO_FAST_LSTM_ISA");
+    if (want && std::string(want) == "portable") return Isa::kPortable;
+    if (want && std::string(want) == "avx2" && best == Isa::kAvx512) return Isa::kAvx2;
+    return best;
+  }();
+  return isa;
 }
-bool has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
+bool has_avx512() { return cpu_isa() == Isa::kAvx512; }
+bool has_avx2_fma() { return cpu_isa() != Isa::kPortable; }
 
 // V vectors of 16 rows x NB batch columns of accumulators.
 template <WeightFormat F, int V, int NB>
@@ -255,15 +268,59 @@ inline int64_t original_row(int64_t p, int64_t C) {
   return unit < C ? (p % kGroupRows) / kUnitGroup * C + unit : -1;
 }
 
-float int8_row_scale(const float* row, int64_t C) {
+// int8 rows: scale = max |w| / 127 (1 for a zero row), q = round-half-even(w / scale) clamped to +-127, all in
+// float32 (exactly what dequantized_int8_rows computes with ATen ops). Returns the scale.
+float quantize_row_portable(const float* w, int64_t C, int8_t* q) {
   float amax = 0.0f;
-  for (int64_t k = 0; k < C; ++k) amax = std::max(amax, std::fabs(row[k]));
-  const float s = amax / 127.0f;
-  return s == 0.0f ? 1.0f : s;
+  for (int64_t k = 0; k < C; ++k) amax = std::max(amax, std::fabs(w[k]));
+  float s = amax / 127.0f;
+  if (s == 0.0f) s = 1.0f;
+  for (int64_t k = 0; k < C; ++k) q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(w[k] / s), -127.0f, 127.0f));
+  return s;
 }
 
-int8_t int8_quantize(float w, float s) {
-  return static_cast<int8_t>(std::clamp(std::nearbyint(w / s), -127.0f, 127.0f));
+#ifdef JASCO_FAST_X86
+// The same arithmetic 16 lanes at a time (max is exact in any order; division and round-to-nearest-even are
+// the IEEE operations), so both give identical bytes.
+JF_AVX512 float quantize_row_avx512(const float* w, int64_t C, int8_t* q) {
+  __m512 vmax = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= C; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(w + k)));
+  float amax = _mm512_reduce_max_ps(vmax);
+  for (; k < C; ++k) amax = std::max(amax, std::fabs(w[k]));
+  float s = amax / 127.0f;
+  if (s == 0.0f) s = 1.0f;
+  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  for (k = 0; k + 16 <= C; k += 16) {
+    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(w + k), vs),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i qi = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(qi));
+  }
+  for (; k < C; ++k) q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(w[k] / s), -127.0f, 127.0f));
+  return s;
+}
+#endif
+
+float quantize_row(const float* w, int64_t C, int8_t* q) {
+#ifdef JASCO_FAST_X86
+  if (has_avx512()) return quantize_row_avx512(w, C, q);
+#endif
+  return quantize_row_portable(w, C, q);
+}
+
+// Tile t holds packed rows t * width ... + width - 1, k-major: tile[k * width + r]. The copies go in blocks
+// of kPackBlock inputs, so the block of the tile being written stays in L1 while each source row is read
+// front to back.
+constexpr int64_t kPackBlock = 16;
+
+template <typename src_t, typename dst_t, typename Get>
+void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_t* const* rows, Get get) {
+  for (int64_t k0 = 0; k0 < k_steps; k0 += kPackBlock) {
+    const int64_t k1 = std::min(k_steps, k0 + kPackBlock);
+    for (int64_t r = 0; r < width; ++r)
+      for (int64_t k = k0; k < k1; ++k) tile[k * width + r] = rows[r] ? get(rows[r], k) : dst_t(0);
+  }
 }
 
 PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
@@ -274,54 +331,48 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
   p.width = width;
   const int64_t C = p.C, rows = p.groups * kGroupRows, tiles = rows / width;
   p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : C;
-  const int64_t elem = format == WeightFormat::kFloat32 ? 4 : (format == WeightFormat::kBFloat16 ? 4 : 1);
+  const int64_t elem = format == WeightFormat::kInt8 ? 1 : 4;
   p.tile_bytes = p.k_steps * width * elem;
   p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
   uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
-
-  if (format == WeightFormat::kBFloat16) {
-    const at::Tensor w = w_hh.contiguous();
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(w.const_data_ptr<at::BFloat16>());
-    at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        uint32_t* tile = reinterpret_cast<uint32_t*>(out + t * p.tile_bytes);
-        for (int64_t r = 0; r < width; ++r) {
-          const int64_t row = original_row(t * width + r, C);
-          for (int64_t k = 0; k < p.k_steps; ++k) {
-            uint32_t lo = 0, hi = 0;
-            if (row >= 0) {
-              lo = src[row * C + 2 * k];
-              hi = 2 * k + 1 < C ? src[row * C + 2 * k + 1] : 0;
-            }
-            tile[k * width + r] = lo | (hi << 16);
-          }
-        }
-      }
-    });
-    return p;
-  }
-
-  const at::Tensor w = w_hh.to(at::kFloat).contiguous();
-  const float* src = w.const_data_ptr<float>();
+  const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.contiguous() : w_hh.to(at::kFloat).contiguous();
   float* scale = nullptr;
   if (format == WeightFormat::kInt8) {
-    p.scale = at::empty({rows}, w.options());
+    p.scale = at::empty({rows}, w_hh.options().dtype(at::kFloat));
     scale = p.scale.mutable_data_ptr<float>();
   }
+
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<const void*> src(width);
+    std::vector<int8_t> quantized(format == WeightFormat::kInt8 ? width * C : 0);
     for (int64_t t = t0; t < t1; ++t) {
+      uint8_t* tile = out + t * p.tile_bytes;
       for (int64_t r = 0; r < width; ++r) {
         const int64_t row = original_row(t * width + r, C);
-        const float* w_row = row >= 0 ? src + row * C : nullptr;
-        if (format == WeightFormat::kFloat32) {
-          float* tile = reinterpret_cast<float*>(out + t * p.tile_bytes);
-          for (int64_t k = 0; k < C; ++k) tile[k * width + r] = w_row ? w_row[k] : 0.0f;
+        src[r] = nullptr;
+        if (row < 0) {
+          if (scale) scale[t * width + r] = 1.0f;
+        } else if (format == WeightFormat::kBFloat16) {
+          src[r] = w.const_data_ptr<at::BFloat16>() + row * C;
+        } else if (format == WeightFormat::kFloat32) {
+          src[r] = w.const_data_ptr<float>() + row * C;
         } else {
-          int8_t* tile = reinterpret_cast<int8_t*>(out + t * p.tile_bytes);
-          const float s = w_row ? int8_row_scale(w_row, C) : 1.0f;
-          scale[t * width + r] = s;
-          for (int64_t k = 0; k < C; ++k) tile[k * width + r] = w_row ? int8_quantize(w_row[k], s) : 0;
+          scale[t * width + r] = quantize_row(w.const_data_ptr<float>() + row * C, C, quantized.data() + r * C);
+          src[r] = quantized.data() + r * C;
         }
+      }
+      if (format == WeightFormat::kFloat32) {
+        transpose_into_tile(reinterpret_cast<float*>(tile), width, C, reinterpret_cast<const float* const*>(src.data()),
+                            [](const float* row, int64_t k) { return row[k]; });
+      } else if (format == WeightFormat::kInt8) {
+        transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
+                            [](const int8_t* row, int64_t k) { return row[k]; });
+      } else {  // inputs 2k (low half) and 2k + 1 (high half) in one 32-bit lane
+        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
+                            reinterpret_cast<const uint16_t* const*>(src.data()), [C](const uint16_t* row, int64_t k) {
+                              const uint32_t hi = 2 * k + 1 < C ? row[2 * k + 1] : 0;
+                              return static_cast<uint32_t>(row[2 * k]) | (hi << 16);
+                            });
       }
     }
   });
@@ -332,6 +383,94 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
 // One layer's recurrence.
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// The cell of units j0 .. j0 + n - 1 (n <= 16, one unit group) of one batch entry: pre = the group's W_hh h
+// rows (gate-major, 16 apart), x = the entry's input projections at this step ([4C]). Updates c, writes h to
+// h_next and y, and to h_out / c_out when they are given (the state after state_frames frames).
+struct CellArgs {
+  const float* pre;
+  const float* bias;
+  float* c;
+  float* h_next;
+  float* y;
+  float* h_out;
+  float* c_out;
+};
+
+template <typename xp_t>
+void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
+  for (int64_t u = 0; u < n; ++u) {
+    const int64_t j = j0 + u;
+    const float gi = a.pre[u] + static_cast<float>(x[j]) + a.bias[j];
+    const float gf = a.pre[kUnitGroup + u] + static_cast<float>(x[C + j]) + a.bias[C + j];
+    const float gg = a.pre[2 * kUnitGroup + u] + static_cast<float>(x[2 * C + j]) + a.bias[2 * C + j];
+    const float go = a.pre[3 * kUnitGroup + u] + static_cast<float>(x[3 * C + j]) + a.bias[3 * C + j];
+    const float c = sigmoid(gf) * a.c[j] + sigmoid(gi) * std::tanh(gg);
+    const float h = sigmoid(go) * std::tanh(c);
+    a.c[j] = c;
+    a.h_next[j] = h;
+    a.y[j] = h;
+    if (a.h_out) {
+      a.h_out[j] = h;
+      a.c_out[j] = c;
+    }
+  }
+}
+
+#ifdef JASCO_FAST_X86
+// exp in float32: exp(x) = 2^n exp(r), r = x - n ln 2 in two parts, exp(r) by Cephes' expf polynomial
+// (within 2 ulp), 2^n by scalef (overflow to inf, underflow to 0).
+JF_AVX512 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-120.0f)), _mm512_set1_ps(120.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+JF_AVX512 inline __m512 sigmoid_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+// tanh x = 1 - 2 / (e^2x + 1): absolute error ~1e-7 near 0, exact limits +-1
+JF_AVX512 inline __m512 tanh_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp_avx512(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+}
+JF_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+JF_AVX512 inline __m512 load16(const at::BFloat16* p, __mmask16 m) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+template <typename xp_t>
+JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+  auto gate = [&](int g) JF_AVX512 {
+    return _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(a.pre + g * kUnitGroup), load16(x + g * C + j0, m)),
+                         load16(a.bias + g * C + j0, m));
+  };
+  const __m512 i = sigmoid_avx512(gate(0)), f = sigmoid_avx512(gate(1)), g = tanh_avx512(gate(2)),
+               o = sigmoid_avx512(gate(3));
+  const __m512 c = _mm512_add_ps(_mm512_mul_ps(f, load16(a.c + j0, m)), _mm512_mul_ps(i, g));
+  const __m512 h = _mm512_mul_ps(o, tanh_avx512(c));
+  _mm512_mask_storeu_ps(a.c + j0, m, c);
+  _mm512_mask_storeu_ps(a.h_next + j0, m, h);
+  _mm512_mask_storeu_ps(a.y + j0, m, h);
+  if (a.h_out) {
+    _mm512_mask_storeu_ps(a.h_out + j0, m, h);
+    _mm512_mask_storeu_ps(a.c_out + j0, m, c);
+  }
+}
+#endif
 
 struct LayerIo {
   int64_t B, T, C;
@@ -352,6 +491,9 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const xp_t* xp, const L
   const int64_t tiles_per_group = kGroupRows / w.width;
   const uint8_t* packed = w.data.const_data_ptr<uint8_t>();
   const float* scale = w.scale.defined() ? w.scale.const_data_ptr<float>() : nullptr;
+#ifdef JASCO_FAST_X86
+  const bool vector_cell = has_avx512();
+#endif
 
 #pragma omp parallel num_threads(threads)
   {
@@ -374,26 +516,20 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const xp_t* xp, const L
           tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
                   pre.data() + i * w.width);
         }
-        const int64_t j_end = std::min(kUnitGroup, C - g * kUnitGroup);
+        const int64_t j0 = g * kUnitGroup, n = std::min(kUnitGroup, C - j0);
+        const bool snapshot = t + 1 == io.state_frames;
         for (int64_t b = 0; b < B; ++b) {
+          const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
+                           io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
+                           snapshot ? io.c_out + b * C : nullptr};
           const xp_t* x = xp + (b * T + t) * 4 * C;
-          const float* p = pre.data() + b * kGroupRows;
-          for (int64_t u = 0; u < j_end; ++u) {
-            const int64_t j = g * kUnitGroup + u;
-            const float gi = p[u] + static_cast<float>(x[j]) + io.bias[j];
-            const float gf = p[kUnitGroup + u] + static_cast<float>(x[C + j]) + io.bias[C + j];
-            const float gg = p[2 * kUnitGroup + u] + static_cast<float>(x[2 * C + j]) + io.bias[2 * C + j];
-            const float go = p[3 * kUnitGroup + u] + static_cast<float>(x[3 * C + j]) + io.bias[3 * C + j];
-            const float c = sigmoid(gf) * io.c[b * C + j] + sigmoid(gi) * std::tanh(gg);
-            const float h = sigmoid(go) * std::tanh(c);
-            io.c[b * C + j] = c;
-            h_next[b * hs + j] = h;
-            io.y[(b * T + t) * C + j] = h;
-            if (t + 1 == io.state_frames) {
-              io.h_out[b * C + j] = h;
-              io.c_out[b * C + j] = c;
-            }
+#ifdef JASCO_FAST_X86
+          if (vector_cell) {
+            cell_avx512(a, x, C, j0, n);
+            continue;
           }
+#endif
+          cell_portable(a, x, C, j0, n);
         }
       }
       // every thread reads all of h_prev in the next step: h_next must be complete
