@@ -18,11 +18,12 @@ bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, 
 
 // lstm(seq) + seq from state (h0, c0) ([num_layers, B, C], seq's dtype), and the state after the first
 // state_frames frames: the op's semantics. State and arithmetic in float32; outputs in seq's dtype.
-// int8_recurrent: the recurrent matrices are quantised as quantize_rows_int8 does.
+// recurrent: the format of the recurrent matrices: seq's dtype, kBFloat16 (float32 weights rounded to
+// bfloat16) or kChar (int8 as dequantized_int8_rows describes).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
                                                                         int64_t num_layers, const at::Tensor& h0,
                                                                         const at::Tensor& c0, int64_t state_frames,
-                                                                        bool int8_recurrent);
+                                                                        at::ScalarType recurrent);
 
 // The 8-bit recurrent weight format: symmetric int8 with one float32 scale per output row,
 // scale = max |w[r, :]| / 127 (1 for an all-zero row), q = round-half-even(w / scale) in float32 arithmetic.

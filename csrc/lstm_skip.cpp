@@ -4,9 +4,9 @@
 //
 // Device-generic: one CompositeExplicitAutograd kernel serves every device. On CPU at small batch it runs the
 // recurrence kernel (csrc/cpu/lstm_recurrence.cpp: float32 state and arithmetic, W_hh streamed in its own
-// dtype or as int8); everywhere else ATen's LSTM (oneDNN on CPU, cuDNN on CUDA). recurrent_dtype = int8
-// quantises the recurrent matrices (lstm_recurrence.h); where the kernel does not run, ATen's LSTM computes
-// with the dequantised matrices, the same numbers up to rounding. Inference only: there is no autograd formula.
+// dtype, as bfloat16 or as int8); everywhere else ATen's LSTM (oneDNN on CPU, cuDNN on CUDA).
+// recurrent_dtype = bfloat16 / int8 stores the recurrent matrices in that format (lstm_recurrence.h); where
+// the kernel does not run, ATen's LSTM computes with the stored values converted back to the weights' dtype. Inference only: there is no autograd formula.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -38,13 +38,15 @@ void check_state(const std::optional<at::Tensor>& s, const char* name, const at:
               s->scalar_type(), ", ", s->device());
 }
 
-// Whether recurrent_dtype asks for the int8 format; None and the weights' own dtype mean no quantisation.
-bool int8_recurrent(std::optional<at::ScalarType> recurrent_dtype, at::TensorList weights) {
-  if (!recurrent_dtype.has_value()) return false;
-  if (*recurrent_dtype == at::kChar) return true;
-  TORCH_CHECK_TYPE(weights.size() >= 2 && *recurrent_dtype == weights[1].scalar_type(),
-                   "lstm_skip: recurrent_dtype must be None, torch.int8 or the weights' dtype, got ", *recurrent_dtype);
-  return false;
+// The format the recurrent matrices are used in: the weights' dtype (recurrent_dtype None or that dtype),
+// bfloat16 (from float32 weights) or int8.
+at::ScalarType recurrent_format(std::optional<at::ScalarType> recurrent_dtype, at::TensorList weights) {
+  const at::ScalarType own = weights.size() >= 2 ? weights[1].scalar_type() : at::kFloat;
+  if (!recurrent_dtype.has_value() || *recurrent_dtype == own) return own;
+  TORCH_CHECK_TYPE(*recurrent_dtype == at::kChar || (*recurrent_dtype == at::kBFloat16 && own == at::kFloat),
+                   "lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or torch.bfloat16 "
+                   "with float32 weights; got ", *recurrent_dtype, " with ", own, " weights");
+  return *recurrent_dtype;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, at::TensorList weights,
@@ -62,19 +64,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
   const int64_t T = seq.size(1);
   const int64_t n = state_frames.value_or(T);
   TORCH_CHECK_VALUE(0 <= n && n <= T, "lstm_skip: state_frames must lie in [0, T] = [0, ", T, "], got ", n);
-  const bool int8 = int8_recurrent(recurrent_dtype, weights);
+  const at::ScalarType recurrent = recurrent_format(recurrent_dtype, weights);
 
   const auto state_shape = std::vector<int64_t>{num_layers, seq.size(0), seq.size(2)};
   at::Tensor h = h0.has_value() ? *h0 : at::zeros(state_shape, seq.options());
   at::Tensor c = c0.has_value() ? *c0 : at::zeros(state_shape, seq.options());
   if (lstm_recurrence_cpu_applies(seq, weights, num_layers)) {
-    return lstm_skip_recurrence_cpu(seq, weights, num_layers, h, c, n, int8);
+    return lstm_skip_recurrence_cpu(seq, weights, num_layers, h, c, n, recurrent);
   }
-  std::vector<at::Tensor> dequantized;
-  if (int8) {  // ATen's LSTM with q * scale in place of each W_hh
-    dequantized = weights.vec();
-    for (int64_t l = 0; l < num_layers; ++l) dequantized[4 * l + 1] = dequantized_int8_rows(weights[4 * l + 1]);
-    weights = dequantized;
+  std::vector<at::Tensor> stored;
+  if (recurrent != weights[1].scalar_type()) {  // ATen's LSTM with the stored W_hh values
+    stored = weights.vec();
+    for (int64_t l = 0; l < num_layers; ++l) {
+      const at::Tensor& w_hh = weights[4 * l + 1];
+      stored[4 * l + 1] = recurrent == at::kChar ? dequantized_int8_rows(w_hh) : w_hh.to(recurrent).to(w_hh.scalar_type());
+    }
+    weights = stored;
   }
   // [B, T, C] contiguous, what the next convolution reads (batch-first LSTM output is time-major in memory)
   at::Tensor out = at::empty(seq.sizes(), seq.options().memory_format(at::MemoryFormat::Contiguous));

@@ -6,7 +6,7 @@ The schemas live in ``csrc/registration.cpp``, the kernels in ``csrc/``.
 -> (y, h, c)``: the SEANet LSTM block ``y = lstm(seq) + seq`` from state ``(h0, c0)``, returning the state
 after the first ``state_frames`` frames; what chunked decoding carries from chunk to chunk. On CPU at
 B <= 8 a recurrence kernel of the extension (float32 state and arithmetic, the recurrent matrix streamed in
-its own dtype, or as int8 with ``recurrent_dtype=torch.int8``); otherwise ATen's LSTM. Inference only (no
+its own dtype, or as bfloat16 / int8 with ``recurrent_dtype``); otherwise ATen's LSTM. Inference only (no
 autograd formula).
 
 
@@ -265,10 +265,11 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
         state_frames: return the state after this many frames (default: all T). Frames after it are
             look-ahead: a chunked decode recomputes them in the next chunk from the returned state.
         recurrent_dtype: None (or the weights' dtype): the recurrent matrices ``w_hh`` as given.
+            ``torch.bfloat16`` (float32 weights): each ``w_hh`` rounded to bfloat16, half the bytes per step.
             ``torch.int8``: each ``w_hh`` quantised to symmetric int8 with a float32 scale per row
-            (``max |row| / 127``, round half to even), a quarter of float32's bytes per step; the
+            (``max |row| / 127``, round half to even), a quarter of float32's bytes per step. The
             arithmetic stays float32. Devices and batches without the CPU kernel run ATen's LSTM with the
-            dequantised matrices.
+            stored values converted back to the weights' dtype.
     Returns:
         (y [B, T, C] contiguous, h [num_layers, B, C], c [num_layers, B, C]).
 
@@ -299,10 +300,11 @@ def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_d
     if state_frames is not None:
         torch._check(0 <= state_frames, lambda: f"lstm_skip: state_frames must be >= 0, got {state_frames}")
         torch._check(state_frames <= T, lambda: f"lstm_skip: state_frames must be <= T, got {state_frames}")
-    if recurrent_dtype is not None and recurrent_dtype != torch.int8:
-        torch._check(len(weights) >= 2 and recurrent_dtype == weights[1].dtype,
-                     lambda: f"lstm_skip: recurrent_dtype must be None, torch.int8 or the weights' dtype, "
-                             f"got {recurrent_dtype}")
+    if recurrent_dtype is not None and len(weights) >= 2:
+        own = weights[1].dtype
+        torch._check(recurrent_dtype in (own, torch.int8) or (recurrent_dtype == torch.bfloat16 and own == torch.float32),
+                     lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                             f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
     out = seq.new_empty((B, T, C))  # contiguous
     return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))
 

@@ -335,7 +335,9 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
   p.tile_bytes = p.k_steps * width * elem;
   p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
   uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
-  const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.contiguous() : w_hh.to(at::kFloat).contiguous();
+  // bfloat16 tiles from float32 weights: rounded to nearest even by ATen's conversion
+  const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.to(at::kBFloat16).contiguous()
+                                                         : w_hh.to(at::kFloat).contiguous();
   float* scale = nullptr;
   if (format == WeightFormat::kInt8) {
     p.scale = at::empty({rows}, w_hh.options().dtype(at::kFloat));
@@ -560,11 +562,12 @@ bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
                                                                         int64_t num_layers, const at::Tensor& h0,
                                                                         const at::Tensor& c0, int64_t state_frames,
-                                                                        bool int8_recurrent) {
+                                                                        at::ScalarType recurrent) {
   const int64_t B = seq.size(0), T = seq.size(1), C = seq.size(2);
   const bool bf16 = seq.scalar_type() == at::kBFloat16;
-  const WeightFormat format = int8_recurrent ? WeightFormat::kInt8
-                                             : (bf16 ? WeightFormat::kBFloat16 : WeightFormat::kFloat32);
+  const WeightFormat format = recurrent == at::kChar       ? WeightFormat::kInt8
+                              : recurrent == at::kBFloat16 ? WeightFormat::kBFloat16
+                                                           : WeightFormat::kFloat32;
   const Tiling tiling = tiling_for(format, B);
   const int64_t groups = (C + kUnitGroup - 1) / kUnitGroup;
   // only the threads ATen may use; one when called from inside a parallel region
