@@ -270,39 +270,51 @@ inline int64_t original_row(int64_t p, int64_t C) {
 
 // int8 rows: scale = max |w| / 127 (1 for a zero row), q = round-half-even(w / scale) clamped to +-127, all in
 // float32 (exactly what dequantized_int8_rows computes with ATen ops). Returns the scale.
-float quantize_row_portable(const float* w, int64_t C, int8_t* q) {
+// Rows of float32 or bfloat16 weights (bfloat16 -> float32 is exact).
+template <typename w_t>
+float quantize_row_portable(const w_t* w, int64_t C, int8_t* q) {
   float amax = 0.0f;
-  for (int64_t k = 0; k < C; ++k) amax = std::max(amax, std::fabs(w[k]));
+  for (int64_t k = 0; k < C; ++k) amax = std::max(amax, std::fabs(static_cast<float>(w[k])));
   float s = amax / 127.0f;
   if (s == 0.0f) s = 1.0f;
-  for (int64_t k = 0; k < C; ++k) q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(w[k] / s), -127.0f, 127.0f));
+  for (int64_t k = 0; k < C; ++k)
+    q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(static_cast<float>(w[k]) / s), -127.0f, 127.0f));
   return s;
 }
 
 #ifdef JASCO_FAST_X86
 // The same arithmetic 16 lanes at a time (max is exact in any order; division and round-to-nearest-even are
 // the IEEE operations), so both give identical bytes.
-JF_AVX512 float quantize_row_avx512(const float* w, int64_t C, int8_t* q) {
+JF_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+JF_AVX512 inline __m512 load16(const at::BFloat16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+template <typename w_t>
+JF_AVX512 float quantize_row_avx512(const w_t* w, int64_t C, int8_t* q) {
   __m512 vmax = _mm512_setzero_ps();
   int64_t k = 0;
-  for (; k + 16 <= C; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(w + k)));
+  for (; k + 16 <= C; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load16(w + k)));
   float amax = _mm512_reduce_max_ps(vmax);
-  for (; k < C; ++k) amax = std::max(amax, std::fabs(w[k]));
+  for (; k < C; ++k) amax = std::max(amax, std::fabs(static_cast<float>(w[k])));
   float s = amax / 127.0f;
   if (s == 0.0f) s = 1.0f;
   const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
   for (k = 0; k + 16 <= C; k += 16) {
-    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(w + k), vs),
+    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(load16(w + k), vs),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512i qi = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(qi));
   }
-  for (; k < C; ++k) q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(w[k] / s), -127.0f, 127.0f));
+  for (; k < C; ++k)
+    q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(static_cast<float>(w[k]) / s), -127.0f, 127.0f));
   return s;
 }
 #endif
 
-float quantize_row(const float* w, int64_t C, int8_t* q) {
+template <typename w_t>
+float quantize_row(const w_t* w, int64_t C, int8_t* q) {
 #ifdef JASCO_FAST_X86
   if (has_avx512()) return quantize_row_avx512(w, C, q);
 #endif
@@ -336,8 +348,12 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
   p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
   uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
   // bfloat16 tiles from float32 weights: rounded to nearest even by ATen's conversion
+  // (int8 reads float32 or bfloat16 rows as they are)
   const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.to(at::kBFloat16).contiguous()
-                                                         : w_hh.to(at::kFloat).contiguous();
+                       : format == WeightFormat::kInt8 && w_hh.scalar_type() == at::kBFloat16
+                           ? w_hh.contiguous()
+                           : w_hh.to(at::kFloat).contiguous();
+  const bool bf16_source = w.scalar_type() == at::kBFloat16;
   float* scale = nullptr;
   if (format == WeightFormat::kInt8) {
     p.scale = at::empty({rows}, w_hh.options().dtype(at::kFloat));
@@ -359,7 +375,9 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
         } else if (format == WeightFormat::kFloat32) {
           src[r] = w.const_data_ptr<float>() + row * C;
         } else {
-          scale[t * width + r] = quantize_row(w.const_data_ptr<float>() + row * C, C, quantized.data() + r * C);
+          int8_t* q = quantized.data() + r * C;
+          scale[t * width + r] = bf16_source ? quantize_row(w.const_data_ptr<at::BFloat16>() + row * C, C, q)
+                                             : quantize_row(w.const_data_ptr<float>() + row * C, C, q);
           src[r] = quantized.data() + r * C;
         }
       }
