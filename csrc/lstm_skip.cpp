@@ -2,14 +2,19 @@
 // state after the first `state_frames` frames (the frames a chunk commits; the frames after them are
 // look-ahead that the next chunk recomputes from that state).
 //
-// Device-generic: it calls ATen's LSTM (oneDNN on CPU, cuDNN on CUDA), so one CompositeExplicitAutograd
-// kernel serves every device. Inference only: there is no autograd formula.
+// Device-generic: one CompositeExplicitAutograd kernel serves every device. On CPU at small batch it runs the
+// recurrence kernel (csrc/cpu/lstm_recurrence.cpp: float32 state and arithmetic, W_hh streamed in its own
+// dtype, as bfloat16 or as int8); everywhere else ATen's LSTM (oneDNN on CPU, cuDNN on CUDA).
+// recurrent_dtype = bfloat16 / int8 stores the recurrent matrices in that format (lstm_recurrence.h); where
+// the kernel does not run, ATen's LSTM computes with the stored values converted back to the weights' dtype. Inference only: there is no autograd formula.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
 #include <vector>
+
+#include "lstm_recurrence.h"
 
 namespace jasco_fast {
 namespace {
@@ -33,10 +38,22 @@ void check_state(const std::optional<at::Tensor>& s, const char* name, const at:
               s->scalar_type(), ", ", s->device());
 }
 
+// The format the recurrent matrices are used in: the weights' dtype (recurrent_dtype None or that dtype),
+// bfloat16 (from float32 weights) or int8.
+at::ScalarType recurrent_format(std::optional<at::ScalarType> recurrent_dtype, at::TensorList weights) {
+  const at::ScalarType own = weights.size() >= 2 ? weights[1].scalar_type() : at::kFloat;
+  if (!recurrent_dtype.has_value() || *recurrent_dtype == own) return own;
+  TORCH_CHECK_TYPE(*recurrent_dtype == at::kChar || (*recurrent_dtype == at::kBFloat16 && own == at::kFloat),
+                   "lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or torch.bfloat16 "
+                   "with float32 weights; got ", *recurrent_dtype, " with ", own, " weights");
+  return *recurrent_dtype;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, at::TensorList weights,
                                                          int64_t num_layers, const std::optional<at::Tensor>& h0,
                                                          const std::optional<at::Tensor>& c0,
-                                                         std::optional<int64_t> state_frames) {
+                                                         std::optional<int64_t> state_frames,
+                                                         std::optional<at::ScalarType> recurrent_dtype) {
   TORCH_CHECK_VALUE(seq.dim() == 3, "lstm_skip: seq must be 3-D [B, T, C], got shape ", seq.sizes());
   TORCH_CHECK_VALUE(num_layers >= 1, "lstm_skip: num_layers must be >= 1, got ", num_layers);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == 4 * num_layers, "lstm_skip: expected 4 * num_layers = ",
@@ -47,10 +64,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
   const int64_t T = seq.size(1);
   const int64_t n = state_frames.value_or(T);
   TORCH_CHECK_VALUE(0 <= n && n <= T, "lstm_skip: state_frames must lie in [0, T] = [0, ", T, "], got ", n);
+  const at::ScalarType recurrent = recurrent_format(recurrent_dtype, weights);
 
   const auto state_shape = std::vector<int64_t>{num_layers, seq.size(0), seq.size(2)};
   at::Tensor h = h0.has_value() ? *h0 : at::zeros(state_shape, seq.options());
   at::Tensor c = c0.has_value() ? *c0 : at::zeros(state_shape, seq.options());
+  if (lstm_recurrence_cpu_applies(seq, weights, num_layers)) {
+    return lstm_skip_recurrence_cpu(seq, weights, num_layers, h, c, n, recurrent);
+  }
+  std::vector<at::Tensor> stored;
+  if (recurrent != weights[1].scalar_type()) {  // ATen's LSTM with the stored W_hh values
+    stored = weights.vec();
+    for (int64_t l = 0; l < num_layers; ++l) {
+      const at::Tensor& w_hh = weights[4 * l + 1];
+      stored[4 * l + 1] = recurrent == at::kChar ? dequantized_int8_rows(w_hh) : w_hh.to(recurrent).to(w_hh.scalar_type());
+    }
+    weights = stored;
+  }
   // [B, T, C] contiguous, what the next convolution reads (batch-first LSTM output is time-major in memory)
   at::Tensor out = at::empty(seq.sizes(), seq.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor h_n, c_n;
@@ -76,6 +106,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
 }
 
 }  // namespace
+
+at::Tensor dequantized_int8_rows(const at::Tensor& w_hh) {
+  // the same float32 arithmetic as the CPU kernel's packing (quantize_row)
+  const at::Tensor w = w_hh.to(at::kFloat);
+  at::Tensor scale = w.abs().amax({1}, /*keepdim=*/true) / 127;
+  scale = at::where(scale == 0, at::ones_like(scale), scale);
+  return (w / scale).round().clamp(-127, 127).mul(scale).to(w_hh.scalar_type());
+}
 
 TORCH_LIBRARY_IMPL(jasco_fast, CompositeExplicitAutograd, m) { m.impl("lstm_skip", &lstm_skip); }
 

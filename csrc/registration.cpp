@@ -21,9 +21,12 @@ TORCH_LIBRARY(jasco_fast, m) {
 
   // lstm(seq) + seq for a batch-first unidirectional LSTM with biases (weights: w_ih, w_hh, b_ih, b_hh per
   // layer), from state (h0, c0) (zeros when absent; [num_layers, B, C]); also returns the state after the
-  // first `state_frames` frames (default: all). Outputs: y [B, T, C] contiguous, h, c.
+  // first `state_frames` frames (default: all). Outputs: y [B, T, C] contiguous, h, c. recurrent_dtype:
+  // None (or the weights' dtype) uses W_hh as given; torch.bfloat16 (float32 weights) rounds each W_hh to
+  // bfloat16; torch.int8 quantises it to int8 with a float32 scale per row (csrc/lstm_recurrence.h). The
+  // arithmetic stays float32.
   m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
-        "int? state_frames=None) -> (Tensor, Tensor, Tensor)",
+        "int? state_frames=None, ScalarType? recurrent_dtype=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::needs_fixed_stride_order});
   // Residual vector quantisation decode: out[b, :, t] = sum over k < K of codebooks[k, codes[b, k, t], :] for codes
   // [B, K, T] (int64/int32, K <= num_codebooks: the first K are used) and codebooks [num_codebooks,

@@ -354,12 +354,15 @@ class ConvTranspose(nn.Module):
 class LSTM(nn.Module):
     """Multi-layer LSTM over time with the SEANet skip (y = lstm(x) + x), on [B, C, 1, T].
 
-    Holds nn.LSTM's parameters under nn.LSTM's names (weight_ih_l0, ...) and calls the same ATen kernel.
+    Holds nn.LSTM's parameters under nn.LSTM's names (weight_ih_l0, ...) and runs them through
+    :func:`jasco_fast.ops.lstm_skip`. ``recurrent_dtype`` (None, ``torch.bfloat16``, ``torch.int8``) is the
+    format the op streams the recurrent matrices in (see there); None: the parameters' own dtype.
     """
 
-    def __init__(self, dim: int, num_layers: int):
+    def __init__(self, dim: int, num_layers: int, recurrent_dtype: torch.dtype | None = None):
         super().__init__()
         self.num_layers = num_layers
+        self.recurrent_dtype = recurrent_dtype
         bound = 1 / math.sqrt(dim)
         for k in range(num_layers):
             for name, shape in ((f"weight_ih_l{k}", (4 * dim, dim)), (f"weight_hh_l{k}", (4 * dim, dim)),
@@ -378,7 +381,7 @@ class LSTM(nn.Module):
         """(y, h, c): y as :meth:`forward` from state (h, c) ([num_layers, B, C], default zeros), and the
         state after the first ``state_frames`` frames (default: all)."""
         seq = x.squeeze(2).transpose(1, 2)  # [B, T, C]: a view when x is channels-last
-        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames)
+        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames, self.recurrent_dtype)
         return y.transpose(1, 2).unsqueeze(2), h, c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 The schemas live in ``csrc/registration.cpp``, the kernels in ``csrc/``.
 
-``lstm_skip(seq [B, T, C], weights, num_layers, h0=None, c0=None, state_frames=None) -> (y, h, c)``: the
-SEANet LSTM block ``y = lstm(seq) + seq`` (ATen's LSTM, any device), from state ``(h0, c0)``, returning the
-state after the first ``state_frames`` frames; what chunked decoding carries from chunk to chunk.
-Inference only (no autograd formula).
+``lstm_skip(seq [B, T, C], weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None)
+-> (y, h, c)``: the SEANet LSTM block ``y = lstm(seq) + seq`` from state ``(h0, c0)``, returning the state
+after the first ``state_frames`` frames; what chunked decoding carries from chunk to chunk. On CPU at
+B <= 8 a recurrence kernel of the extension (float32 state and arithmetic, the recurrent matrix streamed in
+its own dtype, or as bfloat16 / int8 with ``recurrent_dtype``); otherwise ATen's LSTM. Inference only (no
+autograd formula).
 
 
 ``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
@@ -255,7 +257,8 @@ def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: to
 
 
 def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h0: torch.Tensor | None = None,
-              c0: torch.Tensor | None = None, state_frames: int | None = None):
+              c0: torch.Tensor | None = None, state_frames: int | None = None,
+              recurrent_dtype: torch.dtype | None = None):
     """``lstm(seq) + seq`` for a batch-first, unidirectional LSTM with biases, from state ``(h0, c0)``.
 
     Args:
@@ -265,17 +268,28 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
         h0, c0: the initial state, [num_layers, B, C] each (both or neither; default zeros).
         state_frames: return the state after this many frames (default: all T). Frames after it are
             look-ahead: a chunked decode recomputes them in the next chunk from the returned state.
+        recurrent_dtype: None (or the weights' dtype): the recurrent matrices ``w_hh`` as given.
+            ``torch.bfloat16`` (float32 weights): each ``w_hh`` rounded to bfloat16, half the bytes per step.
+            ``torch.int8``: each ``w_hh`` quantised to symmetric int8 with a float32 scale per row
+            (``max |row| / 127``, round half to even), a quarter of float32's bytes per step. The
+            arithmetic stays float32. Devices and batches without the CPU kernel run ATen's LSTM with the
+            stored values converted back to the weights' dtype.
     Returns:
         (y [B, T, C] contiguous, h [num_layers, B, C], c [num_layers, B, C]).
+
+    On CPU at B <= 8 (float32 or bfloat16 seq and weights) the extension's recurrence kernel runs: the input
+    projections of all frames in one GEMM, then per step ``W_hh h`` with W_hh packed once per call, the
+    state and arithmetic in float32 (for bfloat16 too; the bfloat16 input GEMM rounds to bfloat16 as ATen's
+    does), the output rounded once to seq's dtype. Larger batches and other devices run ATen's LSTM.
 
     Opaque to torch.compile (dynamo cannot trace an LSTM; a graph break there would split the decoder
     into small graphs with unfused activations).
     """
-    return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames)
+    return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype)
 
 
 @torch.library.register_fake("jasco_fast::lstm_skip")
-def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None):
+def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None):
     torch._check(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
     torch._check(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
     torch._check(len(weights) == 4 * num_layers,
@@ -290,6 +304,11 @@ def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None):
     if state_frames is not None:
         torch._check(0 <= state_frames, lambda: f"lstm_skip: state_frames must be >= 0, got {state_frames}")
         torch._check(state_frames <= T, lambda: f"lstm_skip: state_frames must be <= T, got {state_frames}")
+    if recurrent_dtype is not None and len(weights) >= 2:
+        own = weights[1].dtype
+        torch._check(recurrent_dtype in (own, torch.int8) or (recurrent_dtype == torch.bfloat16 and own == torch.float32),
+                     lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                             f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
     out = seq.new_empty((B, T, C))  # contiguous
     return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))
 

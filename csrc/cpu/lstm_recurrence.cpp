@@ -1,0 +1,636 @@
+// CPU kernel of jasco_fast::lstm_skip at small batch (B <= kLstmRecurrenceMaxBatch).
+//
+// At B = 1 every step of an LSTM multiplies the whole recurrent matrix W_hh [4C, C] by one vector: the time
+// goes into streaming W_hh (16 MB per layer in float32 for C = 1024), not into arithmetic. So, layer by layer:
+//   1. the input projections of all T frames at once, one GEMM (ATen: oneDNN / AMX);
+//   2. the recurrence, in ONE OpenMP parallel region per layer with a barrier per step. The hidden units are
+//      split over the threads in groups of 16; a thread computes all four gate rows of its units, so the
+//      cell update needs nothing from other threads, and reads the same part of W_hh every step (its share
+//      stays in its own caches when it fits: the 8-bit format at C = 1024 is 2 MB per thread on 2 threads).
+// W_hh is packed once per call into tiles that the matvec streams front to back: tile = TW packed rows
+// (packed row p: unit group p / 64, gate (p % 64) / 16, unit 16 * (p / 64) + p % 16) x all C inputs,
+// stored k-major ([k][TW]), so one vector load is TW consecutive rows at input k and no horizontal sums are
+// needed. Formats: float32; bfloat16 kept 16-bit (two inputs k, k+1 per 32-bit lane: the high half is a
+// float32 after masking, the low half after a 16-bit shift); int8 with a float32 scale per row.
+// State, accumulation and the cell are float32 for every input dtype.
+//
+// Portability: built without -m flags. The matvec tiles are compiled for AVX-512 and for AVX2 + FMA with
+// function-level target attributes and chosen at run time (__builtin_cpu_supports); other CPUs run plain loops.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../lstm_recurrence.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define JASCO_FAST_X86 1
+#endif
+
+namespace jasco_fast {
+namespace {
+
+enum class WeightFormat { kFloat32, kBFloat16, kInt8 };
+
+constexpr int64_t kUnitGroup = 16;               // hidden units per group (a thread owns whole groups)
+constexpr int64_t kGroupRows = 4 * kUnitGroup;   // packed gate rows per group: i, f, g, o of 16 units
+
+// One tile of the matvec: pre[b * kGroupRows + r] = sum_k W[r, k] * h[b * h_stride + k] for the TW rows r of
+// the tile (times the row scale for int8). `k_steps`: inputs (pairs of inputs for bfloat16).
+using TileFn = void (*)(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
+                        float* pre);
+
+// ---------------------------------------------------------------------------------------------------------
+// Portable tiles: plain loops over the same packed layout.
+template <WeightFormat F, int TW, int NB>
+void tile_portable(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
+                   float* pre) {
+  float acc[NB][TW] = {};
+  for (int64_t k = 0; k < k_steps; ++k) {
+    for (int r = 0; r < TW; ++r) {
+      if constexpr (F == WeightFormat::kFloat32) {
+        const float w = static_cast<const float*>(tile)[k * TW + r];
+        for (int b = 0; b < NB; ++b) acc[b][r] += w * h[b * h_stride + k];
+      } else if constexpr (F == WeightFormat::kBFloat16) {
+        const uint32_t pair = static_cast<const uint32_t*>(tile)[k * TW + r];
+        const uint32_t lo_bits = pair << 16, hi_bits = pair & 0xFFFF0000u;
+        float lo, hi;
+        std::memcpy(&lo, &lo_bits, 4);
+        std::memcpy(&hi, &hi_bits, 4);
+        for (int b = 0; b < NB; ++b) acc[b][r] += lo * h[b * h_stride + 2 * k] + hi * h[b * h_stride + 2 * k + 1];
+      } else {
+        const float w = static_cast<float>(static_cast<const int8_t*>(tile)[k * TW + r]);
+        for (int b = 0; b < NB; ++b) acc[b][r] += w * h[b * h_stride + k];
+      }
+    }
+  }
+  for (int b = 0; b < NB; ++b)
+    for (int r = 0; r < TW; ++r)
+      pre[b * kGroupRows + r] = F == WeightFormat::kInt8 ? acc[b][r] * scale[r] : acc[b][r];
+}
+
+#ifdef JASCO_FAST_X86
+#define JF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx2")))
+#define JF_AVX2_FMA __attribute__((target("avx2,fma")))
+
+// The instruction set the kernel uses: the best this CPU has, or a lower one named by the environment
+// variable JASCO_FAST_LSTM_ISA ("avx2", "portable"; read once), so that tests reach every path on one machine.
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+Isa cpu_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::kPortable;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+      best = Isa::kAvx512;
+    const char* want = std::getenv("JASCO_FAST_LSTM_ISA");
+    if (want && std::string(want) == "portable") return Isa::kPortable;
+    if (want && std::string(want) == "avx2" && best == Isa::kAvx512) return Isa::kAvx2;
+    return best;
+  }();
+  return isa;
+}
+bool has_avx512() { return cpu_isa() == Isa::kAvx512; }
+bool has_avx2_fma() { return cpu_isa() != Isa::kPortable; }
+
+// V vectors of 16 rows x NB batch columns of accumulators.
+template <WeightFormat F, int V, int NB>
+JF_AVX512 void tile_avx512(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
+                           float* pre) {
+  constexpr int TW = 16 * V;
+  __m512 acc[V][NB];
+  for (int v = 0; v < V; ++v)
+    for (int b = 0; b < NB; ++b) acc[v][b] = _mm512_setzero_ps();
+  if constexpr (F == WeightFormat::kFloat32) {
+    const float* p = static_cast<const float*>(tile);
+    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+      __m512 w[V];
+      for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_ps(p + 16 * v);
+      for (int b = 0; b < NB; ++b) {
+        const __m512 x = _mm512_set1_ps(h[b * h_stride + k]);
+        for (int v = 0; v < V; ++v) acc[v][b] = _mm512_fmadd_ps(w[v], x, acc[v][b]);
+      }
+    }
+  } else if constexpr (F == WeightFormat::kBFloat16) {
+    const uint32_t* p = static_cast<const uint32_t*>(tile);
+    const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+      __m512 lo[V], hi[V];  // inputs 2k and 2k + 1
+      for (int v = 0; v < V; ++v) {
+        const __m512i pair = _mm512_loadu_si512(p + 16 * v);
+        lo[v] = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+        hi[v] = _mm512_castsi512_ps(_mm512_and_si512(pair, high_half));
+      }
+      for (int b = 0; b < NB; ++b) {
+        const __m512 x0 = _mm512_set1_ps(h[b * h_stride + 2 * k]);
+        const __m512 x1 = _mm512_set1_ps(h[b * h_stride + 2 * k + 1]);
+        for (int v = 0; v < V; ++v) acc[v][b] = _mm512_fmadd_ps(hi[v], x1, _mm512_fmadd_ps(lo[v], x0, acc[v][b]));
+      }
+    }
+  } else {
+    const int8_t* p = static_cast<const int8_t*>(tile);
+    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+      __m512 w[V];
+      for (int v = 0; v < V; ++v)
+        w[v] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v))));
+      for (int b = 0; b < NB; ++b) {
+        const __m512 x = _mm512_set1_ps(h[b * h_stride + k]);
+        for (int v = 0; v < V; ++v) acc[v][b] = _mm512_fmadd_ps(w[v], x, acc[v][b]);
+      }
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    const __m512 s = F == WeightFormat::kInt8 ? _mm512_loadu_ps(scale + 16 * v) : _mm512_set1_ps(1.0f);
+    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(pre + b * kGroupRows + 16 * v, _mm512_mul_ps(acc[v][b], s));
+  }
+}
+
+// V vectors of 8 rows x NB batch columns of accumulators (16 registers: V * NB <= 8).
+template <WeightFormat F, int V, int NB>
+JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
+                           float* pre) {
+  constexpr int TW = 8 * V;
+  __m256 acc[V][NB];
+  for (int v = 0; v < V; ++v)
+    for (int b = 0; b < NB; ++b) acc[v][b] = _mm256_setzero_ps();
+  if constexpr (F == WeightFormat::kFloat32) {
+    const float* p = static_cast<const float*>(tile);
+    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+      __m256 w[V];
+      for (int v = 0; v < V; ++v) w[v] = _mm256_loadu_ps(p + 8 * v);
+      for (int b = 0; b < NB; ++b) {
+        const __m256 x = _mm256_broadcast_ss(h + b * h_stride + k);
+        for (int v = 0; v < V; ++v) acc[v][b] = _mm256_fmadd_ps(w[v], x, acc[v][b]);
+      }
+    }
+  } else if constexpr (F == WeightFormat::kBFloat16) {
+    const uint32_t* p = static_cast<const uint32_t*>(tile);
+    const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+      __m256 lo[V], hi[V];
+      for (int v = 0; v < V; ++v) {
+        const __m256i pair = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
+        lo[v] = _mm256_castsi256_ps(_mm256_slli_epi32(pair, 16));
+        hi[v] = _mm256_castsi256_ps(_mm256_and_si256(pair, high_half));
+      }
+      for (int b = 0; b < NB; ++b) {
+        const __m256 x0 = _mm256_broadcast_ss(h + b * h_stride + 2 * k);
+        const __m256 x1 = _mm256_broadcast_ss(h + b * h_stride + 2 * k + 1);
+        for (int v = 0; v < V; ++v) acc[v][b] = _mm256_fmadd_ps(hi[v], x1, _mm256_fmadd_ps(lo[v], x0, acc[v][b]));
+      }
+    }
+  } else {
+    const int8_t* p = static_cast<const int8_t*>(tile);
+    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+      __m256 w[V];
+      for (int v = 0; v < V; ++v)
+        w[v] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * v))));
+      for (int b = 0; b < NB; ++b) {
+        const __m256 x = _mm256_broadcast_ss(h + b * h_stride + k);
+        for (int v = 0; v < V; ++v) acc[v][b] = _mm256_fmadd_ps(w[v], x, acc[v][b]);
+      }
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    const __m256 s = F == WeightFormat::kInt8 ? _mm256_loadu_ps(scale + 8 * v) : _mm256_set1_ps(1.0f);
+    for (int b = 0; b < NB; ++b) _mm256_storeu_ps(pre + b * kGroupRows + 8 * v, _mm256_mul_ps(acc[v][b], s));
+  }
+}
+#endif
+
+// The tile kernel and its width (rows) for this CPU, format and batch: as many accumulators as the
+// registers hold (AVX-512: V * NB <= 16 of 32 registers; AVX2: <= 8 of 16), TW dividing kGroupRows.
+struct Tiling {
+  TileFn fn;
+  int64_t width;
+};
+
+template <WeightFormat F, int NB>
+Tiling tiling_for() {
+#ifdef JASCO_FAST_X86
+  if (has_avx512()) {
+    constexpr int V = NB <= 4 ? 4 : 2;
+    return {&tile_avx512<F, V, NB>, 16 * V};
+  }
+  if (has_avx2_fma()) {
+    constexpr int V = NB <= 2 ? 4 : (NB <= 4 ? 2 : 1);
+    return {&tile_avx2<F, V, NB>, 8 * V};
+  }
+#endif
+  return {&tile_portable<F, 16, NB>, 16};
+}
+
+template <WeightFormat F>
+Tiling tiling_for(int64_t B) {
+  switch (B) {
+    case 1: return tiling_for<F, 1>();
+    case 2: return tiling_for<F, 2>();
+    case 3: return tiling_for<F, 3>();
+    case 4: return tiling_for<F, 4>();
+    case 5: return tiling_for<F, 5>();
+    case 6: return tiling_for<F, 6>();
+    case 7: return tiling_for<F, 7>();
+    default: return tiling_for<F, 8>();
+  }
+}
+
+Tiling tiling_for(WeightFormat f, int64_t B) {
+  switch (f) {
+    case WeightFormat::kFloat32: return tiling_for<WeightFormat::kFloat32>(B);
+    case WeightFormat::kBFloat16: return tiling_for<WeightFormat::kBFloat16>(B);
+    default: return tiling_for<WeightFormat::kInt8>(B);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Packing W_hh [4C, C] into tiles.
+
+struct PackedRecurrent {
+  WeightFormat format;
+  int64_t C, groups, width, k_steps, tile_bytes;
+  at::Tensor data;   // the tiles, one after another
+  at::Tensor scale;  // int8: [groups * kGroupRows] float32 in packed row order; else undefined
+};
+
+// The original row of packed row p (-1 for padding units beyond C).
+inline int64_t original_row(int64_t p, int64_t C) {
+  const int64_t unit = p / kGroupRows * kUnitGroup + p % kUnitGroup;
+  return unit < C ? (p % kGroupRows) / kUnitGroup * C + unit : -1;
+}
+
+// int8 rows: scale = max |w| / 127 (1 for a zero row), q = round-half-even(w / scale) clamped to +-127, all in
+// float32 (exactly what dequantized_int8_rows computes with ATen ops). Returns the scale.
+// Rows of float32 or bfloat16 weights (bfloat16 -> float32 is exact).
+template <typename w_t>
+float quantize_row_portable(const w_t* w, int64_t C, int8_t* q) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < C; ++k) amax = std::max(amax, std::fabs(static_cast<float>(w[k])));
+  float s = amax / 127.0f;
+  if (s == 0.0f) s = 1.0f;
+  for (int64_t k = 0; k < C; ++k)
+    q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(static_cast<float>(w[k]) / s), -127.0f, 127.0f));
+  return s;
+}
+
+#ifdef JASCO_FAST_X86
+// The same arithmetic 16 lanes at a time (max is exact in any order; division and round-to-nearest-even are
+// the IEEE operations), so both give identical bytes.
+JF_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+JF_AVX512 inline __m512 load16(const at::BFloat16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+template <typename w_t>
+JF_AVX512 float quantize_row_avx512(const w_t* w, int64_t C, int8_t* q) {
+  __m512 vmax = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= C; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(load16(w + k)));
+  float amax = _mm512_reduce_max_ps(vmax);
+  for (; k < C; ++k) amax = std::max(amax, std::fabs(static_cast<float>(w[k])));
+  float s = amax / 127.0f;
+  if (s == 0.0f) s = 1.0f;
+  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  for (k = 0; k + 16 <= C; k += 16) {
+    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(load16(w + k), vs),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i qi = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(qi));
+  }
+  for (; k < C; ++k)
+    q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(static_cast<float>(w[k]) / s), -127.0f, 127.0f));
+  return s;
+}
+#endif
+
+template <typename w_t>
+float quantize_row(const w_t* w, int64_t C, int8_t* q) {
+#ifdef JASCO_FAST_X86
+  if (has_avx512()) return quantize_row_avx512(w, C, q);
+#endif
+  return quantize_row_portable(w, C, q);
+}
+
+// Tile t holds packed rows t * width ... + width - 1, k-major: tile[k * width + r]. The copies go in blocks
+// of kPackBlock inputs, so the block of the tile being written stays in L1 while each source row is read
+// front to back.
+constexpr int64_t kPackBlock = 16;
+
+template <typename src_t, typename dst_t, typename Get>
+void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_t* const* rows, Get get) {
+  for (int64_t k0 = 0; k0 < k_steps; k0 += kPackBlock) {
+    const int64_t k1 = std::min(k_steps, k0 + kPackBlock);
+    for (int64_t r = 0; r < width; ++r)
+      for (int64_t k = k0; k < k1; ++k) tile[k * width + r] = rows[r] ? get(rows[r], k) : dst_t(0);
+  }
+}
+
+PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
+  PackedRecurrent p;
+  p.format = format;
+  p.C = w_hh.size(1);
+  p.groups = (p.C + kUnitGroup - 1) / kUnitGroup;
+  p.width = width;
+  const int64_t C = p.C, rows = p.groups * kGroupRows, tiles = rows / width;
+  p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : C;
+  const int64_t elem = format == WeightFormat::kInt8 ? 1 : 4;
+  p.tile_bytes = p.k_steps * width * elem;
+  p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
+  uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
+  // bfloat16 tiles from float32 weights: rounded to nearest even by ATen's conversion
+  // (int8 reads float32 or bfloat16 rows as they are)
+  const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.to(at::kBFloat16).contiguous()
+                       : format == WeightFormat::kInt8 && w_hh.scalar_type() == at::kBFloat16
+                           ? w_hh.contiguous()
+                           : w_hh.to(at::kFloat).contiguous();
+  const bool bf16_source = w.scalar_type() == at::kBFloat16;
+  float* scale = nullptr;
+  if (format == WeightFormat::kInt8) {
+    p.scale = at::empty({rows}, w_hh.options().dtype(at::kFloat));
+    scale = p.scale.mutable_data_ptr<float>();
+  }
+
+  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<const void*> src(width);
+    std::vector<int8_t> quantized(format == WeightFormat::kInt8 ? width * C : 0);
+    for (int64_t t = t0; t < t1; ++t) {
+      uint8_t* tile = out + t * p.tile_bytes;
+      for (int64_t r = 0; r < width; ++r) {
+        const int64_t row = original_row(t * width + r, C);
+        src[r] = nullptr;
+        if (row < 0) {
+          if (scale) scale[t * width + r] = 1.0f;
+        } else if (format == WeightFormat::kBFloat16) {
+          src[r] = w.const_data_ptr<at::BFloat16>() + row * C;
+        } else if (format == WeightFormat::kFloat32) {
+          src[r] = w.const_data_ptr<float>() + row * C;
+        } else {
+          int8_t* q = quantized.data() + r * C;
+          scale[t * width + r] = bf16_source ? quantize_row(w.const_data_ptr<at::BFloat16>() + row * C, C, q)
+                                             : quantize_row(w.const_data_ptr<float>() + row * C, C, q);
+          src[r] = quantized.data() + r * C;
+        }
+      }
+      if (format == WeightFormat::kFloat32) {
+        transpose_into_tile(reinterpret_cast<float*>(tile), width, C, reinterpret_cast<const float* const*>(src.data()),
+                            [](const float* row, int64_t k) { return row[k]; });
+      } else if (format == WeightFormat::kInt8) {
+        transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
+                            [](const int8_t* row, int64_t k) { return row[k]; });
+      } else {  // inputs 2k (low half) and 2k + 1 (high half) in one 32-bit lane
+        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
+                            reinterpret_cast<const uint16_t* const*>(src.data()), [C](const uint16_t* row, int64_t k) {
+                              const uint32_t hi = 2 * k + 1 < C ? row[2 * k + 1] : 0;
+                              return static_cast<uint32_t>(row[2 * k]) | (hi << 16);
+                            });
+      }
+    }
+  });
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One layer's recurrence.
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// The cell of units j0 .. j0 + n - 1 (n <= 16, one unit group) of one batch entry: pre = the group's W_hh h
+// rows (gate-major, 16 apart), x = the entry's input projections at this step ([4C]). Updates c, writes h to
+// h_next and y, and to h_out / c_out when they are given (the state after state_frames frames).
+struct CellArgs {
+  const float* pre;
+  const float* bias;
+  float* c;
+  float* h_next;
+  float* y;
+  float* h_out;
+  float* c_out;
+};
+
+template <typename xp_t>
+void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
+  for (int64_t u = 0; u < n; ++u) {
+    const int64_t j = j0 + u;
+    const float gi = a.pre[u] + static_cast<float>(x[j]) + a.bias[j];
+    const float gf = a.pre[kUnitGroup + u] + static_cast<float>(x[C + j]) + a.bias[C + j];
+    const float gg = a.pre[2 * kUnitGroup + u] + static_cast<float>(x[2 * C + j]) + a.bias[2 * C + j];
+    const float go = a.pre[3 * kUnitGroup + u] + static_cast<float>(x[3 * C + j]) + a.bias[3 * C + j];
+    const float c = sigmoid(gf) * a.c[j] + sigmoid(gi) * std::tanh(gg);
+    const float h = sigmoid(go) * std::tanh(c);
+    a.c[j] = c;
+    a.h_next[j] = h;
+    a.y[j] = h;
+    if (a.h_out) {
+      a.h_out[j] = h;
+      a.c_out[j] = c;
+    }
+  }
+}
+
+#ifdef JASCO_FAST_X86
+// exp in float32: exp(x) = 2^n exp(r), r = x - n ln 2 in two parts, exp(r) by Cephes' expf polynomial
+// (within 2 ulp), 2^n by scalef (overflow to inf, underflow to 0).
+JF_AVX512 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-120.0f)), _mm512_set1_ps(120.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+JF_AVX512 inline __m512 sigmoid_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+// tanh x = 1 - 2 / (e^2x + 1): absolute error ~1e-7 near 0, exact limits +-1
+JF_AVX512 inline __m512 tanh_avx512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp_avx512(_mm512_add_ps(x, x));
+  return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+}
+JF_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+JF_AVX512 inline __m512 load16(const at::BFloat16* p, __mmask16 m) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+template <typename xp_t>
+JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
+  const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
+  auto gate = [&](int g) JF_AVX512 {
+    return _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(a.pre + g * kUnitGroup), load16(x + g * C + j0, m)),
+                         load16(a.bias + g * C + j0, m));
+  };
+  const __m512 i = sigmoid_avx512(gate(0)), f = sigmoid_avx512(gate(1)), g = tanh_avx512(gate(2)),
+               o = sigmoid_avx512(gate(3));
+  const __m512 c = _mm512_add_ps(_mm512_mul_ps(f, load16(a.c + j0, m)), _mm512_mul_ps(i, g));
+  const __m512 h = _mm512_mul_ps(o, tanh_avx512(c));
+  _mm512_mask_storeu_ps(a.c + j0, m, c);
+  _mm512_mask_storeu_ps(a.h_next + j0, m, h);
+  _mm512_mask_storeu_ps(a.y + j0, m, h);
+  if (a.h_out) {
+    _mm512_mask_storeu_ps(a.h_out + j0, m, h);
+    _mm512_mask_storeu_ps(a.c_out + j0, m, c);
+  }
+}
+#endif
+
+struct LayerIo {
+  int64_t B, T, C;
+  int64_t state_frames;
+  const float* bias;     // b_ih + b_hh, [4C] float32
+  float* h;              // [2][B][h_stride]: h_{t-1} and h_t, float32, zero beyond C
+  int64_t h_stride;
+  float* c;              // [B][C]
+  float* y;              // [B, T, C] float32: this layer's outputs
+  float* h_out;          // [B][C]: the state after state_frames frames
+  float* c_out;
+};
+
+// xp: the input projections [B, T, 4C] (without biases), float32 or bfloat16.
+template <typename xp_t>
+void run_layer(const PackedRecurrent& w, TileFn tile_fn, const xp_t* xp, const LayerIo& io, int threads) {
+  const int64_t B = io.B, T = io.T, C = io.C, hs = io.h_stride;
+  const int64_t tiles_per_group = kGroupRows / w.width;
+  const uint8_t* packed = w.data.const_data_ptr<uint8_t>();
+  const float* scale = w.scale.defined() ? w.scale.const_data_ptr<float>() : nullptr;
+#ifdef JASCO_FAST_X86
+  const bool vector_cell = has_avx512();
+#endif
+
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t g0 = w.groups * tid / nth, g1 = w.groups * (tid + 1) / nth;
+    std::vector<float> pre(B * kGroupRows);
+    if (io.state_frames == 0) {
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = g0 * kUnitGroup; j < std::min(C, g1 * kUnitGroup); ++j) {
+          io.h_out[b * C + j] = io.h[b * hs + j];
+          io.c_out[b * C + j] = io.c[b * C + j];
+        }
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const float* h_prev = io.h + (t & 1) * B * hs;
+      float* h_next = io.h + ((t + 1) & 1) * B * hs;
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t i = 0; i < tiles_per_group; ++i) {
+          const int64_t tile = g * tiles_per_group + i;
+          tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
+                  pre.data() + i * w.width);
+        }
+        const int64_t j0 = g * kUnitGroup, n = std::min(kUnitGroup, C - j0);
+        const bool snapshot = t + 1 == io.state_frames;
+        for (int64_t b = 0; b < B; ++b) {
+          const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
+                           io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
+                           snapshot ? io.c_out + b * C : nullptr};
+          const xp_t* x = xp + (b * T + t) * 4 * C;
+#ifdef JASCO_FAST_X86
+          if (vector_cell) {
+            cell_avx512(a, x, C, j0, n);
+            continue;
+          }
+#endif
+          cell_portable(a, x, C, j0, n);
+        }
+      }
+      // every thread reads all of h_prev in the next step: h_next must be complete
+#pragma omp barrier
+    }
+  }
+}
+
+}  // namespace
+
+bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, int64_t num_layers) {
+  if (!seq.device().is_cpu() || seq.dim() != 3) return false;
+  const auto dtype = seq.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
+  const int64_t B = seq.size(0), T = seq.size(1), C = seq.size(2);
+  if (B < 1 || B > kLstmRecurrenceMaxBatch || T < 1 || C < 1) return false;
+  if (static_cast<int64_t>(weights.size()) != 4 * num_layers) return false;
+  for (int64_t i = 0; i < 4 * num_layers; ++i) {
+    const at::Tensor& w = weights[i];
+    if (!w.device().is_cpu() || w.scalar_type() != dtype) return false;
+    const bool matrix = i % 4 < 2;
+    if (matrix ? !(w.dim() == 2 && w.size(0) == 4 * C && w.size(1) == C) : !(w.dim() == 1 && w.size(0) == 4 * C))
+      return false;
+  }
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
+                                                                        int64_t num_layers, const at::Tensor& h0,
+                                                                        const at::Tensor& c0, int64_t state_frames,
+                                                                        at::ScalarType recurrent) {
+  const int64_t B = seq.size(0), T = seq.size(1), C = seq.size(2);
+  const bool bf16 = seq.scalar_type() == at::kBFloat16;
+  const WeightFormat format = recurrent == at::kChar       ? WeightFormat::kInt8
+                              : recurrent == at::kBFloat16 ? WeightFormat::kBFloat16
+                                                           : WeightFormat::kFloat32;
+  const Tiling tiling = tiling_for(format, B);
+  const int64_t groups = (C + kUnitGroup - 1) / kUnitGroup;
+  // only the threads ATen may use; one when called from inside a parallel region
+  const int threads = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), groups));
+
+  const auto f32 = seq.options().dtype(at::kFloat);
+  const int64_t h_stride = (C + 15) / 16 * 16;  // zero-padded: the bfloat16 tiles read h in pairs
+  at::Tensor h_buf = at::zeros({2, B, h_stride}, f32);
+  at::Tensor c_buf = at::empty({B, C}, f32);
+  at::Tensor h_n = at::empty({num_layers, B, C}, f32), c_n = at::empty({num_layers, B, C}, f32);
+  at::Tensor h0_f = h0.to(at::kFloat), c0_f = c0.to(at::kFloat);
+  at::Tensor x = seq.contiguous();  // this layer's input, [B, T, C]
+  at::Tensor y;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const at::Tensor& w_ih = weights[4 * l];
+    const at::Tensor& w_hh = weights[4 * l + 1];
+    const at::Tensor bias = weights[4 * l + 2].to(at::kFloat) + weights[4 * l + 3].to(at::kFloat);
+    // all T input projections in one GEMM, in the weights' dtype (bfloat16: oneDNN's AMX/AVX-512 GEMM,
+    // float32 accumulation, rounded once to bfloat16 as ATen's bfloat16 LSTM does)
+    const at::Tensor xp = at::mm(x.reshape({B * T, C}).to(w_ih.scalar_type()), w_ih.t());
+    const PackedRecurrent packed = pack_recurrent(w_hh, format, tiling.width);
+
+    h_buf.zero_();
+    h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_f.select(0, l));
+    c_buf.copy_(c0_f.select(0, l));
+    y = at::empty({B, T, C}, f32);
+    const LayerIo io{B, T, C, state_frames, bias.const_data_ptr<float>(), h_buf.mutable_data_ptr<float>(), h_stride,
+                     c_buf.mutable_data_ptr<float>(), y.mutable_data_ptr<float>(),
+                     h_n.select(0, l).mutable_data_ptr<float>(), c_n.select(0, l).mutable_data_ptr<float>()};
+    if (bf16) {
+      run_layer(packed, tiling.fn, xp.const_data_ptr<at::BFloat16>(), io, threads);
+    } else {
+      run_layer(packed, tiling.fn, xp.const_data_ptr<float>(), io, threads);
+    }
+    x = y;
+  }
+  // the skip connection, rounded once to seq's dtype; [B, T, C] contiguous whatever seq's strides
+  at::Tensor out = at::empty(seq.sizes(), seq.options().memory_format(at::MemoryFormat::Contiguous));
+  if (bf16) {
+    out.copy_(y.add_(seq));  // float32 sum (bfloat16 seq promotes), one rounding
+  } else {
+    at::add_out(out, y, seq);
+  }
+  if (bf16) return {out, h_n.to(at::kBFloat16), c_n.to(at::kBFloat16)};
+  return {out, h_n, c_n};
+}
+
+}  // namespace jasco_fast

@@ -1,0 +1,33 @@
+// The CPU kernel of jasco_fast::lstm_skip at small batch (csrc/cpu/lstm_recurrence.cpp), and the 8-bit
+// recurrent weight format that every device shares.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace jasco_fast {
+
+// Batches up to this size run the recurrence kernel on CPU: there every step streams the recurrent matrix
+// for a few columns (bandwidth-bound). Larger batches are GEMM-bound and keep ATen's LSTM (oneDNN).
+constexpr int64_t kLstmRecurrenceMaxBatch = 8;
+
+// Whether lstm_skip_recurrence_cpu takes these arguments: CPU, float32 or bfloat16 seq and weights of that
+// dtype, 1 <= B <= kLstmRecurrenceMaxBatch, T >= 1, C -> C weights of the expected shapes.
+bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, int64_t num_layers);
+
+// lstm(seq) + seq from state (h0, c0) ([num_layers, B, C], seq's dtype), and the state after the first
+// state_frames frames: the op's semantics. State and arithmetic in float32; outputs in seq's dtype.
+// recurrent: the format of the recurrent matrices: seq's dtype, kBFloat16 (float32 weights rounded to
+// bfloat16) or kChar (int8 as dequantized_int8_rows describes).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
+                                                                        int64_t num_layers, const at::Tensor& h0,
+                                                                        const at::Tensor& c0, int64_t state_frames,
+                                                                        at::ScalarType recurrent);
+
+// The 8-bit recurrent weight format: symmetric int8 with one float32 scale per output row,
+// scale = max |w[r, :]| / 127 (1 for an all-zero row), q = round-half-even(w / scale) in float32 arithmetic.
+// Returns w_hh replaced by q * scale in w_hh's dtype: what devices without the CPU kernel compute with.
+at::Tensor dequantized_int8_rows(const at::Tensor& w_hh);
+
+}  // namespace jasco_fast

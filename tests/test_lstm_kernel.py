@@ -1,0 +1,282 @@
+"""The CPU recurrence kernel of jasco_fast::lstm_skip (csrc/cpu/lstm_recurrence.cpp, B <= 8) and its recurrent
+weight formats, against nn.LSTM's arithmetic in float64.
+
+Tolerances, relative to the peak |output| of the reference:
+- float32: 1e-6 (float32 state and accumulation; the reference is float64 on the same float32 values);
+- bfloat16: inputs and weights bfloat16-rounded, the reference float64 on those rounded values; the kernel's
+  input GEMM rounds its projections to bfloat16 (as ATen's bfloat16 LSTM does) and its output is rounded
+  once to bfloat16, so the bound is two bfloat16 roundings of the peak, and at most ATen's own bfloat16 error;
+- int8 / bfloat16-stored recurrent matrices: against a float64 reference that uses the stored values
+  (dequantised in float64): 1e-6, as float32.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jasco_fast.decoder import LSTM
+from jasco_fast.ops import lstm_skip
+
+F32_REL = 1e-6
+BF16_EPS = 2.0 ** -8  # a bfloat16 rounding, relative
+BF16_REL = 2 * BF16_EPS
+MAX_KERNEL_BATCH = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def two_threads():
+    """The kernel splits hidden units over the threads: two threads exercise the split and the barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def lstm_weights(C: int, layers: int, seed: int, std: float | None = None) -> list[torch.Tensor]:
+    """nn.LSTM's default init (uniform +-1/sqrt(C)), or N(0, std) when std is given; float32."""
+    gen = torch.Generator().manual_seed(seed)
+    weights = []
+    for _ in range(layers):
+        for shape in ((4 * C, C), (4 * C, C), (4 * C,), (4 * C,)):
+            if std is None:
+                bound = C ** -0.5
+                weights.append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
+            else:
+                weights.append(torch.randn(shape, generator=gen) * std)
+    return weights
+
+
+def int8_rows(w: torch.Tensor) -> torch.Tensor:
+    """The documented int8 format, dequantised: scale = max |row| / 127 (1 for a zero row), q = round(w / scale)."""
+    w = w.float()
+    scale = w.abs().amax(1, keepdim=True) / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (w / scale).round().clamp(-127, 127).double() * scale.double()
+
+
+def stored_recurrent(weights: list[torch.Tensor], recurrent_dtype) -> list[torch.Tensor]:
+    """The weights in float64 with each W_hh replaced by the values the op streams."""
+    out = [w.double() for w in weights]
+    for i in range(1, len(weights), 4):
+        if recurrent_dtype == torch.int8:
+            out[i] = int8_rows(weights[i])
+        elif recurrent_dtype == torch.bfloat16:
+            out[i] = weights[i].bfloat16().double()
+    return out
+
+
+def reference(seq, weights, layers, h0=None, c0=None, n=None):
+    """(y + seq, h, c) in float64 by ATen's LSTM (nn.LSTM's arithmetic), state after n frames."""
+    seq = seq.double()
+    weights = [w.double() for w in weights]
+    B, T, C = seq.shape
+    if h0 is None:
+        h0 = c0 = torch.zeros(layers, B, C, dtype=torch.float64)
+    h0, c0 = h0.double(), c0.double()
+    y, h, c = torch.lstm(seq, (h0, c0), weights, True, layers, 0.0, False, False, True)
+    n = T if n is None else n
+    if n == 0:
+        h, c = h0, c0
+    elif n < T:
+        _, h, c = torch.lstm(seq[:, :n], (h0, c0), weights, True, layers, 0.0, False, False, True)
+    return y + seq, h, c
+
+
+def assert_close_rel(got, want, rel, what=""):
+    peak = max(want.abs().max().item(), 1e-30)
+    err = (got.double() - want).abs().max().item()
+    assert err <= rel * peak, f"{what}: max error {err:.3g} > {rel:g} x peak {peak:.3g}"
+    return err / peak
+
+
+def check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=0, contiguous=True):
+    weights = lstm_weights(C, layers, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    seq = torch.randn(T, B, C, generator=gen).transpose(0, 1)  # [B, T, C], not contiguous
+    if contiguous:
+        seq = seq.contiguous()
+    h0 = torch.randn(layers, B, C, generator=gen) * 0.5 if with_state else None
+    c0 = torch.randn(layers, B, C, generator=gen) if with_state else None
+    if dtype == torch.bfloat16:  # the op's inputs; the reference sees the same rounded values
+        weights = [w.bfloat16() for w in weights]
+        seq = seq.bfloat16()
+        h0 = None if h0 is None else h0.bfloat16()
+        c0 = None if c0 is None else c0.bfloat16()
+    y, h, c = lstm_skip(seq, weights, layers, h0, c0, n, recurrent_dtype)
+    assert y.shape == (B, T, C) and y.is_contiguous() and y.dtype == dtype
+    assert h.shape == c.shape == (layers, B, C) and h.dtype == c.dtype == dtype
+    want = reference(seq, stored_recurrent(weights, recurrent_dtype), layers, h0, c0, n)
+    rel = BF16_REL if dtype == torch.bfloat16 else F32_REL
+    for got, w, name in zip((y, h, c), want, ("y", "h", "c")):
+        assert_close_rel(got, w, rel, f"{name} B={B} T={T} C={C} layers={layers} n={n} {dtype} {recurrent_dtype}")
+    return y, h, c
+
+
+FORMATS = [(torch.float32, None), (torch.bfloat16, None), (torch.float32, torch.int8), (torch.bfloat16, torch.int8),
+           (torch.float32, torch.bfloat16)]
+FORMAT_IDS = ["f32", "bf16", "f32-int8", "bf16-int8", "f32-bf16rec"]
+
+
+@pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("C", [16, 24, 64])
+@pytest.mark.parametrize("T", [1, 2, 17, 100])
+@pytest.mark.parametrize("B", [1, 2, 3, 8, 9])
+def test_matches_float64_reference(B, T, C, dtype, recurrent_dtype):
+    """Every batch size the kernel takes (and 9, which falls back to ATen's LSTM), with and without a state,
+    the state after 0, some and all frames, one and two layers."""
+    for i, (layers, with_state, n) in enumerate([(1, False, None), (2, True, T // 2), (2, False, 0), (1, True, T)]):
+        check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=i)
+
+
+@pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
+def test_strided_input(dtype, recurrent_dtype):
+    y, h, c = check_case(2, 9, 24, 2, True, 4, dtype, recurrent_dtype, contiguous=False)
+
+
+@pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
+def test_full_size_layer(dtype, recurrent_dtype):
+    """The decoder's size (C = 1024, 2 layers) over a few frames: 64 unit groups split over the threads."""
+    check_case(1, 6, 1024, 2, True, 3, dtype, recurrent_dtype)
+
+
+def test_kernel_runs_below_the_batch_limit_and_aten_above():
+    """B <= 8 gives the kernel's rounding (not bit-equal to ATen's LSTM); B = 9 is ATen's LSTM exactly."""
+    weights = lstm_weights(64, 2, seed=5)
+    seq = torch.randn(MAX_KERNEL_BATCH + 1, 30, 64)
+    zeros = torch.zeros(2, MAX_KERNEL_BATCH + 1, 64)
+    aten_y = torch.lstm(seq, (zeros, zeros), weights, True, 2, 0.0, False, False, True)[0] + seq
+    torch.testing.assert_close(lstm_skip(seq, weights, 2)[0], aten_y, rtol=0, atol=0)
+    kernel_y = lstm_skip(seq[:1], weights, 2)[0]
+    assert not torch.equal(kernel_y, aten_y[:1])
+    torch.testing.assert_close(kernel_y, aten_y[:1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("recurrent_dtype", [torch.int8, torch.bfloat16])
+def test_stored_formats_agree_between_kernel_and_fallback(recurrent_dtype):
+    """The kernel (B = 1 rows) and ATen's LSTM with the stored values (B = 9) use the same W_hh values."""
+    weights = lstm_weights(40, 2, seed=7, std=0.05)
+    seq = torch.randn(9, 12, 40)
+    batch = lstm_skip(seq, weights, 2, recurrent_dtype=recurrent_dtype)[0]
+    rows = torch.cat([lstm_skip(seq[i:i + 1], weights, 2, recurrent_dtype=recurrent_dtype)[0] for i in range(9)])
+    assert_close_rel(rows, batch.double(), F32_REL, "kernel vs fallback")
+
+
+def test_bfloat16_at_most_atens_bfloat16_error():
+    """The kernel's float32 state makes its bfloat16 output at least as accurate as ATen's bfloat16 LSTM."""
+    C, T, layers = 256, 100, 2
+    weights = [w.bfloat16() for w in lstm_weights(C, layers, seed=2)]
+    seq = torch.randn(1, T, C).bfloat16()
+    want = reference(seq, weights, layers)[0]
+    zeros = torch.zeros(layers, 1, C, dtype=torch.bfloat16)
+    aten = torch.lstm(seq, (zeros, zeros), weights, True, layers, 0.0, False, False, True)[0] + seq
+    ours = lstm_skip(seq, weights, layers)[0]
+    aten_err = (aten.double() - want).abs().max().item()
+    ours_err = (ours.double() - want).abs().max().item()
+    assert ours_err <= aten_err, (ours_err, aten_err)
+
+
+@pytest.mark.parametrize("std", [None, 0.05], ids=["default-init", "normal-0.05"])
+def test_int8_error_against_unquantised(std):
+    """The int8 format's effect on the output (reported; bounded so that a broken scale fails)."""
+    C, T, layers = 256, 100, 2
+    weights = lstm_weights(C, layers, seed=3, std=std)
+    seq = torch.randn(1, T, C)
+    want = reference(seq, weights, layers)[0]
+    got = lstm_skip(seq, weights, layers, recurrent_dtype=torch.int8)[0]
+    rel = assert_close_rel(got, want, 0.02, "int8 vs unquantised")
+    snr = 10 * torch.log10(want.pow(2).sum() / (got.double() - want).pow(2).sum()).item()
+    print(f"int8 recurrent matrices, {std or 'default init'}: max error {rel:.2e} x peak, SNR {snr:.1f} dB")
+    assert snr > 30
+
+
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+def test_lower_instruction_sets(isa):
+    """The AVX2 and plain-loop paths (JASCO_FAST_LSTM_ISA lowers the path in a fresh process)."""
+    script = (
+        "import sys, torch; sys.path.insert(0, %r); import test_lstm_kernel as t\n"
+        "torch.set_num_threads(2)\n"
+        "for dtype, rec in t.FORMATS:\n"
+        "    for B, T, C in [(1, 9, 40), (3, 5, 16), (5, 4, 24), (8, 3, 33)]:\n"
+        "        t.check_case(B, T, C, 2, True, T // 2, dtype, rec)\n"
+        "print('ok')\n" % str(Path(__file__).parent))
+    env = {**os.environ, "JASCO_FAST_LSTM_ISA": isa}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 9), T=st.integers(1, 12), C=st.integers(1, 40), layers=st.integers(1, 2),
+       with_state=st.booleans(), n_frac=st.floats(0, 1), fmt=st.sampled_from(FORMATS), seed=st.integers(0, 100),
+       threads=st.sampled_from([1, 2]))
+def test_random_shapes(B, T, C, layers, with_state, n_frac, fmt, seed, threads):
+    torch.set_num_threads(threads)
+    try:
+        check_case(B, T, C, layers, with_state, round(n_frac * T), *fmt, seed=seed)
+    finally:
+        torch.set_num_threads(2)
+
+
+def test_state_carries_across_calls_int8():
+    """Chunked decoding in the int8 format: two calls joined by the state equal one call."""
+    weights = lstm_weights(32, 2, seed=4)
+    seq = torch.randn(1, 40, 32)
+    whole = lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8)[0]
+    first, h, c = lstm_skip(seq[:, :25], weights, 2, state_frames=20, recurrent_dtype=torch.int8)
+    second = lstm_skip(seq[:, 20:], weights, 2, h, c, recurrent_dtype=torch.int8)[0]
+    torch.testing.assert_close(first, whole[:, :25], rtol=0, atol=0)
+    torch.testing.assert_close(second, whole[:, 20:], rtol=0, atol=1e-6)
+
+
+def test_outputs_never_alias_inputs():
+    weights = lstm_weights(16, 1, seed=0)
+    seq = torch.randn(1, 4, 16)
+    h0, c0 = torch.randn(1, 1, 16), torch.randn(1, 1, 16)
+    y, h, c = lstm_skip(seq, weights, 1, h0, c0, 0)
+    assert h.data_ptr() != h0.data_ptr() and c.data_ptr() != c0.data_ptr() and y.data_ptr() != seq.data_ptr()
+    torch.testing.assert_close(h, h0, rtol=0, atol=0)
+    torch.testing.assert_close(c, c0, rtol=0, atol=0)
+
+
+def test_recurrent_dtype_errors():
+    weights = lstm_weights(8, 1, seed=0)
+    seq = torch.randn(1, 3, 8)
+    with pytest.raises(TypeError, match="recurrent_dtype"):
+        lstm_skip(seq, weights, 1, recurrent_dtype=torch.float16)
+    with pytest.raises(TypeError, match="recurrent_dtype"):
+        lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 1, recurrent_dtype=torch.float32)
+    # the weights' own dtype is the default format
+    torch.testing.assert_close(lstm_skip(seq, weights, 1, recurrent_dtype=torch.float32)[0],
+                               lstm_skip(seq, weights, 1)[0], rtol=0, atol=0)
+
+
+def opcheck_samples():
+    for B, rec, dtype in [(1, torch.int8, torch.float32), (2, torch.bfloat16, torch.float32),
+                          (1, None, torch.bfloat16), (9, torch.int8, torch.float32)]:
+        weights = [w.to(dtype) for w in lstm_weights(8, 2, seed=B)]
+        seq = torch.randn(B, 5, 8, dtype=dtype)
+        state = torch.randn(2, B, 8, dtype=dtype)
+        yield seq, weights, 2, state, state.clone(), 3, rec
+
+
+def test_opcheck_with_recurrent_dtype():
+    for args in opcheck_samples():
+        torch.library.opcheck(torch.ops.jasco_fast.lstm_skip.default, args)
+
+
+def test_decoder_lstm_passes_recurrent_dtype():
+    torch.manual_seed(0)
+    layer = LSTM(24, 2, recurrent_dtype=torch.int8)
+    x = torch.randn(1, 24, 1, 10)
+    seq = x.squeeze(2).transpose(1, 2)
+    want = lstm_skip(seq, layer.flat_weights(), 2, recurrent_dtype=torch.int8)[0]
+    with torch.no_grad():
+        got = layer(x)
+    torch.testing.assert_close(got.squeeze(2).transpose(1, 2), want, rtol=0, atol=0)
+    assert not torch.equal(want, lstm_skip(seq, layer.flat_weights(), 2)[0])
