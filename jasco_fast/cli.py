@@ -218,12 +218,24 @@ def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = Fa
         raise UsageError(str(exc)) from None
 
 
+def _recurrent_dtype(args) -> torch.dtype | None:
+    if args.recurrent_dtype is None:
+        return None
+    if args.recurrent_dtype == "bfloat16" and args.dtype not in ("float32", "bfloat16"):
+        raise UsageError(f"--recurrent-dtype bfloat16 needs --dtype float32 (or bfloat16), got --dtype {args.dtype}")
+    return DTYPES.get(args.recurrent_dtype, torch.int8)
+
+
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="EnCodec checkpoint: audiocraft compression_state_dict.bin (or its folder), "
                                         "or a transformers EnCodec folder; default: random weights")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
                    help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
+    p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16"],
+                   help="stream the LSTM's recurrent matrices as int8 (a float32 scale per row) or bfloat16 (with "
+                        "--dtype float32); state and arithmetic stay float32. --dtype bfloat16 --recurrent-dtype int8 "
+                        "is the fastest CPU mode (README: CPU peers, fidelity)")
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no compiled decoder)")
     p.add_argument("--torch-compile", action="store_true",
                    help="compile with torch.compile in this process instead of using the ahead-of-time compiled "
@@ -353,7 +365,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
     try:  # long items are decoded chunk by chunk: only their audio is held, never the activations
         fast = LatentDecoder(decoder, args.mean, args.std, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
-                             chunk_frames=args.chunk_frames)
+                             chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
     code_decoders: list[CodeDecoder] = []  # built at the first codes file
@@ -502,7 +514,7 @@ def cmd_demo(args) -> int:
     print(f"latents: seeded N(0, 1) example, [{args.batch_size}, {frames}, {decoder.dimension}] "
           f"(JASCO's latents are normalised to about N(0, 1))")
     fast = LatentDecoder(decoder, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
-                         chunk_frames=DEFAULT_CHUNK_FRAMES)
+                         chunk_frames=DEFAULT_CHUNK_FRAMES, recurrent_dtype=_recurrent_dtype(args))
     if fast.backend == "torch.compile":
         print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)
@@ -546,7 +558,7 @@ def cmd_compile(args) -> int:
     decoder = build_decoder(args.checkpoint, device, quiet=True)
     try:
         fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=DTYPES[args.dtype],
-                             chunk_frames=args.chunk_frames)
+                             chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
     recipes = fast.aot_recipes()
@@ -562,7 +574,7 @@ def cmd_compile(args) -> int:
             raise UsageError(_first_line(exc)) from None
         print(f"  {path.name} ({time.perf_counter() - start:.1f} s)", flush=True)
     aot = LatentDecoder(decoder, args.mean, args.std, compile="aot", dtype=DTYPES[args.dtype],
-                        chunk_frames=args.chunk_frames, background_build=False)
+                        chunk_frames=args.chunk_frames, background_build=False, recurrent_dtype=_recurrent_dtype(args))
     status = aot.load_artifacts()  # loads (and validates) them as a later process will
     bad = {k: v for k, v in status.items() if not v.startswith("loaded")}
     if bad:
@@ -687,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="EnCodec checkpoint whose architecture to compile; default EnCodec 32 kHz")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
+    p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16"],
+                   help="stream the LSTM's recurrent matrices as int8 (a float32 scale per row) or bfloat16 (with "
+                        "--dtype float32); state and arithmetic stay float32. --dtype bfloat16 --recurrent-dtype int8 "
+                        "is the fastest CPU mode (README: CPU peers, fidelity)")
     p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN)
     p.add_argument("--std", type=float, default=JASCO_LATENT_STD)
     p.add_argument("--chunk-frames", type=_positive_int, default=DEFAULT_CHUNK_FRAMES,

@@ -14,7 +14,7 @@ from torch import nn
 
 from jasco_fast import artifacts
 from jasco_fast.memory import reuse_freed_memory
-from jasco_fast.decoder import Conv, ConvTranspose, DecoderConfig, SEANetDecoder
+from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose
 from jasco_fast.overlap import to_device
@@ -132,12 +132,18 @@ class LatentDecoder(nn.Module):
             ``None``: every call takes one pass, whatever its length (memory grows with T).
         background_build: ``"aot"`` only: on an artifact cache miss, build the artifacts in a background
             process (default: unless the environment sets ``JASCO_FAST_BACKGROUND_BUILD=0``).
+        recurrent_dtype: how the LSTM's recurrent matrices are streamed each step (at B = 1 the LSTM reads
+            them once per frame, which bounds its speed): ``None``, the compute dtype; ``torch.int8``, 8-bit
+            with a float32 scale per row (a quarter of float32's bytes); ``torch.bfloat16`` with float32
+            ``dtype``. The LSTM's state and arithmetic stay float32 (see :func:`jasco_fast.ops.lstm_skip`).
+            ``dtype=torch.bfloat16, recurrent_dtype=torch.int8`` is the reduced-precision mode measured in
+            the README ("CPU peers", "Fidelity").
     """
 
     def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *,
                  compile: bool | str = True, channels_last: bool = True, dtype: torch.dtype | None = None,
                  compile_mode: str | None = None, chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
-                 background_build: bool | None = None):
+                 background_build: bool | None = None, recurrent_dtype: torch.dtype | None = None):
         super().__init__()
         if not isinstance(decoder, SEANetDecoder):
             raise TypeError(f"decoder must be a jasco_fast.SEANetDecoder, got {type(decoder).__name__}")
@@ -148,6 +154,10 @@ class LatentDecoder(nn.Module):
         param = next(decoder.parameters())
         self.dtype = dtype or param.dtype
         self.decoder = copy.deepcopy(decoder).to(dtype=self.dtype).eval().requires_grad_(False)
+        self.recurrent_dtype = _recurrent_dtype(recurrent_dtype, self.dtype)
+        for module in self.decoder.modules():
+            if isinstance(module, LSTM):
+                module.recurrent_dtype = self.recurrent_dtype
         self.channels_last = channels_last
         if channels_last:
             self.decoder.to_channels_last()
@@ -203,7 +213,8 @@ class LatentDecoder(nn.Module):
     def _recipe_params(self) -> dict:
         return {"config": dataclasses.asdict(self.decoder.config), "dtype": str(self.dtype).replace("torch.", ""),
                 "channels_last": self.channels_last,
-                "statistics_shape": [list(self.mean.shape), list(self.std.shape)]}
+                "statistics_shape": [list(self.mean.shape), list(self.std.shape)],
+                "recurrent_dtype": None if self.recurrent_dtype is None else str(self.recurrent_dtype).replace("torch.", "")}
 
     def aot_recipe(self, position: str | None = None, chunk_frames: int | None = None, *,
                    single: bool = False) -> artifacts.Recipe:
@@ -596,21 +607,32 @@ def aot_min_frames(decoder: SEANetDecoder) -> int:
 
 
 def _program_owner(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                   chunk_frames: int | None = None) -> LatentDecoder:
+                   recurrent_dtype: str | None, chunk_frames: int | None = None) -> LatentDecoder:
     # random weights: an artifact takes the real ones at load
     mean_shape, std_shape = statistics_shape
     return LatentDecoder(SEANetDecoder(DecoderConfig(**config)), torch.zeros(mean_shape), torch.ones(std_shape),
                          compile=False, channels_last=channels_last, dtype=getattr(torch, dtype),
-                         chunk_frames=chunk_frames)
+                         chunk_frames=chunk_frames,
+                         recurrent_dtype=None if recurrent_dtype is None else getattr(torch, recurrent_dtype))
+
+
+def _recurrent_dtype(recurrent_dtype, dtype: torch.dtype) -> torch.dtype | None:
+    """The LSTM's recurrent format, None when it is the compute dtype itself."""
+    if recurrent_dtype is None or recurrent_dtype == dtype:
+        return None
+    if recurrent_dtype == torch.int8 or (recurrent_dtype == torch.bfloat16 and dtype == torch.float32):
+        return recurrent_dtype
+    raise ValueError(f"recurrent_dtype must be None, torch.int8, or torch.bfloat16 with a float32 dtype; got "
+                     f"{recurrent_dtype!r} with dtype {dtype}")
 
 
 def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                           single: bool) -> artifacts.Program:
+                           recurrent_dtype: str | None, single: bool) -> artifacts.Program:
     """The recipe factory of LatentDecoder's one-pass artifact: ``_decode`` of a LatentDecoder of this
     architecture, dynamic in T, and in B unless ``single`` (B = 1)."""
     from torch.export import Dim
 
-    owner = _program_owner(config, dtype, channels_last, statistics_shape)
+    owner = _program_owner(config, dtype, channels_last, statistics_shape, recurrent_dtype)
     min_frames = aot_min_frames(owner.decoder)
     # build() moves it to the device; a dynamic batch needs an example of 2 or more (export specialises 1)
     example = torch.randn(1 if single else 2, max(min_frames + 1, 50), owner.decoder.dimension)
@@ -622,12 +644,13 @@ def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statis
 
 
 def latent_chunk_step_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                              single: bool, chunk_frames: int, position: str) -> artifacts.Program:
+                              recurrent_dtype: str | None, single: bool, chunk_frames: int,
+                              position: str) -> artifacts.Program:
     """The recipe factory of LatentDecoder's chunk-step artifacts: :meth:`LatentDecoder.chunk_step` at
     ``position``, dynamic in B unless ``single`` (B = 1), and in the window's length for ``last``."""
     from torch.export import Dim
 
-    owner = _program_owner(config, dtype, channels_last, statistics_shape, chunk_frames)
+    owner = _program_owner(config, dtype, channels_last, statistics_shape, recurrent_dtype, chunk_frames)
     plan = owner._plan(chunk_frames)
     step = owner.chunk_step(position, chunk_frames)
     batch = None if single else Dim("batch", min=1, max=AOT_MAX_BATCH)

@@ -1,0 +1,80 @@
+"""LatentDecoder(recurrent_dtype=...): the LSTM's recurrent matrices streamed as int8 / bfloat16 (float32 state and
+arithmetic), the reduced-precision mode's LSTM. The kernel itself is tested in tests/test_lstm_kernel.py; here the
+decoder's plumbing and its error against the float32 reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+from checkpoints import rel_err
+
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
+from jasco_fast.cli import main as cli_main
+from jasco_fast.decoder import LSTM
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    torch.manual_seed(0)
+    return SEANetDecoder(DecoderConfig(dimension=16, n_filters=8, ratios=(2, 2), lstm=2)).eval()
+
+
+def lstms(fast):
+    return [m for m in fast.decoder.modules() if isinstance(m, LSTM)]
+
+
+@pytest.mark.parametrize("dtype,recurrent", [(torch.float32, torch.int8), (torch.float32, torch.bfloat16),
+                                             (torch.bfloat16, torch.int8)])
+@pytest.mark.parametrize("compile", [False, "torch.compile"])
+def test_error_within_budget(decoder, dtype, recurrent, compile):
+    """Against the float32 reference: within twice the error of the same decoder without the recurrent format
+    plus what rounding the recurrent weights alone costs (measured by the reference with them rounded)."""
+    latents = torch.randn(2, 300, 16)  # long enough to chunk at the default 256 frames
+    want = reference.decode(decoder, latents)
+    fast = LatentDecoder(decoder, compile=compile, dtype=dtype, recurrent_dtype=recurrent)
+    assert fast.recurrent_dtype == recurrent and all(m.recurrent_dtype == recurrent for m in lstms(fast))
+    assert all(m.recurrent_dtype is None for m in decoder.modules() if isinstance(m, LSTM))  # a copy is changed
+    plain = LatentDecoder(decoder, compile=False, dtype=dtype)(latents)
+    rounded = _with_rounded_recurrent(decoder, recurrent)
+    budget = 2 * (rel_err(plain, want) + rel_err(reference.decode(rounded, latents), want)) + 1e-4
+    with torch.no_grad():
+        got = fast(latents)
+    assert rel_err(got, want) <= budget
+    assert budget < 0.05
+    assert rel_err(got, plain) > 0  # the format is really used
+
+
+def _with_rounded_recurrent(decoder, recurrent):
+    """decoder with each W_hh as the format stores it (int8: symmetric, a scale per row)."""
+    import copy
+    out = copy.deepcopy(decoder)
+    for m in out.modules():
+        if isinstance(m, LSTM):
+            for k in range(m.num_layers):
+                w = getattr(m, f"weight_hh_l{k}").data
+                if recurrent == torch.int8:
+                    scale = w.abs().amax(dim=1, keepdim=True) / 127
+                    w.copy_(torch.round(w / scale).clamp(-127, 127) * scale)
+                else:
+                    w.copy_(w.to(recurrent).float())
+    return out
+
+
+def test_invalid_combinations(decoder):
+    with pytest.raises(ValueError, match="recurrent_dtype"):
+        LatentDecoder(decoder, compile=False, recurrent_dtype=torch.float16)
+    with pytest.raises(ValueError, match="recurrent_dtype"):
+        LatentDecoder(decoder, compile=False, dtype=torch.float16, recurrent_dtype=torch.bfloat16)
+    # the compute dtype itself means the plain format
+    assert LatentDecoder(decoder, compile=False, dtype=torch.bfloat16, recurrent_dtype=torch.bfloat16).recurrent_dtype is None
+
+
+def test_artifact_recipes_differ_by_format(decoder):
+    keys = {LatentDecoder(decoder, compile=False, recurrent_dtype=r).aot_recipe(single=True).key
+            for r in (None, torch.int8, torch.bfloat16)}
+    assert len(keys) == 3
+
+
+def test_cli_refuses_bfloat16_recurrent_with_float16(capsys):
+    assert cli_main(["demo", "--seconds", "0.2", "--no-compile", "--dtype", "float16",
+                     "--recurrent-dtype", "bfloat16"]) == 2
+    assert "--recurrent-dtype bfloat16 needs --dtype float32" in capsys.readouterr().err
