@@ -1,14 +1,20 @@
 """The CPU tail ops jasco_fast::elu_resblock and jasco_fast::elu_conv (csrc/cpu/elu_conv.cpp) against the decoder's
 layer-by-layer path in float64, and where the decoder uses them.
 
-Channel counts pick the kernel's copy: multiples of 16 run the AVX-512 loops (on CPUs that have AVX-512), other
-multiples of 8 the AVX2 ones, anything else the portable loops.
+Channel counts pick the kernel's copy: multiples of 16 run the AVX-512 loops (on CPUs that have AVX-512; for
+bfloat16 residual blocks the AVX512-BF16 copy where the CPU has it), other multiples of 8 the AVX2 ones, anything
+else the portable loops; test_lower_instruction_sets runs the lower copies in processes where
+JASCO_FAST_TAIL_ISA caps the choice.
 Tolerances (max error / peak of the float64 result): float32 2e-6 (float32 arithmetic, another summation
 order than oneDNN); bfloat16 2^-8, one rounding of the output (inputs and weights are bf16-rounded first, and
 the kernel computes in float32)."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,3 +256,19 @@ def test_decoder_fuses_its_tail_and_matches_reference():
     assert decoder.layers[-1].weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS
     err = (got.double() - want.double()).abs().max().item()
     assert err <= 1e-5 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
+def test_lower_instruction_sets(isa):
+    """Every copy of the loops on one machine (JASCO_FAST_TAIL_ISA caps the choice in a fresh process)."""
+    script = (
+        "import sys; sys.path.insert(0, %r); import torch, test_elu_conv as t\n"
+        "for dtype in (torch.float32, torch.bfloat16):\n"
+        "    t.test_resblock_matches_layers(dtype, 64, 2, 3, 1, False, 'reflect')\n"
+        "    t.test_resblock_matches_layers(dtype, 32, 2, 5, 3, False, 'replicate')\n"
+        "    t.test_conv_matches_layers(dtype, 64, 2, 7, 1, True, 'reflect')\n"
+        "t.test_non_finite_inputs_spread_like_the_layers()\n"
+        "print('ok')\n" % str(Path(__file__).parent))
+    env = {**os.environ, "JASCO_FAST_TAIL_ISA": isa}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
