@@ -220,6 +220,9 @@ MODES: dict[str, dict] = {
     # the ahead-of-time artifact (built now if the cache lacks it), every call in one pass
     "jasco_fast, compile='aot', one pass": dict(compile="aot", chunk_frames=None),
     "jasco_fast, bfloat16": dict(dtype=torch.bfloat16),
+    # the reduced-precision mode: bfloat16 convolutions, the LSTM's recurrent matrices streamed as int8
+    "jasco_fast, bfloat16, int8 recurrent": dict(dtype=torch.bfloat16, recurrent_dtype=torch.int8),
+    "jasco_fast, float32, int8 recurrent": dict(recurrent_dtype=torch.int8),
     # float16 runs on the CPU but several times slower than float32 (README, "CPU peers"); its accuracy is in
     # bench_fidelity.py. Time it with:  "jasco_fast, float16": dict(dtype=torch.float16),
 }
@@ -233,7 +236,8 @@ def jasco_fast_mode(kwargs: dict) -> Callable[[dict], tuple[DecodeFn, str]]:
         except TypeError as exc:
             raise NotInstalled(f"not available in this jasco_fast ({exc})") from None
         notes = (f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}, "
-                 f"chunk_frames {fast.chunk_frames}")
+                 + (f"recurrent {str(fast.recurrent_dtype).replace('torch.', '')}, " if fast.recurrent_dtype else "")
+                 + f"chunk_frames {fast.chunk_frames}")
         if fast.backend == "aot":
             notes += f", {len(fast.artifact_status())} artifacts loaded"
         return torch.no_grad()(fast), notes

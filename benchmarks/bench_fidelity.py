@@ -15,6 +15,7 @@ regime each layer works in (see :func:`realistic_decoder`), and the latents look
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -25,12 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _fidelity  # noqa: E402
 from _common import provenance, write_result  # noqa: E402
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD, DecoderConfig, LatentDecoder, SEANetDecoder, reference  # noqa: E402
+from jasco_fast import decoder as jasco_decoder  # noqa: E402
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, ResBlock  # noqa: E402
 
 # Reduced-precision modes: name -> LatentDecoder keyword arguments (default compile). A new mode is one line.
 MODES: dict[str, dict] = {
     "float32 (control)": dict(dtype=torch.float32),
     "bfloat16": dict(dtype=torch.bfloat16),
+    "bfloat16, int8 recurrent": dict(dtype=torch.bfloat16, recurrent_dtype=torch.int8),
+    "float32, int8 recurrent": dict(dtype=torch.float32, recurrent_dtype=torch.int8),
+    "float32, bfloat16 recurrent": dict(dtype=torch.float32, recurrent_dtype=torch.bfloat16),
     "float16": dict(dtype=torch.float16),
 }
 
@@ -72,6 +77,18 @@ def _convs_in_order(decoder: SEANetDecoder) -> list[tuple[torch.nn.Module, str]]
         elif isinstance(layer, (Conv, ConvTranspose)):
             out.append((layer, "last" if layer is last_conv else "main"))
     return out
+
+
+@contextlib.contextmanager
+def _layer_by_layer():
+    """Every convolution as its own module call, so forward hooks see it (the CPU tail ops run a residual block,
+    and the last activation + convolution, as one op)."""
+    saved = jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS
+    jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS = jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS = 0
+    try:
+        yield
+    finally:
+        jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS = saved
 
 
 def _rms(x: torch.Tensor) -> float:
@@ -116,7 +133,8 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
         hooks = [conv.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))]
         if role == "branch_out":
             hooks.append(block_of[id(conv)].register_forward_hook(lambda m, i, o: seen.__setitem__("in", i[0])))
-        decoder(x)
+        with _layer_by_layer():
+            decoder(x)
         for h in hooks:
             h.remove()
         linear = seen["out"] - conv.bias.view(1, -1, 1, 1)  # outputs are [B, C, 1, T]
@@ -137,7 +155,8 @@ def layer_levels(decoder: SEANetDecoder, x: torch.Tensor) -> list[float]:
     """RMS after each top-level layer: the check that nothing explodes or vanishes."""
     levels = []
     hooks = [layer.register_forward_hook(lambda m, i, o: levels.append(_rms(o))) for layer in decoder.layers]
-    decoder(x)
+    with _layer_by_layer():
+        decoder(x)
     for h in hooks:
         h.remove()
     return levels
@@ -200,7 +219,8 @@ def main(argv=None) -> dict:
             except Exception as exc:  # e.g. a dtype with no kernels on this device
                 status[name] = f"does not run on {args.device}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 continue
-            notes[name] = f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}"
+            notes[name] = (f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}"
+                           + (f", recurrent {str(fast.recurrent_dtype).replace('torch.', '')}" if fast.recurrent_dtype else ""))
             row = {"seed": seed, "snr_db": _fidelity.snr_db(want, got),
                    "log_mel_distance_db": _fidelity.log_mel_distance(want, got, cfg.sample_rate),
                    "worst_band_snr_db": _fidelity.worst_band_snr_db(want, got, cfg.sample_rate),
