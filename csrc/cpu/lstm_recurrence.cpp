@@ -15,8 +15,9 @@
 // float32 after masking, the low half after a 16-bit shift); int8 with a float32 scale per row.
 // State, accumulation and the cell are float32 for every input dtype.
 //
-// Portability: built without -m flags. The matvec tiles are compiled for AVX-512 and for AVX2 + FMA with
-// function-level target attributes and chosen at run time (__builtin_cpu_supports); other CPUs run plain loops.
+// Portability: built without -m flags. The matvec tiles are compiled for AVX-512 and for AVX2 + FMA, the cell
+// and the int8 quantiser for AVX-512, with function-level target attributes, and chosen at run time
+// (__builtin_cpu_supports); other CPUs run plain loops (the same numbers up to float32 rounding).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -37,6 +38,10 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define JASCO_FAST_X86 1
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() (`__m512 __Y = __Y;`), which -Wall reports
+// as uninitialised at every inlined use: a known false positive.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace jasco_fast {
