@@ -6,7 +6,8 @@
 // recurrence kernel (csrc/cpu/lstm_recurrence.cpp: float32 state and arithmetic, W_hh streamed in its own
 // dtype, as bfloat16 or as int8); everywhere else ATen's LSTM (oneDNN on CPU, cuDNN on CUDA).
 // recurrent_dtype = bfloat16 / int8 stores the recurrent matrices in that format (lstm_recurrence.h); where
-// the kernel does not run, ATen's LSTM computes with the stored values converted back to the weights' dtype. Inference only: there is no autograd formula.
+// the kernel does not run, ATen's LSTM computes with the stored values converted back to the weights' dtype.
+// Inference only: there is no autograd formula.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -77,7 +78,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
     stored = weights.vec();
     for (int64_t l = 0; l < num_layers; ++l) {
       const at::Tensor& w_hh = weights[4 * l + 1];
-      stored[4 * l + 1] = recurrent == at::kChar ? dequantized_int8_rows(w_hh) : w_hh.to(recurrent).to(w_hh.scalar_type());
+      stored[4 * l + 1] =
+          recurrent == at::kChar ? dequantized_int8_rows(w_hh) : w_hh.to(recurrent).to(w_hh.scalar_type());
     }
     weights = stored;
   }

@@ -23,8 +23,8 @@ TORCH_LIBRARY(jasco_fast, m) {
   // layer), from state (h0, c0) (zeros when absent; [num_layers, B, C]); also returns the state after the
   // first `state_frames` frames (default: all). Outputs: y [B, T, C] contiguous, h, c. recurrent_dtype:
   // None (or the weights' dtype) uses W_hh as given; torch.bfloat16 (float32 weights) rounds each W_hh to
-  // bfloat16; torch.int8 quantises it to int8 with a float32 scale per row (csrc/lstm_recurrence.h). The
-  // arithmetic stays float32.
+  // bfloat16; torch.int8 quantises it to int8 with a float32 scale per row (csrc/lstm_recurrence.h). On CPU
+  // at B <= 8 the arithmetic is float32 whatever the dtypes (csrc/cpu/lstm_recurrence.cpp).
   m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
         "int? state_frames=None, ScalarType? recurrent_dtype=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::needs_fixed_stride_order});

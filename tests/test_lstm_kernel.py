@@ -1,7 +1,7 @@
 """The CPU recurrence kernel of jasco_fast::lstm_skip (csrc/cpu/lstm_recurrence.cpp, B <= 8) and its recurrent
 weight formats, against nn.LSTM's arithmetic in float64.
 
-Tolerances, relative to the peak |output| of the reference:
+Tolerances, relative to the peak |value| of the reference (at least 1: gates and cell are O(1) arithmetic):
 - float32: 1e-6 (float32 state and accumulation; the reference is float64 on the same float32 values);
 - bfloat16: inputs and weights bfloat16-rounded, the reference float64 on those rounded values; the kernel's
   input GEMM rounds its projections to bfloat16 (as ATen's bfloat16 LSTM does) and its output is rounded
@@ -90,7 +90,9 @@ def reference(seq, weights, layers, h0=None, c0=None, n=None):
 
 
 def assert_close_rel(got, want, rel, what=""):
-    peak = max(want.abs().max().item(), 1e-30)
+    # at least 1: the gates and the cell are O(1) quantities, so a tiny h or c (cancellation in
+    # c = f c + i g) still carries float32 errors of O(1) arithmetic
+    peak = max(want.abs().max().item(), 1.0)
     err = (got.double() - want).abs().max().item()
     assert err <= rel * peak, f"{what}: max error {err:.3g} > {rel:g} x peak {peak:.3g}"
     return err / peak
@@ -136,8 +138,9 @@ def test_matches_float64_reference(B, T, C, dtype, recurrent_dtype):
 
 
 @pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
-def test_strided_input(dtype, recurrent_dtype):
-    y, h, c = check_case(2, 9, 24, 2, True, 4, dtype, recurrent_dtype, contiguous=False)
+def test_strided_input_and_odd_width(dtype, recurrent_dtype):
+    """A [B, T, C] view that is not contiguous, and an odd C (bfloat16 tiles pair inputs: the last is padded)."""
+    check_case(2, 9, 33, 2, True, 4, dtype, recurrent_dtype, contiguous=False)
 
 
 @pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)

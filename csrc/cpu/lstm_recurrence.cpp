@@ -3,10 +3,11 @@
 // At B = 1 every step of an LSTM multiplies the whole recurrent matrix W_hh [4C, C] by one vector: the time
 // goes into streaming W_hh (16 MB per layer in float32 for C = 1024), not into arithmetic. So, layer by layer:
 //   1. the input projections of all T frames at once, one GEMM (ATen: oneDNN / AMX);
-//   2. the recurrence, in ONE OpenMP parallel region per layer with a barrier per step. The hidden units are
-//      split over the threads in groups of 16; a thread computes all four gate rows of its units, so the
-//      cell update needs nothing from other threads, and reads the same part of W_hh every step (its share
-//      stays in its own caches when it fits: the 8-bit format at C = 1024 is 2 MB per thread on 2 threads).
+//   2. the recurrence, in ONE OpenMP parallel region per layer, synchronised once per step. The hidden units
+//      go in groups of 16; whoever runs a group computes all four gate rows of its units, so the cell update
+//      needs nothing from other threads. Each thread owns a fixed range of groups and reads the same part of
+//      W_hh every step (its share stays in its own caches when it fits: the 8-bit format at C = 1024 is 2 MB
+//      per thread on 2 threads); a thread that has lost its core has its groups taken over (run_layer).
 // W_hh is packed once per call into tiles that the matvec streams front to back: tile = TW packed rows
 // (packed row p: unit group p / 64, gate (p % 64) / 16, unit 16 * (p / 64) + p % 16) x all C inputs,
 // stored k-major ([k][TW]), so one vector load is TW consecutive rows at input k and no horizontal sums are
@@ -14,19 +15,22 @@
 // float32 after masking, the low half after a 16-bit shift); int8 with a float32 scale per row.
 // State, accumulation and the cell are float32 for every input dtype.
 //
-// Portability: built without -m flags. The matvec tiles are compiled for AVX-512 and for AVX2 + FMA with
-// function-level target attributes and chosen at run time (__builtin_cpu_supports); other CPUs run plain loops.
+// Portability: built without -m flags. The matvec tiles are compiled for AVX-512 and for AVX2 + FMA, the cell
+// and the int8 quantiser for AVX-512, with function-level target attributes, and chosen at run time
+// (__builtin_cpu_supports); other CPUs run plain loops (the same numbers up to float32 rounding).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../lstm_recurrence.h"
@@ -34,6 +38,10 @@
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #define JASCO_FAST_X86 1
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() (`__m512 __Y = __Y;`), which -Wall reports
+// as uninitialised at every inlined use: a known false positive.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace jasco_fast {
@@ -504,56 +512,92 @@ struct LayerIo {
   float* c_out;
 };
 
+// Step synchronisation that survives a descheduled thread. A plain barrier per step makes every thread wait
+// for the slowest; on a machine whose cores are shared with other processes a thread loses its core for a
+// time slice (milliseconds) at a time, and with a barrier per step (1000 per call here) the whole call then
+// runs about 10x slower (measured: oneDNN's LSTM, which also synchronises per step, as much). So each thread
+// owns a static range of unit groups (the same every step: its share of W_hh stays in its caches) and takes
+// them one by one from a ticket counter; when its own are gone it takes the others' remaining ones; a step
+// ends when all groups of the step are done (a counter of completed groups, not of arriving threads).
+// Tickets and completions only grow: thread i's tickets of step t are [t n_i, (t + 1) n_i).
+struct alignas(64) Counter {
+  std::atomic<int64_t> value{0};
+};
+
+inline void spin_pause(int64_t& spins) {
+  if (++spins < 2000) {
+#ifdef JASCO_FAST_X86
+    _mm_pause();
+#endif
+  } else {
+    std::this_thread::yield();  // let a descheduled peer (or the process holding our core) run
+  }
+}
+
 // xp: the input projections [B, T, 4C] (without biases), float32 or bfloat16.
 template <typename xp_t>
 void run_layer(const PackedRecurrent& w, TileFn tile_fn, const xp_t* xp, const LayerIo& io, int threads) {
-  const int64_t B = io.B, T = io.T, C = io.C, hs = io.h_stride;
+  const int64_t B = io.B, T = io.T, C = io.C, G = w.groups, hs = io.h_stride;
   const int64_t tiles_per_group = kGroupRows / w.width;
   const uint8_t* packed = w.data.const_data_ptr<uint8_t>();
   const float* scale = w.scale.defined() ? w.scale.const_data_ptr<float>() : nullptr;
 #ifdef JASCO_FAST_X86
   const bool vector_cell = has_avx512();
 #endif
+  if (io.state_frames == 0) {  // the state after no frames: the initial one
+    for (int64_t b = 0; b < B; ++b) {
+      std::memcpy(io.h_out + b * C, io.h + b * hs, C * sizeof(float));
+      std::memcpy(io.c_out + b * C, io.c + b * C, C * sizeof(float));
+    }
+  }
+  std::vector<Counter> tickets(threads);
+  Counter done;
 
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t g0 = w.groups * tid / nth, g1 = w.groups * (tid + 1) / nth;
     std::vector<float> pre(B * kGroupRows);
-    if (io.state_frames == 0) {
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = g0 * kUnitGroup; j < std::min(C, g1 * kUnitGroup); ++j) {
-          io.h_out[b * C + j] = io.h[b * hs + j];
-          io.c_out[b * C + j] = io.c[b * C + j];
-        }
-    }
-    for (int64_t t = 0; t < T; ++t) {
+    // one unit group at step t: the matvec tiles, then the cell of its units for every batch entry
+    auto run_group = [&](int64_t g, int64_t t) {
       const float* h_prev = io.h + (t & 1) * B * hs;
       float* h_next = io.h + ((t + 1) & 1) * B * hs;
-      for (int64_t g = g0; g < g1; ++g) {
-        for (int64_t i = 0; i < tiles_per_group; ++i) {
-          const int64_t tile = g * tiles_per_group + i;
-          tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
-                  pre.data() + i * w.width);
-        }
-        const int64_t j0 = g * kUnitGroup, n = std::min(kUnitGroup, C - j0);
-        const bool snapshot = t + 1 == io.state_frames;
-        for (int64_t b = 0; b < B; ++b) {
-          const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
-                           io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
-                           snapshot ? io.c_out + b * C : nullptr};
-          const xp_t* x = xp + (b * T + t) * 4 * C;
+      for (int64_t i = 0; i < tiles_per_group; ++i) {
+        const int64_t tile = g * tiles_per_group + i;
+        tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
+                pre.data() + i * w.width);
+      }
+      const int64_t j0 = g * kUnitGroup, n = std::min(kUnitGroup, C - j0);
+      const bool snapshot = t + 1 == io.state_frames;
+      for (int64_t b = 0; b < B; ++b) {
+        const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
+                         io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
+                         snapshot ? io.c_out + b * C : nullptr};
+        const xp_t* x = xp + (b * T + t) * 4 * C;
 #ifdef JASCO_FAST_X86
-          if (vector_cell) {
-            cell_avx512(a, x, C, j0, n);
-            continue;
-          }
+        if (vector_cell) {
+          cell_avx512(a, x, C, j0, n);
+          continue;
+        }
 #endif
-          cell_portable(a, x, C, j0, n);
+        cell_portable(a, x, C, j0, n);
+      }
+    };
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t k = 0; k < nth; ++k) {  // own groups first, then the others'
+        const int64_t owner = (tid + k) % nth;
+        const int64_t first = G * owner / nth, count = G * (owner + 1) / nth - first;
+        std::atomic<int64_t>& next = tickets[owner].value;
+        int64_t v = next.load(std::memory_order_relaxed);
+        while (v < (t + 1) * count) {
+          if (!next.compare_exchange_weak(v, v + 1, std::memory_order_relaxed)) continue;
+          run_group(first + v - t * count, t);
+          done.value.fetch_add(1, std::memory_order_release);  // publishes the group's h, c, y
+          v = next.load(std::memory_order_relaxed);
         }
       }
-      // every thread reads all of h_prev in the next step: h_next must be complete
-#pragma omp barrier
+      // every group reads all of h_prev in the next step: wait for the whole step
+      int64_t spins = 0;
+      while (done.value.load(std::memory_order_acquire) < (t + 1) * G) spin_pause(spins);
     }
   }
 }
