@@ -84,7 +84,7 @@ def _layer_by_layer():
     """Every convolution as its own module call, so forward hooks see it (the CPU tail ops run a residual block,
     and the last activation + convolution, as one op)."""
     saved = jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS
-    jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS = jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS = 0
+    jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS = {}, 0
     try:
         yield
     finally:

@@ -233,12 +233,13 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
     return out[..., :out.shape[-1] - extra] if extra else out
 
 
-# Residual blocks with at most this many channels run as jasco_fast::elu_resblock on the CPU. Measured on this
-# project's CPU (benchmarks/NOTES_decode_cpu.md), float32, 2 threads, against the block compiled by Inductor
-# (oneDNN convolutions): 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x the time. bfloat16 blocks of 128
-# and 256 channels measured faster alone through oneDNN (AMX tiles), but the whole bfloat16 decode was faster
-# with the op up to 256 channels than up to 64 (bf16 / f32 time 0.61 vs 0.63, same run).
-FUSED_RESBLOCK_MAX_CHANNELS = 256
+# Residual blocks with at most this many channels (by activation dtype) run as jasco_fast::elu_resblock on the
+# CPU. Measured on this project's CPU (benchmarks/NOTES_decode_cpu.md), 2 threads. float32, alone against the
+# block compiled by Inductor (oneDNN convolutions): 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x the time.
+# bfloat16: alone, oneDNN's AMX convolutions win from 128 channels on, but in the whole decode the op on every
+# block measured fastest (10 s at B = 1: 237 / 232 ms up to 512 channels, 246 / 235 up to 256, 267 / 270 up
+# to 64; alternating processes): it also replaces Inductor's bfloat16 ELU / padding / add kernels around them.
+FUSED_RESBLOCK_MAX_CHANNELS = {torch.float32: 256, torch.bfloat16: 512}
 # An activation + convolution with at most this many output channels (the final one: audio channels) runs as
 # jasco_fast::elu_conv on the CPU (64 -> 1 channels, k = 7: 0.19x oneDNN's time).
 FUSED_CONV_MAX_OUT_CHANNELS = 8
@@ -411,7 +412,7 @@ class ResBlock(nn.Module):
         c1, c2 = self.conv1, self.conv2
         return (type(self.act1) is nn.ELU and type(self.act2) is nn.ELU and self.act1.alpha == self.act2.alpha
                 and isinstance(self.shortcut, nn.Identity) and c1.norm is None and c2.norm is None
-                and c2.weight.shape[-1] == 1 and x.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS
+                and c2.weight.shape[-1] == 1 and x.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(x.dtype, 0)
                 and _fused_kernel_applies(x, c1.weight, c1.bias, c2.weight, c2.bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -222,14 +222,19 @@ def test_opcheck(op):
 
 
 def test_where_the_decoder_uses_them():
-    narrow, wide = make_block(FUSED_RESBLOCK_MAX_CHANNELS), make_block(2 * FUSED_RESBLOCK_MAX_CHANNELS)
-    x = torch.empty(1, FUSED_RESBLOCK_MAX_CHANNELS, 1, 4)
+    widest = FUSED_RESBLOCK_MAX_CHANNELS[torch.float32]
+    narrow, wide = make_block(widest), make_block(2 * widest)
+    x = torch.empty(1, widest, 1, 4)
     with torch.no_grad():
         assert narrow._fusable(x)
         assert narrow._fusable(x.bfloat16())
         assert not narrow._fusable(x.double())
+        assert not narrow._fusable(x.half())
         assert not narrow._fusable(x.to("meta"))
-        assert not wide._fusable(torch.empty(1, 2 * FUSED_RESBLOCK_MAX_CHANNELS, 1, 4))
+        assert not wide._fusable(torch.empty(1, 2 * widest, 1, 4))
+        bf16 = FUSED_RESBLOCK_MAX_CHANNELS[torch.bfloat16]
+        assert make_block(bf16)._fusable(torch.empty(1, bf16, 1, 4, dtype=torch.bfloat16))
+        assert not make_block(2 * bf16)._fusable(torch.empty(1, 2 * bf16, 1, 4, dtype=torch.bfloat16))
     with torch.enable_grad():  # gradients wanted: the layer-by-layer path (the ops have no autograd formula)
         assert not narrow._fusable(x)  # the parameters require grad
         frozen = make_block(16).requires_grad_(False)
