@@ -181,7 +181,8 @@ def main(argv=None) -> dict:
     if n_ckpt < 1 or seconds <= 0:
         raise SystemExit("bench_fidelity: --checkpoints must be >= 1 and --seconds > 0")
     result = {"benchmark": "fidelity", **provenance("bench_fidelity.py", argv, args.device, args.note),
-              "rounds": None, "seconds": seconds,  # no timing: nothing is repeated "weights": WEIGHTS_DOC, "latents": LATENTS_DOC,
+              "rounds": None, "seconds": seconds,  # no timing: nothing is repeated
+              "weights": WEIGHTS_DOC, "latents": LATENTS_DOC,
               "metrics": {"snr_db": "10 log10(signal power / error power) over all samples",
                           "log_mel_distance_db": "mean |10 log10(mel power ratio)|, 80 HTK mels to 16 kHz, "
                                                  "n_fft 2048, hop 512, floor -100 dB below the loudest bin",
