@@ -17,9 +17,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -28,6 +28,8 @@
 #include <immintrin.h>
 #define JASCO_FAST_X86 1
 #endif
+
+#include "cpu_isa.h"
 
 namespace jasco_fast {
 namespace {
@@ -115,27 +117,38 @@ struct ConvArgs {
 #undef JF_WIDTH
 #endif
 
-// The copies of the loops, best last: what this CPU runs, or a lower one named by the environment variable
-// JASCO_FAST_TAIL_ISA ("avx512", "avx2", "portable"; read once), so that tests reach every copy on one machine.
-enum class TailIsa { portable, avx2, avx512 };
-
-TailIsa tail_isa() {
-  static const TailIsa isa = [] {
-    TailIsa best = TailIsa::portable;
-#ifdef JASCO_FAST_X86
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = TailIsa::avx2;
-    if (best == TailIsa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      best = TailIsa::avx512;
-#endif
-    const char* want = std::getenv("JASCO_FAST_TAIL_ISA");
-    const std::string cap = want ? want : "";
-    if (cap == "portable") return TailIsa::portable;
-    if (cap == "avx2") return std::min(best, TailIsa::avx2);
-    if (cap == "avx512") return std::min(best, TailIsa::avx512);
-    return best;
-  }();
+// The copy of the loops this CPU runs (cpu_isa.h): JASCO_FAST_TAIL_ISA ("avx512", "avx2", "portable"; read once)
+// lowers it, so that tests reach every copy on one machine.
+CpuIsa tail_isa() {
+  static const CpuIsa isa = cpu_isa_capped_by("JASCO_FAST_TAIL_ISA");
   return isa;
+}
+
+// Calls f with a null pointer of x's activation type (float or c10::BFloat16).
+template <typename F>
+void with_activation_type(const at::Tensor& x, F&& f) {
+  if (x.scalar_type() == at::kFloat) {
+    f(static_cast<float*>(nullptr));
+  } else {
+    f(static_cast<c10::BFloat16*>(nullptr));
+  }
+}
+
+template <typename Args>
+using TileKernel = void (*)(const Args&, int64_t, int64_t);
+
+// The AVX-512, AVX2 and portable copies of a tile kernel, for run_tiles.
+#ifdef JASCO_FAST_X86
+#define JF_KERNEL_COPIES(kernel, type) {&avx512::kernel<type>, &avx2::kernel<type>, &portable::kernel<type>}
+#else
+#define JF_KERNEL_COPIES(kernel, type) {nullptr, nullptr, &portable::kernel<type>}
+#endif
+
+// Runs tile jobs [0, jobs) over the threads with the copy for `width` (vector_width: 16, 8 or 1).
+template <typename Args>
+void run_tiles(int64_t jobs, int width, const Args& args, const std::array<TileKernel<Args>, 3>& copies) {
+  const TileKernel<Args> kernel = copies[width == 16 ? 0 : width == 8 ? 1 : 2];
+  at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
 }
 
 // The widest float32 copy this CPU runs whose vector width divides every channel count.
@@ -143,8 +156,8 @@ int vector_width(std::initializer_list<int64_t> channels) {
   auto divides = [&](int64_t w) {
     return std::all_of(channels.begin(), channels.end(), [w](int64_t c) { return c % w == 0; });
   };
-  if (tail_isa() >= TailIsa::avx512 && divides(16)) return 16;
-  if (tail_isa() >= TailIsa::avx2 && divides(8)) return 8;
+  if (tail_isa() >= CpuIsa::avx512 && divides(16)) return 16;
+  if (tail_isa() >= CpuIsa::avx2 && divides(8)) return 8;
   return 1;
 }
 
@@ -248,25 +261,14 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
   const int64_t jobs = B * ((T + tile - 1) / tile);
   const int width = vector_width({C, H});
 
-  auto run = [&](auto* typed) {
+  with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
-    ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), B, T, C, H, k, dilation, pad_left, tile,
-                          make_pad_map(op, mode, T, pad_left, pad_right), w1p.const_data_ptr<float>(),
-                          b1f.const_data_ptr<float>(), w2p.const_data_ptr<float>(), b2f.const_data_ptr<float>(),
-                          static_cast<float>(alpha)};
-    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
-#ifdef JASCO_FAST_X86
-      if (width == 16) return avx512::resblock_tiles(args, begin, end);
-      if (width == 8) return avx2::resblock_tiles(args, begin, end);
-#endif
-      portable::resblock_tiles(args, begin, end);
-    });
-  };
-  if (x.scalar_type() == at::kFloat) {
-    run(static_cast<float*>(nullptr));
-  } else {
-    run(static_cast<c10::BFloat16*>(nullptr));
-  }
+    const ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), B, T, C, H, k, dilation, pad_left,
+                                tile, make_pad_map(op, mode, T, pad_left, pad_right), w1p.const_data_ptr<float>(),
+                                b1f.const_data_ptr<float>(), w2p.const_data_ptr<float>(), b2f.const_data_ptr<float>(),
+                                static_cast<float>(alpha)};
+    run_tiles(jobs, width, args, JF_KERNEL_COPIES(resblock_tiles, T_));
+  });
   return out;
 }
 
@@ -290,24 +292,13 @@ at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::
   const int64_t jobs = B * ((T + tile - 1) / tile);
   const int width = vector_width({C});
 
-  auto run = [&](auto* typed) {
+  with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
-    ConvArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, Cout, k, dilation, pad_left, tile,
-                      make_pad_map(op, mode, T, pad_left, pad_right), wp.const_data_ptr<float>(),
-                      bf.const_data_ptr<float>(), static_cast<float>(alpha)};
-    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
-#ifdef JASCO_FAST_X86
-      if (width == 16) return avx512::conv_tiles(args, begin, end);
-      if (width == 8) return avx2::conv_tiles(args, begin, end);
-#endif
-      portable::conv_tiles(args, begin, end);
-    });
-  };
-  if (x.scalar_type() == at::kFloat) {
-    run(static_cast<float*>(nullptr));
-  } else {
-    run(static_cast<c10::BFloat16*>(nullptr));
-  }
+    const ConvArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, Cout, k, dilation, pad_left,
+                            tile, make_pad_map(op, mode, T, pad_left, pad_right), wp.const_data_ptr<float>(),
+                            bf.const_data_ptr<float>(), static_cast<float>(alpha)};
+    run_tiles(jobs, width, args, JF_KERNEL_COPIES(conv_tiles, T_));
+  });
   return out;
 }
 

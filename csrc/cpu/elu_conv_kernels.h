@@ -27,27 +27,17 @@ JF_TARGET inline void vstore(c10::BFloat16* p, V v) {  // round to nearest even,
   r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
-// ELU: x for x > 0, alpha * expm1(x) otherwise (NaN stays NaN).
-JF_TARGET inline V velu(V x, float alpha) {
-  const V zero = _mm512_setzero_ps();
-  // min/max return their second operand when one is NaN: NaN goes through the polynomial and stays NaN
-  V n = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(zero, x));
-  const V k = _mm512_roundscale_ps(_mm512_mul_ps(n, _mm512_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  V r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), n);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  V p = _mm512_set1_ps(1.0f / 40320);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 5040));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r);  // expm1(r)
-  const V s = _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));  // 2^k, k >= -126
-  const V e = _mm512_fmadd_ps(s, p, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));  // expm1(x) = 2^k expm1(r) + 2^k - 1
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), _mm512_mul_ps(e, _mm512_set1_ps(alpha)), x);
+JF_TARGET inline V vmin(V a, V b) { return _mm512_min_ps(a, b); }  // b when either is NaN
+JF_TARGET inline V vmax(V a, V b) { return _mm512_max_ps(a, b); }  // b when either is NaN
+JF_TARGET inline V vmul(V a, V b) { return _mm512_mul_ps(a, b); }
+JF_TARGET inline V vsub(V a, V b) { return _mm512_sub_ps(a, b); }
+JF_TARGET inline V vfnma(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+JF_TARGET inline V vround(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+JF_TARGET inline V vpow2(V k) {  // 2^k for integral k >= -126
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));
+}
+JF_TARGET inline V vpositive_else(V x, V other) {  // x > 0 ? x : other
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), other, x);
 }
 #elif JF_WIDTH == 8
 using V = __m256;
@@ -77,25 +67,17 @@ JF_TARGET inline void vstore(c10::BFloat16* p, V v) {
   const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
 }
-JF_TARGET inline V velu(V x, float alpha) {
-  const V zero = _mm256_setzero_ps();
-  V n = _mm256_max_ps(_mm256_set1_ps(-87.0f), _mm256_min_ps(zero, x));
-  const V k = _mm256_round_ps(_mm256_mul_ps(n, _mm256_set1_ps(1.44269504088896341f)),
-                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  V r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), n);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  V p = _mm256_set1_ps(1.0f / 40320);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 5040));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r);
-  const V s = _mm256_castsi256_ps(_mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
-  const V e = _mm256_fmadd_ps(s, p, _mm256_sub_ps(s, _mm256_set1_ps(1.0f)));
-  return _mm256_blendv_ps(_mm256_mul_ps(e, _mm256_set1_ps(alpha)), x, _mm256_cmp_ps(x, zero, _CMP_GT_OQ));
+JF_TARGET inline V vmin(V a, V b) { return _mm256_min_ps(a, b); }  // b when either is NaN
+JF_TARGET inline V vmax(V a, V b) { return _mm256_max_ps(a, b); }  // b when either is NaN
+JF_TARGET inline V vmul(V a, V b) { return _mm256_mul_ps(a, b); }
+JF_TARGET inline V vsub(V a, V b) { return _mm256_sub_ps(a, b); }
+JF_TARGET inline V vfnma(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
+JF_TARGET inline V vround(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+JF_TARGET inline V vpow2(V k) {  // 2^k for integral k >= -126
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+}
+JF_TARGET inline V vpositive_else(V x, V other) {  // x > 0 ? x : other
+  return _mm256_blendv_ps(other, x, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
 }
 #else
 using V = float;
@@ -109,6 +91,29 @@ inline float vsum(V v) { return v; }
 inline V vload(const c10::BFloat16* p) { return static_cast<float>(*p); }
 inline void vstore(c10::BFloat16* p, V v) { *p = c10::BFloat16(v); }
 inline V velu(V x, float alpha) { return x > 0.0f ? x : (x == x ? alpha * std::expm1(x) : x); }
+#endif
+
+#if JF_WIDTH > 1
+// ELU: x for x > 0, alpha * expm1(x) otherwise (NaN stays NaN). expm1(x) = 2^k expm1(r) + 2^k - 1 with
+// x = k ln 2 + r, |r| <= ln 2 / 2 (ln 2 split in two for the reduction), expm1(r) by its degree-8 Taylor
+// polynomial (truncation below 1e-9 relative); x is clamped to [-87, 0] first, where expm1 is -1 in float32.
+JF_TARGET inline V velu(V x, float alpha) {
+  // min / max pass a NaN x through (their second operand), so it stays NaN through the polynomial
+  const V n = vmax(vset1(-87.0f), vmin(vset1(0.0f), x));
+  const V k = vround(vmul(n, vset1(1.44269504088896341f)));
+  V r = vfnma(k, vset1(0.693359375f), n);
+  r = vfnma(k, vset1(-2.12194440e-4f), r);
+  V p = vset1(1.0f / 40320);
+  p = vfma(p, r, vset1(1.0f / 5040));
+  p = vfma(p, r, vset1(1.0f / 720));
+  p = vfma(p, r, vset1(1.0f / 120));
+  p = vfma(p, r, vset1(1.0f / 24));
+  p = vfma(p, r, vset1(1.0f / 6));
+  p = vfma(p, r, vset1(0.5f));
+  p = vfma(vmul(p, r), r, r);  // expm1(r)
+  const V s = vpow2(k);
+  return vpositive_else(x, vmul(vfma(s, p, vsub(s, vset1(1.0f))), vset1(alpha)));
+}
 #endif
 
 constexpr int kRows = 6;  // rows of a register block; tiles are padded to a multiple of it

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "../lstm_recurrence.h"
+#include "cpu_isa.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -90,26 +91,14 @@ void tile_portable(const void* tile, int64_t k_steps, const float* h, int64_t h_
 #define JF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx2")))
 #define JF_AVX2_FMA __attribute__((target("avx2,fma")))
 
-// The instruction set the kernel uses: the best this CPU has, or a lower one named by the environment
-// variable JASCO_FAST_LSTM_ISA ("avx2", "portable"; read once), so that tests reach every path on one machine.
-enum class Isa { kPortable, kAvx2, kAvx512 };
-
-Isa cpu_isa() {
-  static const Isa isa = [] {
-    Isa best = Isa::kPortable;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
-    if (best == Isa::kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
-      best = Isa::kAvx512;
-    const char* want = std::getenv("JASCO_FAST_LSTM_ISA");
-    if (want && std::string(want) == "portable") return Isa::kPortable;
-    if (want && std::string(want) == "avx2" && best == Isa::kAvx512) return Isa::kAvx2;
-    return best;
-  }();
+// The instruction set the kernel uses (cpu_isa.h): JASCO_FAST_LSTM_ISA ("avx2", "portable"; read once) lowers it,
+// so that tests reach every path on one machine.
+CpuIsa cpu_isa() {
+  static const CpuIsa isa = cpu_isa_capped_by("JASCO_FAST_LSTM_ISA");
   return isa;
 }
-bool has_avx512() { return cpu_isa() == Isa::kAvx512; }
-bool has_avx2_fma() { return cpu_isa() != Isa::kPortable; }
+bool has_avx512() { return cpu_isa() == CpuIsa::avx512; }
+bool has_avx2_fma() { return cpu_isa() != CpuIsa::portable; }
 
 // V vectors of 16 rows x NB batch columns of accumulators.
 template <WeightFormat F, int V, int NB>

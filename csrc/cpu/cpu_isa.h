@@ -1,0 +1,38 @@
+// The vector instruction sets the CPU kernels have copies for (compiled with function-level target attributes,
+// chosen at run time), and that choice: the best this CPU runs, or a lower one named by an environment
+// variable, so that tests reach every copy of a kernel on one machine.
+#pragma once
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+
+namespace jasco_fast {
+
+// avx2: AVX2 + FMA; avx512: AVX-512 F, BW, VL and DQ (with AVX2 + FMA). Ordered: a higher one includes the lower.
+enum class CpuIsa { portable, avx2, avx512 };
+
+inline CpuIsa best_cpu_isa() {
+  CpuIsa best = CpuIsa::portable;
+#if defined(__GNUC__) && defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = CpuIsa::avx2;
+  if (best == CpuIsa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    best = CpuIsa::avx512;
+#endif
+  return best;
+}
+
+// best_cpu_isa(), lowered to the value of the environment variable `env` ("avx512", "avx2" or "portable";
+// unset or anything else: not lowered).
+inline CpuIsa cpu_isa_capped_by(const char* env) {
+  const CpuIsa best = best_cpu_isa();
+  const char* value = std::getenv(env);
+  const std::string cap = value ? value : "";
+  if (cap == "portable") return CpuIsa::portable;
+  if (cap == "avx2") return std::min(best, CpuIsa::avx2);
+  if (cap == "avx512") return std::min(best, CpuIsa::avx512);
+  return best;
+}
+
+}  // namespace jasco_fast
