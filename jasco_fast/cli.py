@@ -23,7 +23,7 @@ from jasco_fast.audio import FORMATS, STRATEGIES, mp3_rate_range, write_batch
 from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 from jasco_fast.errors import is_out_of_memory
 from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
-from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
+from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, recurrent_format_supported
 from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
 from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES, DTYPES, LatentDecoder
 from jasco_fast.pipeline import CodeDecoder
@@ -221,9 +221,11 @@ def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = Fa
 def _recurrent_dtype(args) -> torch.dtype | None:
     if args.recurrent_dtype is None:
         return None
-    if args.recurrent_dtype == "bfloat16" and args.dtype not in ("float32", "bfloat16"):
-        raise UsageError(f"--recurrent-dtype bfloat16 needs --dtype float32 (or bfloat16), got --dtype {args.dtype}")
-    return DTYPES.get(args.recurrent_dtype, torch.int8)
+    recurrent = DTYPES.get(args.recurrent_dtype, torch.int8)
+    if not recurrent_format_supported(recurrent, DTYPES[args.dtype]):
+        raise UsageError(f"--recurrent-dtype {args.recurrent_dtype} needs --dtype float32 (or bfloat16), got --dtype "
+                         f"{args.dtype}")
+    return recurrent
 
 
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:

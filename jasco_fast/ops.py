@@ -288,6 +288,12 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
     return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype)
 
 
+def recurrent_format_supported(recurrent_dtype: torch.dtype | None, weight_dtype: torch.dtype) -> bool:
+    """Whether lstm_skip streams ``weight_dtype`` recurrent matrices as ``recurrent_dtype`` (the C++ op's rule)."""
+    return (recurrent_dtype is None or recurrent_dtype in (weight_dtype, torch.int8)
+            or (recurrent_dtype == torch.bfloat16 and weight_dtype == torch.float32))
+
+
 @torch.library.register_fake("jasco_fast::lstm_skip")
 def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None):
     torch._check(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
@@ -304,9 +310,9 @@ def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_d
     if state_frames is not None:
         torch._check(0 <= state_frames, lambda: f"lstm_skip: state_frames must be >= 0, got {state_frames}")
         torch._check(state_frames <= T, lambda: f"lstm_skip: state_frames must be <= T, got {state_frames}")
-    if recurrent_dtype is not None and len(weights) >= 2:
+    if len(weights) >= 2:
         own = weights[1].dtype
-        torch._check(recurrent_dtype in (own, torch.int8) or (recurrent_dtype == torch.bfloat16 and own == torch.float32),
+        torch._check(recurrent_format_supported(recurrent_dtype, own),
                      lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
                              f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
     out = seq.new_empty((B, T, C))  # contiguous

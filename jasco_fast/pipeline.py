@@ -16,7 +16,8 @@ from jasco_fast import artifacts
 from jasco_fast.memory import reuse_freed_memory
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
-from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose
+from jasco_fast.ops import (JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose,
+                            recurrent_format_supported)
 from jasco_fast.overlap import to_device
 from jasco_fast.quantizer import Quantizer, as_codes
 from jasco_fast.streaming import POSITIONS, ChunkPlan, ChunkStep, chunk_plan, run_chunks, why_not_chunkable
@@ -618,12 +619,11 @@ def _program_owner(config: dict, dtype: str, channels_last: bool, statistics_sha
 
 def _recurrent_dtype(recurrent_dtype, dtype: torch.dtype) -> torch.dtype | None:
     """The LSTM's recurrent format, None when it is the compute dtype itself."""
-    if recurrent_dtype is None or recurrent_dtype == dtype:
-        return None
-    if recurrent_dtype == torch.int8 or (recurrent_dtype == torch.bfloat16 and dtype == torch.float32):
-        return recurrent_dtype
-    raise ValueError(f"recurrent_dtype must be None, torch.int8, or torch.bfloat16 with a float32 dtype; got "
-                     f"{recurrent_dtype!r} with dtype {dtype}")
+    if not (recurrent_dtype is None or isinstance(recurrent_dtype, torch.dtype)) \
+            or not recurrent_format_supported(recurrent_dtype, dtype):
+        raise ValueError(f"recurrent_dtype must be None, torch.int8, or torch.bfloat16 with a float32 dtype; got "
+                         f"{recurrent_dtype!r} with dtype {dtype}")
+    return None if recurrent_dtype == dtype else recurrent_dtype
 
 
 def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
