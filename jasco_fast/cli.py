@@ -539,8 +539,9 @@ def cmd_demo(args) -> int:
                 "`jasco-fast compile`)")
     else:
         mode = {"aot": "ahead-of-time compiled decoder from the cache"}.get(fast.backend, fast.backend)
+    recurrent = f", {args.recurrent_dtype} recurrent" if fast.recurrent_dtype is not None else ""
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "
-          f"{args.dtype}, {device}):")
+          f"{args.dtype}{recurrent}, {device}):")
     print(f"  first call {first:.2f} s, "
           f"warm call {warm:.3f} s: real-time factor {audio_seconds / warm:.1f}x "
           f"({audio_seconds:g} audio s / {warm:.3f} wall s)")
