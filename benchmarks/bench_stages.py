@@ -19,7 +19,8 @@ Each stage's floor is a roofline: the larger of
 * its unavoidable memory traffic (read the input, write the output, read the weights once) at the
   measured copy bandwidth of a buffer too large for the private caches,
 and for the LSTM (B = 1: each step reads each layer's recurrent matrix) the recurrent weight bytes x T
-at the measured matrix-vector bandwidth (``torch.mv`` on one layer's [4C, C] matrix), plus its input
+at the measured bandwidth of reading one layer's [4C, C] matrix (the faster of ``torch.mv`` over it and a sum
+over it), plus its input
 projections (a [T, C] x [C, 4C] GEMM per layer) at the GEMM rate of that shape.
 Writes benchmarks/results/stages_cpu.json (``--out`` to change).
 """
@@ -52,15 +53,26 @@ def _timer(stmt: str, env: dict, min_run_time: float) -> float:
 
 
 def gemm_rate(m: int, k: int, n: int, dtype=torch.float32, min_run_time: float = 0.2) -> float:
-    """FLOP/s of torch.mm([m, k] x [k, n])."""
+    """FLOP/s of an [m, k] x [k, n] GEMM: the faster of torch.mm and the same GEMM as a 1x1 convolution over a
+    channels-last [1, k, 1, m] input (oneDNN). Both count: torch's x86 wheels run float32 torch.mm through MKL,
+    which takes its AVX2 code on AMD CPUs (half the AVX-512 rate on Zen 5), while the decoder's
+    convolutions run on oneDNN."""
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    return 2 * m * k * n / _timer("torch.mm(a, b)", {"torch": torch, "a": a, "b": b}, min_run_time)
+    mm = _timer("torch.mm(a, b)", {"torch": torch, "a": a, "b": b}, min_run_time)
+    x = a.t().reshape(1, k, 1, m).contiguous(memory_format=torch.channels_last)
+    w = b.t().reshape(n, k, 1, 1).contiguous(memory_format=torch.channels_last)
+    conv = _timer("F.conv2d(x, w)", {"F": torch.nn.functional, "x": x, "w": w}, min_run_time)
+    return 2 * m * k * n / min(mm, conv)
 
 
 def matvec_bandwidth(rows: int, cols: int, dtype=torch.float32) -> float:
-    """Bytes/s of torch.mv over a [rows, cols] matrix (the matrix dominates the traffic)."""
+    """Bytes/s of reading a [rows, cols] matrix once: the faster of torch.mv over it (the matrix dominates the
+    traffic) and a sum over it (ATen's vectorised reduction; MKL's float32 mv reaches about half of it on
+    AMD CPUs)."""
     w, v = torch.randn(rows, cols, dtype=dtype), torch.randn(cols, dtype=dtype)
-    return w.numel() * w.element_size() / _timer("torch.mv(w, v)", {"torch": torch, "w": w, "v": v}, 0.5)
+    env = {"torch": torch, "w": w, "v": v}
+    best = min(_timer("torch.mv(w, v)", env, 0.5), _timer("w.sum()", env, 0.5))
+    return w.numel() * w.element_size() / best
 
 
 def copy_bandwidth(nbytes: int = 256 << 20) -> float:

@@ -22,6 +22,7 @@ chunked decoding from the network itself.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -285,16 +286,25 @@ class Conv(nn.Module):
 
 
 # Transposed convolutions with at least this many input channels run as a GEMM plus a shifted sum
-# (ConvTranspose._as_gemm) when their weights are bfloat16 on the CPU. Measured on this project's CPU (AMX):
+# (ConvTranspose._as_gemm) when their weights are bfloat16 on a CPU with AMX. Measured on an AMX CPU (Xeon):
 # oneDNN's bfloat16 deconvolution took 2-3x the GEMM form's time for the 1024- and 512-channel stages, but
-# less than it for the 256- and 128-channel ones; in float32 the direct deconvolution won at every stage
-# (benchmarks/NOTES_decode_cpu.md). float16 was not measured and keeps the deconvolution.
+# less than it for the 256- and 128-channel ones. Without AMX (AMD EPYC Zen 5, AVX512-BF16) oneDNN's
+# deconvolution won at every stage (1024: 12.2 against 14.1 ms, 512: 11.5 against 16.3, 128: 24 against 87;
+# benchmarks/NOTES_decode_cpu.md). In float32 the direct deconvolution won everywhere; float16 was not
+# measured and keeps it.
 GEMM_TRANSPOSED_CONV_MIN_CHANNELS = 512
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (oneDNN then runs bfloat16 GEMMs on them)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def _gemm_transposed_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS)
+            and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS and cpu_has_amx())
 
 
 class ConvTranspose(nn.Module):

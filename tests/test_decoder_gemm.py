@@ -7,6 +7,7 @@ import torch
 from checkpoints import rel_err
 
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
+import jasco_fast.decoder as decoder_module
 from jasco_fast.decoder import GEMM_TRANSPOSED_CONV_MIN_CHANNELS, ConvTranspose, _gemm_transposed_conv
 
 
@@ -31,9 +32,18 @@ def test_gemm_form_equals_conv_transpose(c_in, c_out, stride, kernel, causal, tr
     torch.testing.assert_close(layer._as_gemm(x.contiguous()), want, rtol=1e-12, atol=1e-12)
 
 
-def test_which_layers_take_the_gemm_form():
+@pytest.fixture
+def amx(monkeypatch):
+    """The GEMM form is chosen on CPUs with AMX only; pretend this one has it, so every machine tests it."""
+    monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: True)
+
+
+def test_which_layers_take_the_gemm_form(monkeypatch):
     wide = torch.empty(GEMM_TRANSPOSED_CONV_MIN_CHANNELS, 4, 1, 8)
     x = torch.empty(1, GEMM_TRANSPOSED_CONV_MIN_CHANNELS, 1, 3)
+    monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: False)
+    assert not _gemm_transposed_conv(x, wide.bfloat16())  # without AMX oneDNN's deconvolution measured faster
+    monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: True)
     assert _gemm_transposed_conv(x, wide.bfloat16())
     assert not _gemm_transposed_conv(x, wide)  # float32: oneDNN's deconvolution measured faster
     assert not _gemm_transposed_conv(x, wide.half())  # float16: not measured
@@ -49,7 +59,7 @@ def wide_decoder():
 
 
 @pytest.mark.parametrize("compile", [False, True])
-def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, compile, one_thread):
+def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, compile, one_thread, amx):
     """bf16 decode (GEMM form on the wide stage): error against the float32 reference within twice the
     error of the reference run in bf16, plus a small floor (the rule of tests/test_pipeline.py)."""
     assert any(isinstance(m, ConvTranspose) and m.weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS
@@ -64,7 +74,7 @@ def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, compile, one
     assert budget < 0.1
 
 
-def test_bfloat16_gemm_form_exports(wide_decoder, one_thread):
+def test_bfloat16_gemm_form_exports(wide_decoder, one_thread, amx):
     """torch.export (what the ahead-of-time artifacts build on) traces the GEMM form too."""
     decoder = LatentDecoder(wide_decoder, compile=False, dtype=torch.bfloat16).decoder
     x = torch.randn(2, 16, 10).bfloat16()
