@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,7 +49,9 @@
 namespace jasco_fast {
 namespace {
 
-enum class WeightFormat { kFloat32, kBFloat16, kInt8 };
+// kInt8Vnni: the int8 rows of kInt8, multiplied with integer dot products (vpdpbusd) by the hidden state in
+// 16-bit fixed point (see VnniTileFn); CPUs with AVX512-VNNI.
+enum class WeightFormat { kFloat32, kBFloat16, kInt8, kInt8Vnni };
 
 constexpr int64_t kUnitGroup = 16;               // hidden units per group (a thread owns whole groups)
 constexpr int64_t kGroupRows = 4 * kUnitGroup;   // packed gate rows per group: i, f, g, o of 16 units
@@ -99,6 +102,14 @@ CpuIsa cpu_isa() {
 }
 bool has_avx512() { return cpu_isa() == CpuIsa::avx512; }
 bool has_avx2_fma() { return cpu_isa() != CpuIsa::portable; }
+// Integer dot products for the int8 format; JASCO_FAST_LSTM_ISA=avx512 keeps AVX-512 without them.
+bool has_avx512_vnni() {
+  static const bool vnni = [] {
+    const char* cap = std::getenv("JASCO_FAST_LSTM_ISA");
+    return has_avx512() && __builtin_cpu_supports("avx512vnni") && !(cap && std::string(cap) == "avx512");
+  }();
+  return vnni;
+}
 
 // V vectors of 16 rows x NB batch columns of accumulators.
 template <WeightFormat F, int V, int NB>
@@ -203,6 +214,54 @@ JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, const float* h, in
     for (int b = 0; b < NB; ++b) _mm256_storeu_ps(pre + b * kGroupRows + 8 * v, _mm256_mul_ps(acc[v][b], s));
   }
 }
+
+// The int8 format with integer arithmetic. Widening every int8 weight to float32 (sign-extend, convert, FMA:
+// three instructions per 16 weights) made the int8 matvec instruction-bound, slower in bytes/s than float32
+// (measured on Zen 5); vpdpbusd does 64 multiply-adds of bytes in one. It multiplies unsigned bytes by signed
+// ones, so h (|h| <= 1: h = sigmoid(o) tanh(c)) goes in as two unsigned bytes per input: a = 127 h,
+// hi = round(a), lo = round(254 (a - hi)), each stored + 128, so that h = (hi + lo / 254) / 127 to 1.6e-5
+// (a 16-bit fixed point, far finer than the int8 weights). The sums are exact in int32; the + 128 offsets
+// are taken out with 128 x the row's sum of q. Tile layout: [k / 4][TW rows][4 inputs k] bytes.
+using VnniTileFn = void (*)(const void* tile, int64_t k4_steps, const uint8_t* hq, int64_t hq_stride,
+                            const float* scale, const int32_t* rowsum, float* pre);
+
+#define JF_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,avx2")))
+
+// V vectors of 16 rows x NB batch columns, two accumulators each (hi and lo bytes of h): 2 V NB <= 16.
+// hq: batch column b's hi bytes at hq + 2 b hq_stride, its lo bytes hq_stride after them.
+template <int V, int NB>
+JF_AVX512_VNNI void tile_vnni(const void* tile, int64_t k4_steps, const uint8_t* hq, int64_t hq_stride,
+                              const float* scale, const int32_t* rowsum, float* pre) {
+  constexpr int TW = 16 * V;
+  __m512i hi[V][NB], lo[V][NB];
+  for (int v = 0; v < V; ++v)
+    for (int b = 0; b < NB; ++b) hi[v][b] = lo[v][b] = _mm512_setzero_si512();
+  const int32_t* p = static_cast<const int32_t*>(tile);
+  for (int64_t k = 0; k < k4_steps; ++k, p += TW) {
+    __m512i w[V];
+    for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_si512(p + 16 * v);
+    for (int b = 0; b < NB; ++b) {
+      int32_t xh, xl;
+      std::memcpy(&xh, hq + 2 * b * hq_stride + 4 * k, 4);
+      std::memcpy(&xl, hq + (2 * b + 1) * hq_stride + 4 * k, 4);
+      const __m512i vh = _mm512_set1_epi32(xh), vl = _mm512_set1_epi32(xl);
+      for (int v = 0; v < V; ++v) {
+        hi[v][b] = _mm512_dpbusd_epi32(hi[v][b], vh, w[v]);
+        lo[v][b] = _mm512_dpbusd_epi32(lo[v][b], vl, w[v]);
+      }
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(scale + 16 * v), _mm512_set1_ps(1.0f / 127));
+    const __m512i offset = _mm512_slli_epi32(_mm512_loadu_si512(rowsum + 16 * v), 7);  // 128 sum_k q
+    for (int b = 0; b < NB; ++b) {
+      const __m512 fh = _mm512_cvtepi32_ps(_mm512_sub_epi32(hi[v][b], offset));
+      const __m512 fl = _mm512_cvtepi32_ps(_mm512_sub_epi32(lo[v][b], offset));
+      _mm512_storeu_ps(pre + b * kGroupRows + 16 * v,
+                       _mm512_mul_ps(_mm512_fmadd_ps(fl, _mm512_set1_ps(1.0f / 254), fh), s));
+    }
+  }
+}
 #endif
 
 // The tile kernel and its width (rows) for this CPU, format and batch: as many accumulators as the
@@ -226,6 +285,32 @@ Tiling tiling_for() {
 #endif
   return {&tile_portable<F, 16, NB>, 16};
 }
+
+#ifdef JASCO_FAST_X86
+struct VnniTiling {
+  VnniTileFn fn;
+  int64_t width;
+};
+
+template <int NB>
+VnniTiling vnni_tiling_for() {
+  constexpr int V = NB <= 2 ? 4 : (NB <= 4 ? 2 : 1);
+  return {&tile_vnni<V, NB>, 16 * V};
+}
+
+VnniTiling vnni_tiling_for(int64_t B) {
+  switch (B) {
+    case 1: return vnni_tiling_for<1>();
+    case 2: return vnni_tiling_for<2>();
+    case 3: return vnni_tiling_for<3>();
+    case 4: return vnni_tiling_for<4>();
+    case 5: return vnni_tiling_for<5>();
+    case 6: return vnni_tiling_for<6>();
+    case 7: return vnni_tiling_for<7>();
+    default: return vnni_tiling_for<8>();
+  }
+}
+#endif
 
 template <WeightFormat F>
 Tiling tiling_for(int64_t B) {
@@ -256,7 +341,8 @@ struct PackedRecurrent {
   WeightFormat format;
   int64_t C, groups, width, k_steps, tile_bytes;
   at::Tensor data;   // the tiles, one after another
-  at::Tensor scale;  // int8: [groups * kGroupRows] float32 in packed row order; else undefined
+  at::Tensor scale;   // int8: [groups * kGroupRows] float32 in packed row order; else undefined
+  at::Tensor rowsum;  // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else undefined
 };
 
 // The original row of packed row p (-1 for padding units beyond C).
@@ -334,13 +420,15 @@ void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_
 
 PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
   PackedRecurrent p;
-  p.format = format;
+  p.format = format;  // kInt8Vnni stays the packed format; `format` below is the rows' format
   p.C = w_hh.size(1);
   p.groups = (p.C + kUnitGroup - 1) / kUnitGroup;
   p.width = width;
   const int64_t C = p.C, rows = p.groups * kGroupRows, tiles = rows / width;
-  p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : C;
-  const int64_t elem = format == WeightFormat::kInt8 ? 1 : 4;
+  const bool vnni = format == WeightFormat::kInt8Vnni;
+  if (vnni) format = WeightFormat::kInt8;  // the same rows, another tile layout
+  p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : vnni ? (C + 3) / 4 : C;
+  const int64_t elem = format == WeightFormat::kInt8 && !vnni ? 1 : 4;
   p.tile_bytes = p.k_steps * width * elem;
   p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
   uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
@@ -356,6 +444,11 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
     p.scale = at::empty({rows}, w_hh.options().dtype(at::kFloat));
     scale = p.scale.mutable_data_ptr<float>();
   }
+  int32_t* rowsum = nullptr;
+  if (vnni) {
+    p.rowsum = at::empty({rows}, w_hh.options().dtype(at::kInt));
+    rowsum = p.rowsum.mutable_data_ptr<int32_t>();
+  }
 
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<const void*> src(width);
@@ -365,6 +458,7 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
       for (int64_t r = 0; r < width; ++r) {
         const int64_t row = original_row(t * width + r, C);
         src[r] = nullptr;
+        if (rowsum) rowsum[t * width + r] = 0;
         if (row < 0) {
           if (scale) scale[t * width + r] = 1.0f;
         } else if (format == WeightFormat::kBFloat16) {
@@ -376,11 +470,24 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
           scale[t * width + r] = bf16_source ? quantize_row(w.const_data_ptr<at::BFloat16>() + row * C, C, q)
                                              : quantize_row(w.const_data_ptr<float>() + row * C, C, q);
           src[r] = quantized.data() + r * C;
+          if (rowsum) {
+            int32_t sum = 0;
+            for (int64_t k = 0; k < C; ++k) sum += q[k];
+            rowsum[t * width + r] = sum;
+          }
         }
       }
       if (format == WeightFormat::kFloat32) {
         transpose_into_tile(reinterpret_cast<float*>(tile), width, C, reinterpret_cast<const float* const*>(src.data()),
                             [](const float* row, int64_t k) { return row[k]; });
+      } else if (vnni) {  // inputs 4k .. 4k + 3 in one 32-bit lane, first in the low byte
+        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
+                            reinterpret_cast<const int8_t* const*>(src.data()), [C](const int8_t* row, int64_t k) {
+                              uint32_t lane = 0;
+                              for (int64_t j = 0; j < 4 && 4 * k + j < C; ++j)
+                                lane |= static_cast<uint32_t>(static_cast<uint8_t>(row[4 * k + j])) << (8 * j);
+                              return lane;
+                            });
       } else if (format == WeightFormat::kInt8) {
         transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
                             [](const int8_t* row, int64_t k) { return row[k]; });
@@ -412,7 +519,17 @@ struct CellArgs {
   float* y;
   float* h_out;
   float* c_out;
+  uint8_t* hq = nullptr;                 // kInt8Vnni: h_next's hi bytes (lo bytes hq_stride later)
+  int64_t hq_stride = 0;
+  std::atomic<int>* non_finite = nullptr;  // kInt8Vnni: set when an h is NaN (its bytes cannot say so)
 };
+
+// h's two bytes for the integer matvec (tile_vnni); |h| <= 1.
+inline void quantize_h(float h, uint8_t* hi, uint8_t* lo) {
+  const float a = h * 127.0f, q = std::nearbyint(a);
+  *hi = static_cast<uint8_t>(static_cast<int>(q) + 128);
+  *lo = static_cast<uint8_t>(static_cast<int>(std::nearbyint((a - q) * 254.0f)) + 128);
+}
 
 template <typename xp_t>
 void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
@@ -427,6 +544,10 @@ void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int6
     a.c[j] = c;
     a.h_next[j] = h;
     a.y[j] = h;
+    if (a.hq) {
+      quantize_h(h, a.hq + j, a.hq + a.hq_stride + j);
+      if (h != h) a.non_finite->store(1, std::memory_order_relaxed);
+    }
     if (a.h_out) {
       a.h_out[j] = h;
       a.c_out[j] = c;
@@ -438,7 +559,8 @@ void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int6
 // exp in float32: exp(x) = 2^n exp(r), r = x - n ln 2 in two parts, exp(r) by Cephes' expf polynomial
 // (within 2 ulp), 2^n by scalef (overflow to inf, underflow to 0).
 JF_AVX512 inline __m512 exp_avx512(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-120.0f)), _mm512_set1_ps(120.0f));
+  // min / max return their second operand when either is NaN: a NaN x stays NaN (as std::exp keeps it)
+  x = _mm512_min_ps(_mm512_set1_ps(120.0f), _mm512_max_ps(_mm512_set1_ps(-120.0f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -482,6 +604,17 @@ JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
   _mm512_mask_storeu_ps(a.c + j0, m, c);
   _mm512_mask_storeu_ps(a.h_next + j0, m, h);
   _mm512_mask_storeu_ps(a.y + j0, m, h);
+  if (a.hq) {
+    const __m512 s = _mm512_mul_ps(h, _mm512_set1_ps(127.0f));
+    const __m512 hi = _mm512_roundscale_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 lo = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(s, hi), _mm512_set1_ps(254.0f)),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i offset = _mm512_set1_epi32(128);
+    _mm_mask_storeu_epi8(a.hq + j0, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(hi), offset)));
+    _mm_mask_storeu_epi8(a.hq + a.hq_stride + j0, m,
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(lo), offset)));
+    if (_mm512_mask_cmp_ps_mask(m, h, h, _CMP_UNORD_Q)) a.non_finite->store(1, std::memory_order_relaxed);
+  }
   if (a.h_out) {
     _mm512_mask_storeu_ps(a.h_out + j0, m, h);
     _mm512_mask_storeu_ps(a.c_out + j0, m, c);
@@ -499,6 +632,9 @@ struct LayerIo {
   float* y;              // [B, T, C] float32: this layer's outputs
   float* h_out;          // [B][C]: the state after state_frames frames
   float* c_out;
+  // kInt8Vnni only: h_{t-1} and h_t as bytes, [2][B][hi, lo][hq_stride] (quantize_h), and whether an h was NaN
+  uint8_t* hq = nullptr;
+  int64_t hq_stride = 0;
 };
 
 // Step synchronisation that survives a descheduled thread. A plain barrier per step makes every thread wait
@@ -524,12 +660,17 @@ inline void spin_pause(int64_t& spins) {
 }
 
 // xp: the input projections [B, T, 4C] (without biases), float32 or bfloat16.
+// vnni_fn: the integer matvec of the kInt8Vnni format (else nullptr: tile_fn).
 template <typename xp_t>
-void run_layer(const PackedRecurrent& w, TileFn tile_fn, const xp_t* xp, const LayerIo& io, int threads) {
+void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, const xp_t* xp, const LayerIo& io,
+               int threads) {
   const int64_t B = io.B, T = io.T, C = io.C, G = w.groups, hs = io.h_stride;
   const int64_t tiles_per_group = kGroupRows / w.width;
   const uint8_t* packed = w.data.const_data_ptr<uint8_t>();
   const float* scale = w.scale.defined() ? w.scale.const_data_ptr<float>() : nullptr;
+  const int32_t* rowsum = w.rowsum.defined() ? w.rowsum.const_data_ptr<int32_t>() : nullptr;
+  const int64_t hqs = io.hq_stride;
+  std::atomic<int> non_finite{0};
 #ifdef JASCO_FAST_X86
   const bool vector_cell = has_avx512();
 #endif
@@ -550,17 +691,33 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const xp_t* xp, const L
     auto run_group = [&](int64_t g, int64_t t) {
       const float* h_prev = io.h + (t & 1) * B * hs;
       float* h_next = io.h + ((t + 1) & 1) * B * hs;
-      for (int64_t i = 0; i < tiles_per_group; ++i) {
-        const int64_t tile = g * tiles_per_group + i;
-        tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
-                pre.data() + i * w.width);
+      if (vnni_fn == nullptr) {
+        for (int64_t i = 0; i < tiles_per_group; ++i) {
+          const int64_t tile = g * tiles_per_group + i;
+          tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
+                  pre.data() + i * w.width);
+        }
+      } else if (non_finite.load(std::memory_order_relaxed)) {
+        // a NaN in h_{t-1} makes every product with it NaN in float arithmetic; the bytes lost it
+        std::fill(pre.begin(), pre.end(), std::numeric_limits<float>::quiet_NaN());
+      } else {
+#ifdef JASCO_FAST_X86
+        const uint8_t* hq_prev = io.hq + (t & 1) * B * 2 * hqs;
+        for (int64_t i = 0; i < tiles_per_group; ++i) {
+          const int64_t tile = g * tiles_per_group + i;
+          reinterpret_cast<VnniTileFn>(vnni_fn)(packed + tile * w.tile_bytes, w.k_steps, hq_prev, hqs,
+                                                scale + tile * w.width, rowsum + tile * w.width,
+                                                pre.data() + i * w.width);
+        }
+#endif
       }
       const int64_t j0 = g * kUnitGroup, n = std::min(kUnitGroup, C - j0);
       const bool snapshot = t + 1 == io.state_frames;
       for (int64_t b = 0; b < B; ++b) {
         const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
                          io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
-                         snapshot ? io.c_out + b * C : nullptr};
+                         snapshot ? io.c_out + b * C : nullptr,
+                         vnni_fn ? io.hq + (((t + 1) & 1) * B + b) * 2 * hqs : nullptr, hqs, &non_finite};
         const xp_t* x = xp + (b * T + t) * 4 * C;
 #ifdef JASCO_FAST_X86
         if (vector_cell) {
@@ -631,7 +788,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
   at::Tensor h_n = at::empty({num_layers, B, C}, f32), c_n = at::empty({num_layers, B, C}, f32);
   at::Tensor h0_f = h0.to(at::kFloat), c0_f = c0.to(at::kFloat);
   at::Tensor x = seq.contiguous();  // this layer's input, [B, T, C]
-  at::Tensor y;
+  at::Tensor y, hq_buf;
   for (int64_t l = 0; l < num_layers; ++l) {
     const at::Tensor& w_ih = weights[4 * l];
     const at::Tensor& w_hh = weights[4 * l + 1];
@@ -639,19 +796,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
     // all T input projections in one GEMM, in the weights' dtype (bfloat16: oneDNN's AMX/AVX-512 GEMM,
     // float32 accumulation, rounded once to bfloat16 as ATen's bfloat16 LSTM does)
     const at::Tensor xp = at::mm(x.reshape({B * T, C}).to(w_ih.scalar_type()), w_ih.t());
-    const PackedRecurrent packed = pack_recurrent(w_hh, format, tiling.width);
+    // the integer matvec needs |h| <= 1, which every computed h satisfies; a given h0 outside it (or not
+    // finite) takes the float int8 tiles for this layer
+    const at::Tensor h0_l = h0_f.select(0, l);
+    const void* vnni_fn = nullptr;
+    int64_t width = tiling.width;
+#ifdef JASCO_FAST_X86
+    if (format == WeightFormat::kInt8 && has_avx512_vnni() && h0_l.abs().le(1).all().item<bool>()) {
+      const VnniTiling vt = vnni_tiling_for(B);
+      vnni_fn = reinterpret_cast<const void*>(vt.fn);
+      width = vt.width;
+    }
+#endif
+    const PackedRecurrent packed =
+        pack_recurrent(w_hh, vnni_fn ? WeightFormat::kInt8Vnni : format, width);
 
     h_buf.zero_();
-    h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_f.select(0, l));
+    h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_l);
     c_buf.copy_(c0_f.select(0, l));
     y = at::empty({B, T, C}, f32);
-    const LayerIo io{B, T, C, state_frames, bias.const_data_ptr<float>(), h_buf.mutable_data_ptr<float>(), h_stride,
-                     c_buf.mutable_data_ptr<float>(), y.mutable_data_ptr<float>(),
-                     h_n.select(0, l).mutable_data_ptr<float>(), c_n.select(0, l).mutable_data_ptr<float>()};
+    LayerIo io{B, T, C, state_frames, bias.const_data_ptr<float>(), h_buf.mutable_data_ptr<float>(), h_stride,
+               c_buf.mutable_data_ptr<float>(), y.mutable_data_ptr<float>(),
+               h_n.select(0, l).mutable_data_ptr<float>(), c_n.select(0, l).mutable_data_ptr<float>()};
+    if (vnni_fn) {
+      io.hq_stride = h_stride;  // a multiple of 16: the tiles read 4 bytes at a time, zero weights beyond C
+      hq_buf = at::full({2, B, 2, h_stride}, 128, seq.options().dtype(at::kByte));
+      io.hq = hq_buf.mutable_data_ptr<uint8_t>();
+      const at::Tensor h0_c = h0_l.contiguous();
+      const float* h0p = h0_c.const_data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < C; ++j)
+          quantize_h(h0p[b * C + j], io.hq + b * 2 * h_stride + j, io.hq + (b * 2 + 1) * h_stride + j);
+    }
     if (bf16) {
-      run_layer(packed, tiling.fn, xp.const_data_ptr<at::BFloat16>(), io, threads);
+      run_layer(packed, tiling.fn, vnni_fn, xp.const_data_ptr<at::BFloat16>(), io, threads);
     } else {
-      run_layer(packed, tiling.fn, xp.const_data_ptr<float>(), io, threads);
+      run_layer(packed, tiling.fn, vnni_fn, xp.const_data_ptr<float>(), io, threads);
     }
     x = y;
   }
