@@ -235,11 +235,12 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
 
 
 # Residual blocks with at most this many channels (by activation dtype) run as jasco_fast::elu_resblock on the
-# CPU. Measured on this project's CPU (benchmarks/NOTES_decode_cpu.md), 2 threads. float32, alone against the
-# block compiled by Inductor (oneDNN convolutions): 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x the time.
-# bfloat16: alone, oneDNN's AMX convolutions win from 128 channels on, but in the whole decode the op on every
-# block measured fastest (10 s at B = 1: 237 / 232 ms up to 512 channels, 246 / 235 up to 256, 267 / 270 up
-# to 64; alternating processes): it also replaces Inductor's bfloat16 ELU / padding / add kernels around them.
+# CPU. Measured on this project's CPUs (benchmarks/NOTES_decode_cpu.md), 2 threads. float32, alone against the
+# block compiled by Inductor (oneDNN convolutions), Intel Xeon: 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x
+# the time. bfloat16, Intel Xeon with AMX (the op's float32 copy): alone, oneDNN's AMX convolutions win from 128
+# channels on, but in the whole decode the op on every block measured fastest (it also replaces Inductor's
+# bfloat16 ELU / padding / add kernels). AMD Zen 5 (the op's bfloat16 dot-product copy), alone against the
+# unfused eager block: 512 channels 5.9 / 6.9 ms, 256 7.3 / 10.6, 128 12.0 / 37.3, 64 22.2 / 67.3.
 FUSED_RESBLOCK_MAX_CHANNELS = {torch.float32: 256, torch.bfloat16: 512}
 # An activation + convolution with at most this many output channels (the final one: audio channels) runs as
 # jasco_fast::elu_conv on the CPU (64 -> 1 channels, k = 7: 0.19x oneDNN's time).

@@ -8,9 +8,12 @@
 //
 // Portability: built without -m flags; the AVX-512 and AVX2+FMA copies of the loops (elu_conv_kernels.h) are
 // compiled with function-level target attributes and chosen at run time, else a portable copy runs. Channel
-// counts that are not a multiple of the vector width take a narrower copy. (An AVX512-BF16 copy for bfloat16
-// activations, vdpbf16ps on bfloat16 pairs, measured 1.4x the float32 copy's time here: on this CPU it issues
-// at half the FMA's rate, which cancels its two products per lane.)
+// counts that are not a multiple of the vector width take a narrower copy.
+// bfloat16 residual blocks on CPUs with AVX512-BF16 and without AMX run a copy whose GEMMs are bfloat16 dot
+// products (vdpbf16ps: two products per float32 lane), with the activations rounded to bfloat16 between the
+// layers as the unfused bfloat16 block rounds them. On AMD Zen 5 vdpbf16ps runs at the FMA's rate, twice the
+// float32 copy's FLOP rate; on an Intel CPU with AMX it issued at half rate (1.4x the float32 copy's time), so
+// there the float32 copy stays.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -25,6 +28,7 @@
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define JASCO_FAST_X86 1
 #endif
@@ -123,6 +127,138 @@ CpuIsa tail_isa() {
   static const CpuIsa isa = cpu_isa_capped_by("JASCO_FAST_TAIL_ISA");
   return isa;
 }
+
+#ifdef JASCO_FAST_X86
+#define JF_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+bool cpu_has_amx_bf16() {  // CPUID leaf 7, EDX bit 22
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1);
+}
+
+// Whether bfloat16 activations take the bfloat16 dot-product copy: AVX512-BF16 without AMX, and no
+// JASCO_FAST_TAIL_ISA cap (any cap, "avx512" included, keeps the float32 copies: tests reach both).
+bool use_bf16_dot() {
+  static const bool use = [] {
+    const char* cap = std::getenv("JASCO_FAST_TAIL_ISA");
+    return !(cap && *cap) && tail_isa() == CpuIsa::avx512 && __builtin_cpu_supports("avx512bf16") &&
+           !cpu_has_amx_bf16();
+  }();
+  return use;
+}
+
+// Weights [O, I, 1, k] bfloat16 -> [k][I / 2][O] 32-bit lanes holding the pair of inputs 2i (low half), 2i + 1.
+at::Tensor pack_taps_bf16_pairs(const at::Tensor& w) {
+  const int64_t O = w.size(0), I = w.size(1), k = w.size(3), I2 = I / 2;
+  const at::Tensor src = w.contiguous(at::MemoryFormat::ChannelsLast);  // memory [O][k][I]
+  at::Tensor out = at::empty({k, I2, O}, w.options().dtype(at::kInt).memory_format(at::MemoryFormat::Contiguous));
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.const_data_ptr<at::BFloat16>());
+  uint32_t* d = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
+  at::parallel_for(0, k * I2, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t j = job / I2, i2 = job % I2;
+      for (int64_t o = 0; o < O; ++o) {
+        const uint16_t* row = s + (o * k + j) * I + 2 * i2;
+        d[job * O + o] = static_cast<uint32_t>(row[0]) | (static_cast<uint32_t>(row[1]) << 16);
+      }
+    }
+  });
+  return out;
+}
+
+// acc[r][v] (kRows rows, NV vectors of 16 outputs) += sum over taps j and input pairs c of the activation pair
+// a[(r + j * tap_step) * lda + 2c, +1] times the weight pair w[(j * K2 + c) * N + 16 v]; out holds the block.
+template <int NV>
+JF_BF16 void block_gemm_bf16(const uint16_t* a, int64_t lda, int64_t K2, int64_t taps, int64_t tap_step,
+                             const uint32_t* w, int64_t N, float* out, int64_t ldo) {
+  constexpr int R = avx512::kRows;
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_loadu_ps(out + r * ldo + 16 * v);
+  for (int64_t j = 0; j < taps; ++j) {
+    const uint16_t* aj = a + j * tap_step * lda;
+    const uint32_t* wj = w + j * K2 * N;
+    for (int64_t c = 0; c < K2; ++c) {
+      __m512i wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(wj + c * N + 16 * v);
+      for (int r = 0; r < R; ++r) {
+        int32_t pair;
+        std::memcpy(&pair, aj + r * lda + 2 * c, 4);
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, (__m512bh)wv[v]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
+}
+
+// out[i, n] += the tile's convolution (rows a multiple of kRows, N a multiple of 16), as in tile_conv.
+JF_BF16 void tile_conv_bf16(const uint16_t* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
+                            const uint32_t* w, int64_t N, float* out) {
+  for (int64_t i = 0; i < rows; i += avx512::kRows) {
+    for (int64_t n = 0; n < N;) {
+      const int64_t vecs = std::min<int64_t>(4, (N - n) / 16);
+      const uint16_t* ai = a + i * K;
+      float* o = out + i * N + n;
+      switch (vecs) {
+        case 4: block_gemm_bf16<4>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+        case 3: block_gemm_bf16<3>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+        case 2: block_gemm_bf16<2>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+        default: block_gemm_bf16<1>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+      }
+      n += vecs * 16;
+    }
+  }
+}
+
+// n float32 values (a multiple of 16) -> bfloat16, round to nearest even (vcvtneps2bf16), elu first if asked
+JF_BF16 inline void to_bf16(const float* src, uint16_t* dst, int64_t n, bool elu, float alpha) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __m512 v = _mm512_loadu_ps(src + i);
+    if (elu) v = avx512::velu(v, alpha);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(v));
+  }
+}
+
+// The residual block of resblock_tiles with bfloat16 dot products: elu(x) rounded to bfloat16, conv1 in float32
+// sums, elu rounded to bfloat16, conv2 added to x + b2 in float32, the output rounded once. C, H multiples of 16.
+JF_BF16 void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w1, const uint32_t* w2,
+                                 int64_t begin, int64_t end) {
+  const int64_t C = p.C, H = p.H, span = (p.k - 1) * p.dilation;
+  const int64_t tiles = (p.T + p.tile - 1) / p.tile;
+  constexpr int64_t R = avx512::kRows;
+  std::vector<uint16_t> act((p.tile + span) * C), hidden_b(p.tile * H);
+  std::vector<float> hidden(p.tile * H), y(p.tile * C), row(C);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, p.T - t0);
+    const int64_t rows = (valid + R - 1) / R * R;
+    const c10::BFloat16* x = p.x + b * p.T * C;
+    for (int64_t r = 0; r < rows + span; ++r) {
+      const int64_t src = r < valid + span ? p.map(t0 + r - p.pad_left) : -1;
+      uint16_t* dst = act.data() + r * C;
+      if (src < 0) {
+        std::fill(dst, dst + C, 0);
+      } else {
+        for (int64_t c = 0; c < C; c += 16) avx512::vstore(row.data() + c, avx512::vload(x + src * C + c));
+        to_bf16(row.data(), dst, C, true, p.alpha);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
+    tile_conv_bf16(act.data(), rows, C, p.k, p.dilation, w1, H, hidden.data());
+    to_bf16(hidden.data(), hidden_b.data(), rows * H, true, p.alpha);
+    for (int64_t r = 0; r < rows; ++r) {
+      const c10::BFloat16* xr = x + (t0 + std::min(r, valid - 1)) * C;
+      float* yr = y.data() + r * C;
+      for (int64_t c = 0; c < C; c += 16)
+        _mm512_storeu_ps(yr + c, _mm512_add_ps(avx512::vload(xr + c), _mm512_loadu_ps(p.b2 + c)));
+    }
+    tile_conv_bf16(hidden_b.data(), rows, H, 1, 1, w2, C, y.data());
+    to_bf16(y.data(), reinterpret_cast<uint16_t*>(p.out + (b * p.T + t0) * C), valid * C, false, 0.0f);
+  }
+}
+#endif
 
 // Calls f with a null pointer of x's activation type (float or c10::BFloat16).
 template <typename F>
@@ -254,13 +390,27 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), T = x.size(3);
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor w1p = pack_taps(w1);  // [k, C, H]
-  const at::Tensor w2p = pack_taps(w2);  // [1, H, C]
   const at::Tensor b1f = float_contiguous(b1), b2f = float_contiguous(b2);
   const int64_t tile = tile_rows(std::max(C, H));
   const int64_t jobs = B * ((T + tile - 1) / tile);
   const int width = vector_width({C, H});
 
+#ifdef JASCO_FAST_X86
+  if (x.scalar_type() == at::kBFloat16 && width == 16 && use_bf16_dot()) {
+    const at::Tensor w1b = pack_taps_bf16_pairs(w1), w2b = pack_taps_bf16_pairs(w2);
+    const ResblockArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(), out.mutable_data_ptr<c10::BFloat16>(),
+                                           B, T, C, H, k, dilation, pad_left, tile,
+                                           make_pad_map(op, mode, T, pad_left, pad_right), nullptr,
+                                           b1f.const_data_ptr<float>(), nullptr, b2f.const_data_ptr<float>(),
+                                           static_cast<float>(alpha)};
+    const uint32_t* w1p_b = reinterpret_cast<const uint32_t*>(w1b.const_data_ptr<int32_t>());
+    const uint32_t* w2p_b = reinterpret_cast<const uint32_t*>(w2b.const_data_ptr<int32_t>());
+    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { resblock_tiles_bf16(args, w1p_b, w2p_b, begin, end); });
+    return out;
+  }
+#endif
+  const at::Tensor w1p = pack_taps(w1);  // [k, C, H]
+  const at::Tensor w2p = pack_taps(w2);  // [1, H, C]
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
     const ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), B, T, C, H, k, dilation, pad_left,
