@@ -20,8 +20,7 @@ Each stage's floor is a roofline: the larger of
   measured copy bandwidth of a buffer too large for the private caches,
 and for the LSTM (B = 1: each step reads each layer's recurrent matrix) the recurrent weight bytes x T
 at the measured bandwidth of reading one layer's [4C, C] matrix (the faster of ``torch.mv`` over it and a sum
-over it), plus its input
-projections (a [T, C] x [C, 4C] GEMM per layer) at the GEMM rate of that shape.
+over it), plus its input projections (a [T, C] x [C, 4C] GEMM per layer) at the GEMM rate of that shape.
 Writes benchmarks/results/stages_cpu.json (``--out`` to change).
 """
 from __future__ import annotations

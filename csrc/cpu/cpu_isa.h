@@ -9,8 +9,9 @@
 
 namespace jasco_fast {
 
-// avx2: AVX2 + FMA; avx512: AVX-512 F, BW, VL and DQ (with AVX2 + FMA). Ordered: a higher one includes the lower.
-enum class CpuIsa { portable, avx2, avx512 };
+// avx2: AVX2 + FMA; avx512: AVX-512 F, BW, VL and DQ (with AVX2 + FMA); avx512_vnni: that plus AVX512-VNNI
+// (integer dot products). Ordered: a higher one includes the lower.
+enum class CpuIsa { portable, avx2, avx512, avx512_vnni };
 
 inline CpuIsa best_cpu_isa() {
   CpuIsa best = CpuIsa::portable;
@@ -19,12 +20,13 @@ inline CpuIsa best_cpu_isa() {
   if (best == CpuIsa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = CpuIsa::avx512;
+  if (best == CpuIsa::avx512 && __builtin_cpu_supports("avx512vnni")) best = CpuIsa::avx512_vnni;
 #endif
   return best;
 }
 
 // best_cpu_isa(), lowered to the value of the environment variable `env` ("avx512", "avx2" or "portable";
-// unset or anything else: not lowered).
+// unset or anything else: not lowered; "avx512" leaves out VNNI).
 inline CpuIsa cpu_isa_capped_by(const char* env) {
   const CpuIsa best = best_cpu_isa();
   const char* value = std::getenv(env);

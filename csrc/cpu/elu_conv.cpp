@@ -16,6 +16,7 @@
 // there the float32 copy stays.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/Utils.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
@@ -28,7 +29,6 @@
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define JASCO_FAST_X86 1
 #endif
@@ -131,9 +131,12 @@ CpuIsa tail_isa() {
 #ifdef JASCO_FAST_X86
 #define JF_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-bool cpu_has_amx_bf16() {  // CPUID leaf 7, EDX bit 22
-  unsigned a, b, c, d;
-  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1);
+// AMX tiles, by torch's cpuinfo: the same answer as torch.cpu._is_amx_tile_supported(), which
+// jasco_fast.decoder.cpu_has_amx asks for the bfloat16 transposed convolutions.
+bool cpu_has_amx() {
+  const auto caps = at::cpu::get_cpu_capabilities();
+  const auto it = caps.find("amx_tile");
+  return it != caps.end() && it->second.isBool() && it->second.toBool();
 }
 
 // Whether bfloat16 activations take the bfloat16 dot-product copy: AVX512-BF16 without AMX, and no
@@ -141,8 +144,8 @@ bool cpu_has_amx_bf16() {  // CPUID leaf 7, EDX bit 22
 bool use_bf16_dot() {
   static const bool use = [] {
     const char* cap = std::getenv("JASCO_FAST_TAIL_ISA");
-    return !(cap && *cap) && tail_isa() == CpuIsa::avx512 && __builtin_cpu_supports("avx512bf16") &&
-           !cpu_has_amx_bf16();
+    return !(cap && *cap) && tail_isa() >= CpuIsa::avx512 && __builtin_cpu_supports("avx512bf16") &&
+           !cpu_has_amx();
   }();
   return use;
 }
@@ -212,10 +215,12 @@ JF_BF16 void tile_conv_bf16(const uint16_t* a, int64_t rows, int64_t K, int64_t 
   }
 }
 
-// n float32 values (a multiple of 16) -> bfloat16, round to nearest even (vcvtneps2bf16), elu first if asked
-JF_BF16 inline void to_bf16(const float* src, uint16_t* dst, int64_t n, bool elu, float alpha) {
+// n values (a multiple of 16, float32 or bfloat16) -> bfloat16, round to nearest even (vcvtneps2bf16), elu
+// first if asked
+template <typename src_t>
+JF_BF16 inline void to_bf16(const src_t* src, uint16_t* dst, int64_t n, bool elu, float alpha) {
   for (int64_t i = 0; i < n; i += 16) {
-    __m512 v = _mm512_loadu_ps(src + i);
+    __m512 v = avx512::vload(src + i);
     if (elu) v = avx512::velu(v, alpha);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(v));
   }
@@ -229,7 +234,7 @@ JF_BF16 void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uin
   const int64_t tiles = (p.T + p.tile - 1) / p.tile;
   constexpr int64_t R = avx512::kRows;
   std::vector<uint16_t> act((p.tile + span) * C), hidden_b(p.tile * H);
-  std::vector<float> hidden(p.tile * H), y(p.tile * C), row(C);
+  std::vector<float> hidden(p.tile * H), y(p.tile * C);
   for (int64_t job = begin; job < end; ++job) {
     const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
     const int64_t valid = std::min(p.tile, p.T - t0);
@@ -241,8 +246,7 @@ JF_BF16 void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uin
       if (src < 0) {
         std::fill(dst, dst + C, 0);
       } else {
-        for (int64_t c = 0; c < C; c += 16) avx512::vstore(row.data() + c, avx512::vload(x + src * C + c));
-        to_bf16(row.data(), dst, C, true, p.alpha);
+        to_bf16(x + src * C, dst, C, true, p.alpha);
       }
     }
     for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
@@ -251,8 +255,7 @@ JF_BF16 void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uin
     for (int64_t r = 0; r < rows; ++r) {
       const c10::BFloat16* xr = x + (t0 + std::min(r, valid - 1)) * C;
       float* yr = y.data() + r * C;
-      for (int64_t c = 0; c < C; c += 16)
-        _mm512_storeu_ps(yr + c, _mm512_add_ps(avx512::vload(xr + c), _mm512_loadu_ps(p.b2 + c)));
+      for (int64_t c = 0; c < C; c += 16) avx512::vstore(yr + c, avx512::vadd(avx512::vload(xr + c), avx512::vload(p.b2 + c)));
     }
     tile_conv_bf16(hidden_b.data(), rows, H, 1, 1, w2, C, y.data());
     to_bf16(y.data(), reinterpret_cast<uint16_t*>(p.out + (b * p.T + t0) * C), valid * C, false, 0.0f);

@@ -94,22 +94,16 @@ void tile_portable(const void* tile, int64_t k_steps, const float* h, int64_t h_
 #define JF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx2")))
 #define JF_AVX2_FMA __attribute__((target("avx2,fma")))
 
-// The instruction set the kernel uses (cpu_isa.h): JASCO_FAST_LSTM_ISA ("avx2", "portable"; read once) lowers it,
+// The instruction set the kernel uses (cpu_isa.h): JASCO_FAST_LSTM_ISA ("avx512", "avx2", "portable"; read once) lowers it,
 // so that tests reach every path on one machine.
 CpuIsa cpu_isa() {
   static const CpuIsa isa = cpu_isa_capped_by("JASCO_FAST_LSTM_ISA");
   return isa;
 }
-bool has_avx512() { return cpu_isa() == CpuIsa::avx512; }
+bool has_avx512() { return cpu_isa() >= CpuIsa::avx512; }
 bool has_avx2_fma() { return cpu_isa() != CpuIsa::portable; }
 // Integer dot products for the int8 format; JASCO_FAST_LSTM_ISA=avx512 keeps AVX-512 without them.
-bool has_avx512_vnni() {
-  static const bool vnni = [] {
-    const char* cap = std::getenv("JASCO_FAST_LSTM_ISA");
-    return has_avx512() && __builtin_cpu_supports("avx512vnni") && !(cap && std::string(cap) == "avx512");
-  }();
-  return vnni;
-}
+bool has_avx512_vnni() { return cpu_isa() == CpuIsa::avx512_vnni; }
 
 // V vectors of 16 rows x NB batch columns of accumulators.
 template <WeightFormat F, int V, int NB>
