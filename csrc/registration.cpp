@@ -46,4 +46,10 @@ TORCH_LIBRARY(jasco_fast, m) {
   m.def("elu_conv(Tensor x, Tensor weight, Tensor bias, int dilation, int pad_left, int pad_right, str pad_mode, "
         "float alpha) -> Tensor",
         {at::Tag::needs_fixed_stride_order});
+  // elu_conv_transpose: conv_transpose(act(x), weight, bias, stride) with weight [C, Cout, 1, k] (no padding,
+  // no output padding), then trim_left / trim_right samples dropped at the ends: [B, Cout, 1, (T - 1) * stride +
+  // k - trim_left - trim_right].
+  m.def("elu_conv_transpose(Tensor x, Tensor weight, Tensor bias, int stride, int trim_left, int trim_right, "
+        "float alpha) -> Tensor",
+        {at::Tag::needs_fixed_stride_order});
 }

@@ -12,9 +12,10 @@ computationally laid out for speed:
 * the LSTM reads the same ``[B, T, C]`` memory with ``batch_first=True``, through the op
   ``jasco_fast::lstm_skip``, which also takes and returns a state (for chunked decoding);
 * on the CPU, the long narrow end of the network (the residual blocks of up to
-  ``FUSED_RESBLOCK_MAX_CHANNELS`` channels, and the final activation + convolution) runs as the ops
-  ``jasco_fast::elu_resblock`` / ``jasco_fast::elu_conv``, which take each tile of time steps through the
-  whole block while it is in cache, instead of one pass over memory per layer.
+  ``FUSED_RESBLOCK_MAX_CHANNELS`` channels, the activation + upsampling layers of up to
+  ``FUSED_CONV_TRANSPOSE_MAX_CHANNELS``, and the final activation + convolution) runs as the ops
+  ``jasco_fast::elu_resblock`` / ``jasco_fast::elu_conv_transpose`` / ``jasco_fast::elu_conv``, which take each
+  tile of time steps through the whole block while it is in cache, instead of one pass over memory per layer.
 
 Every layer reports which input samples its outputs depend on (``input_span``; :func:`receptive_field`
 turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jasco_fast.ops import elu_conv, elu_resblock, lstm_skip
+from jasco_fast.ops import elu_conv, elu_conv_transpose, elu_resblock, lstm_skip
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
@@ -242,6 +243,12 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
 # bfloat16 ELU / padding / add kernels). AMD Zen 5 (the op's bfloat16 dot-product copy), alone against the
 # unfused eager block: 512 channels 5.9 / 6.9 ms, 256 7.3 / 10.6, 128 12.0 / 37.3, 64 22.2 / 67.3.
 FUSED_RESBLOCK_MAX_CHANNELS = {torch.float32: 256, torch.bfloat16: 512}
+# An ELU + transposed convolution with at most this many input channels (by activation dtype) runs as
+# jasco_fast::elu_conv_transpose on the CPU. Measured on AMD Zen 5, 2 threads, in the eager decode (two 256-frame
+# chunks), the op against oneDNN's deconvolution plus a separate ELU: float32 256 -> 128 channels 30 against 47 ms
+# per chunk, 128 -> 64 37 against 40 + the ELU (512 -> 256: 1.09x the time, alone). bfloat16 (the op's dot-product
+# copy) only tied oneDNN's at 256 channels and lost at 128 (21 against 18 ms), so it keeps oneDNN.
+FUSED_CONV_TRANSPOSE_MAX_CHANNELS = {torch.float32: 256}
 # An activation + convolution with at most this many output channels (the final one: audio channels) runs as
 # jasco_fast::elu_conv on the CPU (64 -> 1 channels, k = 7: 0.19x oneDNN's time).
 FUSED_CONV_MAX_OUT_CHANNELS = 8
@@ -439,9 +446,16 @@ def _fusable_activation_conv(act: nn.Module, conv: nn.Module, x: torch.Tensor) -
             and conv.weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS and _fused_kernel_applies(x, conv.weight, conv.bias))
 
 
+def _fusable_activation_conv_transpose(act: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
+    return (type(act) is nn.ELU and isinstance(conv, ConvTranspose) and conv.norm is None
+            and x.shape[1] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(x.dtype, 0)
+            and _fused_kernel_applies(x, conv.weight, conv.bias))
+
+
 class DecoderLayers(nn.Sequential):
     """The decoder's layers in order (an ``nn.Sequential``: same state-dict keys), running an ELU followed by a
-    narrow convolution (the final one) as one ``jasco_fast::elu_conv`` where it applies."""
+    narrow convolution (the final one) as one ``jasco_fast::elu_conv``, and an ELU followed by a transposed
+    convolution of few channels as one ``jasco_fast::elu_conv_transpose``, where they apply."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self)
@@ -451,6 +465,11 @@ class DecoderLayers(nn.Sequential):
                 conv = layers[i + 1]
                 x = elu_conv(x, conv.weight, conv.bias, conv.dilation, conv.pad_left, conv.pad_right, conv.pad_mode,
                              layers[i].alpha)
+                i += 2
+            elif i + 1 < len(layers) and _fusable_activation_conv_transpose(layers[i], layers[i + 1], x):
+                conv = layers[i + 1]
+                x = elu_conv_transpose(x, conv.weight, conv.bias, conv.stride, conv.trim_left, conv.trim_right,
+                                       layers[i].alpha)
                 i += 2
             else:
                 x = layers[i](x)

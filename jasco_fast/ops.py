@@ -22,9 +22,10 @@ devices the extension has no kernel for (see ``register_fallback``).
 residual vector quantisation decode (the sum of K codebook rows per frame), cast and laid out for the decoder,
 in one pass (EnCodec codes: MusicGen / AudioGen tokens).
 
-``elu_resblock(x, w1, b1, w2, b2, ...)`` and ``elu_conv(x, weight, bias, ...)`` (CPU only): the decoder's
-residual block and its final activation + convolution, each tile of time steps taken through the whole block
-while it is in cache (csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
+``elu_resblock(x, w1, b1, w2, b2, ...)``, ``elu_conv(x, weight, bias, ...)`` and ``elu_conv_transpose(x, weight,
+bias, ...)`` (CPU only): the decoder's residual block, its final activation + convolution and an activation +
+upsampling layer, each tile of time steps taken through the whole block while it is in cache
+(csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "codes_to_latents", "elu_resblock", "elu_conv", "FallbackWarning", "FALLBACKS",
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "codes_to_latents", "elu_resblock", "elu_conv", "elu_conv_transpose", "FallbackWarning", "FALLBACKS",
            "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
@@ -422,6 +423,23 @@ def elu_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation
                                                  float(alpha))
 
 
+def elu_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, trim_left: int,
+                       trim_right: int, alpha: float) -> torch.Tensor:
+    """``conv_transpose(elu(x), weight, bias, stride)`` with ``trim_left`` / ``trim_right`` output samples dropped at
+    the ends, in one pass (CPU): a SEANet upsampling layer with its activation.
+
+    Args:
+        x: [B, C, 1, T], float32 or bfloat16 (read channels-last).
+        weight, bias: [C, Cout, 1, k] (``ConvTranspose2d``'s layout) and [Cout], x's dtype.
+    Returns:
+        [B, Cout, 1, (T - 1) * stride + k - trim_left - trim_right] channels-last, x's dtype; float32 sums (bfloat16
+        x: the activation rounded to bfloat16 before the products, as the unfused bfloat16 layers round it).
+        No autograd formula.
+    """
+    return torch.ops.jasco_fast.elu_conv_transpose.default(x, weight, bias, stride, trim_left, trim_right,
+                                                           float(alpha))
+
+
 _TAIL_DTYPES = (torch.float32, torch.bfloat16)
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -455,3 +473,22 @@ def _(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
     _check_tail("elu_conv", x, weight, bias, x.shape[1], dilation, pad_left, pad_right, pad_mode)
     B, _, _, T = x.shape
     return x.new_empty((B, weight.shape[0], 1, T)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("jasco_fast::elu_conv_transpose")
+def _(x, weight, bias, stride, trim_left, trim_right, alpha):
+    op = "elu_conv_transpose"
+    torch._check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
+    torch._check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
+    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[0] == x.shape[1],
+                       lambda: f"{op}: weight must be [{x.shape[1]}, Cout, 1, k], got shape {list(weight.shape)}")
+    torch._check_value(bias.dim() == 1 and bias.shape[0] == weight.shape[1],
+                       lambda: f"{op}: bias must be [{weight.shape[1]}], got shape {list(bias.shape)}")
+    torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
+                      lambda: f"{op}: weight and bias must have x's dtype {x.dtype}, got {weight.dtype}, {bias.dtype}")
+    torch._check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
+    B, _, _, T = x.shape
+    length = (T - 1) * stride + weight.shape[3] - trim_left - trim_right
+    torch._check_value(trim_left >= 0 and trim_right >= 0 and length >= 1,
+                       lambda: f"{op}: trim_left and trim_right must be >= 0 and leave at least one output sample")
+    return x.new_empty((B, weight.shape[1], 1, length)).contiguous(memory_format=torch.channels_last)

@@ -1,5 +1,5 @@
-"""The CPU tail ops jasco_fast::elu_resblock and jasco_fast::elu_conv (csrc/cpu/elu_conv.cpp) against the decoder's
-layer-by-layer path in float64, and where the decoder uses them.
+"""The CPU tail ops jasco_fast::elu_resblock, jasco_fast::elu_conv and jasco_fast::elu_conv_transpose
+(csrc/cpu/elu_conv.cpp) against the decoder's layer-by-layer path in float64, and where the decoder uses them.
 
 Channel counts pick the kernel's copy: multiples of 16 run the AVX-512 loops (on CPUs that have AVX-512; for
 bfloat16 residual blocks the AVX512-BF16 copy where the CPU has it), other multiples of 8 the AVX2 ones, anything
@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jasco_fast import DecoderConfig, SEANetDecoder, reference
-from jasco_fast.decoder import (FUSED_CONV_MAX_OUT_CHANNELS, FUSED_RESBLOCK_MAX_CHANNELS, Conv, DecoderLayers,
-                                ResBlock)
-from jasco_fast.ops import elu_conv, elu_resblock
+from jasco_fast.decoder import (FUSED_CONV_MAX_OUT_CHANNELS, FUSED_CONV_TRANSPOSE_MAX_CHANNELS,
+                                FUSED_RESBLOCK_MAX_CHANNELS, Conv, ConvTranspose, DecoderLayers, ResBlock)
+from jasco_fast.ops import elu_conv, elu_conv_transpose, elu_resblock
 
 TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 2.0 ** -8}
 
@@ -50,6 +50,23 @@ def resblock_op(block, x):
 
 def conv_op(conv, x, alpha=1.0):
     return elu_conv(x, conv.weight, conv.bias, conv.dilation, conv.pad_left, conv.pad_right, conv.pad_mode, alpha)
+
+
+def make_upsampler(C, Cout, stride, k=None, *, causal=False, trim_right_ratio=1.0, seed=0):
+    torch.manual_seed(seed)
+    layer = ConvTranspose(C, Cout, k or 2 * stride, stride, causal=causal, trim_right_ratio=trim_right_ratio).eval()
+    layer.weight.data.normal_(0, 1 / math.sqrt(C * 2))
+    layer.bias.data.normal_(0, 0.3)
+    return layer
+
+
+def conv_transpose_op(layer, x, alpha=1.0):
+    return elu_conv_transpose(x, layer.weight, layer.bias, layer.stride, layer.trim_left, layer.trim_right, alpha)
+
+
+def upsampled_layers(layer, x, alpha=1.0):
+    """ELU then the decoder's ConvTranspose layer, in float64."""
+    return layer.double()(F.elu(x.double(), alpha))
 
 
 def layer_by_layer(block, x):
@@ -121,6 +138,48 @@ def test_conv_matches_layers(dtype, C, Cout, k, dilation, causal, pad_mode):
         conv.float()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,Cout", [(128, 64), (32, 16), (16, 48), (24, 8), (5, 3)])
+@pytest.mark.parametrize("stride,k,causal", [(4, None, False), (5, None, False), (2, None, True), (8, None, False),
+                                             (3, 5, False), (2, 7, False), (1, 1, False)])
+def test_conv_transpose_matches_layers(dtype, C, Cout, stride, k, causal):
+    layer = make_upsampler(C, Cout, stride, k, causal=causal)
+    for B, T in ((1, 1), (2, 5), (1, 97)):
+        x = inputs(B, C, T, dtype)
+        want = upsampled_layers(rounded(layer, dtype), x)
+        with torch.no_grad():
+            got = conv_transpose_op(layer.to(dtype), x)
+        check(got, want, dtype)
+        layer.float()
+
+
+def test_conv_transpose_trims_and_errors():
+    """Any trim that leaves a sample (the SEANet trims are one case), and the argument errors."""
+    layer = make_upsampler(16, 16, 3, 7)
+    x = inputs(2, 16, 6, torch.float32)
+    with torch.no_grad():
+        full = F.conv_transpose2d(F.elu(x.double()), layer.weight.double(), layer.bias.double(), stride=(1, 3))
+        n = full.shape[-1]
+        for left, right in ((0, 0), (5, 0), (0, 9), (n - 1, 0), (4, n - 5), (7, 3)):
+            check(elu_conv_transpose(x, layer.weight, layer.bias, 3, left, right, 1.0), full[..., left:n - right],
+                  torch.float32)
+        args = (layer.weight, layer.bias)
+        with pytest.raises(ValueError, match="leave at least one"):
+            elu_conv_transpose(x, *args, 3, n - 2, 2, 1.0)
+        with pytest.raises(ValueError, match="leave at least one"):
+            elu_conv_transpose(x, *args, 3, -1, 0, 1.0)
+        with pytest.raises(ValueError, match="stride"):
+            elu_conv_transpose(x, *args, 0, 0, 0, 1.0)
+        with pytest.raises(ValueError, match="channels"):
+            elu_conv_transpose(inputs(1, 8, 6, torch.float32), *args, 3, 0, 0, 1.0)
+        with pytest.raises(ValueError, match="bias"):
+            elu_conv_transpose(x, layer.weight, torch.zeros(3), 3, 0, 0, 1.0)
+        with pytest.raises(TypeError, match="dtype"):
+            elu_conv_transpose(x, layer.weight.bfloat16(), layer.bias, 3, 0, 0, 1.0)
+        with pytest.raises(TypeError, match="float32 or bfloat16"):
+            elu_conv_transpose(x.double(), layer.weight.double(), layer.bias.double(), 3, 0, 0, 1.0)
+
+
 def test_alpha_and_layouts():
     block = make_block(32, alpha=0.4)
     x = inputs(2, 32, 300, torch.float32)
@@ -150,18 +209,34 @@ def test_non_finite_inputs_spread_like_the_layers():
     torch.testing.assert_close(got.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
 
 
+def test_conv_transpose_non_finite_inputs_spread_like_the_layers():
+    layer = make_upsampler(32, 16, 4)
+    x = inputs(1, 32, 60, torch.float32)
+    x[0, 3, 0, 10] = float("nan")
+    x[0, 5, 0, 30] = float("inf")
+    x[0, 6, 0, 45] = float("-inf")
+    with torch.no_grad():
+        want = upsampled_layers(layer, x)
+        layer.float()
+        got = conv_transpose_op(layer, x)
+    assert torch.equal(got.isnan(), want.isnan()) and want.isnan().any()
+    finite = want.isfinite()
+    torch.testing.assert_close(got.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
+
+
 def test_same_bits_for_any_thread_count():
     """Every tile is computed the same way whichever thread takes it."""
+    up = make_upsampler(128, 64, 4)
     block = make_block(64)
     conv = Conv(64, 1, 7).eval()
-    x = inputs(2, 64, 5000, torch.float32)
+    x = inputs(2, 128, 1250, torch.float32)
     threads = torch.get_num_threads()
     try:
         with torch.no_grad():
             torch.set_num_threads(1)
-            one = conv_op(conv, resblock_op(block, x))
+            one = conv_op(conv, resblock_op(block, conv_transpose_op(up, x)))
             torch.set_num_threads(2)
-            two = conv_op(conv, resblock_op(block, x))
+            two = conv_op(conv, resblock_op(block, conv_transpose_op(up, x)))
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
@@ -180,6 +255,20 @@ def test_resblock_property(C, k, dilation, causal, pad_mode, B, T, seed):
         want = layer_by_layer(block, x)
         block.float()
         check(resblock_op(block, x), want, torch.float32)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(C=st.sampled_from([16, 32, 8, 12, 3]), Cout=st.sampled_from([16, 8, 5]), stride=st.integers(1, 8),
+       extra=st.integers(-3, 3), causal=st.booleans(), B=st.integers(1, 3), T=st.integers(1, 300),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
+def test_conv_transpose_property(C, Cout, stride, extra, causal, B, T, dtype, seed):
+    k = max(stride, 2 * stride + extra)  # SEANet: k = 2 * stride; never shorter than the stride
+    layer = make_upsampler(C, Cout, stride, k, causal=causal, seed=seed)
+    x = inputs(B, C, T, dtype, seed=seed)
+    want = upsampled_layers(rounded(layer, dtype), x)
+    with torch.no_grad():
+        got = conv_transpose_op(layer.to(dtype), x)
+    check(got, want, dtype)
 
 
 def test_argument_errors():
@@ -209,15 +298,17 @@ def test_argument_errors():
             elu_conv(x, torch.zeros(1, 16, 1, 7), torch.zeros(2), 1, 3, 3, "reflect", 1.0)
 
 
-@pytest.mark.parametrize("op", ["elu_resblock", "elu_conv"])
+@pytest.mark.parametrize("op", ["elu_resblock", "elu_conv", "elu_conv_transpose"])
 def test_opcheck(op):
     block = make_block(16).requires_grad_(False)
     x = inputs(2, 16, 40, torch.float32)
     if op == "elu_resblock":
         c1, c2 = block.conv1, block.conv2
         args = (x, c1.weight, c1.bias, c2.weight, c2.bias, 1, 1, 1, "reflect", 1.0)
-    else:
+    elif op == "elu_conv":
         args = (x, torch.randn(2, 16, 1, 7), torch.randn(2), 1, 3, 3, "replicate", 0.7)
+    else:
+        args = (x, torch.randn(16, 8, 1, 8), torch.randn(8), 4, 2, 2, 0.7)
     torch.library.opcheck(getattr(torch.ops.jasco_fast, op).default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static",
                                       "test_aot_dispatch_dynamic"))
@@ -248,6 +339,32 @@ def test_where_the_decoder_uses_them():
         assert not block._fusable(torch.empty(1, 16, 1, 4))
 
 
+def test_where_the_decoder_upsamples_with_the_op():
+    """ELU + ConvTranspose runs as the op for float32 up to FUSED_CONV_TRANSPOSE_MAX_CHANNELS input channels (the
+    layers' path elsewhere: wider, bfloat16, gradients wanted, another activation), with the layers' result."""
+    widest = FUSED_CONV_TRANSPOSE_MAX_CHANNELS[torch.float32]
+    assert torch.bfloat16 not in FUSED_CONV_TRANSPOSE_MAX_CHANNELS
+
+    def ran_op(layers, x):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = layers(x)
+        return "jasco_fast::elu_conv_transpose" in {e.name for e in prof.events()}, y
+
+    for C, dtype, grad, act, expect in ((widest, torch.float32, False, torch.nn.ELU(), True),
+                                        (2 * widest, torch.float32, False, torch.nn.ELU(), False),
+                                        (16, torch.bfloat16, False, torch.nn.ELU(), False),
+                                        (16, torch.float32, True, torch.nn.ELU(), False),
+                                        (16, torch.float32, False, torch.nn.ReLU(), False)):
+        layers = DecoderLayers(act, make_upsampler(C, 8, 4)).to(dtype)
+        x = inputs(1, C, 9, dtype)
+        with torch.set_grad_enabled(grad):
+            used, got = ran_op(layers, x)
+        assert used == expect, (C, dtype, grad, act)
+        want = upsampled_layers(rounded(layers[1], dtype), x, 1.0) if isinstance(act, torch.nn.ELU) else None
+        if want is not None:
+            check(got.detach(), want, dtype)
+
+
 def test_decoder_fuses_its_tail_and_matches_reference():
     torch.manual_seed(0)
     decoder = SEANetDecoder(DecoderConfig(dimension=16, n_filters=8, ratios=(2, 2), lstm=1)).eval()
@@ -259,7 +376,7 @@ def test_decoder_fuses_its_tail_and_matches_reference():
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             got = decoder((latents * reference.JASCO_LATENT_STD + reference.JASCO_LATENT_MEAN).transpose(1, 2))
     ran = {e.name for e in prof.events()}
-    assert {"jasco_fast::elu_resblock", "jasco_fast::elu_conv"} <= ran
+    assert {"jasco_fast::elu_resblock", "jasco_fast::elu_conv", "jasco_fast::elu_conv_transpose"} <= ran
     assert decoder.layers[-1].weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS
     err = (got.double() - want.double()).abs().max().item()
     assert err <= 1e-5 * want.abs().max().item()
@@ -274,7 +391,10 @@ def test_lower_instruction_sets(isa):
         "    t.test_resblock_matches_layers(dtype, 64, 2, 3, 1, False, 'reflect')\n"
         "    t.test_resblock_matches_layers(dtype, 32, 2, 5, 3, False, 'replicate')\n"
         "    t.test_conv_matches_layers(dtype, 64, 2, 7, 1, True, 'reflect')\n"
+        "    t.test_conv_transpose_matches_layers(dtype, 128, 64, 4, None, False)\n"
+        "    t.test_conv_transpose_matches_layers(dtype, 24, 8, 3, 5, False)\n"
         "t.test_non_finite_inputs_spread_like_the_layers()\n"
+        "t.test_conv_transpose_non_finite_inputs_spread_like_the_layers()\n"
         "print('ok')\n" % str(Path(__file__).parent))
     env = {**os.environ, "JASCO_FAST_TAIL_ISA": isa}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -117,7 +117,8 @@ def registered_ops() -> list[str]:
 # Ops opchecked in their own test module.
 OPCHECKED_ELSEWHERE = {"codes_to_latents": "tests/test_codes_to_latents.py::test_opcheck",
                        "elu_resblock": "tests/test_elu_conv.py::test_opcheck",
-                       "elu_conv": "tests/test_elu_conv.py::test_opcheck"}
+                       "elu_conv": "tests/test_elu_conv.py::test_opcheck",
+                       "elu_conv_transpose": "tests/test_elu_conv.py::test_opcheck"}
 
 
 def test_every_op_is_opchecked():

@@ -92,6 +92,23 @@ struct ConvArgs {
   float alpha;
 };
 
+// A transposed convolution (stride r, k taps) as a convolution over its input rows: untrimmed output samples
+// [u * r, u * r + r) (channels innermost: N = r * Cout values, contiguous in the channels-last output) are
+// bias + sum over j < taps = ceil(k / r) of elu(x[u - taps + 1 + j]) times a [C, N] matrix, for rows
+// 0 <= u < T + taps - 1 (x is zero outside [0, T)). The trimmed output is the flat range
+// [out_begin, out_begin + out_len) of those rows' values.
+// Where k is not a multiple of r the last tap's matrix is zero-padded: an infinite activation there gives NaN where
+// the layers give +-inf (SEANet's k = 2r pads nothing).
+template <typename scalar_t>
+struct ConvTransposeArgs {
+  const scalar_t* x;  // [B, T, C] memory
+  scalar_t* out;      // [B, out_len / Cout, Cout] memory
+  int64_t T, C, N, taps, tile, out_begin, out_len;
+  const float* w;     // [taps, C, N] (float copies; the bfloat16 copy takes its own)
+  const float* bias;  // [N]: the bias once per phase
+  float alpha;
+};
+
 #define JF_ISA portable
 #define JF_TARGET
 #define JF_WIDTH 1
@@ -197,19 +214,31 @@ JF_BF16 void block_gemm_bf16(const uint16_t* a, int64_t lda, int64_t K2, int64_t
 }
 
 // out[i, n] += the tile's convolution (rows a multiple of kRows, N a multiple of 16), as in tile_conv.
+// columns_outer: the column blocks outermost (tile_conv_columns' order, for wide weights).
 JF_BF16 void tile_conv_bf16(const uint16_t* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
-                            const uint32_t* w, int64_t N, float* out) {
+                            const uint32_t* w, int64_t N, float* out, bool columns_outer = false) {
+  auto block = [&](int64_t i, int64_t n, int64_t vecs) {
+    const uint16_t* ai = a + i * K;
+    float* o = out + i * N + n;
+    switch (vecs) {
+      case 4: block_gemm_bf16<4>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+      case 3: block_gemm_bf16<3>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+      case 2: block_gemm_bf16<2>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+      default: block_gemm_bf16<1>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
+    }
+  };
+  if (columns_outer) {
+    for (int64_t n = 0; n < N;) {
+      const int64_t vecs = std::min<int64_t>(4, (N - n) / 16);
+      for (int64_t i = 0; i < rows; i += avx512::kRows) block(i, n, vecs);
+      n += vecs * 16;
+    }
+    return;
+  }
   for (int64_t i = 0; i < rows; i += avx512::kRows) {
     for (int64_t n = 0; n < N;) {
       const int64_t vecs = std::min<int64_t>(4, (N - n) / 16);
-      const uint16_t* ai = a + i * K;
-      float* o = out + i * N + n;
-      switch (vecs) {
-        case 4: block_gemm_bf16<4>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
-        case 3: block_gemm_bf16<3>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
-        case 2: block_gemm_bf16<2>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
-        default: block_gemm_bf16<1>(ai, K, K / 2, taps, tap_step, w + n, N, o, N); break;
-      }
+      block(i, n, vecs);
       n += vecs * 16;
     }
   }
@@ -259,6 +288,62 @@ JF_BF16 void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uin
     }
     tile_conv_bf16(hidden_b.data(), rows, H, 1, 1, w2, C, y.data());
     to_bf16(y.data(), reinterpret_cast<uint16_t*>(p.out + (b * p.T + t0) * C), valid * C, false, 0.0f);
+  }
+}
+
+// Transposed-convolution weights [C, Cout, 1, k] -> [taps][C / 2][r * Cout] 32-bit lanes holding the pair of
+// inputs 2c (low half), 2c + 1: tap j of output phase p reads kernel position (taps - 1 - j) * r + p.
+at::Tensor pack_transposed_taps_bf16_pairs(const at::Tensor& w, int64_t r, int64_t taps) {
+  const int64_t C = w.size(0), Cout = w.size(1), k = w.size(3), N = r * Cout, C2 = C / 2;
+  const at::Tensor src = w.contiguous(at::MemoryFormat::ChannelsLast);  // memory [C][k][Cout]
+  at::Tensor out = at::zeros({taps, C2, N}, w.options().dtype(at::kInt).memory_format(at::MemoryFormat::Contiguous));
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.const_data_ptr<at::BFloat16>());
+  uint32_t* d = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
+  at::parallel_for(0, taps * C2, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t j = job / C2, c2 = job % C2;
+      for (int64_t ph = 0; ph < r; ++ph) {
+        const int64_t q = (taps - 1 - j) * r + ph;
+        if (q >= k) continue;
+        const uint16_t* even = s + ((2 * c2) * k + q) * Cout;
+        const uint16_t* odd = even + k * Cout;
+        uint32_t* row = d + job * N + ph * Cout;
+        for (int64_t o = 0; o < Cout; ++o) row[o] = static_cast<uint32_t>(even[o]) | (static_cast<uint32_t>(odd[o]) << 16);
+      }
+    }
+  });
+  return out;
+}
+
+// conv_transpose_tiles with bfloat16 dot products: elu(x) rounded to bfloat16 (as the unfused bfloat16 layers
+// round it), float32 sums, the output rounded once. C, Cout multiples of 16.
+JF_BF16 void conv_transpose_tiles_bf16(const ConvTransposeArgs<c10::BFloat16>& p, const uint32_t* w, int64_t begin,
+                                       int64_t end) {
+  const int64_t C = p.C, N = p.N, halo = p.taps - 1, rows_total = p.T + halo;
+  const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
+  constexpr int64_t R = avx512::kRows;
+  std::vector<uint16_t> act((p.tile + halo) * C);
+  std::vector<float> y(p.tile * N);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, u0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, rows_total - u0);
+    const int64_t lo = std::max(u0 * N, p.out_begin), hi = std::min((u0 + valid) * N, p.out_begin + p.out_len);
+    if (lo >= hi) continue;
+    const int64_t rows = (valid + R - 1) / R * R;
+    const c10::BFloat16* x = p.x + b * p.T * C;
+    for (int64_t r = 0; r < rows + halo; ++r) {
+      const int64_t q = u0 + r - halo;
+      uint16_t* dst = act.data() + r * C;
+      if (q < 0 || q >= p.T || r >= valid + halo) {
+        std::fill(dst, dst + C, 0);
+      } else {
+        to_bf16(x + q * C, dst, C, true, p.alpha);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) std::copy(p.bias, p.bias + N, y.data() + r * N);
+    tile_conv_bf16(act.data(), rows, C, p.taps, 1, w, N, y.data(), /*columns_outer=*/true);
+    to_bf16(y.data() + (lo - u0 * N), reinterpret_cast<uint16_t*>(p.out + b * p.out_len + (lo - p.out_begin)), hi - lo,
+            false, 0.0f);
   }
 }
 #endif
@@ -455,11 +540,85 @@ at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::
   return out;
 }
 
+// Transposed-convolution weights [C, Cout, 1, k] -> float32 [taps][C][r * Cout] (see ConvTransposeArgs).
+at::Tensor pack_transposed_taps(const at::Tensor& w, int64_t r, int64_t taps) {
+  const int64_t C = w.size(0), Cout = w.size(1), k = w.size(3), N = r * Cout;
+  const at::Tensor src = w.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);  // memory [C][k][Cout]
+  at::Tensor out = at::zeros({taps, C, N}, src.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* s = src.const_data_ptr<float>();
+  float* d = out.mutable_data_ptr<float>();
+  at::parallel_for(0, taps * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const int64_t j = job / C, c = job % C;
+      for (int64_t ph = 0; ph < r; ++ph) {
+        const int64_t q = (taps - 1 - j) * r + ph;
+        if (q < k) std::copy(s + (c * k + q) * Cout, s + (c * k + q + 1) * Cout, d + job * N + ph * Cout);
+      }
+    }
+  });
+  return out;
+}
+
+at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, int64_t stride,
+                              int64_t trim_left, int64_t trim_right, double alpha) {
+  const char* op = "elu_conv_transpose";
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 1, op, ": weight must be [C, Cout, 1, k], got shape ",
+                    weight.sizes());
+  const int64_t C = weight.size(0), Cout = weight.size(1), k = weight.size(3);
+  check_activations(op, x_in, C);
+  TORCH_CHECK_VALUE(Cout >= 1 && k >= 1, op, ": weight must have at least one output channel and one tap, got shape ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == Cout, op, ": bias must be [", Cout, "], got shape ",
+                    bias.sizes());
+  TORCH_CHECK_TYPE(weight.scalar_type() == x_in.scalar_type() && bias.scalar_type() == x_in.scalar_type(), op,
+                   ": weight and bias must have x's dtype ", x_in.scalar_type(), ", got ", weight.scalar_type(),
+                   " and ", bias.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == x_in.device() && bias.device() == x_in.device(), op,
+                    ": weight and bias must be on x's device");
+  TORCH_CHECK_VALUE(stride >= 1, op, ": stride must be >= 1, got ", stride);
+  const int64_t T = x_in.size(3), full = (T - 1) * stride + k;
+  TORCH_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
+                    ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
+                    " output samples, got ", trim_left, " and ", trim_right);
+
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), L = full - trim_left - trim_right;
+  const int64_t taps = (k + stride - 1) / stride, N = stride * Cout;
+  at::Tensor out = at::empty({B, Cout, 1, L}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor bias_row = float_contiguous(bias).repeat({stride});
+  // rows per tile: the tile's input and output buffers within ~256 KB of L2, a multiple of the register blocks
+  const int64_t tile = std::clamp<int64_t>(65536 / (C + N), 12, 512) / 12 * 12;
+  const int64_t jobs = B * ((T + taps - 1 + tile - 1) / tile);
+  const int width = vector_width({C, Cout});
+
+#ifdef JASCO_FAST_X86
+  if (x.scalar_type() == at::kBFloat16 && width == 16 && use_bf16_dot()) {
+    const at::Tensor wp = pack_transposed_taps_bf16_pairs(weight, stride, taps);
+    const ConvTransposeArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(), out.mutable_data_ptr<c10::BFloat16>(),
+                                                T, C, N, taps, tile, trim_left * Cout, L * Cout, nullptr,
+                                                bias_row.const_data_ptr<float>(), static_cast<float>(alpha)};
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(wp.const_data_ptr<int32_t>());
+    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { conv_transpose_tiles_bf16(args, w, begin, end); });
+    return out;
+  }
+#endif
+  const at::Tensor wp = pack_transposed_taps(weight, stride, taps);
+  with_activation_type(x, [&](auto* typed) {
+    using T_ = std::remove_pointer_t<decltype(typed)>;
+    const ConvTransposeArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, N, taps, tile,
+                                     trim_left * Cout, L * Cout, wp.const_data_ptr<float>(),
+                                     bias_row.const_data_ptr<float>(), static_cast<float>(alpha)};
+    run_tiles(jobs, width, args, JF_KERNEL_COPIES(conv_transpose_tiles, T_));
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) {
   m.impl("elu_resblock", &elu_resblock);
   m.impl("elu_conv", &elu_conv);
+  m.impl("elu_conv_transpose", &elu_conv_transpose);
 }
 
 }  // namespace jasco_fast

@@ -173,6 +173,27 @@ JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t
   }
 }
 
+// out[i, n] += sum_j sum_c a[(i + j) * K + c] * w[(j * K + c) * N + n], as tile_conv (tap step 1, no prefetch) but
+// with the column blocks outermost: a block of W's columns (taps x K x kMaxVecs * W floats) stays in L1/L2 while
+// every row of the tile reads it, the access pattern of the transposed convolutions' wide [K, N] weights.
+JF_TARGET inline void tile_conv_columns(const float* a, int64_t rows, int64_t K, int64_t taps, const float* w, int64_t N,
+                                        float* out) {
+  for (int64_t n = 0; n < N;) {
+    const int64_t vecs = std::min<int64_t>(kMaxVecs, (N - n) / W);
+    for (int64_t i = 0; i < rows; i += kRows) {
+      const float* ai = a + i * K;
+      float* o = out + i * N + n;
+      switch (vecs) {
+        case 4: block_gemm<4>(ai, K, K, taps, 1, w + n, N, o, N); break;
+        case 3: block_gemm<3>(ai, K, K, taps, 1, w + n, N, o, N); break;
+        case 2: block_gemm<2>(ai, K, K, taps, 1, w + n, N, o, N); break;
+        default: block_gemm<1>(ai, K, K, taps, 1, w + n, N, o, N); break;
+      }
+    }
+    n += vecs * W;
+  }
+}
+
 // dst[c] = elu(src[c]) for c < C (a multiple of W), src in the activation dtype.
 template <typename scalar_t>
 JF_TARGET inline void elu_row(const scalar_t* src, float* dst, int64_t C, float alpha) {
@@ -215,6 +236,36 @@ JF_TARGET void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, in
     tile_conv(hidden.data(), rows, H, 1, 1, p.w2, C, y.data());
     scalar_t* out = p.out + (b * p.T + t0) * C;
     for (int64_t i = 0; i < valid * C; i += W) vstore(out + i, vload(y.data() + i));
+  }
+}
+
+// The transposed convolution as a convolution over its input rows (see ConvTransposeArgs): a tile of rows u, each
+// the sum over taps of elu(x[u - taps + 1 + j]) times tap j's [C, N] matrix, written to out where the trim keeps it.
+template <typename scalar_t>
+JF_TARGET void conv_transpose_tiles(const ConvTransposeArgs<scalar_t>& p, int64_t begin, int64_t end) {
+  const int64_t C = p.C, N = p.N, halo = p.taps - 1, rows_total = p.T + halo;
+  const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
+  std::vector<float> act((p.tile + halo) * C), y(p.tile * N);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, u0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, rows_total - u0);
+    const int64_t lo = std::max(u0 * N, p.out_begin), hi = std::min((u0 + valid) * N, p.out_begin + p.out_len);
+    if (lo >= hi) continue;
+    const int64_t rows = (valid + kRows - 1) / kRows * kRows;
+    const scalar_t* x = p.x + b * p.T * C;
+    for (int64_t r = 0; r < rows + halo; ++r) {
+      const int64_t q = u0 + r - halo;
+      float* dst = act.data() + r * C;
+      if (q < 0 || q >= p.T || r >= valid + halo) {
+        std::fill(dst, dst + C, 0.0f);
+      } else {
+        elu_row(x + q * C, dst, C, p.alpha);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) std::copy(p.bias, p.bias + N, y.data() + r * N);
+    tile_conv_columns(act.data(), rows, C, p.taps, p.w, N, y.data());
+    scalar_t* out = p.out + b * p.out_len - p.out_begin;
+    for (int64_t f = lo; f < hi; f += W) vstore(out + f, vload(y.data() + (f - u0 * N)));
   }
 }
 

@@ -761,6 +761,18 @@ bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, 
   return true;
 }
 
+// x [M, C] (contiguous) times w_ih [4C, C] transposed: [M, 4C] contiguous. float32 as a 1x1 channels-last
+// convolution, which ATen runs through oneDNN: at::mm's MKL sgemm takes its AVX2 code on AMD CPUs (Zen 5, 2
+// threads, M = 257, C = 1024: 16.1 against 12.7 ms with oneDNN's weight reorder included).
+at::Tensor input_projections(const at::Tensor& x, const at::Tensor& w_ih) {
+  if (x.scalar_type() != at::kFloat || !at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn())
+    return at::mm(x, w_ih.t());
+  const int64_t M = x.size(0), C = x.size(1), G = w_ih.size(0);
+  const at::Tensor xin = x.as_strided({1, C, 1, M}, {M * C, 1, M * C, C});  // [1, C, 1, M] channels-last
+  const at::Tensor y = at::conv2d(xin, w_ih.contiguous().view({G, C, 1, 1}));
+  return y.permute({0, 2, 3, 1}).reshape({M, G}).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
                                                                         int64_t num_layers, const at::Tensor& h0,
                                                                         const at::Tensor& c0, int64_t state_frames,
@@ -789,7 +801,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
     const at::Tensor bias = weights[4 * l + 2].to(at::kFloat) + weights[4 * l + 3].to(at::kFloat);
     // all T input projections in one GEMM, in the weights' dtype (bfloat16: oneDNN's AMX/AVX-512 GEMM,
     // float32 accumulation, rounded once to bfloat16 as ATen's bfloat16 LSTM does)
-    const at::Tensor xp = at::mm(x.reshape({B * T, C}).to(w_ih.scalar_type()), w_ih.t());
+    const at::Tensor xp = input_projections(x.reshape({B * T, C}).to(w_ih.scalar_type()), w_ih);
     // the integer matvec needs |h| <= 1, which every computed h satisfies; a given h0 outside it (or not
     // finite) takes the float int8 tiles for this layer
     const at::Tensor h0_l = h0_f.select(0, l);
