@@ -97,8 +97,8 @@ struct ConvArgs {
 // bias + sum over j < taps = ceil(k / r) of elu(x[u - taps + 1 + j]) times a [C, N] matrix, for rows
 // 0 <= u < T + taps - 1 (x is zero outside [0, T)). The trimmed output is the flat range
 // [out_begin, out_begin + out_len) of those rows' values.
-// Where k is not a multiple of r the last tap's matrix is zero-padded: an infinite activation there gives NaN where
-// the layers give +-inf (SEANet's k = 2r pads nothing).
+// Where k is not a multiple of r, kernel positions k..taps * r - 1 are zero weights: an infinite activation there
+// gives NaN where the layers give +-inf (SEANet's k = 2r pads nothing).
 template <typename scalar_t>
 struct ConvTransposeArgs {
   const scalar_t* x;  // [B, T, C] memory
