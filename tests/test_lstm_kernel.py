@@ -164,6 +164,32 @@ def test_full_size_layer(dtype, recurrent_dtype):
     check_case(1, 6, 1024, 2, True, 3, dtype, recurrent_dtype)
 
 
+@pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
+def test_weights_changed_between_calls(dtype, recurrent_dtype):
+    """The kernel keeps its last packings of W_hh by their contents: a matrix changed in place between calls (through
+    .data, which leaves the version counter alone; by one element) is packed anew, and calls alternating between two
+    sets of weights each get their own result."""
+    C, layers = 32, 2
+    weights = [w.to(dtype) for w in lstm_weights(C, layers, 11)]
+    other = [w.to(dtype) for w in lstm_weights(C, layers, 12)]
+    seq = torch.randn(1, 20, C, generator=torch.Generator().manual_seed(13)).to(dtype)
+
+    def check(ws):
+        got = lstm_skip(seq, ws, layers, None, None, None, recurrent_dtype)[0]
+        rel = (BF16_REL if dtype == torch.bfloat16 else F32_REL) + (int8_h_bound(ws) if recurrent_dtype == torch.int8 else 0)
+        assert_close_rel(got, reference(seq, stored_recurrent(ws, recurrent_dtype), layers)[0], rel, str(dtype))
+        return got
+
+    before = check(weights)
+    version = weights[1]._version
+    weights[1].data.mul_(-0.5)  # layer 0's W_hh: the same tensor at the same address
+    weights[5].data[7, 3] += 0.25  # one element of layer 1's
+    assert weights[1]._version == version
+    assert not torch.equal(check(weights), before)
+    for ws in (other, weights, other, weights):
+        check(ws)
+
+
 def test_kernel_runs_below_the_batch_limit_and_aten_above():
     """B <= 8 gives the kernel's rounding (not bit-equal to ATen's LSTM); B = 9 is ATen's LSTM exactly."""
     weights = lstm_weights(64, 2, seed=5)

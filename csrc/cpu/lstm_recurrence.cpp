@@ -30,6 +30,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <list>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -402,6 +404,8 @@ float quantize_row(const w_t* w, int64_t C, int8_t* q) {
 // of kPackBlock inputs, so the block of the tile being written stays in L1 while each source row is read
 // front to back.
 constexpr int64_t kPackBlock = 16;
+// the lane layouts below put the lower input in the lower bits: on a little-endian CPU a plain 4-byte load
+constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
 template <typename src_t, typename dst_t, typename Get>
 void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_t* const* rows, Get get) {
@@ -474,6 +478,13 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
       if (format == WeightFormat::kFloat32) {
         transpose_into_tile(reinterpret_cast<float*>(tile), width, C, reinterpret_cast<const float* const*>(src.data()),
                             [](const float* row, int64_t k) { return row[k]; });
+      } else if (vnni && kLittleEndian && C % 4 == 0) {  // a lane is 4 consecutive bytes of the row
+        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
+                            reinterpret_cast<const int8_t* const*>(src.data()), [](const int8_t* row, int64_t k) {
+                              uint32_t lane;
+                              std::memcpy(&lane, row + 4 * k, 4);
+                              return lane;
+                            });
       } else if (vnni) {  // inputs 4k .. 4k + 3 in one 32-bit lane, first in the low byte
         transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
                             reinterpret_cast<const int8_t* const*>(src.data()), [C](const int8_t* row, int64_t k) {
@@ -485,6 +496,13 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
       } else if (format == WeightFormat::kInt8) {
         transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
                             [](const int8_t* row, int64_t k) { return row[k]; });
+      } else if (kLittleEndian && C % 2 == 0) {  // a lane is 2 consecutive bfloat16 values of the row
+        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
+                            reinterpret_cast<const uint16_t* const*>(src.data()), [](const uint16_t* row, int64_t k) {
+                              uint32_t lane;
+                              std::memcpy(&lane, row + 2 * k, 4);
+                              return lane;
+                            });
       } else {  // inputs 2k (low half) and 2k + 1 (high half) in one 32-bit lane
         transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
                             reinterpret_cast<const uint16_t* const*>(src.data()), [C](const uint16_t* row, int64_t k) {
@@ -495,6 +513,86 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
     }
   });
   return p;
+}
+
+// Packing W_hh takes ~4 ms per 1024-unit layer, about a sixth of the op's time on a 256-frame chunk, and a chunked
+// or streamed decode calls the op once per chunk with the same weights. The tiles are a function of W_hh's
+// contents, the format and the tile width only, so the last kPackCacheEntries packings are kept under a 64-bit
+// hash of the contents, recomputed on every call (~0.3 ms per layer): a matrix changed in place (even through
+// .data, which leaves the version counter alone) or another tensor at the same address hashes differently.
+constexpr size_t kPackCacheEntries = 4;
+
+inline uint64_t mix64(uint64_t x) {  // a bijective 64-bit finaliser (splitmix64's)
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+uint64_t content_hash(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  const uint8_t* bytes = static_cast<const uint8_t*>(c.const_data_ptr());
+  const int64_t n = c.numel() * static_cast<int64_t>(c.element_size()), words = n / 8;
+  constexpr int64_t kBlockWords = 1 << 14;
+  const int64_t blocks = (words + kBlockWords - 1) / kBlockWords;
+  std::vector<uint64_t> partial(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      uint64_t h[4] = {mix64(4 * b + 1), mix64(4 * b + 2), mix64(4 * b + 3), mix64(4 * b + 4)};
+      const int64_t w1 = std::min(words, (b + 1) * kBlockWords);
+      int64_t i = b * kBlockWords;
+      for (; i + 4 <= w1; i += 4) {
+        for (int j = 0; j < 4; ++j) {  // four independent chains, each one multiply per word
+          uint64_t v;
+          std::memcpy(&v, bytes + 8 * (i + j), 8);
+          h[j] = (h[j] ^ v) * 0x9E3779B97F4A7C15ULL;
+          h[j] ^= h[j] >> 29;
+        }
+      }
+      for (; i < w1; ++i) {
+        uint64_t v;
+        std::memcpy(&v, bytes + 8 * i, 8);
+        h[0] = mix64(h[0] ^ v);
+      }
+      partial[b] = mix64(h[0] ^ mix64(h[1] ^ mix64(h[2] ^ mix64(h[3]))));
+    }
+  });
+  uint64_t h = mix64(static_cast<uint64_t>(n));
+  for (const uint64_t part : partial) h = mix64(h ^ part);
+  uint64_t tail = 0;
+  std::memcpy(&tail, bytes + 8 * words, static_cast<size_t>(n - 8 * words));
+  return mix64(h ^ tail);
+}
+
+PackedRecurrent pack_recurrent_cached(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
+  struct Entry {
+    uint64_t hash;
+    int64_t rows, cols, width;
+    at::ScalarType dtype;
+    WeightFormat format;
+    PackedRecurrent packed;
+  };
+  static std::mutex mutex;
+  static std::list<Entry>& entries = *new std::list<Entry>();  // most recently used first; never destroyed, so no
+                                                                // tensor outlives ATen at exit
+  const uint64_t hash = content_hash(w_hh);
+  auto same = [&](const Entry& e) {
+    return e.hash == hash && e.rows == w_hh.size(0) && e.cols == w_hh.size(1) && e.width == width &&
+           e.dtype == w_hh.scalar_type() && e.format == format;
+  };
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto it = entries.begin(); it != entries.end(); ++it) {
+      if (same(*it)) {
+        entries.splice(entries.begin(), entries, it);
+        return entries.front().packed;
+      }
+    }
+  }
+  PackedRecurrent packed = pack_recurrent(w_hh, format, width);
+  std::lock_guard<std::mutex> lock(mutex);
+  entries.push_front(Entry{hash, w_hh.size(0), w_hh.size(1), width, w_hh.scalar_type(), format, packed});
+  if (entries.size() > kPackCacheEntries) entries.pop_back();
+  return packed;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -815,7 +913,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
     }
 #endif
     const PackedRecurrent packed =
-        pack_recurrent(w_hh, vnni_fn ? WeightFormat::kInt8Vnni : format, width);
+        pack_recurrent_cached(w_hh, vnni_fn ? WeightFormat::kInt8Vnni : format, width);
 
     h_buf.zero_();
     h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_l);
