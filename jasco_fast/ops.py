@@ -444,16 +444,24 @@ _TAIL_DTYPES = (torch.float32, torch.bfloat16)
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
-def _check_tail(op: str, x, weight, bias, in_channels, dilation, pad_left, pad_right, pad_mode):
-    """The C++ kernels' argument rules, for tracing."""
+def _check_tail_params(op: str, x, weight, bias, in_axis: int):
+    """The C++ kernels' rules for x and one layer's weight [.., .., 1, k] (input channels on ``in_axis``, 0 for a
+    transposed convolution, 1 for a convolution) and bias (one per output channel), for tracing."""
+    out_axis = 1 - in_axis
     torch._check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
     torch._check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
-    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[1] == in_channels,
-                       lambda: f"{op}: weight must be [out, {in_channels}, 1, k], got shape {list(weight.shape)}")
-    torch._check_value(bias.dim() == 1 and bias.shape[0] == weight.shape[0],
-                       lambda: f"{op}: bias must be [{weight.shape[0]}], got shape {list(bias.shape)}")
+    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[in_axis] == x.shape[1],
+                       lambda: f"{op}: weight must have {x.shape[1]} input channels (dim {in_axis}) and shape "
+                               f"[.., .., 1, k], got shape {list(weight.shape)}")
+    torch._check_value(bias.dim() == 1 and bias.shape[0] == weight.shape[out_axis],
+                       lambda: f"{op}: bias must be [{weight.shape[out_axis]}], got shape {list(bias.shape)}")
     torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
                       lambda: f"{op}: weights must have x's dtype {x.dtype}, got {weight.dtype}, {bias.dtype}")
+
+
+def _check_tail(op: str, x, weight, bias, dilation, pad_left, pad_right, pad_mode):
+    """The C++ kernels' argument rules of a convolution, for tracing."""
+    _check_tail_params(op, x, weight, bias, 1)
     torch._check_value(dilation >= 1, lambda: f"{op}: dilation must be >= 1, got {dilation}")
     torch._check_value(pad_left >= 0 and pad_right >= 0 and pad_left + pad_right == (weight.shape[3] - 1) * dilation,
                        lambda: f"{op}: pad_left + pad_right must equal (k - 1) * dilation")
@@ -462,7 +470,7 @@ def _check_tail(op: str, x, weight, bias, in_channels, dilation, pad_left, pad_r
 
 @torch.library.register_fake("jasco_fast::elu_resblock")
 def _(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
-    _check_tail("elu_resblock", x, w1, b1, x.shape[1], dilation, pad_left, pad_right, pad_mode)
+    _check_tail("elu_resblock", x, w1, b1, dilation, pad_left, pad_right, pad_mode)
     torch._check_value(w2.dim() == 4 and tuple(w2.shape[:2]) == (x.shape[1], w1.shape[0]) and w2.shape[3] == 1,
                        lambda: f"elu_resblock: w2 must be [{x.shape[1]}, {w1.shape[0]}, 1, 1], got {list(w2.shape)}")
     return torch.empty_like(x, memory_format=torch.channels_last)
@@ -470,7 +478,7 @@ def _(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
 
 @torch.library.register_fake("jasco_fast::elu_conv")
 def _(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
-    _check_tail("elu_conv", x, weight, bias, x.shape[1], dilation, pad_left, pad_right, pad_mode)
+    _check_tail("elu_conv", x, weight, bias, dilation, pad_left, pad_right, pad_mode)
     B, _, _, T = x.shape
     return x.new_empty((B, weight.shape[0], 1, T)).contiguous(memory_format=torch.channels_last)
 
@@ -478,14 +486,7 @@ def _(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
 @torch.library.register_fake("jasco_fast::elu_conv_transpose")
 def _(x, weight, bias, stride, trim_left, trim_right, alpha):
     op = "elu_conv_transpose"
-    torch._check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
-    torch._check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
-    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[0] == x.shape[1],
-                       lambda: f"{op}: weight must be [{x.shape[1]}, Cout, 1, k], got shape {list(weight.shape)}")
-    torch._check_value(bias.dim() == 1 and bias.shape[0] == weight.shape[1],
-                       lambda: f"{op}: bias must be [{weight.shape[1]}], got shape {list(bias.shape)}")
-    torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
-                      lambda: f"{op}: weight and bias must have x's dtype {x.dtype}, got {weight.dtype}, {bias.dtype}")
+    _check_tail_params(op, x, weight, bias, 0)
     torch._check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
     B, _, _, T = x.shape
     length = (T - 1) * stride + weight.shape[3] - trim_left - trim_right

@@ -194,31 +194,20 @@ def test_alpha_and_layouts():
         check(conv_op(conv, x.contiguous(), alpha=0.4), want, torch.float32)
 
 
-def test_non_finite_inputs_spread_like_the_layers():
-    block = make_block(32)
-    x = inputs(1, 32, 200, torch.float32)
-    x[0, 3, 0, 50] = float("nan")
-    x[0, 5, 0, 120] = float("inf")
-    x[0, 6, 0, 160] = float("-inf")
+@pytest.mark.parametrize("op", ["elu_resblock", "elu_conv_transpose"])
+def test_non_finite_inputs_spread_like_the_layers(op):
+    if op == "elu_resblock":
+        layer, C, T, run, layers = make_block(32), 32, 200, resblock_op, layer_by_layer
+    else:
+        layer, C, T, run, layers = make_upsampler(32, 16, 4), 32, 60, conv_transpose_op, upsampled_layers
+    x = inputs(1, C, T, torch.float32)
+    x[0, 3, 0, T // 4] = float("nan")
+    x[0, 5, 0, T // 2] = float("inf")
+    x[0, 6, 0, 3 * T // 4] = float("-inf")
     with torch.no_grad():
-        want = layer_by_layer(block, x)
-        block.float()
-        got = resblock_op(block, x)
-    assert torch.equal(got.isnan(), want.isnan())
-    finite = want.isfinite()
-    torch.testing.assert_close(got.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
-
-
-def test_conv_transpose_non_finite_inputs_spread_like_the_layers():
-    layer = make_upsampler(32, 16, 4)
-    x = inputs(1, 32, 60, torch.float32)
-    x[0, 3, 0, 10] = float("nan")
-    x[0, 5, 0, 30] = float("inf")
-    x[0, 6, 0, 45] = float("-inf")
-    with torch.no_grad():
-        want = upsampled_layers(layer, x)
+        want = layers(layer, x)
         layer.float()
-        got = conv_transpose_op(layer, x)
+        got = run(layer, x)
     assert torch.equal(got.isnan(), want.isnan()) and want.isnan().any()
     finite = want.isfinite()
     torch.testing.assert_close(got.double()[finite], want[finite], rtol=1e-5, atol=1e-5)
@@ -393,8 +382,8 @@ def test_lower_instruction_sets(isa):
         "    t.test_conv_matches_layers(dtype, 64, 2, 7, 1, True, 'reflect')\n"
         "    t.test_conv_transpose_matches_layers(dtype, 128, 64, 4, None, False)\n"
         "    t.test_conv_transpose_matches_layers(dtype, 24, 8, 3, 5, False)\n"
-        "t.test_non_finite_inputs_spread_like_the_layers()\n"
-        "t.test_conv_transpose_non_finite_inputs_spread_like_the_layers()\n"
+        "t.test_non_finite_inputs_spread_like_the_layers('elu_resblock')\n"
+        "t.test_non_finite_inputs_spread_like_the_layers('elu_conv_transpose')\n"
         "print('ok')\n" % str(Path(__file__).parent))
     env = {**os.environ, "JASCO_FAST_TAIL_ISA": isa}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

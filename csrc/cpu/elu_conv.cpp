@@ -109,6 +109,35 @@ struct ConvTransposeArgs {
   float alpha;
 };
 
+// The tile walk of a transposed convolution, shared by the copies of its loops. For each tile of rows u:
+// fill(q, dst) writes elu(x[q]) (q in [0, T)) or zeros (q outside) as one activation row of C values; gemm(act, rows,
+// y) adds the tile's products to y (rows x N floats, set to the bias first); store(src, dst, n) rounds n values
+// into the output. act_t: the activation buffer's element type.
+template <typename act_t, typename scalar_t, typename Fill, typename Gemm, typename Store>
+void conv_transpose_walk(const ConvTransposeArgs<scalar_t>& p, int64_t row_block, int64_t begin, int64_t end,
+                         Fill fill, Gemm gemm, Store store) {
+  const int64_t C = p.C, N = p.N, halo = p.taps - 1, rows_total = p.T + halo;
+  const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
+  std::vector<act_t> act((p.tile + halo) * C);
+  std::vector<float> y(p.tile * N);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, u0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, rows_total - u0);
+    // the flat range of untrimmed outputs this tile covers, clipped to what the trim keeps
+    const int64_t lo = std::max(u0 * N, p.out_begin), hi = std::min((u0 + valid) * N, p.out_begin + p.out_len);
+    if (lo >= hi) continue;
+    const int64_t rows = (valid + row_block - 1) / row_block * row_block;
+    const scalar_t* x = p.x + b * p.T * C;
+    for (int64_t r = 0; r < rows + halo; ++r) {
+      const int64_t q = u0 + r - halo;
+      fill(q >= 0 && q < p.T && r < valid + halo ? x + q * C : nullptr, act.data() + r * C);
+    }
+    for (int64_t r = 0; r < rows; ++r) std::copy(p.bias, p.bias + N, y.data() + r * N);
+    gemm(act.data(), rows, y.data());
+    store(y.data() + (lo - u0 * N), p.out + b * p.out_len + (lo - p.out_begin), hi - lo);
+  }
+}
+
 #define JF_ISA portable
 #define JF_TARGET
 #define JF_WIDTH 1
@@ -317,34 +346,25 @@ at::Tensor pack_transposed_taps_bf16_pairs(const at::Tensor& w, int64_t r, int64
 
 // conv_transpose_tiles with bfloat16 dot products: elu(x) rounded to bfloat16 (as the unfused bfloat16 layers
 // round it), float32 sums, the output rounded once. C, Cout multiples of 16.
-JF_BF16 void conv_transpose_tiles_bf16(const ConvTransposeArgs<c10::BFloat16>& p, const uint32_t* w, int64_t begin,
-                                       int64_t end) {
-  const int64_t C = p.C, N = p.N, halo = p.taps - 1, rows_total = p.T + halo;
-  const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
-  constexpr int64_t R = avx512::kRows;
-  std::vector<uint16_t> act((p.tile + halo) * C);
-  std::vector<float> y(p.tile * N);
-  for (int64_t job = begin; job < end; ++job) {
-    const int64_t b = job / tiles, u0 = (job % tiles) * p.tile;
-    const int64_t valid = std::min(p.tile, rows_total - u0);
-    const int64_t lo = std::max(u0 * N, p.out_begin), hi = std::min((u0 + valid) * N, p.out_begin + p.out_len);
-    if (lo >= hi) continue;
-    const int64_t rows = (valid + R - 1) / R * R;
-    const c10::BFloat16* x = p.x + b * p.T * C;
-    for (int64_t r = 0; r < rows + halo; ++r) {
-      const int64_t q = u0 + r - halo;
-      uint16_t* dst = act.data() + r * C;
-      if (q < 0 || q >= p.T || r >= valid + halo) {
-        std::fill(dst, dst + C, 0);
-      } else {
-        to_bf16(x + q * C, dst, C, true, p.alpha);
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r) std::copy(p.bias, p.bias + N, y.data() + r * N);
-    tile_conv_bf16(act.data(), rows, C, p.taps, 1, w, N, y.data(), /*columns_outer=*/true);
-    to_bf16(y.data() + (lo - u0 * N), reinterpret_cast<uint16_t*>(p.out + b * p.out_len + (lo - p.out_begin)), hi - lo,
-            false, 0.0f);
+JF_BF16 void elu_row_bf16(const c10::BFloat16* src, uint16_t* dst, int64_t C, float alpha) {
+  if (src == nullptr) {
+    std::fill(dst, dst + C, 0);
+  } else {
+    to_bf16(src, dst, C, true, alpha);
   }
+}
+
+JF_BF16 void store_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
+  to_bf16(src, reinterpret_cast<uint16_t*>(dst), n, false, 0.0f);
+}
+
+void conv_transpose_tiles_bf16(const ConvTransposeArgs<c10::BFloat16>& p, const uint32_t* w, int64_t begin,
+                               int64_t end) {
+  conv_transpose_walk<uint16_t>(
+      p, avx512::kRows, begin, end,
+      [&](const c10::BFloat16* src, uint16_t* dst) { elu_row_bf16(src, dst, p.C, p.alpha); },
+      [&](const uint16_t* act, int64_t rows, float* y) { tile_conv_bf16(act, rows, p.C, p.taps, 1, w, p.N, y, true); },
+      store_bf16);
 }
 #endif
 

@@ -239,34 +239,27 @@ JF_TARGET void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, in
   }
 }
 
-// The transposed convolution as a convolution over its input rows (see ConvTransposeArgs): a tile of rows u, each
-// the sum over taps of elu(x[u - taps + 1 + j]) times tap j's [C, N] matrix, written to out where the trim keeps it.
+// The transposed convolution (ConvTransposeArgs, conv_transpose_walk) with float32 GEMMs.
 template <typename scalar_t>
-JF_TARGET void conv_transpose_tiles(const ConvTransposeArgs<scalar_t>& p, int64_t begin, int64_t end) {
-  const int64_t C = p.C, N = p.N, halo = p.taps - 1, rows_total = p.T + halo;
-  const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
-  std::vector<float> act((p.tile + halo) * C), y(p.tile * N);
-  for (int64_t job = begin; job < end; ++job) {
-    const int64_t b = job / tiles, u0 = (job % tiles) * p.tile;
-    const int64_t valid = std::min(p.tile, rows_total - u0);
-    const int64_t lo = std::max(u0 * N, p.out_begin), hi = std::min((u0 + valid) * N, p.out_begin + p.out_len);
-    if (lo >= hi) continue;
-    const int64_t rows = (valid + kRows - 1) / kRows * kRows;
-    const scalar_t* x = p.x + b * p.T * C;
-    for (int64_t r = 0; r < rows + halo; ++r) {
-      const int64_t q = u0 + r - halo;
-      float* dst = act.data() + r * C;
-      if (q < 0 || q >= p.T || r >= valid + halo) {
-        std::fill(dst, dst + C, 0.0f);
-      } else {
-        elu_row(x + q * C, dst, C, p.alpha);
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r) std::copy(p.bias, p.bias + N, y.data() + r * N);
-    tile_conv_columns(act.data(), rows, C, p.taps, p.w, N, y.data());
-    scalar_t* out = p.out + b * p.out_len - p.out_begin;
-    for (int64_t f = lo; f < hi; f += W) vstore(out + f, vload(y.data() + (f - u0 * N)));
+JF_TARGET void elu_row_or_zeros(const scalar_t* src, float* dst, int64_t C, float alpha) {
+  if (src == nullptr) {
+    std::fill(dst, dst + C, 0.0f);
+  } else {
+    elu_row(src, dst, C, alpha);
   }
+}
+
+template <typename scalar_t>
+JF_TARGET void store_row(const float* src, scalar_t* dst, int64_t n) {  // n a multiple of W
+  for (int64_t i = 0; i < n; i += W) vstore(dst + i, vload(src + i));
+}
+
+template <typename scalar_t>
+void conv_transpose_tiles(const ConvTransposeArgs<scalar_t>& p, int64_t begin, int64_t end) {
+  conv_transpose_walk<float>(
+      p, kRows, begin, end, [&](const scalar_t* src, float* dst) { elu_row_or_zeros(src, dst, p.C, p.alpha); },
+      [&](const float* act, int64_t rows, float* y) { tile_conv_columns(act, rows, p.C, p.taps, p.w, p.N, y); },
+      store_row<scalar_t>);
 }
 
 template <typename scalar_t>
