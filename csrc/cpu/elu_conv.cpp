@@ -109,8 +109,57 @@ struct ConvTransposeArgs {
   float alpha;
 };
 
+// The x rows that padded positions first + r (r < n) read: nullptr where the padding is zero and for r >= needed
+// (the rows a tile pads out to its register blocks).
+template <typename scalar_t>
+void padded_rows(const PadMap& map, const scalar_t* x, int64_t C, int64_t first, int64_t needed, int64_t n,
+                 const scalar_t** out) {
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t src = r < needed ? map(first + r) : -1;
+    out[r] = src < 0 ? nullptr : x + src * C;
+  }
+}
+
+// The tile walk of a residual block, shared by the copies of its loops. For each tile of time steps:
+// fill(srcs, n, act) writes elu of the x rows srcs[0..n) (nullptr: zeros) as conv1's padded input (n rows of C
+// act_t values); conv1(act, rows, hidden, ahead, ahead_bytes) adds conv1's products to hidden (rows x H floats,
+// set to b1 first) and may prefetch [ahead, ahead + ahead_bytes), the next tile's input; residual(xs, rows, y)
+// sets row r of y to the x row xs[r] plus b2; conv2(hidden, rows, y) activates hidden and adds conv2's products
+// to y; store(src, dst, n) rounds n values into the output.
+template <typename act_t, typename scalar_t, typename Fill, typename Conv1, typename Residual, typename Conv2,
+          typename Store>
+void resblock_walk(const ResblockArgs<scalar_t>& p, int64_t row_block, int64_t begin, int64_t end, Fill fill,
+                   Conv1 conv1, Residual residual, Conv2 conv2, Store store) {
+  const int64_t C = p.C, H = p.H, span = (p.k - 1) * p.dilation;
+  const int64_t tiles = (p.T + p.tile - 1) / p.tile;
+  std::vector<act_t> act((p.tile + span) * C);
+  std::vector<float> hidden(p.tile * H), y(p.tile * C);
+  std::vector<const scalar_t*> rows_of_x(p.tile + span);
+  for (int64_t job = begin; job < end; ++job) {
+    const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
+    const int64_t valid = std::min(p.tile, p.T - t0);
+    const int64_t rows = (valid + row_block - 1) / row_block * row_block;
+    const scalar_t* x = p.x + b * p.T * C;
+    // conv1's padded input: elu(x) at the positions the tile's outputs read, zeros where the padding is zero
+    padded_rows(p.map, x, C, t0 - p.pad_left, valid + span, rows + span, rows_of_x.data());
+    fill(rows_of_x.data(), rows + span, act.data());
+    for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
+    // the next tile (or the next batch item's first tile) starts where this one's input ends
+    const char* ahead = reinterpret_cast<const char*>(x + (t0 + valid) * C);
+    const int64_t ahead_bytes = std::min<int64_t>(p.tile * C, (p.B * p.T - b * p.T - t0 - valid) * C) *
+                                static_cast<int64_t>(sizeof(scalar_t));
+    conv1(act.data(), rows, hidden.data(), ahead, ahead_bytes);
+    // y = x + b2 + conv2(elu(hidden)), rows past the sequence end read x's last valid row (discarded)
+    for (int64_t r = 0; r < rows; ++r) rows_of_x[r] = x + (t0 + std::min(r, valid - 1)) * C;
+    residual(rows_of_x.data(), rows, y.data());
+    conv2(hidden.data(), rows, y.data());
+    store(y.data(), p.out + (b * p.T + t0) * C, valid * C);
+  }
+}
+
 // The tile walk of a transposed convolution, shared by the copies of its loops. For each tile of rows u:
-// fill(q, dst) writes elu(x[q]) (q in [0, T)) or zeros (q outside) as one activation row of C values; gemm(act, rows,
+// fill(srcs, n, act) writes elu of the x rows srcs[0..n) (x[q] for q in [0, T), nullptr: zeros) as n activation
+// rows of C values; gemm(act, rows,
 // y) adds the tile's products to y (rows x N floats, set to the bias first); store(src, dst, n) rounds n values
 // into the output. act_t: the activation buffer's element type.
 template <typename act_t, typename scalar_t, typename Fill, typename Gemm, typename Store>
@@ -120,6 +169,7 @@ void conv_transpose_walk(const ConvTransposeArgs<scalar_t>& p, int64_t row_block
   const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
   std::vector<act_t> act((p.tile + halo) * C);
   std::vector<float> y(p.tile * N);
+  std::vector<const scalar_t*> rows_of_x(p.tile + halo);
   for (int64_t job = begin; job < end; ++job) {
     const int64_t b = job / tiles, u0 = (job % tiles) * p.tile;
     const int64_t valid = std::min(p.tile, rows_total - u0);
@@ -130,8 +180,9 @@ void conv_transpose_walk(const ConvTransposeArgs<scalar_t>& p, int64_t row_block
     const scalar_t* x = p.x + b * p.T * C;
     for (int64_t r = 0; r < rows + halo; ++r) {
       const int64_t q = u0 + r - halo;
-      fill(q >= 0 && q < p.T && r < valid + halo ? x + q * C : nullptr, act.data() + r * C);
+      rows_of_x[r] = q >= 0 && q < p.T && r < valid + halo ? x + q * C : nullptr;
     }
+    fill(rows_of_x.data(), rows + halo, act.data());
     for (int64_t r = 0; r < rows; ++r) std::copy(p.bias, p.bias + N, y.data() + r * N);
     gemm(act.data(), rows, y.data());
     store(y.data() + (lo - u0 * N), p.out + b * p.out_len + (lo - p.out_begin), hi - lo);
@@ -284,85 +335,56 @@ JF_BF16 inline void to_bf16(const src_t* src, uint16_t* dst, int64_t n, bool elu
   }
 }
 
-// The residual block of resblock_tiles with bfloat16 dot products: elu(x) rounded to bfloat16, conv1 in float32
-// sums, elu rounded to bfloat16, conv2 added to x + b2 in float32, the output rounded once. C, H multiples of 16.
-JF_BF16 void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w1, const uint32_t* w2,
-                                 int64_t begin, int64_t end) {
-  const int64_t C = p.C, H = p.H, span = (p.k - 1) * p.dilation;
-  const int64_t tiles = (p.T + p.tile - 1) / p.tile;
-  constexpr int64_t R = avx512::kRows;
-  std::vector<uint16_t> act((p.tile + span) * C), hidden_b(p.tile * H);
-  std::vector<float> hidden(p.tile * H), y(p.tile * C);
-  for (int64_t job = begin; job < end; ++job) {
-    const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
-    const int64_t valid = std::min(p.tile, p.T - t0);
-    const int64_t rows = (valid + R - 1) / R * R;
-    const c10::BFloat16* x = p.x + b * p.T * C;
-    for (int64_t r = 0; r < rows + span; ++r) {
-      const int64_t src = r < valid + span ? p.map(t0 + r - p.pad_left) : -1;
-      uint16_t* dst = act.data() + r * C;
-      if (src < 0) {
-        std::fill(dst, dst + C, 0);
-      } else {
-        to_bf16(x + src * C, dst, C, true, p.alpha);
-      }
+// elu of n rows of C bfloat16 values (a null row: zeros) rounded to bfloat16, one row after another into dst
+JF_BF16 void elu_rows_bf16(const c10::BFloat16* const* srcs, int64_t n, uint16_t* dst, int64_t C, float alpha) {
+  for (int64_t r = 0; r < n; ++r, dst += C) {
+    if (srcs[r] == nullptr) {
+      std::fill(dst, dst + C, 0);
+    } else {
+      to_bf16(srcs[r], dst, C, true, alpha);
     }
-    for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
-    tile_conv_bf16(act.data(), rows, C, p.k, p.dilation, w1, H, hidden.data());
-    to_bf16(hidden.data(), hidden_b.data(), rows * H, true, p.alpha);
-    for (int64_t r = 0; r < rows; ++r) {
-      const c10::BFloat16* xr = x + (t0 + std::min(r, valid - 1)) * C;
-      float* yr = y.data() + r * C;
-      for (int64_t c = 0; c < C; c += 16) avx512::vstore(yr + c, avx512::vadd(avx512::vload(xr + c), avx512::vload(p.b2 + c)));
-    }
-    tile_conv_bf16(hidden_b.data(), rows, H, 1, 1, w2, C, y.data());
-    to_bf16(y.data(), reinterpret_cast<uint16_t*>(p.out + (b * p.T + t0) * C), valid * C, false, 0.0f);
   }
 }
 
-// Transposed-convolution weights [C, Cout, 1, k] -> [taps][C / 2][r * Cout] 32-bit lanes holding the pair of
-// inputs 2c (low half), 2c + 1: tap j of output phase p reads kernel position (taps - 1 - j) * r + p.
-at::Tensor pack_transposed_taps_bf16_pairs(const at::Tensor& w, int64_t r, int64_t taps) {
-  const int64_t C = w.size(0), Cout = w.size(1), k = w.size(3), N = r * Cout, C2 = C / 2;
-  const at::Tensor src = w.contiguous(at::MemoryFormat::ChannelsLast);  // memory [C][k][Cout]
-  at::Tensor out = at::zeros({taps, C2, N}, w.options().dtype(at::kInt).memory_format(at::MemoryFormat::Contiguous));
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.const_data_ptr<at::BFloat16>());
-  uint32_t* d = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
-  at::parallel_for(0, taps * C2, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t j = job / C2, c2 = job % C2;
-      for (int64_t ph = 0; ph < r; ++ph) {
-        const int64_t q = (taps - 1 - j) * r + ph;
-        if (q >= k) continue;
-        const uint16_t* even = s + ((2 * c2) * k + q) * Cout;
-        const uint16_t* odd = even + k * Cout;
-        uint32_t* row = d + job * N + ph * Cout;
-        for (int64_t o = 0; o < Cout; ++o) row[o] = static_cast<uint32_t>(even[o]) | (static_cast<uint32_t>(odd[o]) << 16);
-      }
-    }
-  });
-  return out;
+// elu(hidden) rounded to bfloat16 into hidden_b, then conv2's dot products added to y
+JF_BF16 void conv2_bf16(const float* hidden, uint16_t* hidden_b, int64_t rows, const ResblockArgs<c10::BFloat16>& p,
+                        const uint32_t* w2, float* y) {
+  to_bf16(hidden, hidden_b, rows * p.H, true, p.alpha);
+  tile_conv_bf16(hidden_b, rows, p.H, 1, 1, w2, p.C, y);
 }
 
-// conv_transpose_tiles with bfloat16 dot products: elu(x) rounded to bfloat16 (as the unfused bfloat16 layers
-// round it), float32 sums, the output rounded once. C, Cout multiples of 16.
-JF_BF16 void elu_row_bf16(const c10::BFloat16* src, uint16_t* dst, int64_t C, float alpha) {
-  if (src == nullptr) {
-    std::fill(dst, dst + C, 0);
-  } else {
-    to_bf16(src, dst, C, true, alpha);
-  }
-}
-
+// n float32 values rounded to bfloat16
 JF_BF16 void store_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
   to_bf16(src, reinterpret_cast<uint16_t*>(dst), n, false, 0.0f);
 }
 
+// The residual block of resblock_tiles with bfloat16 dot products: elu(x) rounded to bfloat16, conv1 in float32
+// sums, elu rounded to bfloat16, conv2 added to x + b2 in float32, the output rounded once. C, H multiples of 16.
+void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w1, const uint32_t* w2,
+                         int64_t begin, int64_t end) {
+  std::vector<uint16_t> hidden_b(p.tile * p.H);
+  resblock_walk<uint16_t>(
+      p, avx512::kRows, begin, end,
+      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) {
+        elu_rows_bf16(srcs, n, act, p.C, p.alpha);
+      },
+      [&](const uint16_t* act, int64_t rows, float* hidden, const char*, int64_t) {
+        tile_conv_bf16(act, rows, p.C, p.k, p.dilation, w1, p.H, hidden);
+      },
+      [&](const c10::BFloat16* const* xs, int64_t rows, float* y) { avx512::add_rows(xs, rows, p.b2, y, p.C); },
+      [&](const float* hidden, int64_t rows, float* y) { conv2_bf16(hidden, hidden_b.data(), rows, p, w2, y); },
+      store_bf16);
+}
+
+// conv_transpose_tiles with bfloat16 dot products: elu(x) rounded to bfloat16 (as the unfused bfloat16 layers
+// round it), float32 sums, the output rounded once. C, Cout multiples of 16.
 void conv_transpose_tiles_bf16(const ConvTransposeArgs<c10::BFloat16>& p, const uint32_t* w, int64_t begin,
                                int64_t end) {
   conv_transpose_walk<uint16_t>(
       p, avx512::kRows, begin, end,
-      [&](const c10::BFloat16* src, uint16_t* dst) { elu_row_bf16(src, dst, p.C, p.alpha); },
+      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) {
+        elu_rows_bf16(srcs, n, act, p.C, p.alpha);
+      },
       [&](const uint16_t* act, int64_t rows, float* y) { tile_conv_bf16(act, rows, p.C, p.taps, 1, w, p.N, y, true); },
       store_bf16);
 }
@@ -513,7 +535,8 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
                                            static_cast<float>(alpha)};
     const uint32_t* w1p_b = reinterpret_cast<const uint32_t*>(w1b.const_data_ptr<int32_t>());
     const uint32_t* w2p_b = reinterpret_cast<const uint32_t*>(w2b.const_data_ptr<int32_t>());
-    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { resblock_tiles_bf16(args, w1p_b, w2p_b, begin, end); });
+    at::parallel_for(0, jobs, 1,
+                     [&](int64_t begin, int64_t end) { resblock_tiles_bf16(args, w1p_b, w2p_b, begin, end); });
     return out;
   }
 #endif
@@ -560,23 +583,13 @@ at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::
   return out;
 }
 
-// Transposed-convolution weights [C, Cout, 1, k] -> float32 [taps][C][r * Cout] (see ConvTransposeArgs).
-at::Tensor pack_transposed_taps(const at::Tensor& w, int64_t r, int64_t taps) {
-  const int64_t C = w.size(0), Cout = w.size(1), k = w.size(3), N = r * Cout;
-  const at::Tensor src = w.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);  // memory [C][k][Cout]
-  at::Tensor out = at::zeros({taps, C, N}, src.options().memory_format(at::MemoryFormat::Contiguous));
-  const float* s = src.const_data_ptr<float>();
-  float* d = out.mutable_data_ptr<float>();
-  at::parallel_for(0, taps * C, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t j = job / C, c = job % C;
-      for (int64_t ph = 0; ph < r; ++ph) {
-        const int64_t q = (taps - 1 - j) * r + ph;
-        if (q < k) std::copy(s + (c * k + q) * Cout, s + (c * k + q + 1) * Cout, d + job * N + ph * Cout);
-      }
-    }
-  });
-  return out;
+// Transposed-convolution weights [C, Cout, 1, k] as the weights [r * Cout, C, 1, taps] of the convolution over input
+// rows (ConvTransposeArgs), for pack_taps / pack_taps_bf16_pairs: output p * Cout + o, tap j holds kernel position
+// (taps - 1 - j) * r + p of output channel o, zero past k.
+at::Tensor as_row_convolution(const at::Tensor& w, int64_t r, int64_t taps) {
+  const int64_t C = w.size(0), Cout = w.size(1), k = w.size(3);
+  const at::Tensor padded = at::constant_pad_nd(w.squeeze(2), {0, taps * r - k});  // [C, Cout, taps * r]
+  return padded.view({C, Cout, taps, r}).flip({2}).permute({3, 1, 0, 2}).reshape({r * Cout, C, 1, taps});
 }
 
 at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, int64_t stride,
@@ -613,8 +626,9 @@ at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, 
 
 #ifdef JASCO_FAST_X86
   if (x.scalar_type() == at::kBFloat16 && width == 16 && use_bf16_dot()) {
-    const at::Tensor wp = pack_transposed_taps_bf16_pairs(weight, stride, taps);
-    const ConvTransposeArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(), out.mutable_data_ptr<c10::BFloat16>(),
+    const at::Tensor wp = pack_taps_bf16_pairs(as_row_convolution(weight, stride, taps));
+    const ConvTransposeArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(),
+                                                out.mutable_data_ptr<c10::BFloat16>(),
                                                 T, C, N, taps, tile, trim_left * Cout, L * Cout, nullptr,
                                                 bias_row.const_data_ptr<float>(), static_cast<float>(alpha)};
     const uint32_t* w = reinterpret_cast<const uint32_t*>(wp.const_data_ptr<int32_t>());
@@ -622,7 +636,7 @@ at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, 
     return out;
   }
 #endif
-  const at::Tensor wp = pack_transposed_taps(weight, stride, taps);
+  const at::Tensor wp = pack_taps(as_row_convolution(weight, stride, taps));
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
     const ConvTransposeArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, N, taps, tile,

@@ -176,8 +176,8 @@ JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t
 // out[i, n] += sum_j sum_c a[(i + j) * K + c] * w[(j * K + c) * N + n], as tile_conv (tap step 1, no prefetch) but
 // with the column blocks outermost: a block of W's columns (taps x K x kMaxVecs * W floats) stays in L1/L2 while
 // every row of the tile reads it, the access pattern of the transposed convolutions' wide [K, N] weights.
-JF_TARGET inline void tile_conv_columns(const float* a, int64_t rows, int64_t K, int64_t taps, const float* w, int64_t N,
-                                        float* out) {
+JF_TARGET inline void tile_conv_columns(const float* a, int64_t rows, int64_t K, int64_t taps, const float* w,
+                                        int64_t N, float* out) {
   for (int64_t n = 0; n < N;) {
     const int64_t vecs = std::min<int64_t>(kMaxVecs, (N - n) / W);
     for (int64_t i = 0; i < rows; i += kRows) {
@@ -200,52 +200,31 @@ JF_TARGET inline void elu_row(const scalar_t* src, float* dst, int64_t C, float 
   for (int64_t c = 0; c < C; c += W) vstore(dst + c, velu(vload(src + c), alpha));
 }
 
+
+// row r of y (rows of C values, a multiple of W) = the x row xs[r] + b: the residual block's shortcut plus conv2's bias
 template <typename scalar_t>
-JF_TARGET void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, int64_t end) {
-  const int64_t C = p.C, H = p.H, span = (p.k - 1) * p.dilation;
-  const int64_t tiles = (p.T + p.tile - 1) / p.tile;
-  std::vector<float> act((p.tile + span) * C), hidden(p.tile * H), y(p.tile * C);
-  for (int64_t job = begin; job < end; ++job) {
-    const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
-    const int64_t valid = std::min(p.tile, p.T - t0);
-    const int64_t rows = (valid + kRows - 1) / kRows * kRows;
-    const scalar_t* x = p.x + b * p.T * C;
-    // conv1's padded input: elu(x) at the positions the tile's outputs read, zeros where the padding is zero
-    for (int64_t r = 0; r < rows + span; ++r) {
-      const int64_t src = r < valid + span ? p.map(t0 + r - p.pad_left) : -1;
-      float* dst = act.data() + r * C;
-      if (src < 0) {
-        std::fill(dst, dst + C, 0.0f);
-      } else {
-        elu_row(x + src * C, dst, C, p.alpha);
-      }
-    }
-    for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
-    // the next tile (or the next batch item's first tile) starts where this one's input ends
-    const char* ahead = reinterpret_cast<const char*>(x + (t0 + valid) * C);
-    const int64_t ahead_bytes = std::min<int64_t>(p.tile * C, (p.B * p.T - b * p.T - t0 - valid) * C) *
-                                static_cast<int64_t>(sizeof(scalar_t));
-    tile_conv(act.data(), rows, C, p.k, p.dilation, p.w1, H, hidden.data(), ahead, ahead_bytes);
-    for (int64_t i = 0; i < rows * H; i += W) vstore(hidden.data() + i, velu(vload(hidden.data() + i), p.alpha));
-    // y = x + b2 + conv2(hidden), rows past the sequence end read x's last valid row (discarded)
-    for (int64_t r = 0; r < rows; ++r) {
-      const scalar_t* xr = x + (t0 + std::min(r, valid - 1)) * C;
-      float* yr = y.data() + r * C;
-      for (int64_t c = 0; c < C; c += W) vstore(yr + c, vadd(vload(xr + c), vload(p.b2 + c)));
-    }
-    tile_conv(hidden.data(), rows, H, 1, 1, p.w2, C, y.data());
-    scalar_t* out = p.out + (b * p.T + t0) * C;
-    for (int64_t i = 0; i < valid * C; i += W) vstore(out + i, vload(y.data() + i));
-  }
+JF_TARGET void add_rows(const scalar_t* const* xs, int64_t rows, const float* b, float* y, int64_t C) {
+  for (int64_t r = 0; r < rows; ++r, y += C)
+    for (int64_t c = 0; c < C; c += W) vstore(y + c, vadd(vload(xs[r] + c), vload(b + c)));
+}
+
+// hidden <- elu(hidden) (rows x H values), then conv2's products added to y
+template <typename scalar_t>
+JF_TARGET void elu_then_conv2(float* hidden, int64_t rows, const ResblockArgs<scalar_t>& p, float* y) {
+  elu_row(hidden, hidden, rows * p.H, p.alpha);
+  tile_conv(hidden, rows, p.H, 1, 1, p.w2, p.C, y);
 }
 
 // The transposed convolution (ConvTransposeArgs, conv_transpose_walk) with float32 GEMMs.
+// elu of n rows of C values (a null row: zeros), one row after another into dst
 template <typename scalar_t>
-JF_TARGET void elu_row_or_zeros(const scalar_t* src, float* dst, int64_t C, float alpha) {
-  if (src == nullptr) {
-    std::fill(dst, dst + C, 0.0f);
-  } else {
-    elu_row(src, dst, C, alpha);
+JF_TARGET void elu_rows(const scalar_t* const* srcs, int64_t n, float* dst, int64_t C, float alpha) {
+  for (int64_t r = 0; r < n; ++r, dst += C) {
+    if (srcs[r] == nullptr) {
+      std::fill(dst, dst + C, 0.0f);
+    } else {
+      elu_row(srcs[r], dst, C, alpha);
+    }
   }
 }
 
@@ -257,9 +236,23 @@ JF_TARGET void store_row(const float* src, scalar_t* dst, int64_t n) {  // n a m
 template <typename scalar_t>
 void conv_transpose_tiles(const ConvTransposeArgs<scalar_t>& p, int64_t begin, int64_t end) {
   conv_transpose_walk<float>(
-      p, kRows, begin, end, [&](const scalar_t* src, float* dst) { elu_row_or_zeros(src, dst, p.C, p.alpha); },
+      p, kRows, begin, end,
+      [&](const scalar_t* const* srcs, int64_t n, float* act) { elu_rows(srcs, n, act, p.C, p.alpha); },
       [&](const float* act, int64_t rows, float* y) { tile_conv_columns(act, rows, p.C, p.taps, p.w, p.N, y); },
       store_row<scalar_t>);
+}
+
+// The residual block (resblock_walk) with float32 GEMMs.
+template <typename scalar_t>
+void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, int64_t end) {
+  resblock_walk<float>(
+      p, kRows, begin, end,
+      [&](const scalar_t* const* srcs, int64_t n, float* act) { elu_rows(srcs, n, act, p.C, p.alpha); },
+      [&](const float* act, int64_t rows, float* hidden, const char* ahead, int64_t ahead_bytes) {
+        tile_conv(act, rows, p.C, p.k, p.dilation, p.w1, p.H, hidden, ahead, ahead_bytes);
+      },
+      [&](const scalar_t* const* xs, int64_t rows, float* y) { add_rows(xs, rows, p.b2, y, p.C); },
+      [&](float* hidden, int64_t rows, float* y) { elu_then_conv2(hidden, rows, p, y); }, store_row<scalar_t>);
 }
 
 template <typename scalar_t>
@@ -268,20 +261,14 @@ JF_TARGET void conv_tiles(const ConvArgs<scalar_t>& p, int64_t begin, int64_t en
   const int64_t tiles = (p.T + p.tile - 1) / p.tile;
   constexpr int kDotRows = 4;
   std::vector<float> act((p.tile + kDotRows + span) * C);
+  std::vector<const scalar_t*> rows_of_x(p.tile + kDotRows + span);
   for (int64_t job = begin; job < end; ++job) {
     const int64_t b = job / tiles, t0 = (job % tiles) * p.tile;
     const int64_t valid = std::min(p.tile, p.T - t0);
     const int64_t rows = (valid + kDotRows - 1) / kDotRows * kDotRows;
     const scalar_t* x = p.x + b * p.T * C;
-    for (int64_t r = 0; r < rows + span; ++r) {
-      const int64_t src = r < valid + span ? p.map(t0 + r - p.pad_left) : -1;
-      float* dst = act.data() + r * C;
-      if (src < 0) {
-        std::fill(dst, dst + C, 0.0f);
-      } else {
-        elu_row(x + src * C, dst, C, p.alpha);
-      }
-    }
+    padded_rows(p.map, x, C, t0 - p.pad_left, valid + span, rows + span, rows_of_x.data());
+    elu_rows(rows_of_x.data(), rows + span, act.data(), C, p.alpha);
     scalar_t* out = p.out + (b * p.T + t0) * p.Cout;
     for (int64_t i = 0; i < rows; i += kDotRows) {
       for (int64_t o = 0; o < p.Cout; ++o) {
