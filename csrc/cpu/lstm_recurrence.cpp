@@ -404,8 +404,6 @@ float quantize_row(const w_t* w, int64_t C, int8_t* q) {
 // of kPackBlock inputs, so the block of the tile being written stays in L1 while each source row is read
 // front to back.
 constexpr int64_t kPackBlock = 16;
-// the lane layouts below put the lower input in the lower bits: on a little-endian CPU a plain 4-byte load
-constexpr bool kLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 
 template <typename src_t, typename dst_t, typename Get>
 void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_t* const* rows, Get get) {
@@ -478,13 +476,6 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
       if (format == WeightFormat::kFloat32) {
         transpose_into_tile(reinterpret_cast<float*>(tile), width, C, reinterpret_cast<const float* const*>(src.data()),
                             [](const float* row, int64_t k) { return row[k]; });
-      } else if (vnni && kLittleEndian && C % 4 == 0) {  // a lane is 4 consecutive bytes of the row
-        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
-                            reinterpret_cast<const int8_t* const*>(src.data()), [](const int8_t* row, int64_t k) {
-                              uint32_t lane;
-                              std::memcpy(&lane, row + 4 * k, 4);
-                              return lane;
-                            });
       } else if (vnni) {  // inputs 4k .. 4k + 3 in one 32-bit lane, first in the low byte
         transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
                             reinterpret_cast<const int8_t* const*>(src.data()), [C](const int8_t* row, int64_t k) {
@@ -496,13 +487,6 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
       } else if (format == WeightFormat::kInt8) {
         transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
                             [](const int8_t* row, int64_t k) { return row[k]; });
-      } else if (kLittleEndian && C % 2 == 0) {  // a lane is 2 consecutive bfloat16 values of the row
-        transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
-                            reinterpret_cast<const uint16_t* const*>(src.data()), [](const uint16_t* row, int64_t k) {
-                              uint32_t lane;
-                              std::memcpy(&lane, row + 2 * k, 4);
-                              return lane;
-                            });
       } else {  // inputs 2k (low half) and 2k + 1 (high half) in one 32-bit lane
         transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
                             reinterpret_cast<const uint16_t* const*>(src.data()), [C](const uint16_t* row, int64_t k) {
