@@ -189,6 +189,15 @@ void conv_transpose_walk(const ConvTransposeArgs<scalar_t>& p, int64_t row_block
   }
 }
 
+// Prefetches row block `block`'s share (of `blocks`) of [ahead, ahead + bytes) into L2: spread over a tile's
+// register blocks, the next tile's input streams in while this tile computes instead of stalling its first pass.
+inline void prefetch_share(const char* ahead, int64_t bytes, int64_t block, int64_t blocks) {
+  if (ahead == nullptr) return;
+  const int64_t lines = (bytes / 64 + blocks - 1) / std::max<int64_t>(blocks, 1);
+  const int64_t first = block * lines * 64;
+  for (int64_t b = first; b < std::min(bytes, first + lines * 64); b += 64) __builtin_prefetch(ahead + b, 0, 2);
+}
+
 #define JF_ISA portable
 #define JF_TARGET
 #define JF_WIDTH 1
@@ -293,10 +302,11 @@ JF_BF16 void block_gemm_bf16(const uint16_t* a, int64_t lda, int64_t K2, int64_t
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
 }
 
-// out[i, n] += the tile's convolution (rows a multiple of kRows, N a multiple of 16), as in tile_conv.
+// out[i, n] += the tile's convolution (rows a multiple of kRows, N a multiple of 16), as in tile_conv (the prefetch too).
 // columns_outer: the column blocks outermost (tile_conv_columns' order, for wide weights).
 JF_BF16 void tile_conv_bf16(const uint16_t* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
-                            const uint32_t* w, int64_t N, float* out, bool columns_outer = false) {
+                            const uint32_t* w, int64_t N, float* out, bool columns_outer = false,
+                            const char* ahead = nullptr, int64_t ahead_bytes = 0) {
   auto block = [&](int64_t i, int64_t n, int64_t vecs) {
     const uint16_t* ai = a + i * K;
     float* o = out + i * N + n;
@@ -316,6 +326,7 @@ JF_BF16 void tile_conv_bf16(const uint16_t* a, int64_t rows, int64_t K, int64_t 
     return;
   }
   for (int64_t i = 0; i < rows; i += avx512::kRows) {
+    prefetch_share(ahead, ahead_bytes, i / avx512::kRows, rows / avx512::kRows);
     for (int64_t n = 0; n < N;) {
       const int64_t vecs = std::min<int64_t>(4, (N - n) / 16);
       block(i, n, vecs);
@@ -368,8 +379,8 @@ void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w
       [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) {
         elu_rows_bf16(srcs, n, act, p.C, p.alpha);
       },
-      [&](const uint16_t* act, int64_t rows, float* hidden, const char*, int64_t) {
-        tile_conv_bf16(act, rows, p.C, p.k, p.dilation, w1, p.H, hidden);
+      [&](const uint16_t* act, int64_t rows, float* hidden, const char* ahead, int64_t ahead_bytes) {
+        tile_conv_bf16(act, rows, p.C, p.k, p.dilation, w1, p.H, hidden, false, ahead, ahead_bytes);
       },
       [&](const c10::BFloat16* const* xs, int64_t rows, float* y) { avx512::add_rows(xs, rows, p.b2, y, p.C); },
       [&](const float* hidden, int64_t rows, float* y) { conv2_bf16(hidden, hidden_b.data(), rows, p, w2, y); },

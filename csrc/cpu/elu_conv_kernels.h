@@ -145,19 +145,12 @@ JF_TARGET void block_gemm(const float* a, int64_t lda, int64_t K, int64_t taps, 
 
 // out[i, n] += sum_j sum_c a[(i + j * tap_step) * K + c] * w[(j * K + c) * N + n] for i < rows (a multiple of
 // kRows), n < N (a multiple of W): the tile's convolution as register-blocked GEMMs, one per tap. Meanwhile it
-// prefetches [ahead, ahead + ahead_bytes) into L2 (the next tile's input), spread over the row blocks so the
-// memory traffic overlaps the arithmetic instead of stalling the next tile's first pass.
+// prefetches [ahead, ahead + ahead_bytes) into L2 (the next tile's input; prefetch_share).
 JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
                                 const float* w, int64_t N, float* out, const char* ahead = nullptr,
                                 int64_t ahead_bytes = 0) {
-  const int64_t blocks = rows / kRows;
-  const int64_t lines_per_block = (ahead_bytes / 64 + blocks - 1) / std::max<int64_t>(blocks, 1);
   for (int64_t i = 0; i < rows; i += kRows) {
-    if (ahead != nullptr) {
-      const int64_t first = (i / kRows) * lines_per_block * 64;
-      for (int64_t b = first; b < std::min(ahead_bytes, first + lines_per_block * 64); b += 64)
-        __builtin_prefetch(ahead + b, 0, 2);
-    }
+    prefetch_share(ahead, ahead_bytes, i / kRows, rows / kRows);
     for (int64_t n = 0; n < N;) {
       const int64_t vecs = std::min<int64_t>(kMaxVecs, (N - n) / W);
       const float* ai = a + i * K;

@@ -7,7 +7,8 @@
 //      go in groups of 16; whoever runs a group computes all four gate rows of its units, so the cell update
 //      needs nothing from other threads. Each thread owns a fixed range of groups and reads the same part of
 //      W_hh every step (its share stays in its own caches when it fits: the 8-bit format at C = 1024 is 2 MB
-//      per thread on 2 threads); a thread that has lost its core has its groups taken over (run_layer).
+//      per thread on 2 threads), in alternating directions, so that the part its L2 still holds from the
+//      step before comes first; a thread that has lost its core has its groups taken over (run_layer).
 // W_hh is packed once per call into tiles that the matvec streams front to back: tile = TW packed rows
 // (packed row p: unit group p / 64, gate (p % 64) / 16, unit 16 * (p / 64) + p % 16) x all C inputs,
 // stored k-major ([k][TW]), so one vector load is TW consecutive rows at input k and no horizontal sums are
@@ -812,7 +813,10 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
         int64_t v = next.load(std::memory_order_relaxed);
         while (v < (t + 1) * count) {
           if (!next.compare_exchange_weak(v, v + 1, std::memory_order_relaxed)) continue;
-          run_group(first + v - t * count, t);
+          // odd steps walk the groups backwards: the end of a thread's share, still in its L2 from the step
+          // before, is read first (serpentine order; 2 MB of int8 W_hh per thread against a 1 MB L2)
+          const int64_t i = v - t * count;
+          run_group(first + (t & 1 ? count - 1 - i : i), t);
           done.value.fetch_add(1, std::memory_order_release);  // publishes the group's h, c, y
           v = next.load(std::memory_order_relaxed);
         }
