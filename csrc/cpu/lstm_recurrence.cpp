@@ -768,6 +768,13 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
     auto run_group = [&](int64_t g, int64_t t) {
       const float* h_prev = io.h + (t & 1) * B * hs;
       float* h_next = io.h + ((t + 1) & 1) * B * hs;
+      // the cell's projections (a line per gate and batch entry, C values apart: four misses that would wait one after
+      // another behind the matvec) and its output line, fetched while the matvec runs
+      for (int64_t b = 0; b < B; ++b) {
+        const xp_t* x = xp + (b * T + t) * 4 * C + g * kUnitGroup;
+        for (int64_t gate = 0; gate < 4; ++gate) __builtin_prefetch(x + gate * C);
+        __builtin_prefetch(io.y + (b * T + t) * C + g * kUnitGroup, 1);
+      }
       if (vnni_fn == nullptr) {
         for (int64_t i = 0; i < tiles_per_group; ++i) {
           const int64_t tile = g * tiles_per_group + i;
