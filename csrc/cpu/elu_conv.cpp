@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -341,7 +342,7 @@ template <typename src_t>
 JF_BF16 inline void to_bf16(const src_t* src, uint16_t* dst, int64_t n, bool elu, float alpha) {
   for (int64_t i = 0; i < n; i += 16) {
     __m512 v = avx512::vload(src + i);
-    if (elu) v = avx512::velu(v, alpha);
+    if (elu) v = avx512::velu_bf16(v, alpha);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), (__m256i)_mm512_cvtneps_pbh(v));
   }
 }
