@@ -82,13 +82,16 @@ def _convs_in_order(decoder: SEANetDecoder) -> list[tuple[torch.nn.Module, str]]
 @contextlib.contextmanager
 def _layer_by_layer():
     """Every convolution as its own module call, so forward hooks see it (the CPU tail ops run a residual block,
-    and the last activation + convolution, as one op)."""
-    saved = jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS
-    jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS = {}, 0
+    an activation + upsampling layer, and the last activation + convolution, as one op)."""
+    names = ("FUSED_RESBLOCK_MAX_CHANNELS", "FUSED_CONV_TRANSPOSE_MAX_CHANNELS", "FUSED_CONV_MAX_OUT_CHANNELS")
+    saved = {name: getattr(jasco_decoder, name) for name in names}
+    for name, off in zip(names, ({}, {}, 0)):
+        setattr(jasco_decoder, name, off)
     try:
         yield
     finally:
-        jasco_decoder.FUSED_RESBLOCK_MAX_CHANNELS, jasco_decoder.FUSED_CONV_MAX_OUT_CHANNELS = saved
+        for name, value in saved.items():
+            setattr(jasco_decoder, name, value)
 
 
 def _rms(x: torch.Tensor) -> float:
