@@ -15,7 +15,6 @@ regime each layer works in (see :func:`realistic_decoder`), and the latents look
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 from pathlib import Path
@@ -79,21 +78,6 @@ def _convs_in_order(decoder: SEANetDecoder) -> list[tuple[torch.nn.Module, str]]
     return out
 
 
-@contextlib.contextmanager
-def _layer_by_layer():
-    """Every convolution as its own module call, so forward hooks see it (the CPU tail ops run a residual block,
-    an activation + upsampling layer, and the last activation + convolution, as one op)."""
-    names = ("FUSED_RESBLOCK_MAX_CHANNELS", "FUSED_CONV_TRANSPOSE_MAX_CHANNELS", "FUSED_CONV_MAX_OUT_CHANNELS")
-    saved = {name: getattr(jasco_decoder, name) for name in names}
-    for name, off in zip(names, ({}, {}, 0)):
-        setattr(jasco_decoder, name, off)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(jasco_decoder, name, value)
-
-
 def _rms(x: torch.Tensor) -> float:
     return x.double().square().mean().sqrt().item()
 
@@ -136,7 +120,7 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
         hooks = [conv.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))]
         if role == "branch_out":
             hooks.append(block_of[id(conv)].register_forward_hook(lambda m, i, o: seen.__setitem__("in", i[0])))
-        with _layer_by_layer():
+        with jasco_decoder.layer_by_layer():
             decoder(x)
         for h in hooks:
             h.remove()
@@ -158,7 +142,7 @@ def layer_levels(decoder: SEANetDecoder, x: torch.Tensor) -> list[float]:
     """RMS after each top-level layer: the check that nothing explodes or vanishes."""
     levels = []
     hooks = [layer.register_forward_hook(lambda m, i, o: levels.append(_rms(o))) for layer in decoder.layers]
-    with _layer_by_layer():
+    with jasco_decoder.layer_by_layer():
         decoder(x)
     for h in hooks:
         h.remove()

@@ -16,6 +16,7 @@ computationally laid out for speed:
   ``FUSED_CONV_TRANSPOSE_MAX_CHANNELS``, and the final activation + convolution) runs as the ops
   ``jasco_fast::elu_resblock`` / ``jasco_fast::elu_conv_transpose`` / ``jasco_fast::elu_conv``, which take each
   tile of time steps through the whole block while it is in cache, instead of one pass over memory per layer.
+  Inside ``with layer_by_layer():`` none of them runs, so hooks on the layers they replace fire.
 
 Every layer reports which input samples its outputs depend on (``input_span``; :func:`receptive_field`
 turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
@@ -23,6 +24,7 @@ chunked decoding from the network itself.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -254,10 +256,25 @@ FUSED_CONV_TRANSPOSE_MAX_CHANNELS = {torch.float32: 256}
 FUSED_CONV_MAX_OUT_CHANNELS = 8
 
 
+_fused_ops_enabled = True
+
+
+@contextlib.contextmanager
+def layer_by_layer():
+    """Within it, no fused CPU op runs: every activation and convolution is its own module call, so forward hooks
+    on them fire (as fidelity calibration needs)."""
+    global _fused_ops_enabled
+    saved, _fused_ops_enabled = _fused_ops_enabled, False
+    try:
+        yield
+    finally:
+        _fused_ops_enabled = saved
+
+
 def _fused_kernel_applies(x: torch.Tensor, *params: torch.Tensor) -> bool:
     """The CPU tail ops take float32/bfloat16 activations, and have no autograd formula: a caller that wants
     gradients gets the layer-by-layer path."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+    return (_fused_ops_enabled and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
             and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))))
 
 
