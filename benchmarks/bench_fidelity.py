@@ -9,8 +9,9 @@ and reports SNR (dB), the worst mel band's SNR, the log-mel distance (dB) and ma
 checkpoint and the worst case. A "float32" row is the control: the metrics' floor for the fast path.
 
 Random weights are made to behave like trained ones, because reduced precision errors depend on the
-regime each layer works in (see :func:`realistic_decoder`), and the latents look like JASCO's (see
-:func:`realistic_latents`). Writes benchmarks/results/fidelity_<device>.json.
+regime each layer works in (see :func:`realistic_decoder`; every other checkpoint has an LSTM with more
+recurrent gain, where a recurrent format's error grows over the steps), and the latents look like JASCO's
+(see :func:`realistic_latents`). Writes benchmarks/results/fidelity_<device>.json.
 """
 from __future__ import annotations
 
@@ -44,12 +45,24 @@ MODES: dict[str, dict] = {
 WEIGHTS_DOC = ("weights w = g * v / ||v|| (weight norm over dim 0, as upstream), v Gaussian, g log-normal per "
                "channel (sigma 0.5) times one gain per convolution calibrated on realistic latents so that each "
                "convolution's output RMS is 1 (residual branches 0.5 of the block input, final convolution "
-               "zero-mean -20 dBFS audio), biases N(0, 0.05^2), LSTM PyTorch's default uniform(+-1/sqrt(1024))")
+               "zero-mean -20 dBFS audio), biases N(0, 0.05^2); LSTM weights, alternating from checkpoint to "
+               "checkpoint: PyTorch's default uniform(+-1/sqrt(1024)) (RMS 0.018), or N(0, 0.05^2) (RMS 0.05, "
+               "a recurrence with more gain, where errors in the recurrent matrices grow from step to step)")
 LATENTS_DOC = ("latents: per channel an AR(1) Gaussian process with unit variance and frame-to-frame "
                "correlation drawn in [0.8, 0.98] (correlation time 0.1-1 s at 50 frames/s), standardised per "
                "channel over the clip: zero-mean, unit-variance, temporally correlated, like JASCO's normalised "
                "latents")
 AUDIO_RMS = 0.1  # -20 dBFS: a typical RMS level of mastered music (peaks then land near -6 to -3 dBFS)
+
+# LSTM weight scale of checkpoint k: None (nn.LSTM's initialisation) for even k, HIGH_GAIN_LSTM_STD for odd k.
+# Trained LSTMs' weights grow away from their initialisation; at the larger scale a recurrent format's error is
+# amplified through the steps (measured: int4 recurrent matrices, 15 levels per row, keep the decode at 41 dB
+# with the default scale and drop it to 27 dB with this one; int8 stays at 41), so both regimes are tested.
+HIGH_GAIN_LSTM_STD = 0.05
+
+
+def lstm_std_of_checkpoint(k: int) -> float | None:
+    return HIGH_GAIN_LSTM_STD if k % 2 else None
 
 
 def realistic_latents(batch: int, frames: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -83,7 +96,8 @@ def _rms(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibration_frames: int = 100) -> SEANetDecoder:
+def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibration_frames: int = 100,
+                      lstm_std: float | None = None) -> SEANetDecoder:
     """A random EnCodec decoder whose signal keeps a realistic level through every layer.
 
     PyTorch's default initialisation (kaiming_uniform, a = sqrt(5)) gives each convolution a gain of
@@ -96,6 +110,7 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
     branches add 0.5 of the block input's RMS (the skip carries most of the signal); the last
     convolution makes zero-mean -20 dBFS audio (its bias cancels the DC that the biases and the ELUs'
     asymmetry otherwise leave: one checkpoint in four came out as almost pure DC without this).
+    The LSTM's weights: nn.LSTM's initialisation, or N(0, lstm_std^2) when ``lstm_std`` is given.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -108,9 +123,12 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
         conv.weight.copy_(g * v / norm)
         conv.bias.copy_(0.05 * torch.randn(conv.bias.shape, generator=gen))
     for lstm in (m for m in decoder.modules() if isinstance(m, LSTM)):
-        for p in lstm.flat_weights():  # nn.LSTM's own initialisation, from this seed's generator
-            bound = 1 / math.sqrt(p.shape[0] // 4)
-            p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+        for p in lstm.flat_weights():  # nn.LSTM's own initialisation, from this seed's generator, or N(0, lstm_std^2)
+            if lstm_std is None:
+                bound = 1 / math.sqrt(p.shape[0] // 4)
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * lstm_std)
 
     latents = realistic_latents(1, calibration_frames, decoder.config.dimension, gen)
     x = (latents * JASCO_LATENT_STD + JASCO_LATENT_MEAN).permute(0, 2, 1)
@@ -181,18 +199,20 @@ def main(argv=None) -> dict:
     status = {name: "ok" for name in MODES}
     notes: dict[str, str] = {}
     for k in range(n_ckpt):
-        seed = 1000 + k
-        decoder = realistic_decoder(seed).to(args.device)
+        seed, lstm_std = 1000 + k, lstm_std_of_checkpoint(k)
+        decoder = realistic_decoder(seed, lstm_std=lstm_std).to(args.device)
         cfg = decoder.config
         gen = torch.Generator().manual_seed(seed + 1)
         latents = realistic_latents(1, int(seconds * cfg.frame_rate), cfg.dimension, gen).to(args.device)
         want = reference.decode(reference.ReferenceDecoder(decoder), latents)
         levels = layer_levels(decoder, (latents * JASCO_LATENT_STD + JASCO_LATENT_MEAN).permute(0, 2, 1))
-        result["checkpoints"].append({"seed": seed, "peak": want.abs().max().item(), "dc": want.mean().item(),
+        result["checkpoints"].append({"seed": seed, "lstm_std": lstm_std, "peak": want.abs().max().item(),
+                                      "dc": want.mean().item(),
                                       "rms_dbfs": 20 * math.log10(_rms(want)),
                                       "layer_rms": [round(v, 4) for v in levels]})
-        print(f"checkpoint seed {seed}: audio peak {want.abs().max().item():.2f}, RMS {20 * math.log10(_rms(want)):.1f} "
-              f"dBFS; layer RMS {min(levels):.2f}-{max(levels):.2f}", flush=True)
+        lstm_init = f"N(0, {lstm_std:g}^2)" if lstm_std else "default init"
+        print(f"checkpoint seed {seed} (LSTM {lstm_init}): audio peak {want.abs().max().item():.2f}, RMS "
+              f"{20 * math.log10(_rms(want)):.1f} dBFS; layer RMS {min(levels):.2f}-{max(levels):.2f}", flush=True)
         for name, kwargs in MODES.items():
             if status[name] != "ok":
                 continue

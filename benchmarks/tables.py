@@ -111,11 +111,16 @@ def stages_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _checkpoint_name(c: dict) -> str:
+    lstm_std = c.get("lstm_std")  # absent in results from before the high-gain LSTM checkpoints
+    return f"{c['seed']} (LSTM N(0, {lstm_std:g}^2))" if lstm_std else str(c["seed"])
+
+
 def fidelity_table(result: dict) -> str:
     """bench_fidelity.py: each reduced-precision mode against float32, worst case over the checkpoints."""
     lines = [provenance_line(result), "",
              f"{len(result['checkpoints'])} random-weight EnCodec 32 kHz checkpoints (seeds "
-             f"{', '.join(str(c['seed']) for c in result['checkpoints'])}), {result['seconds']:g} s of latents each; "
+             f"{', '.join(_checkpoint_name(c) for c in result['checkpoints'])}), {result['seconds']:g} s of latents each; "
              f"{result['weights']}; {result['latents']}", "",
              "| mode | SNR dB, worst [per checkpoint] | worst mel band's SNR dB | log-mel distance dB, worst "
              "[per checkpoint] | max error / peak, worst | notes |",

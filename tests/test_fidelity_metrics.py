@@ -13,6 +13,7 @@ import _fidelity  # noqa: E402
 import bench_fidelity  # noqa: E402
 
 import jasco_fast  # noqa: E402
+from jasco_fast.decoder import LSTM  # noqa: E402
 
 SR = 32000
 
@@ -111,17 +112,37 @@ def test_worst_band_snr_finds_an_error_confined_to_one_band():
     assert _fidelity.worst_band_snr_db(x, x.clone(), SR) == math.inf
 
 
+def _realistic_audio(decoder) -> torch.Tensor:
+    """The decoder's audio for 40 frames of realistic latents (not the calibration's)."""
+    latents = bench_fidelity.realistic_latents(1, 40, decoder.config.dimension, torch.Generator().manual_seed(1))
+    x = jasco_fast.reference.denormalize_transpose(latents, jasco_fast.JASCO_LATENT_MEAN, jasco_fast.JASCO_LATENT_STD)
+    with torch.no_grad():
+        return decoder(x)
+
+
 def test_realistic_decoder_calibrates_through_the_fused_cpu_ops():
     # Small channel counts, so every fused CPU op (residual block, activation + upsampling, final
     # activation + convolution) would run: calibration must still see each convolution's output.
     config = jasco_fast.DecoderConfig(dimension=16, n_filters=4, ratios=(4, 2), lstm=1)
-    decoder = bench_fidelity.realistic_decoder(0, config, calibration_frames=40)
-    gen = torch.Generator().manual_seed(1)
-    latents = bench_fidelity.realistic_latents(1, 40, config.dimension, gen)
-    x = (latents * jasco_fast.JASCO_LATENT_STD + jasco_fast.JASCO_LATENT_MEAN).permute(0, 2, 1)
-    with torch.no_grad():
-        audio = decoder(x)
+    audio = _realistic_audio(bench_fidelity.realistic_decoder(0, config, calibration_frames=40))
     # the calibration latents differ from these, so the level is close, not exact
     rms = bench_fidelity._rms(audio)
     assert 0.5 * bench_fidelity.AUDIO_RMS < rms < 2 * bench_fidelity.AUDIO_RMS
     assert abs(audio.mean().item()) < 0.2 * rms
+
+
+def _lstm_weights(decoder) -> torch.Tensor:
+    return torch.cat([p.flatten() for m in decoder.modules() if isinstance(m, LSTM) for p in m.flat_weights()])
+
+
+def test_checkpoints_alternate_between_two_lstm_scales():
+    # the high-gain LSTM checkpoints: weights N(0, 0.05^2), and the rest of the decoder still calibrated
+    assert [bench_fidelity.lstm_std_of_checkpoint(k) for k in range(4)] == [None, 0.05, None, 0.05]
+    config = jasco_fast.DecoderConfig(dimension=16, n_filters=4, ratios=(4, 2), lstm=2)
+    default = bench_fidelity.realistic_decoder(0, config, calibration_frames=40)
+    high = bench_fidelity.realistic_decoder(0, config, calibration_frames=40, lstm_std=0.05)
+    n = config.n_filters * 2 ** len(config.ratios)  # the LSTM's width
+    assert _lstm_weights(default).abs().max() <= n ** -0.5
+    assert _lstm_weights(high).std().item() == pytest.approx(0.05, rel=0.05)
+    rms = bench_fidelity._rms(_realistic_audio(high))
+    assert 0.5 * bench_fidelity.AUDIO_RMS < rms < 2 * bench_fidelity.AUDIO_RMS
