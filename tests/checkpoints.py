@@ -301,3 +301,26 @@ OP_TOL = {
     torch.float16: dict(rtol=2 ** -10, atol=1e-3),
     torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
 }
+
+# Memory layouts of [B, T, D] latents the op must handle (tests/test_ops.py, tests/test_cuda.py).
+LATENT_LAYOUTS = ["contiguous", "transposed_storage", "strided", "expanded", "offset", "misaligned"]
+
+
+def make_latents(B, T, D, dtype, layout, gen, device="cpu"):
+    """[B, T, D] latents on ``device`` with the memory layout asked for (views of a base tensor there)."""
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    if layout == "contiguous":
+        return randn(B, T, D)
+    if layout == "transposed_storage":  # [B, D, T] memory viewed as [B, T, D]
+        return randn(B, D, T).transpose(1, 2)
+    if layout == "strided":  # every other time step and channel
+        return randn(B, 2 * T, 2 * D)[:, ::2, ::2]
+    if layout == "expanded":  # a zero batch stride
+        return randn(1, T, D).expand(B, T, D)
+    if layout == "offset":  # a storage offset and padded rows
+        return randn(B, T + 3, D + 5)[:, 3:, 5:]
+    if layout == "misaligned":  # one element past an aligned start: no vector loads or stores
+        return randn(B * T * D + 1)[1:].view(B, T, D)
+    raise ValueError(f"unknown layout {layout!r}")

@@ -27,26 +27,8 @@ HAS_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("jasco_fast::denorm_
 needs_kernel = pytest.mark.skipif(HAS_CUDA and not HAS_KERNEL, reason="jasco_fast was built without its CUDA kernel (no nvcc "
                                                          "at build time); rebuild with the CUDA toolkit")
 
-from checkpoints import FLOATS, OP_TOL as TOL  # noqa: E402  (shared with tests/test_ops.py)
-LAYOUTS = ["contiguous", "transposed_storage", "strided", "expanded", "offset", "misaligned"]
-
-
-def make_latents(B, T, D, dtype, layout, gen):
-    """[B, T, D] latents on the GPU with the memory layout asked for (views of a GPU base tensor)."""
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen).to(device="cuda", dtype=dtype)
-
-    if layout == "contiguous":
-        return randn(B, T, D)
-    if layout == "transposed_storage":  # [B, D, T] memory viewed as [B, T, D]
-        return randn(B, D, T).transpose(1, 2)
-    if layout == "strided":  # every other time step and channel
-        return randn(B, 2 * T, 2 * D)[:, ::2, ::2]
-    if layout == "expanded":  # a zero batch stride
-        return randn(1, T, D).expand(B, T, D)
-    if layout == "offset":  # a storage offset and padded rows
-        return randn(B, T + 3, D + 5)[:, 3:, 5:]
-    return randn(B * T * D + 1)[1:].view(B, T, D)  # misaligned: no vector loads or stores
+# shared with tests/test_ops.py
+from checkpoints import FLOATS, LATENT_LAYOUTS as LAYOUTS, OP_TOL as TOL, make_latents  # noqa: E402
 
 
 def check_kernel(latents, mean, std, dtype, channels_last):
@@ -76,7 +58,7 @@ def check_kernel(latents, mean, std, dtype, channels_last):
 def test_kernel_every_dtype_and_stride_pattern(in_dtype, out_dtype, layout):
     gen = torch.Generator().manual_seed(zlib.crc32(f"{in_dtype}{out_dtype}{layout}".encode()))
     for B, T, D in [(3, 77, 130), (2, 64, 128), (1, 1, 1), (2, 33, 4)]:
-        latents = make_latents(B, T, D, in_dtype, layout, gen)
+        latents = make_latents(B, T, D, in_dtype, layout, gen, device="cuda")
         for per_channel, channels_last in itertools.product((False, True), (False, True)):
             if per_channel:
                 mean = (torch.randn(D, generator=gen) * 0.1).cuda()

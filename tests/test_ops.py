@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import jasco_fast
 from jasco_fast import reference
 
-from checkpoints import FLOATS, OP_TOL as TOL  # noqa: E402  (shared with tests/test_cuda.py)
+from checkpoints import FLOATS, LATENT_LAYOUTS, OP_TOL as TOL, make_latents  # noqa: E402  (shared with tests/test_cuda.py)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -51,27 +51,11 @@ def op_inputs(draw):
     D = draw(st.integers(1, 200))
     in_dtype = draw(st.sampled_from(FLOATS))
     out_dtype = draw(st.sampled_from([None] + FLOATS))
-    layout = draw(st.sampled_from(["contiguous", "transposed_storage", "strided", "expanded", "offset"]))
+    layout = draw(st.sampled_from(LATENT_LAYOUTS))
     per_channel = draw(st.booleans())
     channels_last = draw(st.booleans())
     seed = draw(st.integers(0, 2 ** 31 - 1))
     return B, T, D, in_dtype, out_dtype, layout, per_channel, channels_last, seed
-
-
-def make_latents(B, T, D, dtype, layout, gen, device="cpu"):
-    """[B, T, D] latents with the memory layout asked for."""
-    def randn(*shape):
-        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
-
-    if layout == "contiguous":
-        return randn(B, T, D)
-    if layout == "transposed_storage":  # [B, D, T] memory viewed as [B, T, D]
-        return randn(B, D, T).transpose(1, 2)
-    if layout == "strided":  # every other time step and channel
-        return randn(B, 2 * T, 2 * D)[:, ::2, ::2]
-    if layout == "expanded":  # a zero batch stride
-        return randn(1, T, D).expand(B, T, D)
-    return randn(B, T + 3, D + 5)[:, 3:, 5:]  # a storage offset and padded rows
 
 
 @pytest.mark.parametrize("device", DEVICES)
