@@ -19,7 +19,7 @@ GPU_PYTHON     ?= python3
 GPU_PY_VERSION ?= 3.12
 GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
 
-.PHONY: install demo test fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
+.PHONY: install demo test test-isa fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
 install: $(STAMP)
 
@@ -46,6 +46,23 @@ demo: install
 
 test: install
 	JASCO_FAST_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
+
+# The CPU-kernel and decoder tests again on CPU classes this machine may not be: an emulated AVX2-only CPU (torch's,
+# oneDNN's, MKL's and the extension's own instruction-set caps), then the extension's portable loops.
+ISA_TESTS = tests/test_ops.py tests/test_lstm_kernel.py tests/test_lstm_op.py tests/test_elu_conv.py \
+            tests/test_decoder.py tests/test_decoder_gemm.py tests/test_recurrent_dtype.py \
+            tests/test_codes_to_latents.py tests/test_reference.py tests/test_modes.py
+AVX2_CAPS = ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 JASCO_FAST_ISA=avx2 \
+            JASCO_FAST_LSTM_ISA=avx2 JASCO_FAST_TAIL_ISA=avx2
+# Each cap setting gets its own torch.compile cache: torch 2.13 reuses a graph compiled under
+# ATEN_CPU_CAPABILITY=avx2 in an uncapped process, which then aborts (tests/conftest.py already gives every run
+# its own artifact cache).
+ISA_CACHES = $(abspath $(VENV))/isa-caches
+test-isa: install
+	$(AVX2_CAPS) TORCHINDUCTOR_CACHE_DIR=$(ISA_CACHES)/avx2 \
+	  JASCO_FAST_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ISA_TESTS)
+	JASCO_FAST_ISA=portable TORCHINDUCTOR_CACHE_DIR=$(ISA_CACHES)/portable \
+	  JASCO_FAST_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(ISA_TESTS)
 
 # A long search for checkpoint / latent files that break the readers (tests/fuzz); each kind of failure
 # found is saved to tests/fuzz/corpus/, which `make test` replays. FUZZ_EXAMPLES cases per format family.

@@ -56,15 +56,31 @@ def provenance(script: str, argv: list[str] | None, device: str, note: str | Non
     args = [a for i, a in enumerate(args) if a != "--note" and (i == 0 or args[i - 1] != "--note")
             and not a.startswith("--note=")]
     import jasco_fast
+    from jasco_fast import modes
+    from jasco_fast.info import ISA_CAPS
 
+    caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+    cpu = {"cpu_class": modes.cpu_class(), "isa_caps": caps,
+           # under caps the CPU is emulated; peers (ONNX Runtime, OpenVINO) keep the real instruction set
+           "cpu_class_emulated": bool(caps) and modes.cpu_class() != _uncapped_cpu_class()}
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, args)]),
         "device": device_name(device), "device_type": device, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "torch": torch.__version__, "cuda": torch.version.cuda, "jasco_fast": jasco_fast.__version__,
-        "git_commit": _git_commit(), "load_average_at_start": load_average(), "note": note,
+        "git_commit": _git_commit(), "load_average_at_start": load_average(), "note": note, **cpu,
     }
+
+
+def _uncapped_cpu_class() -> str:
+    """The CPU class without instruction-set caps (a fresh process: torch reads ATEN_CPU_CAPABILITY at start)."""
+    from jasco_fast.info import ISA_CAPS
+
+    env = {k: v for k, v in os.environ.items() if k not in ISA_CAPS}
+    out = subprocess.run([sys.executable, "-c", "from jasco_fast import modes; print(modes.cpu_class())"], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    return out.stdout.strip() or "unknown"
 
 
 def spread(samples: list[float], scale: float = 1.0) -> dict:

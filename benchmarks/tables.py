@@ -25,13 +25,25 @@ def _range(s: dict, fmt: str, scale: float = 1.0) -> str:
     return f"{s['median'] * scale:{fmt}} [{s['min'] * scale:{fmt}}–{s['max'] * scale:{fmt}}]"
 
 
+def cpu_class_words(result: dict) -> str:
+    """The CPU class of a CPU result ("" for GPU results and for results recorded before classes were)."""
+    if result.get("device_type", "cpu") != "cpu" or "cpu_class" not in result:
+        return ""
+    if result.get("cpu_class_emulated"):
+        caps = " ".join(f"{k}={v}" for k, v in result.get("isa_caps", {}).items())
+        return (f", CPU class {result['cpu_class']} EMULATED by instruction-set caps ({caps}; the peers keep the "
+                f"machine's own instruction set)")
+    return f", CPU class {result['cpu_class']}"
+
+
 def provenance_line(result: dict) -> str:
     load = result.get("load_average_at_start")
     note = f" Note: {result['note'].rstrip('.')}." if result.get("note") else ""
     if result.get("complete") is False:
         note += " The run did not finish: only the rows below were measured."
     rounds = f"{result['rounds']} interleaved rounds (median [min–max]), " if result.get("rounds") else ""
-    return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}, torch {result['torch']}, "
+    return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}{cpu_class_words(result)}, "
+            f"torch {result['torch']}, "
             f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {rounds}load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
             f"CPUs, by `{result['command']}`.{note}")
 

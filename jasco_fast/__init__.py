@@ -26,12 +26,13 @@ _WHERE = {
     "JASCO_LATENT_MEAN": "ops", "JASCO_LATENT_STD": "ops", "denormalize_transpose": "ops", "codes_to_latents": "ops",
     "LatentDecoder": "pipeline", "CodeDecoder": "pipeline",
     "Quantizer": "quantizer", "load_quantizer": "quantizer",
+    "PerformanceWarning": "modes", "modes": None,
 }
 
 __all__ = [
     "JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "codes_to_latents", "SEANetDecoder",
     "DecoderConfig", "load_decoder", "CheckpointError", "LatentDecoder", "CodeDecoder", "Quantizer",
-    "load_quantizer", "patch", "unpatch", "audio_write", "write_batch", "reference",
+    "load_quantizer", "patch", "unpatch", "audio_write", "write_batch", "reference", "PerformanceWarning", "modes",
 ]
 
 

@@ -218,14 +218,24 @@ def build_decoder(checkpoint: str | None, device: torch.device, quiet: bool = Fa
         raise UsageError(str(exc)) from None
 
 
-def _recurrent_dtype(args) -> torch.dtype | None:
-    if args.recurrent_dtype is None:
-        return None
+def _dtype(args) -> torch.dtype | str:
+    return "auto" if args.dtype == "auto" else DTYPES[args.dtype]
+
+
+def _recurrent_dtype(args) -> torch.dtype | str | None:
+    if args.recurrent_dtype in (None, "auto"):
+        return args.recurrent_dtype
     recurrent = DTYPES.get(args.recurrent_dtype, torch.int8)
-    if not recurrent_format_supported(recurrent, DTYPES[args.dtype]):
+    if args.dtype != "auto" and not recurrent_format_supported(recurrent, DTYPES[args.dtype]):
         raise UsageError(f"--recurrent-dtype {args.recurrent_dtype} needs --dtype float32 (or bfloat16), got --dtype "
                          f"{args.dtype}")
     return recurrent
+
+
+DTYPE_HELP = ("decoder compute dtype (default float32, the exact mode); auto: the fastest mode measured on this "
+              "device and CPU class at 40 dB SNR or more, recurrent format included (`jasco-fast info` shows it)")
+RECURRENT_HELP = ("stream the LSTM's recurrent matrices as int8 (a float32 scale per row) or bfloat16 (with --dtype "
+                  "float32); state and arithmetic stay float32; auto: the automatic mode's format for --dtype")
 
 
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
@@ -233,11 +243,8 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
                                         "or a transformers EnCodec folder; default: random weights")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"],
                    help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
-    p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16"],
-                   help="stream the LSTM's recurrent matrices as int8 (a float32 scale per row) or bfloat16 (with "
-                        "--dtype float32); state and arithmetic stay float32. --dtype bfloat16 --recurrent-dtype int8 "
-                        "is the fastest CPU mode (README: CPU peers, fidelity)")
+    p.add_argument("--dtype", default="float32", choices=[*DTYPES, "auto"], help=DTYPE_HELP)
+    p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16", "auto"], help=RECURRENT_HELP)
     p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no compiled decoder)")
     p.add_argument("--torch-compile", action="store_true",
                    help="compile with torch.compile in this process instead of using the ahead-of-time compiled "
@@ -366,7 +373,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     files = all_files[rank::world]  # each file decoded by exactly one rank
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
     try:  # long items are decoded chunk by chunk: only their audio is held, never the activations
-        fast = LatentDecoder(decoder, args.mean, args.std, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
+        fast = LatentDecoder(decoder, args.mean, args.std, compile=_compile_choice(args), dtype=_dtype(args),
                              chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
@@ -376,7 +383,8 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
         if not code_decoders:
             quantizer = build_quantizer(args.checkpoint, device, decoder.dimension)
             code_decoders.append(CodeDecoder(decoder, quantizer, compile=_compile_choice(args) is not False,
-                                             dtype=DTYPES[args.dtype], chunk_frames=args.chunk_frames))
+                                             dtype=_dtype(args), chunk_frames=args.chunk_frames,
+                                             recurrent_dtype=_recurrent_dtype(args)))
         return code_decoders[0]
 
     summary = Summary(rank=rank)
@@ -515,7 +523,7 @@ def cmd_demo(args) -> int:
     latents = torch.randn(args.batch_size, frames, decoder.dimension, generator=gen).to(device)
     print(f"latents: seeded N(0, 1) example, [{args.batch_size}, {frames}, {decoder.dimension}] "
           f"(JASCO's latents are normalised to about N(0, 1))")
-    fast = LatentDecoder(decoder, compile=_compile_choice(args), dtype=DTYPES[args.dtype],
+    fast = LatentDecoder(decoder, compile=_compile_choice(args), dtype=_dtype(args),
                          chunk_frames=DEFAULT_CHUNK_FRAMES, recurrent_dtype=_recurrent_dtype(args))
     if fast.backend == "torch.compile":
         print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
@@ -539,9 +547,9 @@ def cmd_demo(args) -> int:
                 "`jasco-fast compile`)")
     else:
         mode = {"aot": "ahead-of-time compiled decoder from the cache"}.get(fast.backend, fast.backend)
-    recurrent = f", {args.recurrent_dtype} recurrent" if fast.recurrent_dtype is not None else ""
+    recurrent = f", {str(fast.recurrent_dtype)[6:]} recurrent" if fast.recurrent_dtype is not None else ""
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, {mode}, "
-          f"{args.dtype}{recurrent}, {device}):")
+          f"{str(fast.dtype)[6:]}{recurrent}{' (auto)' if args.dtype == 'auto' else ''}, {device}):")
     print(f"  first call {first:.2f} s, "
           f"warm call {warm:.3f} s: real-time factor {audio_seconds / warm:.1f}x "
           f"({audio_seconds:g} audio s / {warm:.3f} wall s)")
@@ -560,12 +568,12 @@ def cmd_compile(args) -> int:
     device = _device(args.device)
     decoder = build_decoder(args.checkpoint, device, quiet=True)
     try:
-        fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=DTYPES[args.dtype],
+        fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=_dtype(args),
                              chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
     recipes = fast.aot_recipes()
-    print(f"building the ahead-of-time decoders for {recipes[0].device}, {args.dtype} (architecture of "
+    print(f"building the ahead-of-time decoders for {recipes[0].device}, {str(fast.dtype)[6:]} (architecture of "
           f"{args.checkpoint or 'EnCodec 32 kHz'}; every checkpoint of it shares them): one-pass"
           + (f" and the three chunk steps of {fast.chunk_frames}-frame chunks" if len(recipes) > 1 else "")
           + " ...", flush=True)
@@ -576,7 +584,7 @@ def cmd_compile(args) -> int:
         except artifacts.ArtifactError as exc:
             raise UsageError(_first_line(exc)) from None
         print(f"  {path.name} ({time.perf_counter() - start:.1f} s)", flush=True)
-    aot = LatentDecoder(decoder, args.mean, args.std, compile="aot", dtype=DTYPES[args.dtype],
+    aot = LatentDecoder(decoder, args.mean, args.std, compile="aot", dtype=_dtype(args),
                         chunk_frames=args.chunk_frames, background_build=False, recurrent_dtype=_recurrent_dtype(args))
     status = aot.load_artifacts()  # loads (and validates) them as a later process will
     bad = {k: v for k, v in status.items() if not v.startswith("loaded")}
@@ -701,11 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "device and dtype into the cache (later processes load it at once)")
     p.add_argument("--checkpoint", help="EnCodec checkpoint whose architecture to compile; default EnCodec 32 kHz")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="decoder compute dtype")
-    p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16"],
-                   help="stream the LSTM's recurrent matrices as int8 (a float32 scale per row) or bfloat16 (with "
-                        "--dtype float32); state and arithmetic stay float32. --dtype bfloat16 --recurrent-dtype int8 "
-                        "is the fastest CPU mode (README: CPU peers, fidelity)")
+    p.add_argument("--dtype", default="float32", choices=[*DTYPES, "auto"], help=DTYPE_HELP)
+    p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16", "auto"], help=RECURRENT_HELP)
     p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN)
     p.add_argument("--std", type=float, default=JASCO_LATENT_STD)
     p.add_argument("--chunk-frames", type=_positive_int, default=DEFAULT_CHUNK_FRAMES,

@@ -2,7 +2,7 @@
 
 ``collect()`` returns a JSON-ready dict: torch and its build, jasco_fast's ops with their compiled kernels
 per device, the path each visible device takes, the CPU fast path the extension chose at run time, the
-cache folder, and the versions of the audio/loading dependencies (libsndfile's formats included).
+cache folder, the CPU class with the recommended mode (``dtype="auto"``), and the versions of the audio/loading dependencies (libsndfile's formats included).
 ``render(report)`` is the text form. Each section is collected on its own: one that fails reports its error
 instead of hiding the others.
 """
@@ -117,6 +117,26 @@ def _cpu_fast_path() -> dict:
     return {"denorm_transpose": path, "description": meaning}
 
 
+ISA_CAPS = ("JASCO_FAST_ISA", "JASCO_FAST_LSTM_ISA", "JASCO_FAST_TAIL_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+            "MKL_ENABLE_INSTRUCTIONS")
+
+
+def _modes() -> dict:
+    """The CPU class, its native reduced-precision arithmetic, and the automatic mode per visible device."""
+    from jasco_fast import modes
+
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
+        else ["cpu"]
+    recommended = {}
+    for device in devices:
+        row = modes.auto_mode(device)
+        recommended[device] = {"mode": row.name, "dtype": str(row.dtype).replace("torch.", ""),
+                               "recurrent_dtype": None if row.recurrent_dtype is None
+                               else str(row.recurrent_dtype).replace("torch.", ""), "evidence": row.evidence}
+    return {"cpu_class": modes.cpu_class(), "native_cpu_arithmetic": modes.native_cpu_arithmetic(),
+            "isa_caps": {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}, "recommended": recommended}
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -218,7 +238,8 @@ def collect() -> dict:
     """Everything ``jasco-fast info`` reports, as a JSON-ready dict."""
     report: dict = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name, section in (("jasco_fast", _extension), ("torch", _torch), ("ops", _ops),
-                          ("cpu_fast_path", _cpu_fast_path), ("torch_compile", _compile), ("cache", _cache),
+                          ("cpu_fast_path", _cpu_fast_path), ("modes", _modes), ("torch_compile", _compile),
+                          ("cache", _cache),
                           ("packages", _packages)):
         try:
             report[name] = section()
@@ -274,6 +295,15 @@ def render(report: dict) -> str:
     cpu = report["cpu_fast_path"]
     if section("CPU fast path", cpu):
         lines.append(f"CPU fast path: {cpu['denorm_transpose']} ({cpu['description']})")
+    m = report["modes"]
+    if section("modes", m):
+        native = ", ".join(f"{k} {'native' if v else 'EMULATED (slow: use float32 or dtype auto)'}"
+                           for k, v in m["native_cpu_arithmetic"].items())
+        caps = f"; capped by {', '.join(f'{k}={v}' for k, v in m['isa_caps'].items())}" if m["isa_caps"] else ""
+        lines.append(f"CPU class: {m['cpu_class']} ({native}{caps})")
+        lines.append("recommended mode on this machine (dtype='auto', --dtype auto; the default is float32, exact):")
+        for device, r in m["recommended"].items():
+            lines.append(f"  {device}: {r['mode']} ({r['evidence']})")
 
     lines.append("devices:")
     for d in report["devices"]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from jasco_fast import artifacts
 from jasco_fast.memory import reuse_freed_memory
+from jasco_fast.modes import resolve_mode, warn_if_emulated
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
 from jasco_fast.ops import (JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose,
@@ -127,6 +128,10 @@ class LatentDecoder(nn.Module):
         compile: ``True`` (the device's default), ``"aot"``, ``"torch.compile"`` (above), or ``False`` (eager).
         channels_last: ``False`` feeds the decoder a contiguous [B, D, T] instead (for comparison).
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
+            ``"auto"``: the fastest mode measured on this device and CPU class with a worst-case SNR of at
+            least 40 dB (:data:`jasco_fast.modes.AUTO_MODES`), recurrent format included; the choice is
+            visible as :attr:`dtype` and :attr:`recurrent_dtype`. A reduced precision that this CPU only
+            emulates warns once (:class:`jasco_fast.PerformanceWarning`).
         compile_mode: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` for CUDA graphs when every call
             has the same shape).
         chunk_frames: latent frames per chunk for long inputs (default :data:`DEFAULT_CHUNK_FRAMES`);
@@ -138,22 +143,26 @@ class LatentDecoder(nn.Module):
             with a float32 scale per row (a quarter of float32's bytes); ``torch.bfloat16`` with float32
             ``dtype``. The LSTM's state and arithmetic stay float32 (see :func:`jasco_fast.ops.lstm_skip`).
             ``dtype=torch.bfloat16, recurrent_dtype=torch.int8`` is the reduced-precision mode measured in
-            the README ("CPU peers", "Fidelity").
+            the README ("CPU peers", "Fidelity"). ``"auto"``: the automatic mode's format for ``dtype``.
     """
 
     def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *,
-                 compile: bool | str = True, channels_last: bool = True, dtype: torch.dtype | None = None,
+                 compile: bool | str = True, channels_last: bool = True, dtype: torch.dtype | str | None = None,
                  compile_mode: str | None = None, chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
-                 background_build: bool | None = None, recurrent_dtype: torch.dtype | None = None):
+                 background_build: bool | None = None, recurrent_dtype: torch.dtype | str | None = None):
         super().__init__()
         if not isinstance(decoder, SEANetDecoder):
             raise TypeError(f"decoder must be a jasco_fast.SEANetDecoder, got {type(decoder).__name__}")
         if not any(compile is c for c in COMPILE_CHOICES[:2]) and compile not in COMPILE_CHOICES[2:]:
             raise ValueError(f"compile must be one of {COMPILE_CHOICES}, got {compile!r}")
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         param = next(decoder.parameters())
-        self.dtype = dtype or param.dtype
+        if dtype is not None and dtype != "auto" and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype or 'auto', got {dtype!r}")
+        if not (recurrent_dtype is None or recurrent_dtype == "auto" or isinstance(recurrent_dtype, torch.dtype)):
+            raise ValueError(f"recurrent_dtype must be None, a torch.dtype or 'auto', got {recurrent_dtype!r}")
+        dtype, recurrent_dtype = resolve_mode(dtype, recurrent_dtype, param.device, param.dtype)
+        warn_if_emulated(dtype, param.device)
+        self.dtype = dtype
         self.decoder = copy.deepcopy(decoder).to(dtype=self.dtype).eval().requires_grad_(False)
         self.recurrent_dtype = _recurrent_dtype(recurrent_dtype, self.dtype)
         for module in self.decoder.modules():
@@ -510,13 +519,13 @@ class CodeDecoder(LatentDecoder):
 
     Args:
         decoder: a :class:`SEANetDecoder`; quantizer: a :class:`Quantizer` whose D is the decoder's (both copied).
-        compile, channels_last, dtype, compile_mode, chunk_frames: as for :class:`LatentDecoder`.
+        compile, channels_last, dtype, compile_mode, chunk_frames, recurrent_dtype: as for :class:`LatentDecoder`.
     :meth:`chunk_step` windows are codes frames-major, [B, W, K] (``codes.transpose(1, 2)``).
     """
 
     def __init__(self, decoder: SEANetDecoder, quantizer: Quantizer, *, compile: bool = True, channels_last: bool = True,
-                 dtype: torch.dtype | None = None, compile_mode: str | None = None,
-                 chunk_frames: int | None = DEFAULT_CHUNK_FRAMES):
+                 dtype: torch.dtype | str | None = None, compile_mode: str | None = None,
+                 chunk_frames: int | None = DEFAULT_CHUNK_FRAMES, recurrent_dtype: torch.dtype | str | None = None):
         if not isinstance(quantizer, Quantizer):
             raise TypeError(f"quantizer must be a jasco_fast.Quantizer, got {type(quantizer).__name__}")
         if compile == "aot":
@@ -526,7 +535,7 @@ class CodeDecoder(LatentDecoder):
             raise ValueError(f"the quantizer's codebooks have D = {quantizer.dimension}, the decoder reads "
                              f"D = {decoder.config.dimension}")
         super().__init__(decoder, 0.0, 1.0, compile=compile, channels_last=channels_last, dtype=dtype,
-                         compile_mode=compile_mode, chunk_frames=chunk_frames)
+                         compile_mode=compile_mode, chunk_frames=chunk_frames, recurrent_dtype=recurrent_dtype)
         # the op sums in float32 (float64 codebooks: float64) and casts once to `dtype`
         self.register_buffer("codebooks", quantizer.codebooks.detach().clone().to(self.device))
 

@@ -37,8 +37,11 @@ def cpu_flags() -> set[str]:
 
 def test_json_schema(cache):
     report = json.loads(json.dumps(info.collect()))  # JSON-ready all the way down
-    assert set(report) == {"python", "platform", "jasco_fast", "torch", "ops", "cpu_fast_path", "torch_compile",
-                           "cache", "packages", "devices", "notes"}
+    assert set(report) == {"python", "platform", "jasco_fast", "torch", "ops", "cpu_fast_path", "modes",
+                           "torch_compile", "cache", "packages", "devices", "notes"}
+    assert set(report["modes"]) == {"cpu_class", "native_cpu_arithmetic", "isa_caps", "recommended"}
+    assert set(report["modes"]["native_cpu_arithmetic"]) == {"bfloat16", "float16"}
+    assert report["modes"]["recommended"]["cpu"]["dtype"] in ("float32", "bfloat16")
     assert report["torch"]["version"] == torch.__version__
     assert report["torch"]["build"] == (f"ROCm {torch.version.hip}" if torch.version.hip else
                                         f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU")

@@ -6,6 +6,10 @@ Tolerances, relative to the peak |value| of the reference (at least 1: gates and
 - bfloat16: inputs and weights bfloat16-rounded, the reference float64 on those rounded values; the kernel's
   input GEMM rounds its projections to bfloat16 (as ATen's bfloat16 LSTM does) and its output is rounded
   once to bfloat16, so the bound is two bfloat16 roundings of the peak, and at most ATen's own bfloat16 error;
+  above the kernel's batch limit the op is ATen's bfloat16 LSTM, whose rounding depends on the CPU (where the
+  CPU lacks bfloat16 arithmetic, oneDNN or ATen's own cell round gates and state updates to bfloat16 more often:
+  worst case of 4 seeds at B = 9, T = 17, C = 24, 1.0 bfloat16 roundings of the peak with AVX512-BF16 against 1.4
+  under the AVX2 caps), so the bound there is twice ATen's own error on the same inputs (flash-attention's rule);
 - bfloat16-stored recurrent matrices: against a float64 reference that uses the stored values: 1e-6, as float32;
 - int8 recurrent matrices: the same reference (dequantised int8 rows), 1e-6 plus the error of the hidden state's
   16-bit fixed point in the integer matvec (CPUs with AVX512-VNNI, csrc/cpu/lstm_recurrence.cpp): each h is
@@ -77,14 +81,14 @@ def stored_recurrent(weights: list[torch.Tensor], recurrent_dtype) -> list[torch
     return out
 
 
-def reference(seq, weights, layers, h0=None, c0=None, n=None):
-    """(y + seq, h, c) in float64 by ATen's LSTM (nn.LSTM's arithmetic), state after n frames."""
-    seq = seq.double()
-    weights = [w.double() for w in weights]
+def reference(seq, weights, layers, h0=None, c0=None, n=None, dtype=torch.float64):
+    """(y + seq, h, c) by ATen's LSTM (nn.LSTM's arithmetic) in ``dtype``, state after n frames."""
+    seq = seq.to(dtype)
+    weights = [w.to(dtype) for w in weights]
     B, T, C = seq.shape
     if h0 is None:
-        h0 = c0 = torch.zeros(layers, B, C, dtype=torch.float64)
-    h0, c0 = h0.double(), c0.double()
+        h0 = c0 = torch.zeros(layers, B, C, dtype=dtype)
+    h0, c0 = h0.to(dtype), c0.to(dtype)
     y, h, c = torch.lstm(seq, (h0, c0), weights, True, layers, 0.0, False, False, True)
     n = T if n is None else n
     if n == 0:
@@ -101,6 +105,11 @@ def assert_close_rel(got, want, rel, what=""):
     err = (got.double() - want).abs().max().item()
     assert err <= rel * peak, f"{what}: max error {err:.3g} > {rel:g} x peak {peak:.3g}"
     return err / peak
+
+
+def aten_relative_error(want, aten) -> float:
+    """The largest error of ATen's own LSTM over (y, h, c), relative to the peak as in assert_close_rel."""
+    return max((a.double() - w).abs().max().item() / max(w.abs().max().item(), 1.0) for a, w in zip(aten, want))
 
 
 H_FIXED_POINT = 0.5 / (127 * 254)
@@ -127,10 +136,13 @@ def check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=0, c
     y, h, c = lstm_skip(seq, weights, layers, h0, c0, n, recurrent_dtype)
     assert y.shape == (B, T, C) and y.is_contiguous() and y.dtype == dtype
     assert h.shape == c.shape == (layers, B, C) and h.dtype == c.dtype == dtype
-    want = reference(seq, stored_recurrent(weights, recurrent_dtype), layers, h0, c0, n)
+    stored = stored_recurrent(weights, recurrent_dtype)
+    want = reference(seq, stored, layers, h0, c0, n)
     rel = BF16_REL if dtype == torch.bfloat16 else F32_REL
     if recurrent_dtype == torch.int8:
         rel += int8_h_bound(weights)
+    if B > MAX_KERNEL_BATCH and dtype == torch.bfloat16:
+        rel = max(rel, 2 * aten_relative_error(want, reference(seq, stored, layers, h0, c0, n, dtype)))
     for got, w, name in zip((y, h, c), want, ("y", "h", "c")):
         assert_close_rel(got, w, rel, f"{name} B={B} T={T} C={C} layers={layers} n={n} {dtype} {recurrent_dtype}")
     return y, h, c

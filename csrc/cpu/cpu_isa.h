@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstdlib>
 #include <string>
 
@@ -25,16 +26,30 @@ inline CpuIsa best_cpu_isa() {
   return best;
 }
 
-// best_cpu_isa(), lowered to the value of the environment variable `env` ("avx512", "avx2" or "portable";
-// unset or anything else: not lowered; "avx512" leaves out VNNI).
-inline CpuIsa cpu_isa_capped_by(const char* env) {
-  const CpuIsa best = best_cpu_isa();
+// The level named by the environment variable `env` ("avx512", "avx2" or "portable"; unset or anything else:
+// no cap; "avx512" leaves out VNNI).
+inline CpuIsa isa_cap(const char* env) {
   const char* value = std::getenv(env);
   const std::string cap = value ? value : "";
   if (cap == "portable") return CpuIsa::portable;
-  if (cap == "avx2") return std::min(best, CpuIsa::avx2);
-  if (cap == "avx512") return std::min(best, CpuIsa::avx512);
-  return best;
+  if (cap == "avx2") return CpuIsa::avx2;
+  if (cap == "avx512") return CpuIsa::avx512;
+  return CpuIsa::avx512_vnni;
+}
+
+// Whether JASCO_FAST_ISA or `env` names a cap at all.
+inline bool isa_capped(const char* env) {
+  for (const char* name : {"JASCO_FAST_ISA", env}) {
+    const char* value = std::getenv(name);
+    if (value && *value) return true;
+  }
+  return false;
+}
+
+// best_cpu_isa(), lowered to JASCO_FAST_ISA (every kernel) and to `env` (one kernel family), whichever is lower:
+// CI emulates an AVX2-only CPU, or plain loops, on whatever machine it has.
+inline CpuIsa cpu_isa_capped_by(const char* env) {
+  return std::min({best_cpu_isa(), isa_cap("JASCO_FAST_ISA"), isa_cap(env)});
 }
 
 }  // namespace jasco_fast

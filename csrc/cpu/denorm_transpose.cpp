@@ -2,7 +2,7 @@
 // output dtype, in one pass over memory.
 //
 // Portability: the binary is built without -m flags. The float32/float16/bfloat16 fast paths are compiled
-// for AVX2 + F16C with function-level target attributes and chosen at run time (__builtin_cpu_supports);
+// for AVX2 + F16C with function-level target attributes and chosen at run time (cpu_isa.h: JASCO_FAST_ISA caps it);
 // other CPUs, float64 and inputs whose D axis is not contiguous take the plain (auto-vectorised) loops.
 // No FMA anywhere: multiply then add, the same two roundings as JASCO's `latents * std + mean`.
 #include <ATen/Dispatch.h>
@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../denorm_transpose.h"
+#include "cpu_isa.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -43,7 +44,7 @@ constexpr int64_t kPrefetchOut = 128;
 #define JF_AVX2 __attribute__((target("avx2,f16c,prfchw")))
 
 bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+  static const bool yes = cpu_isa_capped_by("JASCO_FAST_ISA") >= CpuIsa::avx2 && __builtin_cpu_supports("f16c") &&
                           __builtin_cpu_supports("prfchw");
   return yes;
 }

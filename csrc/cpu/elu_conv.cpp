@@ -247,11 +247,10 @@ bool cpu_has_amx() {
 }
 
 // Whether bfloat16 activations take the bfloat16 dot-product copy: AVX512-BF16 without AMX, and no
-// JASCO_FAST_TAIL_ISA cap (any cap, "avx512" included, keeps the float32 copies: tests reach both).
+// JASCO_FAST_TAIL_ISA / JASCO_FAST_ISA cap (any cap, "avx512" included, keeps the float32 copies: tests reach both).
 bool use_bf16_dot() {
   static const bool use = [] {
-    const char* cap = std::getenv("JASCO_FAST_TAIL_ISA");
-    return !(cap && *cap) && tail_isa() >= CpuIsa::avx512 && __builtin_cpu_supports("avx512bf16") &&
+    return !isa_capped("JASCO_FAST_TAIL_ISA") && tail_isa() >= CpuIsa::avx512 && __builtin_cpu_supports("avx512bf16") &&
            !cpu_has_amx();
   }();
   return use;
