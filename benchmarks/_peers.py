@@ -223,6 +223,8 @@ MODES: dict[str, dict] = {
     # the reduced-precision mode: bfloat16 convolutions, the LSTM's recurrent matrices streamed as int8
     "jasco_fast, bfloat16, int8 recurrent": dict(dtype=torch.bfloat16, recurrent_dtype=torch.int8),
     "jasco_fast, float32, int8 recurrent": dict(recurrent_dtype=torch.int8),
+    # the automatic mode: what this CPU class's row of jasco_fast.modes.AUTO_MODES picks
+    "jasco_fast, dtype='auto'": dict(dtype="auto"),
     # float16 runs on the CPU but several times slower than float32 (README, "CPU peers"); its accuracy is in
     # bench_fidelity.py. Time it with:  "jasco_fast, float16": dict(dtype=torch.float16),
 }
