@@ -1,17 +1,65 @@
 """What the test modules share: small random-weight EnCodec checkpoints written in the real upstream file
 formats, by the real upstream code where it can run here (transformers' save_pretrained; audiocraft's
-SEANet modules), the audiocraft skip marker, the error measure, tolerances and the configs compared upstream."""
+SEANet modules), the audiocraft skip marker, the error measure, tolerances and the configs compared upstream.
+
+JASCO_FAST_HIDE_UPSTREAM=audiocraft (`make test-no-upstream`) runs the suite as where the oracle is not
+installed, without uninstalling it: importing this module (conftest does, before any test module) makes
+``import audiocraft`` fail and ``importlib.util.find_spec("audiocraft")`` return None."""
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import json
+import os
 import sys
 import types
+import warnings
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+
+HIDDEN = frozenset(os.environ.get("JASCO_FAST_HIDE_UPSTREAM", "").replace(",", " ").split())
+
+
+class _HiddenFinder(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: a hidden package's submodules, should its sys.modules entry be dropped."""
+    hides_upstream = True
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (JASCO_FAST_HIDE_UPSTREAM)", name=fullname)
+        return None
+
+
+def _hide_upstream():
+    if not HIDDEN or any(getattr(f, "hides_upstream", False) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _HiddenFinder())
+    for name in list(sys.modules):
+        if name.partition(".")[0] in HIDDEN:
+            del sys.modules[name]
+    for name in HIDDEN:
+        sys.modules[name] = None  # what makes find_spec return None, as for a package that is not installed
+
+
+_hide_upstream()
+
+
+def upstream_required() -> bool:
+    """`make test` sets JASCO_FAST_REQUIRE_UPSTREAM=1 so that a missing oracle fails in CI instead of skipping;
+    hiding a package asks for the run without it, so hiding wins."""
+    return os.environ.get("JASCO_FAST_REQUIRE_UPSTREAM") == "1" and not HIDDEN
+
+
+def needs_oracle(available: bool, reason: str) -> pytest.MarkDecorator:
+    """Skip, saying why, when an oracle is missing; under upstream_required() the test fails instead
+    (the upstream_missing marker: tests/conftest.py)."""
+    if not available and upstream_required():
+        return pytest.mark.upstream_missing(reason=reason)
+    return pytest.mark.skipif(not available, reason=reason)
+
 
 # A tiny 32 kHz-style model: same structure as facebook/encodec_32khz, far fewer channels.
 TINY_HF = dict(audio_channels=1, sampling_rate=8000, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
@@ -129,23 +177,96 @@ AUDIOCRAFT_DEFAULTS = dict(causal="false", n_residual_layers=1, ratios="[4, 2]",
                            final_activation="null")
 
 
-def write_audiocraft_checkpoint(path: Path, seed: int = 0, **overrides):
+def seanet_decoder_modules(channels: int = 1, dimension: int = 128, n_filters: int = 32,
+                           n_residual_layers: int = 3, ratios=(8, 5, 4, 2), activation: str = "ELU",
+                           activation_params: dict | None = None, final_activation: str | None = None,
+                           final_activation_params: dict | None = None, norm: str = "none",
+                           norm_params: dict | None = None, kernel_size: int = 7, last_kernel_size: int = 7,
+                           residual_kernel_size: int = 3, dilation_base: int = 2, causal: bool = False,
+                           true_skip: bool = True, compress: int = 2, lstm: int = 0,
+                           disable_norm_outer_blocks: int = 0, **forward_only) -> torch.nn.Module:
+    """The parameters of audiocraft 1.3.0's SEANetDecoder (modules/seanet.py, conv.py, lstm.py) without its
+    code: the same torch modules registered under the same names in the same order, so its state dict is
+    audiocraft's, value for value from the same seed (tests/test_loading.py checks that against audiocraft).
+    It has no forward: it writes files and is no oracle. forward_only: pad_mode, trim_right_ratio."""
+    nn = torch.nn
+    activation_params = {"alpha": 1.0} if activation_params is None else activation_params
+    norm_params = norm_params or {}
+
+    def normed(conv, norm):  # NormConv1d / NormConvTranspose1d
+        wrapper, name = nn.Module(), "conv" if isinstance(conv, nn.Conv1d) else "convtr"
+        if norm == "weight_norm":
+            with warnings.catch_warnings():  # the deprecated one is audiocraft's: its weight_g / weight_v keys
+                warnings.simplefilter("ignore", FutureWarning)
+                conv = nn.utils.weight_norm(conv)
+        elif norm == "spectral_norm":
+            conv = nn.utils.spectral_norm(conv)
+        setattr(wrapper, name, conv)
+        if norm == "time_group_norm":
+            if causal:
+                raise ValueError("GroupNorm doesn't support causal evaluation.")
+            wrapper.norm = nn.GroupNorm(1, conv.out_channels, **norm_params)
+        else:
+            wrapper.norm = nn.Identity()
+        outer = nn.Module()  # StreamableConv1d / StreamableConvTranspose1d
+        setattr(outer, name, wrapper)
+        return outer
+
+    def conv(c_in, c_out, k, norm, dilation=1):
+        return normed(nn.Conv1d(c_in, c_out, k, 1, dilation=dilation), norm)
+
+    def resnet_block(dim, dilation, norm):
+        block, hidden = [], dim // compress
+        for i, (k, d) in enumerate(zip([residual_kernel_size, 1], [dilation, 1])):
+            block += [getattr(nn, activation)(**activation_params),
+                      conv(dim if i == 0 else hidden, dim if i == 1 else hidden, k, norm, d)]
+        module = nn.Module()
+        module.block = nn.Sequential(*block)
+        module.shortcut = nn.Identity() if true_skip else conv(dim, dim, 1, norm)
+        return module
+
+    n_blocks = len(ratios) + 2
+    mult = 2 ** len(ratios)
+    model = [conv(dimension, mult * n_filters, kernel_size, "none" if disable_norm_outer_blocks == n_blocks else norm)]
+    if lstm:
+        model.append(nn.Module())
+        model[-1].lstm = nn.LSTM(mult * n_filters, mult * n_filters, lstm)
+    for i, ratio in enumerate(ratios):
+        block_norm = "none" if disable_norm_outer_blocks >= n_blocks - (i + 1) else norm
+        model += [getattr(nn, activation)(**activation_params),
+                  normed(nn.ConvTranspose1d(mult * n_filters, mult * n_filters // 2, ratio * 2, ratio), block_norm)]
+        model += [resnet_block(mult * n_filters // 2, dilation_base ** j, block_norm) for j in range(n_residual_layers)]
+        mult //= 2
+    model += [getattr(nn, activation)(**activation_params),
+              conv(n_filters, channels, last_kernel_size, "none" if disable_norm_outer_blocks >= 1 else norm)]
+    if final_activation is not None:
+        model.append(getattr(nn, final_activation)(**(final_activation_params or {})))
+    decoder = nn.Module()
+    decoder.model = nn.Sequential(*model)
+    return decoder
+
+
+def write_audiocraft_checkpoint(path: Path, seed: int = 0, *, with_audiocraft: bool | None = None, **overrides):
     """An exported audiocraft compression checkpoint ({'best_state', 'xp.cfg', ...}) of a random
-    SEANetDecoder built by audiocraft's own module; returns (path, the SEANetDecoder)."""
+    SEANetDecoder; returns (path, the oracle: audiocraft's SEANetDecoder holding those weights). The
+    weights come from audiocraft's own module when with_audiocraft (default: when it is installed), else
+    from seanet_decoder_modules: the same file, and None in place of the oracle."""
     import yaml
 
     settings = {**AUDIOCRAFT_DEFAULTS, **overrides}
     text = AUDIOCRAFT_YAML.format(**settings)
-    seanet = audiocraft_modules()
-    if seanet is None:
-        raise RuntimeError("write_audiocraft_checkpoint needs audiocraft; mark the test with @needs_audiocraft")
+    seanet = audiocraft_modules() if with_audiocraft is not False else None
+    if with_audiocraft and seanet is None:
+        raise RuntimeError("write_audiocraft_checkpoint(with_audiocraft=True) needs audiocraft; "
+                           "mark the test with @needs_audiocraft")
     resolved = yaml.safe_load(text)
     kwargs = {k: v for k, v in resolved["seanet"].items() if k not in ("encoder", "decoder")}
     kwargs.update(resolved["seanet"]["decoder"])
     kwargs["channels"] = resolved["channels"]
     kwargs["causal"] = resolved["encodec"]["causal"]
     torch.manual_seed(seed)
-    decoder = randomize_(seanet.SEANetDecoder(**kwargs), seed).eval()
+    build = seanet.SEANetDecoder if seanet is not None else seanet_decoder_modules
+    decoder = randomize_(build(**kwargs), seed).eval()
     state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
     state["encoder.model.0.conv.conv.bias"] = torch.zeros(4)  # other parts of the model are ignored
     state["quantizer.vq.layers.0._codebook.embed"] = torch.zeros(16, 8)
@@ -153,7 +274,7 @@ def write_audiocraft_checkpoint(path: Path, seed: int = 0, **overrides):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(pkg, path)
-    return path, decoder
+    return path, decoder if seanet is not None else None
 
 
 def write_pointer(path: Path, name: str = "facebook/encodec_32khz") -> Path:
@@ -180,9 +301,10 @@ def config_json(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Shared by the test modules: the audiocraft skip, error measure, tolerances and configs compared upstream
 
-needs_audiocraft = pytest.mark.skipif(
-    audiocraft_modules() is None,
-    reason="audiocraft is not installed (a test oracle: pip install --no-deps audiocraft==1.3.0, as `make install` does)")
+AUDIOCRAFT_MISSING = ("audiocraft is hidden (JASCO_FAST_HIDE_UPSTREAM)" if "audiocraft" in HIDDEN else
+                      "audiocraft is not installed (a test oracle: pip install --no-deps audiocraft==1.3.0, "
+                      "as `make install` does)")
+needs_audiocraft = needs_oracle(audiocraft_modules() is not None, AUDIOCRAFT_MISSING)
 
 # Relative L2 error budget for float32 paths against the upstream implementations; what we see is
 # ~1e-7 (the same arithmetic in a different order).
@@ -252,8 +374,12 @@ def audiocraft_quantization():
     files only, or None when they cannot be. core_vq imports flashy, audiocraft's training library, for
     distributed k-means initialisation only; when flashy is not installed an empty stand-in module takes its
     place (decode never reaches it). einops must be installed (the test extra)."""
-    spec = importlib.util.find_spec("audiocraft")
-    if spec is None or importlib.util.find_spec("einops") is None:
+    try:
+        spec = importlib.util.find_spec("audiocraft")
+        einops = importlib.util.find_spec("einops")
+    except ImportError:
+        return None
+    if spec is None or einops is None:
         return None
     if "flashy" not in sys.modules and importlib.util.find_spec("flashy") is None:
         sys.modules["flashy"] = types.ModuleType("flashy")
@@ -275,7 +401,10 @@ def write_audiocraft_codes_checkpoint(path: Path, seed: int = 0, n_q: int = 4, b
     """An exported audiocraft compression checkpoint (write_audiocraft_checkpoint's decoder) whose quantizer
     is audiocraft's own ResidualVectorQuantizer with random codebooks; returns (path, decoder, quantizer)."""
     vq = audiocraft_quantization()
-    path, decoder = write_audiocraft_checkpoint(path, seed)
+    if vq is None:
+        raise RuntimeError("write_audiocraft_codes_checkpoint needs audiocraft's RVQ; mark the test as "
+                           "tests/test_quantizer.py does")
+    path, decoder = write_audiocraft_checkpoint(path, seed, with_audiocraft=True)
     torch.manual_seed(seed)
     rvq = randomize_codebooks_(vq.ResidualVectorQuantizer(dimension=8, n_q=n_q, bins=bins, kmeans_init=False),
                                seed).eval()

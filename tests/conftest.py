@@ -13,7 +13,19 @@ os.environ["JASCO_FAST_BACKGROUND_BUILD"] = "0"
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared checkpoint writers in tests/checkpoints.py
 
+# Before any test module: importing it applies JASCO_FAST_HIDE_UPSTREAM.
 from checkpoints import write_transformers_dir  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "upstream_missing(reason): a test oracle that JASCO_FAST_REQUIRE_UPSTREAM=1 "
+                                       "requires is missing (checkpoints.needs_oracle); the test fails")
+
+
+def pytest_runtest_setup(item):
+    mark = item.get_closest_marker("upstream_missing")
+    if mark is not None:
+        pytest.fail(f"{mark.kwargs['reason']} (JASCO_FAST_REQUIRE_UPSTREAM=1)", pytrace=False)
 
 
 @pytest.fixture(scope="session")

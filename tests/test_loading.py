@@ -7,8 +7,9 @@ import pickle
 
 import pytest
 import torch
-from checkpoints import (AUDIOCRAFT_DEFAULTS, AUDIOCRAFT_YAML, F32_TOL, fake_hf_cache, needs_audiocraft, rel_err,
-                         write_audiocraft_checkpoint, write_pointer, write_transformers_dir)
+from checkpoints import (AUDIOCRAFT_CONFIGS, AUDIOCRAFT_DEFAULTS, AUDIOCRAFT_YAML, F32_TOL, fake_hf_cache,
+                         needs_audiocraft, rel_err, seed_of, write_audiocraft_checkpoint, write_pointer,
+                         write_transformers_dir)
 
 from jasco_fast import load_decoder
 from jasco_fast.loading import CheckpointError, read_checkpoint
@@ -37,6 +38,32 @@ def test_audiocraft_directory_and_dtype(tmp_path):
     x = torch.randn(1, 8, 11, dtype=torch.float64)
     with torch.no_grad():
         assert rel_err(decoder(x), upstream.double()(x)) < 1e-12
+
+
+@needs_audiocraft
+@pytest.mark.parametrize("name", AUDIOCRAFT_CONFIGS)
+def test_audiocraft_files_written_without_audiocraft_are_its_own(tmp_path, name):
+    """The hostile-input and fuzz tests run without the oracle on files written by seanet_decoder_modules:
+    they are the files audiocraft's module writes, key for key and bit for bit."""
+    kwargs = dict(seed=seed_of(name), **AUDIOCRAFT_CONFIGS[name])
+    ours, oracle = write_audiocraft_checkpoint(tmp_path / "ours.bin", with_audiocraft=False, **kwargs)
+    theirs, upstream = write_audiocraft_checkpoint(tmp_path / "theirs.bin", with_audiocraft=True, **kwargs)
+    assert oracle is None and upstream is not None
+    ours, theirs = torch.load(ours, weights_only=True), torch.load(theirs, weights_only=True)
+    assert list(ours["best_state"]) == list(theirs["best_state"])
+    for key, value in theirs["best_state"].items():
+        assert ours["best_state"][key].dtype == value.dtype and torch.equal(ours["best_state"][key], value), key
+    assert {k: v for k, v in ours.items() if k != "best_state"} == {k: v for k, v in theirs.items() if k != "best_state"}
+
+
+@pytest.mark.parametrize("name", AUDIOCRAFT_CONFIGS)
+def test_audiocraft_files_written_without_audiocraft_load(tmp_path, name):
+    path, _ = write_audiocraft_checkpoint(tmp_path / "compression_state_dict.bin", seed=seed_of(name),
+                                          with_audiocraft=False, **AUDIOCRAFT_CONFIGS[name])
+    decoder = load_decoder(path)
+    with torch.no_grad():
+        out = decoder(torch.randn(1, 8, 5))
+    assert out.shape == (1, 1, 5 * decoder.hop_length) and torch.isfinite(out).all()
 
 
 def test_pointer_resolves_to_local_hf_cache(tmp_path, monkeypatch):

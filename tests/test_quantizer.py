@@ -6,16 +6,17 @@ import pytest
 import torch
 
 import jasco_fast
-from checkpoints import (audiocraft_modules, audiocraft_quantization, fake_hf_cache, write_audiocraft_checkpoint,
-                         write_audiocraft_codes_checkpoint, write_pointer, write_transformers_codes_dir)
+from checkpoints import (AUDIOCRAFT_MISSING, audiocraft_modules, audiocraft_quantization, fake_hf_cache, needs_oracle,
+                         write_audiocraft_checkpoint, write_audiocraft_codes_checkpoint, write_pointer,
+                         write_transformers_codes_dir)
 from jasco_fast import CheckpointError, Quantizer, load_quantizer
 
 # float32: 1e-4 of the peak, as the issue asks (the sums are in the same order, so they agree far closer)
 F32_TOL = 1e-4
 
-needs_audiocraft_rvq = pytest.mark.skipif(
-    audiocraft_modules() is None or audiocraft_quantization() is None,
-    reason="audiocraft (installed --no-deps) and einops are needed for audiocraft's own RVQ")
+needs_audiocraft_rvq = needs_oracle(
+    audiocraft_modules() is not None and audiocraft_quantization() is not None,
+    AUDIOCRAFT_MISSING if audiocraft_modules() is None else "einops is needed for audiocraft's own RVQ")
 
 
 def rel_err(got, want):
