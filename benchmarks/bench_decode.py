@@ -240,7 +240,8 @@ def _merge_into(path: Path, peers: dict) -> dict:
     except (OSError, ValueError):
         result = {"benchmark": "decode", "decoder": peers["decoder"], "rows": [], "rounds": peers["rounds"],
                   **{k: peers[k] for k in ("date_utc", "command", "device", "device_type", "threads", "torch",
-                                           "jasco_fast", "git_commit", "cpu_count", "note")}}
+                                           "jasco_fast", "git_commit", "cpu_count", "note", "cpu_class",
+                                           "isa_caps", "cpu_class_emulated") if k in peers}}
     result["peers"] = peers
     return result
 
