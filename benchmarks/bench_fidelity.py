@@ -178,7 +178,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="2 checkpoints of 2 s")
     parser.add_argument("--note", default=None, help="recorded in the JSON")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/fidelity_<device>.json)")
+    parser.add_argument("--mode", action="append", default=None, choices=list(MODES),
+                        help="measure only this mode (repeatable; e.g. on a CPU that emulates bfloat16)")
     args = parser.parse_args(argv)
+    modes = {name: MODES[name] for name in (args.mode or MODES)}
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_fidelity: --device cuda but CUDA is not available")
     n_ckpt = args.checkpoints or (2 if args.quick else 4)
@@ -195,8 +198,8 @@ def main(argv=None) -> dict:
                                                "error, over the whole clip)",
                           "max_error_over_peak": "max |error| / max |reference|"},
               "checkpoints": [], "modes": {}}
-    per_mode: dict[str, list[dict]] = {name: [] for name in MODES}
-    status = {name: "ok" for name in MODES}
+    per_mode: dict[str, list[dict]] = {name: [] for name in modes}
+    status = {name: "ok" for name in modes}
     notes: dict[str, str] = {}
     for k in range(n_ckpt):
         seed, lstm_std = 1000 + k, lstm_std_of_checkpoint(k)
@@ -213,7 +216,7 @@ def main(argv=None) -> dict:
         lstm_init = f"N(0, {lstm_std:g}^2)" if lstm_std else "default init"
         print(f"checkpoint seed {seed} (LSTM {lstm_init}): audio peak {want.abs().max().item():.2f}, RMS "
               f"{20 * math.log10(_rms(want)):.1f} dBFS; layer RMS {min(levels):.2f}-{max(levels):.2f}", flush=True)
-        for name, kwargs in MODES.items():
+        for name, kwargs in modes.items():
             if status[name] != "ok":
                 continue
             try:
@@ -237,13 +240,13 @@ def main(argv=None) -> dict:
             per_mode[name].append(row)
             print(f"  {name:20s} SNR {row['snr_db']:6.1f} dB | worst band {row['worst_band_snr_db']:6.1f} dB | "
                   f"log-mel {row['log_mel_distance_db']:.3f} dB | max err/peak {row['max_error_over_peak']:.1e}", flush=True)
-    for name in MODES:
+    for name in modes:
         rows = per_mode[name]
         if status[name] != "ok" or not rows:
-            result["modes"][name] = {"status": status[name], "kwargs": repr(MODES[name])}
+            result["modes"][name] = {"status": status[name], "kwargs": repr(modes[name])}
             continue
         result["modes"][name] = {
-            "status": "ok", "kwargs": repr(MODES[name]), "notes": notes[name], "per_checkpoint": rows,
+            "status": "ok", "kwargs": repr(modes[name]), "notes": notes[name], "per_checkpoint": rows,
             "worst": {"snr_db": min(r["snr_db"] for r in rows),
                       "worst_band_snr_db": min(r["worst_band_snr_db"] for r in rows),
                       "log_mel_distance_db": max(r["log_mel_distance_db"] for r in rows),
