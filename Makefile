@@ -75,9 +75,10 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: install
 	JASCO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) JASCO_FUZZ_SEED=random $(BIN)/python -m pytest -q -s tests/fuzz
 
-# Reruns every benchmark (results JSON in benchmarks/results/) and regenerates the README / notes tables
-# from the JSON. Run it on a quiet machine; NOTE="..." is recorded in the JSON (e.g. what else was running).
-bench: install
+# Reruns every benchmark (results JSON in benchmarks/results/) and regenerates the tables of the docs and the
+# figures of docs/figures/ from the JSON. Run it on a quiet machine; NOTE="..." is recorded in the JSON (e.g. what
+# else was running). bench-deps: the `bench` extra (the peers, matplotlib for the figures).
+bench: bench-deps
 	$(BIN)/jasco-fast bench $(if $(NOTE),--note "$(NOTE)")
 	$(BIN)/python benchmarks/tables.py --write
 
@@ -88,7 +89,7 @@ bench-deps: install
 	$(BIN)/pip install -q -c $(VENV)/torch-constraint.txt --no-build-isolation -e ".[test,bench]"
 	$(BIN)/python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '2.13.0' else f'torch changed to {v}')"
 
-# The peers table (B = 1, 10 s) and the fidelity of the reduced-precision modes, then the README tables.
+# The peers table (B = 1, 10 s) and the fidelity of the reduced-precision modes, then the tables and figures.
 bench-peers: bench-deps
 	$(BIN)/python benchmarks/bench_decode.py --peers $(if $(NOTE),--note "$(NOTE)")
 	$(BIN)/python benchmarks/bench_fidelity.py $(if $(NOTE),--note "$(NOTE)")

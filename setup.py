@@ -7,7 +7,7 @@ CUDA_PATH) when set, else the folder of the toolkit that nvcc belongs to, and th
 nvidia-* wheels that the installed torch depends on (torch's CUDA headers include cuSPARSE/cuBLAS headers,
 which a bare toolkit may lack). Knobs: JASCO_FAST_NO_CUDA=1 builds the CPU kernels only;
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0": A100, H100/H200).
-On a ROCm torch the CUDA sources are not built (see the README's "GPU builds" section).
+On a ROCm torch the CUDA sources are not built (see docs/gpu.md).
 """
 import glob
 import os

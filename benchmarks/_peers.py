@@ -225,7 +225,7 @@ MODES: dict[str, dict] = {
     "jasco_fast, float32, int8 recurrent": dict(recurrent_dtype=torch.int8),
     # the automatic mode: what this CPU class's row of jasco_fast.modes.AUTO_MODES picks
     "jasco_fast, dtype='auto'": dict(dtype="auto"),
-    # float16 runs on the CPU but several times slower than float32 (README, "CPU peers"); its accuracy is in
+    # float16 runs on the CPU but several times slower than float32 (docs/performance.md, "CPU peers"); its accuracy is in
     # bench_fidelity.py. Time it with:  "jasco_fast, float16": dict(dtype=torch.float16),
 }
 BASELINE = "jasco_fast (default)"  # every ratio is time / this mode's time in the same round

@@ -8,7 +8,7 @@ cut into its stages: conv-in, the LSTM, each upsampling stage's ELU + ConvTransp
 block(s), and the final ELU + conv. Each stage is timed on the input the previous stage produced, eager
 and compiled on its own (``torch.compile`` with ``options={"freezing": True}``, as ``LatentDecoder``
 compiles the whole decode; in torch 2.13 that option alone leaves the weights as graph inputs, see
-benchmarks/NOTES_decode_cpu.md), in interleaved rounds together with the whole decode (eager and
+docs/design/decode-cpu.md), in interleaved rounds together with the whole decode (eager and
 compiled), so that the sum of the stages can be checked against the whole.
 
 Each stage's floor is a roofline: the larger of

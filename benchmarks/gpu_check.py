@@ -1,5 +1,5 @@
 """`make gpu-check`'s steps on a machine with a GPU: refuse loudly without one, check the built kernel,
-run the op and decode benchmarks, and summarise them against the targets as a README table.
+run the op and decode benchmarks, and summarise them against the targets as a Markdown table (docs/performance.md).
 
     python benchmarks/gpu_check.py preflight          # a CUDA GPU, nvcc and the Python packages, or exit 1
     python benchmarks/gpu_check.py kernels            # jasco_fast (this tree) has its CUDA kernel, or exit 1
@@ -311,7 +311,7 @@ def summary(device: str, results: Path, tag: str | None = None) -> dict:
     table = out.with_suffix(".md")
     table.write_text("\n".join(text) + "\n")
     print("\n" + "\n".join(text))
-    print(f"wrote {out} and {table.name} (the README's tables)")
+    print(f"wrote {out} and {table.name} (the tables for docs/performance.md)")
     return result
 
 

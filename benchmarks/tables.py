@@ -1,7 +1,8 @@
-"""Markdown tables from the benchmark results JSON: the README's and the notes' figures come from here.
+"""Markdown tables from the benchmark results JSON: the tables of docs/ come from here.
 
     python benchmarks/tables.py                 # print a table per benchmarks/results/*.json
-    python benchmarks/tables.py --write         # also rewrite the marked blocks in README.md and the notes
+    python benchmarks/tables.py --write         # also rewrite the marked blocks of DOCUMENTS and the figures
+                                                # of docs/figures/ (benchmarks/plots.py; needs matplotlib)
 
 A document marks a table with `<!-- results: decode_cpu.json -->` ... `<!-- /results -->`; --write replaces
 what lies between with the table of that file, so the figures there are always those of the committed JSON.
@@ -16,7 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DOCUMENTS = [HERE.parent / "README.md", HERE / "NOTES_denorm_transpose.md", HERE / "NOTES_decode_cpu.md"]
+DOCS = HERE.parent / "docs"
+# The documents whose marked blocks --write rewrites: the README and every page of docs/.
+DOCUMENTS = [HERE.parent / "README.md", *sorted(DOCS.rglob("*.md"))]
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+)(?:#(?P<part>\w+))? -->\n).*?(<!-- /results -->)", re.S)
 
 
@@ -50,8 +53,8 @@ def provenance_line(result: dict) -> str:
 
 def decode_table(result: dict) -> str:
     lines = [provenance_line(result), "",
-             "| B | audio | eager s | fast path s | fast / eager | first call s | real time | floor s | "
-             "fast / floor | peak RSS eager / fast MB | rel. error |",
+             "| B | audio | eager s | fast path s | fast / eager | first call s | real time | GEMM-rate time s | "
+             "fast / GEMM-rate time | peak RSS eager / fast MB | rel. error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(
@@ -61,8 +64,8 @@ def decode_table(result: dict) -> str:
             f"{_range(r['fast_over_floor'], '.2f')} | {r['eager_peak_mem_mb']:.0f} / {r['fast_peak_mem_mb']:.0f} | "
             f"{r['rel_error']:.1e} |")
     lines.append("")
-    lines.append(f"Floor: the decoder's arithmetic at this run's measured float32 matmul rate "
-                 f"({result['matmul_gflops']:.0f} GFLOP/s).")
+    lines.append(f"GEMM-rate time: the decoder's arithmetic at this run's measured float32 2048^3 GEMM rate "
+                 f"({result['matmul_gflops']:.0f} GFLOP/s); not a floor (docs/performance.md, \"Floors\").")
     return "\n".join(lines)
 
 
@@ -182,7 +185,7 @@ def rewrite(document: Path) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="rewrite the marked blocks of README.md and the notes")
+    parser.add_argument("--write", action="store_true", help="rewrite the marked blocks of the documents and the figures")
     args = parser.parse_args(argv)
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
@@ -194,7 +197,14 @@ def main(argv=None) -> None:
                     print(f"## {path.name}#{part}\n\n{table(path, part)}\n")
     if args.write:
         for doc in DOCUMENTS:
-            print(f"{doc.name}: {'updated' if rewrite(doc) else 'unchanged'}")
+            print(f"{doc.relative_to(HERE.parent)}: {'updated' if rewrite(doc) else 'unchanged'}")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("the figures need matplotlib: pip install matplotlib (in the `bench` extra)")
+        import plots  # benchmarks/ is sys.path[0] when this script runs
+        for path, changed in plots.write():
+            print(f"docs/figures/{path.name}: {'updated' if changed else 'unchanged'}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Weights are NOT inside an artifact: every parameter and buffer is kept as a name
 statistics into the generated code) and left out of the package (``aot_inductor.package_constants_in_so
 =False``). :func:`load` hands the module's own tensors to the loaded artifact, so one artifact serves every
 checkpoint of an architecture and the cache key never depends on weights. (Measured on the EnCodec 32 kHz
-decoder: same steady-state speed as weights baked in, a 1.8 MB package instead of 116 MB; see README.)
+decoder: same steady-state speed as weights baked in, a 1.8 MB package instead of 116 MB; see docs/artifact-cache.md.)
 
 A recipe says how to make the module in ANY process (``factory`` is ``"package.module:function"``, called
 with ``params``), so a build can run in a separate, detached process (:func:`build_in_background`, used
@@ -523,7 +523,7 @@ def validate(artifact: Callable, reference: Callable, inputs: Sequence, *, toler
 class ArtifactRunner:
     """Runs ``owner``'s method through its artifact when the cache has a valid one, else through ``eager``.
 
-    The policy (README, "First call and the artifact cache"): a cache hit is loaded (and, given a
+    The policy (docs/artifact-cache.md): a cache hit is loaded (and, given a
     ``probe``, validated against ``eager`` on it) before its first use. On a miss, calls are served by
     ``eager`` (nothing blocks on a compile); after the first such call, when ``background`` is true, a
     detached, low-priority process builds the artifact (through ``builds``, which may be shared with other

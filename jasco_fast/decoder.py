@@ -238,7 +238,7 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
 
 
 # Residual blocks with at most this many channels (by activation dtype) run as jasco_fast::elu_resblock on the
-# CPU. Measured on this project's CPUs (benchmarks/NOTES_decode_cpu.md), 2 threads. float32, alone against the
+# CPU. Measured on this project's CPUs (docs/design/decode-cpu.md), 2 threads. float32, alone against the
 # block compiled by Inductor (oneDNN convolutions), Intel Xeon: 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x
 # the time. bfloat16, Intel Xeon with AMX (the op's float32 copy): alone, oneDNN's AMX convolutions win from 128
 # channels on, but in the whole decode the op on every block measured fastest (it also replaces Inductor's
@@ -315,7 +315,7 @@ class Conv(nn.Module):
 # oneDNN's bfloat16 deconvolution took 2-3x the GEMM form's time for the 1024- and 512-channel stages, but
 # less than it for the 256- and 128-channel ones. Without AMX (AMD EPYC Zen 5, AVX512-BF16) oneDNN's
 # deconvolution won at every stage (1024: 12.2 against 14.1 ms, 512: 11.5 against 16.3, 128: 24 against 87;
-# benchmarks/NOTES_decode_cpu.md). In float32 the direct deconvolution won everywhere; float16 was not
+# docs/design/decode-cpu.md). In float32 the direct deconvolution won everywhere; float16 was not
 # measured and keeps it.
 GEMM_TRANSPOSED_CONV_MIN_CHANNELS = 512
 

@@ -205,7 +205,7 @@ def _packages() -> dict:
 
 
 def _notes(report: dict) -> list[str]:
-    """What in the report needs action, one sentence each (the README's Troubleshooting has more)."""
+    """What in the report needs action, one sentence each (docs/troubleshooting.md has more)."""
     notes = []
     t, ops = report.get("torch", {}), report.get("ops", {})
     op = ops.get("jasco_fast::denorm_transpose", {}) if "error" not in ops else {}

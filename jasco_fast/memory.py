@@ -3,7 +3,7 @@
 A decode allocates activations of tens of megabytes (64 channels x 320 000 float32 samples is 82 MB for
 10 s of audio). glibc serves every block above its mmap threshold (32 MB at most) with a fresh ``mmap`` and
 unmaps it on ``free``, so every call page-faults each such buffer in again, 4 kB at a time, zeroed by the
-kernel: measured 8 % of a 10 s float32 decode at 1 thread (benchmarks/NOTES_decode_cpu.md). ONNX Runtime and
+kernel: measured 8 % of a 10 s float32 decode at 1 thread (docs/design/decode-cpu.md). ONNX Runtime and
 OpenVINO keep their own memory arenas for the same reason.
 
 :func:`reuse_freed_memory` asks glibc (``mallopt``) to serve large blocks from its heap (``M_MMAP_MAX = 0``)

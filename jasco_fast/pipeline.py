@@ -34,7 +34,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def _compile_options(mode: str | None) -> dict:
     """Inductor options of a ``torch.compile`` mode (``torch._inductor.list_mode_options``), checked here so an
     unknown mode is a ValueError at construction. No ``freezing``: in torch 2.13 that option alone does not
-    freeze (Dynamo reads the global flag), and frozen weights measured no faster (benchmarks/NOTES_decode_cpu.md)."""
+    freeze (Dynamo reads the global flag), and frozen weights measured no faster (docs/design/decode-cpu.md)."""
     from torch._inductor import list_mode_options
 
     try:
@@ -143,7 +143,7 @@ class LatentDecoder(nn.Module):
             with a float32 scale per row (a quarter of float32's bytes); ``torch.bfloat16`` with float32
             ``dtype``. The LSTM's state and arithmetic stay float32 (see :func:`jasco_fast.ops.lstm_skip`).
             ``dtype=torch.bfloat16, recurrent_dtype=torch.int8`` is the reduced-precision mode measured in
-            the README ("CPU peers", "Fidelity"). ``"auto"``: the automatic mode's format for ``dtype``.
+            docs/performance.md ("CPU peers", "Fidelity of reduced precision"). ``"auto"``: the automatic mode's format for ``dtype``.
     """
 
     def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *,

@@ -33,7 +33,7 @@ struct Geometry {
 };
 
 // Blocked transpose tiles of kTileT time steps x kTileD channels, chosen by measurement on [16, 1500, 128]
-// float32 (benchmarks/NOTES_denorm_transpose.md): long runs along T keep the 16 output rows of a tile
+// float32 (docs/design/denorm-transpose.md): long runs along T keep the 16 output rows of a tile
 // streaming, and the tile's 16 channels are one 64-byte line of each float32 input row.
 constexpr int64_t kTileT = 512;
 constexpr int64_t kTileD = 16;

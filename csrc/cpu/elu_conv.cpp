@@ -2,7 +2,7 @@
 //
 // For 10 s at 32 kHz the last residual block and the final convolution see 64 channels x 320 000 samples. There
 // oneDNN's direct convolutions run far below the machine's FLOP rate (the 64 -> 1 final conv at ~1/15 of its
-// floor, benchmarks/NOTES_decode_cpu.md), and every separate op (activation, padding, conv, add) is another pass
+// floor, docs/design/decode-cpu.md), and every separate op (activation, padding, conv, add) is another pass
 // over an 82 MB activation. Here a tile of time steps goes through activation, convolution, activation, 1x1
 // convolution and residual add while it sits in the L2 cache, as register-blocked float32 GEMMs.
 //
