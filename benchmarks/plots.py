@@ -17,9 +17,6 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 FIGURES_DIR = HERE.parent / "docs" / "figures"
 
-# Results recorded before the benchmarks wrote the CPU class: the class of the machine that ran them (the same
-# assignment as the files' "cpu_class_source"). The peers part of decode_cpu.json ran on the AMD EPYC Zen 5 VM.
-CLASS_OF_UNLABELLED_PART = {("decode_cpu.json", "peers"): "avx512_bf16"}
 MACHINE_OF_CLASS = {"amx": "Intel Xeon with AMX", "avx512_bf16": "AMD EPYC Zen 5", "avx2": "AVX2-only CPU"}
 
 
@@ -28,9 +25,9 @@ def load(name: str) -> dict:
 
 
 def cpu_class(result: dict, name: str, part: str | None = None) -> str:
-    if "cpu_class" in result:
-        return result["cpu_class"]
-    return CLASS_OF_UNLABELLED_PART[(name, part)]
+    if "cpu_class" not in result:
+        raise SystemExit(f"{name}{'#' + part if part else ''}: no cpu_class recorded; rerun its benchmark")
+    return result["cpu_class"]
 
 
 def _pyplot():
