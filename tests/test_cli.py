@@ -262,12 +262,23 @@ def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, ca
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     for name in ("bench_denorm_transpose", "bench_decode"):
-        (bench / f"{name}.py").write_text(f"def main(argv=None):\n    print('TABLE {name}', argv)\n    return {{}}\n")
+        # each script sees background builds off and the environment as the command started, not as the
+        # script before it left it
+        (bench / f"{name}.py").write_text(
+            "import os\n"
+            "def main(argv=None):\n"
+            f"    print('TABLE {name}', argv, os.environ['JASCO_FAST_BACKGROUND_BUILD'], "
+            "os.environ.get('JASCO_FAST_CACHE_DIR'))\n"
+            "    os.environ['JASCO_FAST_CACHE_DIR'] = '/deleted'\n"
+            "    return {}\n")
     monkeypatch.setattr(jasco_fast, "__file__", str(tmp_path / "jasco_fast" / "__init__.py"))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    cache = os.environ["JASCO_FAST_CACHE_DIR"]
     assert main(["bench", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "TABLE bench_denorm_transpose ['--device', 'cpu', '--quick']" in out
-    assert "TABLE bench_decode ['--device', 'cpu', '--quick']" in out
+    assert f"TABLE bench_denorm_transpose ['--device', 'cpu', '--quick'] 0 {cache}" in out
+    assert f"TABLE bench_decode ['--device', 'cpu', '--quick'] 0 {cache}" in out
+    assert os.environ["JASCO_FAST_BACKGROUND_BUILD"] == "1" and os.environ["JASCO_FAST_CACHE_DIR"] == cache
     assert main(["bench", "decode", "--note", "busy machine"]) == 0
     out = capsys.readouterr().out
     assert "bench_denorm" not in out and "TABLE bench_decode ['--device', 'cpu', '--note', 'busy machine']" in out
