@@ -53,7 +53,7 @@ from torch import nn
 
 __all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
            "machine_tag", "build", "is_cached", "load", "validate", "build_in_background", "entries", "clear",
-           "discard", "failure"]
+           "discard", "failure", "background_builds_enabled"]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -74,6 +74,11 @@ def cache_dir() -> Path:
         return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "jasco_fast"
+
+
+def background_builds_enabled() -> bool:
+    """Whether a cache miss may start a background build: yes unless ``JASCO_FAST_BACKGROUND_BUILD=0``."""
+    return os.environ.get("JASCO_FAST_BACKGROUND_BUILD", "1") != "0"
 
 
 def machine_tag(device: str | torch.device) -> dict:
@@ -642,6 +647,12 @@ class BackgroundBuilds:
             self._wanted.append(recipe)
         else:
             self._start([recipe])
+
+    def start(self, first: Sequence[Recipe] = ()) -> subprocess.Popen | None:
+        """Start a builder now for every recipe of the set the cache lacks, ``first`` first, unless one is
+        running; returns the builder running now, or None (nothing left to build, or it cannot start)."""
+        self._start(list(first))
+        return self.process if self.process is not None and self.process.poll() is None else None
 
     def _start(self, first: list[Recipe]) -> None:
         if not self.enabled:

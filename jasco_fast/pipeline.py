@@ -288,6 +288,16 @@ class LatentDecoder(nn.Module):
             self._builds.process.wait(timeout)
         return all(artifacts.is_cached(r) for r in self._builds.recipes)
 
+    def start_artifact_build(self) -> subprocess.Popen | None:
+        """``compile="aot"``: start building, now, every artifact this decoder uses that the cache lacks (those
+        its calls missed first), in one detached, low-priority background process, as a miss does unless
+        ``background_build=False``; for a decoder made with ``background_build=False`` so that no build
+        competes with calls being timed, once they are done. Returns the build process (None: nothing to
+        build, one of them failed before, or not ``"aot"``); :meth:`wait_for_artifacts` waits for it."""
+        if self.backend != "aot":
+            return None
+        return self._builds.start([r.recipe for r in self._runners.values() if r.artifact is None])
+
     def _runner(self, plan: ChunkPlan | None, position: str | None, *, single: bool) -> artifacts.ArtifactRunner:
         """The artifact runner of one-pass calls (``position`` None) or of a chunk position, for B = 1 or any B."""
         key = (plan.chunk_frames if plan else None, position, single)

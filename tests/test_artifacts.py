@@ -284,6 +284,30 @@ def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decode
     assert events[-1] == ["chunk", "last"]  # the builder still runs and has the set: no second one
 
 
+def test_start_artifact_build_starts_a_deferred_build_when_asked(tmp_path, decoders, monkeypatch):
+    """background_build=False: misses build nothing; start_artifact_build() then starts one builder for every
+    artifact, the ones the calls missed first, and not a second while it runs."""
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    builds = []
+
+    class Running:
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Running())
+    fast = LatentDecoder(decoders[0], chunk_frames=CHUNK, background_build=False)
+    latents = torch.randn(1, 12, 8)  # one pass, B = 1
+    for _ in range(2):
+        assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
+    assert builds == [] and not fast.artifacts_loaded
+    process = fast.start_artifact_build()
+    assert isinstance(process, Running) and len(builds) == 1
+    assert builds[0][0] == fast.aot_recipe(single=True) and len(builds[0]) == len(fast.aot_recipes())
+    assert fast.start_artifact_build() is process and len(builds) == 1
+    assert LatentDecoder(decoders[0], compile=False).start_artifact_build() is None
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_package", "garbage_manifest"])
 def test_damaged_entry_is_not_loaded_but_rebuilt(cache, decoders, rebuilds, monkeypatch, damage):
     recipe = one_pass_recipe(decoders[0])

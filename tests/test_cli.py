@@ -164,7 +164,10 @@ def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
 def test_demo_on_the_default_architecture(tmp_path, capsys):
     assert main(["demo", "--seconds", "0.2", "--no-compile", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM" in out and "real-time factor" in out and "first call" in out and "warm call" in out
+    assert "RANDOM" in out and "eager (--no-compile)" in out
+    # the steady state of several warm calls, and the first call against it
+    assert re.search(r"steady state [\d.]+ s per call, median of [3-5] \([\d.]+-[\d.]+\): real-time factor", out), out
+    assert re.search(r"first call [\d.]+ s, [\d.]+x the steady state", out), out
     info = sf.info(str(tmp_path / "demo_0.wav"))
     assert info.samplerate == 32000 and info.frames == 10 * 640
 
@@ -173,7 +176,8 @@ def test_demo_torch_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsy
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
                  "--torch-compile", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "compiling with torch.compile" in out and ", torch.compile," in out
+    assert "compiling with torch.compile" in out and "), torch.compile:" in out
+    assert "first call" in out and "includes compiling with torch.compile" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
 
 
@@ -182,6 +186,68 @@ def test_demo_on_an_empty_artifact_cache_runs_eagerly(tmp_path, tiny_hf_checkpoi
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), *flags,
                  "--out-dir", str(tmp_path)]) == 0
     assert "eager: no ahead-of-time decoder cached yet" in capsys.readouterr().out
+
+
+class FakeBuilder:
+    """Stands in for the background build process: records when it was started."""
+
+    def __init__(self, events, recipes):
+        self.recipes = recipes
+        events.append(("build", len(recipes)))
+
+    def poll(self):
+        return None
+
+    def wait(self, timeout=None):
+        return 0
+
+
+@pytest.fixture
+def demo_events(monkeypatch):
+    """The order of the demo's decoder calls ("call") and background build starts ("build", recipes)."""
+    from jasco_fast import artifacts
+    from jasco_fast.pipeline import LatentDecoder
+
+    events = []
+    forward = LatentDecoder.forward
+
+    def counted(self, latents):
+        events.append(("call",))
+        return forward(self, latents)
+
+    monkeypatch.setattr(LatentDecoder, "forward", counted)
+    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: FakeBuilder(events, recipes))
+    return events
+
+
+def test_demo_builds_the_missing_artifacts_only_after_its_timed_calls(tmp_path, tiny_hf_checkpoint, capsys,
+                                                                     monkeypatch, demo_events):
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint),
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    calls = demo_events.count(("call",))
+    assert calls >= 1 + 3  # the first call and the steady state's warm calls
+    # one build, of every artifact the decoder uses, started after the last call
+    assert demo_events[:calls] == [("call",)] * calls and len(demo_events) == calls + 1, demo_events
+    assert demo_events[-1][0] == "build" and demo_events[-1][1] == 8
+    assert "eager: no ahead-of-time decoder cached yet" in out and "steady state" in out and "first call" in out
+    line = out.splitlines()[-1]
+    assert line.startswith("building the ahead-of-time decoder into " + str(tmp_path / "cache" / "aot"))
+    assert "JASCO_FAST_BACKGROUND_BUILD=0" in line and "`jasco-fast compile`" in line
+
+
+def test_demo_with_background_builds_off_builds_nothing(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch,
+                                                        demo_events):
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "0")
+    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint),
+                 "--out-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert not [e for e in demo_events if e[0] == "build"]
+    assert not list((tmp_path / "cache").glob("aot/*.pt2"))
+    assert "not building the ahead-of-time decoder (JASCO_FAST_BACKGROUND_BUILD=0)" in out
 
 
 def test_contradicting_compile_flags_are_a_usage_error(tmp_path, capsys):
@@ -196,12 +262,23 @@ def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, ca
     bench = tmp_path / "benchmarks"
     bench.mkdir()
     for name in ("bench_denorm_transpose", "bench_decode"):
-        (bench / f"{name}.py").write_text(f"def main(argv=None):\n    print('TABLE {name}', argv)\n    return {{}}\n")
+        # each script sees background builds off and the environment as the command started, not as the
+        # script before it left it
+        (bench / f"{name}.py").write_text(
+            "import os\n"
+            "def main(argv=None):\n"
+            f"    print('TABLE {name}', argv, os.environ['JASCO_FAST_BACKGROUND_BUILD'], "
+            "os.environ.get('JASCO_FAST_CACHE_DIR'))\n"
+            "    os.environ['JASCO_FAST_CACHE_DIR'] = '/deleted'\n"
+            "    return {}\n")
     monkeypatch.setattr(jasco_fast, "__file__", str(tmp_path / "jasco_fast" / "__init__.py"))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    cache = os.environ["JASCO_FAST_CACHE_DIR"]
     assert main(["bench", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "TABLE bench_denorm_transpose ['--device', 'cpu', '--quick']" in out
-    assert "TABLE bench_decode ['--device', 'cpu', '--quick']" in out
+    assert f"TABLE bench_denorm_transpose ['--device', 'cpu', '--quick'] 0 {cache}" in out
+    assert f"TABLE bench_decode ['--device', 'cpu', '--quick'] 0 {cache}" in out
+    assert os.environ["JASCO_FAST_BACKGROUND_BUILD"] == "1" and os.environ["JASCO_FAST_CACHE_DIR"] == cache
     assert main(["bench", "decode", "--note", "busy machine"]) == 0
     out = capsys.readouterr().out
     assert "bench_denorm" not in out and "TABLE bench_decode ['--device', 'cpu', '--note', 'busy machine']" in out
