@@ -18,6 +18,9 @@ TORCH_LIBRARY(jasco_fast, m) {
         {at::Tag::needs_fixed_stride_order});
   // What the CPU kernels' run-time dispatch chose on this machine: "avx2+f16c" or "portable" (`jasco-fast info`).
   m.def("cpu_fast_path() -> str");
+  // The arithmetic of the CPU LSTM kernel's int8 recurrent matvec on this machine: "avx512_vnni", "avx2_int16"
+  // or "float32" (csrc/cpu/lstm_recurrence.cpp, lstm_int8_matvec).
+  m.def("lstm_int8_matvec() -> str");
 
   // lstm(seq) + seq for a batch-first unidirectional LSTM with biases (weights: w_ih, w_hh, b_ih, b_hh per
   // layer), from state (h0, c0) (zeros when absent; [num_layers, B, C]); also returns the state after the

@@ -12,11 +12,16 @@ Tolerances, relative to the peak |value| of the reference (at least 1: gates and
   under the AVX2 caps), so the bound there is twice ATen's own error on the same inputs (flash-attention's rule);
 - bfloat16-stored recurrent matrices: against a float64 reference that uses the stored values: 1e-6, as float32;
 - int8 recurrent matrices: the same reference (dequantised int8 rows), 1e-6 plus the error of the hidden state's
-  16-bit fixed point in the integer matvec (CPUs with AVX512-VNNI, csrc/cpu/lstm_recurrence.cpp): each h is
-  represented to within delta = 0.5 / (127 * 254) = 1.55e-5, an error spread evenly (standard deviation
-  delta / sqrt(3)) and independent from input to input, so a pre-activation is off by about
-  delta / sqrt(3) * ||W_r||_2; the bound takes 6 such standard deviations, and twice that for the error's way
-  through the gates and the cell (which forgets with a factor < 1, so it does not pile up step after step).
+  fixed point in the integer matvec that this CPU runs (torch.ops.jasco_fast.lstm_int8_matvec(), which follows
+  JASCO_FAST_LSTM_ISA; csrc/cpu/lstm_recurrence.cpp). Each h is represented to within delta:
+    avx512_vnni: two bytes, a = 127 h, hi = round(a), lo = round(254 (a - hi)): delta = 0.5 / (127 * 254) = 1.55e-5;
+    avx2_int16: one int16, round(32767 h): delta = 0.5 / 32767 = 1.53e-5;
+    float32 (no integer matvec): the int8 weights widened exactly to float32, h as it is: delta = 0 (the
+    float32 bound alone).
+  The error is spread evenly (standard deviation delta / sqrt(3)) and independent from input to input (the
+  integer sums are exact), so a pre-activation is off by about delta / sqrt(3) * ||W_r||_2; the bound takes 6
+  such standard deviations, and twice that for the error's way through the gates and the cell (which forgets
+  with a factor < 1, so it does not pile up step after step).
 """
 from __future__ import annotations
 
@@ -112,12 +117,14 @@ def aten_relative_error(want, aten) -> float:
     return max((a.double() - w).abs().max().item() / max(w.abs().max().item(), 1.0) for a, w in zip(aten, want))
 
 
-H_FIXED_POINT = 0.5 / (127 * 254)
+# h's resolution per int8 matvec (module docstring)
+H_FIXED_POINT = {"avx512_vnni": 0.5 / (127 * 254), "avx2_int16": 0.5 / 32767, "float32": 0.0}
 
 
 def int8_h_bound(weights) -> float:
-    """The integer matvec's extra error (module docstring), relative."""
-    return 2 * 6 * H_FIXED_POINT / 3 ** 0.5 * max(int8_rows(w).norm(dim=1).max().item() for w in weights[1::4])
+    """The integer matvec's extra error (module docstring), relative, for the matvec this process runs."""
+    delta = H_FIXED_POINT[torch.ops.jasco_fast.lstm_int8_matvec()]
+    return 2 * 6 * delta / 3 ** 0.5 * max(int8_rows(w).norm(dim=1).max().item() for w in weights[1::4])
 
 
 def check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=0, contiguous=True):
@@ -255,11 +262,12 @@ def test_int8_error_against_unquantised(std):
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
 def test_lower_instruction_sets(isa):
-    """AVX-512 without the integer int8 matvec, AVX2 and plain loops (JASCO_FAST_LSTM_ISA lowers the path in a
-    fresh process)."""
+    """AVX-512 without VNNI and AVX2 (the int8 format through vpmaddwd where the CPU has AVX2), and plain loops
+    (the int8 format in float32) (JASCO_FAST_LSTM_ISA lowers the path in a fresh process)."""
     script = (
         "import sys, torch; sys.path.insert(0, %r); import test_lstm_kernel as t\n"
         "torch.set_num_threads(2)\n"
+        "print(torch.ops.jasco_fast.lstm_int8_matvec())\n"
         "for dtype, rec in t.FORMATS:\n"
         "    for B, T, C in [(1, 9, 40), (3, 5, 16), (5, 4, 24), (8, 3, 33)]:\n"
         "        t.check_case(B, T, C, 2, True, T // 2, dtype, rec)\n"
@@ -267,6 +275,8 @@ def test_lower_instruction_sets(isa):
     env = {**os.environ, "JASCO_FAST_LSTM_ISA": isa}
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    matvec = run.stdout.split()[0]
+    assert matvec == "float32" if isa == "portable" else matvec in ("avx2_int16", "float32"), matvec
 
 
 @settings(max_examples=40, deadline=None)

@@ -106,7 +106,8 @@ def denorm_samples(device: str):
 # csrc/registration.cpp without samples here.
 OP_SAMPLES = {"lstm_skip": lstm_samples, "denorm_transpose": denorm_samples}
 # Ops that take and return no tensor (opcheck compares tensors only): each checked by value instead.
-QUERY_OPS = {"cpu_fast_path": lambda answer: answer in ("avx2+f16c", "portable")}
+QUERY_OPS = {"cpu_fast_path": lambda answer: answer in ("avx2+f16c", "portable"),
+             "lstm_int8_matvec": lambda answer: answer in ("avx512_vnni", "avx2_int16", "float32")}
 
 
 def registered_ops() -> list[str]:

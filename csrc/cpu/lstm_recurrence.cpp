@@ -13,16 +13,21 @@
 // (packed row p: unit group p / 64, gate (p % 64) / 16, unit 16 * (p / 64) + p % 16) x all C inputs,
 // stored k-major ([k][TW]), so one vector load is TW consecutive rows at input k and no horizontal sums are
 // needed. Formats: float32; bfloat16 kept 16-bit (two inputs k, k+1 per 32-bit lane: the high half is a
-// float32 after masking, the low half after a 16-bit shift); int8 with a float32 scale per row.
-// State, accumulation and the cell are float32 for every input dtype.
+// float32 after masking, the low half after a 16-bit shift); int8 with a float32 scale per row, multiplied
+// in integers by h in 16-bit fixed point (vpdpbusd on AVX512-VNNI, tile_vnni; vpmaddwd on other AVX2 CPUs,
+// tile_madd; each with its own tile layout), or widened to float32 where neither applies.
+// State and the cell are float32 for every input dtype; so is accumulation, except the int32 sums of the
+// integer int8 matvecs.
 //
-// Portability: built without -m flags. The matvec tiles are compiled for AVX-512 and for AVX2 + FMA, the cell
-// and the int8 quantiser for AVX-512, with function-level target attributes, and chosen at run time
-// (__builtin_cpu_supports); other CPUs run plain loops (the same numbers up to float32 rounding).
+// Portability: built without -m flags. The matvec tiles, the cell and the int8 quantiser are compiled for
+// AVX-512 and for AVX2 + FMA (tile_vnni for AVX512-VNNI), with function-level target attributes, and chosen
+// at run time (cpu_isa(): __builtin_cpu_supports, lowered by JASCO_FAST_LSTM_ISA); other CPUs run plain
+// loops (the same numbers up to float32 rounding, and the int8 format in float32 arithmetic).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <omp.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,6 +40,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../lstm_recurrence.h"
@@ -53,8 +59,12 @@ namespace jasco_fast {
 namespace {
 
 // kInt8Vnni: the int8 rows of kInt8, multiplied with integer dot products (vpdpbusd) by the hidden state in
-// 16-bit fixed point (see VnniTileFn); CPUs with AVX512-VNNI.
-enum class WeightFormat { kFloat32, kBFloat16, kInt8, kInt8Vnni };
+// 16-bit fixed point (see VnniTileFn); CPUs with AVX512-VNNI. kInt8Madd: the same rows multiplied as int16
+// (vpmaddwd) by the hidden state in int16 (see tile_madd); CPUs with AVX2 but not AVX512-VNNI.
+enum class WeightFormat { kFloat32, kBFloat16, kInt8, kInt8Vnni, kInt8Madd };
+
+// How the integer matvecs get h: kVnniBytes (quantize_h: two offset bytes per input), kInt16 (quantize_h16).
+enum class HqFormat { kNone, kVnniBytes, kInt16 };
 
 constexpr int64_t kUnitGroup = 16;               // hidden units per group (a thread owns whole groups)
 constexpr int64_t kGroupRows = 4 * kUnitGroup;   // packed gate rows per group: i, f, g, o of 16 units
@@ -259,6 +269,60 @@ JF_AVX512_VNNI void tile_vnni(const void* tile, int64_t k4_steps, const uint8_t*
     }
   }
 }
+
+// The int8 format with integer arithmetic on AVX2 (no vpdpbusd). Widening each weight to float32 costs three
+// instructions per 8 weights, so the float int8 tiles ran barely faster than float32; here one vpmovsxbw
+// widens 16 weights to int16 for all batch columns, and one vpmaddwd per column multiplies them by h in int16
+// and sums pairs into int32: h = hq / 32767, hq = round(32767 h) (quantize_h16; |h| <= 1, so |hq| <= 32767),
+// a 16-bit fixed point as fine as tile_vnni's, signed, so no offsets. Tile layout: [k / 2][TW rows][2 inputs
+// k] bytes. |q hq| <= 127 x 32768, so an int32 sum of kMaddChunk inputs cannot overflow; longer rows go to
+// float32 every kMaddChunk inputs.
+constexpr int64_t kMaddChunk = 512;
+static_assert(kMaddChunk * 127 * 32768 <= std::numeric_limits<int32_t>::max());
+
+// V vectors of 8 rows x NB batch columns of int32 accumulators. The accumulators are GCC vectors: with
+// _mm256_add_epi32 GCC 12 copied each one to another register every step, and spilled one at V = 8.
+typedef int32_t Int32x8 __attribute__((vector_size(32)));
+// hq: batch column b's int16 h at hq + 2 b hq_stride bytes (the byte layout of tile_vnni's hi / lo rows).
+template <int V, int NB>
+JF_AVX2_FMA void tile_madd(const void* tile, int64_t k2_steps, const uint8_t* hq, int64_t hq_stride,
+                           const float* scale, const int32_t* /*rowsum*/, float* pre) {
+  constexpr int TW = 8 * V;
+  const int8_t* p = static_cast<const int8_t*>(tile);
+  for (int64_t k0 = 0; k0 < k2_steps; k0 += kMaddChunk / 2) {
+    const int64_t k1 = std::min(k2_steps, k0 + kMaddChunk / 2);
+    Int32x8 acc[V][NB];
+    for (int v = 0; v < V; ++v)
+      for (int b = 0; b < NB; ++b) acc[v][b] = Int32x8{};
+    for (int64_t k = k0; k < k1; ++k, p += 2 * TW) {
+      __m256i x[NB];
+      for (int b = 0; b < NB; ++b) {
+        int32_t pair;
+        std::memcpy(&pair, hq + 2 * b * hq_stride + 4 * k, 4);
+        x[b] = _mm256_set1_epi32(pair);
+      }
+      for (int v = 0; v < V; ++v) {  // one widened weight vector live at a time: more rows per tile
+        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v)));
+        for (int b = 0; b < NB; ++b) acc[v][b] += reinterpret_cast<Int32x8>(_mm256_madd_epi16(w, x[b]));
+      }
+    }
+    // the chunk's sums in float32, through pre (float accumulators in registers would crowd out the int32 ones)
+    for (int v = 0; v < V; ++v) {
+      for (int b = 0; b < NB; ++b) {
+        float* out = pre + b * kGroupRows + 8 * v;
+        const __m256 f = _mm256_cvtepi32_ps(reinterpret_cast<__m256i>(acc[v][b]));
+        _mm256_storeu_ps(out, k0 == 0 ? f : _mm256_add_ps(_mm256_loadu_ps(out), f));
+      }
+    }
+  }
+  for (int v = 0; v < V; ++v) {
+    const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(scale + 8 * v), _mm256_set1_ps(1.0f / 32767));
+    for (int b = 0; b < NB; ++b) {
+      float* out = pre + b * kGroupRows + 8 * v;
+      _mm256_storeu_ps(out, k2_steps > 0 ? _mm256_mul_ps(_mm256_loadu_ps(out), s) : _mm256_setzero_ps());
+    }
+  }
+}
 #endif
 
 // The tile kernel and its width (rows) for this CPU, format and batch: as many accumulators as the
@@ -289,25 +353,38 @@ struct VnniTiling {
   int64_t width;
 };
 
-template <int NB>
+template <bool kVnni, int NB>
 VnniTiling vnni_tiling_for() {
   constexpr int V = NB <= 2 ? 4 : (NB <= 4 ? 2 : 1);
-  return {&tile_vnni<V, NB>, 16 * V};
+  if constexpr (kVnni) return {&tile_vnni<V, NB>, 16 * V};
+  constexpr int VM = NB == 1 ? 8 : V;  // tile_madd keeps one weight vector live: B = 1 has room for 64 rows
+  return {&tile_madd<VM, NB>, 8 * VM};
 }
 
+// The integer matvec of the int8 format for batch B: tile_vnni (kVnni) or tile_madd.
+template <bool kVnni>
 VnniTiling vnni_tiling_for(int64_t B) {
   switch (B) {
-    case 1: return vnni_tiling_for<1>();
-    case 2: return vnni_tiling_for<2>();
-    case 3: return vnni_tiling_for<3>();
-    case 4: return vnni_tiling_for<4>();
-    case 5: return vnni_tiling_for<5>();
-    case 6: return vnni_tiling_for<6>();
-    case 7: return vnni_tiling_for<7>();
-    default: return vnni_tiling_for<8>();
+    case 1: return vnni_tiling_for<kVnni, 1>();
+    case 2: return vnni_tiling_for<kVnni, 2>();
+    case 3: return vnni_tiling_for<kVnni, 3>();
+    case 4: return vnni_tiling_for<kVnni, 4>();
+    case 5: return vnni_tiling_for<kVnni, 5>();
+    case 6: return vnni_tiling_for<kVnni, 6>();
+    case 7: return vnni_tiling_for<kVnni, 7>();
+    default: return vnni_tiling_for<kVnni, 8>();
   }
 }
 #endif
+
+// The packed format and h's format of the int8 integer matvec on this CPU (kInt8 / kNone: float tiles).
+std::pair<WeightFormat, HqFormat> int8_integer_path() {
+#ifdef JASCO_FAST_X86
+  if (has_avx512_vnni()) return {WeightFormat::kInt8Vnni, HqFormat::kVnniBytes};
+  if (has_avx2_fma()) return {WeightFormat::kInt8Madd, HqFormat::kInt16};
+#endif
+  return {WeightFormat::kInt8, HqFormat::kNone};
+}
 
 template <WeightFormat F>
 Tiling tiling_for(int64_t B) {
@@ -391,12 +468,44 @@ JF_AVX512 float quantize_row_avx512(const w_t* w, int64_t C, int8_t* q) {
     q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(static_cast<float>(w[k]) / s), -127.0f, 127.0f));
   return s;
 }
+
+JF_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+JF_AVX2_FMA inline __m256 load8(const at::BFloat16* p) {
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+template <typename w_t>
+JF_AVX2_FMA float quantize_row_avx2(const w_t* w, int64_t C, int8_t* q) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  __m256 vmax = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= C; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(load8(w + k), abs_mask));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float amax = 0.0f;
+  for (const float m : lanes) amax = std::max(amax, m);
+  for (; k < C; ++k) amax = std::max(amax, std::fabs(static_cast<float>(w[k])));
+  float s = amax / 127.0f;
+  if (s == 0.0f) s = 1.0f;
+  const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  for (k = 0; k + 8 <= C; k += 8) {
+    const __m256 r = _mm256_round_ps(_mm256_div_ps(load8(w + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i qi = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+    const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(q16, q16));
+  }
+  for (; k < C; ++k)
+    q[k] = static_cast<int8_t>(std::clamp(std::nearbyint(static_cast<float>(w[k]) / s), -127.0f, 127.0f));
+  return s;
+}
 #endif
 
 template <typename w_t>
 float quantize_row(const w_t* w, int64_t C, int8_t* q) {
 #ifdef JASCO_FAST_X86
   if (has_avx512()) return quantize_row_avx512(w, C, q);
+  if (has_avx2_fma()) return quantize_row_avx2(w, C, q);
 #endif
   return quantize_row_portable(w, C, q);
 }
@@ -417,15 +526,15 @@ void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_
 
 PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
   PackedRecurrent p;
-  p.format = format;  // kInt8Vnni stays the packed format; `format` below is the rows' format
+  p.format = format;  // kInt8Vnni / kInt8Madd stay the packed format; `format` below is the rows' format
   p.C = w_hh.size(1);
   p.groups = (p.C + kUnitGroup - 1) / kUnitGroup;
   p.width = width;
   const int64_t C = p.C, rows = p.groups * kGroupRows, tiles = rows / width;
-  const bool vnni = format == WeightFormat::kInt8Vnni;
-  if (vnni) format = WeightFormat::kInt8;  // the same rows, another tile layout
-  p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : vnni ? (C + 3) / 4 : C;
-  const int64_t elem = format == WeightFormat::kInt8 && !vnni ? 1 : 4;
+  const bool vnni = format == WeightFormat::kInt8Vnni, madd = format == WeightFormat::kInt8Madd;
+  if (vnni || madd) format = WeightFormat::kInt8;  // the same rows, another tile layout
+  p.k_steps = format == WeightFormat::kBFloat16 || madd ? (C + 1) / 2 : vnni ? (C + 3) / 4 : C;
+  const int64_t elem = madd ? 2 : format == WeightFormat::kInt8 && !vnni ? 1 : 4;
   p.tile_bytes = p.k_steps * width * elem;
   p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
   uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
@@ -484,6 +593,12 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
                               for (int64_t j = 0; j < 4 && 4 * k + j < C; ++j)
                                 lane |= static_cast<uint32_t>(static_cast<uint8_t>(row[4 * k + j])) << (8 * j);
                               return lane;
+                            });
+      } else if (madd) {  // inputs 2k, 2k + 1 in one 16-bit lane, first in the low byte
+        transpose_into_tile(reinterpret_cast<uint16_t*>(tile), width, p.k_steps,
+                            reinterpret_cast<const int8_t* const*>(src.data()), [C](const int8_t* row, int64_t k) {
+                              const uint16_t hi = 2 * k + 1 < C ? static_cast<uint8_t>(row[2 * k + 1]) : 0;
+                              return static_cast<uint16_t>(static_cast<uint8_t>(row[2 * k]) | hi << 8);
                             });
       } else if (format == WeightFormat::kInt8) {
         transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
@@ -596,9 +711,10 @@ struct CellArgs {
   float* y;
   float* h_out;
   float* c_out;
-  uint8_t* hq = nullptr;                 // kInt8Vnni: h_next's hi bytes (lo bytes hq_stride later)
-  int64_t hq_stride = 0;
-  std::atomic<int>* non_finite = nullptr;  // kInt8Vnni: set when an h is NaN (its bytes cannot say so)
+  uint8_t* hq = nullptr;                 // integer matvecs: h_next in hq_format (kVnniBytes: the hi bytes, the lo
+  int64_t hq_stride = 0;                 // bytes hq_stride later; kInt16: int16 values)
+  std::atomic<int>* non_finite = nullptr;  // integer matvecs: set when an h is NaN (hq cannot say so)
+  HqFormat hq_format = HqFormat::kNone;
 };
 
 // h's two bytes for the integer matvec (tile_vnni); |h| <= 1.
@@ -606,6 +722,12 @@ inline void quantize_h(float h, uint8_t* hi, uint8_t* lo) {
   const float a = h * 127.0f, q = std::nearbyint(a);
   *hi = static_cast<uint8_t>(static_cast<int>(q) + 128);
   *lo = static_cast<uint8_t>(static_cast<int>(std::nearbyint((a - q) * 254.0f)) + 128);
+}
+
+// h as int16 for tile_madd; |h| <= 1. A NaN goes in as 0 (the non_finite flag takes over).
+inline int16_t quantize_h16(float h) {
+  const float q = std::nearbyint(h * 32767.0f);
+  return q == q ? static_cast<int16_t>(q) : 0;
 }
 
 template <typename xp_t>
@@ -621,10 +743,12 @@ void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int6
     a.c[j] = c;
     a.h_next[j] = h;
     a.y[j] = h;
-    if (a.hq) {
-      quantize_h(h, a.hq + j, a.hq + a.hq_stride + j);
-      if (h != h) a.non_finite->store(1, std::memory_order_relaxed);
+    if (a.hq_format == HqFormat::kVnniBytes) quantize_h(h, a.hq + j, a.hq + a.hq_stride + j);
+    if (a.hq_format == HqFormat::kInt16) {
+      const int16_t q = quantize_h16(h);
+      std::memcpy(a.hq + 2 * j, &q, 2);
     }
+    if (a.hq_format != HqFormat::kNone && h != h) a.non_finite->store(1, std::memory_order_relaxed);
     if (a.h_out) {
       a.h_out[j] = h;
       a.c_out[j] = c;
@@ -681,7 +805,13 @@ JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
   _mm512_mask_storeu_ps(a.c + j0, m, c);
   _mm512_mask_storeu_ps(a.h_next + j0, m, h);
   _mm512_mask_storeu_ps(a.y + j0, m, h);
-  if (a.hq) {
+  if (a.hq_format == HqFormat::kInt16) {
+    const __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(h, _mm512_set1_ps(32767.0f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_mask_storeu_epi16(a.hq + 2 * j0, m, _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)));
+    if (_mm512_mask_cmp_ps_mask(m, h, h, _CMP_UNORD_Q)) a.non_finite->store(1, std::memory_order_relaxed);
+  }
+  if (a.hq_format == HqFormat::kVnniBytes) {
     const __m512 s = _mm512_mul_ps(h, _mm512_set1_ps(127.0f));
     const __m512 hi = _mm512_roundscale_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 lo = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(s, hi), _mm512_set1_ps(254.0f)),
@@ -697,6 +827,93 @@ JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
     _mm512_mask_storeu_ps(a.c_out + j0, m, c);
   }
 }
+
+// The same cell in AVX2, 8 units at a time. exp: 2^n from the exponent bits, so x is clamped to +-87 (2^n
+// stays a normal float32); beyond that sigmoid and tanh are within 1e-37 of 0 or +-1 either way.
+JF_AVX2_FMA inline __m256 exp_avx2(__m256 x) {
+  // min / max return their second operand when either is NaN: a NaN x stays NaN
+  x = _mm256_min_ps(_mm256_set1_ps(87.0f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+JF_AVX2_FMA inline __m256 sigmoid_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+JF_AVX2_FMA inline __m256 tanh_avx2(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 e = exp_avx2(_mm256_add_ps(x, x));
+  return _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+}
+
+// m of 8 lanes (m < 8: the last group of a C that is not a multiple of 16), the rest 0
+JF_AVX2_FMA inline __m256 load8(const float* p, int64_t m, __m256i mask) {
+  return m == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
+}
+JF_AVX2_FMA inline __m256 load8(const at::BFloat16* p, int64_t m, __m256i) {
+  uint16_t bits[8] = {};
+  std::memcpy(bits, p, 2 * m);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits))), 16));
+}
+JF_AVX2_FMA inline void store8(float* p, __m256 v, int64_t m, __m256i mask) {
+  if (m == 8) {
+    _mm256_storeu_ps(p, v);
+  } else {
+    _mm256_maskstore_ps(p, mask, v);
+  }
+}
+
+template <typename xp_t>
+JF_AVX2_FMA void cell_avx2(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
+  for (int64_t u0 = 0; u0 < n; u0 += 8) {
+    const int64_t m = std::min<int64_t>(8, n - u0), j = j0 + u0;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    auto gate = [&](int g) JF_AVX2_FMA {
+      return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(a.pre + g * kUnitGroup + u0), load8(x + g * C + j, m, mask)),
+                           load8(a.bias + g * C + j, m, mask));
+    };
+    const __m256 i = sigmoid_avx2(gate(0)), f = sigmoid_avx2(gate(1)), g = tanh_avx2(gate(2)),
+                 o = sigmoid_avx2(gate(3));
+    const __m256 c = _mm256_fmadd_ps(f, load8(a.c + j, m, mask), _mm256_mul_ps(i, g));
+    const __m256 h = _mm256_mul_ps(o, tanh_avx2(c));
+    store8(a.c + j, c, m, mask);
+    store8(a.h_next + j, h, m, mask);
+    store8(a.y + j, h, m, mask);
+    if (a.hq_format == HqFormat::kInt16) {
+      const __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(h, _mm256_set1_ps(32767.0f)),
+                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+      int16_t out[8];
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), q16);
+      std::memcpy(a.hq + 2 * j, out, 2 * m);
+    }
+    if (a.hq_format != HqFormat::kNone) {
+      if (a.hq_format == HqFormat::kVnniBytes) {  // not taken by this module's paths (VNNI CPUs run cell_avx512)
+        float hs[8];
+        _mm256_storeu_ps(hs, h);
+        for (int64_t u = 0; u < m; ++u) quantize_h(hs[u], a.hq + j + u, a.hq + a.hq_stride + j + u);
+      }
+      if (_mm256_movemask_ps(_mm256_cmp_ps(h, h, _CMP_UNORD_Q)) & ((1 << m) - 1))
+        a.non_finite->store(1, std::memory_order_relaxed);
+    }
+    if (a.h_out) {
+      store8(a.h_out + j, h, m, mask);
+      store8(a.c_out + j, c, m, mask);
+    }
+  }
+}
 #endif
 
 struct LayerIo {
@@ -709,9 +926,11 @@ struct LayerIo {
   float* y;              // [B, T, C] float32: this layer's outputs
   float* h_out;          // [B][C]: the state after state_frames frames
   float* c_out;
-  // kInt8Vnni only: h_{t-1} and h_t as bytes, [2][B][hi, lo][hq_stride] (quantize_h), and whether an h was NaN
+  // integer matvecs only: h_{t-1} and h_t in hq_format, [2][B][hi, lo][hq_stride] bytes (kVnniBytes,
+  // quantize_h) or [2][B][hq_stride] int16 (kInt16, quantize_h16): the same bytes per batch entry
   uint8_t* hq = nullptr;
   int64_t hq_stride = 0;
+  HqFormat hq_format = HqFormat::kNone;
 };
 
 // Step synchronisation that survives a descheduled thread. A plain barrier per step makes every thread wait
@@ -737,7 +956,7 @@ inline void spin_pause(int64_t& spins) {
 }
 
 // xp: the input projections [B, T, 4C] (without biases), float32 or bfloat16.
-// vnni_fn: the integer matvec of the kInt8Vnni format (else nullptr: tile_fn).
+// vnni_fn: the integer matvec of the kInt8Vnni or kInt8Madd format (else nullptr: tile_fn).
 template <typename xp_t>
 void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, const xp_t* xp, const LayerIo& io,
                int threads) {
@@ -749,7 +968,7 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
   const int64_t hqs = io.hq_stride;
   std::atomic<int> non_finite{0};
 #ifdef JASCO_FAST_X86
-  const bool vector_cell = has_avx512();
+  const CpuIsa cell_isa = cpu_isa();
 #endif
   if (io.state_frames == 0) {  // the state after no frames: the initial one
     for (int64_t b = 0; b < B; ++b) {
@@ -801,11 +1020,16 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
         const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
                          io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
                          snapshot ? io.c_out + b * C : nullptr,
-                         vnni_fn ? io.hq + (((t + 1) & 1) * B + b) * 2 * hqs : nullptr, hqs, &non_finite};
+                         vnni_fn ? io.hq + (((t + 1) & 1) * B + b) * 2 * hqs : nullptr, hqs, &non_finite,
+                         vnni_fn ? io.hq_format : HqFormat::kNone};
         const xp_t* x = xp + (b * T + t) * 4 * C;
 #ifdef JASCO_FAST_X86
-        if (vector_cell) {
+        if (cell_isa >= CpuIsa::avx512) {
           cell_avx512(a, x, C, j0, n);
+          continue;
+        }
+        if (cell_isa >= CpuIsa::avx2) {
+          cell_avx2(a, x, C, j0, n);
           continue;
         }
 #endif
@@ -835,7 +1059,21 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
   }
 }
 
+// Which arithmetic the int8 format's matvec takes on this CPU (JASCO_FAST_LSTM_ISA included), for callers
+// whose error bounds depend on it: "avx512_vnni" (tile_vnni), "avx2_int16" (tile_madd) or "float32" (the
+// weights widened to float32).
+std::string lstm_int8_matvec() {
+  switch (int8_integer_path().second) {
+    case HqFormat::kVnniBytes: return "avx512_vnni";
+    case HqFormat::kInt16: return "avx2_int16";
+    default: return "float32";
+  }
+}
+
 }  // namespace
+
+// No tensor arguments, so no backend key to dispatch on: a device-independent kernel.
+TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("lstm_int8_matvec", &lstm_int8_matvec); }
 
 bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, int64_t num_layers) {
   if (!seq.device().is_cpu() || seq.dim() != 3) return false;
@@ -900,15 +1138,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
     const at::Tensor h0_l = h0_f.select(0, l);
     const void* vnni_fn = nullptr;
     int64_t width = tiling.width;
+    WeightFormat packed_format = format;
+    const auto [integer_format, hq_format] = int8_integer_path();
 #ifdef JASCO_FAST_X86
-    if (format == WeightFormat::kInt8 && has_avx512_vnni() && h0_l.abs().le(1).all().item<bool>()) {
-      const VnniTiling vt = vnni_tiling_for(B);
+    if (format == WeightFormat::kInt8 && hq_format != HqFormat::kNone && h0_l.abs().le(1).all().item<bool>()) {
+      const VnniTiling vt = hq_format == HqFormat::kVnniBytes ? vnni_tiling_for<true>(B) : vnni_tiling_for<false>(B);
       vnni_fn = reinterpret_cast<const void*>(vt.fn);
       width = vt.width;
+      packed_format = integer_format;
     }
 #endif
-    const PackedRecurrent packed =
-        pack_recurrent_cached(w_hh, vnni_fn ? WeightFormat::kInt8Vnni : format, width);
+    const PackedRecurrent packed = pack_recurrent_cached(w_hh, packed_format, width);
 
     h_buf.zero_();
     h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_l);
@@ -919,13 +1159,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
                h_n.select(0, l).mutable_data_ptr<float>(), c_n.select(0, l).mutable_data_ptr<float>()};
     if (vnni_fn) {
       io.hq_stride = h_stride;  // a multiple of 16: the tiles read 4 bytes at a time, zero weights beyond C
-      hq_buf = at::full({2, B, 2, h_stride}, 128, seq.options().dtype(at::kByte));
+      io.hq_format = hq_format;
+      const bool bytes = hq_format == HqFormat::kVnniBytes;
+      hq_buf = at::full({2, B, 2, h_stride}, bytes ? 128 : 0, seq.options().dtype(at::kByte));  // h = 0 beyond C
       io.hq = hq_buf.mutable_data_ptr<uint8_t>();
       const at::Tensor h0_c = h0_l.contiguous();
       const float* h0p = h0_c.const_data_ptr<float>();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t j = 0; j < C; ++j)
-          quantize_h(h0p[b * C + j], io.hq + b * 2 * h_stride + j, io.hq + (b * 2 + 1) * h_stride + j);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < C; ++j) {
+          if (bytes) {
+            quantize_h(h0p[b * C + j], io.hq + b * 2 * h_stride + j, io.hq + (b * 2 + 1) * h_stride + j);
+          } else {
+            const int16_t q = quantize_h16(h0p[b * C + j]);
+            std::memcpy(io.hq + b * 2 * h_stride + 2 * j, &q, 2);
+          }
+        }
+      }
     }
     if (bf16) {
       run_layer(packed, tiling.fn, vnni_fn, xp.const_data_ptr<at::BFloat16>(), io, threads);
