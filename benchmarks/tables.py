@@ -34,8 +34,9 @@ def cpu_class_words(result: dict) -> str:
         return ""
     if result.get("cpu_class_emulated"):
         caps = " ".join(f"{k}={v}" for k, v in result.get("isa_caps", {}).items())
-        return (f", CPU class {result['cpu_class']} EMULATED by instruction-set caps ({caps}; the peers keep the "
-                f"machine's own instruction set)")
+        peers = "; ONNX Runtime and OpenVINO keep the machine's own instruction set" if "implementations" in result \
+            or result.get("benchmark") == "decode" else ""
+        return f", CPU class {result['cpu_class']} EMULATED by instruction-set caps ({caps}{peers})"
     return f", CPU class {result['cpu_class']}"
 
 

@@ -18,7 +18,7 @@ from jasco_fast.cli import main
 from jasco_fast.ops import recurrent_format_supported
 from jasco_fast.quantizer import Quantizer
 
-FIDELITY = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "fidelity_cpu.json"
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 CPU_CLASSES = ("amx", "avx512_bf16", "avx512", "avx2", "other")
 
 
@@ -53,19 +53,31 @@ def test_every_cpu_class_and_device_has_one_row():
         assert m.evidence
 
 
+def fidelity_results() -> dict[str, dict[str, float]]:
+    """CPU class -> {mode kwargs repr -> worst SNR}, from every committed fidelity results file."""
+    by_class: dict[str, dict[str, float]] = {}
+    for path in sorted(RESULTS.glob("fidelity_cpu*.json")):
+        result = json.loads(path.read_text())
+        modes_measured = by_class.setdefault(result["cpu_class"], {})
+        for entry in result["modes"].values():
+            if entry.get("status") == "ok":
+                modes_measured[entry["kwargs"]] = entry["worst"]["snr_db"]
+    return by_class
+
+
 def test_cpu_rows_meet_the_fidelity_floor_in_the_committed_results():
-    """Each CPU row's mode was measured by bench_fidelity.py at MIN_SNR_DB or more on its worst checkpoint."""
-    results = json.loads(FIDELITY.read_text())["modes"]
-    by_kwargs = {}
-    for entry in results.values():
-        if entry.get("status") == "ok":
-            by_kwargs[entry["kwargs"]] = entry["worst"]["snr_db"]
+    """Each CPU row's mode was measured by bench_fidelity.py at MIN_SNR_DB or more on its worst checkpoint: on
+    its own CPU class where a results file of that class exists (the int8 matvec's arithmetic differs per
+    class), else on the class with the same arithmetic for that mode measured nearest (any file)."""
+    by_class = fidelity_results()
+    assert "avx2" in by_class and "avx512_bf16" in by_class
     for m in modes.AUTO_MODES:
         if m.device != "cpu" or (m.dtype == torch.float32 and m.recurrent_dtype is None):
             continue
-        kwargs = {"dtype": m.dtype} | ({"recurrent_dtype": m.recurrent_dtype} if m.recurrent_dtype else {})
-        assert str(kwargs) in by_kwargs, f"{m.name}: not in {FIDELITY.name}"
-        assert by_kwargs[str(kwargs)] >= modes.MIN_SNR_DB, m
+        kwargs = str({"dtype": m.dtype} | ({"recurrent_dtype": m.recurrent_dtype} if m.recurrent_dtype else {}))
+        measured = by_class.get(m.cpu_class) or {k: v for c in by_class.values() for k, v in c.items()}
+        assert kwargs in measured, f"{m.name} ({m.cpu_class}): not measured by bench_fidelity.py"
+        assert measured[kwargs] >= modes.MIN_SNR_DB, m
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="needs an AVX-512 CPU to cap down")
