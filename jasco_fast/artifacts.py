@@ -87,9 +87,10 @@ def machine_tag(device: str | torch.device) -> dict:
     tag: dict[str, Any] = {"device_type": device.type, "machine": platform.machine()}
     if device.type == "cpu":
         tag["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        from jasco_fast.decoder import cpu_has_amx  # the decoder's graph depends on it (ConvTranspose)
+        from jasco_fast.decoder import cpu_has_amx, cpu_is_avx2_class  # the decoder's graph depends on them
 
         tag["amx"] = cpu_has_amx()
+        tag["avx2_class"] = cpu_is_avx2_class()
     elif device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         tag["gpu"] = torch.cuda.get_device_name(index)

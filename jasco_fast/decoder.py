@@ -315,8 +315,8 @@ class Conv(nn.Module):
 # oneDNN's bfloat16 deconvolution took 2-3x the GEMM form's time for the 1024- and 512-channel stages, but
 # less than it for the 256- and 128-channel ones. Without AMX (AMD EPYC Zen 5, AVX512-BF16) oneDNN's
 # deconvolution won at every stage (1024: 12.2 against 14.1 ms, 512: 11.5 against 16.3, 128: 24 against 87;
-# docs/design/decode-cpu.md). In float32 the direct deconvolution won everywhere; float16 was not
-# measured and keeps it.
+# docs/design/decode-cpu.md). In float32 the direct deconvolution won everywhere on AVX-512 CPUs; float16
+# was not measured and keeps it.
 GEMM_TRANSPOSED_CONV_MIN_CHANNELS = 512
 
 
@@ -327,9 +327,26 @@ def cpu_has_amx() -> bool:
     return bool(check()) if check is not None else False
 
 
+# float32 transposed convolutions with at least this many input channels take the GEMM form on AVX2-class CPUs
+# (AVX2 caps on AMD Zen 4, 2 threads: 1024 -> 512 channels 0.84x oneDNN's time, 512 -> 256 1.18x).
+GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32 = 1024
+
+
+@functools.cache
+def cpu_is_avx2_class() -> bool:
+    """Whether this CPU (after the instruction-set caps) is AVX2-class: AVX2 without AVX-512 (jasco_fast.modes)."""
+    from jasco_fast.modes import cpu_class
+
+    return cpu_class() == "avx2"
+
+
 def _gemm_transposed_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS and cpu_has_amx())
+    if x.device.type != "cpu":
+        return False
+    if weight.dtype == torch.bfloat16:
+        return weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS and cpu_has_amx()
+    return (weight.dtype == torch.float32 and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32
+            and cpu_is_avx2_class())
 
 
 class ConvTranspose(nn.Module):

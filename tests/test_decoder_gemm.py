@@ -51,6 +51,17 @@ def test_which_layers_take_the_gemm_form(monkeypatch):
     assert not _gemm_transposed_conv(x.to("meta"), wide.bfloat16().to("meta"))  # CPU only
 
 
+def test_float32_gemm_form_on_avx2_class_cpus(monkeypatch):
+    n = decoder_module.GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32
+    wide, x = torch.empty(n, 4, 1, 8), torch.empty(1, n, 1, 3)
+    monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: True)
+    assert _gemm_transposed_conv(x, wide)
+    assert not _gemm_transposed_conv(x[:, :n // 2], wide[:n // 2])  # 512 channels: oneDNN's measured faster
+    assert not _gemm_transposed_conv(x.to("meta"), wide.to("meta"))
+    monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: False)
+    assert not _gemm_transposed_conv(x, wide)
+
+
 @pytest.fixture(scope="module")
 def wide_decoder():
     # n_filters 32 with 4 ratios: the first upsampling stage has 512 input channels (the GEMM form)

@@ -457,7 +457,7 @@ PadMap make_pad_map(const char* op, PadMode mode, int64_t T, int64_t pad_left, i
 // Rows of a time tile: enough to amortise the halo, small enough that the tile's buffers stay in L2.
 int64_t tile_rows(int64_t widest_channels) {
   const int64_t rows = std::clamp<int64_t>(16384 / std::max<int64_t>(widest_channels, 1), 12, 512);
-  return rows / 12 * 12;  // a multiple of the register blocks (6 rows, and 4 in the final conv)
+  return rows / 12 * 12;  // a multiple of the register blocks (6 rows)
 }
 
 void check_activations(const char* op, const at::Tensor& x, int64_t channels) {
@@ -580,7 +580,7 @@ at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::
   // channels-last memory of [Cout, C, 1, k] is [Cout][k][C], the layout the dot products read
   const at::Tensor wp = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor bf = float_contiguous(bias);
-  const int64_t tile = tile_rows(C);
+  const int64_t tile = std::clamp<int64_t>(16384 / C, 8, 512) / 8 * 8;  // a multiple of the dot products' 8-row blocks
   const int64_t jobs = B * ((T + tile - 1) / tile);
   const int width = vector_width({C});
 
