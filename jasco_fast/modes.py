@@ -64,7 +64,8 @@ AUTO_MODES: tuple[Mode, ...] = (
          "no bfloat16 arithmetic (bfloat16 emulated, tens of times slower); the int8 recurrence only: "
          "worst SNR 52.5 dB; speed as the avx2 row (not measured on such a CPU)"),
     Mode("cpu", "avx2", torch.float32, torch.int8,
-         "AVX2 caps on AMD EPYC Zen 4 (2026-12-05): 0.86x float32; worst SNR 52.5 dB; bfloat16 52x slower"),
+         "AVX2 caps on AMD EPYC Zen 4 (2026-12-05): 0.87x float32 (0.86-0.88 over 5 rounds); worst SNR 52.5 dB; "
+         "bfloat16 52x slower"),
     Mode("cpu", "other", torch.float32, None, "nothing measured: the exact mode"),
     Mode("cuda", "sm80+", torch.bfloat16, None,
          "bfloat16 tensor cores (A100, H100, ...); not yet measured on a GPU; worst SNR 41.6 dB (CPU bfloat16)"),
