@@ -233,17 +233,20 @@ def test_stored_formats_agree_between_kernel_and_fallback(recurrent_dtype):
 
 
 def test_bfloat16_at_most_atens_bfloat16_error():
-    """The kernel's float32 state makes its bfloat16 output at least as accurate as ATen's bfloat16 LSTM."""
+    """The kernel's float32 state makes its bfloat16 output at least as accurate as ATen's bfloat16 LSTM: on average,
+    and at the worst element up to the output's own rounding, which dominates both maxima (half a bfloat16 ulp of
+    the peak: the two roundings may land on either side of one value)."""
     C, T, layers = 256, 100, 2
     weights = [w.bfloat16() for w in lstm_weights(C, layers, seed=2)]
-    seq = torch.randn(1, T, C).bfloat16()
+    seq = torch.randn(1, T, C, generator=torch.Generator().manual_seed(3)).bfloat16()
     want = reference(seq, weights, layers)[0]
     zeros = torch.zeros(layers, 1, C, dtype=torch.bfloat16)
     aten = torch.lstm(seq, (zeros, zeros), weights, True, layers, 0.0, False, False, True)[0] + seq
     ours = lstm_skip(seq, weights, layers)[0]
-    aten_err = (aten.double() - want).abs().max().item()
-    ours_err = (ours.double() - want).abs().max().item()
-    assert ours_err <= aten_err, (ours_err, aten_err)
+    aten_err, ours_err = (aten.double() - want).abs(), (ours.double() - want).abs()
+    assert ours_err.mean() <= aten_err.mean(), (ours_err.mean().item(), aten_err.mean().item())
+    half_ulp = 2.0 ** (torch.frexp(want.abs().max()).exponent.item() - 9)
+    assert ours_err.max() <= aten_err.max() + half_ulp, (ours_err.max().item(), aten_err.max().item())
 
 
 @pytest.mark.parametrize("std", [None, 0.05], ids=["default-init", "normal-0.05"])
