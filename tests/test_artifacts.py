@@ -247,6 +247,13 @@ class Finished:
         return 0
 
 
+class Running:
+    """What build_in_background returns, a process; here one that is still running."""
+
+    def poll(self):
+        return None
+
+
 @pytest.fixture
 def rebuilds(monkeypatch):
     """Records background builds instead of starting them."""
@@ -262,9 +269,6 @@ def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decode
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     events = []
-    class Running:
-        def poll(self):
-            return None
 
     def label(recipe):
         return recipe.params.get("position", "one pass") + (" B=1" if recipe.params["single"] else "")
@@ -290,11 +294,6 @@ def test_start_artifact_build_starts_a_deferred_build_when_asked(tmp_path, decod
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     builds = []
-
-    class Running:
-        def poll(self):
-            return None
-
     monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Running())
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK, background_build=False)
     latents = torch.randn(1, 12, 8)  # one pass, B = 1
