@@ -24,16 +24,16 @@ def lstms(fast):
 
 @pytest.mark.parametrize("dtype,recurrent", [(torch.float32, torch.int8), (torch.float32, torch.bfloat16),
                                              (torch.bfloat16, torch.int8)])
-@pytest.mark.parametrize("compile", [False, "torch.compile"])
-def test_error_within_budget(decoder, dtype, recurrent, compile):
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_error_within_budget(decoder, dtype, recurrent, backend):
     """Against the float32 reference: within twice the error of the same decoder without the recurrent format
     plus what rounding the recurrent weights alone costs (measured by the reference with them rounded)."""
     latents = torch.randn(2, 300, 16)  # long enough to chunk at the default 256 frames
     want = reference.decode(decoder, latents)
-    fast = LatentDecoder(decoder, compile=compile, dtype=dtype, recurrent_dtype=recurrent)
+    fast = LatentDecoder(decoder, backend=backend, dtype=dtype, recurrent_dtype=recurrent)
     assert fast.recurrent_dtype == recurrent and all(m.recurrent_dtype == recurrent for m in lstms(fast))
     assert all(m.recurrent_dtype is None for m in decoder.modules() if isinstance(m, LSTM))  # a copy is changed
-    plain = LatentDecoder(decoder, compile=False, dtype=dtype)(latents)
+    plain = LatentDecoder(decoder, backend="eager", dtype=dtype)(latents)
     rounded = _with_rounded_recurrent(decoder, recurrent)
     budget = 2 * (rel_err(plain, want) + rel_err(reference.decode(rounded, latents), want)) + 1e-4
     with torch.no_grad():
@@ -61,20 +61,20 @@ def _with_rounded_recurrent(decoder, recurrent):
 
 def test_invalid_combinations(decoder):
     with pytest.raises(ValueError, match="recurrent_dtype"):
-        LatentDecoder(decoder, compile=False, recurrent_dtype=torch.float16)
+        LatentDecoder(decoder, backend="eager", recurrent_dtype=torch.float16)
     with pytest.raises(ValueError, match="recurrent_dtype"):
-        LatentDecoder(decoder, compile=False, dtype=torch.float16, recurrent_dtype=torch.bfloat16)
+        LatentDecoder(decoder, backend="eager", dtype=torch.float16, recurrent_dtype=torch.bfloat16)
     # the compute dtype itself means the plain format
-    assert LatentDecoder(decoder, compile=False, dtype=torch.bfloat16, recurrent_dtype=torch.bfloat16).recurrent_dtype is None
+    assert LatentDecoder(decoder, backend="eager", dtype=torch.bfloat16, recurrent_dtype=torch.bfloat16).recurrent_dtype is None
 
 
 def test_artifact_recipes_differ_by_format(decoder):
-    keys = {LatentDecoder(decoder, compile=False, recurrent_dtype=r).aot_recipe(single=True).key
+    keys = {LatentDecoder(decoder, backend="eager", recurrent_dtype=r).aot_recipe(single=True).key
             for r in (None, torch.int8, torch.bfloat16)}
     assert len(keys) == 3
 
 
 def test_cli_refuses_bfloat16_recurrent_with_float16(capsys):
-    assert cli_main(["demo", "--seconds", "0.2", "--no-compile", "--dtype", "float16",
+    assert cli_main(["demo", "--seconds", "0.2", "--backend", "eager", "--dtype", "float16",
                      "--recurrent-dtype", "bfloat16"]) == 2
     assert "--recurrent-dtype bfloat16 needs --dtype float32" in capsys.readouterr().err
