@@ -85,6 +85,18 @@ _announce_lock = threading.Lock()
 _announced = False
 
 
+def _outside_the_package() -> int:
+    """The ``stacklevel``, for a warning raised by this function's caller, of the first frame outside
+    jasco_fast, torch (``Module.__call__``) and contextlib (a deferred build's block): the caller's line that
+    led to it (a decode call, say)."""
+    inside = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep,
+              contextlib.__file__)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _announce_background_build(cache: Path | None) -> None:
     """A detached builder process is a visible effect of a library call: said once per process, with the
     cache it writes to and how to turn it off."""
@@ -98,7 +110,7 @@ def _announce_background_build(cache: Path | None) -> None:
     warnings.warn(f"jasco_fast: building ahead-of-time compiled decoders into {(cache or cache_dir()) / 'aot'} in a "
                   f"low-priority background process; calls run eagerly until they are ready. Turn this off with "
                   f"background_build=False or JASCO_FAST_BACKGROUND_BUILD=0 (`jasco-fast compile` builds them "
-                  f"instead)", BackgroundBuildWarning, stacklevel=2)
+                  f"instead)", BackgroundBuildWarning, stacklevel=_outside_the_package())
 
 
 def background_builds_enabled() -> bool:

@@ -86,7 +86,7 @@ class _FrontEndDecoder(nn.Module):
         if not (recurrent_dtype is None or recurrent_dtype == "auto" or isinstance(recurrent_dtype, torch.dtype)):
             raise ValueError(f"recurrent_dtype must be None, a torch.dtype or 'auto', got {recurrent_dtype!r}")
         dtype, recurrent_dtype = resolve_mode(dtype, recurrent_dtype, param.device, param.dtype)
-        warn_if_emulated(dtype, param.device)
+        warn_if_emulated(dtype, param.device, stacklevel=4)  # the line that built the decoder
         self.dtype = dtype
         self.decoder = copy.deepcopy(decoder).to(dtype=self.dtype).eval().requires_grad_(False)
         self.recurrent_dtype = _recurrent_dtype(recurrent_dtype, self.dtype)

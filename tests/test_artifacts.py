@@ -334,6 +334,7 @@ def test_a_background_build_is_announced_once_per_process(tmp_path, decoders, mo
     announced = [w for w in caught if issubclass(w.category, artifacts.BackgroundBuildWarning)]
     assert len(builds) >= 2 and len(announced) == 1, (len(builds), [str(w.message) for w in caught])
     message = str(announced[0].message)
+    assert announced[0].filename == __file__  # names the caller's line, not jasco_fast's
     assert str(tmp_path / "aot") in message
     assert "background_build=False" in message and "JASCO_FAST_BACKGROUND_BUILD=0" in message
 

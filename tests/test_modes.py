@@ -143,8 +143,9 @@ def test_bad_mode_names_are_errors(tiny_decoder, bad):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_emulated_reduced_precision_warns_once(monkeypatch, tiny_decoder, fresh_warnings, dtype):
     monkeypatch.setattr(modes, "cpu_class", lambda: "avx2")
-    with pytest.warns(PerformanceWarning, match=r"emulated.*measured \d+x slower.*float32 \+ int8 recurrent"):
+    with pytest.warns(PerformanceWarning, match=r"emulated.*measured \d+x slower.*float32 \+ int8 recurrent") as caught:
         LatentDecoder(tiny_decoder, backend="eager", dtype=dtype)
+    assert caught[0].filename == __file__  # names the line that built the decoder
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)
         fast = LatentDecoder(tiny_decoder, backend="eager", dtype=dtype)  # once per process
