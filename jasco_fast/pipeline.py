@@ -47,6 +47,12 @@ def _statistic(value, name: str, dim: int) -> torch.Tensor:
     return t.reshape(()) if t.numel() == 1 else t
 
 
+def _stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A tensor with ``t``'s shape and dtype on ``device``, without memory (an expanded scalar): what an op's
+    rule function reads of a decoder's own tensor when it checks an input that is not on the decoder's device yet."""
+    return torch.empty((), dtype=t.dtype, device=device).expand(t.shape)
+
+
 class LatentChunkStep(nn.Module):
     """One chunk of :meth:`LatentDecoder.stream` at one position, tensors in and out:
     ``(latents window [B, W, D], h, c) -> (audio [B, C, n * hop] float32, h, c)``.
@@ -262,10 +268,11 @@ class LatentDecoder(_FrontEndDecoder):
 
     def _check_input(self, latents: torch.Tensor) -> None:
         dim = self.decoder.config.dimension
-        if latents.dim() != 3 or latents.shape[2] != dim:
+        if latents.dim() != 3 or latents.shape[2] != dim:  # the decoder's rule
             raise ValueError(f"latents must be [B, T, {dim}], got {list(latents.shape)}")
-        if not latents.is_floating_point():
-            raise TypeError(f"latents must be floating point, got {latents.dtype}")
+        # the op's rules, on the latents' device: the runner moves them to the decoder's afterwards
+        ops._check_arguments(latents, _stand_in(self.mean, latents.device), _stand_in(self.std, latents.device),
+                             self.dtype)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, T, D] -> audio [B, C, T * hop], float32."""
@@ -408,11 +415,10 @@ class CodeDecoder(_FrontEndDecoder):
         return codes.transpose(1, 2)
 
     def _check_input(self, codes_t: torch.Tensor) -> None:
-        # called on frames-major [B, T, K] views; the op's own rules on the caller's [B, K, T] (the codebooks
-        # stand-in has their shape and dtype on the codes' device: the runner moves codes there afterwards)
+        # called on frames-major [B, T, K] views; the op's own rules on the caller's [B, K, T], on the codes'
+        # device (the runner moves them to the decoder's afterwards)
         codes = codes_t.transpose(1, 2) if codes_t.dim() == 3 else codes_t
-        codebooks = torch.empty((), dtype=self.codebooks.dtype, device=codes.device).expand(self.codebooks.shape)
-        ops._check_codes(codes, codebooks, self.dtype)
+        ops._check_codes(codes, _stand_in(self.codebooks, codes.device), self.dtype)
         # data-dependent, so checked by the kernels rather than the op's rules: here before a compiled graph
         S = self.codebook_size
         bad = (codes_t < 0) | (codes_t >= S)

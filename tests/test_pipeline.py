@@ -72,7 +72,7 @@ def test_input_errors(tiny_decoder):
         fast(torch.randn(2, 8))
     with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
         fast(torch.randn(1, 5, 7))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="latents must be float32/float64/float16/bfloat16"):
         fast(torch.ones(1, 5, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="T >= 1"):
         fast(torch.randn(1, 0, 8))
@@ -88,7 +88,7 @@ def test_input_errors(tiny_decoder):
 def test_compiled_input_errors_are_plain_errors(tiny_decoder):
     """Checked before the compiled graph: the same ValueError/TypeError, not a wrapped dynamo error."""
     fast = LatentDecoder(tiny_decoder, backend="inductor")
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="latents must be float32/float64/float16/bfloat16"):
         fast(torch.ones(1, 5, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
         fast(torch.randn(1, 5, 7))
@@ -130,3 +130,19 @@ def test_old_argument_names_are_gone(tiny_decoder, old):
     with pytest.raises(TypeError, match="unexpected keyword"):
         LatentDecoder(tiny_decoder, **old)
     assert not hasattr(LatentDecoder(tiny_decoder, backend="eager"), "compiled")
+
+
+def test_input_rules_are_the_ops(tiny_decoder, monkeypatch):
+    """Beyond the decoder's D, LatentDecoder checks latents with the rule function of the denorm_transpose op."""
+    import jasco_fast.ops as ops
+
+    seen = []
+    rules = ops._check_arguments
+    monkeypatch.setattr(ops, "_check_arguments",
+                        lambda latents, mean, std, dtype: seen.append((tuple(latents.shape), mean.shape, std.shape))
+                        or rules(latents, mean, std, dtype))
+    fast = LatentDecoder(tiny_decoder, torch.zeros(8), 2.0, backend="eager")
+    fast(torch.randn(2, 5, 8))
+    assert seen and seen[0] == ((2, 5, 8), (8,), ())
+    with pytest.raises(TypeError, match="denorm_transpose: latents must be float32"):
+        fast(torch.ones(1, 5, 8, dtype=torch.complex64))
