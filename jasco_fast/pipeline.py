@@ -48,9 +48,10 @@ def _statistic(value, name: str, dim: int) -> torch.Tensor:
 
 
 def _stand_in(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A tensor with ``t``'s shape and dtype on ``device``, without memory (an expanded scalar): what an op's
-    rule function reads of a decoder's own tensor when it checks an input that is not on the decoder's device yet."""
-    return torch.empty((), dtype=t.dtype, device=device).expand(t.shape)
+    """``t``, or on another ``device`` a tensor with its shape and dtype there without memory (an expanded
+    scalar): what an op's rule function reads of a decoder's own tensor when it checks an input that is not on
+    the decoder's device yet."""
+    return t if t.device == device else torch.empty((), dtype=t.dtype, device=device).expand(t.shape)
 
 
 class LatentChunkStep(nn.Module):
