@@ -171,6 +171,7 @@ class LatentDecoder(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.decoder.to_channels_last()
+        self.decoder.apply(lambda m: m.prepack() if isinstance(m, LSTM) else None)  # packs held, not per call
         dim = decoder.config.dimension
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
