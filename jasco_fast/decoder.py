@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jasco_fast.ops import elu_conv, elu_conv_transpose, elu_resblock, lstm_pack, lstm_skip
+from jasco_fast.ops import (
+    elu_conv,
+    elu_conv_transpose,
+    elu_resblock,
+    lstm_pack,
+    lstm_skip,
+)
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
@@ -439,7 +445,7 @@ class LSTM(nn.Module):
         if self.packed_recurrent is not None:
             self.prepack()
 
-    def prepack(self) -> "LSTM":
+    def prepack(self) -> LSTM:
         """Pack the recurrent matrices for this CPU and ``recurrent_dtype`` into ``packed_recurrent``; a no-op
         (the buffer stays None) where the op's CPU kernel cannot read them: other devices, other dtypes."""
         w_hh = [getattr(self, f"weight_hh_l{k}") for k in range(self.num_layers)]

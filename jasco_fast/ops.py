@@ -329,13 +329,13 @@ def _(w_hh, recurrent_dtype=None):
     total = 0
     for i, w in enumerate(w_hh):
         torch._check(w.dim() == 2 and w.shape[1] >= 1 and w.shape[0] == 4 * w.shape[1],
-                     lambda: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}")
+                     lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}")
         torch._check(w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu",
-                     lambda: f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor, got {w.dtype} on "
-                             f"{w.device}")
+                     lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor, got "
+                                      f"{w.dtype} on {w.device}")
         torch._check(recurrent_format_supported(recurrent_dtype, w.dtype),
-                     lambda: f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
-                             f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} weights")
+                     lambda w=w: f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                                 f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} weights")
         total += lstm_pack_bytes(w.shape[1], w.dtype, recurrent_dtype)
     return w_hh[0].new_empty((total,), dtype=torch.uint8)
 
