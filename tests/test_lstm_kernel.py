@@ -235,6 +235,27 @@ def test_pack_of_other_weights_layout_or_format_is_refused():
         lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed.float())
 
 
+def test_pack_made_for_another_cpu_layout_is_refused(tmp_path):
+    """A pack saved by a process with another instruction set (JASCO_FAST_LSTM_ISA) and loaded here: refused."""
+    here = torch.ops.jasco_fast.lstm_int8_matvec()
+    env = {k: v for k, v in os.environ.items() if k not in ("JASCO_FAST_ISA", "JASCO_FAST_LSTM_ISA")}
+    if here != "float32":  # the child packs int8 as float tiles; else it packs for this CPU's integer matvec
+        env["JASCO_FAST_LSTM_ISA"] = "portable"
+    path = tmp_path / "pack.pt"
+    script = ("import sys, torch; from jasco_fast.ops import lstm_pack\n"
+              "torch.manual_seed(0); w = torch.randn(64, 16)\n"
+              "print(torch.ops.jasco_fast.lstm_int8_matvec()); torch.save(lstm_pack([w], torch.int8), sys.argv[1])\n")
+    run = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[0] != here
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 16), torch.randn(64, 16), torch.randn(64), torch.randn(64)]
+    weights[:2] = weights[1], weights[0]  # w_hh: the child's matrix
+    with pytest.raises(ValueError, match="layout"):
+        lstm_skip(torch.randn(1, 3, 16), weights, 1, recurrent_dtype=torch.int8, packed=torch.load(path))
+
+
 def test_pack_argument_errors():
     w = torch.randn(16, 4)
     with pytest.raises(ValueError, match="at least one"):
