@@ -103,6 +103,7 @@ class _FrontEndDecoder(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.decoder.to_channels_last()
+        self.decoder.apply(lambda m: m.prepack() if isinstance(m, LSTM) else None)  # packs held, not per call
 
     def _attach(self, backend: str | None, mode: str | None, chunk_frames: int | None, *, aot: bool,
                 background_build: bool | None = None) -> None:

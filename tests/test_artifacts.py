@@ -122,8 +122,11 @@ def test_shapes_outside_the_bounds_run_eagerly(cache, decoders):
 
 def test_one_artifact_serves_every_checkpoint_of_an_architecture(cache, decoders):
     """Weights are not baked in: another checkpoint and other statistics load the same entry and give
-    their own results (biases and scalars included, which Inductor would otherwise inline)."""
+    their own results (biases and scalars included, which Inductor would otherwise inline; the LSTM's pack,
+    a buffer of each decoder, too)."""
     first = LatentDecoder(decoders[0], backend="aot", chunk_frames=None)
+    manifest = json.loads(artifacts._paths(first.aot_recipe().key(), None)["json"].read_text())
+    assert any(name.endswith("packed_recurrent") for name in manifest["constants"])
     other = LatentDecoder(decoders[1], mean=0.3, std=2.5, backend="aot", chunk_frames=None)
     assert other.aot_recipe().key() == first.aot_recipe().key()
     assert other.aot.artifact is not None, other.aot.status

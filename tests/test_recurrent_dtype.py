@@ -78,3 +78,34 @@ def test_cli_refuses_bfloat16_recurrent_with_float16(capsys):
     assert cli_main(["demo", "--seconds", "0.2", "--backend", "eager", "--dtype", "float16",
                      "--recurrent-dtype", "bfloat16"]) == 2
     assert "--recurrent-dtype bfloat16 needs --dtype float32" in capsys.readouterr().err
+
+
+def test_lstm_holds_packs_that_follow_its_weights():
+    """LSTM.prepack(): later calls use the held pack, with the output of packing per call; setting
+    recurrent_dtype, .to(dtype) and load_state_dict pack again; the pack is not in the state dict."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 24, 1, 7)
+    plain = LSTM(24, 2)
+    held = LSTM(24, 2)
+    held.load_state_dict(plain.state_dict())
+    assert held.prepack() is held and held.packed_recurrent is not None
+    assert torch.equal(held(x), plain(x))
+    assert held.state_dict().keys() == plain.state_dict().keys()
+    plain.recurrent_dtype = held.recurrent_dtype = torch.int8
+    assert torch.equal(held(x), plain(x))  # a pack of the float32 format would be refused
+    held.to(torch.bfloat16)
+    plain.to(torch.bfloat16)
+    assert torch.equal(held(x.bfloat16()), plain(x.bfloat16()))
+    other = LSTM(24, 2, torch.int8).to(torch.bfloat16)
+    held.load_state_dict(other.state_dict())
+    assert torch.equal(held(x.bfloat16()), other(x.bfloat16()))
+    with torch.no_grad():  # in place: prepack() again, as documented
+        held.weight_hh_l1.mul_(-1)
+        other.weight_hh_l1.mul_(-1)
+    assert torch.equal(held.prepack()(x.bfloat16()), other(x.bfloat16()))
+
+
+def test_latent_decoder_prepacks_its_lstms(decoder):
+    fast = LatentDecoder(decoder, backend="eager", recurrent_dtype=torch.int8)
+    assert all(m.packed_recurrent is not None for m in lstms(fast))
+    assert all(m.packed_recurrent is None for m in decoder.modules() if isinstance(m, LSTM))  # a copy is packed
