@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, write_result  # noqa: E402
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, artifacts  # noqa: E402
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, artifacts  # noqa: E402
 from jasco_fast.pipeline import latent_decoder_program  # noqa: E402
 
 VARIANTS = {
@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    decoder = Decoder(DecoderConfig()).eval()
+    decoder = SEANetDecoder(DecoderConfig()).eval()
     owner = LatentDecoder(decoder, backend="eager", chunk_frames=None)
     recipe = owner.aot_recipe()
     program = latent_decoder_program(**recipe.params)
