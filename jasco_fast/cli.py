@@ -23,7 +23,7 @@ import torch
 from jasco_fast.backends import BACKENDS
 from jasco_fast.audio import FORMATS, STRATEGIES, mp3_rate_range, write_batch
 from jasco_fast.decoder import DecoderConfig, SEANetDecoder
-from jasco_fast.errors import is_out_of_memory
+from jasco_fast.errors import first_line, is_out_of_memory
 from jasco_fast.memory import reuse_freed_memory
 from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, recurrent_format_supported
@@ -41,11 +41,6 @@ class UsageError(Exception):
 
 def _say(message: str) -> None:
     print(f"jasco-fast: {message}", file=sys.stderr, flush=True)
-
-
-def _first_line(text: str, default: str = "") -> str:
-    """Error messages are reported on one line each."""
-    return (str(text).strip().splitlines() or [default])[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +394,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     names: set[str] = set()
 
     def fail(path, problem: str) -> None:  # one line per bad input; the others still run
-        _say(f"{path}: {_first_line(problem, 'error')}")
+        _say(f"{path}: {first_line(problem, 'error')}")
         summary.failures.append(str(path))
 
     for f in files:
@@ -470,7 +465,7 @@ def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], decode, w
         batch, _ = outcome.job
         if outcome.error is not None:  # e.g. disk full
             _say(f"writing {', '.join(it.name for it in batch)}: {type(outcome.error).__name__}: "
-                 f"{_first_line(outcome.error)}")
+                 f"{first_line(outcome.error, '')}")
             summary.failures += [it.name for it in batch]
             if stop is None:
                 stop = _folder_problem(out_dir, outcome.error, needed=sum(it.latents.shape[0] for it in batch) * 2
@@ -501,7 +496,7 @@ def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], decode, w
                     if device.type == "cuda":
                         torch.cuda.empty_cache()  # give the next batches the memory back
                 else:
-                    _say(f"decoding {names}: {type(exc).__name__}: {_first_line(exc)}")
+                    _say(f"decoding {names}: {type(exc).__name__}: {first_line(exc, '')}")
                 summary.failures += [it.name for it in batch]
             for outcome in writer.done():
                 account(outcome)
@@ -632,7 +627,7 @@ def cmd_compile(args) -> int:
         try:
             path = artifacts.build(recipe, force=args.force)
         except artifacts.ArtifactError as exc:
-            raise UsageError(_first_line(exc)) from None
+            raise UsageError(first_line(exc)) from None
         print(f"  {path.name} ({time.perf_counter() - start:.1f} s)", flush=True)
     aot = LatentDecoder(decoder, args.mean, args.std, backend="aot", dtype=_dtype(args),
                         chunk_frames=args.chunk_frames, background_build=False, recurrent_dtype=_recurrent_dtype(args))

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from jasco_fast.errors import first_line
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, ResBlock, SEANetDecoder
 
 __all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "audiocraft_config", "decoder_config_from_audiocraft",
@@ -160,7 +161,7 @@ def _check_xp_cfg(path: Path, text) -> None:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise CheckpointError(path, f"bad 'xp.cfg': not valid YAML: {_one_line(exc)}") from None
+        raise CheckpointError(path, f"bad 'xp.cfg': not valid YAML: {first_line(exc)}") from None
     # Expanded size of the node graph, each shared (aliased) node counted once per reference.
     sizes: dict[int, int] = {}
     stack = [(root, False)] if root is not None else []
@@ -247,10 +248,6 @@ def check_torch_zip(path: Path) -> None:
     if declared > 4 * size + (1 << 20):
         raise CheckpointError(path, f"its zip records expand to {declared} bytes from a {size}-byte file "
                                     f"(a zip bomb?)")
-
-
-def _one_line(exc) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # transformers config.json fields (see _HF_FIELDS) -> the JSON type they must have
@@ -448,14 +445,10 @@ def audiocraft_config(cfg) -> dict:
         return {key: OmegaConf.to_container(conf[key], resolve=True) if OmegaConf.is_config(conf[key]) else conf[key]
                 for key in AUDIOCRAFT_SECTIONS if key in conf}
     except yaml.YAMLError as exc:
-        raise ValueError(f"not valid YAML: {_first_line(exc)}") from None
+        raise ValueError(f"not valid YAML: {first_line(exc)}") from None
     except OmegaConfBaseException as exc:
         where = f" (at {exc.full_key})" if getattr(exc, "full_key", None) else ""
-        raise ValueError(f"{_first_line(exc)}{where}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{first_line(exc)}{where}") from None
 
 
 _SEANET_FIELDS = {"dimension", "channels", "n_filters", "n_residual_layers", "ratios", "activation",
@@ -653,7 +646,7 @@ def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, 
     except RuntimeError as exc:
         if "alloc" not in str(exc):  # only the allocator's failures are the checkpoint's size
             raise
-        raise CheckpointError(source, f"out of memory while folding the weights: {_one_line(exc)}") from None
+        raise CheckpointError(source, f"out of memory while folding the weights: {first_line(exc)}") from None
     _check_runs(decoder, source)
     return decoder.to(device=device, dtype=dtype).eval()
 
@@ -682,7 +675,7 @@ def validate_architecture(config: DecoderConfig, state: dict, fmt: str, path) ->
         with torch.device("meta"):
             skeleton = SEANetDecoder(config)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise CheckpointError(path, f"its config does not build a decoder: {type(exc).__name__}: {_one_line(exc)}") from None
+        raise CheckpointError(path, f"its config does not build a decoder: {type(exc).__name__}: {first_line(exc)}") from None
     _check_against_tensors(skeleton, tensors, fmt, path)
     return skeleton
 
@@ -832,7 +825,7 @@ def _materialise(skeleton: SEANetDecoder, path: Path) -> SEANetDecoder:
         return skeleton._apply(lambda t: torch.empty(t.shape, dtype=torch.float64))
     except (MemoryError, RuntimeError) as exc:
         count = sum(p.numel() for p in skeleton.parameters())
-        raise CheckpointError(path, f"no memory for a decoder of {count:,} parameters: {_one_line(exc)}") from None
+        raise CheckpointError(path, f"no memory for a decoder of {count:,} parameters: {first_line(exc)}") from None
 
 
 def _check_runs(decoder: SEANetDecoder, path: Path) -> None:
@@ -844,7 +837,7 @@ def _check_runs(decoder: SEANetDecoder, path: Path) -> None:
             audio = decoder.eval()(torch.zeros(1, decoder.dimension, frames, dtype=torch.float64))
     except (MemoryError, RuntimeError, TypeError, ValueError, ArithmeticError) as exc:
         raise CheckpointError(path, f"the decoder built from it fails on a {frames}-frame input: "
-                                    f"{type(exc).__name__}: {_one_line(exc)}") from None
+                                    f"{type(exc).__name__}: {first_line(exc)}") from None
     expected = (1, decoder.channels, frames * decoder.hop_length)
     if tuple(audio.shape) != expected:
         raise CheckpointError(path, f"the decoder built from it turns {frames} frames into shape "
