@@ -53,8 +53,8 @@ import torch
 from torch import nn
 
 __all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
-           "machine_tag", "build", "is_cached", "load", "validate", "build_in_background", "entries", "clear",
-           "discard", "failure", "background_builds_enabled", "BackgroundBuildWarning"]
+           "cache_location", "machine_tag", "build", "is_cached", "load", "validate", "build_in_background",
+           "entries", "clear", "discard", "failure", "background_builds_enabled", "BackgroundBuildWarning"]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -69,12 +69,19 @@ class ArtifactError(RuntimeError):
 # Where, and for what machine
 
 
-def cache_dir() -> Path:
-    """``JASCO_FAST_CACHE_DIR``, else ``$XDG_CACHE_HOME/jasco_fast``, else ``~/.cache/jasco_fast``."""
+def cache_location() -> tuple[Path, str]:
+    """jasco_fast's cache folder and what chose it: ``JASCO_FAST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/jasco_fast`` ("XDG_CACHE_HOME"), else ``~/.cache/jasco_fast`` ("default")."""
     if os.environ.get("JASCO_FAST_CACHE_DIR"):
-        return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "jasco_fast"
+        return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser(), "JASCO_FAST_CACHE_DIR"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "jasco_fast", "XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "jasco_fast", "default"
+
+
+def cache_dir() -> Path:
+    """jasco_fast's cache folder (:func:`cache_location` says what chose it)."""
+    return cache_location()[0]
 
 
 class BackgroundBuildWarning(UserWarning):

@@ -237,11 +237,13 @@ def test_key_covers_what_changes_the_generated_code(decoders, monkeypatch):
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "x"))
+    assert artifacts.cache_location() == (tmp_path / "x", "JASCO_FAST_CACHE_DIR")
     assert artifacts.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("JASCO_FAST_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert artifacts.cache_dir() == tmp_path / "xdg" / "jasco_fast"
+    assert artifacts.cache_location() == (tmp_path / "xdg" / "jasco_fast", "XDG_CACHE_HOME")
     monkeypatch.delenv("XDG_CACHE_HOME")
+    assert artifacts.cache_location() == (Path.home() / ".cache" / "jasco_fast", "default")
     assert artifacts.cache_dir() == Path.home() / ".cache" / "jasco_fast"
 
 
