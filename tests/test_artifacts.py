@@ -19,7 +19,7 @@ import torch
 
 from checkpoints import write_transformers_dir
 import jasco_fast
-from jasco_fast import LatentDecoder, artifacts, load_decoder, reference
+from jasco_fast import LatentDecoder, _files, artifacts, load_decoder, reference
 from jasco_fast.artifacts import Recipe
 from jasco_fast.cli import main
 from jasco_fast.pipeline import aot_min_frames
@@ -430,7 +430,7 @@ def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders)
     before = package.stat().st_mtime_ns
     lock = cache / "aot" / f"{recipe.key()}.lock"
     result = {}
-    with artifacts._locked(lock, blocking=True):
+    with _files.locked(lock, blocking=True):
         assert artifacts.build(recipe, cache=cache, blocking=False) is None  # someone else builds: step aside
         waiter = threading.Thread(target=lambda: result.setdefault("path", artifacts.build(recipe, cache=cache)))
         waiter.start()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import jasco_fast._files as _files
 import jasco_fast.audio as audio
 import jasco_fast.cli as cli
 from jasco_fast.cli import main
@@ -92,7 +93,7 @@ def tmpfs(tmp_path):
 def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch, code):
     files = write_inputs(tmp_path / "in", 6, 30)
     out = tmp_path / "out"
-    real_open = audio._open_temporary
+    real_open = _files.open_temporary
     opened = []
 
     def open_then_refuse(path):  # the folder turns read-only after two outputs
@@ -101,7 +102,7 @@ def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys,
         opened.append(path)
         return real_open(path)
 
-    monkeypatch.setattr(audio, "_open_temporary", open_then_refuse)
+    monkeypatch.setattr(_files, "open_temporary", open_then_refuse)
     assert decode(files, out, tiny_hf_checkpoint) == 1
     captured = capsys.readouterr()
     # Writing overlaps decoding, so up to every remaining batch may be decoded (and refused) before it stops.
@@ -111,7 +112,7 @@ def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys,
     assert "decoded 2 items" in captured.out and "4 failed" in captured.out, captured.out
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav"] and leftovers(out) == []
 
-    monkeypatch.setattr(audio, "_open_temporary", real_open)  # writable again: the rerun finishes the job
+    monkeypatch.setattr(_files, "open_temporary", real_open)  # writable again: the rerun finishes the job
     assert decode(files, out, tiny_hf_checkpoint) == 0
     assert "2 skipped" in capsys.readouterr().out
     assert len(assert_whole(out, 30)) == 6 and leftovers(out) == []
