@@ -23,6 +23,7 @@ import soundfile as sf
 import jasco_fast._files as _files
 import jasco_fast.audio as audio
 import jasco_fast.cli as cli
+import jasco_fast.io as inputs
 from jasco_fast.cli import main
 
 HOP, RATE, D = 8, 8000, 8  # the tiny checkpoint (tests/checkpoints.py TINY_HF)
@@ -191,20 +192,20 @@ def test_disk_fills_up_tmpfs(tmp_path, tiny_hf_checkpoint, capsys, tmpfs):
 def test_input_deleted_mid_run(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch):
     files = write_inputs(tmp_path / "in", 4, 30)
     kept = files[2].read_bytes()
-    real_read = cli._load_tensor
+    real_read = inputs.load_tensor
 
     def read_and_delete(path):
         if path == files[0]:
             files[2].unlink()
         return real_read(path)
 
-    monkeypatch.setattr(cli, "_load_tensor", read_and_delete)
+    monkeypatch.setattr(inputs, "load_tensor", read_and_delete)
     out = tmp_path / "out"
     assert decode(files, out, tiny_hf_checkpoint) == 1
     assert f"{files[2]}: cannot read it: No such file or directory" in capsys.readouterr().err
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav", "item003.wav"] and leftovers(out) == []
     files[2].write_bytes(kept)
-    monkeypatch.setattr(cli, "_load_tensor", real_read)
+    monkeypatch.setattr(inputs, "load_tensor", real_read)
     assert decode(files, out, tiny_hf_checkpoint) == 0
     assert "3 skipped" in capsys.readouterr().out
     assert len(assert_whole(out, 30)) == 4
