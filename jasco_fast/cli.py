@@ -8,10 +8,10 @@ jasco_fast/io.py and decoded by jasco_fast/decode_loop.py.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -353,22 +353,23 @@ def cmd_cache(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # bench
 
+# `jasco-fast bench`'s benchmarks, in the order it runs them: <name> is the script benchmarks/bench_<name>.py.
+BENCHMARKS = ("aot_weights", "codes", "cold_start", "decode", "decode_throughput", "denorm_transpose", "fallback",
+              "fidelity", "long_audio", "lstm", "stages")
+
+
 def benchmark_scripts() -> dict[str, Path]:
-    """Benchmark name -> script: ``benchmarks/bench_<name>.py`` of the source checkout this package runs from.
+    """Benchmark name -> script, for each of :data:`BENCHMARKS`: ``benchmarks/bench_<name>.py`` of the source
+    checkout this package runs from.
 
     The benchmarks are scripts of the repository (they write their results into ``benchmarks/results/``
     beside them), not part of the installed package: an install from a wheel has none, and says so.
     """
     import jasco_fast
 
-    root = Path(jasco_fast.__file__).resolve().parent.parent
-    folder = root / "benchmarks"
-    try:
-        is_checkout = 'name = "jasco_fast"' in (root / "pyproject.toml").read_text()
-    except OSError:
-        is_checkout = False
-    scripts = {p.stem[len("bench_"):]: p for p in sorted(folder.glob("bench_*.py"))} if is_checkout else {}
-    if not scripts:
+    folder = Path(jasco_fast.__file__).resolve().parent.parent / "benchmarks"
+    scripts = {name: folder / f"bench_{name}.py" for name in BENCHMARKS}
+    if not (folder / "_common.py").is_file() or not all(p.is_file() for p in scripts.values()):
         raise UsageError(f"`jasco-fast bench` runs the benchmark scripts of a source checkout (benchmarks/ next to "
                          f"the jasco_fast folder), and this jasco_fast ({Path(jasco_fast.__file__).parent}) was not "
                          f"installed from one: clone the repository, `pip install --no-build-isolation -e .` there, "
@@ -377,27 +378,25 @@ def benchmark_scripts() -> dict[str, Path]:
 
 
 def cmd_bench(args) -> int:
-    scripts = benchmark_scripts()
-    unknown = sorted(set(args.which) - set(scripts))
+    unknown = sorted(set(args.which) - set(BENCHMARKS))
     if unknown:
-        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(scripts)}")
-    environment = dict(os.environ)
-    try:
-        for name in args.which or list(scripts):
-            # No background artifact build may compete with the timed calls: a benchmark that needs the
-            # artifacts builds them in the foreground first (benchmarks/_common.py ready_decoder). Each starts
-            # from the same environment (bench_cold_start points the cache at a folder it then deletes).
-            os.environ.clear()
-            os.environ.update(environment, JASCO_FAST_BACKGROUND_BUILD="0")
-            spec = importlib.util.spec_from_file_location(f"jasco_fast_bench_{name}", scripts[name])
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            module.main(["--device", args.device] + (["--quick"] if args.quick else [])
-                        + (["--note", args.note] if args.note else []))
-            print()
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(sorted(BENCHMARKS))}")
+    scripts = benchmark_scripts()
+    # Each script runs as its own process, as `python benchmarks/bench_<name>.py` would, from the same
+    # environment, with this jasco_fast first on its path. No background artifact build may compete with the
+    # timed calls: a benchmark that needs the artifacts builds them in the foreground first
+    # (benchmarks/_common.py ready_decoder).
+    root = str(scripts[BENCHMARKS[0]].parent.parent)
+    env = {**os.environ, "JASCO_FAST_BACKGROUND_BUILD": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    for name in args.which or BENCHMARKS:
+        command = [sys.executable, str(scripts[name]), "--device", args.device] + (["--quick"] if args.quick else []) \
+            + (["--note", args.note] if args.note else [])
+        status = subprocess.run(command, env=env).returncode
+        if status != 0:
+            _say(f"benchmark {name} failed (exit status {status}): {' '.join(command)}")
+            return 1
+        print(flush=True)
     return 0
 
 
@@ -472,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks of a source checkout (benchmarks/bench_*.py), print their "
                                      "tables and write their JSON results")
-    p.add_argument("which", nargs="*", help="benchmark names, <name> of benchmarks/bench_<name>.py (default: all)")
+    p.add_argument("which", nargs="*", help=f"benchmark names (default: all): {', '.join(BENCHMARKS)}, each "
+                                            f"benchmarks/bench_<name>.py")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--note", default=None, help="recorded in each results JSON (e.g. what else ran on the machine)")
