@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, spread, write_result  # noqa: E402
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, artifacts  # noqa: E402
 from jasco_fast.pipeline import latent_decoder_program  # noqa: E402

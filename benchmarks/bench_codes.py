@@ -15,7 +15,6 @@ Writes benchmarks/results/codes_<device>.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ import torch
 
 import jasco_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, spread, write_result  # noqa: E402
 
 # facebook/encodec_32khz's config.json (the model MusicGen decodes with), as far as the decoder and

@@ -183,7 +183,6 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
     from _common import device_name, spread, write_result
 
     work = Path(tempfile.mkdtemp(prefix="jasco_fast_cold_start_"))

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -40,7 +39,6 @@ import torch.utils.benchmark as tbench
 
 import jasco_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result  # noqa: E402
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.pipeline import DTYPES

@@ -25,7 +25,6 @@ from typing import Callable, NamedTuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, spread, write_result  # noqa: E402
 
 import jasco_fast  # noqa: E402

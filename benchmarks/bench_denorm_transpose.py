@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -21,7 +20,6 @@ import torch.utils.benchmark as tbench
 
 import jasco_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import provenance, spread, write_result  # noqa: E402
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 

@@ -12,7 +12,6 @@ Writes benchmarks/results/fallback_<device>.json.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,7 +21,6 @@ import torch.utils.benchmark as tbench
 import jasco_fast
 from jasco_fast import ops
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, spread, write_result  # noqa: E402
 
 OP = torch.ops.jasco_fast.denorm_transpose.default

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _fidelity  # noqa: E402
 from _common import provenance, write_result  # noqa: E402
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD, DecoderConfig, LatentDecoder, SEANetDecoder, reference  # noqa: E402

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, write_result  # noqa: E402
 
 import jasco_fast  # noqa: E402

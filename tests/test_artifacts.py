@@ -170,7 +170,6 @@ def test_build_refuses_an_artifact_that_ignores_the_weights_it_is_handed(tmp_pat
     with pytest.raises(artifacts.ArtifactError, match="not the module's parameters or buffers"):
         artifacts.build(recipe)
     assert not list((tmp_path / "aot").glob("baked-*.pt2")) and not list((tmp_path / "aot").glob("baked-*.json"))
-    sys.path.insert(0, str(Path(__file__).parent))  # for the builder process's import of this module
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     builds = artifacts.BackgroundBuilds([recipe])
     builds.request(recipe)
