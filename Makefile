@@ -38,7 +38,7 @@ $(STAMP): $(SOURCES) $(AUDIOCRAFT_SDIST)
 	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
 	# audiocraft is a test oracle only: its SEANet files are loaded by path, its audio tests run
-	# against jasco_fast (tests/test_audiocraft_audio.py, from the unpacked sdist in $(UPSTREAM)),
+	# against jasco_fast (tests/integration/test_audiocraft_audio.py, from the unpacked sdist in $(UPSTREAM)),
 	# and its own dependencies (a pinned torch, xformers, ...) must not come in.
 	$(BIN)/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
 	touch $(STAMP)

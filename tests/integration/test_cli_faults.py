@@ -27,7 +27,7 @@ import jasco_fast.io as inputs
 from jasco_fast.cli import main
 
 HOP, RATE, D = 8, 8000, 8  # the tiny checkpoint (tests/checkpoints.py TINY_HF)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_inputs(folder: Path, count: int, frames: int) -> list[Path]:

@@ -317,7 +317,7 @@ def test_the_repository_benchmarks_are_found():
     import jasco_fast
     from jasco_fast.cli import BENCHMARKS, benchmark_scripts
 
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if Path(jasco_fast.__file__).resolve().parent.parent != checkout:
         pytest.skip("jasco_fast is imported from an installed copy, not this checkout (e.g. make test-cuda-build's "
                     "regular install); the error for that case is tested above")
