@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from _common import device_name, spread, write_result  # noqa: E402
-from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, artifacts  # noqa: E402
-from jasco_fast.pipeline import latent_decoder_program  # noqa: E402
+from _common import device_name, spread, write_result
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, artifacts
+from jasco_fast.pipeline import latent_decoder_program
 
 VARIANTS = {
     "inputs": dict(artifacts.INDUCTOR_OPTIONS),

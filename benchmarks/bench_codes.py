@@ -23,7 +23,7 @@ import torch
 
 import jasco_fast
 
-from _common import device_name, spread, write_result  # noqa: E402
+from _common import device_name, spread, write_result
 
 # facebook/encodec_32khz's config.json (the model MusicGen decodes with), as far as the decoder and
 # quantizer go: 4 codebooks of 2048 x 128 at 50 frames per second.

@@ -39,7 +39,7 @@ import torch.utils.benchmark as tbench
 
 import jasco_fast
 
-from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result  # noqa: E402
+from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.pipeline import DTYPES
 

@@ -25,10 +25,10 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from _common import device_name, spread, write_result  # noqa: E402
+from _common import device_name, spread, write_result
 
-import jasco_fast  # noqa: E402
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference  # noqa: E402
+import jasco_fast
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FULL_CASES = [(b, s) for s in (10.0, 30.0) for b in (1, 8, 32, 128)]

@@ -21,7 +21,7 @@ import torch.utils.benchmark as tbench
 import jasco_fast
 from jasco_fast import ops
 
-from _common import device_name, spread, write_result  # noqa: E402
+from _common import device_name, spread, write_result
 
 OP = torch.ops.jasco_fast.denorm_transpose.default
 KERNEL_LESS = torch._C.DispatchKeySet(torch._C.DispatchKey.PrivateUse1)

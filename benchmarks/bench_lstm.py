@@ -33,7 +33,7 @@ import torch
 
 from jasco_fast.ops import lstm_skip
 
-from _common import provenance, spread, write_result  # noqa: E402
+from _common import provenance, spread, write_result
 
 
 def make_weights(C: int, layers: int, seed: int, std: float | None) -> list[torch.Tensor]:

@@ -35,7 +35,7 @@ import torch
 import torch.utils.benchmark as tbench
 from torch import nn
 
-from _common import provenance, spread, write_result  # noqa: E402
+from _common import provenance, spread, write_result
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
 from jasco_fast.decoder import DecoderLayers, LSTM, Conv, ConvTranspose, ResBlock
 from jasco_fast.ops import denormalize_transpose
