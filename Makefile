@@ -18,6 +18,8 @@ CUDA_STAMP  = $(CUDA_VENV)/.jasco_fast_installed
 GPU_PYTHON     ?= python3
 GPU_PY_VERSION ?= 3.12
 GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
+# gpu_check.py runs the jasco_fast built in place in this tree (not installed there)
+GPU_CHECK       = PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
 
 .PHONY: install demo test test-isa test-no-upstream fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
@@ -36,7 +38,7 @@ $(STAMP): $(SOURCES) $(AUDIOCRAFT_SDIST)
 	$(BIN)/pip install -q setuptools wheel ninja
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
 	# audiocraft is a test oracle only: its SEANet files are loaded by path, its audio tests run
-	# against jasco_fast (tests/test_audiocraft_audio.py, from the unpacked sdist in $(UPSTREAM)),
+	# against jasco_fast (tests/integration/test_audiocraft_audio.py, from the unpacked sdist in $(UPSTREAM)),
 	# and its own dependencies (a pinned torch, xformers, ...) must not come in.
 	$(BIN)/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
 	touch $(STAMP)
@@ -123,16 +125,16 @@ gpu-wheels:
 
 gpu-build:
 	if [ -d .whl ]; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps .whl/*.whl; fi
-	$(GPU_PYTHON) benchmarks/gpu_check.py preflight
+	$(GPU_CHECK) preflight
 	$(GPU_PYTHON) setup.py -q build_ext --inplace
-	$(GPU_PYTHON) benchmarks/gpu_check.py kernels
+	$(GPU_CHECK) kernels
 
 gpu-test: gpu-build
 	$(GPU_PYTHON) -m pytest -q -rs tests/test_cuda.py tests/test_overlap.py
 
 # GPU_BENCH_ARGS: e.g. "--dtype bfloat16 --skip-op" to measure one dtype per call
 gpu-bench: gpu-build
-	$(GPU_PYTHON) benchmarks/gpu_check.py bench $(GPU_BENCH_ARGS)
+	$(GPU_CHECK) bench $(GPU_BENCH_ARGS)
 
 # the whole suite on the GPU machine (the op's tests run on CUDA too); last, so that a failure caused by
 # that machine's package versions does not stop the measurements

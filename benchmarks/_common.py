@@ -1,5 +1,9 @@
 """What the benchmark scripts share: the device's name, the run's provenance, summaries of repeated
-timings, and writing the results file."""
+timings, and writing the results file.
+
+The scripts import it (and _fidelity, _peers) by name: run as ``python benchmarks/bench_<name>.py`` (or by
+``jasco-fast bench``, which runs them so), a script's folder is first on its path; the tests get the folder
+through pytest's ``pythonpath`` (pyproject.toml). Nothing edits ``sys.path``."""
 from __future__ import annotations
 
 import datetime

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -21,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, write_result  # noqa: E402
-from jasco_fast import Decoder, DecoderConfig, LatentDecoder, artifacts  # noqa: E402
-from jasco_fast.pipeline import latent_decoder_program  # noqa: E402
+from _common import device_name, spread, write_result
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, artifacts
+from jasco_fast.pipeline import latent_decoder_program
 
 VARIANTS = {
     "inputs": dict(artifacts.INDUCTOR_OPTIONS),
@@ -44,7 +42,7 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    decoder = Decoder(DecoderConfig()).eval()
+    decoder = SEANetDecoder(DecoderConfig()).eval()
     owner = LatentDecoder(decoder, backend="eager", chunk_frames=None)
     recipe = owner.aot_recipe()
     program = latent_decoder_program(**recipe.params)
@@ -82,10 +80,13 @@ def main(argv=None) -> dict:
                     t = time.perf_counter()
                     f(x)
                     times[n].append(time.perf_counter() - t)
-        rows[f"B={batch}"] = {n: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-                                  "over_torch_compile_median": statistics.median(
-                                      a / b for a, b in zip(ts, times["torch_compile"])),
-                                  "rel_error": errors[n]} for n, ts in times.items()}
+        rows[f"B={batch}"] = {}
+        for n, ts in times.items():
+            t = spread(ts)
+            rows[f"B={batch}"][n] = {"median_s": t["median"], "min_s": t["min"], "max_s": t["max"],
+                                     "over_torch_compile_median": spread(
+                                         [a / b for a, b in zip(ts, times["torch_compile"])])["median"],
+                                     "rel_error": errors[n]}
         print(f"B={batch}: " + ", ".join(f"{n} {r['median_s']:.3f} s ({r['over_torch_compile_median']:.2f}x)"
                                          for n, r in rows[f"B={batch}"].items()), flush=True)
     result = {"benchmark": "aot_weights", "device": device_name("cpu"), "torch": torch.__version__,

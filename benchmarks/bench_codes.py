@@ -15,8 +15,6 @@ Writes benchmarks/results/codes_<device>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +23,7 @@ import torch
 
 import jasco_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, write_result  # noqa: E402
+from _common import device_name, spread, write_result
 
 # facebook/encodec_32khz's config.json (the model MusicGen decodes with), as far as the decoder and
 # quantizer go: 4 codebooks of 2048 x 128 at 50 frames per second.
@@ -91,13 +88,13 @@ def main() -> None:
             base_s.append(t)
             t, got = timed(lambda: fast(codes), args.device)
             fast_s.append(t)
-        ratios = [b / f for b, f in zip(base_s, fast_s)]
+        speedup, fast_median = spread([b / f for b, f in zip(base_s, fast_s)]), spread(fast_s)["median"]
         rel_error = ((got - want).abs().max() / want.abs().max()).item()
         row = dict(batch=batch, codebooks=quantizer.num_codebooks, frames=frames, seconds=seconds,
-                   transformers_ms=1e3 * statistics.median(base_s), fast_ms=1e3 * statistics.median(fast_s),
-                   fast_first_call_ms=first_ms, speedup_median=statistics.median(ratios),
-                   speedup_min=min(ratios), speedup_max=max(ratios),
-                   fast_rtf=batch * seconds / statistics.median(fast_s), rel_error=rel_error,
+                   transformers_ms=spread(base_s, 1e3)["median"], fast_ms=1e3 * fast_median,
+                   fast_first_call_ms=first_ms, speedup_median=speedup["median"],
+                   speedup_min=speedup["min"], speedup_max=speedup["max"],
+                   fast_rtf=batch * seconds / fast_median, rel_error=rel_error,
                    transformers_s=base_s, fast_s=fast_s)
         rows.append(row)
         print(f"B={batch}: transformers {row['transformers_ms']:.0f} ms, CodeDecoder {row['fast_ms']:.0f} ms "

@@ -32,7 +32,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -130,6 +129,7 @@ def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
     """Seconds per call of the default decode (10 s: two chunks), interleaved: the artifacts, torch.compile
     (frozen weights), eager channels-last."""
     import jasco_fast
+    from _common import spread
 
     os.environ["JASCO_FAST_CACHE_DIR"] = str(cache)
     decoder = jasco_fast.load_decoder(checkpoint)
@@ -153,14 +153,10 @@ def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
                 times[name].append(time.perf_counter() - t)
         row = rows[f"B={batch}"]
         for name, ts in times.items():
-            row[f"{name}_s"] = _stats(ts)
-        row["aot_over_torch_compile"] = _stats([a / b for a, b in zip(times["aot"], times["torch_compile"])])
-        row["eager_over_torch_compile"] = _stats([a / b for a, b in zip(times["eager"], times["torch_compile"])])
+            row[f"{name}_s"] = spread(ts)
+        row["aot_over_torch_compile"] = spread([a / b for a, b in zip(times["aot"], times["torch_compile"])])
+        row["eager_over_torch_compile"] = spread([a / b for a, b in zip(times["eager"], times["torch_compile"])])
     return rows
-
-
-def _stats(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def main(argv=None) -> dict:
@@ -187,8 +183,7 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
-    from _common import device_name, write_result
+    from _common import device_name, spread, write_result
 
     work = Path(tempfile.mkdtemp(prefix="jasco_fast_cold_start_"))
     checkpoint = write_checkpoint(work / "encodec_32khz_random")
@@ -215,12 +210,12 @@ def main(argv=None) -> dict:
         mine = [x for x in runs if x["kind"] == kind]
         ratio = [x["first_audio_s"] / t["first_audio_s"] for x in mine for t in runs
                  if t["kind"] == "transformers" and t["round"] == x["round"]]
-        summary[kind] = {"first_audio_s": _stats([x["first_audio_s"] for x in mine]),
-                         "over_transformers": _stats(ratio),
-                         "import_torch_s": _stats([x["import_torch_s"] for x in mine])}
+        summary[kind] = {"first_audio_s": spread([x["first_audio_s"] for x in mine]),
+                         "over_transformers": spread(ratio),
+                         "import_torch_s": spread([x["import_torch_s"] for x in mine])}
     builds = [x["artifact_ready_since_start_s"] for x in runs if "artifact_ready_since_start_s" in x]
     if builds:
-        summary["jasco_fast_empty"]["artifact_ready_since_start_s"] = _stats(builds)
+        summary["jasco_fast_empty"]["artifact_ready_since_start_s"] = spread(builds)
     steady = steady_state(checkpoint, latents, work / f"cache_{rounds - 1}", steady_rounds)
     result = {
         "benchmark": "cold_start", "device": device_name("cpu"), "torch": torch.__version__,

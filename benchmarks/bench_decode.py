@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -40,8 +39,7 @@ import torch.utils.benchmark as tbench
 
 import jasco_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result  # noqa: E402
+from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.pipeline import DTYPES
 

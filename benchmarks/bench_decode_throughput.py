@@ -18,7 +18,6 @@ Writes benchmarks/results/decode_throughput_<dtype>_<device>[_quick].json (or --
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,11 +25,10 @@ from typing import Callable, NamedTuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, write_result  # noqa: E402
+from _common import device_name, spread, write_result
 
-import jasco_fast  # noqa: E402
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference  # noqa: E402
+import jasco_fast
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FULL_CASES = [(b, s) for s in (10.0, 30.0) for b in (1, 8, 32, 128)]
@@ -93,7 +91,8 @@ def measure(runner: Runner, latents: torch.Tensor, want: torch.Tensor | None, de
         call(runner, latents)
         sync(device)
         times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "calls": len(times),
+    t = spread(times)
+    return {"median_s": t["median"], "min_s": t["min"], "max_s": t["max"], "calls": t["n"],
             "first_call_s": first, "peak_mem_mb": peak, "rel_error_vs_eager_float32": err}
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -21,8 +20,7 @@ import torch.utils.benchmark as tbench
 
 import jasco_fast
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance, spread, write_result  # noqa: E402
+from _common import provenance, spread, write_result
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 
 SHAPES = [(1, 500, 128), (8, 1500, 128), (16, 1500, 128), (64, 1500, 128)]

@@ -12,8 +12,6 @@ Writes benchmarks/results/fallback_<device>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,8 +21,7 @@ import torch.utils.benchmark as tbench
 import jasco_fast
 from jasco_fast import ops
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, write_result  # noqa: E402
+from _common import device_name, spread, write_result
 
 OP = torch.ops.jasco_fast.denorm_transpose.default
 KERNEL_LESS = torch._C.DispatchKeySet(torch._C.DispatchKey.PrivateUse1)
@@ -41,9 +38,9 @@ def seconds(fn, min_run_time: float) -> float:
 
 
 def summarise(kernel: list[float], slow: list[float]) -> dict:
-    ratios = [s / k for k, s in zip(kernel, slow)]
-    return {"kernel_ms": statistics.median(kernel) * 1e3, "fallback_ms": statistics.median(slow) * 1e3,
-            "fallback_over_kernel": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    ratio = spread([s / k for k, s in zip(kernel, slow)])
+    return {"kernel_ms": spread(kernel, 1e3)["median"], "fallback_ms": spread(slow, 1e3)["median"],
+            "fallback_over_kernel": ratio["median"], "ratio_min": ratio["min"], "ratio_max": ratio["max"]}
 
 
 def bench_op(device: str, rounds: int, min_run_time: float) -> list[dict]:

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _fidelity  # noqa: E402
-from _common import provenance, write_result  # noqa: E402
-from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD, DecoderConfig, LatentDecoder, SEANetDecoder, reference  # noqa: E402
-from jasco_fast import decoder as jasco_decoder  # noqa: E402
-from jasco_fast.decoder import LSTM, Conv, ConvTranspose, ResBlock  # noqa: E402
+import _fidelity
+from _common import provenance, write_result
+from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD, DecoderConfig, LatentDecoder, SEANetDecoder, reference
+from jasco_fast import decoder as jasco_decoder
+from jasco_fast.decoder import LSTM, Conv, ConvTranspose, ResBlock
 
 # Reduced-precision modes: name -> LatentDecoder keyword arguments (default compile). A new mode is one line.
 MODES: dict[str, dict] = {

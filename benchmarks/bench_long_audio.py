@@ -32,12 +32,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import device_name, write_result  # noqa: E402
+from _common import device_name, write_result
 
-import jasco_fast  # noqa: E402
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder  # noqa: E402
-from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES  # noqa: E402
+import jasco_fast
+from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder
+from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES
 
 FRAME_RATE = 50  # EnCodec 32 kHz: 640 samples per latent frame
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -34,8 +33,7 @@ import torch
 
 from jasco_fast.ops import lstm_pack, lstm_skip
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance, spread, write_result  # noqa: E402
+from _common import provenance, spread, write_result
 
 
 def make_weights(C: int, layers: int, seed: int, std: float | None) -> list[torch.Tensor]:

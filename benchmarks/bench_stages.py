@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -36,8 +35,7 @@ import torch
 import torch.utils.benchmark as tbench
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance, spread, write_result  # noqa: E402
+from _common import provenance, spread, write_result
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
 from jasco_fast.decoder import DecoderLayers, LSTM, Conv, ConvTranspose, ResBlock
 from jasco_fast.ops import denormalize_transpose

@@ -25,7 +25,6 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
 from _common import RESULTS, device_name, write_result  # noqa: E402
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -75,8 +74,11 @@ def preflight() -> None:
 
 
 def kernels() -> None:
-    sys.path.insert(0, str(ROOT))
-    import jasco_fast
+    try:
+        import jasco_fast
+    except ImportError as exc:
+        raise CheckFailed(f"cannot import jasco_fast ({exc}): run this through `make gpu-build`, or with "
+                          f"PYTHONPATH={ROOT} after building in place") from None
 
     where = Path(jasco_fast.__file__).resolve().parent
     if where != ROOT / "jasco_fast":
@@ -156,7 +158,6 @@ def bench(device: str, quick: bool, dtypes: list[str], results: Path, skip_op: b
     if device == "cuda" and not torch.cuda.is_available():
         raise CheckFailed(f"torch {torch.__version__} sees no GPU (torch.cuda.is_available() is False); use "
                           f"--device cpu to exercise this code without one")
-    sys.path.insert(0, str(ROOT))
     tag = device_tag(device)
     results.mkdir(parents=True, exist_ok=True)
     quick_args = ["--quick"] if quick else []

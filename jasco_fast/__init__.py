@@ -39,8 +39,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "Decoder":  # deprecated alias of SEANetDecoder, kept for one release (the decoder module warns)
-        return _decoder.Decoder
     if name not in _WHERE:
         raise AttributeError(f"module 'jasco_fast' has no attribute {name!r}")
     module = importlib.import_module(f"jasco_fast.{_WHERE[name] or name}")

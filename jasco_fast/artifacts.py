@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import importlib
 import json
@@ -52,9 +51,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from jasco_fast._files import atomic_write, locked
+
 __all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
-           "machine_tag", "build", "is_cached", "load", "validate", "build_in_background", "entries", "clear",
-           "discard", "failure", "background_builds_enabled", "BackgroundBuildWarning"]
+           "cache_location", "machine_tag", "build", "is_cached", "load", "validate", "build_in_background",
+           "entries", "clear", "discard", "failure", "background_builds_enabled", "BackgroundBuildWarning"]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -69,12 +70,19 @@ class ArtifactError(RuntimeError):
 # Where, and for what machine
 
 
-def cache_dir() -> Path:
-    """``JASCO_FAST_CACHE_DIR``, else ``$XDG_CACHE_HOME/jasco_fast``, else ``~/.cache/jasco_fast``."""
+def cache_location() -> tuple[Path, str]:
+    """jasco_fast's cache folder and what chose it: ``JASCO_FAST_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/jasco_fast`` ("XDG_CACHE_HOME"), else ``~/.cache/jasco_fast`` ("default")."""
     if os.environ.get("JASCO_FAST_CACHE_DIR"):
-        return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "jasco_fast"
+        return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser(), "JASCO_FAST_CACHE_DIR"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "jasco_fast", "XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "jasco_fast", "default"
+
+
+def cache_dir() -> Path:
+    """jasco_fast's cache folder (:func:`cache_location` says what chose it)."""
+    return cache_location()[0]
 
 
 class BackgroundBuildWarning(UserWarning):
@@ -291,34 +299,6 @@ def is_cached(recipe: Recipe, *, cache: Path | None = None) -> bool:
     return _read_manifest(recipe, cache)[0] is not None
 
 
-@contextlib.contextmanager
-def _locked(path: Path, blocking: bool):
-    """An exclusive flock on ``path``; yields False (holding nothing) if not blocking and it is taken."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, force: bool = False) -> Path | None:
     """Build (if not cached and current) the artifact for ``recipe``; returns the package's path.
 
@@ -329,7 +309,7 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
     material = recipe.key_material()
     key = recipe.key(material)
     paths = _paths(key, cache)
-    with _locked(paths["lock"], blocking) as held:
+    with locked(paths["lock"], blocking) as held:
         if not held:
             return None
         if not force and _read_manifest(recipe, cache)[0] is not None:
@@ -373,7 +353,7 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
         # The old manifest goes first, the new one last: a reader never pairs a manifest with another package.
         paths["json"].unlink(missing_ok=True)
         os.replace(tmp, paths["pt2"])
-        _atomic_write(paths["json"], json.dumps(manifest, indent=1, sort_keys=True).encode())
+        atomic_write(paths["json"], json.dumps(manifest, indent=1, sort_keys=True).encode())
         paths["failed"].unlink(missing_ok=True)
         return paths["pt2"]
 
@@ -422,7 +402,7 @@ def discard(recipe: Recipe, *, cache: Path | None = None, sha256: str | None = N
     failed validation), or, without ``sha256``, the entry only if it is incomplete or corrupt. An entry
     rebuilt meanwhile by another process is kept. Returns whether something was removed."""
     paths = _paths(recipe.key(), cache)
-    with _locked(paths["lock"], True):
+    with locked(paths["lock"], True):
         if sha256 is None:
             if _read_manifest(recipe, cache)[0] is not None:
                 return False
@@ -789,7 +769,7 @@ def _main(argv=None) -> int:
             # remembered, so that later processes do not start the same failing build over and over
             failed += 1
             marker = _paths(recipe.key(), None)["failed"]
-            _atomic_write(marker, json.dumps({"error": str(exc).splitlines()[0] if str(exc) else repr(exc),
+            atomic_write(marker, json.dumps({"error": str(exc).splitlines()[0] if str(exc) else repr(exc),
                                               "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
             print(f"{time.strftime('%H:%M:%S')} {recipe.name}: FAILED: {exc}", flush=True)
             continue

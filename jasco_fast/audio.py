@@ -67,8 +67,6 @@ import logging
 import math
 import numbers
 import os
-import re
-import secrets
 import typing as tp
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +76,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+
+from jasco_fast import _files
 
 __all__ = ["audio_write", "write_batch", "normalize_audio"]
 
@@ -464,73 +464,6 @@ def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "
     return out.to(wav.dtype)
 
 
-if os.name == "posix":
-    import fcntl
-
-    def _try_lock(fd: int, block: bool) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-            return True
-        except BlockingIOError:
-            return False
-else:  # no flock: temporaries are still unique and removed on failure, but a killed run's stay
-    _try_lock = None
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove what a killed run left while writing ``path``: temporaries of exactly this output whose
-    lock nobody holds. A writer holds its temporary's lock until the rename, so a file being written
-    right now, by this or another process, is never touched; nor is any other file."""
-    if _try_lock is None:
-        return
-    pattern = re.compile(r"\.%s\.[0-9a-f]{12}\.tmp" % re.escape(path.name))
-    try:
-        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            continue
-        try:
-            if _try_lock(fd, block=False):
-                os.unlink(entry.path)
-                logger.info("removed %s, left behind by an interrupted write of %s", entry.path, path)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-
-def _open_temporary(path: Path) -> tp.Tuple[Path, int]:
-    """Create a hidden temporary beside ``path`` and hold its lock; returns (its path, the locked fd)."""
-    _remove_stale_temporaries(path)
-    for _ in range(100):
-        candidate = _temporary_name(path)
-        try:
-            # O_EXCL: a unique name even with concurrent writers; mode 0o666 so the final file gets
-            # the usual umask-based permissions (mkstemp would give 0o600).
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        if _try_lock is None:
-            return candidate, fd
-        _try_lock(fd, block=True)
-        try:
-            # Another writer's stale-file sweep may have removed it before we held the lock.
-            if os.stat(candidate).st_ino == os.fstat(fd).st_ino:
-                return candidate, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    raise FileExistsError(f"could not create a temporary file in {str(path.parent)!r}")
-
-
 def _execute(plan: _Plan) -> Path:
     """Normalize and encode block by block to a temporary file next to the target, then rename it into
     place. Memory beyond the input: one block, plus one float64 copy for the loudness measurement."""
@@ -543,8 +476,7 @@ def _execute(plan: _Plan) -> Path:
     enc = plan.encoding
     if plan.make_parent_dir:
         plan.tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp, fd = _open_temporary(plan.path)
-    try:
+    with _files.replacing(plan.path) as tmp:
         with sf.SoundFile(tmp, "w", samplerate=plan.sample_rate, channels=plan.wav.shape[0],
                           format=enc.format, subtype=enc.subtype,
                           compression_level=enc.compression_level,
@@ -558,15 +490,6 @@ def _execute(plan: _Plan) -> Path:
                 else:
                     y = y.to(torch.float32)  # what libsndfile's other encoders consume natively
                 f.write(np.ascontiguousarray(y.t().numpy()))  # soundfile wants [T, C]
-        os.replace(tmp, plan.path)
-        tmp = None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        os.close(fd)  # releases the lock, after the rename
     return plan.path
 
 

@@ -1,38 +1,34 @@
-"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, bench, info.
+"""The ``jasco-fast`` command line (also ``python -m jasco_fast``): decode, demo, compile, cache, bench, info.
 
 ``decode`` turns latent files into audio files; under ``torchrun`` it shards the input files across
 ranks (gloo on CPU, NCCL on GPU), each file decoded by exactly one rank, and rank 0 prints a summary
-gathered from all of them.
+gathered from all of them. This module holds the commands and their options; the files are read by
+jasco_fast/io.py and decoded by jasco_fast/decode_loop.py.
 """
 from __future__ import annotations
 
 import argparse
-import errno
-import importlib.util
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from jasco_fast.backends import BACKENDS
 from jasco_fast.audio import FORMATS, STRATEGIES, mp3_rate_range, write_batch
+from jasco_fast.backends import BACKENDS
+from jasco_fast.decode_loop import DecodeLoop, Shard, Summary, stem_clashes
 from jasco_fast.decoder import DecoderConfig, SEANetDecoder
-from jasco_fast.errors import is_out_of_memory
+from jasco_fast.errors import first_line
+from jasco_fast.loading import CheckpointError, load_decoder
 from jasco_fast.memory import reuse_freed_memory
-from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, recurrent_format_supported
-from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
-from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES, DTYPES, LatentDecoder
-from jasco_fast.pipeline import CodeDecoder
+from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES, DTYPES, CodeDecoder, LatentDecoder
 from jasco_fast.quantizer import Quantizer, load_quantizer
-
-LATENT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 
 
 class UsageError(Exception):
@@ -43,154 +39,12 @@ def _say(message: str) -> None:
     print(f"jasco-fast: {message}", file=sys.stderr, flush=True)
 
 
-def _first_line(text: str, default: str = "") -> str:
-    """Error messages are reported on one line each."""
-    return (str(text).strip().splitlines() or [default])[0]
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _load_tensor(path: Path) -> torch.Tensor:
-    """The one tensor of a .pt / .npy / .safetensors file (read safely: no pickled code)."""
-    suffix = path.suffix.lower()
-    if suffix in (".pt", ".pth"):
-        try:
-            check_torch_zip(path)  # no zip bomb
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except CheckpointError as exc:
-            raise ValueError(exc.problem) from None
-        except OSError as exc:
-            raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
-        except Exception:
-            raise ValueError("not a readable torch file (truncated, corrupt, or holding Python objects, which "
-                             "are refused)") from None
-        tensor = _pick_tensor(obj)
-    elif suffix == ".npy":
-        import numpy as np
-
-        try:
-            array = np.load(path, allow_pickle=False)
-        except OSError as exc:
-            raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
-        except Exception:
-            raise ValueError("not a readable .npy file (truncated, corrupt, or holding Python objects, which "
-                             "are refused)") from None
-        if array.dtype.kind not in "fiub":
-            raise ValueError(f"latents must be floating point, got numpy dtype {array.dtype}")
-        tensor = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=False))
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            read_safetensors_header(path)  # sizes checked against the file before the library allocates
-            state = load_file(str(path))
-        except CheckpointError as exc:
-            raise ValueError(exc.problem) from None
-        except OSError as exc:
-            raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
-        except Exception:
-            raise ValueError("not a readable safetensors file (truncated or corrupt)") from None
-        tensor = _pick_tensor(state)
-    else:
-        raise ValueError(f"unsupported file type {suffix!r} (expected {', '.join(LATENT_SUFFIXES)})")
-    return tensor
-
-
-def read_latents(path: Path, dimension: int, tensor: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
-    """Latents [B, T, D] (float32) from a .pt / .npy / .safetensors file holding [T, D] or [B, T, D], and
-    whether the file held a single [T, D] item."""
-    tensor = _load_tensor(path) if tensor is None else tensor
-    if not tensor.is_floating_point():
-        raise ValueError(f"latents must be floating point, got {tensor.dtype}")
-    single = tensor.dim() == 2
-    if single:
-        tensor = tensor.unsqueeze(0)
-    if tensor.dim() != 3:
-        raise ValueError(f"latents must be [T, D] or [B, T, D], got shape {list(tensor.shape)}")
-    if tensor.shape[2] != dimension:
-        raise ValueError(f"latents have D = {tensor.shape[2]}, the decoder expects D = {dimension}")
-    if tensor.shape[1] < 1 or tensor.shape[0] < 1:
-        raise ValueError(f"no frames in latents of shape {list(tensor.shape)}")
-    if not torch.isfinite(tensor).all():
-        raise ValueError("latents contain NaN or Inf")
-    return tensor.float(), single
-
-
-def is_codes(tensor: torch.Tensor) -> bool:
-    """Integer tensors are EnCodec codes, floating-point ones latents."""
-    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
-
-
-def read_codes(path: Path, tensor: torch.Tensor, num_codebooks: int, codebook_size: int) -> tuple[torch.Tensor, bool]:
-    """EnCodec codes from a file's integer tensor [K, T] or [B, K, T]: (codes [B, K, T] int64, whether the
-    file held a single [K, T] item). K <= num_codebooks (the first K codebooks are used)."""
-    single = tensor.dim() == 2
-    if single:
-        tensor = tensor.unsqueeze(0)
-    if tensor.dim() != 3:
-        raise ValueError(f"codes must be [K, T] or [B, K, T], got shape {list(tensor.shape)}")
-    if not 1 <= tensor.shape[1] <= num_codebooks:
-        raise ValueError(f"codes have K = {tensor.shape[1]} codebooks, the quantizer has {num_codebooks} "
-                         f"(codes are [K, T] or [B, K, T])")
-    if tensor.shape[2] < 1 or tensor.shape[0] < 1:
-        raise ValueError(f"no frames in codes of shape {list(tensor.shape)}")
-    tensor = tensor.long()
-    if tensor.min() < 0 or tensor.max() >= codebook_size:
-        raise ValueError(f"codes must lie in [0, {codebook_size}), got values in [{int(tensor.min())}, "
-                         f"{int(tensor.max())}]")
-    return tensor, single
-
-
 def build_quantizer(checkpoint: str | None, device: torch.device, dimension: int) -> Quantizer:
     """The checkpoint's RVQ codebooks; without a checkpoint, random ones shaped like EnCodec 32 kHz's."""
     if checkpoint is None:
         gen = torch.Generator().manual_seed(0)
         return Quantizer(torch.randn(4, 2048, dimension, generator=gen)).to(device)
     return load_quantizer(checkpoint, device=device)
-
-
-def _pick_tensor(obj) -> torch.Tensor:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, dict):
-        for key in ("latents", "codes"):
-            if isinstance(obj.get(key), torch.Tensor):
-                return obj[key]
-            if key in obj:
-                raise ValueError(f"its {key!r} entry is a {type(obj[key]).__name__}, not a tensor")
-        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
-        if len(tensors) == 1:
-            return tensors[0]
-        raise ValueError(f"expected one tensor or a 'latents' / 'codes' key, found keys {sorted(map(str, obj))[:6]}")
-    raise ValueError(f"expected a tensor, found {type(obj).__name__}")
-
-
-@dataclass
-class Item:
-    name: str
-    latents: torch.Tensor  # [T, D]; codes frames-major, [T, K]
-    codes: bool = False
-
-
-@dataclass
-class Summary:
-    rank: int = 0
-    decoded: int = 0
-    audio_seconds: float = 0.0
-    skipped: int = 0
-    failures: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        return (f"rank {self.rank}: {self.decoded} items, {self.audio_seconds:.1f} audio s, {self.skipped} skipped, "
-                f"{len(self.failures)} failed")
-
-    def merge(self, other: "Summary") -> None:
-        self.decoded += other.decoded
-        self.audio_seconds += other.audio_seconds
-        self.skipped += other.skipped
-        self.failures += other.failures
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,22 +133,14 @@ def _mp3_rate(requested: int | None, sample_rate: int) -> int:
 # decode
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) outside torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
-
-
 def cmd_decode(args) -> int:
-    rank, world = _distributed()
+    shard = Shard.from_environment()
+    rank, world = shard.rank, shard.world
     device = _device(args.device)  # before init: no CUDA is the same usage error on every rank, nobody waits
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    shard.start(device)
     usage_error = False
     try:
-        summary, wall = _decode_shard(args, device, rank, world)
+        summary, wall = _decode_shard(args, device, shard)
     except UsageError as exc:  # still joins the gather below, so the other ranks do not hang
         _say(str(exc))
         usage_error = True
@@ -306,13 +152,7 @@ def cmd_decode(args) -> int:
 
         traceback.print_exc()  # an unexpected error on one rank: report it, and still join the gather
         summary, wall = Summary(rank=rank, failures=[f"rank {rank}: {type(exc).__name__}: {exc}"]), 0.0
-    parts = [(summary, wall)]
-    if world > 1:
-        import torch.distributed as dist
-
-        parts = [None] * world
-        dist.all_gather_object(parts, (summary, wall))  # every rank learns whether any rank failed
-        dist.destroy_process_group()
+    parts = shard.gather((summary, wall))  # every rank learns whether any rank failed
     total = Summary(rank=-1)
     for part, _ in parts:
         total.merge(part)
@@ -329,187 +169,35 @@ def cmd_decode(args) -> int:
     return 2 if usage_error else (1 if total.failures else 0)
 
 
-# Errors of the output folder rather than of one item: full, read-only, no permission.
-_FOLDER_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _folder_problem(out_dir: Path, exc: BaseException, needed: int) -> str | None:
-    """Why ``out_dir`` cannot take more output after a failed write (full, read-only, no permission), or
-    None when the failure looks like the item's own. libsndfile reports a full disk as "System error."
-    without the errno, so the folder itself is asked too (``needed``: bytes the batch would take as WAV)."""
-    if isinstance(exc, OSError) and exc.errno in _FOLDER_ERRORS:
-        return exc.strerror or str(exc)
-    try:
-        stat = os.statvfs(out_dir)
-    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
-        return None
-    if stat.f_flag & os.ST_RDONLY:
-        return "read-only file system"
-    if stat.f_bavail * stat.f_frsize < needed:
-        return f"no space left: {stat.f_bavail * stat.f_frsize} bytes free"
-    return None
-
-
-def _stem_clashes(files: list[str]) -> dict[str, str]:
-    """File -> why it cannot be decoded, for files whose name (stem) an earlier file in the sorted list already
-    has: their outputs would overwrite each other. Decided on the full list, so every rank agrees."""
-    first: dict[str, str] = {}
-    clashes = {}
-    for f in files:
-        stem = Path(f).stem
-        if stem in first:
-            clashes[f] = f"its output names clash with those of {first[stem]} (same file name); rename one of them"
-        else:
-            first[stem] = f
-    return clashes
-
-
-def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Summary, float]:
-    from tqdm import tqdm
-
+def _decode_shard(args, device: torch.device, shard: Shard) -> tuple[Summary, float]:
+    """This rank's share of the files, decoded; (its summary, wall seconds)."""
     out_dir = Path(args.out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
     all_files = sorted({str(Path(p)) for p in args.latents})  # the same list on every rank
-    clashes = _stem_clashes(all_files)
-    files = all_files[rank::world]  # each file decoded by exactly one rank
-    decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
+    decoder = build_decoder(args.checkpoint, device, quiet=shard.rank != 0)
     try:  # long items are decoded chunk by chunk: only their audio is held, never the activations
         fast = LatentDecoder(decoder, args.mean, args.std, **_backend(args), dtype=_dtype(args),
                              chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
-    code_decoders: list[CodeDecoder] = []  # built at the first codes file
 
-    def code_decoder() -> CodeDecoder:
-        if not code_decoders:
-            quantizer = build_quantizer(args.checkpoint, device, decoder.dimension)
-            # no artifact recipe covers codes: "aot" (the CPU's default) compiles them with inductor
-            backend = {**_backend(args), "backend": None if args.backend == "aot" else args.backend}
-            code_decoders.append(CodeDecoder(decoder, quantizer, **backend,
-                                             dtype=_dtype(args), chunk_frames=args.chunk_frames,
-                                             recurrent_dtype=_recurrent_dtype(args)))
-        return code_decoders[0]
+    def code_decoder() -> CodeDecoder:  # built at the first codes file
+        quantizer = build_quantizer(args.checkpoint, device, decoder.dimension)
+        # no artifact recipe covers codes: "aot" (the CPU's default) compiles them with inductor
+        backend = {**_backend(args), "backend": None if args.backend == "aot" else args.backend}
+        return CodeDecoder(decoder, quantizer, **backend, dtype=_dtype(args), chunk_frames=args.chunk_frames,
+                           recurrent_dtype=_recurrent_dtype(args))
 
-    summary = Summary(rank=rank)
+    loop = DecodeLoop(fast, code_decoder, out_dir, batch_size=args.batch_size, format=args.format,
+                      strategy=args.strategy, mp3_rate=_mp3_rate(args.mp3_rate, fast.sample_rate),
+                      overwrite=args.overwrite, device=device, report=_say, progress=shard.rank == 0,
+                      rank=shard.rank)
     start = time.perf_counter()
-    items: list[Item] = []
-    names: set[str] = set()
-
-    def fail(path, problem: str) -> None:  # one line per bad input; the others still run
-        _say(f"{path}: {_first_line(problem, 'error')}")
-        summary.failures.append(str(path))
-
-    for f in files:
-        path = Path(f)
-        if f in clashes:
-            fail(path, clashes[f])
-            continue
-        try:
-            tensor = _load_tensor(path)
-            codes = is_codes(tensor)  # told apart by dtype
-            if codes:
-                cd = code_decoder()
-                latents, single = read_codes(path, tensor, cd.num_codebooks, cd.codebook_size)
-                latents = latents.transpose(1, 2)  # frames-major [B, T, K], as items are
-            else:
-                latents, single = read_latents(path, decoder.dimension, tensor)
-        except Exception as exc:
-            fail(path, str(exc) or type(exc).__name__)
-            continue
-        stems = [path.stem] if single else [f"{path.stem}_{i}" for i in range(latents.shape[0])]
-        if names & set(stems):  # e.g. "x_0.pt" holding [T, D] next to "x.pt" holding [B, T, D]
-            fail(path, f"output name {sorted(names & set(stems))[0]!r} is taken by another input; rename the file")
-            continue
-        names |= set(stems)
-        for stem, lat in zip(stems, latents):
-            if not args.overwrite and (out_dir / f"{stem}.{args.format}").exists():
-                summary.skipped += 1
-            else:
-                items.append(Item(stem, lat, codes))
-
-    # Only items of EQUAL length T share a batch (sorted by T): padding a shorter item to a longer one would
-    # change the last frames of its audio (the decoder's convolutions and LSTM see the padding).
-    by_length: dict[tuple, list[Item]] = {}
-    for item in items:  # (T, codes or latents, D or K)
-        by_length.setdefault((item.latents.shape[0], item.codes, item.latents.shape[1]), []).append(item)
-    batches = [group[i:i + args.batch_size] for _, group in sorted(by_length.items())
-               for i in range(0, len(group), args.batch_size)]
-    frame_rate = decoder.config.frame_rate
-    total = sum(it.latents.shape[0] for it in items) / frame_rate
-    mp3_rate = _mp3_rate(args.mp3_rate, fast.sample_rate)
-
-    def decode(batch: list[Item]) -> torch.Tensor:
-        stacked = torch.stack([it.latents for it in batch])  # frames-major: [B, T, D] latents or [B, T, K] codes
-        return code_decoder()(stacked.transpose(1, 2)) if batch[0].codes else fast(stacked)
-
-    def write(job: tuple[list[Item], HostCopy]) -> None:  # on the writer thread
-        batch, audio = job
-        write_batch(audio.result(), [str(out_dir / it.name) for it in batch], fast.sample_rate, format=args.format,
-                    strategy=args.strategy, mp3_rate=mp3_rate)
-
-    # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
-    with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds", disable=rank != 0 or not items,
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        _decode_overlapped(fast, batches, decode, write, summary, bar, frame_rate, out_dir=out_dir,
-                           batch_size=args.batch_size, device=device)
+    summary = loop.run(shard.files(all_files), stem_clashes(all_files))
     return summary, time.perf_counter() - start
-
-
-def _decode_overlapped(fast: LatentDecoder, batches: list[list[Item]], decode, write, summary: Summary, bar,
-                       frame_rate: float, *, out_dir: Path, batch_size: int, device: torch.device) -> None:
-    """Decodes batch k + 1 while batch k is copied to the host (pinned, non-blocking) and written on a
-    background thread. A batch that fails to decode or to write fails alone and the others still run,
-    except when the output folder can take no more (full, read-only): then the run stops."""
-    stop: str | None = None
-
-    def account(outcome: Outcome) -> None:
-        nonlocal stop
-        batch, _ = outcome.job
-        if outcome.error is not None:  # e.g. disk full
-            _say(f"writing {', '.join(it.name for it in batch)}: {type(outcome.error).__name__}: "
-                 f"{_first_line(outcome.error)}")
-            summary.failures += [it.name for it in batch]
-            if stop is None:
-                stop = _folder_problem(out_dir, outcome.error, needed=sum(it.latents.shape[0] for it in batch) * 2
-                                       * fast.hop_length * fast.decoder.channels)
-            return
-        seconds = len(batch) * batch[0].latents.shape[0] / frame_rate
-        summary.decoded += len(batch)
-        summary.audio_seconds += seconds
-        bar.update(min(seconds, bar.total - bar.n))  # no overshoot from float rounding
-
-    rest: list[str] = []
-    with WriteQueue(write, depth=2) as writer:
-        for number, batch in enumerate(batches):
-            if stop is not None:  # every later write would fail too
-                rest = [it.name for b in batches[number:] for it in b]
-                summary.failures += rest
-                break
-            names = ", ".join(it.name for it in batch)
-            try:
-                audio = decode(batch)
-                writer.put((batch, HostCopy(audio)))
-            except Exception as exc:  # e.g. out of memory: those items fail, the others still run
-                if is_out_of_memory(exc):
-                    items = f"{len(batch)} item{'s' if len(batch) > 1 else ''}"
-                    _say(f"decoding {names}: out of memory with {items} of {batch[0].latents.shape[0]} "
-                         f"frames (--batch-size {batch_size}) on {device}: rerun with a smaller --batch-size, "
-                         f"or --chunk-frames to decode in chunks")
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()  # give the next batches the memory back
-                else:
-                    _say(f"decoding {names}: {type(exc).__name__}: {_first_line(exc)}")
-                summary.failures += [it.name for it in batch]
-            for outcome in writer.done():
-                account(outcome)
-        for outcome in writer.close():
-            account(outcome)
-    if stop is not None:
-        _say(f"stopping: {out_dir} cannot take more output ({stop}); {len(rest)} items not decoded; the files "
-             f"written so far are whole, and a rerun decodes only what is missing")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,7 +320,7 @@ def cmd_compile(args) -> int:
         try:
             path = artifacts.build(recipe, force=args.force)
         except artifacts.ArtifactError as exc:
-            raise UsageError(_first_line(exc)) from None
+            raise UsageError(first_line(exc)) from None
         print(f"  {path.name} ({time.perf_counter() - start:.1f} s)", flush=True)
     aot = LatentDecoder(decoder, args.mean, args.std, backend="aot", dtype=_dtype(args),
                         chunk_frames=args.chunk_frames, background_build=False, recurrent_dtype=_recurrent_dtype(args))
@@ -665,22 +353,23 @@ def cmd_cache(args) -> int:
 # --------------------------------------------------------------------------------------------------
 # bench
 
+# `jasco-fast bench`'s benchmarks, in the order it runs them: <name> is the script benchmarks/bench_<name>.py.
+BENCHMARKS = ("aot_weights", "codes", "cold_start", "decode", "decode_throughput", "denorm_transpose", "fallback",
+              "fidelity", "long_audio", "lstm", "stages")
+
+
 def benchmark_scripts() -> dict[str, Path]:
-    """Benchmark name -> script: ``benchmarks/bench_<name>.py`` of the source checkout this package runs from.
+    """Benchmark name -> script, for each of :data:`BENCHMARKS`: ``benchmarks/bench_<name>.py`` of the source
+    checkout this package runs from.
 
     The benchmarks are scripts of the repository (they write their results into ``benchmarks/results/``
     beside them), not part of the installed package: an install from a wheel has none, and says so.
     """
     import jasco_fast
 
-    root = Path(jasco_fast.__file__).resolve().parent.parent
-    folder = root / "benchmarks"
-    try:
-        is_checkout = 'name = "jasco_fast"' in (root / "pyproject.toml").read_text()
-    except OSError:
-        is_checkout = False
-    scripts = {p.stem[len("bench_"):]: p for p in sorted(folder.glob("bench_*.py"))} if is_checkout else {}
-    if not scripts:
+    folder = Path(jasco_fast.__file__).resolve().parent.parent / "benchmarks"
+    scripts = {name: folder / f"bench_{name}.py" for name in BENCHMARKS}
+    if not (folder / "_common.py").is_file() or not all(p.is_file() for p in scripts.values()):
         raise UsageError(f"`jasco-fast bench` runs the benchmark scripts of a source checkout (benchmarks/ next to "
                          f"the jasco_fast folder), and this jasco_fast ({Path(jasco_fast.__file__).parent}) was not "
                          f"installed from one: clone the repository, `pip install --no-build-isolation -e .` there, "
@@ -689,27 +378,25 @@ def benchmark_scripts() -> dict[str, Path]:
 
 
 def cmd_bench(args) -> int:
-    scripts = benchmark_scripts()
-    unknown = sorted(set(args.which) - set(scripts))
+    unknown = sorted(set(args.which) - set(BENCHMARKS))
     if unknown:
-        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(scripts)}")
-    environment = dict(os.environ)
-    try:
-        for name in args.which or list(scripts):
-            # No background artifact build may compete with the timed calls: a benchmark that needs the
-            # artifacts builds them in the foreground first (benchmarks/_common.py ready_decoder). Each starts
-            # from the same environment (bench_cold_start points the cache at a folder it then deletes).
-            os.environ.clear()
-            os.environ.update(environment, JASCO_FAST_BACKGROUND_BUILD="0")
-            spec = importlib.util.spec_from_file_location(f"jasco_fast_bench_{name}", scripts[name])
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            module.main(["--device", args.device] + (["--quick"] if args.quick else [])
-                        + (["--note", args.note] if args.note else []))
-            print()
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+        raise UsageError(f"unknown benchmark {unknown[0]!r}; choose from {', '.join(sorted(BENCHMARKS))}")
+    scripts = benchmark_scripts()
+    # Each script runs as its own process, as `python benchmarks/bench_<name>.py` would, from the same
+    # environment, with this jasco_fast first on its path. No background artifact build may compete with the
+    # timed calls: a benchmark that needs the artifacts builds them in the foreground first
+    # (benchmarks/_common.py ready_decoder).
+    root = str(scripts[BENCHMARKS[0]].parent.parent)
+    env = {**os.environ, "JASCO_FAST_BACKGROUND_BUILD": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    for name in args.which or BENCHMARKS:
+        command = [sys.executable, str(scripts[name]), "--device", args.device] + (["--quick"] if args.quick else []) \
+            + (["--note", args.note] if args.note else [])
+        status = subprocess.run(command, env=env).returncode
+        if status != 0:
+            _say(f"benchmark {name} failed (exit status {status}): {' '.join(command)}")
+            return 1
+        print(flush=True)
     return 0
 
 
@@ -784,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks of a source checkout (benchmarks/bench_*.py), print their "
                                      "tables and write their JSON results")
-    p.add_argument("which", nargs="*", help="benchmark names, <name> of benchmarks/bench_<name>.py (default: all)")
+    p.add_argument("which", nargs="*", help=f"benchmark names (default: all): {', '.join(BENCHMARKS)}, each "
+                                            f"benchmarks/bench_<name>.py")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--note", default=None, help="recorded in each results JSON (e.g. what else ran on the machine)")

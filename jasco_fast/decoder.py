@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -626,12 +625,3 @@ class SEANetDecoder(nn.Module):
             raise ValueError("SEANetDecoder needs at least one frame (T >= 1)")
         y = self.layers(latents.unsqueeze(2))
         return y.squeeze(2).contiguous()
-
-
-def __getattr__(name: str):
-    # Deprecated names, kept for one release (removed in 0.3): `Decoder` is `SEANetDecoder`.
-    if name == "Decoder":
-        warnings.warn("jasco_fast.Decoder is deprecated and will be removed in jasco_fast 0.3; it is now named "
-                      "jasco_fast.SEANetDecoder", DeprecationWarning, stacklevel=2)
-        return SEANetDecoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

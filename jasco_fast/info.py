@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["collect", "render", "cache_dir", "op_path"]
+__all__ = ["collect", "render", "op_path"]
 
 # Backend dispatch keys a compiled kernel may be registered for (a ROCm torch's GPUs use "CUDA" too).
 KERNEL_KEYS = ("CPU", "CUDA", "MPS", "XPU")
@@ -26,15 +26,6 @@ DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
 ENCODERS = {"wav": ("WAV", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"),
             "flac": ("FLAC", "PCM_16")}
 PACKAGES = ("soundfile", "pyloudnorm", "transformers", "omegaconf", "safetensors", "numpy", "tqdm", "triton")
-
-
-def cache_dir() -> tuple[Path, str]:
-    """jasco_fast's cache folder and where its location came from."""
-    if os.environ.get("JASCO_FAST_CACHE_DIR"):
-        return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser(), "JASCO_FAST_CACHE_DIR"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "jasco_fast", "XDG_CACHE_HOME"
-    return Path.home() / ".cache" / "jasco_fast", "default"
 
 
 def _version(package: str) -> str | None:
@@ -174,7 +165,9 @@ def _compile() -> dict:
 
 
 def _cache() -> dict:
-    path, source = cache_dir()
+    from jasco_fast.artifacts import cache_location
+
+    path, source = cache_location()
     report = {"path": str(path), "source": source, "exists": path.is_dir(), "entries": [], "bytes": 0}
     if path.is_dir():
         for entry in sorted(path.iterdir()):

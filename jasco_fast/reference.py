@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -179,12 +178,3 @@ def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: tor
     if channels_last:
         return out.transpose(1, 2).contiguous().transpose(1, 2)
     return out.contiguous()
-
-
-def __getattr__(name: str):
-    # Deprecated names, kept for one release (removed in 0.3): `EagerDecoder` is `ReferenceDecoder`.
-    if name == "EagerDecoder":
-        warnings.warn("jasco_fast.reference.EagerDecoder is deprecated and will be removed in jasco_fast 0.3; it "
-                      "is now named jasco_fast.reference.ReferenceDecoder", DeprecationWarning, stacklevel=2)
-        return ReferenceDecoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,5 @@
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +9,8 @@ import torch
 os.environ["JASCO_FAST_CACHE_DIR"] = tempfile.mkdtemp(prefix="jasco_fast_test_cache_")
 os.environ["JASCO_FAST_BACKGROUND_BUILD"] = "0"
 
-sys.path.insert(0, str(Path(__file__).parent))  # the shared checkpoint writers in tests/checkpoints.py
-
-# Before any test module: importing it applies JASCO_FAST_HIDE_UPSTREAM.
+# Before any test module: importing it applies JASCO_FAST_HIDE_UPSTREAM. (tests/ is on pytest's pythonpath,
+# pyproject.toml, so the shared checkpoint writers in tests/checkpoints.py import as `checkpoints`.)
 from checkpoints import write_transformers_dir  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import torch
 
 from checkpoints import write_transformers_dir
 import jasco_fast
-from jasco_fast import LatentDecoder, artifacts, load_decoder, reference
+from jasco_fast import LatentDecoder, _files, artifacts, load_decoder, reference
 from jasco_fast.artifacts import Recipe
 from jasco_fast.cli import main
 from jasco_fast.pipeline import aot_min_frames
@@ -173,7 +173,6 @@ def test_build_refuses_an_artifact_that_ignores_the_weights_it_is_handed(tmp_pat
     with pytest.raises(artifacts.ArtifactError, match="not the module's parameters or buffers"):
         artifacts.build(recipe)
     assert not list((tmp_path / "aot").glob("baked-*.pt2")) and not list((tmp_path / "aot").glob("baked-*.json"))
-    sys.path.insert(0, str(Path(__file__).parent))  # for the builder process's import of this module
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     builds = artifacts.BackgroundBuilds([recipe])
     builds.request(recipe)
@@ -240,11 +239,13 @@ def test_key_covers_what_changes_the_generated_code(decoders, monkeypatch):
 
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "x"))
+    assert artifacts.cache_location() == (tmp_path / "x", "JASCO_FAST_CACHE_DIR")
     assert artifacts.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("JASCO_FAST_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert artifacts.cache_dir() == tmp_path / "xdg" / "jasco_fast"
+    assert artifacts.cache_location() == (tmp_path / "xdg" / "jasco_fast", "XDG_CACHE_HOME")
     monkeypatch.delenv("XDG_CACHE_HOME")
+    assert artifacts.cache_location() == (Path.home() / ".cache" / "jasco_fast", "default")
     assert artifacts.cache_dir() == Path.home() / ".cache" / "jasco_fast"
 
 
@@ -431,7 +432,7 @@ def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders)
     before = package.stat().st_mtime_ns
     lock = cache / "aot" / f"{recipe.key()}.lock"
     result = {}
-    with artifacts._locked(lock, blocking=True):
+    with _files.locked(lock, blocking=True):
         assert artifacts.build(recipe, cache=cache, blocking=False) is None  # someone else builds: step aside
         waiter = threading.Thread(target=lambda: result.setdefault("path", artifacts.build(recipe, cache=cache)))
         waiter.start()

@@ -1,5 +1,5 @@
 """jasco_fast.decoder: the SEANet network against audiocraft's and transformers' decoders with the same
-weights, its config validation, and the deprecated name."""
+weights, its config validation, and that the removed old name is gone."""
 from __future__ import annotations
 
 import pytest
@@ -77,11 +77,7 @@ def test_config_validation():
         SEANetDecoder()(torch.randn(1, 128, 0))
 
 
-def test_old_name_decoder_still_works_and_warns():
-    with pytest.warns(DeprecationWarning, match="SEANetDecoder"):
-        from jasco_fast import Decoder
-    assert Decoder is SEANetDecoder
-    with pytest.warns(DeprecationWarning, match="SEANetDecoder"):
-        assert jasco_fast.decoder.Decoder is SEANetDecoder
-    with pytest.raises(AttributeError):
-        jasco_fast.decoder.NoSuchThing
+def test_removed_old_name_decoder_is_gone():
+    with pytest.raises(ImportError):
+        from jasco_fast import Decoder  # noqa: F401
+    assert not hasattr(jasco_fast.decoder, "Decoder")

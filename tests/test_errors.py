@@ -11,7 +11,7 @@ import torch
 import jasco_fast
 from jasco_fast.cli import main
 from jasco_fast.decoder import SEANetDecoder, DecoderConfig
-from jasco_fast.errors import decoding_out_of_memory, is_out_of_memory
+from jasco_fast.errors import decoding_out_of_memory, first_line, is_out_of_memory
 
 TINY = DecoderConfig(dimension=8, n_filters=4, ratios=(4, 2), lstm=1, sample_rate=8000)
 CUDA_OOM = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
@@ -77,3 +77,11 @@ def test_cli_names_the_batch_size(tmp_path, tiny_hf_checkpoint, monkeypatch, cap
     assert "decoding a, b: out of memory with 2 items of 20 frames (--batch-size 2) on cpu" in err
     assert "smaller --batch-size, or --chunk-frames" in err
     assert "decoding c: out of memory with 1 item of 20 frames" in err  # every batch reported; the run still finished
+
+
+def test_first_line_of_an_error_message():
+    assert first_line(ValueError("bad value\n  details")) == "bad value"
+    assert first_line(ValueError()) == "ValueError"  # no message: the exception's type
+    assert first_line(RuntimeError("  \n"), "") == ""
+    assert first_line("", "error") == "error"
+    assert first_line("\n  two\nthree") == "two"

@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import _fidelity  # noqa: E402
-import bench_fidelity  # noqa: E402
+import _fidelity  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+import bench_fidelity
 
-import jasco_fast  # noqa: E402
-from jasco_fast.decoder import LSTM  # noqa: E402
+import jasco_fast
+from jasco_fast.decoder import LSTM
 
 SR = 32000
 

@@ -89,11 +89,12 @@ def test_op_paths():
 def test_cache_locations(tmp_path, monkeypatch):
     monkeypatch.delenv("JASCO_FAST_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert info.cache_dir() == (tmp_path / "jasco_fast", "XDG_CACHE_HOME")
+    assert info.collect()["cache"]["path"] == str(tmp_path / "jasco_fast")
+    assert info.collect()["cache"]["source"] == "XDG_CACHE_HOME"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert info.cache_dir() == (tmp_path / "home" / ".cache" / "jasco_fast", "default")
     report = info.collect()["cache"]
+    assert (report["path"], report["source"]) == (str(tmp_path / "home" / ".cache" / "jasco_fast"), "default")
     assert report["exists"] is False and report["entries"] == [] and report["bytes"] == 0
 
 

@@ -119,14 +119,14 @@ def test_cpu_copies_are_no_ops():
 
 
 def test_cli_write_failure_fails_that_batch_alone(tmp_path, tiny_hf_checkpoint, monkeypatch, capsys):
-    from jasco_fast import cli
+    from jasco_fast import cli, decode_loop
 
     (tmp_path / "in").mkdir()
     files = []
     for i in range(5):
         files.append(tmp_path / "in" / f"item{i}.pt")
         torch.save(torch.randn(12 + i, 8), files[-1])  # distinct lengths: one item per batch
-    real_write = cli.write_batch
+    real_write = decode_loop.write_batch
     threads = set()
 
     def write_batch(audio, paths, *args, **kwargs):
@@ -135,7 +135,7 @@ def test_cli_write_failure_fails_that_batch_alone(tmp_path, tiny_hf_checkpoint, 
             raise OSError("No space left on device")
         return real_write(audio, paths, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "write_batch", write_batch)
+    monkeypatch.setattr(decode_loop, "write_batch", write_batch)
     code = cli.main(["decode", *map(str, files), "--out-dir", str(tmp_path / "out"), "--checkpoint",
                      str(tiny_hf_checkpoint), "--backend", "eager"])
     captured = capsys.readouterr()

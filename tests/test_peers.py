@@ -2,16 +2,12 @@
 at any length (the peers table would otherwise compare a different network), and the export runs."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+import _peers  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 from jasco_fast import DecoderConfig, SEANetDecoder, reference
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import _peers  # noqa: E402
 
 # small, but with what the export must get right: reflect padding, dilation, odd and even trims, the LSTM
 CONFIGS = {

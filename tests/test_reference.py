@@ -68,6 +68,5 @@ def test_denormalize_transpose_element_formula_and_layout(channels_last):
                 assert got[b, d, t].item() == pytest.approx(latents[b, t, d].item() * 3.0 + mean[d].item(), rel=1e-6)
 
 
-def test_old_name_eager_decoder_still_works_and_warns():
-    with pytest.warns(DeprecationWarning, match="ReferenceDecoder"):
-        assert reference.EagerDecoder is reference.ReferenceDecoder
+def test_removed_old_name_eager_decoder_is_gone():
+    assert not hasattr(reference, "EagerDecoder")

@@ -234,7 +234,7 @@ def test_fuzz_checkpoints(fuzz, checkpoint_strategy, data):
 
 
 # --------------------------------------------------------------------------------------------------
-# Latent files (jasco_fast.cli.read_latents)
+# Latent files (jasco_fast.io.read_latents)
 
 LATENT_SEEDS = ["latents_npy", "latents_pt", "latents_pt_legacy", "latents_safetensors", "codes_npy", "codes_pt",
                 "codes_safetensors"]

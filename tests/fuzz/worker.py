@@ -33,7 +33,7 @@ def _on_alarm(signum, frame):
 def run_case(case: dict) -> dict:
     import torch
 
-    from jasco_fast.cli import _load_tensor, is_codes, read_codes, read_latents
+    from jasco_fast.io import is_codes, load_tensor, read_codes, read_latents
     from jasco_fast.loading import CheckpointError, load_decoder
 
     if case["kind"] == "selftest":  # proves the caps hold: see test_fuzz.test_worker_caps
@@ -64,7 +64,7 @@ def run_case(case: dict) -> dict:
         return {"outcome": "decoder"}
     # an input file as `jasco-fast decode` reads it: one tensor, then latents (float) or codes (integer)
     try:
-        tensor = _load_tensor(entry)
+        tensor = load_tensor(entry)
         if is_codes(tensor):
             codes, _ = read_codes(entry, tensor, case.get("codebooks", 6), case.get("codebook_size", 16))
         else:

@@ -32,7 +32,7 @@ import torch
 import jasco_fast.audio as jasco_audio
 from checkpoints import HIDDEN, upstream_required
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SDIST = Path(os.environ.get("AUDIOCRAFT_SDIST", ROOT / ".upstream" / "audiocraft-1.3.0"))
 PACKAGE = "_audiocraft_upstream_tests"
 

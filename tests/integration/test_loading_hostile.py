@@ -12,6 +12,7 @@ import struct
 import pytest
 import torch
 
+import jasco_fast.guards as guards
 import jasco_fast.loading as loading
 from checkpoints import write_audiocraft_checkpoint, write_pointer, write_transformers_dir
 from jasco_fast.decoder import SEANetDecoder
@@ -115,7 +116,7 @@ def test_config_json_that_is_not_an_object(hf_dir, text):
 
 
 def test_oversized_config_json(hf_dir):
-    (hf_dir / "config.json").write_text(json.dumps({"pad": "x" * (loading.MAX_TEXT_BYTES + 1)}))
+    (hf_dir / "config.json").write_text(json.dumps({"pad": "x" * (guards.MAX_TEXT_BYTES + 1)}))
     refused(hf_dir, r"config\.json: \d+ bytes, too large")
 
 
@@ -295,7 +296,7 @@ def _interpolation_laughs(levels: int, whole_values: bool) -> str:
     ("a: &a [1, *a]\n", r"alias refers to itself"),
     ("[" * 5000 + "]" * 5000, r"(nested too deeply|not a mapping|bad 'xp\.cfg')"),
     ("seanet: {ratios: [4, 2]\n", r"bad 'xp\.cfg'"),
-    ("x" * (loading.MAX_TEXT_BYTES + 1), r"too large for a config"),
+    ("x" * (guards.MAX_TEXT_BYTES + 1), r"too large for a config"),
 ])
 def test_hostile_yaml(tmp_path, ac_source, text, match):
     refused(_with_cfg(tmp_path, ac_source, text), match)

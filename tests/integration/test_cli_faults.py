@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import jasco_fast._files as _files
 import jasco_fast.audio as audio
 import jasco_fast.cli as cli
+import jasco_fast.io as inputs
 from jasco_fast.cli import main
 
 HOP, RATE, D = 8, 8000, 8  # the tiny checkpoint (tests/checkpoints.py TINY_HF)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_inputs(folder: Path, count: int, frames: int) -> list[Path]:
@@ -92,7 +94,7 @@ def tmpfs(tmp_path):
 def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch, code):
     files = write_inputs(tmp_path / "in", 6, 30)
     out = tmp_path / "out"
-    real_open = audio._open_temporary
+    real_open = _files.open_temporary
     opened = []
 
     def open_then_refuse(path):  # the folder turns read-only after two outputs
@@ -101,7 +103,7 @@ def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys,
         opened.append(path)
         return real_open(path)
 
-    monkeypatch.setattr(audio, "_open_temporary", open_then_refuse)
+    monkeypatch.setattr(_files, "open_temporary", open_then_refuse)
     assert decode(files, out, tiny_hf_checkpoint) == 1
     captured = capsys.readouterr()
     # Writing overlaps decoding, so up to every remaining batch may be decoded (and refused) before it stops.
@@ -111,7 +113,7 @@ def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys,
     assert "decoded 2 items" in captured.out and "4 failed" in captured.out, captured.out
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav"] and leftovers(out) == []
 
-    monkeypatch.setattr(audio, "_open_temporary", real_open)  # writable again: the rerun finishes the job
+    monkeypatch.setattr(_files, "open_temporary", real_open)  # writable again: the rerun finishes the job
     assert decode(files, out, tiny_hf_checkpoint) == 0
     assert "2 skipped" in capsys.readouterr().out
     assert len(assert_whole(out, 30)) == 6 and leftovers(out) == []
@@ -190,20 +192,20 @@ def test_disk_fills_up_tmpfs(tmp_path, tiny_hf_checkpoint, capsys, tmpfs):
 def test_input_deleted_mid_run(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch):
     files = write_inputs(tmp_path / "in", 4, 30)
     kept = files[2].read_bytes()
-    real_read = cli._load_tensor
+    real_read = inputs.load_tensor
 
     def read_and_delete(path):
         if path == files[0]:
             files[2].unlink()
         return real_read(path)
 
-    monkeypatch.setattr(cli, "_load_tensor", read_and_delete)
+    monkeypatch.setattr(inputs, "load_tensor", read_and_delete)
     out = tmp_path / "out"
     assert decode(files, out, tiny_hf_checkpoint) == 1
     assert f"{files[2]}: cannot read it: No such file or directory" in capsys.readouterr().err
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav", "item003.wav"] and leftovers(out) == []
     files[2].write_bytes(kept)
-    monkeypatch.setattr(cli, "_load_tensor", real_read)
+    monkeypatch.setattr(inputs, "load_tensor", real_read)
     assert decode(files, out, tiny_hf_checkpoint) == 0
     assert "3 skipped" in capsys.readouterr().out
     assert len(assert_whole(out, 30)) == 4

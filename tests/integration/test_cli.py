@@ -262,35 +262,43 @@ def test_the_old_compile_flags_are_gone(tmp_path, old):
     assert exc.value.code == 2
 
 
-def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, capsys):
+def test_bench_runs_the_registered_scripts_of_the_source_checkout(tmp_path, monkeypatch, capfd):
     import jasco_fast
+    from jasco_fast.cli import BENCHMARKS
 
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "jasco_fast"\n')
     bench = tmp_path / "benchmarks"
     bench.mkdir()
-    for name in ("bench_denorm_transpose", "bench_decode"):
+    (bench / "_common.py").write_text("")
+    (bench / "bench_unregistered.py").write_text("raise SystemExit('must not run')\n")
+    for name in BENCHMARKS:
         # each script sees background builds off and the environment as the command started, not as the
-        # script before it left it
-        (bench / f"{name}.py").write_text(
-            "import os\n"
+        # script before it left it, and runs as a script (its folder first on its path)
+        (bench / f"bench_{name}.py").write_text(
+            "import os, sys\n"
+            "import _common\n"
             "def main(argv=None):\n"
             f"    print('TABLE {name}', argv, os.environ['JASCO_FAST_BACKGROUND_BUILD'], "
             "os.environ.get('JASCO_FAST_CACHE_DIR'))\n"
             "    os.environ['JASCO_FAST_CACHE_DIR'] = '/deleted'\n"
-            "    return {}\n")
+            "    return {}\n"
+            "if __name__ == '__main__':\n"
+            "    main(sys.argv[1:])\n")
     monkeypatch.setattr(jasco_fast, "__file__", str(tmp_path / "jasco_fast" / "__init__.py"))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     cache = os.environ["JASCO_FAST_CACHE_DIR"]
     assert main(["bench", "--quick"]) == 0
-    out = capsys.readouterr().out
-    assert f"TABLE bench_denorm_transpose ['--device', 'cpu', '--quick'] 0 {cache}" in out
-    assert f"TABLE bench_decode ['--device', 'cpu', '--quick'] 0 {cache}" in out
+    out = capfd.readouterr().out
+    tables = [line for line in out.splitlines() if line.startswith("TABLE")]
+    assert tables == [f"TABLE {name} ['--device', 'cpu', '--quick'] 0 {cache}" for name in BENCHMARKS]
     assert os.environ["JASCO_FAST_BACKGROUND_BUILD"] == "1" and os.environ["JASCO_FAST_CACHE_DIR"] == cache
     assert main(["bench", "decode", "--note", "busy machine"]) == 0
-    out = capsys.readouterr().out
-    assert "bench_denorm" not in out and "TABLE bench_decode ['--device', 'cpu', '--note', 'busy machine']" in out
+    out = capfd.readouterr().out
+    assert "TABLE denorm" not in out and "TABLE decode ['--device', 'cpu', '--note', 'busy machine']" in out
     assert main(["bench", "nope"]) == 2
-    assert "unknown benchmark 'nope'; choose from decode, denorm_transpose" in capsys.readouterr().err
+    assert "unknown benchmark 'nope'; choose from aot_weights, codes," in capfd.readouterr().err
+    (bench / "bench_decode.py").write_text("raise SystemExit(3)\n")
+    assert main(["bench", "decode"]) == 1
+    assert "benchmark decode failed (exit status 3)" in capfd.readouterr().err
 
 
 def test_bench_outside_a_source_checkout_says_what_it_needs(tmp_path, monkeypatch, capsys):
@@ -307,13 +315,15 @@ def test_bench_outside_a_source_checkout_says_what_it_needs(tmp_path, monkeypatc
 
 def test_the_repository_benchmarks_are_found():
     import jasco_fast
-    from jasco_fast.cli import benchmark_scripts
+    from jasco_fast.cli import BENCHMARKS, benchmark_scripts
 
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if Path(jasco_fast.__file__).resolve().parent.parent != checkout:
         pytest.skip("jasco_fast is imported from an installed copy, not this checkout (e.g. make test-cuda-build's "
                     "regular install); the error for that case is tested above")
-    assert {"decode", "denorm_transpose"} <= set(benchmark_scripts())
+    assert list(benchmark_scripts()) == list(BENCHMARKS)
+    # every benchmark script of the checkout is registered: a new one must be added to BENCHMARKS
+    assert sorted(p.stem[len("bench_"):] for p in (checkout / "benchmarks").glob("bench_*.py")) == sorted(BENCHMARKS)
 
 
 def test_module_entry_point_help():
