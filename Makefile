@@ -21,7 +21,7 @@ GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
 # gpu_check.py runs the jasco_fast built in place in this tree (not installed there)
 GPU_CHECK       = PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
 
-.PHONY: install demo test test-isa test-no-upstream fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
+.PHONY: install demo lint format test test-isa test-no-upstream fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
 install: $(STAMP)
 
@@ -48,6 +48,24 @@ demo: install
 
 test: install
 	JASCO_FAST_REQUIRE_UPSTREAM=1 $(BIN)/python -m pytest -q
+
+# Lint and format checks: ruff (pyproject.toml [tool.ruff]) on the Python, clang-format (.clang-format) on csrc/.
+# `make format` rewrites the tree the same way. Pinned, so that CI and a developer see the same verdicts.
+LINT_TOOLS = ruff==0.17.6 clang-format==23.1.5
+CXX_SOURCES = $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
+$(VENV)/.lint-tools: $(STAMP)
+	$(BIN)/pip install -q $(LINT_TOOLS)
+	touch $@
+
+lint: $(VENV)/.lint-tools
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: $(VENV)/.lint-tools
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/clang-format -i $(CXX_SOURCES)
 
 # The CPU-kernel and decoder tests again on CPU classes this machine may not be: an emulated AVX2-only CPU (torch's,
 # oneDNN's, MKL's and the extension's own instruction-set caps), then the extension's portable loops.
