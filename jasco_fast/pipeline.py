@@ -171,6 +171,7 @@ class LatentDecoder(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.decoder.to_channels_last()
+        self.decoder.fuse()  # after the dtype and the layout: they decide which fused modules apply
         dim = decoder.config.dimension
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(param.device))
         self.register_buffer("std", _statistic(std, "std", dim).to(param.device))
