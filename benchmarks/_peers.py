@@ -214,11 +214,11 @@ def openvino_bf16(setup: dict) -> tuple[DecodeFn, str]:
 # jasco_fast's modes: name -> LatentDecoder keyword arguments. A new mode (e.g. a mixed-precision keyword
 # another branch adds) is one line here; a keyword this LatentDecoder does not take is reported, not a crash.
 MODES: dict[str, dict] = {
-    "jasco_fast, compile=False": dict(compile=False),
+    "jasco_fast, backend='eager'": dict(backend="eager"),
     "jasco_fast (default)": {},
-    "jasco_fast, compile='torch.compile'": dict(compile="torch.compile"),
+    "jasco_fast, backend='inductor'": dict(backend="inductor"),
     # the ahead-of-time artifact (built now if the cache lacks it), every call in one pass
-    "jasco_fast, compile='aot', one pass": dict(compile="aot", chunk_frames=None),
+    "jasco_fast, backend='aot', one pass": dict(backend="aot", chunk_frames=None),
     "jasco_fast, bfloat16": dict(dtype=torch.bfloat16),
     # the reduced-precision mode: bfloat16 convolutions, the LSTM's recurrent matrices streamed as int8
     "jasco_fast, bfloat16, int8 recurrent": dict(dtype=torch.bfloat16, recurrent_dtype=torch.int8),

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     decoder = Decoder(DecoderConfig()).eval()
-    owner = LatentDecoder(decoder, compile=False, chunk_frames=None)
+    owner = LatentDecoder(decoder, backend="eager", chunk_frames=None)
     recipe = owner.aot_recipe()
     program = latent_decoder_program(**recipe.params)
     bound = artifacts._Bound(owner, "_decode")
@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
         builds[name] = {"build_s": build_s, "load_s": load_s, "package_mb": path.stat().st_size / 1e6}
         runs[name] = runner
         print(f"{name}: build {build_s:.1f} s, load {load_s * 1e3:.1f} ms, {path.stat().st_size / 1e6:.1f} MB", flush=True)
-    runs["torch_compile"] = LatentDecoder(decoder, compile="torch.compile", chunk_frames=None)
+    runs["torch_compile"] = LatentDecoder(decoder, backend="inductor", chunk_frames=None)
     rows = {}
     for batch in map(int, args.batches.split(",")):
         x = torch.randn(batch, 500, 128)

@@ -13,7 +13,7 @@ So the times include the interpreter, ``import torch`` and everything else a use
   eagerly and starts the background build. The child then waits for that build and reports how long
   after its start the artifacts were ready.
 * ``jasco_fast_warm``: the same with the artifact cache warm (built by the previous empty-cache child).
-* ``torch_compile``: ``LatentDecoder(compile="torch.compile")``, the default before this, with
+* ``torch_compile``: ``LatentDecoder(backend="inductor")``, the default before this, with
   torch.compile's own on-disk caches warm (its first round warms them and is not counted).
 
 The kinds run in interleaved rounds (one of each per round, each round with a fresh artifact cache); the
@@ -81,7 +81,7 @@ def child(kind: str, checkpoint: str, latents_path: str) -> None:
         info["import_library_s"] = time.perf_counter() - t
         decoder = jasco_fast.load_decoder(checkpoint)
         # the defaults, as a user writes it
-        fast = jasco_fast.LatentDecoder(decoder, **({"compile": "torch.compile"} if kind == "torch_compile" else {}))
+        fast = jasco_fast.LatentDecoder(decoder, **({"backend": "inductor"} if kind == "torch_compile" else {}))
         audio = fast(latents)
     _report(event="ready", since_start_s=time.perf_counter() - _T_START, samples=audio.shape[-1], **info)
     if kind.startswith("jasco_fast"):
@@ -133,9 +133,9 @@ def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
 
     os.environ["JASCO_FAST_CACHE_DIR"] = str(cache)
     decoder = jasco_fast.load_decoder(checkpoint)
-    runs = {"aot": jasco_fast.LatentDecoder(decoder, compile="aot", background_build=False),
-            "torch_compile": jasco_fast.LatentDecoder(decoder, compile="torch.compile"),
-            "eager": jasco_fast.LatentDecoder(decoder, compile=False)}
+    runs = {"aot": jasco_fast.LatentDecoder(decoder, backend="aot", background_build=False),
+            "torch_compile": jasco_fast.LatentDecoder(decoder, backend="inductor"),
+            "eager": jasco_fast.LatentDecoder(decoder, backend="eager")}
     rows = {}
     for batch in (1, 2):
         x = latents.expand(batch, -1, -1).contiguous()

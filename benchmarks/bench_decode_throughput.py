@@ -7,7 +7,7 @@ compile mode, against JASCO's eager float32 path measured in the same run.
 Grid: B = 1, 8, 32, 128 at 10 s and 30 s of audio (--quick: B = 1, 2 at 1 s). Paths per case, measured in
 interleaved order: ``eager_float32`` (``reference.ReferenceDecoder``: what JASCO runs), ``compiled``
 (``LatentDecoder``, torch.compile with frozen weights) and, on CUDA, ``cudagraphs`` (``LatentDecoder`` with
-``compile_mode="reduce-overhead"``: CUDA graphs). B > 1 is marked dynamic, so each path compiles twice
+``mode="reduce-overhead"``: CUDA graphs). B > 1 is marked dynamic, so each path compiles twice
 (B = 1, B > 1), not once per case. Per path and case: median seconds per call over repeated calls (with
 min and max), audio seconds per second, the speedup over eager float32, peak memory of the first call
 (compilation / graph recording included), relative L2 error against eager float32, and the first call's
@@ -57,9 +57,9 @@ class Runner(NamedTuple):
 def make_runners(decoder: SEANetDecoder, device: str, dtype: torch.dtype) -> list[Runner]:
     eager = reference.ReferenceDecoder(decoder)  # float32, as JASCO runs it
     runners = [Runner("eager_float32", lambda x: reference.decode(eager, x)),
-               Runner("compiled", LatentDecoder(decoder, compile="torch.compile", dtype=dtype))]
+               Runner("compiled", LatentDecoder(decoder, backend="inductor", dtype=dtype))]
     if device == "cuda":
-        runners.append(Runner("cudagraphs", LatentDecoder(decoder, dtype=dtype, compile_mode="reduce-overhead")))
+        runners.append(Runner("cudagraphs", LatentDecoder(decoder, dtype=dtype, mode="reduce-overhead")))
     return runners
 
 

@@ -75,7 +75,7 @@ def bench_decode(device: str, rounds: int, seconds_of_audio: float) -> dict:
 
     torch.manual_seed(0)
     decoder = jasco_fast.SEANetDecoder(jasco_fast.DecoderConfig()).to(device).eval()
-    fast = jasco_fast.LatentDecoder(decoder, compile=False)
+    fast = jasco_fast.LatentDecoder(decoder, backend="eager")
     latents = torch.randn(1, int(seconds_of_audio * 50), 128, device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     key = {"cpu": "CPU", "cuda": "CUDA"}[device]

@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
                 continue
             try:
                 # eager: the mode's arithmetic; its compiled forms' own error is in bench_decode's table
-                fast = LatentDecoder(decoder, **{"compile": False, **kwargs})
+                fast = LatentDecoder(decoder, **{"backend": "eager", **kwargs})
                 with torch.no_grad():
                     got = fast(latents)
             except TypeError as exc:  # a keyword this LatentDecoder does not take

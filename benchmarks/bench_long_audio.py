@@ -61,7 +61,7 @@ def child_memory(path: str, batch: int, seconds: float, decode: bool) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     torch.manual_seed(0)
     decoder = SEANetDecoder(DecoderConfig()).eval()
-    fast = LatentDecoder(decoder, compile=False, chunk_frames=None if path == "full" else DEFAULT_CHUNK_FRAMES)
+    fast = LatentDecoder(decoder, backend="eager", chunk_frames=None if path == "full" else DEFAULT_CHUNK_FRAMES)
     latents = torch.randn(batch, int(seconds * FRAME_RATE), decoder.dimension)
     t0 = time.perf_counter()
     if decode:
@@ -116,8 +116,8 @@ def measure_memory(cases: list[tuple[str, int, float]], env) -> list[dict]:
 def measure_throughput(cases: list[tuple[int, float]], rounds: int, chunk_frames: int) -> list[dict]:
     torch.manual_seed(0)
     decoder = SEANetDecoder(DecoderConfig()).eval()
-    full = LatentDecoder(decoder, compile="torch.compile", chunk_frames=None)
-    chunked = LatentDecoder(decoder, compile="torch.compile", chunk_frames=chunk_frames)
+    full = LatentDecoder(decoder, backend="inductor", chunk_frames=None)
+    chunked = LatentDecoder(decoder, backend="inductor", chunk_frames=chunk_frames)
     rows = []
     for batch, seconds in cases:
         latents = torch.randn(batch, int(seconds * FRAME_RATE), decoder.dimension)
@@ -148,7 +148,7 @@ def measure_throughput(cases: list[tuple[int, float]], rounds: int, chunk_frames
 def measure_chunk_sizes(sizes: list[int], seconds: float, rounds: int) -> list[dict]:
     torch.manual_seed(0)
     decoder = SEANetDecoder(DecoderConfig()).eval()
-    fast = {c: LatentDecoder(decoder, compile="torch.compile", chunk_frames=c) for c in sizes}
+    fast = {c: LatentDecoder(decoder, backend="inductor", chunk_frames=c) for c in sizes}
     latents = torch.randn(1, int(seconds * FRAME_RATE), decoder.dimension)
     for c in sizes:
         fast[c](latents)  # compile

@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
 
     base = SEANetDecoder(DecoderConfig()).eval()
-    eager_whole = LatentDecoder(base, compile=False, dtype=dtype)
+    eager_whole = LatentDecoder(base, backend="eager", dtype=dtype)
     decoder = eager_whole.decoder  # folded, channels-last, in dtype: what LatentDecoder runs
     latents = torch.randn(1, args.frames, decoder.dimension) * 0.25
     stages = stages_of(decoder)
@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
             runs[name] = {"eager": (module, x), "compiled": (compiled, x)}
         whole = {}
         if not args.quick:
-            compiled_whole = LatentDecoder(base, compile="torch.compile", dtype=dtype, chunk_frames=None)
+            compiled_whole = LatentDecoder(base, backend="inductor", dtype=dtype, chunk_frames=None)
             compiled_whole(latents)
             whole = {"eager": eager_whole, "compiled": compiled_whole}
             eager_whole.chunk_frames = None

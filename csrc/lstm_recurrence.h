@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <tuple>
 
 namespace jasco_fast {
@@ -19,11 +20,21 @@ bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, 
 // lstm(seq) + seq from state (h0, c0) ([num_layers, B, C], seq's dtype), and the state after the first
 // state_frames frames: the op's semantics. State and arithmetic in float32; outputs in seq's dtype.
 // recurrent: the format of the recurrent matrices: seq's dtype, kBFloat16 (float32 weights rounded to
-// bfloat16) or kChar (int8 as dequantized_int8_rows describes).
+// bfloat16) or kChar (int8 as dequantized_int8_rows describes). packed: the recurrent matrices from
+// jasco_fast::lstm_pack for that format (checked: check_lstm_pack); absent, the call packs them itself.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
                                                                         int64_t num_layers, const at::Tensor& h0,
                                                                         const at::Tensor& c0, int64_t state_frames,
-                                                                        at::ScalarType recurrent);
+                                                                        at::ScalarType recurrent,
+                                                                        const std::optional<at::Tensor>& packed);
+
+// The format the recurrent matrices of `own`-dtype weights are used in (op: the name errors start with):
+// `own` (recurrent_dtype None or `own`), bfloat16 (from float32 weights) or kChar; else a TypeError.
+at::ScalarType recurrent_format(std::optional<at::ScalarType> recurrent_dtype, at::ScalarType own, const char* op);
+
+// Raises a ValueError unless `packed` is a pack (jasco_fast::lstm_pack) of the weights' W_hh shapes and dtype in
+// the layout this process packs `recurrent` in (the format, and the tile width of this CPU).
+void check_lstm_pack(const at::Tensor& packed, at::TensorList weights, int64_t num_layers, at::ScalarType recurrent);
 
 // The 8-bit recurrent weight format: symmetric int8 with one float32 scale per output row,
 // scale = max |w[r, :]| / 127 (1 for an all-zero row), q = round-half-even(w / scale) in float32 arithmetic.

@@ -39,22 +39,12 @@ void check_state(const std::optional<at::Tensor>& s, const char* name, const at:
               s->scalar_type(), ", ", s->device());
 }
 
-// The format the recurrent matrices are used in: the weights' dtype (recurrent_dtype None or that dtype),
-// bfloat16 (from float32 weights) or int8.
-at::ScalarType recurrent_format(std::optional<at::ScalarType> recurrent_dtype, at::TensorList weights) {
-  const at::ScalarType own = weights.size() >= 2 ? weights[1].scalar_type() : at::kFloat;
-  if (!recurrent_dtype.has_value() || *recurrent_dtype == own) return own;
-  TORCH_CHECK_TYPE(*recurrent_dtype == at::kChar || (*recurrent_dtype == at::kBFloat16 && own == at::kFloat),
-                   "lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or torch.bfloat16 "
-                   "with float32 weights; got ", *recurrent_dtype, " with ", own, " weights");
-  return *recurrent_dtype;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, at::TensorList weights,
                                                          int64_t num_layers, const std::optional<at::Tensor>& h0,
                                                          const std::optional<at::Tensor>& c0,
                                                          std::optional<int64_t> state_frames,
-                                                         std::optional<at::ScalarType> recurrent_dtype) {
+                                                         std::optional<at::ScalarType> recurrent_dtype,
+                                                         const std::optional<at::Tensor>& packed) {
   TORCH_CHECK_VALUE(seq.dim() == 3, "lstm_skip: seq must be 3-D [B, T, C], got shape ", seq.sizes());
   TORCH_CHECK_VALUE(num_layers >= 1, "lstm_skip: num_layers must be >= 1, got ", num_layers);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == 4 * num_layers, "lstm_skip: expected 4 * num_layers = ",
@@ -65,13 +55,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
   const int64_t T = seq.size(1);
   const int64_t n = state_frames.value_or(T);
   TORCH_CHECK_VALUE(0 <= n && n <= T, "lstm_skip: state_frames must lie in [0, T] = [0, ", T, "], got ", n);
-  const at::ScalarType recurrent = recurrent_format(recurrent_dtype, weights);
+  const at::ScalarType recurrent =
+      recurrent_format(recurrent_dtype, weights.size() >= 2 ? weights[1].scalar_type() : at::kFloat, "lstm_skip");
+  if (packed.has_value()) check_lstm_pack(*packed, weights, num_layers, recurrent);
 
   const auto state_shape = std::vector<int64_t>{num_layers, seq.size(0), seq.size(2)};
   at::Tensor h = h0.has_value() ? *h0 : at::zeros(state_shape, seq.options());
   at::Tensor c = c0.has_value() ? *c0 : at::zeros(state_shape, seq.options());
   if (lstm_recurrence_cpu_applies(seq, weights, num_layers)) {
-    return lstm_skip_recurrence_cpu(seq, weights, num_layers, h, c, n, recurrent);
+    return lstm_skip_recurrence_cpu(seq, weights, num_layers, h, c, n, recurrent, packed);
   }
   std::vector<at::Tensor> stored;
   if (recurrent != weights[1].scalar_type()) {  // ATen's LSTM with the stored W_hh values
@@ -108,6 +100,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
 }
 
 }  // namespace
+
+at::ScalarType recurrent_format(std::optional<at::ScalarType> recurrent_dtype, at::ScalarType own, const char* op) {
+  if (!recurrent_dtype.has_value() || *recurrent_dtype == own) return own;
+  TORCH_CHECK_TYPE(*recurrent_dtype == at::kChar || (*recurrent_dtype == at::kBFloat16 && own == at::kFloat), op,
+                   ": recurrent_dtype must be None, the weights' dtype, torch.int8, or torch.bfloat16 "
+                   "with float32 weights; got ", *recurrent_dtype, " with ", own, " weights");
+  return *recurrent_dtype;
+}
 
 at::Tensor dequantized_int8_rows(const at::Tensor& w_hh) {
   // the same float32 arithmetic as the CPU kernel's packing (quantize_row)

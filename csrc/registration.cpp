@@ -28,9 +28,15 @@ TORCH_LIBRARY(jasco_fast, m) {
   // None (or the weights' dtype) uses W_hh as given; torch.bfloat16 (float32 weights) rounds each W_hh to
   // bfloat16; torch.int8 quantises it to int8 with a float32 scale per row (csrc/lstm_recurrence.h). On CPU
   // at B <= 8 the arithmetic is float32 whatever the dtypes (csrc/cpu/lstm_recurrence.cpp).
+  // packed: the recurrent matrices from lstm_pack (None: the call packs them itself).
   m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
-        "int? state_frames=None, ScalarType? recurrent_dtype=None) -> (Tensor, Tensor, Tensor)",
+        "int? state_frames=None, ScalarType? recurrent_dtype=None, Tensor? packed=None) -> (Tensor, Tensor, Tensor)",
         {at::Tag::needs_fixed_stride_order});
+  // Each w_hh ([4C, C], float32 or bfloat16, CPU) packed for lstm_skip's CPU kernel in recurrent_dtype (as
+  // lstm_skip's) and this process's CPU layout: one uint8 tensor, a segment per layer with a header (format,
+  // tile width, shape, dtype, version) that lstm_skip checks. Its size depends on the shapes, dtype and
+  // recurrent format only (jasco_fast/ops.py, lstm_pack_bytes).
+  m.def("lstm_pack(Tensor[] w_hh, ScalarType? recurrent_dtype=None) -> Tensor");
   // Residual vector quantisation decode: out[b, :, t] = sum over k < K of codebooks[k, codes[b, k, t], :] for codes
   // [B, K, T] (int64/int32, K <= num_codebooks: the first K are used) and codebooks [num_codebooks,
   // codebook_size, D]; float32 accumulation in codebook order (float64 for float64), cast to `dtype`, written

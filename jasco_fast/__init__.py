@@ -27,12 +27,14 @@ _WHERE = {
     "LatentDecoder": "pipeline", "CodeDecoder": "pipeline",
     "Quantizer": "quantizer", "load_quantizer": "quantizer",
     "PerformanceWarning": "modes", "modes": None,
+    "reuse_freed_memory": "memory",
 }
 
 __all__ = [
     "JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "codes_to_latents", "SEANetDecoder",
     "DecoderConfig", "load_decoder", "CheckpointError", "LatentDecoder", "CodeDecoder", "Quantizer",
     "load_quantizer", "patch", "unpatch", "audio_write", "write_batch", "reference", "PerformanceWarning", "modes",
+    "reuse_freed_memory",
 ]
 
 

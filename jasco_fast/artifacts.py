@@ -44,6 +44,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -53,7 +54,7 @@ from torch import nn
 
 __all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
            "machine_tag", "build", "is_cached", "load", "validate", "build_in_background", "entries", "clear",
-           "discard", "failure", "background_builds_enabled"]
+           "discard", "failure", "background_builds_enabled", "BackgroundBuildWarning"]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -74,6 +75,42 @@ def cache_dir() -> Path:
         return Path(os.environ["JASCO_FAST_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "jasco_fast"
+
+
+class BackgroundBuildWarning(UserWarning):
+    """Announces, once per process, that a cache miss started a background build of ahead-of-time artifacts."""
+
+
+_announce_lock = threading.Lock()
+_announced = False
+
+
+def _outside_the_package() -> int:
+    """The ``stacklevel``, for a warning raised by this function's caller, of the first frame outside
+    jasco_fast, torch (``Module.__call__``) and contextlib (a deferred build's block): the caller's line that
+    led to it (a decode call, say)."""
+    inside = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep,
+              contextlib.__file__)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _announce_background_build(cache: Path | None) -> None:
+    """A detached builder process is a visible effect of a library call: said once per process, with the
+    cache it writes to and how to turn it off."""
+    global _announced
+    with _announce_lock:
+        if _announced:
+            return
+        _announced = True
+    import warnings
+
+    warnings.warn(f"jasco_fast: building ahead-of-time compiled decoders into {(cache or cache_dir()) / 'aot'} in a "
+                  f"low-priority background process; calls run eagerly until they are ready. Turn this off with "
+                  f"background_build=False or JASCO_FAST_BACKGROUND_BUILD=0 (`jasco-fast compile` builds them "
+                  f"instead)", BackgroundBuildWarning, stacklevel=_outside_the_package())
 
 
 def background_builds_enabled() -> bool:
@@ -638,7 +675,7 @@ class BackgroundBuilds:
             self._depth -= 1
             if self._depth == 0 and self._wanted:
                 wanted, self._wanted = self._wanted, []
-                self._start(wanted)
+                self._start(wanted, announce=True)
 
     def request(self, recipe: Recipe) -> None:
         """Called on a miss of ``recipe``: start a builder (at once, or at the end of a deferred() block)
@@ -647,7 +684,7 @@ class BackgroundBuilds:
         if self._depth:
             self._wanted.append(recipe)
         else:
-            self._start([recipe])
+            self._start([recipe], announce=True)
 
     def start(self, first: Sequence[Recipe] = ()) -> subprocess.Popen | None:
         """Start a builder now for every recipe of the set the cache lacks, ``first`` first, unless one is
@@ -655,7 +692,8 @@ class BackgroundBuilds:
         self._start(list(first))
         return self.process if self.process is not None and self.process.poll() is None else None
 
-    def _start(self, first: list[Recipe]) -> None:
+    def _start(self, first: list[Recipe], *, announce: bool = False) -> None:
+        """``announce``: a build no one asked for (a miss), said once per process (:class:`BackgroundBuildWarning`)."""
         if not self.enabled:
             return
         if self.process is not None and self.process.poll() is None:
@@ -682,6 +720,8 @@ class BackgroundBuilds:
             return
         for r in todo:
             self._started[r.key()] = self._started.get(r.key(), 0) + 1
+        if announce:
+            _announce_background_build(self.cache)
 
 
 def build_in_background(recipes: Recipe | Sequence[Recipe], *, cache: Path | None = None) -> subprocess.Popen:

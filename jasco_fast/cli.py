@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
+from jasco_fast.backends import BACKENDS
 from jasco_fast.audio import FORMATS, STRATEGIES, mp3_rate_range, write_batch
 from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 from jasco_fast.errors import is_out_of_memory
+from jasco_fast.memory import reuse_freed_memory
 from jasco_fast.loading import CheckpointError, check_torch_zip, load_decoder, read_safetensors_header
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, recurrent_format_supported
 from jasco_fast.overlap import HostCopy, Outcome, WriteQueue
@@ -246,12 +248,13 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
                    help="cuda also means AMD GPUs on a ROCm torch; `jasco-fast info` shows each device's path")
     p.add_argument("--dtype", default="float32", choices=[*DTYPES, "auto"], help=DTYPE_HELP)
     p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16", "auto"], help=RECURRENT_HELP)
-    p.add_argument("--no-compile", action="store_true", help="run the fast path eagerly (no compiled decoder)")
-    p.add_argument("--torch-compile", action="store_true",
-                   help="compile with torch.compile in this process instead of using the ahead-of-time compiled "
-                        "decoders in the cache (the CPU default; `jasco-fast compile`, or built in the background "
-                        "on a miss while the first calls run eagerly)")
-    p.add_argument("--aot", action="store_true", help=argparse.SUPPRESS)  # the default since 0.2; still accepted
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="how the decoder runs: eager; inductor (torch.compile in this process); aot (the "
+                        "ahead-of-time compiled decoders in the cache: `jasco-fast compile`, or built in the "
+                        "background on a miss while the first calls run eagerly; codes files take inductor). "
+                        "Default: aot on the CPU, inductor elsewhere")
+    p.add_argument("--mode", default=None,
+                   help="a torch.compile mode (e.g. reduce-overhead for CUDA graphs); with --backend inductor")
     p.add_argument("--format", default="wav", choices=FORMATS)
     p.add_argument("--strategy", default="peak", choices=[s for s in STRATEGIES if s],
                    help="loudness normalisation (audio_write)")
@@ -260,11 +263,11 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
                         "320 at 32 kHz)")
 
 
-def _compile_choice(args) -> bool | str:
-    """LatentDecoder's ``compile`` from --no-compile / --torch-compile (default: the device's default)."""
-    if args.no_compile and args.torch_compile:
-        raise UsageError("--no-compile and --torch-compile contradict each other")
-    return False if args.no_compile else "torch.compile" if args.torch_compile else True
+def _backend(args) -> dict:
+    """LatentDecoder's ``backend`` and ``mode`` from --backend / --mode (default: the device's default)."""
+    if args.mode is not None and args.backend not in (None, "inductor"):
+        raise UsageError(f"--mode is a torch.compile mode: it needs --backend inductor, got --backend {args.backend}")
+    return {"backend": args.backend, "mode": args.mode}
 
 
 def _mp3_rate(requested: int | None, sample_rate: int) -> int:
@@ -374,7 +377,7 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     files = all_files[rank::world]  # each file decoded by exactly one rank
     decoder = build_decoder(args.checkpoint, device, quiet=rank != 0)
     try:  # long items are decoded chunk by chunk: only their audio is held, never the activations
-        fast = LatentDecoder(decoder, args.mean, args.std, compile=_compile_choice(args), dtype=_dtype(args),
+        fast = LatentDecoder(decoder, args.mean, args.std, **_backend(args), dtype=_dtype(args),
                              chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
@@ -383,7 +386,9 @@ def _decode_shard(args, device: torch.device, rank: int, world: int) -> tuple[Su
     def code_decoder() -> CodeDecoder:
         if not code_decoders:
             quantizer = build_quantizer(args.checkpoint, device, decoder.dimension)
-            code_decoders.append(CodeDecoder(decoder, quantizer, compile=_compile_choice(args) is not False,
+            # no artifact recipe covers codes: "aot" (the CPU's default) compiles them with inductor
+            backend = {**_backend(args), "backend": None if args.backend == "aot" else args.backend}
+            code_decoders.append(CodeDecoder(decoder, quantizer, **backend,
                                              dtype=_dtype(args), chunk_frames=args.chunk_frames,
                                              recurrent_dtype=_recurrent_dtype(args)))
         return code_decoders[0]
@@ -531,10 +536,10 @@ def cmd_demo(args) -> int:
           f"(JASCO's latents are normalised to about N(0, 1))")
     # No background build while the calls are timed: on a small machine it takes the cores the calls are
     # measured on. A missing artifact is built once the timing is done.
-    fast = LatentDecoder(decoder, compile=_compile_choice(args), dtype=_dtype(args),
+    fast = LatentDecoder(decoder, **_backend(args), dtype=_dtype(args),
                          chunk_frames=DEFAULT_CHUNK_FRAMES, recurrent_dtype=_recurrent_dtype(args),
                          background_build=False)
-    if fast.backend == "torch.compile":
+    if fast.backend == "inductor":
         print("first call: compiling with torch.compile (seconds to tens of seconds) ...", flush=True)
     sync = {"cuda": torch.cuda.synchronize, "mps": lambda: torch.mps.synchronize()}.get(device.type, lambda: None)
 
@@ -570,10 +575,10 @@ def cmd_demo(args) -> int:
                 else "eager: no ahead-of-time decoder cached yet" if missed
                 else "eager: outside the ahead-of-time decoder's bounds")
         first_why = "includes loading the compiled decoder" if fast.artifacts_loaded else "includes one-time set-up"
-    elif fast.backend == "torch.compile":
+    elif fast.backend == "inductor":
         mode, first_why = "torch.compile", "includes compiling with torch.compile"
     else:
-        mode, first_why = "eager (--no-compile)", "includes one-time set-up"
+        mode, first_why = "eager (--backend eager)", "includes one-time set-up"
     recurrent = f", {str(fast.recurrent_dtype)[6:]} recurrent" if fast.recurrent_dtype is not None else ""
     print(f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, "
           f"{str(fast.dtype)[6:]}{recurrent}{' (auto)' if args.dtype == 'auto' else ''}, {device}), {mode}:")
@@ -613,7 +618,7 @@ def cmd_compile(args) -> int:
     device = _device(args.device)
     decoder = build_decoder(args.checkpoint, device, quiet=True)
     try:
-        fast = LatentDecoder(decoder, args.mean, args.std, compile=False, dtype=_dtype(args),
+        fast = LatentDecoder(decoder, args.mean, args.std, backend="eager", dtype=_dtype(args),
                              chunk_frames=args.chunk_frames, recurrent_dtype=_recurrent_dtype(args))
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
@@ -629,7 +634,7 @@ def cmd_compile(args) -> int:
         except artifacts.ArtifactError as exc:
             raise UsageError(_first_line(exc)) from None
         print(f"  {path.name} ({time.perf_counter() - start:.1f} s)", flush=True)
-    aot = LatentDecoder(decoder, args.mean, args.std, compile="aot", dtype=_dtype(args),
+    aot = LatentDecoder(decoder, args.mean, args.std, backend="aot", dtype=_dtype(args),
                         chunk_frames=args.chunk_frames, background_build=False, recurrent_dtype=_recurrent_dtype(args))
     status = aot.load_artifacts()  # loads (and validates) them as a later process will
     bad = {k: v for k, v in status.items() if not v.startswith("loaded")}
@@ -819,6 +824,8 @@ def _terminate(signum, frame):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # the CLI owns its process: freed activations stay mapped for the next decode (jasco_fast.memory)
+    reuse_freed_memory()
     # SIGTERM's default action kills without running any cleanup; as an exception, temporaries are removed
     # and writes in flight finish (exit status 128 + 15, as if killed by the signal; Ctrl-C: 128 + 2).
     in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal works only there

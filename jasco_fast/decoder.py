@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jasco_fast.ops import elu_conv, elu_conv_transpose, elu_resblock, lstm_skip
+from jasco_fast.ops import (
+    elu_conv,
+    elu_conv_transpose,
+    elu_resblock,
+    lstm_pack,
+    lstm_skip,
+)
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
 NORMS = ("none", "weight_norm", "spectral_norm", "time_group_norm")
@@ -384,17 +390,56 @@ class LSTM(nn.Module):
     Holds nn.LSTM's parameters under nn.LSTM's names (weight_ih_l0, ...) and runs them through
     :func:`jasco_fast.ops.lstm_skip`. ``recurrent_dtype`` (None, ``torch.bfloat16``, ``torch.int8``) is the
     format the op streams the recurrent matrices in (see there); None: the parameters' own dtype.
+
+    :meth:`prepack` packs the recurrent matrices once (:func:`jasco_fast.ops.lstm_pack`) into the
+    non-persistent buffer ``packed_recurrent``, which every later call uses instead of packing per call.
+    Setting ``recurrent_dtype``, ``.to()`` / ``.float()`` and friends, and ``load_state_dict`` pack again;
+    a weight changed IN PLACE afterwards (``w.copy_``, ``.data``) needs ``prepack()`` again (the weights stay
+    ordinary mutable parameters, as torch's prepacked modules keep theirs).
     """
 
     def __init__(self, dim: int, num_layers: int, recurrent_dtype: torch.dtype | None = None):
         super().__init__()
         self.num_layers = num_layers
+        self.register_buffer("packed_recurrent", None, persistent=False)
         self.recurrent_dtype = recurrent_dtype
         bound = 1 / math.sqrt(dim)
         for k in range(num_layers):
             for name, shape in ((f"weight_ih_l{k}", (4 * dim, dim)), (f"weight_hh_l{k}", (4 * dim, dim)),
                                 (f"bias_ih_l{k}", (4 * dim,)), (f"bias_hh_l{k}", (4 * dim,))):
                 self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
+
+    @property
+    def recurrent_dtype(self) -> torch.dtype | None:
+        return self._recurrent_dtype
+
+    @recurrent_dtype.setter
+    def recurrent_dtype(self, value: torch.dtype | None) -> None:
+        self._recurrent_dtype = value
+        if self.packed_recurrent is not None:
+            self.prepack()
+
+    def prepack(self) -> LSTM:
+        """Pack the recurrent matrices for this CPU and ``recurrent_dtype`` into ``packed_recurrent``; a no-op
+        (the buffer stays None) where the op's CPU kernel cannot read them: other devices, other dtypes."""
+        w_hh = [getattr(self, f"weight_hh_l{k}") for k in range(self.num_layers)]
+        if all(w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) for w in w_hh):
+            with torch.no_grad():
+                self.packed_recurrent = lstm_pack(w_hh, self.recurrent_dtype)
+        else:
+            self.packed_recurrent = None
+        return self
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.packed_recurrent is not None:  # the weights may have a new dtype or device
+            self.prepack()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.packed_recurrent is not None:
+            self.prepack()
 
     def flat_weights(self) -> list[torch.Tensor]:
         return [getattr(self, f"{kind}_l{k}") for k in range(self.num_layers)
@@ -408,7 +453,8 @@ class LSTM(nn.Module):
         """(y, h, c): y as :meth:`forward` from state (h, c) ([num_layers, B, C], default zeros), and the
         state after the first ``state_frames`` frames (default: all)."""
         seq = x.squeeze(2).transpose(1, 2)  # [B, T, C]: a view when x is channels-last
-        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames, self.recurrent_dtype)
+        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames, self.recurrent_dtype,
+                            self.packed_recurrent)
         return y.transpose(1, 2).unsqueeze(2), h, c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -633,12 +679,12 @@ class SEANetDecoder(nn.Module):
         Decided from the parameters (where and in what dtype the decoder runs), so call it after moving the
         decoder there: ``decoder.to(dtype).to_channels_last().fuse()``. The state_dict (keys and tensors) does
         not change: load checkpoints before or after. A fused decoder moved to another device or dtype, or asked
-        for gradients, runs its layers' own math where the op does not apply. Also prepacks the LSTM where it
-        can. Returns self.
+        for gradients, runs its layers' own math where the op does not apply. Also packs the LSTM's recurrent
+        matrices (:meth:`LSTM.prepack`). Returns self.
         """
         self.layers.fuse()
         for module in self.modules():
-            if isinstance(module, LSTM) and hasattr(module, "prepack"):
+            if isinstance(module, LSTM):
                 module.prepack()
         return self
 

@@ -220,7 +220,7 @@ def _notes(report: dict) -> list[str]:
         notes.append("this CPU lacks AVX2/F16C: the CPU kernel runs its portable loops")
     if "cxx" in report.get("torch_compile", {}) and not report["torch_compile"]["cxx"]:
         notes.append("no C++ compiler found: torch.compile cannot build CPU code; install g++ or run with "
-                     "--no-compile / LatentDecoder(..., compile=False)")
+                     "--backend eager / LatentDecoder(..., backend=\"eager\")")
     sf = report.get("packages", {}).get("soundfile", {})
     missing = [f for f, ok in sf.get("jasco_fast_formats", {}).items() if not ok]
     if missing:

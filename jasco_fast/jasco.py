@@ -86,7 +86,7 @@ def patch(jasco_model, **latent_decoder_kwargs) -> LatentDecoder:
     * MusicGen / AudioGen whose ``compression_model`` wraps a transformers EnCodec model (audiocraft's
       ``HFEncodecCompressionModel``, as MusicGen's released models): ``generate_audio(tokens [B, K, T])``
       runs :class:`CodeDecoder` with the model's own codebooks and decoder weights (no mean/std).
-    Keyword arguments go to the LatentDecoder / CodeDecoder (``dtype``, ``compile``...). Returns it.
+    Keyword arguments go to the LatentDecoder / CodeDecoder (``dtype``, ``backend``...). Returns it.
     Patching again replaces the previous fast path; :func:`unpatch` restores the original method.
     """
     stats = _latent_statistics(jasco_model)

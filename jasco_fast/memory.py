@@ -9,8 +9,10 @@ OpenVINO keep their own memory arenas for the same reason.
 :func:`reuse_freed_memory` asks glibc (``mallopt``) to serve large blocks from its heap (``M_MMAP_MAX = 0``)
 and to keep up to :data:`KEPT_BYTES` of freed memory at the top of the heap (``M_TRIM_THRESHOLD``), so the
 next call finds its buffers already mapped. It is process-wide: the resident size stays near the peak of the
-largest decode (less what exceeds ``KEPT_BYTES``) instead of falling back between calls. ``LatentDecoder``
-calls it for CPU decoders; ``JASCO_FAST_MALLOC=system`` in the environment keeps glibc's defaults.
+largest decode (less what exceeds ``KEPT_BYTES``) instead of falling back between calls. So a library does
+not decide it for its host: applications opt in with ``jasco_fast.reuse_freed_memory()``; the ``jasco-fast``
+command, which owns its process, calls it at start. ``JASCO_FAST_MALLOC=system`` in the environment keeps
+glibc's defaults even then.
 """
 from __future__ import annotations
 

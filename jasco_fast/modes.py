@@ -162,8 +162,9 @@ def resolve_mode(dtype, recurrent_dtype, device: torch.device, default: torch.dt
     return dtype, recurrent_dtype
 
 
-def warn_if_emulated(dtype: torch.dtype, device: torch.device) -> None:
-    """Warn once per process and dtype when ``dtype`` on this CPU runs as emulated arithmetic."""
+def warn_if_emulated(dtype: torch.dtype, device: torch.device, *, stacklevel: int = 3) -> None:
+    """Warn once per process and dtype when ``dtype`` on this CPU runs as emulated arithmetic (``stacklevel``:
+    the caller's frame the warning names, counted from this function)."""
     if device.type != "cpu" or dtype not in EMULATED_SLOWDOWN or dtype in _warned:
         return
     name = str(dtype).replace("torch.", "")
@@ -174,4 +175,4 @@ def warn_if_emulated(dtype: torch.dtype, device: torch.device) -> None:
     row = auto_mode(device)
     warnings.warn(f"this CPU ({cpu_class()} class) has no {name} arithmetic, so {name} is emulated: a {name} "
                   f"decode measured {slowdown} slower than float32 on {where}. dtype='auto' picks {row.name} "
-                  f"here; float32 is the exact mode.", PerformanceWarning, stacklevel=3)
+                  f"here; float32 is the exact mode.", PerformanceWarning, stacklevel=stacklevel)

@@ -2,12 +2,13 @@
 
 The schemas live in ``csrc/registration.cpp``, the kernels in ``csrc/``.
 
-``lstm_skip(seq [B, T, C], weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None)
--> (y, h, c)``: the SEANet LSTM block ``y = lstm(seq) + seq`` from state ``(h0, c0)``, returning the state
-after the first ``state_frames`` frames; what chunked decoding carries from chunk to chunk. On CPU at
-B <= 8 a recurrence kernel of the extension (float32 state and arithmetic, the recurrent matrix streamed in
-its own dtype, or as bfloat16 / int8 with ``recurrent_dtype``); otherwise ATen's LSTM. Inference only (no
-autograd formula).
+``lstm_skip(seq [B, T, C], weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None,
+packed=None) -> (y, h, c)``: the SEANet LSTM block ``y = lstm(seq) + seq`` from state ``(h0, c0)``, returning
+the state after the first ``state_frames`` frames; what chunked decoding carries from chunk to chunk. On CPU
+at B <= 8 a recurrence kernel of the extension (float32 state and arithmetic, the recurrent matrix streamed
+in its own dtype, or as bfloat16 / int8 with ``recurrent_dtype``); otherwise ATen's LSTM. Inference only (no
+autograd formula). ``lstm_pack(w_hh, recurrent_dtype=None)`` packs the recurrent matrices for that kernel
+once (``packed``); without it each call packs them.
 
 
 ``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
@@ -49,9 +50,9 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "codes_to_latents", "elu_resblock", "elu_conv", "elu_conv_transpose", "FallbackWarning", "FALLBACKS",
+__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "lstm_pack", "lstm_pack_bytes", "codes_to_latents", "elu_resblock", "elu_conv", "elu_conv_transpose", "FallbackWarning", "FALLBACKS",
            "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback", "check_denorm_transpose",
-           "check_lstm_skip", "check_codes_to_latents", "check_elu_resblock", "check_elu_conv",
+           "check_lstm_skip", "check_lstm_pack", "check_codes_to_latents", "check_elu_resblock", "check_elu_conv",
            "check_elu_conv_transpose"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
@@ -267,7 +268,7 @@ def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: to
 
 def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h0: torch.Tensor | None = None,
               c0: torch.Tensor | None = None, state_frames: int | None = None,
-              recurrent_dtype: torch.dtype | None = None):
+              recurrent_dtype: torch.dtype | None = None, packed: torch.Tensor | None = None):
     """``lstm(seq) + seq`` for a batch-first, unidirectional LSTM with biases, from state ``(h0, c0)``.
 
     Args:
@@ -283,11 +284,16 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
             (``max |row| / 127``, round half to even), a quarter of float32's bytes per step. The
             arithmetic stays float32. Devices and batches without the CPU kernel run ATen's LSTM with the
             stored values converted back to the weights' dtype.
+        packed: ``lstm_pack([w_hh of each layer], recurrent_dtype)`` of these weights, made in this process;
+            None: the call packs the recurrent matrices itself (milliseconds per layer: a T = 1 call costs
+            several times more). A pack of other shapes, dtype, format or CPU layout is refused; a pack of
+            other VALUES is not detected (whoever holds the pack rebuilds it when the weights change, as
+            :class:`jasco_fast.decoder.LSTM` does).
     Returns:
         (y [B, T, C] contiguous, h [num_layers, B, C], c [num_layers, B, C]).
 
     On CPU at B <= 8 (float32 or bfloat16 seq and weights) the extension's recurrence kernel runs: the input
-    projections of all frames in one GEMM, then per step ``W_hh h`` with W_hh packed once per call, the
+    projections of all frames in one GEMM, then per step ``W_hh h`` with W_hh packed (``packed``), the
     state and arithmetic in float32 (for bfloat16 too; the bfloat16 input GEMM rounds to bfloat16 as ATen's
     does), the output rounded once to seq's dtype. Larger batches and other devices run ATen's LSTM.
 
@@ -295,8 +301,32 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
     into small graphs with unfused activations).
     """
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
-        check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype)
-    return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype)
+        check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed)
+    return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype,
+                                                  packed)
+
+
+def lstm_pack(w_hh: list[torch.Tensor], recurrent_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The recurrent matrices ``w_hh`` (one [4C, C] float32 or bfloat16 CPU tensor per layer) packed for
+    :func:`lstm_skip`'s CPU kernel in ``recurrent_dtype`` (as there): a 1-D uint8 tensor of
+    :func:`lstm_pack_bytes` bytes, whose per-layer headers (layout, tile width of this CPU, shape, dtype)
+    lstm_skip checks. Pass it as ``lstm_skip(..., packed=...)`` with the same weights and recurrent_dtype."""
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_lstm_pack(w_hh, recurrent_dtype)
+    return torch.ops.jasco_fast.lstm_pack.default(w_hh, recurrent_dtype)
+
+
+def lstm_pack_bytes(C: int, weight_dtype: torch.dtype, recurrent_dtype: torch.dtype | None = None) -> int:
+    """Bytes of one layer's segment of :func:`lstm_pack` (csrc/cpu/lstm_recurrence.cpp, segment_bytes: the
+    same rule): a 64-byte header, then for int8 the row scales and sums, then the tiles of
+    ``ceil(C / 16) * 64`` packed rows. The same on every CPU: the layout varies, not the size."""
+    rows = (C + 15) // 16 * 64
+    fmt = weight_dtype if recurrent_dtype is None else recurrent_dtype
+    if fmt == torch.int8:
+        return 64 + rows * 8 + rows * ((C + 3) // 4) * 4
+    if fmt == torch.bfloat16:
+        return 64 + rows * ((C + 1) // 2) * 4
+    return 64 + rows * C * 4
 
 
 def recurrent_format_supported(recurrent_dtype: torch.dtype | None, weight_dtype: torch.dtype) -> bool:
@@ -305,8 +335,10 @@ def recurrent_format_supported(recurrent_dtype: torch.dtype | None, weight_dtype
             or (recurrent_dtype == torch.bfloat16 and weight_dtype == torch.float32))
 
 
-def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None) -> None:
-    """lstm_skip's argument rules (csrc/lstm_skip.cpp: lstm_skip, check_state, recurrent_format)."""
+def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None,
+                    packed=None) -> None:
+    """lstm_skip's argument rules (csrc/lstm_skip.cpp: lstm_skip, check_state, recurrent_format; the packed tensor's
+    type and size as csrc/cpu/lstm_recurrence.cpp's read_packs checks them, whose headers only the kernel reads)."""
     torch._check_value(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
     torch._check_value(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
     torch._check_value(len(weights) == 4 * num_layers,
@@ -328,11 +360,43 @@ def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=Non
     torch._check_type(recurrent_format_supported(recurrent_dtype, own),
                       lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
                               f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
+    if packed is not None:
+        torch._check_type(packed.dtype == torch.uint8 and packed.dim() == 1,
+                          lambda: f"lstm_skip: packed must be a contiguous 1-D uint8 CPU tensor from "
+                                  f"jasco_fast::lstm_pack, got {packed.dtype} {list(packed.shape)} on {packed.device}")
+        size = sum(lstm_pack_bytes(weights[4 * k + 1].shape[1], weights[4 * k + 1].dtype, recurrent_dtype)
+                   for k in range(num_layers))
+        torch._check_value(packed.shape[0] == size,
+                           lambda: f"lstm_skip: packed must be lstm_pack's uint8 [{size}] for these weights and "
+                                   f"recurrent_dtype, got {packed.dtype} {list(packed.shape)}")
+
+
+def check_lstm_pack(w_hh, recurrent_dtype=None) -> int:
+    """lstm_pack's argument rules (csrc/cpu/lstm_recurrence.cpp: lstm_pack); returns the pack's size in bytes."""
+    torch._check_value(len(w_hh) >= 1, lambda: "lstm_pack: w_hh must hold at least one matrix")
+    total = 0
+    for i, w in enumerate(w_hh):
+        torch._check_value(w.dim() == 2 and w.shape[1] >= 1 and w.shape[0] == 4 * w.shape[1],
+                           lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}")
+        torch._check_type(w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu",
+                          lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor (what the "
+                                           f"CPU kernel reads), got {w.dtype} on {w.device}")
+        torch._check_type(recurrent_format_supported(recurrent_dtype, w.dtype),
+                          lambda w=w: f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                                      f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} "
+                                      f"weights")
+        total += lstm_pack_bytes(w.shape[1], w.dtype, recurrent_dtype)
+    return total
+
+
+@torch.library.register_fake("jasco_fast::lstm_pack")
+def _(w_hh, recurrent_dtype=None):
+    return w_hh[0].new_empty((check_lstm_pack(w_hh, recurrent_dtype),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("jasco_fast::lstm_skip")
-def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None):
-    check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype)
+def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None, packed=None):
+    check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed)
     B, T, C = seq.shape
     out = seq.new_empty((B, T, C))  # contiguous
     return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))

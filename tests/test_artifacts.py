@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def built_cache(tmp_path_factory, decoders):
     """A cache folder holding the artifacts of the tiny architecture (float32, scalar statistics): one-pass,
     and the three chunk steps of CHUNK-frame chunks."""
     cache = tmp_path_factory.mktemp("cache")
-    for recipe in LatentDecoder(decoders[0], compile=False, chunk_frames=CHUNK).aot_recipes():
+    for recipe in LatentDecoder(decoders[0], backend="eager", chunk_frames=CHUNK).aot_recipes():
         path = artifacts.build(recipe, cache=cache)
         assert path is not None and path.is_file()
     return cache
@@ -71,7 +72,16 @@ def entry(cache: Path, recipe: Recipe, suffix: str) -> Path:
 
 def one_pass_recipe(decoder) -> Recipe:
     """The recipe of the one-pass artifact for any B (LatentDecoder.aot)."""
-    return LatentDecoder(decoder, compile=False, chunk_frames=None).aot_recipe()
+    return LatentDecoder(decoder, backend="eager", chunk_frames=None).aot_recipe()
+
+
+class Forbidden:
+    """A backend whose every call fails: the aot backend's fallback, so that a passing call proves the artifacts ran."""
+
+    def whole(self, *_):
+        raise AssertionError("the eager path ran instead of the artifact")
+
+    step = whole
 
 
 def forbid_eager(fast: LatentDecoder):
@@ -79,10 +89,9 @@ def forbid_eager(fast: LatentDecoder):
     def eager(*_):
         raise AssertionError("the eager path ran instead of the artifact")
     fast.load_artifacts()
-    fast._run = eager
-    for runner in fast._runners.values():
+    fast._backend.fallback = Forbidden()
+    for runner in fast._backend.runners.values():
         runner.eager = eager
-    fast._compiled_step = eager
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,7 +99,7 @@ def forbid_eager(fast: LatentDecoder):
 
 
 def test_artifact_matches_reference_for_every_batch_size_and_length(cache, decoders):
-    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    fast = LatentDecoder(decoders[0], backend="aot", chunk_frames=None)
     assert fast.aot.artifact is not None, fast.aot.status
     forbid_eager(fast)
     lo = aot_min_frames(fast.decoder)
@@ -105,7 +114,7 @@ def test_artifact_matches_reference_for_every_batch_size_and_length(cache, decod
 
 
 def test_shapes_outside_the_bounds_run_eagerly(cache, decoders):
-    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    fast = LatentDecoder(decoders[0], backend="aot", chunk_frames=None)
     lo = aot_min_frames(fast.decoder)
     for latents in (torch.randn(2, lo - 1, 8), torch.randn(1, 1, 8), torch.randn(2, 20, 8, dtype=torch.float64)):
         assert rel_err(fast(latents), reference.decode(decoders[0], latents.float())) < F32_TOL
@@ -113,9 +122,12 @@ def test_shapes_outside_the_bounds_run_eagerly(cache, decoders):
 
 def test_one_artifact_serves_every_checkpoint_of_an_architecture(cache, decoders):
     """Weights are not baked in: another checkpoint and other statistics load the same entry and give
-    their own results (biases and scalars included, which Inductor would otherwise inline)."""
-    first = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
-    other = LatentDecoder(decoders[1], mean=0.3, std=2.5, compile="aot", chunk_frames=None)
+    their own results (biases and scalars included, which Inductor would otherwise inline; the LSTM's pack,
+    a buffer of each decoder, too)."""
+    first = LatentDecoder(decoders[0], backend="aot", chunk_frames=None)
+    manifest = json.loads(artifacts._paths(first.aot_recipe().key(), None)["json"].read_text())
+    assert any(name.endswith("packed_recurrent") for name in manifest["constants"])
+    other = LatentDecoder(decoders[1], mean=0.3, std=2.5, backend="aot", chunk_frames=None)
     assert other.aot_recipe().key() == first.aot_recipe().key()
     assert other.aot.artifact is not None, other.aot.status
     forbid_eager(other)
@@ -127,10 +139,10 @@ def test_one_artifact_serves_every_checkpoint_of_an_architecture(cache, decoders
 
 def test_cpu_default_is_the_artifacts_and_torch_compile_stays_available(decoders):
     assert LatentDecoder(decoders[0]).backend == "aot"
-    assert LatentDecoder(decoders[0], compile=True).backend == "aot"
-    assert LatentDecoder(decoders[0], compile="torch.compile").backend == "torch.compile"
-    assert LatentDecoder(decoders[0], compile_mode="default").backend == "torch.compile"  # a torch.compile mode
-    assert LatentDecoder(decoders[0], compile=False).backend == "eager"
+    assert LatentDecoder(decoders[0], backend=None).backend == "aot"
+    assert LatentDecoder(decoders[0], backend="inductor").backend == "inductor"
+    assert LatentDecoder(decoders[0], mode="default").backend == "inductor"  # a torch.compile mode
+    assert LatentDecoder(decoders[0], backend="eager").backend == "eager"
 
 
 @pytest.mark.parametrize("B", [1, 3])
@@ -207,13 +219,13 @@ def baked_program(baked: bool) -> artifacts.Program:
 
 
 def test_key_covers_what_changes_the_generated_code(decoders, monkeypatch):
-    base = LatentDecoder(decoders[0], compile=False)
+    base = LatentDecoder(decoders[0], backend="eager")
     key = base.aot_recipe().key()
-    assert LatentDecoder(decoders[1], mean=1.0, compile=False).aot_recipe().key() == key  # weights, values: same
+    assert LatentDecoder(decoders[1], mean=1.0, backend="eager").aot_recipe().key() == key  # weights, values: same
     others = [
-        LatentDecoder(decoders[0], compile=False, dtype=torch.bfloat16).aot_recipe().key(),
-        LatentDecoder(decoders[0], compile=False, channels_last=False).aot_recipe().key(),
-        LatentDecoder(decoders[0], mean=torch.zeros(8), compile=False).aot_recipe().key(),
+        LatentDecoder(decoders[0], backend="eager", dtype=torch.bfloat16).aot_recipe().key(),
+        LatentDecoder(decoders[0], backend="eager", channels_last=False).aot_recipe().key(),
+        LatentDecoder(decoders[0], mean=torch.zeros(8), backend="eager").aot_recipe().key(),
         Recipe("latent_decoder", base.aot_recipe().factory, {**base.aot_recipe().params,
                                                              "config": {**base.aot_recipe().params["config"],
                                                                         "n_filters": 8}}).key(),
@@ -277,7 +289,7 @@ def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decode
                         lambda recipes, cache=None: events.append(["build"] + [label(r) for r in recipes]) or Running())
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK)
     assert set(fast.load_artifacts().values()) == {"no entry"} and events == [] and not fast.artifacts_loaded
-    for (_, position, _), runner in ((k, r) for k, r in fast._runners.items() if k[1] is not None):
+    for (_, position, _), runner in ((k, r) for k, r in fast._backend.runners.items() if k[1] is not None):
         runner.eager = (lambda eager, p: lambda *a: events.append(["chunk", p]) or eager(*a))(runner.eager, position)
     latents = torch.randn(2, 3 * CHUNK + 5, 8)
     assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
@@ -304,7 +316,50 @@ def test_start_artifact_build_starts_a_deferred_build_when_asked(tmp_path, decod
     assert isinstance(process, Running) and len(builds) == 1
     assert builds[0][0] == fast.aot_recipe(single=True) and len(builds[0]) == len(fast.aot_recipes())
     assert fast.start_artifact_build() is process and len(builds) == 1
-    assert LatentDecoder(decoders[0], compile=False).start_artifact_build() is None
+    assert LatentDecoder(decoders[0], backend="eager").start_artifact_build() is None
+
+
+def test_a_background_build_is_announced_once_per_process(tmp_path, decoders, monkeypatch):
+    """The first build a miss starts warns (BackgroundBuildWarning), naming the cache and how to turn it off;
+    later builds, of this decoder or another, say nothing more."""
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
+    monkeypatch.setattr(artifacts, "_announced", False)
+    builds = []
+    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Finished())
+    latents = torch.randn(1, 12, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for decoder in decoders:
+            fast = LatentDecoder(decoder, chunk_frames=None)
+            fast(latents)
+            fast(torch.randn(2, 12, 8))
+    announced = [w for w in caught if issubclass(w.category, artifacts.BackgroundBuildWarning)]
+    assert len(builds) >= 2 and len(announced) == 1, (len(builds), [str(w.message) for w in caught])
+    message = str(announced[0].message)
+    assert announced[0].filename == __file__  # names the caller's line, not jasco_fast's
+    assert str(tmp_path / "aot") in message
+    assert "background_build=False" in message and "JASCO_FAST_BACKGROUND_BUILD=0" in message
+
+
+@pytest.mark.parametrize("off", ["argument", "environment"])
+def test_background_builds_turn_off(tmp_path, decoders, monkeypatch, off):
+    """background_build=False, or JASCO_FAST_BACKGROUND_BUILD=0 in the environment: a miss builds nothing and
+    announces nothing; the calls run eagerly."""
+    monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "0" if off == "environment" else "1")
+    monkeypatch.setattr(artifacts, "_announced", False)
+    builds = []
+    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Finished())
+    fast = LatentDecoder(decoders[0], chunk_frames=CHUNK, **({"background_build": False} if off == "argument" else {}))
+    assert fast.backend == "aot"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for T in (12, 3 * CHUNK + 5):
+            latents = torch.randn(1, T, 8)
+            assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
+    assert builds == [] and not artifacts._announced
+    assert not [w for w in caught if issubclass(w.category, artifacts.BackgroundBuildWarning)]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_package", "garbage_manifest"])
@@ -321,7 +376,7 @@ def test_damaged_entry_is_not_loaded_but_rebuilt(cache, decoders, rebuilds, monk
     else:
         manifest.write_text("{not json")
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
-    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    fast = LatentDecoder(decoders[0], backend="aot", chunk_frames=None)
     assert fast.aot.artifact is None and "rejected" in fast.aot.status
     assert not manifest.exists()  # discarded
     latents = torch.randn(2, 30, 8)
@@ -335,14 +390,14 @@ def test_stale_entry_is_not_loaded(cache, decoders):
     manifest = json.loads(manifest_path.read_text())
     manifest["material"]["torch"] = "2.0.0"
     manifest_path.write_text(json.dumps(manifest))
-    artifact, why = artifacts.load(LatentDecoder(decoders[0], compile=False).aot_recipe(),
-                                   LatentDecoder(decoders[0], compile=False))
+    artifact, why = artifacts.load(LatentDecoder(decoders[0], backend="eager").aot_recipe(),
+                                   LatentDecoder(decoders[0], backend="eager"))
     assert artifact is None and "stale" in why
 
 
 def test_another_cpu_or_torch_misses_the_entry(cache, decoders, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")
-    fast = LatentDecoder(decoders[0], compile="aot", chunk_frames=None)
+    fast = LatentDecoder(decoders[0], backend="aot", chunk_frames=None)
     assert fast.aot.artifact is None and fast.aot.status == "no entry"
     assert len(entry_files(cache, "json")) == 2  # the other machine's entries are left alone
 
@@ -350,7 +405,7 @@ def test_another_cpu_or_torch_misses_the_entry(cache, decoders, monkeypatch):
 def test_entry_that_disagrees_with_eager_is_never_run(cache, built_cache, decoders, rebuilds):
     """A package that loads but computes something else (here: the oracle disagrees) is discarded,
     rebuilt once, and after a second failure the process stays eager with a warning."""
-    owner = LatentDecoder(decoders[0], compile=False)
+    owner = LatentDecoder(decoders[0], backend="eager")
     recipe = owner.aot_recipe()
     probe = (torch.randn(2, 10, 8),)
     wrong = lambda x: owner._decode(x) * 1.5  # noqa: E731
@@ -371,7 +426,7 @@ def test_entry_that_disagrees_with_eager_is_never_run(cache, built_cache, decode
 
 
 def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders):
-    recipe = LatentDecoder(decoders[0], compile=False).aot_recipe()
+    recipe = LatentDecoder(decoders[0], backend="eager").aot_recipe()
     package = entry(cache, recipe, "pt2")
     before = package.stat().st_mtime_ns
     lock = cache / "aot" / f"{recipe.key()}.lock"
@@ -403,7 +458,7 @@ def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypa
     cache = tmp_path / "cache"
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(cache))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
-    fast = LatentDecoder(decoders[1], compile="aot", chunk_frames=None)
+    fast = LatentDecoder(decoders[1], backend="aot", chunk_frames=None)
     assert fast.aot.artifact is None and fast.aot.status == "no entry"
     rival = subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", fast.aot_recipe().to_json()],
                              env=_env(cache), cwd=HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -444,7 +499,7 @@ def test_unwritable_cache_folder_keeps_decoding_eagerly(tmp_path, decoders, monk
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(blocker / "cache"))  # cannot be created
-    fast = LatentDecoder(decoders[0], background_build=True, compile="aot", chunk_frames=None)
+    fast = LatentDecoder(decoders[0], background_build=True, backend="aot", chunk_frames=None)
     latents = torch.randn(1, 20, 8)
     with pytest.warns(RuntimeWarning, match="cannot build"):
         assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL

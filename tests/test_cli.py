@@ -37,7 +37,7 @@ def write_inputs(folder, lengths=(("a", (40, D)), ("b", (2, 40, D)), ("c", (25, 
 
 def decode(files, out, checkpoint, *extra):
     return main(["decode", *map(str, files), "--out-dir", str(out), "--checkpoint", str(checkpoint),
-                 "--no-compile", *extra])
+                 "--backend", "eager", *extra])
 
 
 def test_decode_every_input_format_and_batching(tmp_path, tiny_hf_checkpoint, capsys):
@@ -140,7 +140,7 @@ def test_formats_and_strategy(tmp_path, tiny_hf_checkpoint, fmt):
 def test_decode_without_checkpoint_says_the_weights_are_random(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     torch.save(torch.randn(5, 128), tmp_path / "in" / "r.pt")
-    assert main(["decode", str(tmp_path / "in" / "r.pt"), "--out-dir", str(tmp_path / "out"), "--no-compile"]) == 0
+    assert main(["decode", str(tmp_path / "in" / "r.pt"), "--out-dir", str(tmp_path / "out"), "--backend", "eager"]) == 0
     err = capsys.readouterr().err
     assert "RANDOM" in err and "noise" in err
     info = sf.info(str(tmp_path / "out" / "r.wav"))
@@ -162,9 +162,9 @@ def test_bad_checkpoint_is_a_usage_error(tmp_path, capsys):
 
 
 def test_demo_on_the_default_architecture(tmp_path, capsys):
-    assert main(["demo", "--seconds", "0.2", "--no-compile", "--out-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--seconds", "0.2", "--backend", "eager", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM" in out and "eager (--no-compile)" in out
+    assert "RANDOM" in out and "eager (--backend eager)" in out
     # the steady state of several warm calls, and the first call against it
     assert re.search(r"steady state [\d.]+ s per call, median of [3-5] \([\d.]+-[\d.]+\): real-time factor", out), out
     assert re.search(r"first call [\d.]+ s, [\d.]+x the steady state", out), out
@@ -174,14 +174,14 @@ def test_demo_on_the_default_architecture(tmp_path, capsys):
 
 def test_demo_torch_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
-                 "--torch-compile", "--out-dir", str(tmp_path)]) == 0
+                 "--backend", "inductor", "--out-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "compiling with torch.compile" in out and "), torch.compile:" in out
     assert "first call" in out and "includes compiling with torch.compile" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_0.wav", "demo_1.wav"]
 
 
-@pytest.mark.parametrize("flags", [[], ["--aot"]])  # --aot: the default since 0.2, still accepted
+@pytest.mark.parametrize("flags", [[], ["--backend", "aot"]])  # aot: the CPU's default
 def test_demo_on_an_empty_artifact_cache_runs_eagerly(tmp_path, tiny_hf_checkpoint, capsys, flags):
     assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), *flags,
                  "--out-dir", str(tmp_path)]) == 0
@@ -250,9 +250,16 @@ def test_demo_with_background_builds_off_builds_nothing(tmp_path, tiny_hf_checkp
     assert "not building the ahead-of-time decoder (JASCO_FAST_BACKGROUND_BUILD=0)" in out
 
 
-def test_contradicting_compile_flags_are_a_usage_error(tmp_path, capsys):
-    assert main(["demo", "--seconds", "0.05", "--no-compile", "--torch-compile", "--out-dir", str(tmp_path)]) == 2
-    assert "contradict" in capsys.readouterr().err
+def test_a_mode_without_the_inductor_backend_is_a_usage_error(tmp_path, capsys):
+    assert main(["demo", "--seconds", "0.05", "--backend", "eager", "--mode", "default", "--out-dir", str(tmp_path)]) == 2
+    assert "--mode is a torch.compile mode: it needs --backend inductor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old", ["--no-compile", "--torch-compile", "--aot"])
+def test_the_old_compile_flags_are_gone(tmp_path, old):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--seconds", "0.05", old, "--out-dir", str(tmp_path)])
+    assert exc.value.code == 2
 
 
 def test_bench_runs_the_scripts_of_the_source_checkout(tmp_path, monkeypatch, capsys):
@@ -327,7 +334,7 @@ def test_torchrun_two_processes_shard_the_files(tmp_path, tiny_hf_checkpoint):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "jasco_fast", "decode", *map(str, files), "--out-dir", str(out),
-           "--checkpoint", str(tiny_hf_checkpoint), "--no-compile"]
+           "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     # every good file decoded exactly once, by one of the two ranks

@@ -40,7 +40,7 @@ def write_inputs(folder: Path, count: int, frames: int) -> list[Path]:
 
 
 def decode(files, out, checkpoint, *extra) -> int:
-    return main(["decode", *map(str, files), "--out-dir", str(out), "--checkpoint", str(checkpoint), "--no-compile",
+    return main(["decode", *map(str, files), "--out-dir", str(out), "--checkpoint", str(checkpoint), "--backend", "eager",
                  "--batch-size", "1", *extra])
 
 
@@ -220,7 +220,7 @@ def test_signal_mid_batch(tmp_path, tiny_hf_checkpoint, signum, status, said):
     files = write_inputs(tmp_path / "in", count, frames)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "jasco_fast", "decode", *map(str, files), "--out-dir", str(out),
-           "--checkpoint", str(tiny_hf_checkpoint), "--no-compile", "--batch-size", "1"]
+           "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager", "--batch-size", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     # default dispositions in the child: a shell's background job would otherwise pass on an ignored SIGINT
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -44,7 +44,7 @@ def transformers_decode(model, codes):
 def test_matches_transformers_decode(hf_codes, parts, K):
     _, model = hf_codes
     codes = torch.randint(0, 16, (2, K, 37))
-    fast = CodeDecoder(*parts, compile=False)
+    fast = CodeDecoder(*parts, backend="eager")
     got = fast(codes)
     want = transformers_decode(model, codes)
     assert got.shape == want.shape == (2, 1, 37 * HOP) and got.dtype == torch.float32
@@ -68,16 +68,16 @@ def test_compiled_chunked_matches_transformers_decode(hf_codes, parts):
 
 def test_long_input_is_chunked_and_equal(hf_codes, parts):
     _, model = hf_codes
-    fast = CodeDecoder(*parts, compile=False, chunk_frames=16)
+    fast = CodeDecoder(*parts, backend="eager", chunk_frames=16)
     codes = torch.randint(0, 16, (2, 3, 150))
     assert 150 >= fast._plan(16).min_chunked_frames  # the chunked path is taken
     assert rel_err(fast(codes), transformers_decode(model, codes)) < F32_TOL
 
 
 def test_stream_pieces_concatenate_to_one_pass(parts):
-    fast = CodeDecoder(*parts, compile=False, chunk_frames=16)
+    fast = CodeDecoder(*parts, backend="eager", chunk_frames=16)
     codes = torch.randint(0, 16, (2, 4, 131), dtype=torch.int32)
-    whole = CodeDecoder(*parts, compile=False, chunk_frames=None)(codes)
+    whole = CodeDecoder(*parts, backend="eager", chunk_frames=None)(codes)
     pieces = list(fast.stream([codes[..., i:i + 9] for i in range(0, 131, 9)]))
     assert len(pieces) > 3
     streamed = torch.cat(pieces, dim=-1)
@@ -88,13 +88,13 @@ def test_stream_pieces_concatenate_to_one_pass(parts):
 
 def test_bfloat16_close_to_float32(parts):
     codes = torch.randint(0, 16, (1, 4, 40))
-    want = CodeDecoder(*parts, compile=False)(codes)
-    got = CodeDecoder(*parts, compile=False, dtype=torch.bfloat16)(codes)
+    want = CodeDecoder(*parts, backend="eager")(codes)
+    got = CodeDecoder(*parts, backend="eager", dtype=torch.bfloat16)(codes)
     assert got.dtype == torch.float32 and rel_err(got, want) < 0.05
 
 
 def test_other_integer_dtypes_and_empty_batch(parts):
-    fast = CodeDecoder(*parts, compile=False)
+    fast = CodeDecoder(*parts, backend="eager")
     codes = torch.randint(0, 16, (1, 2, 12))
     torch.testing.assert_close(fast(codes.to(torch.int16)), fast(codes))
     assert fast(torch.zeros(0, 2, 12, dtype=torch.int64)).shape == (0, 1, 12 * HOP)
@@ -102,7 +102,7 @@ def test_other_integer_dtypes_and_empty_batch(parts):
 
 def test_errors(parts):
     decoder, quantizer = parts
-    fast = CodeDecoder(decoder, quantizer, compile=False)
+    fast = CodeDecoder(decoder, quantizer, backend="eager")
     with pytest.raises(ValueError, match=r"K = 7 codebooks; this quantizer has 6"):
         fast(torch.zeros(1, 7, 10, dtype=torch.int64))
     bad = torch.zeros(1, 3, 10, dtype=torch.int64)
@@ -122,6 +122,29 @@ def test_errors(parts):
         CodeDecoder(decoder, quantizer.codebooks)
     with pytest.raises(ValueError, match="D = 5, the decoder reads D = 8"):
         CodeDecoder(decoder, Quantizer(torch.randn(2, 4, 5)))
+
+
+def test_input_rules_are_the_ops(parts, monkeypatch):
+    """CodeDecoder checks codes with the rule function of the codes_to_latents op, on the caller's [B, K, T]."""
+    seen = []
+    rules = jasco_fast.ops.check_codes_to_latents
+    monkeypatch.setattr(jasco_fast.ops, "check_codes_to_latents",
+                        lambda codes, codebooks, dtype: seen.append((tuple(codes.shape), tuple(codebooks.shape)))
+                        or rules(codes, codebooks, dtype))
+    fast = CodeDecoder(*parts, backend="eager")
+    fast(torch.zeros(2, 3, 10, dtype=torch.int64))
+    assert seen and seen[0] == ((2, 3, 10), (6, 16, 8))
+
+
+def test_backends(parts):
+    """A sibling of LatentDecoder, not a kind of it; no artifact recipe for codes, so the default is inductor."""
+    assert not issubclass(CodeDecoder, jasco_fast.LatentDecoder)
+    assert CodeDecoder(*parts).backend == "inductor"
+    assert CodeDecoder(*parts, backend="eager").backend == "eager"
+    with pytest.raises(ValueError, match="backend='aot' is not available"):
+        CodeDecoder(*parts, backend="aot")
+    with pytest.raises(ValueError, match="mode is a torch.compile mode"):
+        CodeDecoder(*parts, backend="eager", mode="default")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,7 +173,7 @@ def test_patch_musicgen_and_unpatch(hf_codes):
     model = _StandInMusicGen(hf_model)
     tokens = torch.randint(0, 16, (2, 4, 30))
     upstream = model.generate_audio(tokens)
-    fast = jasco_fast.patch(model, compile=False)
+    fast = jasco_fast.patch(model, backend="eager")
     assert isinstance(fast, CodeDecoder) and fast.num_codebooks == 6
     patched = model.generate_audio(tokens)
     assert patched.shape == upstream.shape
@@ -190,13 +213,13 @@ def test_cli_decodes_code_files_beside_latent_files(tmp_path, hf_codes, parts, c
     torch.save(torch.zeros(1, 9, 5, dtype=torch.int64), tmp_path / "in" / "bad_k.pt")  # K = 9 > 6
     torch.save(torch.randn(16, 8), tmp_path / "in" / "lat.pt")  # latents still work beside them
     code = main(["decode", *map(str, sorted((tmp_path / "in").iterdir())), "--out-dir", str(tmp_path / "out"),
-                 "--checkpoint", str(folder), "--no-compile", "--strategy", "none"])
+                 "--checkpoint", str(folder), "--backend", "eager", "--strategy", "none"])
     err = capsys.readouterr().err
     assert code == 1  # the two bad files fail, the others are written
     assert "bad.pt: codes must lie in [0, 16)" in err and "bad_k.pt: codes have K = 9 codebooks" in err
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["lat.wav", "tok.wav", "toks_0.wav", "toks_1.wav"]
-    fast = CodeDecoder(*parts, compile=False)
+    fast = CodeDecoder(*parts, backend="eager")
     wants = {"tok.wav": fast(single[None])[0, 0], "toks_0.wav": fast(batch)[0, 0], "toks_1.wav": fast(batch)[1, 0]}
     for name, want in wants.items():
         audio, rate = sf.read(str(tmp_path / "out" / name), dtype="float32")

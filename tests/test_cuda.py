@@ -213,9 +213,9 @@ def latents_and_truth(full_decoder):
 
 
 @needs_kernel
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("backend", ["eager", None], ids=["eager", "compiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_latent_decoder_on_cuda_within_the_reference_error_budget(full_decoder, latents_and_truth, dtype, compiled):
+def test_latent_decoder_on_cuda_within_the_reference_error_budget(full_decoder, latents_and_truth, dtype, backend):
     """The fast path's error against float64 truth stays within twice the error of JASCO's own eager path
     run in the same dtype on the same GPU (TF32 convolutions included), plus a floor: 1e-6 for float32,
     1e-3 for the half types. The budgets themselves must be small: under 1e-2 (float32) and 0.1 (halves)."""
@@ -224,7 +224,7 @@ def test_latent_decoder_on_cuda_within_the_reference_error_budget(full_decoder, 
     ref_err = rel_err(reference.decode(eager, latents.to(dtype)).float(), truth)
     budget = 2 * ref_err + (1e-6 if dtype == torch.float32 else 1e-3)
     assert budget < (1e-2 if dtype == torch.float32 else 0.1), (dtype, ref_err)
-    fast = LatentDecoder(full_decoder, dtype=dtype, compile=compiled)
+    fast = LatentDecoder(full_decoder, dtype=dtype, backend=backend)
     got = fast(latents)
     assert got.is_cuda and got.dtype == torch.float32 and got.shape == truth.shape
     assert rel_err(got, truth) <= budget, (dtype, rel_err(got, truth), budget)
@@ -235,7 +235,7 @@ def test_latent_decoder_on_cuda_within_the_reference_error_budget(full_decoder, 
 @needs_kernel
 def test_latent_decoder_with_cuda_graphs(full_decoder, latents_and_truth):
     latents, truth = latents_and_truth
-    fast = LatentDecoder(full_decoder, dtype=torch.bfloat16, compile_mode="reduce-overhead")
+    fast = LatentDecoder(full_decoder, dtype=torch.bfloat16, mode="reduce-overhead")
     eager = reference.ReferenceDecoder(full_decoder).to(torch.bfloat16)
     budget = 2 * rel_err(reference.decode(eager, latents.bfloat16()).float(), truth) + 1e-3
     for _ in range(3):  # recording, then replays
@@ -265,7 +265,7 @@ def test_cli_decode_on_cuda_matches_the_cpu(tmp_path, tiny_hf_checkpoint, capsys
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 on both sides
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     files = write_inputs(tmp_path / "in", 7)
-    for device, extra in (("cpu", ["--no-compile"]), ("cuda", [])):
+    for device, extra in (("cpu", ["--backend", "eager"]), ("cuda", [])):
         code = main(["decode", *map(str, files), "--out-dir", str(tmp_path / device), "--checkpoint",
                      str(tiny_hf_checkpoint), "--device", device, "--batch-size", "2", "--format", "flac", *extra])
         assert code == 0
@@ -291,7 +291,7 @@ def test_torchrun_with_nccl_shards_the_files(tmp_path, tiny_hf_checkpoint):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-addr",
            "127.0.0.1", "--master-port", str(_free_port()), "-m", "jasco_fast", "decode", *map(str, files),
            "--out-dir", str(tmp_path / "out"), "--checkpoint", str(tiny_hf_checkpoint), "--device", "cuda",
-           "--no-compile"]
+           "--backend", "eager"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{f.stem}.wav" for f in files)

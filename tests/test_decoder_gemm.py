@@ -69,8 +69,8 @@ def wide_decoder():
     return SEANetDecoder(DecoderConfig(dimension=16, n_filters=32, ratios=(2, 2, 2, 2))).eval()
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, compile, one_thread, amx):
+@pytest.mark.parametrize("backend", ["eager", None])
+def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, backend, one_thread, amx):
     """bf16 decode (GEMM form on the wide stage): error against the float32 reference within twice the
     error of the reference run in bf16, plus a small floor (the rule of tests/test_pipeline.py)."""
     assert any(isinstance(m, ConvTranspose) and m.weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS
@@ -80,14 +80,14 @@ def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, compile, one
     ref_bf16 = reference.decode(reference.ReferenceDecoder(wide_decoder).to(torch.bfloat16),
                                 latents.bfloat16()).float()
     budget = 2 * rel_err(ref_bf16, want) + 1e-3
-    got = LatentDecoder(wide_decoder, compile=compile, dtype=torch.bfloat16, chunk_frames=None)(latents)
+    got = LatentDecoder(wide_decoder, backend=backend, dtype=torch.bfloat16, chunk_frames=None)(latents)
     assert rel_err(got, want) <= budget
     assert budget < 0.1
 
 
 def test_bfloat16_gemm_form_exports(wide_decoder, one_thread, amx):
     """torch.export (what the ahead-of-time artifacts build on) traces the GEMM form too."""
-    decoder = LatentDecoder(wide_decoder, compile=False, dtype=torch.bfloat16).decoder
+    decoder = LatentDecoder(wide_decoder, backend="eager", dtype=torch.bfloat16).decoder
     x = torch.randn(2, 16, 10).bfloat16()
     program = torch.export.export(decoder, (x,))
     assert any(node.target == torch.ops.aten.matmul.default or "mm" in str(node.target)

@@ -39,7 +39,7 @@ def test_recognises_allocator_errors():
 @pytest.mark.parametrize("fail", [allocate_too_much, gpu_out_of_memory], ids=["cpu_allocator", "cuda_allocator"])
 def test_latent_decoder_names_the_batch_and_the_remedies(fail, monkeypatch):
     monkeypatch.setattr(jasco_fast.LatentDecoder, "_decode", fail)
-    fast = jasco_fast.LatentDecoder(SEANetDecoder(TINY), compile=False)
+    fast = jasco_fast.LatentDecoder(SEANetDecoder(TINY), backend="eager")
     with pytest.raises(torch.OutOfMemoryError) as err:
         fast(torch.randn(3, 50, TINY.dimension))
     message = str(err.value)
@@ -56,7 +56,7 @@ def test_other_errors_pass_through_unchanged(monkeypatch):
 
     monkeypatch.setattr(jasco_fast.LatentDecoder, "_decode", broken)
     with pytest.raises(RuntimeError, match="^something else$"):
-        jasco_fast.LatentDecoder(SEANetDecoder(TINY), compile=False)(torch.randn(1, 5, TINY.dimension))
+        jasco_fast.LatentDecoder(SEANetDecoder(TINY), backend="eager")(torch.randn(1, 5, TINY.dimension))
 
 
 def test_no_dtype_hint_for_16_bit_decoders():
@@ -71,7 +71,7 @@ def test_cli_names_the_batch_size(tmp_path, tiny_hf_checkpoint, monkeypatch, cap
     for name in ("a", "b", "c"):
         torch.save(torch.randn(20, 8), tmp_path / f"{name}.pt")
     code = main(["decode", *(str(tmp_path / f"{n}.pt") for n in "abc"), "--out-dir", str(tmp_path / "out"),
-                 "--checkpoint", str(tiny_hf_checkpoint), "--no-compile", "--batch-size", "2"])
+                 "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager", "--batch-size", "2"])
     assert code == 1
     err = capsys.readouterr().err
     assert "decoding a, b: out of memory with 2 items of 20 frames (--batch-size 2) on cpu" in err

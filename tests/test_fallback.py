@@ -243,12 +243,12 @@ def test_export_keeps_the_op_whole():
         assert OP in targets and torch.ops.aten.mul.Tensor not in targets
 
 
-@pytest.mark.parametrize("compile", [False, True])
-def test_latent_decoder_on_the_fallback(compile, cpu_kernel_hidden):
+@pytest.mark.parametrize("backend", ["eager", None])
+def test_latent_decoder_on_the_fallback(backend, cpu_kernel_hidden):
     torch.manual_seed(0)
     decoder = SEANetDecoder(TINY).eval()
     latents = torch.randn(2, 13, TINY.dimension)
-    on_fallback = jasco_fast.LatentDecoder(decoder, compile=compile)(latents)
+    on_fallback = jasco_fast.LatentDecoder(decoder, backend=backend)(latents)
     assert cpu_kernel_hidden, "LatentDecoder did not reach the fallback"
     want = reference.decode(decoder, latents)
     assert on_fallback.shape == want.shape
@@ -259,7 +259,7 @@ def test_latent_decoder_same_audio_with_and_without_the_kernel():
     torch.manual_seed(1)
     decoder = SEANetDecoder(TINY).eval()
     latents = torch.randn(1, 21, TINY.dimension)
-    fast = jasco_fast.LatentDecoder(decoder, compile=False)
+    fast = jasco_fast.LatentDecoder(decoder, backend="eager")
     with_kernel = fast(latents)
     library = torch.library.Library("jasco_fast", "IMPL")
     with warnings.catch_warnings():
@@ -283,7 +283,7 @@ def test_patch_on_the_fallback(cpu_kernel_hidden):
     latents = torch.randn(2, 25, 8)
     with torch.no_grad():  # JASCO's own decode: latents * std + mean, permute, the EnCodec decoder
         upstream = hf_model.decoder((latents * 4.0102 + -0.0074).permute(0, 2, 1))
-    jasco_fast.patch(jasco_model, compile=False)
+    jasco_fast.patch(jasco_model, backend="eager")
     got = jasco_model.generate_audio(latents)
     assert cpu_kernel_hidden
     torch.testing.assert_close(got, upstream, rtol=1e-4, atol=1e-5)
@@ -295,7 +295,7 @@ def test_cli_decodes_on_the_fallback(tmp_path, tiny_hf_checkpoint, cpu_kernel_hi
     latents = torch.randn(30, 8)
     torch.save(latents, tmp_path / "a.pt")
     code = main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--no-compile"])
+                 str(tiny_hf_checkpoint), "--backend", "eager"])
     assert code == 0 and (tmp_path / "out" / "a.wav").is_file()
     assert cpu_kernel_hidden
 
@@ -345,7 +345,7 @@ def test_real_device_latent_decoder(device):
     latents = torch.randn(2, 13, TINY.dimension)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ops.FallbackWarning)
-        got = jasco_fast.LatentDecoder(decoder.to(device), compile=False)(latents.to(device))
+        got = jasco_fast.LatentDecoder(decoder.to(device), backend="eager")(latents.to(device))
     torch.testing.assert_close(got.cpu(), reference.decode(decoder.cpu(), latents), rtol=1e-3, atol=1e-4)
 
 
@@ -354,7 +354,7 @@ def test_cli_device_mps(tmp_path, tiny_hf_checkpoint, capsys):
 
     torch.save(torch.randn(30, 8), tmp_path / "a.pt")
     code = main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--no-compile", "--device", "mps"])
+                 str(tiny_hf_checkpoint), "--backend", "eager", "--device", "mps"])
     if torch.backends.mps.is_available():
         assert code == 0 and (tmp_path / "out" / "a.wav").is_file()
     else:  # a clear usage error, not a traceback

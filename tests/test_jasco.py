@@ -31,7 +31,7 @@ def test_patch_and_unpatch():
     latents = torch.randn(2, 25, 8)
     with torch.no_grad():
         upstream = model.generate_audio(latents)
-    fast = jasco_fast.patch(model, compile=False)
+    fast = jasco_fast.patch(model, backend="eager")
     assert isinstance(fast, LatentDecoder)
     patched = model.generate_audio(latents)
     assert patched.shape == upstream.shape

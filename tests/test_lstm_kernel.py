@@ -36,7 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jasco_fast.decoder import LSTM
-from jasco_fast.ops import lstm_skip
+from jasco_fast.ops import lstm_pack, lstm_skip
 
 F32_REL = 1e-6
 BF16_EPS = 2.0 ** -8  # a bfloat16 rounding, relative
@@ -184,29 +184,88 @@ def test_full_size_layer(dtype, recurrent_dtype):
 
 
 @pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
-def test_weights_changed_between_calls(dtype, recurrent_dtype):
-    """The kernel keeps its last packings of W_hh by their contents: a matrix changed in place between calls (through
-    .data, which leaves the version counter alone; by one element) is packed anew, and calls alternating between two
-    sets of weights each get their own result."""
-    C, layers = 32, 2
+@pytest.mark.parametrize("B", [1, 3, 8])
+def test_pack_gives_the_result_of_packing_per_call(dtype, recurrent_dtype, B):
+    """lstm_pack once, then calls with the pack: bit-equal to calls that pack per call, at every batch (the
+    tiles of B > 1 are slices of the pack's B = 1 tiles), with an h0 outside [-1, 1] too (the int8 integer
+    matvec then packs the float tiles per call) and for C that is not a multiple of the unit group."""
+    C, layers = 40, 2
     weights = [w.to(dtype) for w in lstm_weights(C, layers, 11)]
-    other = [w.to(dtype) for w in lstm_weights(C, layers, 12)]
-    seq = torch.randn(1, 20, C, generator=torch.Generator().manual_seed(13)).to(dtype)
+    gen = torch.Generator().manual_seed(13)
+    seq = torch.randn(B, 9, C, generator=gen).to(dtype)
+    packed = lstm_pack([weights[4 * k + 1] for k in range(layers)], recurrent_dtype)
+    for scale in (0.5, 3.0):
+        h0 = (scale * torch.randn(layers, B, C, generator=gen)).to(dtype)
+        c0 = torch.randn(layers, B, C, generator=gen).to(dtype)
+        want = lstm_skip(seq, weights, layers, h0, c0, 4, recurrent_dtype)
+        got = lstm_skip(seq, weights, layers, h0, c0, 4, recurrent_dtype, packed)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
 
-    def check(ws):
-        got = lstm_skip(seq, ws, layers, None, None, None, recurrent_dtype)[0]
-        rel = (BF16_REL if dtype == torch.bfloat16 else F32_REL) + (int8_h_bound(ws) if recurrent_dtype == torch.int8 else 0)
-        assert_close_rel(got, reference(seq, stored_recurrent(ws, recurrent_dtype), layers)[0], rel, str(dtype))
-        return got
 
-    before = check(weights)
-    version = weights[1]._version
-    weights[1].data.mul_(-0.5)  # layer 0's W_hh: the same tensor at the same address
-    weights[5].data[7, 3] += 0.25  # one element of layer 1's
-    assert weights[1]._version == version
-    assert not torch.equal(check(weights), before)
-    for ws in (other, weights, other, weights):
-        check(ws)
+def test_pack_of_other_weights_layout_or_format_is_refused():
+    """A pack is checked against the call (header: version, layout, tile width, shape, dtype; size), never misread."""
+    C = 32
+    weights = lstm_weights(C, 2, 3)
+    w_hh = [weights[1], weights[5]]
+    seq = torch.randn(1, 4, C)
+    packed = lstm_pack(w_hh, torch.int8)
+    lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed)  # the right one is taken
+    bf16_pack = lstm_pack(w_hh, torch.bfloat16)  # larger than the int8 one: its first bytes, misread as int8
+    for B in (1, 9):  # B = 9 runs ATen's LSTM, which does not read the pack: checked all the same
+        with pytest.raises(ValueError, match="layout"):
+            lstm_skip(torch.randn(B, 4, C), weights, 2, recurrent_dtype=torch.int8, packed=bf16_pack[:packed.numel()])
+    with pytest.raises(ValueError, match="layout"):  # float32 format wanted
+        lstm_skip(seq, weights, 2, packed=lstm_pack(w_hh, torch.bfloat16))
+    for field, what in ((3, "layout"), (2, "layout"), (5, "matrix"), (1, "version"), (7, "size")):
+        bad = packed.clone()  # header fields: magic, version, format, width, rows, cols, dtype, bytes
+        bad[:64].view(torch.int64)[field] += 1
+        with pytest.raises(ValueError, match=what):
+            lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=bad)
+    with pytest.raises(ValueError, match="made from"):  # bfloat16 weights of the same shapes
+        lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 2, recurrent_dtype=torch.int8, packed=packed)
+    small = lstm_weights(16, 2, 4)
+    with pytest.raises(ValueError, match="matrix"):  # another C
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=lstm_pack([small[1], small[5]], torch.int8))
+    with pytest.raises(ValueError, match="more than num_layers"):
+        lstm_skip(seq, weights[:4], 1, recurrent_dtype=torch.int8, packed=packed)
+    with pytest.raises(ValueError, match="ends before"):
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed[:packed.numel() // 2 + 32])
+    with pytest.raises(TypeError, match="uint8"):
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed.float())
+
+
+def test_pack_made_for_another_cpu_layout_is_refused(tmp_path):
+    """A pack saved by a process with another instruction set (JASCO_FAST_LSTM_ISA) and loaded here: refused."""
+    here = torch.ops.jasco_fast.lstm_int8_matvec()
+    env = {k: v for k, v in os.environ.items() if k not in ("JASCO_FAST_ISA", "JASCO_FAST_LSTM_ISA")}
+    if here != "float32":  # the child packs int8 as float tiles; else it packs for this CPU's integer matvec
+        env["JASCO_FAST_LSTM_ISA"] = "portable"
+    path = tmp_path / "pack.pt"
+    script = ("import sys, torch; from jasco_fast.ops import lstm_pack\n"
+              "torch.manual_seed(0); w = torch.randn(64, 16)\n"
+              "print(torch.ops.jasco_fast.lstm_int8_matvec()); torch.save(lstm_pack([w], torch.int8), sys.argv[1])\n")
+    run = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[0] != here
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 16), torch.randn(64, 16), torch.randn(64), torch.randn(64)]
+    weights[:2] = weights[1], weights[0]  # w_hh: the child's matrix
+    with pytest.raises(ValueError, match="layout"):
+        lstm_skip(torch.randn(1, 3, 16), weights, 1, recurrent_dtype=torch.int8, packed=torch.load(path))
+
+
+def test_pack_argument_errors():
+    w = torch.randn(16, 4)
+    with pytest.raises(ValueError, match="at least one"):
+        lstm_pack([])
+    with pytest.raises(ValueError, match=r"\[4C, C\]"):
+        lstm_pack([torch.randn(12, 4)])
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        lstm_pack([w.double()])
+    with pytest.raises(TypeError, match="recurrent_dtype"):
+        lstm_pack([w.bfloat16()], torch.float16)
 
 
 def test_kernel_runs_below_the_batch_limit_and_aten_above():

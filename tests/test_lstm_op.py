@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jasco_fast.ops import lstm_skip
+from jasco_fast.ops import lstm_pack, lstm_skip
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # float32 against nn.LSTM running the same ATen kernel: the same arithmetic, split into calls.
@@ -91,6 +91,19 @@ def lstm_samples(device: str):
         yield seq, flat(lstm), layers, *state, n
     seq = torch.randn(5, 2, 4, device=device).transpose(0, 1)  # strided
     yield seq, flat(make_lstm(4, 1, device)), 1, None, None, 3
+    if device == "cpu":  # with a pack (lstm_pack: CPU)
+        for recurrent_dtype in (None, torch.int8):
+            weights = flat(make_lstm(4, 2, device, seed=3))
+            packed = lstm_pack([weights[1], weights[5]], recurrent_dtype)
+            yield torch.randn(2, 5, 4), weights, 2, None, None, 3, recurrent_dtype, packed
+
+
+def pack_samples(device: str):
+    if device != "cpu":  # the pack is for the CPU kernel
+        return
+    for C, dtype, recurrent_dtype in [(4, torch.float32, None), (20, torch.float32, torch.bfloat16),
+                                      (20, torch.bfloat16, torch.int8), (16, torch.float32, torch.int8)]:
+        yield [torch.randn(4 * C, C, dtype=dtype), torch.randn(4 * C, C, dtype=dtype)], recurrent_dtype
 
 
 def denorm_samples(device: str):
@@ -104,7 +117,7 @@ def denorm_samples(device: str):
 
 # Every op of the package and its opcheck samples; test_every_op_is_opchecked fails when an op is added to
 # csrc/registration.cpp without samples here.
-OP_SAMPLES = {"lstm_skip": lstm_samples, "denorm_transpose": denorm_samples}
+OP_SAMPLES = {"lstm_skip": lstm_samples, "lstm_pack": pack_samples, "denorm_transpose": denorm_samples}
 # Ops that take and return no tensor (opcheck compares tensors only): each checked by value instead.
 QUERY_OPS = {"cpu_fast_path": lambda answer: answer in ("avx2+f16c", "portable"),
              "lstm_int8_matvec": lambda answer: answer in ("avx512_vnni", "avx2_int16", "float32")}

@@ -1,4 +1,5 @@
-"""jasco_fast.memory: glibc keeps freed memory for reuse in processes that build a CPU decoder."""
+"""jasco_fast.memory: glibc keeps freed memory for reuse in processes that opt in (the CLI does), never by a
+decoder's construction."""
 from __future__ import annotations
 
 import os
@@ -18,22 +19,40 @@ def run(code: str, **env) -> str:
     return result.stdout.strip()
 
 
-BUILD_DECODER = ("import torch, jasco_fast.memory as m; from jasco_fast import LatentDecoder, SEANetDecoder, DecoderConfig;"
+BUILD_DECODER = ("import torch, jasco_fast, jasco_fast.memory as m; from jasco_fast import LatentDecoder, SEANetDecoder, DecoderConfig;"
                  "print(m.reusing_freed_memory());"
-                 "LatentDecoder(SEANetDecoder(DecoderConfig(dimension=8, n_filters=4, ratios=(2,), lstm=0)), compile=False);"
+                 "d = SEANetDecoder(DecoderConfig(dimension=8, n_filters=4, ratios=(2,), lstm=0));"
+                 "[LatentDecoder(d, backend=b, background_build=False) for b in ('eager', 'aot')];"
+                 "print(m.reusing_freed_memory());"
+                 "print(jasco_fast.reuse_freed_memory());"
                  "print(m.reusing_freed_memory())")
+CLI = ("import jasco_fast.memory as m; from jasco_fast.cli import main;"
+       "print(m.reusing_freed_memory()); main(['cache', 'list']); print(m.reusing_freed_memory())")
+
+
+def without_opt_out() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "JASCO_FAST_MALLOC"}
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting exists for glibc only")
-def test_a_cpu_decoder_turns_it_on():
-    env = {k: v for k, v in os.environ.items() if k != "JASCO_FAST_MALLOC"}
-    result = subprocess.run([sys.executable, "-c", BUILD_DECODER], capture_output=True, text=True, timeout=300, env=env)
+def test_a_decoder_leaves_the_process_alone_and_applications_opt_in():
+    """Building CPU decoders changes nothing process-wide; jasco_fast.reuse_freed_memory() turns it on."""
+    result = subprocess.run([sys.executable, "-c", BUILD_DECODER], capture_output=True, text=True, timeout=300,
+                            env=without_opt_out())
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "True"]  # not at import: only when a CPU decoder is built
+    assert result.stdout.split() == ["False", "False", "True", "True"]
+
+
+@pytest.mark.skipif(not GLIBC, reason="the setting exists for glibc only")
+def test_the_cli_turns_it_on(tmp_path):
+    result = subprocess.run([sys.executable, "-c", CLI], capture_output=True, text=True, timeout=300,
+                            env={**without_opt_out(), "JASCO_FAST_CACHE_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "False" and result.stdout.split()[-1] == "True", result.stdout
 
 
 def test_the_environment_opts_out():
-    assert run(BUILD_DECODER, JASCO_FAST_MALLOC="system").split() == ["False", "False"]
+    assert run(BUILD_DECODER, JASCO_FAST_MALLOC="system").split() == ["False", "False", "False", "False"]
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting exists for glibc only")

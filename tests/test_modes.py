@@ -103,31 +103,31 @@ def test_auto_picks_the_row_of_the_cpu_class(monkeypatch, tiny_decoder, fresh_wa
     assert row.cpu_class == klass
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)  # the automatic mode never picks an emulated dtype
-        fast = LatentDecoder(tiny_decoder, compile=False, dtype="auto")
+        fast = LatentDecoder(tiny_decoder, backend="eager", dtype="auto")
     assert fast.dtype == row.dtype and fast.recurrent_dtype == row.recurrent_dtype
     latents = torch.randn(1, 30, 8)
     audio = fast(latents)
-    exact = LatentDecoder(tiny_decoder, compile=False)(latents)
+    exact = LatentDecoder(tiny_decoder, backend="eager")(latents)
     assert audio.shape == exact.shape and torch.isfinite(audio).all()
 
 
 def test_recurrent_auto_with_an_explicit_dtype(monkeypatch, tiny_decoder):
     monkeypatch.setattr(modes, "cpu_class", lambda: "avx2")
-    fast = LatentDecoder(tiny_decoder, compile=False, dtype=torch.float32, recurrent_dtype="auto")
+    fast = LatentDecoder(tiny_decoder, backend="eager", dtype=torch.float32, recurrent_dtype="auto")
     assert fast.dtype == torch.float32 and fast.recurrent_dtype == torch.int8
     monkeypatch.setattr(modes, "cpu_class", lambda: "other")
-    assert LatentDecoder(tiny_decoder, compile=False, recurrent_dtype="auto").recurrent_dtype is None
+    assert LatentDecoder(tiny_decoder, backend="eager", recurrent_dtype="auto").recurrent_dtype is None
 
 
 def test_the_default_stays_float32(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder, compile=False)
+    fast = LatentDecoder(tiny_decoder, backend="eager")
     assert fast.dtype == torch.float32 and fast.recurrent_dtype is None
 
 
 def test_code_decoder_takes_auto(monkeypatch, tiny_decoder):
     monkeypatch.setattr(modes, "cpu_class", lambda: "avx2")
     quantizer = Quantizer(torch.randn(2, 16, 8))
-    fast = CodeDecoder(tiny_decoder, quantizer, compile=False, dtype="auto")
+    fast = CodeDecoder(tiny_decoder, quantizer, backend="eager", dtype="auto")
     assert fast.dtype == torch.float32 and fast.recurrent_dtype == torch.int8
     assert fast(torch.randint(0, 16, (1, 2, 20))).shape == (1, 1, 80)
 
@@ -135,19 +135,20 @@ def test_code_decoder_takes_auto(monkeypatch, tiny_decoder):
 @pytest.mark.parametrize("bad", ["fast", "bfloat16", 3])
 def test_bad_mode_names_are_errors(tiny_decoder, bad):
     with pytest.raises((TypeError, ValueError)):
-        LatentDecoder(tiny_decoder, compile=False, dtype=bad)
+        LatentDecoder(tiny_decoder, backend="eager", dtype=bad)
     with pytest.raises((TypeError, ValueError)):
-        LatentDecoder(tiny_decoder, compile=False, recurrent_dtype=bad)
+        LatentDecoder(tiny_decoder, backend="eager", recurrent_dtype=bad)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_emulated_reduced_precision_warns_once(monkeypatch, tiny_decoder, fresh_warnings, dtype):
     monkeypatch.setattr(modes, "cpu_class", lambda: "avx2")
-    with pytest.warns(PerformanceWarning, match=r"emulated.*measured \d+x slower.*float32 \+ int8 recurrent"):
-        LatentDecoder(tiny_decoder, compile=False, dtype=dtype)
+    with pytest.warns(PerformanceWarning, match=r"emulated.*measured \d+x slower.*float32 \+ int8 recurrent") as caught:
+        LatentDecoder(tiny_decoder, backend="eager", dtype=dtype)
+    assert caught[0].filename == __file__  # names the line that built the decoder
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)
-        fast = LatentDecoder(tiny_decoder, compile=False, dtype=dtype)  # once per process
+        fast = LatentDecoder(tiny_decoder, backend="eager", dtype=dtype)  # once per process
     assert fast.dtype == dtype  # warned, not refused
 
 
@@ -155,19 +156,19 @@ def test_native_or_float32_does_not_warn(monkeypatch, tiny_decoder, fresh_warnin
     monkeypatch.setattr(modes, "cpu_class", lambda: "avx512_bf16")
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerformanceWarning)
-        LatentDecoder(tiny_decoder, compile=False, dtype=torch.bfloat16)
-        LatentDecoder(tiny_decoder, compile=False, dtype=torch.float32)
-        LatentDecoder(tiny_decoder, compile=False, dtype=torch.float32, recurrent_dtype=torch.bfloat16)
+        LatentDecoder(tiny_decoder, backend="eager", dtype=torch.bfloat16)
+        LatentDecoder(tiny_decoder, backend="eager", dtype=torch.float32)
+        LatentDecoder(tiny_decoder, backend="eager", dtype=torch.float32, recurrent_dtype=torch.bfloat16)
     assert issubclass(PerformanceWarning, UserWarning)
 
 
 def test_cli_dtype_auto(tmp_path, tiny_hf_checkpoint, capsys):
     torch.save(torch.randn(20, 8), tmp_path / "a.pt")
     assert main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--no-compile", "--dtype", "auto"]) == 0
+                 str(tiny_hf_checkpoint), "--backend", "eager", "--dtype", "auto"]) == 0
     assert sf.info(str(tmp_path / "out" / "a.wav")).frames == 20 * 8
     assert main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out2"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--no-compile", "--recurrent-dtype", "auto"]) == 0
+                 str(tiny_hf_checkpoint), "--backend", "eager", "--recurrent-dtype", "auto"]) == 0
 
 
 def test_info_names_the_class_and_the_recommended_mode(capsys):

@@ -313,7 +313,7 @@ def test_cuda_kernel_source_compiles_for_sm80_and_sm90(tmp_path, kernel):
 def _lstm_args(B=1, T=4, C=3, layers=1, **changes):
     weights = [torch.randn(4 * C, C), torch.randn(4 * C, C), torch.randn(4 * C), torch.randn(4 * C)] * layers
     args = dict(seq=torch.randn(B, T, C), weights=weights, num_layers=layers, h0=None, c0=None, state_frames=None,
-                recurrent_dtype=None)
+                recurrent_dtype=None, packed=None)
     args.update(changes)
     return tuple(args.values())
 
@@ -361,15 +361,21 @@ RULE_CASES = [
     ("codes_to_latents", (_CODES, torch.randn(4, 0, 5), None, False), 3, ValueError, r"\bcodebooks\b"),
     ("codes_to_latents", (torch.zeros(1, 5, 3, dtype=torch.int64), _BOOKS, None, False), 3, ValueError, r"K = 5"),
     ("codes_to_latents", (_CODES, _BOOKS, torch.int8, False), 3, TypeError, r"\bdtype\b"),
-    ("lstm_skip", _lstm_args(seq=torch.randn(4, 3)), 7, ValueError, r"\bseq\b"),
-    ("lstm_skip", _lstm_args(num_layers=0), 7, ValueError, r"\bnum_layers\b"),
-    ("lstm_skip", _lstm_args(num_layers=2), 7, ValueError, r"\bweights\b"),
-    ("lstm_skip", _lstm_args(h0=torch.zeros(1, 1, 3)), 7, ValueError, r"\bh0 and c0\b"),
-    ("lstm_skip", _lstm_args(h0=torch.zeros(2, 1, 3), c0=torch.zeros(1, 1, 3)), 7, ValueError, r"\bh0\b"),
-    ("lstm_skip", _lstm_args(h0=torch.zeros(1, 1, 3), c0=torch.zeros(1, 1, 3).double()), 7, TypeError, r"\bc0\b"),
-    ("lstm_skip", _lstm_args(state_frames=5), 7, ValueError, r"\bstate_frames\b"),
-    ("lstm_skip", _lstm_args(state_frames=-1), 7, ValueError, r"\bstate_frames\b"),
-    ("lstm_skip", _lstm_args(recurrent_dtype=torch.float16), 7, TypeError, r"\brecurrent_dtype\b"),
+    ("lstm_skip", _lstm_args(seq=torch.randn(4, 3)), 8, ValueError, r"\bseq\b"),
+    ("lstm_skip", _lstm_args(num_layers=0), 8, ValueError, r"\bnum_layers\b"),
+    ("lstm_skip", _lstm_args(num_layers=2), 8, ValueError, r"\bweights\b"),
+    ("lstm_skip", _lstm_args(h0=torch.zeros(1, 1, 3)), 8, ValueError, r"\bh0 and c0\b"),
+    ("lstm_skip", _lstm_args(h0=torch.zeros(2, 1, 3), c0=torch.zeros(1, 1, 3)), 8, ValueError, r"\bh0\b"),
+    ("lstm_skip", _lstm_args(h0=torch.zeros(1, 1, 3), c0=torch.zeros(1, 1, 3).double()), 8, TypeError, r"\bc0\b"),
+    ("lstm_skip", _lstm_args(state_frames=5), 8, ValueError, r"\bstate_frames\b"),
+    ("lstm_skip", _lstm_args(state_frames=-1), 8, ValueError, r"\bstate_frames\b"),
+    ("lstm_skip", _lstm_args(recurrent_dtype=torch.float16), 8, TypeError, r"\brecurrent_dtype\b"),
+    ("lstm_skip", _lstm_args(packed=torch.zeros(10, dtype=torch.float32)), 8, TypeError, r"\bpacked\b"),
+    ("lstm_skip", _lstm_args(packed=torch.zeros(10, dtype=torch.uint8)), 8, ValueError, r"\bpacked\b"),
+    ("lstm_pack", ([], None), 2, ValueError, r"\bw_hh\b"),
+    ("lstm_pack", ([torch.randn(4, 4)], None), 2, ValueError, r"\bw_hh\[0\]"),
+    ("lstm_pack", ([torch.randn(12, 3).double()], None), 2, TypeError, r"\bw_hh\[0\]"),
+    ("lstm_pack", ([torch.randn(12, 3)], torch.float16), 2, TypeError, r"\brecurrent_dtype\b"),
     ("elu_resblock", _resblock_args(w1=torch.randn(2, 4, 3)), -1, ValueError, r"\bw1\b"),
     ("elu_resblock", _resblock_args(x=torch.randn(1, 4, 6)), -1, ValueError, r"\bx\b"),
     ("elu_resblock", _resblock_args(x=_tail_x(dtype=torch.float64)), -1, TypeError, r"\bx\b"),

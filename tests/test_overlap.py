@@ -137,7 +137,7 @@ def test_cli_write_failure_fails_that_batch_alone(tmp_path, tiny_hf_checkpoint, 
 
     monkeypatch.setattr(cli, "write_batch", write_batch)
     code = cli.main(["decode", *map(str, files), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                     str(tiny_hf_checkpoint), "--no-compile"])
+                     str(tiny_hf_checkpoint), "--backend", "eager"])
     captured = capsys.readouterr()
     assert code == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"item{i}.wav" for i in (0, 1, 3, 4)]

@@ -7,7 +7,8 @@ import torch
 from checkpoints import F32_TOL, rel_err
 
 from jasco_fast import LatentDecoder, load_decoder, reference
-from jasco_fast.pipeline import DTYPES, _compile_options
+from jasco_fast.backends import compile_options
+from jasco_fast.pipeline import DTYPES
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def tiny_decoder(tiny_hf_checkpoint):
 
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_eager_matches_reference(tiny_decoder, channels_last):
-    fast = LatentDecoder(tiny_decoder, compile=False, channels_last=channels_last)
+    fast = LatentDecoder(tiny_decoder, backend="eager", channels_last=channels_last)
     assert not fast.is_compiled
     for B, T in [(1, 1), (3, 2), (2, 5), (2, 64)]:
         latents = torch.randn(B, T, 8)
@@ -29,14 +30,14 @@ def test_eager_matches_reference(tiny_decoder, channels_last):
 
 def test_per_channel_statistics_and_strided_latents(tiny_decoder):
     mean, std = torch.randn(8) * 0.1, torch.rand(8) + 0.5
-    fast = LatentDecoder(tiny_decoder, mean, std, compile=False)
+    fast = LatentDecoder(tiny_decoder, mean, std, backend="eager")
     latents = torch.randn(2, 8, 30).transpose(1, 2)  # [B, T, D] with non-contiguous strides
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents, mean, std)) < F32_TOL
 
 
 def test_compiled_matches_reference_without_recompiling(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
-    assert fast.is_compiled and fast.backend == "torch.compile"
+    fast = LatentDecoder(tiny_decoder, backend="inductor")
+    assert fast.is_compiled and fast.backend == "inductor"
     latents = torch.randn(2, 12, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
     # one graph serves every length (T is dynamic): a recompilation would raise here
@@ -47,7 +48,7 @@ def test_compiled_matches_reference_without_recompiling(tiny_decoder):
 
 
 def test_compiled_single_frame(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
+    fast = LatentDecoder(tiny_decoder, backend="inductor")
     latents = torch.randn(1, 1, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
 
@@ -59,19 +60,19 @@ def test_bfloat16_error_budget(tiny_decoder):
     want = reference.decode(tiny_decoder, latents)
     ref_bf16 = reference.decode(reference.ReferenceDecoder(tiny_decoder).to(torch.bfloat16), latents.bfloat16()).float()
     budget = 2 * rel_err(ref_bf16, want) + 1e-3
-    got = LatentDecoder(tiny_decoder, compile=False, dtype=DTYPES["bfloat16"])(latents)
+    got = LatentDecoder(tiny_decoder, backend="eager", dtype=DTYPES["bfloat16"])(latents)
     assert got.dtype == torch.float32
     assert rel_err(got, want) <= budget
     assert budget < 0.1  # the budget itself is meaningful, not vacuous
 
 
 def test_input_errors(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder, compile=False)
+    fast = LatentDecoder(tiny_decoder, backend="eager")
     with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
         fast(torch.randn(2, 8))
     with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
         fast(torch.randn(1, 5, 7))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="latents must be float32/float64/float16/bfloat16"):
         fast(torch.ones(1, 5, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="T >= 1"):
         fast(torch.randn(1, 0, 8))
@@ -86,35 +87,62 @@ def test_input_errors(tiny_decoder):
 
 def test_compiled_input_errors_are_plain_errors(tiny_decoder):
     """Checked before the compiled graph: the same ValueError/TypeError, not a wrapped dynamo error."""
-    fast = LatentDecoder(tiny_decoder, compile="torch.compile")
-    with pytest.raises(TypeError, match="floating point"):
+    fast = LatentDecoder(tiny_decoder, backend="inductor")
+    with pytest.raises(TypeError, match="latents must be float32/float64/float16/bfloat16"):
         fast(torch.ones(1, 5, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"\[B, T, 8\]"):
         fast(torch.randn(1, 5, 7))
 
 
-def test_compile_mode_options():
-    assert _compile_options(None) == {}
-    assert _compile_options("default") == {}
-    assert _compile_options("max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True}
-    assert _compile_options("reduce-overhead") == {"triton.cudagraphs": True}
-    with pytest.raises(ValueError, match="compile_mode.*banana"):
-        _compile_options("banana")
+def test_mode_options():
+    assert compile_options(None) == {}
+    assert compile_options("default") == {}
+    assert compile_options("max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True}
+    assert compile_options("reduce-overhead") == {"triton.cudagraphs": True}
+    with pytest.raises(ValueError, match="mode.*banana"):
+        compile_options("banana")
 
 
-def test_compile_mode_runs(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder, compile_mode="default")
-    assert fast.backend == "torch.compile"  # a compile_mode is torch.compile's
+def test_mode_runs(tiny_decoder):
+    fast = LatentDecoder(tiny_decoder, mode="default")
+    assert fast.backend == "inductor"  # a torch.compile mode picks the inductor backend by default
     latents = torch.randn(1, 7, 8)
     assert rel_err(fast(latents), reference.decode(tiny_decoder, latents)) < F32_TOL
-    with pytest.raises(ValueError, match="compile_mode"):
-        LatentDecoder(tiny_decoder, compile_mode="banana")
-    for compile in (False, "aot"):  # a torch.compile option where torch.compile does not run
-        with pytest.raises(ValueError, match="compile_mode is an option of torch.compile"):
-            LatentDecoder(tiny_decoder, compile=compile, compile_mode="default")
+    with pytest.raises(ValueError, match="mode.*banana"):
+        LatentDecoder(tiny_decoder, mode="banana")
+    for backend in ("eager", "aot"):  # a torch.compile option where torch.compile does not run
+        with pytest.raises(ValueError, match="mode is a torch.compile mode: it needs backend='inductor'"):
+            LatentDecoder(tiny_decoder, backend=backend, mode="default")
 
 
-def test_old_name_compiled_still_works_and_warns(tiny_decoder):
-    fast = LatentDecoder(tiny_decoder, compile=False)
-    with pytest.warns(DeprecationWarning, match="is_compiled"):
-        assert fast.compiled is False
+def test_backend_choice(tiny_decoder):
+    assert LatentDecoder(tiny_decoder).backend == "aot"  # the CPU's default
+    for backend in ("eager", "inductor", "aot"):
+        fast = LatentDecoder(tiny_decoder, backend=backend, background_build=False)
+        assert fast.backend == backend and fast.is_compiled == (backend != "eager")
+    for wrong in ("torch.compile", True, False, "AOT"):
+        with pytest.raises(ValueError, match="backend must be None"):
+            LatentDecoder(tiny_decoder, backend=wrong)
+
+
+@pytest.mark.parametrize("old", [{"compile": False}, {"compile_mode": "default"}])
+def test_old_argument_names_are_gone(tiny_decoder, old):
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        LatentDecoder(tiny_decoder, **old)
+    assert not hasattr(LatentDecoder(tiny_decoder, backend="eager"), "compiled")
+
+
+def test_input_rules_are_the_ops(tiny_decoder, monkeypatch):
+    """Beyond the decoder's D, LatentDecoder checks latents with the rule function of the denorm_transpose op."""
+    import jasco_fast.ops as ops
+
+    seen = []
+    rules = ops.check_denorm_transpose
+    monkeypatch.setattr(ops, "check_denorm_transpose",
+                        lambda latents, mean, std, dtype: seen.append((tuple(latents.shape), mean.shape, std.shape))
+                        or rules(latents, mean, std, dtype))
+    fast = LatentDecoder(tiny_decoder, torch.zeros(8), 2.0, backend="eager")
+    fast(torch.randn(2, 5, 8))
+    assert seen and seen[0] == ((2, 5, 8), (8,), ())
+    with pytest.raises(TypeError, match="denorm_transpose: latents must be float32"):
+        fast(torch.ones(1, 5, 8, dtype=torch.complex64))

@@ -140,8 +140,8 @@ def lengths_for(chunk: int, right: int) -> list[int]:
 @pytest.mark.parametrize("name", STREAM_CONFIGS)
 def test_stream_equals_one_pass_and_reference(name):
     decoder = tiny_decoder(seed=len(name), **STREAM_CONFIGS[name])
-    one_pass = LatentDecoder(decoder, MEAN, STD, compile=False, chunk_frames=None)
-    chunked = LatentDecoder(decoder, MEAN, STD, compile=False)
+    one_pass = LatentDecoder(decoder, MEAN, STD, backend="eager", chunk_frames=None)
+    chunked = LatentDecoder(decoder, MEAN, STD, backend="eager")
     for chunk in (chunk_plan(decoder, 64).left, 16, 23):
         plan = chunk_plan(decoder, chunk)
         for T, B in itertools.product(lengths_for(chunk, plan.right), (1, 3)):
@@ -163,8 +163,8 @@ def test_stream_equals_one_pass_and_reference(name):
 @pytest.mark.parametrize("pad_mode", ["constant", "reflect", "replicate"])
 def test_long_forward_takes_the_chunked_path_and_equals_one_pass(pad_mode):
     decoder = tiny_decoder(pad_mode=pad_mode)
-    chunked = LatentDecoder(decoder, compile=False, chunk_frames=20)
-    one_pass = LatentDecoder(decoder, compile=False, chunk_frames=None)
+    chunked = LatentDecoder(decoder, backend="eager", chunk_frames=20)
+    one_pass = LatentDecoder(decoder, backend="eager", chunk_frames=None)
     latents = torch.randn(2, 157, decoder.dimension)
     got = chunked(latents)
     assert torch.equal(got, torch.cat(list(chunked.stream(latents)), -1))  # the very same chunks
@@ -180,8 +180,8 @@ def ragged(latents: torch.Tensor, sizes) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", ["reflect", "constant_causal", "replicate_stereo_two_lstm_layers"])
 def test_iterable_of_ragged_chunks(name):
     decoder = tiny_decoder(**STREAM_CONFIGS[name])
-    fast = LatentDecoder(decoder, compile=False, chunk_frames=16)
-    one_pass = LatentDecoder(decoder, compile=False, chunk_frames=None)
+    fast = LatentDecoder(decoder, backend="eager", chunk_frames=16)
+    one_pass = LatentDecoder(decoder, backend="eager", chunk_frames=None)
     latents = torch.randn(2, 111, decoder.dimension)
     want = one_pass(latents)
     for sizes in ([1] * 40, [0, 5, 0, 33, 2, 17], [111], [15, 16, 17, 1, 28]):
@@ -191,7 +191,7 @@ def test_iterable_of_ragged_chunks(name):
 
 def test_pieces_come_out_as_soon_as_final():
     decoder = tiny_decoder()
-    fast = LatentDecoder(decoder, compile=False, chunk_frames=16)
+    fast = LatentDecoder(decoder, backend="eager", chunk_frames=16)
     plan = chunk_plan(decoder, 16)
     arrived = 0
 
@@ -214,7 +214,7 @@ def test_pieces_come_out_as_soon_as_final():
 def test_circular_and_group_norm_take_one_pass():
     for overrides in (dict(pad_mode="circular"), dict(norm="time_group_norm", lstm=0)):
         decoder = tiny_decoder(**overrides)
-        fast = LatentDecoder(decoder, compile=False, chunk_frames=16)
+        fast = LatentDecoder(decoder, backend="eager", chunk_frames=16)
         assert fast.chunk_frames is None  # never chunked
         latents = torch.randn(2, 90, decoder.dimension)
         pieces = list(fast.stream(ragged(latents, [10, 30])))
@@ -228,7 +228,7 @@ def test_circular_and_group_norm_take_one_pass():
 def test_chunk_steps_driven_by_hand():
     """The per-position functions are the whole per-chunk work (what an ahead-of-time build compiles)."""
     decoder = tiny_decoder(lstm=2)
-    fast = LatentDecoder(decoder, compile=False, chunk_frames=16)
+    fast = LatentDecoder(decoder, backend="eager", chunk_frames=16)
     plan = chunk_plan(decoder, 16)
     latents = torch.randn(2, 70, decoder.dimension)
     C, L, R = plan.chunk_frames, plan.left, plan.right
@@ -246,7 +246,7 @@ def test_chunk_steps_driven_by_hand():
 
 def test_empty_batch():
     decoder = tiny_decoder()
-    fast = LatentDecoder(decoder, compile=False, chunk_frames=16)
+    fast = LatentDecoder(decoder, backend="eager", chunk_frames=16)
     out = torch.cat(list(fast.stream(torch.randn(0, 50, decoder.dimension))), -1)
     assert out.shape == (0, 1, 50 * decoder.hop_length)
     assert fast(torch.randn(0, 50, decoder.dimension)).shape == (0, 1, 50 * decoder.hop_length)
@@ -254,8 +254,8 @@ def test_empty_batch():
 
 def test_compiled_stream_equals_eager_without_recompiling():
     decoder = tiny_decoder(lstm=2, channels=2)
-    eager = LatentDecoder(decoder, compile=False, chunk_frames=None)
-    fast = LatentDecoder(decoder, compile="torch.compile", chunk_frames=16)
+    eager = LatentDecoder(decoder, backend="eager", chunk_frames=None)
+    fast = LatentDecoder(decoder, backend="inductor", chunk_frames=16)
     for T in (45, 61):  # compiles first, middle and last (dynamic length) once
         latents = torch.randn(2, T, decoder.dimension)
         assert peak_err(torch.cat(list(fast.stream(latents)), -1), eager(latents)) <= PEAK_TOL
@@ -275,11 +275,11 @@ def test_compiled_stream_equals_eager_without_recompiling():
 def test_argument_errors():
     decoder = tiny_decoder()
     left = chunk_plan(decoder, 64).left
-    fast = LatentDecoder(decoder, compile=False, chunk_frames=16)
+    fast = LatentDecoder(decoder, backend="eager", chunk_frames=16)
     with pytest.raises(ValueError, match=f"at least {left}"):
         list(fast.stream(torch.randn(1, 50, 8), chunk_frames=left - 1))
     with pytest.raises(ValueError, match=f"at least {left}"):
-        LatentDecoder(decoder, compile=False, chunk_frames=left - 1)
+        LatentDecoder(decoder, backend="eager", chunk_frames=left - 1)
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="positive integer"):
             chunk_plan(decoder, bad)
@@ -301,7 +301,7 @@ def test_argument_errors():
         list(fast.stream([]))
     with pytest.raises(ValueError, match="T >= 1"):
         list(fast.stream([torch.randn(1, 0, 8)]))
-    with pytest.raises(TypeError, match="floating point"):
+    with pytest.raises(TypeError, match="latents must be float32/float64/float16/bfloat16"):
         list(fast.stream([torch.ones(1, 5, 8, dtype=torch.int64)]))
     with pytest.raises(ValueError, match="position"):
         fast.chunk_step("middle_ish")
@@ -321,10 +321,10 @@ def test_cli_decodes_long_items_chunk_by_chunk(tmp_path, tiny_hf_checkpoint, cap
     decoder = load_decoder(tiny_hf_checkpoint)
     latents = torch.randn(300, decoder.dimension)
     np.save(tmp_path / "long.npy", latents.numpy())
-    args = ["decode", str(tmp_path / "long.npy"), "--checkpoint", str(tiny_hf_checkpoint), "--no-compile",
+    args = ["decode", str(tmp_path / "long.npy"), "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager",
             "--format", "flac", "--strategy", "none"]
     assert main(args + ["--out-dir", str(tmp_path / "chunked"), "--chunk-frames", "16"]) == 0
-    want = LatentDecoder(decoder, compile=False, chunk_frames=None)(latents[None])[0, 0].numpy()
+    want = LatentDecoder(decoder, backend="eager", chunk_frames=None)(latents[None])[0, 0].numpy()
     got, rate = sf.read(str(tmp_path / "chunked" / "long.flac"))
     assert rate == decoder.sample_rate and got.shape == want.shape
     assert np.abs(got - want.clip(-1, 1)).max() <= 1 / 32768  # 16-bit rounding only

@@ -9,7 +9,8 @@
 //      W_hh every step (its share stays in its own caches when it fits: the 8-bit format at C = 1024 is 2 MB
 //      per thread on 2 threads), in alternating directions, so that the part its L2 still holds from the
 //      step before comes first; a thread that has lost its core has its groups taken over (run_layer).
-// W_hh is packed once per call into tiles that the matvec streams front to back: tile = TW packed rows
+// W_hh is packed (jasco_fast::lstm_pack, once per weights; else once per call) into tiles that the matvec
+// streams front to back: tile = TW packed rows
 // (packed row p: unit group p / 64, gate (p % 64) / 16, unit 16 * (p / 64) + p % 16) x all C inputs,
 // stored k-major ([k][TW]), so one vector load is TW consecutive rows at input k and no horizontal sums are
 // needed. Formats: float32; bfloat16 kept 16-bit (two inputs k, k+1 per 32-bit lane: the high half is a
@@ -36,8 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <list>
-#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -70,30 +70,31 @@ constexpr int64_t kUnitGroup = 16;               // hidden units per group (a th
 constexpr int64_t kGroupRows = 4 * kUnitGroup;   // packed gate rows per group: i, f, g, o of 16 units
 
 // One tile of the matvec: pre[b * kGroupRows + r] = sum_k W[r, k] * h[b * h_stride + k] for the TW rows r of
-// the tile (times the row scale for int8). `k_steps`: inputs (pairs of inputs for bfloat16).
-using TileFn = void (*)(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
-                        float* pre);
+// the tile (times the row scale for int8). `k_steps`: inputs (pairs of inputs for bfloat16). `ld`: the packed
+// width, rows per input step in memory (>= TW: a pack serves every batch size, whose tiles are narrower).
+using TileFn = void (*)(const void* tile, int64_t k_steps, int64_t ld, const float* h, int64_t h_stride,
+                        const float* scale, float* pre);
 
 // ---------------------------------------------------------------------------------------------------------
 // Portable tiles: plain loops over the same packed layout.
 template <WeightFormat F, int TW, int NB>
-void tile_portable(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
-                   float* pre) {
+void tile_portable(const void* tile, int64_t k_steps, int64_t ld, const float* h, int64_t h_stride,
+                   const float* scale, float* pre) {
   float acc[NB][TW] = {};
   for (int64_t k = 0; k < k_steps; ++k) {
     for (int r = 0; r < TW; ++r) {
       if constexpr (F == WeightFormat::kFloat32) {
-        const float w = static_cast<const float*>(tile)[k * TW + r];
+        const float w = static_cast<const float*>(tile)[k * ld + r];
         for (int b = 0; b < NB; ++b) acc[b][r] += w * h[b * h_stride + k];
       } else if constexpr (F == WeightFormat::kBFloat16) {
-        const uint32_t pair = static_cast<const uint32_t*>(tile)[k * TW + r];
+        const uint32_t pair = static_cast<const uint32_t*>(tile)[k * ld + r];
         const uint32_t lo_bits = pair << 16, hi_bits = pair & 0xFFFF0000u;
         float lo, hi;
         std::memcpy(&lo, &lo_bits, 4);
         std::memcpy(&hi, &hi_bits, 4);
         for (int b = 0; b < NB; ++b) acc[b][r] += lo * h[b * h_stride + 2 * k] + hi * h[b * h_stride + 2 * k + 1];
       } else {
-        const float w = static_cast<float>(static_cast<const int8_t*>(tile)[k * TW + r]);
+        const float w = static_cast<float>(static_cast<const int8_t*>(tile)[k * ld + r]);
         for (int b = 0; b < NB; ++b) acc[b][r] += w * h[b * h_stride + k];
       }
     }
@@ -120,15 +121,14 @@ bool has_avx512_vnni() { return cpu_isa() == CpuIsa::avx512_vnni; }
 
 // V vectors of 16 rows x NB batch columns of accumulators.
 template <WeightFormat F, int V, int NB>
-JF_AVX512 void tile_avx512(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
-                           float* pre) {
-  constexpr int TW = 16 * V;
+JF_AVX512 void tile_avx512(const void* tile, int64_t k_steps, int64_t ld, const float* h, int64_t h_stride,
+                           const float* scale, float* pre) {
   __m512 acc[V][NB];
   for (int v = 0; v < V; ++v)
     for (int b = 0; b < NB; ++b) acc[v][b] = _mm512_setzero_ps();
   if constexpr (F == WeightFormat::kFloat32) {
     const float* p = static_cast<const float*>(tile);
-    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+    for (int64_t k = 0; k < k_steps; ++k, p += ld) {
       __m512 w[V];
       for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_ps(p + 16 * v);
       for (int b = 0; b < NB; ++b) {
@@ -139,7 +139,7 @@ JF_AVX512 void tile_avx512(const void* tile, int64_t k_steps, const float* h, in
   } else if constexpr (F == WeightFormat::kBFloat16) {
     const uint32_t* p = static_cast<const uint32_t*>(tile);
     const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+    for (int64_t k = 0; k < k_steps; ++k, p += ld) {
       __m512 lo[V], hi[V];  // inputs 2k and 2k + 1
       for (int v = 0; v < V; ++v) {
         const __m512i pair = _mm512_loadu_si512(p + 16 * v);
@@ -154,7 +154,7 @@ JF_AVX512 void tile_avx512(const void* tile, int64_t k_steps, const float* h, in
     }
   } else {
     const int8_t* p = static_cast<const int8_t*>(tile);
-    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+    for (int64_t k = 0; k < k_steps; ++k, p += ld) {
       __m512 w[V];
       for (int v = 0; v < V; ++v)
         w[v] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v))));
@@ -172,15 +172,14 @@ JF_AVX512 void tile_avx512(const void* tile, int64_t k_steps, const float* h, in
 
 // V vectors of 8 rows x NB batch columns of accumulators (16 registers: V * NB <= 8).
 template <WeightFormat F, int V, int NB>
-JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, const float* h, int64_t h_stride, const float* scale,
-                           float* pre) {
-  constexpr int TW = 8 * V;
+JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, int64_t ld, const float* h, int64_t h_stride,
+                           const float* scale, float* pre) {
   __m256 acc[V][NB];
   for (int v = 0; v < V; ++v)
     for (int b = 0; b < NB; ++b) acc[v][b] = _mm256_setzero_ps();
   if constexpr (F == WeightFormat::kFloat32) {
     const float* p = static_cast<const float*>(tile);
-    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+    for (int64_t k = 0; k < k_steps; ++k, p += ld) {
       __m256 w[V];
       for (int v = 0; v < V; ++v) w[v] = _mm256_loadu_ps(p + 8 * v);
       for (int b = 0; b < NB; ++b) {
@@ -191,7 +190,7 @@ JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, const float* h, in
   } else if constexpr (F == WeightFormat::kBFloat16) {
     const uint32_t* p = static_cast<const uint32_t*>(tile);
     const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+    for (int64_t k = 0; k < k_steps; ++k, p += ld) {
       __m256 lo[V], hi[V];
       for (int v = 0; v < V; ++v) {
         const __m256i pair = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
@@ -206,7 +205,7 @@ JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, const float* h, in
     }
   } else {
     const int8_t* p = static_cast<const int8_t*>(tile);
-    for (int64_t k = 0; k < k_steps; ++k, p += TW) {
+    for (int64_t k = 0; k < k_steps; ++k, p += ld) {
       __m256 w[V];
       for (int v = 0; v < V; ++v)
         w[v] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * v))));
@@ -229,7 +228,7 @@ JF_AVX2_FMA void tile_avx2(const void* tile, int64_t k_steps, const float* h, in
 // hi = round(a), lo = round(254 (a - hi)), each stored + 128, so that h = (hi + lo / 254) / 127 to 1.6e-5
 // (a 16-bit fixed point, far finer than the int8 weights). The sums are exact in int32; the + 128 offsets
 // are taken out with 128 x the row's sum of q. Tile layout: [k / 4][TW rows][4 inputs k] bytes.
-using VnniTileFn = void (*)(const void* tile, int64_t k4_steps, const uint8_t* hq, int64_t hq_stride,
+using VnniTileFn = void (*)(const void* tile, int64_t k4_steps, int64_t ld, const uint8_t* hq, int64_t hq_stride,
                             const float* scale, const int32_t* rowsum, float* pre);
 
 #define JF_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,avx2")))
@@ -237,14 +236,13 @@ using VnniTileFn = void (*)(const void* tile, int64_t k4_steps, const uint8_t* h
 // V vectors of 16 rows x NB batch columns, two accumulators each (hi and lo bytes of h): 2 V NB <= 16.
 // hq: batch column b's hi bytes at hq + 2 b hq_stride, its lo bytes hq_stride after them.
 template <int V, int NB>
-JF_AVX512_VNNI void tile_vnni(const void* tile, int64_t k4_steps, const uint8_t* hq, int64_t hq_stride,
+JF_AVX512_VNNI void tile_vnni(const void* tile, int64_t k4_steps, int64_t ld, const uint8_t* hq, int64_t hq_stride,
                               const float* scale, const int32_t* rowsum, float* pre) {
-  constexpr int TW = 16 * V;
   __m512i hi[V][NB], lo[V][NB];
   for (int v = 0; v < V; ++v)
     for (int b = 0; b < NB; ++b) hi[v][b] = lo[v][b] = _mm512_setzero_si512();
   const int32_t* p = static_cast<const int32_t*>(tile);
-  for (int64_t k = 0; k < k4_steps; ++k, p += TW) {
+  for (int64_t k = 0; k < k4_steps; ++k, p += ld) {
     __m512i w[V];
     for (int v = 0; v < V; ++v) w[v] = _mm512_loadu_si512(p + 16 * v);
     for (int b = 0; b < NB; ++b) {
@@ -285,16 +283,15 @@ static_assert(kMaddChunk * 127 * 32768 <= std::numeric_limits<int32_t>::max());
 typedef int32_t Int32x8 __attribute__((vector_size(32)));
 // hq: batch column b's int16 h at hq + 2 b hq_stride bytes (the byte layout of tile_vnni's hi / lo rows).
 template <int V, int NB>
-JF_AVX2_FMA void tile_madd(const void* tile, int64_t k2_steps, const uint8_t* hq, int64_t hq_stride,
+JF_AVX2_FMA void tile_madd(const void* tile, int64_t k2_steps, int64_t ld, const uint8_t* hq, int64_t hq_stride,
                            const float* scale, const int32_t* /*rowsum*/, float* pre) {
-  constexpr int TW = 8 * V;
   const int8_t* p = static_cast<const int8_t*>(tile);
   for (int64_t k0 = 0; k0 < k2_steps; k0 += kMaddChunk / 2) {
     const int64_t k1 = std::min(k2_steps, k0 + kMaddChunk / 2);
     Int32x8 acc[V][NB];
     for (int v = 0; v < V; ++v)
       for (int b = 0; b < NB; ++b) acc[v][b] = Int32x8{};
-    for (int64_t k = k0; k < k1; ++k, p += 2 * TW) {
+    for (int64_t k = k0; k < k1; ++k, p += 2 * ld) {
       __m256i x[NB];
       for (int b = 0; b < NB; ++b) {
         int32_t pair;
@@ -411,12 +408,15 @@ Tiling tiling_for(WeightFormat f, int64_t B) {
 // ---------------------------------------------------------------------------------------------------------
 // Packing W_hh [4C, C] into tiles.
 
+// A packed W_hh, read in place from a pack (see PackHeader): pointers into `owner`.
 struct PackedRecurrent {
   WeightFormat format;
   int64_t C, groups, width, k_steps, tile_bytes;
-  at::Tensor data;   // the tiles, one after another
-  at::Tensor scale;   // int8: [groups * kGroupRows] float32 in packed row order; else undefined
-  at::Tensor rowsum;  // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else undefined
+  int64_t row_bytes;         // bytes of one row at one input step: tile_bytes / (k_steps * width)
+  const uint8_t* data;       // the tiles, one after another
+  const float* scale;        // int8 formats: [groups * kGroupRows] float32 in packed row order; else nullptr
+  const int32_t* rowsum;     // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else nullptr
+  at::Tensor owner;
 };
 
 // The original row of packed row p (-1 for padding units beyond C).
@@ -524,20 +524,90 @@ void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_
   }
 }
 
-PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
-  PackedRecurrent p;
-  p.format = format;  // kInt8Vnni / kInt8Madd stay the packed format; `format` below is the rows' format
-  p.C = w_hh.size(1);
-  p.groups = (p.C + kUnitGroup - 1) / kUnitGroup;
+// A pack (jasco_fast::lstm_pack) is one uint8 tensor of one segment per layer: a PackHeader, then (int8
+// formats) the row scales and row sums, then the tiles. Its size depends on C, the weights' dtype and the
+// recurrent format family only (segment_bytes), not on this CPU: the layout (WeightFormat, width) is in the
+// header, and lstm_skip refuses a pack whose layout is not the one this process packs for.
+constexpr uint64_t kPackMagic = 0x4b41504d54534c4aULL;  // "JLSTMPAK"
+constexpr int64_t kPackVersion = 1;
+struct PackHeader {  // 64 bytes: the sections after it stay 64-byte aligned
+  uint64_t magic;
+  int64_t version, format, width, rows, cols, dtype, bytes;  // rows, cols: W_hh's [4C, C]; bytes: the segment's
+};
+static_assert(sizeof(PackHeader) == 64);
+
+const char* format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kFloat32: return "float32";
+    case WeightFormat::kBFloat16: return "bfloat16";
+    case WeightFormat::kInt8: return "int8 (float tiles)";
+    case WeightFormat::kInt8Vnni: return "int8 (avx512_vnni tiles)";
+    case WeightFormat::kInt8Madd: return "int8 (avx2_int16 tiles)";
+  }
+  return "?";
+}
+
+bool is_int8(WeightFormat f) { return f == WeightFormat::kInt8 || f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Madd; }
+
+// The width this process packs `format` in: the tile width at B = 1, the widest; every batch's tiles are
+// TW = ld / 1, 2, 4 or 8 of it (tiling_for, vnni_tiling_for), which read a pack through `ld`.
+int64_t pack_width(WeightFormat format) {
+#ifdef JASCO_FAST_X86
+  if (format == WeightFormat::kInt8Vnni) return vnni_tiling_for<true>(1).width;
+  if (format == WeightFormat::kInt8Madd) return vnni_tiling_for<false>(1).width;
+#endif
+  return tiling_for(format == WeightFormat::kFloat32 ? WeightFormat::kFloat32
+                    : format == WeightFormat::kBFloat16 ? WeightFormat::kBFloat16 : WeightFormat::kInt8, 1).width;
+}
+
+// The layout this process packs a recurrent format (lstm_skip's resolved recurrent dtype) in.
+WeightFormat packed_format_for(at::ScalarType recurrent) {
+  if (recurrent == at::kChar) return int8_integer_path().first;
+  return recurrent == at::kBFloat16 ? WeightFormat::kBFloat16 : WeightFormat::kFloat32;
+}
+
+int64_t packed_rows(int64_t C) { return (C + kUnitGroup - 1) / kUnitGroup * kGroupRows; }
+
+// A segment's bytes for C, by family (the Python fake kernel states the same rule): every int8 layout gets
+// room for scales, row sums and 4 x ceil(C / 4) bytes per row, the largest of them.
+int64_t segment_bytes(WeightFormat format, int64_t C) {
+  const int64_t rows = packed_rows(C);
+  if (format == WeightFormat::kFloat32) return 64 + rows * C * 4;
+  if (format == WeightFormat::kBFloat16) return 64 + rows * ((C + 1) / 2) * 4;
+  return 64 + rows * 8 + rows * ((C + 3) / 4) * 4;
+}
+
+// The geometry of a segment of `format`, `width` for C (pointers unset).
+PackedRecurrent packed_geometry(WeightFormat format, int64_t width, int64_t C) {
+  PackedRecurrent p{};
+  p.format = format;
+  p.C = C;
+  p.groups = (C + kUnitGroup - 1) / kUnitGroup;
   p.width = width;
-  const int64_t C = p.C, rows = p.groups * kGroupRows, tiles = rows / width;
+  const bool vnni = format == WeightFormat::kInt8Vnni, madd = format == WeightFormat::kInt8Madd;
+  p.k_steps = format == WeightFormat::kBFloat16 || madd ? (C + 1) / 2 : vnni ? (C + 3) / 4 : C;
+  p.row_bytes = madd ? 2 : format == WeightFormat::kInt8 ? 1 : 4;
+  p.tile_bytes = p.k_steps * width * p.row_bytes;
+  return p;
+}
+
+// Packs w_hh [4C, C] (CPU, float32 or bfloat16) into `seg` (segment_bytes(format, C) bytes, zeroed).
+void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t width, uint8_t* seg) {
+  const int64_t C = w_hh.size(1), rows = packed_rows(C), tiles = rows / width;
+  const PackedRecurrent p = packed_geometry(format, width, C);
+  const PackHeader header{kPackMagic, kPackVersion, static_cast<int64_t>(format), width, w_hh.size(0), C,
+                          static_cast<int64_t>(w_hh.scalar_type()), segment_bytes(format, C)};
+  std::memcpy(seg, &header, sizeof header);
   const bool vnni = format == WeightFormat::kInt8Vnni, madd = format == WeightFormat::kInt8Madd;
   if (vnni || madd) format = WeightFormat::kInt8;  // the same rows, another tile layout
-  p.k_steps = format == WeightFormat::kBFloat16 || madd ? (C + 1) / 2 : vnni ? (C + 3) / 4 : C;
-  const int64_t elem = madd ? 2 : format == WeightFormat::kInt8 && !vnni ? 1 : 4;
-  p.tile_bytes = p.k_steps * width * elem;
-  p.data = at::empty({tiles * p.tile_bytes}, w_hh.options().dtype(at::kByte));
-  uint8_t* out = p.data.mutable_data_ptr<uint8_t>();
+  float* scale = nullptr;
+  int32_t* rowsum = nullptr;
+  uint8_t* out = seg + 64;
+  if (format == WeightFormat::kInt8) {
+    scale = reinterpret_cast<float*>(seg + 64);
+    if (vnni) rowsum = reinterpret_cast<int32_t*>(seg + 64 + rows * 4);
+    out = seg + 64 + rows * 8;
+  }
   // bfloat16 tiles from float32 weights: rounded to nearest even by ATen's conversion
   // (int8 reads float32 or bfloat16 rows as they are)
   const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.to(at::kBFloat16).contiguous()
@@ -545,16 +615,6 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
                            ? w_hh.contiguous()
                            : w_hh.to(at::kFloat).contiguous();
   const bool bf16_source = w.scalar_type() == at::kBFloat16;
-  float* scale = nullptr;
-  if (format == WeightFormat::kInt8) {
-    p.scale = at::empty({rows}, w_hh.options().dtype(at::kFloat));
-    scale = p.scale.mutable_data_ptr<float>();
-  }
-  int32_t* rowsum = nullptr;
-  if (vnni) {
-    p.rowsum = at::empty({rows}, w_hh.options().dtype(at::kInt));
-    rowsum = p.rowsum.mutable_data_ptr<int32_t>();
-  }
 
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<const void*> src(width);
@@ -612,88 +672,69 @@ PackedRecurrent pack_recurrent(const at::Tensor& w_hh, WeightFormat format, int6
       }
     }
   });
+}
+
+// A new pack of one layer's w_hh: a segment in its own tensor.
+at::Tensor pack_segment(const at::Tensor& w_hh, WeightFormat format) {
+  const int64_t width = pack_width(format);
+  at::Tensor seg = at::zeros({segment_bytes(format, w_hh.size(1))}, w_hh.options().dtype(at::kByte));
+  pack_recurrent_into(w_hh, format, width, seg.mutable_data_ptr<uint8_t>());
+  return seg;
+}
+
+// The segment at `offset` of `pack`, checked against layer `layer`'s w_hh and the layout `want`
+// (op: the name errors start with). Returns it with its pointers set.
+PackedRecurrent read_segment(const at::Tensor& pack, int64_t offset, const at::Tensor& w_hh, WeightFormat want,
+                             int64_t layer, const char* op) {
+  const int64_t size = pack.numel();
+  TORCH_CHECK_VALUE(offset + 64 <= size, op, ": packed ends before layer ", layer, "'s segment (", size,
+                    " bytes): not a pack of these weights");
+  PackHeader h;
+  std::memcpy(&h, pack.const_data_ptr<uint8_t>() + offset, sizeof h);
+  TORCH_CHECK_VALUE(h.magic == kPackMagic && h.version == kPackVersion, op, ": packed is not a jasco_fast::lstm_pack "
+                    "pack of version ", kPackVersion, " (layer ", layer, ")");
+  const int64_t C = w_hh.size(1);
+  TORCH_CHECK_VALUE(h.rows == w_hh.size(0) && h.cols == C, op, ": layer ", layer, "'s pack is of a [", h.rows, ", ",
+                    h.cols, "] matrix, w_hh is ", w_hh.sizes());
+  TORCH_CHECK_VALUE(h.dtype == static_cast<int64_t>(w_hh.scalar_type()), op, ": layer ", layer, "'s pack was made from ",
+                    static_cast<at::ScalarType>(h.dtype), " weights, w_hh is ", w_hh.scalar_type(),
+                    ": pack the weights again after converting them");
+  const int64_t width = pack_width(want);
+  TORCH_CHECK_VALUE(h.format == static_cast<int64_t>(want) && h.width == width, op, ": layer ", layer, "'s pack has ",
+                    "the layout ", format_name(static_cast<WeightFormat>(std::clamp<int64_t>(h.format, 0, 4))),
+                    ", width ", h.width, "; this call needs ", format_name(want), ", width ", width,
+                    " (the recurrent format and this process's CPU): pack again with this recurrent_dtype, in this process");
+  TORCH_CHECK_VALUE(h.bytes == segment_bytes(want, C) && offset + h.bytes <= size, op, ": layer ", layer,
+                    "'s pack segment has the wrong size");
+  PackedRecurrent p = packed_geometry(want, width, C);
+  const uint8_t* seg = pack.const_data_ptr<uint8_t>() + offset;
+  const int64_t rows = packed_rows(C);
+  p.scale = is_int8(want) ? reinterpret_cast<const float*>(seg + 64) : nullptr;
+  p.rowsum = want == WeightFormat::kInt8Vnni ? reinterpret_cast<const int32_t*>(seg + 64 + rows * 4) : nullptr;
+  p.data = seg + (is_int8(want) ? 64 + rows * 8 : 64);
+  p.owner = pack;
   return p;
 }
 
-// Packing W_hh takes ~4 ms per 1024-unit layer, about a sixth of the op's time on a 256-frame chunk, and a chunked
-// or streamed decode calls the op once per chunk with the same weights. The tiles are a function of W_hh's
-// contents, the format and the tile width only, so the last kPackCacheEntries packings are kept under a 64-bit
-// hash of the contents, recomputed on every call (~0.3 ms per layer): a matrix changed in place (even through
-// .data, which leaves the version counter alone) or another tensor at the same address hashes differently.
-constexpr size_t kPackCacheEntries = 4;
-
-inline uint64_t mix64(uint64_t x) {  // a bijective 64-bit finaliser (splitmix64's)
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-uint64_t content_hash(const at::Tensor& t) {
-  const at::Tensor c = t.contiguous();
-  const uint8_t* bytes = static_cast<const uint8_t*>(c.const_data_ptr());
-  const int64_t n = c.numel() * static_cast<int64_t>(c.element_size()), words = n / 8;
-  constexpr int64_t kBlockWords = 1 << 14;
-  const int64_t blocks = (words + kBlockWords - 1) / kBlockWords;
-  std::vector<uint64_t> partial(blocks);
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      uint64_t h[4] = {mix64(4 * b + 1), mix64(4 * b + 2), mix64(4 * b + 3), mix64(4 * b + 4)};
-      const int64_t w1 = std::min(words, (b + 1) * kBlockWords);
-      int64_t i = b * kBlockWords;
-      for (; i + 4 <= w1; i += 4) {
-        for (int j = 0; j < 4; ++j) {  // four independent chains, each one multiply per word
-          uint64_t v;
-          std::memcpy(&v, bytes + 8 * (i + j), 8);
-          h[j] = (h[j] ^ v) * 0x9E3779B97F4A7C15ULL;
-          h[j] ^= h[j] >> 29;
-        }
-      }
-      for (; i < w1; ++i) {
-        uint64_t v;
-        std::memcpy(&v, bytes + 8 * i, 8);
-        h[0] = mix64(h[0] ^ v);
-      }
-      partial[b] = mix64(h[0] ^ mix64(h[1] ^ mix64(h[2] ^ mix64(h[3]))));
-    }
-  });
-  uint64_t h = mix64(static_cast<uint64_t>(n));
-  for (const uint64_t part : partial) h = mix64(h ^ part);
-  uint64_t tail = 0;
-  std::memcpy(&tail, bytes + 8 * words, static_cast<size_t>(n - 8 * words));
-  return mix64(h ^ tail);
-}
-
-PackedRecurrent pack_recurrent_cached(const at::Tensor& w_hh, WeightFormat format, int64_t width) {
-  struct Entry {
-    uint64_t hash;
-    int64_t rows, cols, width;
-    at::ScalarType dtype;
-    WeightFormat format;
-    PackedRecurrent packed;
-  };
-  static std::mutex mutex;
-  static std::list<Entry>& entries = *new std::list<Entry>();  // most recently used first; never destroyed, so no
-                                                                // tensor outlives ATen at exit
-  const uint64_t hash = content_hash(w_hh);
-  auto same = [&](const Entry& e) {
-    return e.hash == hash && e.rows == w_hh.size(0) && e.cols == w_hh.size(1) && e.width == width &&
-           e.dtype == w_hh.scalar_type() && e.format == format;
-  };
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    for (auto it = entries.begin(); it != entries.end(); ++it) {
-      if (same(*it)) {
-        entries.splice(entries.begin(), entries, it);
-        return entries.front().packed;
-      }
-    }
+// Every layer's segment of `packed`, checked against the weights and the recurrent format.
+std::vector<PackedRecurrent> read_packs(const at::Tensor& packed, at::TensorList weights, int64_t num_layers,
+                                        at::ScalarType recurrent) {
+  const char* op = "lstm_skip";
+  TORCH_CHECK_TYPE(packed.device().is_cpu() && packed.scalar_type() == at::kByte && packed.dim() == 1 &&
+                       packed.is_contiguous(),
+                   op, ": packed must be a contiguous 1-D uint8 CPU tensor from jasco_fast::lstm_pack, got ",
+                   packed.scalar_type(), " ", packed.sizes(), " on ", packed.device());
+  const WeightFormat want = packed_format_for(recurrent);
+  std::vector<PackedRecurrent> packs;
+  int64_t offset = 0;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    packs.push_back(read_segment(packed, offset, weights[4 * l + 1], want, l, op));
+    offset += segment_bytes(want, weights[4 * l + 1].size(1));
   }
-  PackedRecurrent packed = pack_recurrent(w_hh, format, width);
-  std::lock_guard<std::mutex> lock(mutex);
-  entries.push_front(Entry{hash, w_hh.size(0), w_hh.size(1), width, w_hh.scalar_type(), format, packed});
-  if (entries.size() > kPackCacheEntries) entries.pop_back();
-  return packed;
+  TORCH_CHECK_VALUE(offset == packed.numel(), op, ": packed holds more than num_layers = ", num_layers, " segments");
+  return packs;
 }
+
 
 // ---------------------------------------------------------------------------------------------------------
 // One layer's recurrence.
@@ -956,15 +997,18 @@ inline void spin_pause(int64_t& spins) {
 }
 
 // xp: the input projections [B, T, 4C] (without biases), float32 or bfloat16.
-// vnni_fn: the integer matvec of the kInt8Vnni or kInt8Madd format (else nullptr: tile_fn).
+// vnni_fn: the integer matvec of the kInt8Vnni or kInt8Madd format (else nullptr: tile_fn). tile_width: the
+// rows either computes per call (it divides the pack's width w.width).
 template <typename xp_t>
-void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, const xp_t* xp, const LayerIo& io,
-               int threads) {
+void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, int64_t tile_width, const xp_t* xp,
+               const LayerIo& io, int threads) {
   const int64_t B = io.B, T = io.T, C = io.C, G = w.groups, hs = io.h_stride;
-  const int64_t tiles_per_group = kGroupRows / w.width;
-  const uint8_t* packed = w.data.const_data_ptr<uint8_t>();
-  const float* scale = w.scale.defined() ? w.scale.const_data_ptr<float>() : nullptr;
-  const int32_t* rowsum = w.rowsum.defined() ? w.rowsum.const_data_ptr<int32_t>() : nullptr;
+  const int64_t tiles_per_group = kGroupRows / tile_width;
+  const uint8_t* packed = w.data;
+  const float* scale = w.scale;
+  const int32_t* rowsum = w.rowsum;
+  // sub-tile i of group g: packed rows r0 ... r0 + tile_width - 1, a slice of the pack's tile r0 / w.width
+  auto tile_at = [&](int64_t r0) { return packed + r0 / w.width * w.tile_bytes + r0 % w.width * w.row_bytes; };
   const int64_t hqs = io.hq_stride;
   std::atomic<int> non_finite{0};
 #ifdef JASCO_FAST_X86
@@ -996,9 +1040,9 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
       }
       if (vnni_fn == nullptr) {
         for (int64_t i = 0; i < tiles_per_group; ++i) {
-          const int64_t tile = g * tiles_per_group + i;
-          tile_fn(packed + tile * w.tile_bytes, w.k_steps, h_prev, hs, scale ? scale + tile * w.width : nullptr,
-                  pre.data() + i * w.width);
+          const int64_t r0 = g * kGroupRows + i * tile_width;
+          tile_fn(tile_at(r0), w.k_steps, w.width, h_prev, hs, scale ? scale + r0 : nullptr,
+                  pre.data() + i * tile_width);
         }
       } else if (non_finite.load(std::memory_order_relaxed)) {
         // a NaN in h_{t-1} makes every product with it NaN in float arithmetic; the bytes lost it
@@ -1007,10 +1051,9 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, co
 #ifdef JASCO_FAST_X86
         const uint8_t* hq_prev = io.hq + (t & 1) * B * 2 * hqs;
         for (int64_t i = 0; i < tiles_per_group; ++i) {
-          const int64_t tile = g * tiles_per_group + i;
-          reinterpret_cast<VnniTileFn>(vnni_fn)(packed + tile * w.tile_bytes, w.k_steps, hq_prev, hqs,
-                                                scale + tile * w.width, rowsum + tile * w.width,
-                                                pre.data() + i * w.width);
+          const int64_t r0 = g * kGroupRows + i * tile_width;
+          reinterpret_cast<VnniTileFn>(vnni_fn)(tile_at(r0), w.k_steps, w.width, hq_prev, hqs, scale + r0,
+                                                rowsum ? rowsum + r0 : nullptr, pre.data() + i * tile_width);
         }
 #endif
       }
@@ -1072,8 +1115,38 @@ std::string lstm_int8_matvec() {
 
 }  // namespace
 
+// jasco_fast::lstm_pack: every layer's W_hh packed for this process's kernel, one segment after another.
+at::Tensor lstm_pack(at::TensorList w_hh, std::optional<at::ScalarType> recurrent_dtype) {
+  TORCH_CHECK_VALUE(!w_hh.empty(), "lstm_pack: w_hh must hold at least one matrix");
+  std::vector<WeightFormat> formats;
+  int64_t total = 0;
+  for (size_t l = 0; l < w_hh.size(); ++l) {
+    const at::Tensor& w = w_hh[l];
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) >= 1 && w.size(0) == 4 * w.size(1), "lstm_pack: w_hh[", l,
+                      "] must be [4C, C] with C >= 1, got ", w.sizes());
+    TORCH_CHECK_TYPE(w.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
+                     "lstm_pack: w_hh[", l, "] must be a float32 or bfloat16 CPU tensor (what the CPU kernel reads), "
+                     "got ", w.scalar_type(), " on ", w.device());
+    formats.push_back(packed_format_for(recurrent_format(recurrent_dtype, w.scalar_type(), "lstm_pack")));
+    total += segment_bytes(formats.back(), w.size(1));
+  }
+  at::Tensor pack = at::zeros({total}, w_hh[0].options().dtype(at::kByte));
+  int64_t offset = 0;
+  for (size_t l = 0; l < w_hh.size(); ++l) {
+    pack_recurrent_into(w_hh[l], formats[l], pack_width(formats[l]), pack.mutable_data_ptr<uint8_t>() + offset);
+    offset += segment_bytes(formats[l], w_hh[l].size(1));
+  }
+  return pack;
+}
+
 // No tensor arguments, so no backend key to dispatch on: a device-independent kernel.
 TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("lstm_int8_matvec", &lstm_int8_matvec); }
+// CPU tensors only, checked with a clear error rather than left to the dispatcher's
+TORCH_LIBRARY_IMPL(jasco_fast, CompositeExplicitAutograd, m) { m.impl("lstm_pack", &lstm_pack); }
+
+void check_lstm_pack(const at::Tensor& packed, at::TensorList weights, int64_t num_layers, at::ScalarType recurrent) {
+  (void)read_packs(packed, weights, num_layers, recurrent);
+}
 
 bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, int64_t num_layers) {
   if (!seq.device().is_cpu() || seq.dim() != 3) return false;
@@ -1107,8 +1180,11 @@ at::Tensor input_projections(const at::Tensor& x, const at::Tensor& w_ih) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
                                                                         int64_t num_layers, const at::Tensor& h0,
                                                                         const at::Tensor& c0, int64_t state_frames,
-                                                                        at::ScalarType recurrent) {
+                                                                        at::ScalarType recurrent,
+                                                                        const std::optional<at::Tensor>& packed) {
   const int64_t B = seq.size(0), T = seq.size(1), C = seq.size(2);
+  const std::vector<PackedRecurrent> packs =
+      packed.has_value() ? read_packs(*packed, weights, num_layers, recurrent) : std::vector<PackedRecurrent>{};
   const bool bf16 = seq.scalar_type() == at::kBFloat16;
   const WeightFormat format = recurrent == at::kChar       ? WeightFormat::kInt8
                               : recurrent == at::kBFloat16 ? WeightFormat::kBFloat16
@@ -1148,7 +1224,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
       packed_format = integer_format;
     }
 #endif
-    const PackedRecurrent packed = pack_recurrent_cached(w_hh, packed_format, width);
+    // the given pack, unless this layer takes the float int8 tiles (an h0 outside [-1, 1]): then, as without
+    // a pack, this call packs W_hh itself
+    const bool own_pack = packs.empty() || packed_format != packs[l].format;
+    const PackedRecurrent w_packed =
+        own_pack ? read_segment(pack_segment(w_hh, packed_format), 0, w_hh, packed_format, l, "lstm_skip") : packs[l];
 
     h_buf.zero_();
     h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_l);
@@ -1177,9 +1257,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
       }
     }
     if (bf16) {
-      run_layer(packed, tiling.fn, vnni_fn, xp.const_data_ptr<at::BFloat16>(), io, threads);
+      run_layer(w_packed, tiling.fn, vnni_fn, width, xp.const_data_ptr<at::BFloat16>(), io, threads);
     } else {
-      run_layer(packed, tiling.fn, vnni_fn, xp.const_data_ptr<float>(), io, threads);
+      run_layer(w_packed, tiling.fn, vnni_fn, width, xp.const_data_ptr<float>(), io, threads);
     }
     x = y;
   }
