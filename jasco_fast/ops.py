@@ -338,7 +338,7 @@ def recurrent_format_supported(recurrent_dtype: torch.dtype | None, weight_dtype
 def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None,
                     packed=None) -> None:
     """lstm_skip's argument rules (csrc/lstm_skip.cpp: lstm_skip, check_state, recurrent_format; the packed tensor's
-    type and size as csrc/cpu/lstm_recurrence.cpp's read_packs checks them, whose headers only the kernel reads)."""
+    type as csrc/cpu/lstm_recurrence.cpp's read_packs checks it)."""
     torch._check_value(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
     torch._check_value(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
     torch._check_value(len(weights) == 4 * num_layers,
@@ -360,15 +360,10 @@ def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=Non
     torch._check_type(recurrent_format_supported(recurrent_dtype, own),
                       lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
                               f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
-    if packed is not None:
+    if packed is not None:  # its headers, and so its size, are the kernel's to check (read_segment)
         torch._check_type(packed.dtype == torch.uint8 and packed.dim() == 1,
                           lambda: f"lstm_skip: packed must be a contiguous 1-D uint8 CPU tensor from "
                                   f"jasco_fast::lstm_pack, got {packed.dtype} {list(packed.shape)} on {packed.device}")
-        size = sum(lstm_pack_bytes(weights[4 * k + 1].shape[1], weights[4 * k + 1].dtype, recurrent_dtype)
-                   for k in range(num_layers))
-        torch._check_value(packed.shape[0] == size,
-                           lambda: f"lstm_skip: packed must be lstm_pack's uint8 [{size}] for these weights and "
-                                   f"recurrent_dtype, got {packed.dtype} {list(packed.shape)}")
 
 
 def check_lstm_pack(w_hh, recurrent_dtype=None) -> int:

@@ -371,7 +371,6 @@ RULE_CASES = [
     ("lstm_skip", _lstm_args(state_frames=-1), 8, ValueError, r"\bstate_frames\b"),
     ("lstm_skip", _lstm_args(recurrent_dtype=torch.float16), 8, TypeError, r"\brecurrent_dtype\b"),
     ("lstm_skip", _lstm_args(packed=torch.zeros(10, dtype=torch.float32)), 8, TypeError, r"\bpacked\b"),
-    ("lstm_skip", _lstm_args(packed=torch.zeros(10, dtype=torch.uint8)), 8, ValueError, r"\bpacked\b"),
     ("lstm_pack", ([], None), 2, ValueError, r"\bw_hh\b"),
     ("lstm_pack", ([torch.randn(4, 4)], None), 2, ValueError, r"\bw_hh\[0\]"),
     ("lstm_pack", ([torch.randn(12, 3).double()], None), 2, TypeError, r"\bw_hh\[0\]"),
