@@ -1,9 +1,9 @@
 // Shared by the CPU and CUDA bindings of jasco_fast::denorm_transpose: argument checks and the
 // output allocation, so both devices accept and return exactly the same things.
 //
-// These checks are THE argument rules of the op: the Python face (jasco_fast/ops.py) only turns floats
-// into tensors, and the fake kernel there restates the shape/dtype facts for tracing. TORCH_CHECK_VALUE /
-// TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
+// jasco_fast/ops.py's check_denorm_transpose states the same rules in the same words (for the Python face, the
+// fake kernel and the fallback); these stay for direct calls of the op. TORCH_CHECK_VALUE / TORCH_CHECK_TYPE
+// surface in Python as ValueError / TypeError.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -16,7 +16,8 @@ computationally laid out for speed:
   ``FUSED_CONV_TRANSPOSE_MAX_CHANNELS``, and the final activation + convolution) runs as the ops
   ``jasco_fast::elu_resblock`` / ``jasco_fast::elu_conv_transpose`` / ``jasco_fast::elu_conv``, which take each
   tile of time steps through the whole block while it is in cache, instead of one pass over memory per layer.
-  Inside ``with layer_by_layer():`` none of them runs, so hooks on the layers they replace fire.
+  :meth:`SEANetDecoder.fuse` swaps those modules in, once; a decoder that is not fused runs layer by layer
+  (forward hooks fire on every layer: what the reference and fidelity calibration use).
 
 Every layer reports which input samples its outputs depend on (``input_span``; :func:`receptive_field`
 turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
@@ -24,7 +25,6 @@ chunked decoding from the network itself.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -242,45 +242,19 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
     return out[..., :out.shape[-1] - extra] if extra else out
 
 
-# Residual blocks with at most this many channels (by activation dtype) run as jasco_fast::elu_resblock on the
-# CPU. Measured on this project's CPUs (docs/design/decode-cpu.md), 2 threads. float32, alone against the
-# block compiled by Inductor (oneDNN convolutions), Intel Xeon: 64 channels 0.52x, 128 0.68x, 256 0.96x, 512 1.5x
-# the time. bfloat16, Intel Xeon with AMX (the op's float32 copy): alone, oneDNN's AMX convolutions win from 128
-# channels on, but in the whole decode the op on every block measured fastest (it also replaces Inductor's
-# bfloat16 ELU / padding / add kernels). AMD Zen 5 (the op's bfloat16 dot-product copy), alone against the
-# unfused eager block: 512 channels 5.9 / 6.9 ms, 256 7.3 / 10.6, 128 12.0 / 37.3, 64 22.2 / 67.3.
+# The widest layers (by activation dtype) fuse() runs as the CPU ops; measured in docs/design/decode-cpu.md
+# ("Where the fused CPU ops are chosen"). Residual blocks of at most this many channels: jasco_fast::elu_resblock.
 FUSED_RESBLOCK_MAX_CHANNELS = {torch.float32: 256, torch.bfloat16: 512}
-# An ELU + transposed convolution with at most this many input channels (by activation dtype) runs as
-# jasco_fast::elu_conv_transpose on the CPU. Measured on AMD Zen 5, 2 threads, in the eager decode (two 256-frame
-# chunks), the op against oneDNN's deconvolution plus a separate ELU: float32 256 -> 128 channels 30 against 47 ms
-# per chunk, 128 -> 64 37 against 40 + the ELU (512 -> 256: 1.09x the time, alone). bfloat16 (the op's dot-product
-# copy) only tied oneDNN's at 256 channels and lost at 128 (21 against 18 ms), so it keeps oneDNN.
+# ELU + transposed convolution of at most this many input channels: jasco_fast::elu_conv_transpose.
 FUSED_CONV_TRANSPOSE_MAX_CHANNELS = {torch.float32: 256}
-# An activation + convolution with at most this many output channels (the final one: audio channels) runs as
-# jasco_fast::elu_conv on the CPU (64 -> 1 channels, k = 7: 0.19x oneDNN's time).
+# ELU + convolution of at most this many output channels (the final one: audio channels): jasco_fast::elu_conv.
 FUSED_CONV_MAX_OUT_CHANNELS = 8
+FUSED_DTYPES = (torch.float32, torch.bfloat16)  # the activation dtypes the CPU tail ops take
 
 
-_fused_ops_enabled = True
-
-
-@contextlib.contextmanager
-def layer_by_layer():
-    """Within it, no fused CPU op runs: every activation and convolution is its own module call, so forward hooks
-    on them fire (as fidelity calibration needs)."""
-    global _fused_ops_enabled
-    saved, _fused_ops_enabled = _fused_ops_enabled, False
-    try:
-        yield
-    finally:
-        _fused_ops_enabled = saved
-
-
-def _fused_kernel_applies(x: torch.Tensor, *params: torch.Tensor) -> bool:
-    """The CPU tail ops take float32/bfloat16 activations, and have no autograd formula: a caller that wants
-    gradients gets the layer-by-layer path."""
-    return (_fused_ops_enabled and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))))
+def _needs_grad(x: torch.Tensor, params) -> bool:
+    """Whether autograd would record this call: the tail ops have no autograd formula."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
 
 
 class Conv(nn.Module):
@@ -505,55 +479,135 @@ class ResBlock(nn.Module):
         b = input_span(self.shortcut, first, last)
         return (None if None in (a[0], b[0]) else min(a[0], b[0])), (None if None in (a[1], b[1]) else max(a[1], b[1]))
 
-    def _fusable(self, x: torch.Tensor) -> bool:
-        c1, c2 = self.conv1, self.conv2
-        return (type(self.act1) is nn.ELU and type(self.act2) is nn.ELU and self.act1.alpha == self.act2.alpha
-                and isinstance(self.shortcut, nn.Identity) and c1.norm is None and c2.norm is None
-                and c2.weight.shape[-1] == 1 and x.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(x.dtype, 0)
-                and _fused_kernel_applies(x, c1.weight, c1.bias, c2.weight, c2.bias))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fusable(x):
-            c1, c2 = self.conv1, self.conv2
-            return elu_resblock(x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right,
-                                c1.pad_mode, self.act1.alpha)
         return self.shortcut(x) + self.conv2(self.act2(self.conv1(self.act1(x))))
 
 
-def _fusable_activation_conv(act: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
-    return (type(act) is nn.ELU and isinstance(conv, Conv) and conv.norm is None
-            and conv.weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS and _fused_kernel_applies(x, conv.weight, conv.bias))
+# --------------------------------------------------------------------------------------------------
+# Fusion: SEANetDecoder.fuse() swaps these in where the CPU tail ops apply. Each holds the very parameters (and
+# submodules) of the layers it replaces under the same names, so the state_dict is unchanged.
 
 
-def _fusable_activation_conv_transpose(act: nn.Module, conv: nn.Module, x: torch.Tensor) -> bool:
-    return (type(act) is nn.ELU and isinstance(conv, ConvTranspose) and conv.norm is None
-            and x.shape[1] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(x.dtype, 0)
-            and _fused_kernel_applies(x, conv.weight, conv.bias))
+def _adopt(fused: nn.Module, module: nn.Module) -> None:
+    """Initialise ``fused`` (an instance of a subclass of ``type(module)``) as ``module``: the same parameters,
+    buffers, submodules and attributes, the same objects (nothing is copied; a fused decoder trains and loads
+    as the unfused one)."""
+    nn.Module.__init__(fused)
+    for name, param in module._parameters.items():
+        fused.register_parameter(name, param)
+    for name, buffer in module._buffers.items():
+        fused.register_buffer(name, buffer, persistent=name not in module._non_persistent_buffers_set)
+    for name, child in module._modules.items():
+        fused.add_module(name, child)
+    for name, value in vars(module).items():
+        if not name.startswith("_"):
+            setattr(fused, name, value)
+
+
+class _RunsFusedKernel:
+    """What each fused module checks per call before running its op, so that a fused decoder moved to another
+    device or dtype, or asked for gradients, runs the layers' own math instead of a kernel that does not apply
+    there (the op was chosen for ``kernel_dtype`` on the CPU)."""
+
+    kernel_dtype: torch.dtype
+
+    def _kernel_applies(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype == self.kernel_dtype and not _needs_grad(x, self.parameters())
+
+
+class ActivationInNextLayer(nn.Identity):
+    """Where :meth:`SEANetDecoder.fuse` moved an activation into the fused layer after it (keeping the layer
+    list's indices keeps the state_dict keys)."""
+
+
+class FusedResBlock(_RunsFusedKernel, ResBlock):
+    """A :class:`ResBlock` run as ``jasco_fast::elu_resblock`` (its two ELUs, both convolutions and the skip)."""
+
+    def __init__(self, block: ResBlock, kernel_dtype: torch.dtype):
+        _adopt(self, block)
+        self.kernel_dtype = kernel_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._kernel_applies(x):
+            return super().forward(x)
+        c1, c2 = self.conv1, self.conv2
+        return elu_resblock(x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right,
+                            c1.pad_mode, self.act1.alpha)
+
+
+class FusedEluConv(_RunsFusedKernel, Conv):
+    """An ELU (``activation``) and the :class:`Conv` after it, run as ``jasco_fast::elu_conv``."""
+
+    def __init__(self, activation: nn.ELU, conv: Conv, kernel_dtype: torch.dtype):
+        _adopt(self, conv)
+        self.activation = activation
+        self.kernel_dtype = kernel_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._kernel_applies(x):
+            return super().forward(self.activation(x))
+        return elu_conv(x, self.weight, self.bias, self.dilation, self.pad_left, self.pad_right, self.pad_mode,
+                        self.activation.alpha)
+
+
+class FusedEluConvTranspose(_RunsFusedKernel, ConvTranspose):
+    """An ELU (``activation``) and the :class:`ConvTranspose` after it, run as ``jasco_fast::elu_conv_transpose``."""
+
+    def __init__(self, activation: nn.ELU, conv: ConvTranspose, kernel_dtype: torch.dtype):
+        _adopt(self, conv)
+        self.activation = activation
+        self.kernel_dtype = kernel_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._kernel_applies(x):
+            return super().forward(self.activation(x))
+        return elu_conv_transpose(x, self.weight, self.bias, self.stride, self.trim_left, self.trim_right,
+                                  self.activation.alpha)
+
+
+def _fusable_resblock(block: nn.Module, dtype: torch.dtype) -> bool:
+    if type(block) is not ResBlock:  # (a FusedResBlock is fused already)
+        return False
+    c1, c2 = block.conv1, block.conv2
+    return (type(block.act1) is nn.ELU and type(block.act2) is nn.ELU and block.act1.alpha == block.act2.alpha
+            and isinstance(block.shortcut, nn.Identity) and c1.norm is None and c2.norm is None
+            and c2.weight.shape[-1] == 1 and c1.weight.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(dtype, 0))
+
+
+def _fusable_activation_conv(act: nn.Module, conv: nn.Module) -> bool:
+    return (type(act) is nn.ELU and type(conv) is Conv and conv.norm is None
+            and conv.weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS)
+
+
+def _fusable_activation_conv_transpose(act: nn.Module, conv: nn.Module, dtype: torch.dtype) -> bool:
+    return (type(act) is nn.ELU and type(conv) is ConvTranspose and conv.norm is None
+            and conv.weight.shape[0] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0))
 
 
 class DecoderLayers(nn.Sequential):
-    """The decoder's layers in order (an ``nn.Sequential``: same state-dict keys), running an ELU followed by a
-    narrow convolution (the final one) as one ``jasco_fast::elu_conv``, and an ELU followed by a transposed
-    convolution of few channels as one ``jasco_fast::elu_conv_transpose``, where they apply."""
+    """The decoder's layers in order (an ``nn.Sequential``: its state-dict keys), run one after the other."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layers = list(self)
+    def fuse(self) -> "DecoderLayers":
+        """Swap in the fused modules (:class:`FusedResBlock`, :class:`FusedEluConv`, :class:`FusedEluConvTranspose`)
+        where their CPU ops apply to these layers' device and dtype (their parameters'); in place, once (a second
+        call changes nothing). Returns self."""
+        param = next(self.parameters(), None)
+        if param is None or param.device.type != "cpu" or param.dtype not in FUSED_DTYPES:
+            return self
+        dtype = param.dtype
         i = 0
-        while i < len(layers):
-            if i + 1 < len(layers) and _fusable_activation_conv(layers[i], layers[i + 1], x):
-                conv = layers[i + 1]
-                x = elu_conv(x, conv.weight, conv.bias, conv.dilation, conv.pad_left, conv.pad_right, conv.pad_mode,
-                             layers[i].alpha)
-                i += 2
-            elif i + 1 < len(layers) and _fusable_activation_conv_transpose(layers[i], layers[i + 1], x):
-                conv = layers[i + 1]
-                x = elu_conv_transpose(x, conv.weight, conv.bias, conv.stride, conv.trim_left, conv.trim_right,
-                                       layers[i].alpha)
-                i += 2
-            else:
-                x = layers[i](x)
+        while i < len(self):
+            layer, after = self[i], (self[i + 1] if i + 1 < len(self) else None)
+            if _fusable_resblock(layer, dtype):
+                self[i] = FusedResBlock(layer, dtype)
+            elif _fusable_activation_conv(layer, after):
+                self[i], self[i + 1] = ActivationInNextLayer(), FusedEluConv(layer, after, dtype)
                 i += 1
-        return x
+            elif _fusable_activation_conv_transpose(layer, after, dtype):
+                self[i], self[i + 1] = ActivationInNextLayer(), FusedEluConvTranspose(layer, after, dtype)
+                i += 1
+            i += 1
+        return self
 
 
 class SEANetDecoder(nn.Module):
@@ -616,6 +670,21 @@ class SEANetDecoder(nn.Module):
         for module in self.modules():
             if isinstance(module, (Conv, ConvTranspose)):
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+        return self
+
+    def fuse(self) -> "SEANetDecoder":
+        """Swap in the fused CPU modules where their ops apply to this decoder's device and dtype; in place, once.
+
+        Decided from the parameters (where and in what dtype the decoder runs), so call it after moving the
+        decoder there: ``decoder.to(dtype).to_channels_last().fuse()``. The state_dict (keys and tensors) does
+        not change: load checkpoints before or after. A fused decoder moved to another device or dtype, or asked
+        for gradients, runs its layers' own math where the op does not apply. Also packs the LSTM's recurrent
+        matrices (:meth:`LSTM.prepack`). Returns self.
+        """
+        self.layers.fuse()
+        for module in self.modules():
+            if isinstance(module, LSTM):
+                module.prepack()
         return self
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:

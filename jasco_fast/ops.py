@@ -14,10 +14,9 @@ once (``packed``); without it each call packs them.
 ``denorm_transpose(latents [B, T, D], mean, std, dtype=None, channels_last=False) -> [B, D, T]`` computes
 ``(latents * std + mean).permute(0, 2, 1)`` (and the cast to ``dtype``) in one pass over memory. The
 arithmetic is float32 (float64 when latents or the output are float64), rounded once to the output dtype.
-The kernels live in ``csrc/``, and so do the op's argument rules (``csrc/denorm_transpose.h``); this module
-adds the Python face (which only turns float statistics into tensors), the fake (meta) kernel that lets
-torch.compile trace through the op, the autograd formula, and the PyTorch fallback that runs the op on
-devices the extension has no kernel for (see ``register_fallback``).
+The kernels live in ``csrc/``; this module adds the Python face (which turns float statistics into tensors),
+the fake (meta) kernel that lets torch.compile trace through the op, the autograd formula, and the PyTorch
+fallback that runs the op on devices the extension has no kernel for (see ``register_fallback``).
 
 ``codes_to_latents(codes [B, K, T], codebooks [N, S, D], dtype=None, channels_last=False) -> [B, D, T]``:
 residual vector quantisation decode (the sum of K codebook rows per frame), cast and laid out for the decoder,
@@ -27,6 +26,13 @@ in one pass (EnCodec codes: MusicGen / AudioGen tokens).
 bias, ...)`` (CPU only): the decoder's residual block, its final activation + convolution and an activation +
 upsampling layer, each tile of time steps taken through the whole block while it is in cache
 (csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
+
+Argument rules: each op has one function here, ``check_<op>``, that states the rules of its C++ checks (in
+``csrc/``) in the same order and words, in one style: ``torch._check_value`` where C++ has ``TORCH_CHECK_VALUE``
+(ValueError), ``torch._check_type`` where it has ``TORCH_CHECK_TYPE`` (TypeError). It takes real, fake or symbolic
+tensors; the Python face (outside torch.compile, whose tracing runs the fake kernel), the fake kernel and the
+fallback kernel call it. The C++ checks stay (the op can be
+called directly); tests/test_ops.py feeds both the same bad arguments.
 """
 from __future__ import annotations
 
@@ -45,7 +51,9 @@ except ImportError as exc:  # typically: built against another torch than the on
                       f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
 
 __all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "lstm_pack", "lstm_pack_bytes", "codes_to_latents", "elu_resblock", "elu_conv", "elu_conv_transpose", "FallbackWarning", "FALLBACKS",
-           "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback"]
+           "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback", "check_denorm_transpose",
+           "check_lstm_skip", "check_lstm_pack", "check_codes_to_latents", "check_elu_resblock", "check_elu_conv",
+           "check_elu_conv_transpose"]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
 JASCO_LATENT_MEAN = -0.0074
@@ -87,19 +95,19 @@ def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtyp
             (T*D, 1, D), i.e. [B, T, D] in memory, the layout a channels-last decoder reads without a copy.
 
     Raises:
-        ValueError / TypeError: for arguments outside the rules above (checked by the op itself, in C++).
+        ValueError / TypeError: for arguments outside the rules above (:func:`check_denorm_transpose`).
     """
     if not isinstance(latents, torch.Tensor):
         raise TypeError(f"denormalize_transpose: latents must be a tensor, got {type(latents).__name__}")
     mean = _as_statistic(mean, latents, "mean", dtype)
     std = _as_statistic(std, latents, "std", dtype)
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_denorm_transpose(latents, mean, std, dtype)
     return torch.ops.jasco_fast.denorm_transpose.default(latents, mean, std, dtype, bool(channels_last))
 
 
-def _check_arguments(latents, mean, std, dtype) -> torch.dtype:
-    """The facts the output's shape, dtype and device rest on, in the words of the C++ check_inputs (which
-    enforces them on real tensors); here for tracing (symbolic sizes included) and for the fallback kernel.
-    Returns the output dtype."""
+def check_denorm_transpose(latents, mean, std, dtype) -> torch.dtype:
+    """denorm_transpose's argument rules (csrc/denorm_transpose.h: check_inputs); returns the output dtype."""
     torch._check_value(latents.dim() == 3, lambda: f"denorm_transpose: latents must be 3-D [B, T, D], got "
                                                    f"{latents.dim()}-D with shape {list(latents.shape)}")
     torch._check_type(latents.dtype in _FLOATS, lambda: f"denorm_transpose: latents must be "
@@ -122,7 +130,7 @@ def _check_arguments(latents, mean, std, dtype) -> torch.dtype:
 
 @torch.library.register_fake("jasco_fast::denorm_transpose")
 def _(latents, mean, std, dtype=None, channels_last=False):
-    out_dtype = _check_arguments(latents, mean, std, dtype)
+    out_dtype = check_denorm_transpose(latents, mean, std, dtype)
     B, T, D = latents.shape
     if channels_last:
         return latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
@@ -242,7 +250,7 @@ def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: to
     """The kernels' arithmetic in PyTorch ops: compute type float32 (float64 when latents or the output are
     float64), multiply then add (two roundings, no FMA: separate ops), one rounding to the output dtype, and
     the same output strides. Bit for bit the CPU kernel's result."""
-    out_dtype = _check_arguments(latents, mean, std, dtype)
+    out_dtype = check_denorm_transpose(latents, mean, std, dtype)
     B, T, D = latents.shape
     out = (latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2) if channels_last
            else latents.new_empty((B, D, T), dtype=out_dtype))
@@ -292,6 +300,8 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
     Opaque to torch.compile (dynamo cannot trace an LSTM; a graph break there would split the decoder
     into small graphs with unfused activations).
     """
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed)
     return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype,
                                                   packed)
 
@@ -301,6 +311,8 @@ def lstm_pack(w_hh: list[torch.Tensor], recurrent_dtype: torch.dtype | None = No
     :func:`lstm_skip`'s CPU kernel in ``recurrent_dtype`` (as there): a 1-D uint8 tensor of
     :func:`lstm_pack_bytes` bytes, whose per-layer headers (layout, tile width of this CPU, shape, dtype)
     lstm_skip checks. Pass it as ``lstm_skip(..., packed=...)`` with the same weights and recurrent_dtype."""
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_lstm_pack(w_hh, recurrent_dtype)
     return torch.ops.jasco_fast.lstm_pack.default(w_hh, recurrent_dtype)
 
 
@@ -323,50 +335,64 @@ def recurrent_format_supported(recurrent_dtype: torch.dtype | None, weight_dtype
             or (recurrent_dtype == torch.bfloat16 and weight_dtype == torch.float32))
 
 
-@torch.library.register_fake("jasco_fast::lstm_pack")
-def _(w_hh, recurrent_dtype=None):
-    torch._check(len(w_hh) >= 1, lambda: "lstm_pack: w_hh must hold at least one matrix")
+def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None,
+                    packed=None) -> None:
+    """lstm_skip's argument rules (csrc/lstm_skip.cpp: lstm_skip, check_state, recurrent_format; the packed tensor's
+    type as csrc/cpu/lstm_recurrence.cpp's read_packs checks it)."""
+    torch._check_value(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
+    torch._check_value(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
+    torch._check_value(len(weights) == 4 * num_layers,
+                       lambda: f"lstm_skip: expected 4 * num_layers = {4 * num_layers} weights (w_ih, w_hh, b_ih, "
+                               f"b_hh per layer), got {len(weights)}")
+    torch._check_value((h0 is None) == (c0 is None), lambda: "lstm_skip: give both h0 and c0, or neither")
+    B, T, C = seq.shape
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s is not None:
+            torch._check_value(s.dim() == 3 and s.shape[0] == num_layers and s.shape[1] == B and s.shape[2] == C,
+                               lambda: f"lstm_skip: {name} must be [num_layers, B, C] = [{num_layers}, {B}, {C}], "
+                                       f"got {list(s.shape)}")
+            torch._check_type(s.dtype == seq.dtype and s.device == seq.device,
+                              lambda: f"lstm_skip: {name} must have seq's dtype and device ({seq.dtype}, "
+                                      f"{seq.device}), got {s.dtype}, {s.device}")
+    n = T if state_frames is None else state_frames
+    torch._check_value(0 <= n and n <= T, lambda: f"lstm_skip: state_frames must lie in [0, T] = [0, {T}], got {n}")
+    own = weights[1].dtype if len(weights) >= 2 else torch.float32
+    torch._check_type(recurrent_format_supported(recurrent_dtype, own),
+                      lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                              f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
+    if packed is not None:  # its headers, and so its size, are the kernel's to check (read_segment)
+        torch._check_type(packed.dtype == torch.uint8 and packed.dim() == 1,
+                          lambda: f"lstm_skip: packed must be a contiguous 1-D uint8 CPU tensor from "
+                                  f"jasco_fast::lstm_pack, got {packed.dtype} {list(packed.shape)} on {packed.device}")
+
+
+def check_lstm_pack(w_hh, recurrent_dtype=None) -> int:
+    """lstm_pack's argument rules (csrc/cpu/lstm_recurrence.cpp: lstm_pack); returns the pack's size in bytes."""
+    torch._check_value(len(w_hh) >= 1, lambda: "lstm_pack: w_hh must hold at least one matrix")
     total = 0
     for i, w in enumerate(w_hh):
-        torch._check(w.dim() == 2 and w.shape[1] >= 1 and w.shape[0] == 4 * w.shape[1],
-                     lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}")
-        torch._check(w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu",
-                     lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor, got "
-                                      f"{w.dtype} on {w.device}")
-        torch._check(recurrent_format_supported(recurrent_dtype, w.dtype),
-                     lambda w=w: f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
-                                 f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} weights")
+        torch._check_value(w.dim() == 2 and w.shape[1] >= 1 and w.shape[0] == 4 * w.shape[1],
+                           lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}")
+        torch._check_type(w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu",
+                          lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor (what the "
+                                           f"CPU kernel reads), got {w.dtype} on {w.device}")
+        torch._check_type(recurrent_format_supported(recurrent_dtype, w.dtype),
+                          lambda w=w: f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                                      f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} "
+                                      f"weights")
         total += lstm_pack_bytes(w.shape[1], w.dtype, recurrent_dtype)
-    return w_hh[0].new_empty((total,), dtype=torch.uint8)
+    return total
+
+
+@torch.library.register_fake("jasco_fast::lstm_pack")
+def _(w_hh, recurrent_dtype=None):
+    return w_hh[0].new_empty((check_lstm_pack(w_hh, recurrent_dtype),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("jasco_fast::lstm_skip")
 def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None, packed=None):
-    torch._check(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
-    torch._check(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
-    torch._check(len(weights) == 4 * num_layers,
-                 lambda: f"lstm_skip: expected 4 * num_layers = {4 * num_layers} weights, got {len(weights)}")
-    torch._check((h0 is None) == (c0 is None), lambda: "lstm_skip: give both h0 and c0, or neither")
+    check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed)
     B, T, C = seq.shape
-    for name, s in (("h0", h0), ("c0", c0)):
-        if s is not None:
-            torch._check(s.dim() == 3 and s.shape[0] == num_layers and s.shape[1] == B and s.shape[2] == C,
-                         lambda: f"lstm_skip: {name} must be [num_layers, B, C], got {list(s.shape)}")
-            torch._check(s.dtype == seq.dtype, lambda: f"lstm_skip: {name} must have seq's dtype {seq.dtype}")
-    if state_frames is not None:
-        torch._check(0 <= state_frames, lambda: f"lstm_skip: state_frames must be >= 0, got {state_frames}")
-        torch._check(state_frames <= T, lambda: f"lstm_skip: state_frames must be <= T, got {state_frames}")
-    if len(weights) >= 2:
-        own = weights[1].dtype
-        torch._check(recurrent_format_supported(recurrent_dtype, own),
-                     lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
-                             f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
-    if packed is not None:  # the headers inside are the kernel's to check; the size is known here
-        size = sum(lstm_pack_bytes(weights[4 * k + 1].shape[1], weights[4 * k + 1].dtype, recurrent_dtype)
-                   for k in range(num_layers))
-        torch._check(packed.dtype == torch.uint8 and packed.dim() == 1 and packed.shape[0] == size,
-                     lambda: f"lstm_skip: packed must be lstm_pack's uint8 [{size}] for these weights and "
-                             f"recurrent_dtype, got {packed.dtype} {list(packed.shape)}")
     out = seq.new_empty((B, T, C))  # contiguous
     return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))
 
@@ -377,31 +403,28 @@ def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_d
 _CODES = (torch.int64, torch.int32)
 
 
-def _check_codes(codes: torch.Tensor, codebooks: torch.Tensor, dtype) -> torch.dtype:
-    """The op's argument rules (the C++ kernels enforce the same); returns the output dtype."""
-    if codes.dim() != 3:
-        raise ValueError(f"codes_to_latents: codes must be 3-D [B, K, T], got {codes.dim()}-D with shape "
-                         f"{list(codes.shape)}")
-    if codes.dtype not in _CODES:
-        raise TypeError(f"codes_to_latents: codes must be int64 or int32, got {codes.dtype}")
-    if codebooks.dim() != 3:
-        raise ValueError(f"codes_to_latents: codebooks must be 3-D [num_codebooks, codebook_size, D], got shape "
-                         f"{list(codebooks.shape)}")
-    if codebooks.dtype not in _FLOATS:
-        raise TypeError(f"codes_to_latents: codebooks must be float32/float64/float16/bfloat16, got {codebooks.dtype}")
-    if codebooks.device != codes.device:
-        raise ValueError(f"codes_to_latents: codebooks are on {codebooks.device} but codes are on {codes.device}; "
-                         f"put them on the same device")
-    if codebooks.shape[1] <= 0 or codebooks.shape[2] <= 0:
-        raise ValueError(f"codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape "
-                         f"{list(codebooks.shape)}")
+def check_codes_to_latents(codes, codebooks, dtype) -> torch.dtype:
+    """codes_to_latents's argument rules (csrc/codes_to_latents.h: check_code_inputs); returns the output dtype."""
+    torch._check_value(codes.dim() == 3, lambda: f"codes_to_latents: codes must be 3-D [B, K, T], got {codes.dim()}-D "
+                                                 f"with shape {list(codes.shape)}")
+    torch._check_type(codes.dtype in _CODES, lambda: f"codes_to_latents: codes must be int64 or int32, got {codes.dtype}")
+    torch._check_value(codebooks.dim() == 3, lambda: f"codes_to_latents: codebooks must be 3-D [num_codebooks, "
+                                                     f"codebook_size, D], got shape {list(codebooks.shape)}")
+    torch._check_type(codebooks.dtype in _FLOATS, lambda: f"codes_to_latents: codebooks must be "
+                                                          f"float32/float64/float16/bfloat16, got {codebooks.dtype}")
+    torch._check_value(codebooks.device == codes.device,
+                       lambda: f"codes_to_latents: codebooks are on {codebooks.device} but codes are on "
+                               f"{codes.device}; put them on the same device")
+    torch._check_value(codebooks.shape[1] > 0 and codebooks.shape[2] > 0,
+                       lambda: f"codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape "
+                               f"{list(codebooks.shape)}")
     K, N = codes.shape[1], codebooks.shape[0]
-    if not 1 <= K <= N:
-        raise ValueError(f"codes_to_latents: codes have K = {K} codebooks; this quantizer has {N} "
-                         f"(K must lie in [1, {N}]; the first K codebooks are used)")
-    if dtype is not None and dtype not in _FLOATS:
-        raise TypeError(f"codes_to_latents: dtype must be float32/float64/float16/bfloat16, got {dtype}")
-    return dtype or codebooks.dtype
+    torch._check_value(1 <= K and K <= N, lambda: f"codes_to_latents: codes have K = {K} codebooks; this quantizer "
+                                                  f"has {N} (K must lie in [1, {N}]; the first K codebooks are used)")
+    out_dtype = dtype or codebooks.dtype
+    torch._check_type(out_dtype in _FLOATS, lambda: f"codes_to_latents: dtype must be "
+                                                    f"float32/float64/float16/bfloat16, got {out_dtype}")
+    return out_dtype
 
 
 def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None,
@@ -428,13 +451,14 @@ def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: tor
     if not isinstance(codes, torch.Tensor) or not isinstance(codebooks, torch.Tensor):
         raise TypeError(f"codes_to_latents: codes and codebooks must be tensors, got {type(codes).__name__} "
                         f"and {type(codebooks).__name__}")
-    _check_codes(codes, codebooks, dtype)
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_codes_to_latents(codes, codebooks, dtype)
     return torch.ops.jasco_fast.codes_to_latents.default(codes, codebooks, dtype, bool(channels_last))
 
 
 @torch.library.register_fake("jasco_fast::codes_to_latents")
 def _(codes, codebooks, dtype=None, channels_last=False):
-    out_dtype = _check_codes(codes, codebooks, dtype)
+    out_dtype = check_codes_to_latents(codes, codebooks, dtype)
     B, _, T = codes.shape
     D = codebooks.shape[2]
     if channels_last:
@@ -461,6 +485,8 @@ def elu_resblock(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
     Returns:
         [B, C, 1, T] channels-last, x's dtype. Arithmetic in float32 whatever the dtype. No autograd formula.
     """
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_elu_resblock(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode)
     return torch.ops.jasco_fast.elu_resblock.default(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode,
                                                      float(alpha))
 
@@ -470,6 +496,8 @@ def elu_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation
     """``conv(elu(x), weight, bias)`` in one pass (CPU): x [B, C, 1, T] float32/bfloat16, weight [Cout, C, 1, k],
     padding as in :func:`elu_resblock`. Returns [B, Cout, 1, T] channels-last in x's dtype (float32 arithmetic).
     Meant for a narrow output (the decoder's last convolution): each output channel is a dot product per step."""
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode)
     return torch.ops.jasco_fast.elu_conv.default(x, weight, bias, dilation, pad_left, pad_right, pad_mode,
                                                  float(alpha))
 
@@ -487,6 +515,8 @@ def elu_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         x: the activation rounded to bfloat16 before the products, as the unfused bfloat16 layers round it).
         No autograd formula.
     """
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right)
     return torch.ops.jasco_fast.elu_conv_transpose.default(x, weight, bias, stride, trim_left, trim_right,
                                                            float(alpha))
 
@@ -495,52 +525,97 @@ _TAIL_DTYPES = (torch.float32, torch.bfloat16)
 _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 
 
-def _check_tail_params(op: str, x, weight, bias, in_axis: int):
-    """The C++ kernels' rules for x and one layer's weight [.., .., 1, k] (input channels on ``in_axis``, 0 for a
-    transposed convolution, 1 for a convolution) and bias (one per output channel), for tracing."""
-    out_axis = 1 - in_axis
+# The rules the three ops share (csrc/cpu/elu_conv.cpp: check_activations, check_conv_weight, check_padding,
+# parse_pad_mode, make_pad_map).
+
+def _check_activations(op: str, x, channels) -> None:
     torch._check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
     torch._check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
-    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[in_axis] == x.shape[1],
-                       lambda: f"{op}: weight must have {x.shape[1]} input channels (dim {in_axis}) and shape "
-                               f"[.., .., 1, k], got shape {list(weight.shape)}")
-    torch._check_value(bias.dim() == 1 and bias.shape[0] == weight.shape[out_axis],
-                       lambda: f"{op}: bias must be [{weight.shape[out_axis]}], got shape {list(bias.shape)}")
-    torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
-                      lambda: f"{op}: weights must have x's dtype {x.dtype}, got {weight.dtype}, {bias.dtype}")
+    torch._check_value(x.shape[1] == channels, lambda: f"{op}: x has {x.shape[1]} channels, the weights expect {channels}")
+    torch._check_value(x.shape[3] >= 1, lambda: f"{op}: x needs at least one time step")
 
 
-def _check_tail(op: str, x, weight, bias, dilation, pad_left, pad_right, pad_mode):
-    """The C++ kernels' argument rules of a convolution, for tracing."""
-    _check_tail_params(op, x, weight, bias, 1)
+def _check_conv_weight(op: str, name: str, w, b, in_channels, x) -> None:
+    torch._check_value(w.dim() == 4 and w.shape[2] == 1 and w.shape[1] == in_channels,
+                       lambda: f"{op}: {name} must be [out, {in_channels}, 1, k], got shape {list(w.shape)}")
+    torch._check_value(b.dim() == 1 and b.shape[0] == w.shape[0],
+                       lambda: f"{op}: the bias of {name} must be [{w.shape[0]}], got shape {list(b.shape)}")
+    torch._check_type(w.dtype == x.dtype and b.dtype == x.dtype,
+                      lambda: f"{op}: {name} and its bias must have x's dtype {x.dtype}, got {w.dtype} and {b.dtype}")
+    torch._check_value(w.device == x.device and b.device == x.device, lambda: f"{op}: {name} must be on x's device")
+
+
+def _check_padding(op: str, x, k, dilation, pad_left, pad_right, pad_mode) -> None:
     torch._check_value(dilation >= 1, lambda: f"{op}: dilation must be >= 1, got {dilation}")
-    torch._check_value(pad_left >= 0 and pad_right >= 0 and pad_left + pad_right == (weight.shape[3] - 1) * dilation,
-                       lambda: f"{op}: pad_left + pad_right must equal (k - 1) * dilation")
-    torch._check_value(pad_mode in _PAD_MODES, lambda: f"{op}: pad_mode must be one of {_PAD_MODES}, got {pad_mode!r}")
+    torch._check_value(pad_left >= 0 and pad_right >= 0 and pad_left + pad_right == (k - 1) * dilation,
+                       lambda: f"{op}: pad_left + pad_right must equal (k - 1) * dilation = {(k - 1) * dilation} (the "
+                               f"output keeps the input's length), got {pad_left} + {pad_right}")
+    torch._check_value(pad_mode in _PAD_MODES,
+                       lambda: f"pad_mode must be constant, reflect, replicate or circular, got '{pad_mode}'")
+    pad, T = max(pad_left, pad_right), x.shape[3]
+    torch._check_value(pad_mode != "circular" or T >= pad,
+                       lambda: f"{op}: circular padding of {pad} needs at least that many samples, got {T}")
+
+
+def check_elu_resblock(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode) -> None:
+    """elu_resblock's argument rules (csrc/cpu/elu_conv.cpp: elu_resblock)."""
+    op = "elu_resblock"
+    torch._check_value(w1.dim() == 4, lambda: f"{op}: w1 must be [H, C, 1, k], got shape {list(w1.shape)}")
+    H, C, k = w1.shape[0], w1.shape[1], w1.shape[3]
+    _check_activations(op, x, C)
+    _check_conv_weight(op, "w1", w1, b1, C, x)
+    _check_conv_weight(op, "w2", w2, b2, H, x)
+    torch._check_value(w2.shape[0] == C and w2.shape[3] == 1,
+                       lambda: f"{op}: w2 must be [{C}, {H}, 1, 1], got shape {list(w2.shape)}")
+    _check_padding(op, x, k, dilation, pad_left, pad_right, pad_mode)
+
+
+def check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode) -> None:
+    """elu_conv's argument rules (csrc/cpu/elu_conv.cpp: elu_conv)."""
+    op = "elu_conv"
+    torch._check_value(weight.dim() == 4, lambda: f"{op}: weight must be [Cout, C, 1, k], got shape {list(weight.shape)}")
+    _check_activations(op, x, weight.shape[1])
+    _check_conv_weight(op, "weight", weight, bias, weight.shape[1], x)
+    _check_padding(op, x, weight.shape[3], dilation, pad_left, pad_right, pad_mode)
+
+
+def check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right) -> int:
+    """elu_conv_transpose's argument rules (csrc/cpu/elu_conv.cpp: elu_conv_transpose); returns the output length."""
+    op = "elu_conv_transpose"
+    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1,
+                       lambda: f"{op}: weight must be [C, Cout, 1, k], got shape {list(weight.shape)}")
+    C, Cout, k = weight.shape[0], weight.shape[1], weight.shape[3]
+    _check_activations(op, x, C)
+    torch._check_value(Cout >= 1 and k >= 1, lambda: f"{op}: weight must have at least one output channel and one "
+                                                     f"tap, got shape {list(weight.shape)}")
+    torch._check_value(bias.dim() == 1 and bias.shape[0] == Cout,
+                       lambda: f"{op}: bias must be [{Cout}], got shape {list(bias.shape)}")
+    torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
+                      lambda: f"{op}: weight and bias must have x's dtype {x.dtype}, got {weight.dtype} and {bias.dtype}")
+    torch._check_value(weight.device == x.device and bias.device == x.device,
+                       lambda: f"{op}: weight and bias must be on x's device")
+    torch._check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
+    full = (x.shape[3] - 1) * stride + k
+    torch._check_value(trim_left >= 0 and trim_right >= 0 and trim_left + trim_right < full,
+                       lambda: f"{op}: trim_left and trim_right must be >= 0 and leave at least one of the {full} "
+                               f"output samples, got {trim_left} and {trim_right}")
+    return full - trim_left - trim_right
 
 
 @torch.library.register_fake("jasco_fast::elu_resblock")
 def _(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
-    _check_tail("elu_resblock", x, w1, b1, dilation, pad_left, pad_right, pad_mode)
-    torch._check_value(w2.dim() == 4 and tuple(w2.shape[:2]) == (x.shape[1], w1.shape[0]) and w2.shape[3] == 1,
-                       lambda: f"elu_resblock: w2 must be [{x.shape[1]}, {w1.shape[0]}, 1, 1], got {list(w2.shape)}")
+    check_elu_resblock(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode)
     return torch.empty_like(x, memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("jasco_fast::elu_conv")
 def _(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
-    _check_tail("elu_conv", x, weight, bias, dilation, pad_left, pad_right, pad_mode)
+    check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode)
     B, _, _, T = x.shape
     return x.new_empty((B, weight.shape[0], 1, T)).contiguous(memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("jasco_fast::elu_conv_transpose")
 def _(x, weight, bias, stride, trim_left, trim_right, alpha):
-    op = "elu_conv_transpose"
-    _check_tail_params(op, x, weight, bias, 0)
-    torch._check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
-    B, _, _, T = x.shape
-    length = (T - 1) * stride + weight.shape[3] - trim_left - trim_right
-    torch._check_value(trim_left >= 0 and trim_right >= 0 and length >= 1,
-                       lambda: f"{op}: trim_left and trim_right must be >= 0 and leave at least one output sample")
-    return x.new_empty((B, weight.shape[1], 1, length)).contiguous(memory_format=torch.channels_last)
+    length = check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right)
+    return x.new_empty((x.shape[0], weight.shape[1], 1, length)).contiguous(memory_format=torch.channels_last)

@@ -103,7 +103,7 @@ class _FrontEndDecoder(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.decoder.to_channels_last()
-        self.decoder.apply(lambda m: m.prepack() if isinstance(m, LSTM) else None)  # packs held, not per call
+        self.decoder.fuse()  # after the dtype and the layout: fused CPU modules and LSTM packs, held, not per call
 
     def _attach(self, backend: str | None, mode: str | None, chunk_frames: int | None, *, aot: bool,
                 background_build: bool | None = None) -> None:
@@ -273,7 +273,7 @@ class LatentDecoder(_FrontEndDecoder):
         if latents.dim() != 3 or latents.shape[2] != dim:  # the decoder's rule
             raise ValueError(f"latents must be [B, T, {dim}], got {list(latents.shape)}")
         # the op's rules, on the latents' device: the runner moves them to the decoder's afterwards
-        ops._check_arguments(latents, _stand_in(self.mean, latents.device), _stand_in(self.std, latents.device),
+        ops.check_denorm_transpose(latents, _stand_in(self.mean, latents.device), _stand_in(self.std, latents.device),
                              self.dtype)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -420,7 +420,7 @@ class CodeDecoder(_FrontEndDecoder):
         # called on frames-major [B, T, K] views; the op's own rules on the caller's [B, K, T], on the codes'
         # device (the runner moves them to the decoder's afterwards)
         codes = codes_t.transpose(1, 2) if codes_t.dim() == 3 else codes_t
-        ops._check_codes(codes, _stand_in(self.codebooks, codes.device), self.dtype)
+        ops.check_codes_to_latents(codes, _stand_in(self.codebooks, codes.device), self.dtype)
         # data-dependent, so checked by the kernels rather than the op's rules: here before a compiled graph
         S = self.codebook_size
         bad = (codes_t < 0) | (codes_t >= S)

@@ -113,7 +113,7 @@ class ReferenceDecoder(nn.Module):
 
     def __init__(self, decoder):
         super().__init__()
-        from jasco_fast.decoder import Conv, ConvTranspose, LSTM, ResBlock
+        from jasco_fast.decoder import LSTM, Conv, ConvTranspose, FusedEluConv, FusedEluConvTranspose, ResBlock
 
         cfg = decoder.config
         # weight norm changes the cost, not the values (g = ||w||, v = w); upstream recomputes it per call
@@ -121,6 +121,8 @@ class ReferenceDecoder(nn.Module):
         make_conv = lambda c: _EagerConv(c, cfg.causal, weight_norm)  # noqa: E731
         layers = []
         for layer in decoder.layers:
+            if isinstance(layer, (FusedEluConv, FusedEluConvTranspose)):  # a fused decoder: the activation it holds
+                layers.append(copy.deepcopy(layer.activation))
             if isinstance(layer, Conv):
                 layers.append(make_conv(layer))
             elif isinstance(layer, ConvTranspose):

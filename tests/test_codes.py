@@ -127,8 +127,8 @@ def test_errors(parts):
 def test_input_rules_are_the_ops(parts, monkeypatch):
     """CodeDecoder checks codes with the rule function of the codes_to_latents op, on the caller's [B, K, T]."""
     seen = []
-    rules = jasco_fast.ops._check_codes
-    monkeypatch.setattr(jasco_fast.ops, "_check_codes",
+    rules = jasco_fast.ops.check_codes_to_latents
+    monkeypatch.setattr(jasco_fast.ops, "check_codes_to_latents",
                         lambda codes, codebooks, dtype: seen.append((tuple(codes.shape), tuple(codebooks.shape)))
                         or rules(codes, codebooks, dtype))
     fast = CodeDecoder(*parts, backend="eager")

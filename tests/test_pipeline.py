@@ -137,8 +137,8 @@ def test_input_rules_are_the_ops(tiny_decoder, monkeypatch):
     import jasco_fast.ops as ops
 
     seen = []
-    rules = ops._check_arguments
-    monkeypatch.setattr(ops, "_check_arguments",
+    rules = ops.check_denorm_transpose
+    monkeypatch.setattr(ops, "check_denorm_transpose",
                         lambda latents, mean, std, dtype: seen.append((tuple(latents.shape), mean.shape, std.shape))
                         or rules(latents, mean, std, dtype))
     fast = LatentDecoder(tiny_decoder, torch.zeros(8), 2.0, backend="eager")
