@@ -9,6 +9,7 @@ which a bare toolkit may lack). Knobs: JASCO_FAST_NO_CUDA=1 builds the CPU kerne
 TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0": A100, H100/H200).
 On a ROCm torch the CUDA sources are not built (see docs/gpu.md).
 """
+
 import glob
 import os
 import shutil
@@ -37,8 +38,12 @@ def _toolkit_of_nvcc(nvcc):
     conventional place."""
     yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
     try:  # a dry run prints nvcc's settings, among them `#$ TOP=<toolkit>/bin/..`; it compiles nothing
-        dry = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
-                             capture_output=True, text=True, timeout=60)
+        dry = subprocess.run(
+            [nvcc, "--dryrun", "-E", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         for line in (dry.stdout + dry.stderr).splitlines():
             if line.startswith("#$ TOP="):
                 yield os.path.realpath(line.split("=", 1)[1].strip())
@@ -98,7 +103,7 @@ def torch_cuda_wheel_dirs():
         for f in dist.files or []:
             parts = f.parts
             if "include" in parts[:-1] and f.name.endswith((".h", ".hpp", ".cuh")):
-                folder = str(dist.locate_file(os.path.join(*parts[:parts.index("include") + 1])))
+                folder = str(dist.locate_file(os.path.join(*parts[: parts.index("include") + 1])))
                 if folder not in includes:
                     includes.append(folder)
             elif ".so" in f.name and len(parts) > 1 and parts[-2] in ("lib", "lib64"):
@@ -114,19 +119,26 @@ def cuda_plan():
     if os.environ.get("JASCO_FAST_NO_CUDA") == "1":
         return False, None
     if getattr(torch.version, "hip", None):
-        warn(f"torch {torch.__version__} is a ROCm build: the CUDA kernels are not compiled for HIP; AMD GPUs "
-             f"run the op's PyTorch implementation. Building the CPU kernels only.")
+        warn(
+            f"torch {torch.__version__} is a ROCm build: the CUDA kernels are not compiled for HIP; AMD GPUs "
+            f"run the op's PyTorch implementation. Building the CPU kernels only."
+        )
         return False, None
     if not torch.version.cuda:
         return False, None
     home = find_cuda_home()
     if home is None:
         nvcc = shutil.which("nvcc")
-        why = ("nvcc was not found" if nvcc is None else
-               f"{nvcc} belongs to no toolkit folder holding {RUNTIME_HEADER} and bin/nvcc")
-        warn(f"torch {torch.__version__} is a CUDA {torch.version.cuda} build but {why}: building the CPU "
-             f"kernels only (CUDA tensors use the op's PyTorch implementation). For the CUDA kernels install "
-             f"the CUDA {torch.version.cuda} toolkit or set CUDA_HOME to it, then rebuild.")
+        why = (
+            "nvcc was not found"
+            if nvcc is None
+            else f"{nvcc} belongs to no toolkit folder holding {RUNTIME_HEADER} and bin/nvcc"
+        )
+        warn(
+            f"torch {torch.__version__} is a CUDA {torch.version.cuda} build but {why}: building the CPU "
+            f"kernels only (CUDA tensors use the op's PyTorch implementation). For the CUDA kernels install "
+            f"the CUDA {torch.version.cuda} toolkit or set CUDA_HOME to it, then rebuild."
+        )
         return False, None
     return True, home
 
@@ -159,8 +171,11 @@ def main():
         include_dirs = [os.path.join(cuda_home, "include")] + wheel_includes
         library_dirs = wheel_libs
         extension = cpp_extension.CUDAExtension
-        print(f"jasco_fast build: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, "
-              f"CUDA_HOME={cuda_home}, {len(wheel_includes)} include folder(s) from torch's nvidia wheels", flush=True)
+        print(
+            f"jasco_fast build: CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}, "
+            f"CUDA_HOME={cuda_home}, {len(wheel_includes)} include folder(s) from torch's nvidia wheels",
+            flush=True,
+        )
     else:
         extension = cpp_extension.CppExtension
 

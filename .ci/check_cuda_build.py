@@ -2,6 +2,7 @@
 
 Run with that environment's python as a script (the script's folder, not the source tree, goes on sys.path).
 """
+
 import sys
 from pathlib import Path
 
@@ -26,5 +27,7 @@ for op in OPS_WITH_DEVICE_KERNELS:
     for key in ("CPU", "CUDA"):
         if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
             fail(f"{op} has no {key} kernel in {where.parent}")
-print(f"check_cuda_build: torch {torch.__version__} (CUDA {torch.version.cuda}), jasco_fast from {where.parent}: "
-      f"CPU and CUDA kernels of {', '.join(OPS_WITH_DEVICE_KERNELS)} registered")
+print(
+    f"check_cuda_build: torch {torch.__version__} (CUDA {torch.version.cuda}), jasco_fast from {where.parent}: "
+    f"CPU and CUDA kernels of {', '.join(OPS_WITH_DEVICE_KERNELS)} registered"
+)

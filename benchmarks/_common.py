@@ -4,6 +4,7 @@ timings, and writing the results file.
 The scripts import it (and _fidelity, _peers) by name: run as ``python benchmarks/bench_<name>.py`` (or by
 ``jasco-fast bench``, which runs them so), a script's folder is first on its path; the tests get the folder
 through pytest's ``pythonpath`` (pyproject.toml). Nothing edits ``sys.path``."""
+
 from __future__ import annotations
 
 import datetime
@@ -36,10 +37,15 @@ def device_name(device: str) -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return out.stdout.strip() + ("+uncommitted changes" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -57,23 +63,38 @@ def provenance(script: str, argv: list[str] | None, device: str, note: str | Non
     """Who, when, where and how: enough to rerun the measurement and to judge it."""
     args = sys.argv[1:] if argv is None else list(argv)
     # the note is recorded on its own; the command is what reproduces the numbers
-    args = [a for i, a in enumerate(args) if a != "--note" and (i == 0 or args[i - 1] != "--note")
-            and not a.startswith("--note=")]
+    args = [
+        a
+        for i, a in enumerate(args)
+        if a != "--note" and (i == 0 or args[i - 1] != "--note") and not a.startswith("--note=")
+    ]
     import jasco_fast
     from jasco_fast import modes
     from jasco_fast.info import ISA_CAPS
 
     caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
-    cpu = {"cpu_class": modes.cpu_class(), "isa_caps": caps,
-           # under caps the CPU is emulated; peers (ONNX Runtime, OpenVINO) keep the real instruction set
-           "cpu_class_emulated": bool(caps) and modes.cpu_class() != _uncapped_cpu_class()}
+    cpu = {
+        "cpu_class": modes.cpu_class(),
+        "isa_caps": caps,
+        # under caps the CPU is emulated; peers (ONNX Runtime, OpenVINO) keep the real instruction set
+        "cpu_class_emulated": bool(caps) and modes.cpu_class() != _uncapped_cpu_class(),
+    }
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, args)]),
-        "device": device_name(device), "device_type": device, "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "jasco_fast": jasco_fast.__version__,
-        "git_commit": _git_commit(), "load_average_at_start": load_average(), "note": note, **cpu,
+        "device": device_name(device),
+        "device_type": device,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "jasco_fast": jasco_fast.__version__,
+        "git_commit": _git_commit(),
+        "load_average_at_start": load_average(),
+        "note": note,
+        **cpu,
     }
 
 
@@ -82,15 +103,25 @@ def _uncapped_cpu_class() -> str:
     from jasco_fast.info import ISA_CAPS
 
     env = {k: v for k, v in os.environ.items() if k not in ISA_CAPS}
-    out = subprocess.run([sys.executable, "-c", "from jasco_fast import modes; print(modes.cpu_class())"], env=env,
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", "from jasco_fast import modes; print(modes.cpu_class())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     return out.stdout.strip() or "unknown"
 
 
 def spread(samples: list[float], scale: float = 1.0) -> dict:
     """median, min, max (scaled) and the number of samples: report the median, judge it by the spread."""
-    return {"median": statistics.median(samples) * scale, "min": min(samples) * scale,
-            "max": max(samples) * scale, "n": len(samples)}
+    return {
+        "median": statistics.median(samples) * scale,
+        "min": min(samples) * scale,
+        "max": max(samples) * scale,
+        "n": len(samples),
+    }
 
 
 def write_result(result: dict, name: str, device: str, quick: bool, out: Path | None) -> Path:

@@ -6,22 +6,24 @@ A function with ``static_shape = True`` serves only the shape of the benchmark's
 A peer whose package is missing raises :class:`NotInstalled` when built; the benchmark reports it as
 "not installed" and goes on. The optional packages come with ``pip install -e ".[bench]"`` (``make bench-deps``).
 """
+
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from _common import ready_decoder
 from torch import nn
 
-from _common import ready_decoder
-
-from jasco_fast import JASCO_LATENT_MEAN as MEAN, JASCO_LATENT_STD as STD, LatentDecoder, reference
+from jasco_fast import JASCO_LATENT_MEAN as MEAN
+from jasco_fast import JASCO_LATENT_STD as STD
+from jasco_fast import reference
 
 DecodeFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,11 +51,28 @@ def version(dist: str) -> str | None:
 # saved with save_pretrained and read back by jasco_fast.load_decoder (the path a real checkpoint takes).
 
 ENCODEC_32KHZ = dict(  # facebook/encodec_32khz's config.json (architecture fields), as in bench_cold_start.py
-    audio_channels=1, sampling_rate=32000, num_filters=64, upsampling_ratios=[8, 5, 4, 4], hidden_size=128,
-    num_residual_layers=1, num_lstm_layers=2, compress=2, kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
-    dilation_growth_rate=2, norm_type="weight_norm", use_causal_conv=False, pad_mode="reflect",
-    use_conv_shortcut=False, codebook_size=2048, codebook_dim=128, target_bandwidths=[2.2], normalize=False,
-    chunk_length_s=None, overlap=None,
+    audio_channels=1,
+    sampling_rate=32000,
+    num_filters=64,
+    upsampling_ratios=[8, 5, 4, 4],
+    hidden_size=128,
+    num_residual_layers=1,
+    num_lstm_layers=2,
+    compress=2,
+    kernel_size=7,
+    last_kernel_size=7,
+    residual_kernel_size=3,
+    dilation_growth_rate=2,
+    norm_type="weight_norm",
+    use_causal_conv=False,
+    pad_mode="reflect",
+    use_conv_shortcut=False,
+    codebook_size=2048,
+    codebook_dim=128,
+    target_bandwidths=[2.2],
+    normalize=False,
+    chunk_length_s=None,
+    overlap=None,
 )
 
 
@@ -79,6 +98,7 @@ def transformers_eager(setup: dict) -> tuple[DecodeFn, str]:
     @torch.no_grad()
     def run(latents):
         return decoder((latents * STD + MEAN).permute(0, 2, 1))
+
     return run, f"transformers {version('transformers')}"
 
 
@@ -119,7 +139,7 @@ class _TrimConvTranspose(nn.Module):
 
     def forward(self, x):
         y = self.norm(self.convtr(x))
-        return y[..., self.left:-self.right] if self.right else y[..., self.left:]
+        return y[..., self.left : -self.right] if self.right else y[..., self.left :]
 
 
 class _ExportedDecode(nn.Module):
@@ -162,9 +182,16 @@ def export_onnx(setup: dict) -> Path:
         example = torch.randn(1, 64, setup["decoder"].config.dimension)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17,
-                              input_names=["latents"], output_names=["audio"],
-                              dynamic_axes={"latents": {0: "batch", 1: "frames"}, "audio": {0: "batch", 2: "samples"}})
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=17,
+                input_names=["latents"],
+                output_names=["audio"],
+                dynamic_axes={"latents": {0: "batch", 1: "frames"}, "audio": {0: "batch", 2: "samples"}},
+            )
         setup["onnx_path"] = path
     return setup["onnx_path"]
 
@@ -182,6 +209,7 @@ def onnxruntime_cpu(setup: dict) -> tuple[DecodeFn, str]:
 
     def run(latents):
         return torch.from_numpy(session.run(None, {"latents": latents.numpy()})[0])
+
     return run, f"onnxruntime {version('onnxruntime')}, CPUExecutionProvider, float32, dynamic shape"
 
 
@@ -192,15 +220,19 @@ def _openvino(setup: dict, precision: str) -> tuple[DecodeFn, str]:
     model = core.read_model(str(path))
     # a static input shape: under the bf16 hint this OpenVINO failed on the dynamic one (FACTS.md)
     model.reshape({"latents": list(setup["latents"].shape)})
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                 "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    compiled = core.compile_model(
+        model, "CPU", {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    )
     request = compiled.create_infer_request()
 
     def run(latents):
         return torch.from_numpy(request.infer({"latents": latents.numpy()})[compiled.output(0)].copy())
+
     run.static_shape = True  # the benchmark checks other lengths only where the shape is dynamic
-    return run, (f"openvino {version('openvino')}, CPU, INFERENCE_PRECISION_HINT={precision}, "
-                 f"static input shape {list(setup['latents'].shape)}")
+    return run, (
+        f"openvino {version('openvino')}, CPU, INFERENCE_PRECISION_HINT={precision}, "
+        f"static input shape {list(setup['latents'].shape)}"
+    )
 
 
 def openvino_f32(setup: dict) -> tuple[DecodeFn, str]:
@@ -237,12 +269,15 @@ def jasco_fast_mode(kwargs: dict) -> Callable[[dict], tuple[DecodeFn, str]]:
             fast = ready_decoder(setup["decoder"], **kwargs)  # artifacts built and loaded when "aot"
         except TypeError as exc:
             raise NotInstalled(f"not available in this jasco_fast ({exc})") from None
-        notes = (f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}, "
-                 + (f"recurrent {str(fast.recurrent_dtype).replace('torch.', '')}, " if fast.recurrent_dtype else "")
-                 + f"chunk_frames {fast.chunk_frames}")
+        notes = (
+            f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}, "
+            + (f"recurrent {str(fast.recurrent_dtype).replace('torch.', '')}, " if fast.recurrent_dtype else "")
+            + f"chunk_frames {fast.chunk_frames}"
+        )
         if fast.backend == "aot":
             notes += f", {len(fast.artifact_status())} artifacts loaded"
         return torch.no_grad()(fast), notes
+
     return build
 
 

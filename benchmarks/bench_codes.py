@@ -12,6 +12,7 @@ Timed calls alternate between the two (interleaved rounds), so drift on a shared
 the table gives medians and the spread (min-max) of the per-round ratio. B = 1 and 8.
 Writes benchmarks/results/codes_<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,19 +21,36 @@ import time
 from pathlib import Path
 
 import torch
+from _common import device_name, spread, write_result
 
 import jasco_fast
 
-from _common import device_name, spread, write_result
-
 # facebook/encodec_32khz's config.json (the model MusicGen decodes with), as far as the decoder and
 # quantizer go: 4 codebooks of 2048 x 128 at 50 frames per second.
-ENCODEC_32KHZ = dict(audio_channels=1, sampling_rate=32000, num_filters=64, upsampling_ratios=[8, 5, 4, 4],
-                     hidden_size=128, codebook_size=2048, target_bandwidths=[2.2], num_lstm_layers=2,
-                     num_residual_layers=1, use_causal_conv=False, pad_mode="reflect", use_conv_shortcut=False,
-                     normalize=False, norm_type="weight_norm", kernel_size=7, last_kernel_size=7,
-                     residual_kernel_size=3, dilation_growth_rate=2, compress=2, trim_right_ratio=1.0,
-                     chunk_length_s=None, overlap=None)
+ENCODEC_32KHZ = dict(
+    audio_channels=1,
+    sampling_rate=32000,
+    num_filters=64,
+    upsampling_ratios=[8, 5, 4, 4],
+    hidden_size=128,
+    codebook_size=2048,
+    target_bandwidths=[2.2],
+    num_lstm_layers=2,
+    num_residual_layers=1,
+    use_causal_conv=False,
+    pad_mode="reflect",
+    use_conv_shortcut=False,
+    normalize=False,
+    norm_type="weight_norm",
+    kernel_size=7,
+    last_kernel_size=7,
+    residual_kernel_size=3,
+    dilation_growth_rate=2,
+    compress=2,
+    trim_right_ratio=1.0,
+    chunk_length_s=None,
+    overlap=None,
+)
 
 
 def build_models(device: str, folder: Path):
@@ -66,8 +84,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s of audio, 2 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds per row (default 5)")
     parser.add_argument("--seconds", type=float, default=None, help="audio seconds per item (default 10)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default benchmarks/results/codes_<device>.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/codes_<device>.json)"
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
@@ -90,23 +109,44 @@ def main() -> None:
             fast_s.append(t)
         speedup, fast_median = spread([b / f for b, f in zip(base_s, fast_s)]), spread(fast_s)["median"]
         rel_error = ((got - want).abs().max() / want.abs().max()).item()
-        row = dict(batch=batch, codebooks=quantizer.num_codebooks, frames=frames, seconds=seconds,
-                   transformers_ms=spread(base_s, 1e3)["median"], fast_ms=1e3 * fast_median,
-                   fast_first_call_ms=first_ms, speedup_median=speedup["median"],
-                   speedup_min=speedup["min"], speedup_max=speedup["max"],
-                   fast_rtf=batch * seconds / fast_median, rel_error=rel_error,
-                   transformers_s=base_s, fast_s=fast_s)
+        row = dict(
+            batch=batch,
+            codebooks=quantizer.num_codebooks,
+            frames=frames,
+            seconds=seconds,
+            transformers_ms=spread(base_s, 1e3)["median"],
+            fast_ms=1e3 * fast_median,
+            fast_first_call_ms=first_ms,
+            speedup_median=speedup["median"],
+            speedup_min=speedup["min"],
+            speedup_max=speedup["max"],
+            fast_rtf=batch * seconds / fast_median,
+            rel_error=rel_error,
+            transformers_s=base_s,
+            fast_s=fast_s,
+        )
         rows.append(row)
-        print(f"B={batch}: transformers {row['transformers_ms']:.0f} ms, CodeDecoder {row['fast_ms']:.0f} ms "
-              f"(first call {first_ms:.0f} ms): speedup {row['speedup_median']:.2f}x "
-              f"[{row['speedup_min']:.2f}-{row['speedup_max']:.2f}], real-time factor {row['fast_rtf']:.1f}x, "
-              f"rel. error {rel_error:.1e}", flush=True)
-    result = dict(benchmark="codes", device=device_name(args.device), device_type=args.device,
-                  torch=torch.__version__, threads=torch.get_num_threads(), jasco_fast=jasco_fast.__version__,
-                  model="EnCodec 32 kHz (facebook/encodec_32khz config, random weights and codebooks)",
-                  baseline="transformers EncodecModel.decode(codes[None], [None])",
-                  fast="jasco_fast.CodeDecoder (float32, torch.compile, default chunking)",
-                  rounds=rounds, interleaved=True, rows=rows)
+        print(
+            f"B={batch}: transformers {row['transformers_ms']:.0f} ms, CodeDecoder {row['fast_ms']:.0f} ms "
+            f"(first call {first_ms:.0f} ms): speedup {row['speedup_median']:.2f}x "
+            f"[{row['speedup_min']:.2f}-{row['speedup_max']:.2f}], real-time factor {row['fast_rtf']:.1f}x, "
+            f"rel. error {rel_error:.1e}",
+            flush=True,
+        )
+    result = dict(
+        benchmark="codes",
+        device=device_name(args.device),
+        device_type=args.device,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        jasco_fast=jasco_fast.__version__,
+        model="EnCodec 32 kHz (facebook/encodec_32khz config, random weights and codebooks)",
+        baseline="transformers EncodecModel.decode(codes[None], [None])",
+        fast="jasco_fast.CodeDecoder (float32, torch.compile, default chunking)",
+        rounds=rounds,
+        interleaved=True,
+        rows=rows,
+    )
     write_result(result, "codes", args.device, args.quick, args.out)
 
 

@@ -22,6 +22,7 @@ table gives medians and min-max. Same random weights for all: a transformers Enc
 Then, in this process: steady-state time per call of the artifact, torch.compile and the eager
 channels-last path, interleaved. Writes benchmarks/results/cold_start_cpu.json.
 """
+
 from __future__ import annotations
 
 import time
@@ -41,11 +42,28 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MEAN, STD = -0.0074, 4.0102  # JASCO's latent statistics
 ENCODEC_32KHZ = dict(  # facebook/encodec_32khz's config.json (architecture fields)
-    audio_channels=1, sampling_rate=32000, num_filters=64, upsampling_ratios=[8, 5, 4, 4], hidden_size=128,
-    num_residual_layers=1, num_lstm_layers=2, compress=2, kernel_size=7, last_kernel_size=7, residual_kernel_size=3,
-    dilation_growth_rate=2, norm_type="weight_norm", use_causal_conv=False, pad_mode="reflect",
-    use_conv_shortcut=False, codebook_size=2048, codebook_dim=128, target_bandwidths=[2.2], normalize=False,
-    chunk_length_s=None, overlap=None,
+    audio_channels=1,
+    sampling_rate=32000,
+    num_filters=64,
+    upsampling_ratios=[8, 5, 4, 4],
+    hidden_size=128,
+    num_residual_layers=1,
+    num_lstm_layers=2,
+    compress=2,
+    kernel_size=7,
+    last_kernel_size=7,
+    residual_kernel_size=3,
+    dilation_growth_rate=2,
+    norm_type="weight_norm",
+    use_causal_conv=False,
+    pad_mode="reflect",
+    use_conv_shortcut=False,
+    codebook_size=2048,
+    codebook_dim=128,
+    target_bandwidths=[2.2],
+    normalize=False,
+    chunk_length_s=None,
+    overlap=None,
 )
 KINDS = ("transformers", "jasco_fast_empty", "jasco_fast_warm", "torch_compile")
 
@@ -84,8 +102,11 @@ def child(kind: str, checkpoint: str, latents_path: str) -> None:
         audio = fast(latents)
     _report(event="ready", since_start_s=time.perf_counter() - _T_START, samples=audio.shape[-1], **info)
     if kind.startswith("jasco_fast"):
-        info = {"backend": fast.backend, "artifact_status": fast.artifact_status(),
-                "used_artifacts": fast.artifacts_loaded}
+        info = {
+            "backend": fast.backend,
+            "artifact_status": fast.artifact_status(),
+            "used_artifacts": fast.artifacts_loaded,
+        }
         if kind == "jasco_fast_empty" and fast.wait_for_artifacts():  # the build this first call started
             info["artifact_ready_since_start_s"] = time.perf_counter() - _T_START
             fast(latents)
@@ -94,11 +115,20 @@ def child(kind: str, checkpoint: str, latents_path: str) -> None:
 
 
 def spawn(kind: str, checkpoint: Path, latents: Path, cache: Path) -> dict:
-    env = {**os.environ, "JASCO_FAST_CACHE_DIR": str(cache), "JASCO_FAST_BACKGROUND_BUILD": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "JASCO_FAST_CACHE_DIR": str(cache),
+        "JASCO_FAST_BACKGROUND_BUILD": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", kind, str(checkpoint),
-                             str(latents)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(checkpoint), str(latents)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     result: dict = {"kind": kind}
     for line in proc.stdout:
         if line.startswith("{"):
@@ -128,14 +158,17 @@ def write_checkpoint(folder: Path) -> Path:
 def steady_state(checkpoint: Path, latents, cache: Path, rounds: int) -> dict:
     """Seconds per call of the default decode (10 s: two chunks), interleaved: the artifacts, torch.compile
     (frozen weights), eager channels-last."""
-    import jasco_fast
     from _common import spread
+
+    import jasco_fast
 
     os.environ["JASCO_FAST_CACHE_DIR"] = str(cache)
     decoder = jasco_fast.load_decoder(checkpoint)
-    runs = {"aot": jasco_fast.LatentDecoder(decoder, backend="aot", background_build=False),
-            "torch_compile": jasco_fast.LatentDecoder(decoder, backend="inductor"),
-            "eager": jasco_fast.LatentDecoder(decoder, backend="eager")}
+    runs = {
+        "aot": jasco_fast.LatentDecoder(decoder, backend="aot", background_build=False),
+        "torch_compile": jasco_fast.LatentDecoder(decoder, backend="inductor"),
+        "eager": jasco_fast.LatentDecoder(decoder, backend="eager"),
+    }
     rows = {}
     for batch in (1, 2):
         x = latents.expand(batch, -1, -1).contiguous()
@@ -165,8 +198,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--steady-rounds", type=int, default=7, help="interleaved timed calls per path")
     parser.add_argument("--quick", action="store_true", help="1 round, 3 steady-state calls")
     parser.add_argument("--no-torch-compile", action="store_true", help="skip the torch_compile child")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op threads in every process (OMP_NUM_THREADS); default torch's")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads in every process (OMP_NUM_THREADS); default torch's"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--note", default=None, help="how busy the machine was, etc. (recorded in the JSON)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "CHECKPOINT", "LATENTS"), help=argparse.SUPPRESS)
@@ -201,42 +235,67 @@ def main(argv=None) -> dict:
             result = spawn(kind, checkpoint, latents_path, cache)
             result["round"] = r
             runs.append(result)
-            print(f"round {r}: {kind:17s} first audio {result['first_audio_s']:6.2f} s "
-                  f"(import torch {result['import_torch_s']:.2f} s)"
-                  + (f", artifact ready {result['artifact_ready_since_start_s']:.1f} s after start"
-                     if "artifact_ready_since_start_s" in result else ""), flush=True)
+            print(
+                f"round {r}: {kind:17s} first audio {result['first_audio_s']:6.2f} s "
+                f"(import torch {result['import_torch_s']:.2f} s)"
+                + (
+                    f", artifact ready {result['artifact_ready_since_start_s']:.1f} s after start"
+                    if "artifact_ready_since_start_s" in result
+                    else ""
+                ),
+                flush=True,
+            )
     summary = {}
     for kind in kinds:
         mine = [x for x in runs if x["kind"] == kind]
-        ratio = [x["first_audio_s"] / t["first_audio_s"] for x in mine for t in runs
-                 if t["kind"] == "transformers" and t["round"] == x["round"]]
-        summary[kind] = {"first_audio_s": spread([x["first_audio_s"] for x in mine]),
-                         "over_transformers": spread(ratio),
-                         "import_torch_s": spread([x["import_torch_s"] for x in mine])}
+        ratio = [
+            x["first_audio_s"] / t["first_audio_s"]
+            for x in mine
+            for t in runs
+            if t["kind"] == "transformers" and t["round"] == x["round"]
+        ]
+        summary[kind] = {
+            "first_audio_s": spread([x["first_audio_s"] for x in mine]),
+            "over_transformers": spread(ratio),
+            "import_torch_s": spread([x["import_torch_s"] for x in mine]),
+        }
     builds = [x["artifact_ready_since_start_s"] for x in runs if "artifact_ready_since_start_s" in x]
     if builds:
         summary["jasco_fast_empty"]["artifact_ready_since_start_s"] = spread(builds)
     steady = steady_state(checkpoint, latents, work / f"cache_{rounds - 1}", steady_rounds)
     result = {
-        "benchmark": "cold_start", "device": device_name("cpu"), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "audio_seconds": 10.0, "rounds": rounds, "summary": summary,
-        "runs": runs, "steady_state": steady,
+        "benchmark": "cold_start",
+        "device": device_name("cpu"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "audio_seconds": 10.0,
+        "rounds": rounds,
+        "summary": summary,
+        "runs": runs,
+        "steady_state": steady,
         "note": args.note or "compare ratios within this run (other jobs may have shared the machine)",
-        "command": "python benchmarks/bench_cold_start.py " + " ".join(
-            a for i, a in enumerate(argv if argv is not None else sys.argv[1:])
-            if a != "--note" and (argv or sys.argv[1:])[i - 1] != "--note"),
+        "command": "python benchmarks/bench_cold_start.py "
+        + " ".join(
+            a
+            for i, a in enumerate(argv if argv is not None else sys.argv[1:])
+            if a != "--note" and (argv or sys.argv[1:])[i - 1] != "--note"
+        ),
     }
     print()
     print(f"{'kind':17s} | first audio median (min-max) | / transformers")
     for kind, s in summary.items():
         fa, ov = s["first_audio_s"], s["over_transformers"]
-        print(f"{kind:17s} | {fa['median']:6.2f} s ({fa['min']:.2f}-{fa['max']:.2f}) | {ov['median']:.2f}x "
-              f"({ov['min']:.2f}-{ov['max']:.2f})")
+        print(
+            f"{kind:17s} | {fa['median']:6.2f} s ({fa['min']:.2f}-{fa['max']:.2f}) | {ov['median']:.2f}x "
+            f"({ov['min']:.2f}-{ov['max']:.2f})"
+        )
     for batch, row in steady.items():
-        print(f"steady state {batch}, 10 s: aot {row['aot_s']['median']:.3f} s, torch.compile "
-              f"{row['torch_compile_s']['median']:.3f} s, eager {row['eager_s']['median']:.3f} s; aot / torch.compile "
-              f"{row['aot_over_torch_compile']['median']:.3f} ({row['aot_over_torch_compile']['min']:.3f}-"
-              f"{row['aot_over_torch_compile']['max']:.3f})")
+        print(
+            f"steady state {batch}, 10 s: aot {row['aot_s']['median']:.3f} s, torch.compile "
+            f"{row['torch_compile_s']['median']:.3f} s, eager {row['eager_s']['median']:.3f} s; aot / torch.compile "
+            f"{row['aot_over_torch_compile']['median']:.3f} ({row['aot_over_torch_compile']['min']:.3f}-"
+            f"{row['aot_over_torch_compile']['max']:.3f})"
+        )
     write_result(result, "cold_start", "cpu", args.quick, args.out)
     shutil.rmtree(work, ignore_errors=True)  # checkpoint, caches: ~0.25 GB
     return result

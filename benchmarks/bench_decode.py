@@ -23,6 +23,7 @@ output is compared with the float32 reference (``jasco_fast.reference``): max er
 A peer whose package is missing is reported as not installed (``pip install -e ".[bench]"``). The
 result goes under the key ``peers`` of the same JSON (the eager-vs-fast rows stay).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,9 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
+from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result
 
 import jasco_fast
-
-from _common import RESULTS, load_average, provenance, ready_decoder, spread, write_result
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.pipeline import DTYPES
 
@@ -55,8 +55,11 @@ def decoder_macs(cfg: DecoderConfig, frames: int) -> int:
         macs += t * ch * 2 * r * out  # transposed conv: every input frame feeds 2r output samples
         t *= r
         hidden = out // cfg.compress
-        macs += cfg.n_residual_layers * t * (cfg.residual_kernel_size * out * hidden + hidden * out
-                                             + (0 if cfg.true_skip else out * out))
+        macs += (
+            cfg.n_residual_layers
+            * t
+            * (cfg.residual_kernel_size * out * hidden + hidden * out + (0 if cfg.true_skip else out * out))
+        )
         ch = out
     return macs + t * cfg.last_kernel_size * ch * cfg.channels
 
@@ -65,8 +68,12 @@ def matmul_rate(device: str) -> float:
     """Measured float32 matmul FLOP/s: the arithmetic ceiling the floor column divides by."""
     n = 4096 if device == "cuda" else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    t = tbench.Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=1.0).median
-    return 2 * n ** 3 / t
+    t = (
+        tbench.Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
+        .blocked_autorange(min_run_time=1.0)
+        .median
+    )
+    return 2 * n**3 / t
 
 
 class PeakMemory:
@@ -113,8 +120,17 @@ def timed(fn, device: str) -> float:
     return timer.blocked_autorange(min_run_time=2.0).median if device == "cuda" else timer.timeit(1).mean
 
 
-def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decoder: SEANetDecoder, oracle,
-             fast: LatentDecoder, floor_rate: float, rounds: int) -> dict:
+def run_case(
+    batch: int,
+    seconds: float,
+    device: str,
+    dtype: torch.dtype,
+    decoder: SEANetDecoder,
+    oracle,
+    fast: LatentDecoder,
+    floor_rate: float,
+    rounds: int,
+) -> dict:
     cfg = decoder.config
     frames = int(seconds * cfg.frame_rate)
     latents = torch.randn(batch, frames, cfg.dimension, device=device)
@@ -137,28 +153,59 @@ def run_case(batch: int, seconds: float, device: str, dtype: torch.dtype, decode
     audio_s = batch * frames / cfg.frame_rate
     floor = 2 * batch * decoder_macs(cfg, frames) / floor_rate
     return {
-        "batch": batch, "seconds": seconds, "frames": frames, "dtype": str(dtype).replace("torch.", ""),
-        "eager_ms": spread(t_eager, 1e3), "fast_ms": spread(t_fast, 1e3),
+        "batch": batch,
+        "seconds": seconds,
+        "frames": frames,
+        "dtype": str(dtype).replace("torch.", ""),
+        "eager_ms": spread(t_eager, 1e3),
+        "fast_ms": spread(t_fast, 1e3),
         "fast_over_eager": spread([f / e for f, e in zip(t_fast, t_eager)]),
         "fast_first_call_ms": first * 1e3,
-        "eager_rtf": audio_s / statistics.median(t_eager), "fast_rtf": audio_s / statistics.median(t_fast),
-        "floor_ms": floor * 1e3, "fast_over_floor": spread([f / floor for f in t_fast]),
-        "eager_peak_mem_mb": mem_eager.bytes / 2**20, "fast_peak_mem_mb": mem_fast.bytes / 2**20,
+        "eager_rtf": audio_s / statistics.median(t_eager),
+        "fast_rtf": audio_s / statistics.median(t_fast),
+        "floor_ms": floor * 1e3,
+        "fast_over_floor": spread([f / floor for f in t_fast]),
+        "eager_peak_mem_mb": mem_eager.bytes / 2**20,
+        "fast_peak_mem_mb": mem_fast.bytes / 2**20,
         "rel_error": err,
     }
 
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    cols = ["B", "audio", "dtype", "eager ms", "fast ms", "fast/eager", "[min-max]", "first call ms", "fast RTF",
-            "floor ms", "eager MB", "fast MB", "rel err"]
+    cols = [
+        "B",
+        "audio",
+        "dtype",
+        "eager ms",
+        "fast ms",
+        "fast/eager",
+        "[min-max]",
+        "first call ms",
+        "fast RTF",
+        "floor ms",
+        "eager MB",
+        "fast MB",
+        "rel err",
+    ]
     print(" | ".join(f"{c:>13}" for c in cols))
     for r in rows:
         ratio = r["fast_over_eager"]
-        vals = [r["batch"], f"{r['seconds']:g} s", r["dtype"], f"{r['eager_ms']['median']:.1f}",
-                f"{r['fast_ms']['median']:.1f}", f"{ratio['median']:.2f}x", f"{ratio['min']:.2f}-{ratio['max']:.2f}",
-                f"{r['fast_first_call_ms']:.0f}", f"{r['fast_rtf']:.1f}x", f"{r['floor_ms']:.1f}",
-                f"{r['eager_peak_mem_mb']:.0f}", f"{r['fast_peak_mem_mb']:.0f}", f"{r['rel_error']:.1e}"]
+        vals = [
+            r["batch"],
+            f"{r['seconds']:g} s",
+            r["dtype"],
+            f"{r['eager_ms']['median']:.1f}",
+            f"{r['fast_ms']['median']:.1f}",
+            f"{ratio['median']:.2f}x",
+            f"{ratio['min']:.2f}-{ratio['max']:.2f}",
+            f"{r['fast_first_call_ms']:.0f}",
+            f"{r['fast_rtf']:.1f}x",
+            f"{r['floor_ms']:.1f}",
+            f"{r['eager_peak_mem_mb']:.0f}",
+            f"{r['fast_peak_mem_mb']:.0f}",
+            f"{r['rel_error']:.1e}",
+        ]
         print(" | ".join(f"{str(v):>13}" for v in vals))
 
 
@@ -169,16 +216,30 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="B=1, 10 s only, one round")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved eager/fast rounds (default 3; --quick 1)")
     parser.add_argument("--note", default=None, help="recorded in the JSON, e.g. what else ran on the machine")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/decode_<device>.json)")
-    parser.add_argument("--peers", action="store_true",
-                        help="time the peers (transformers, ONNX Runtime, OpenVINO, every jasco_fast mode) instead")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/decode_<device>.json)"
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="time the peers (transformers, ONNX Runtime, OpenVINO, every jasco_fast mode) instead",
+    )
     parser.add_argument("--batch", type=int, default=1, help="--peers: batch size (default 1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="--peers: seconds of audio (default 10)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="--peers: threads for every implementation (default: torch's default). On a machine "
-                             "shared with other jobs, 1 keeps OpenMP's barriers from waiting on descheduled threads")
-    parser.add_argument("--only", action="append", default=None, metavar="TEXT",
-                        help="--peers: only the implementations whose name contains TEXT (repeatable; the baseline always runs)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="--peers: threads for every implementation (default: torch's default). On a machine "
+        "shared with other jobs, 1 keeps OpenMP's barriers from waiting on descheduled threads",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="--peers: only the implementations whose name contains TEXT (repeatable; the baseline always runs)",
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_decode: --device cuda but CUDA is not available")
@@ -189,8 +250,12 @@ def main(argv=None) -> dict:
     if args.device == "cuda" and not args.quick:
         cases.append((32, 10.0))
     rounds = args.rounds or (1 if args.quick else 3)
-    result = {"benchmark": "decode", **provenance("bench_decode.py", argv, args.device, args.note),
-              "decoder": "EnCodec 32 kHz (random weights)", "rounds": rounds}
+    result = {
+        "benchmark": "decode",
+        **provenance("bench_decode.py", argv, args.device, args.note),
+        "decoder": "EnCodec 32 kHz (random weights)",
+        "rounds": rounds,
+    }
 
     torch.manual_seed(0)
     decoder = SEANetDecoder(DecoderConfig()).to(args.device).eval()
@@ -208,8 +273,11 @@ def main(argv=None) -> dict:
         _keep_peers(result, _result_path(args))
         write_result(result, "decode", args.device, args.quick, args.out)
     print()
-    print_table(rows, f"decode: JASCO eager path vs jasco_fast.LatentDecoder on {result['device']}, torch "
-                      f"{torch.__version__}; matmul {rate / 1e9:.0f} GFLOP/s; median of {rounds} rounds")
+    print_table(
+        rows,
+        f"decode: JASCO eager path vs jasco_fast.LatentDecoder on {result['device']}, torch "
+        f"{torch.__version__}; matmul {rate / 1e9:.0f} GFLOP/s; median of {rounds} rounds",
+    )
     return result
 
 
@@ -236,10 +304,31 @@ def _merge_into(path: Path, peers: dict) -> dict:
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
-        result = {"benchmark": "decode", "decoder": peers["decoder"], "rows": [], "rounds": peers["rounds"],
-                  **{k: peers[k] for k in ("date_utc", "command", "device", "device_type", "threads", "torch",
-                                           "jasco_fast", "git_commit", "cpu_count", "note", "cpu_class",
-                                           "isa_caps", "cpu_class_emulated") if k in peers}}
+        result = {
+            "benchmark": "decode",
+            "decoder": peers["decoder"],
+            "rows": [],
+            "rounds": peers["rounds"],
+            **{
+                k: peers[k]
+                for k in (
+                    "date_utc",
+                    "command",
+                    "device",
+                    "device_type",
+                    "threads",
+                    "torch",
+                    "jasco_fast",
+                    "git_commit",
+                    "cpu_count",
+                    "note",
+                    "cpu_class",
+                    "isa_caps",
+                    "cpu_class_emulated",
+                )
+                if k in peers
+            },
+        }
     result["peers"] = peers
     return result
 
@@ -257,9 +346,14 @@ def run_peers(args, argv) -> dict:
         if args.threads < 1:
             raise SystemExit("bench_decode --peers: --threads must be >= 1")
         torch.set_num_threads(args.threads)  # ONNX Runtime and OpenVINO take the same count (_peers.py)
-    peers = {**provenance("bench_decode.py", argv, args.device, args.note), "rounds": rounds,
-             "baseline": _peers.BASELINE, "batch": args.batch, "seconds": args.seconds,
-             "decoder": "EnCodec 32 kHz, random weights (transformers' initialisation, seed 0), shared by all"}
+    peers = {
+        **provenance("bench_decode.py", argv, args.device, args.note),
+        "rounds": rounds,
+        "baseline": _peers.BASELINE,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "decoder": "EnCodec 32 kHz, random weights (transformers' initialisation, seed 0), shared by all",
+    }
     with tempfile.TemporaryDirectory(prefix="jasco_bench_peers_") as work:
         work = Path(work)
         try:
@@ -271,14 +365,19 @@ def run_peers(args, argv) -> dict:
         latents = torch.randn(args.batch, frames, decoder.config.dimension, generator=torch.Generator().manual_seed(1))
         oracle = reference.ReferenceDecoder(decoder)
         want = reference.decode(oracle, latents)
-        short = latents[:, : max(64, frames // 3)].contiguous()  # a second length: a dynamic-shape export must follow it
+        short = latents[
+            :, : max(64, frames // 3)
+        ].contiguous()  # a second length: a dynamic-shape export must follow it
         want_short = reference.decode(oracle, short)
         setup = {"checkpoint": checkpoint, "decoder": decoder, "latents": latents, "workdir": work}
         peers["frames"] = frames
 
         runs, table = {}, {}
-        chosen = {n: b for n, b in _peers.PEERS.items()
-                  if n == _peers.BASELINE or not args.only or any(t.lower() in n.lower() for t in args.only)}
+        chosen = {
+            n: b
+            for n, b in _peers.PEERS.items()
+            if n == _peers.BASELINE or not args.only or any(t.lower() in n.lower() for t in args.only)
+        }
         for name, build in chosen.items():
             entry = table[name] = {}
             print(f"setting up {name} ...", flush=True)
@@ -291,7 +390,9 @@ def run_peers(args, argv) -> dict:
                 entry["max_error_over_peak"] = error = _fidelity.max_error_over_peak(want, got)
                 entry["snr_db"] = _fidelity.snr_db(want, got)
                 if not getattr(fn, "static_shape", False):  # a dynamic-length export must be right at any length
-                    entry["max_error_over_peak_other_length"] = other = _fidelity.max_error_over_peak(want_short, fn(short))
+                    entry["max_error_over_peak_other_length"] = other = _fidelity.max_error_over_peak(
+                        want_short, fn(short)
+                    )
                     if other > max(10 * error, 1e-4):
                         raise RuntimeError(f"wrong at {short.shape[1]} frames: max error / peak {other:.1e}")
                 entry["status"] = "ok"
@@ -302,18 +403,22 @@ def run_peers(args, argv) -> dict:
                 entry["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"  {entry['status']}", flush=True)
         if _peers.BASELINE not in runs:
-            raise SystemExit(f"bench_decode --peers: the baseline {_peers.BASELINE!r} did not run: "
-                             f"{table[_peers.BASELINE]['status']}")
+            raise SystemExit(
+                f"bench_decode --peers: the baseline {_peers.BASELINE!r} did not run: "
+                f"{table[_peers.BASELINE]['status']}"
+            )
 
         names = list(runs)
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):  # every implementation once per round, the order rotated each round
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 t0 = time.perf_counter()
                 runs[name](latents)
                 times[name].append(time.perf_counter() - t0)
-            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n.split(' (')[0]} {times[n][-1] * 1e3:.0f}" for n in names),
-                  flush=True)
+            print(
+                f"round {r + 1}/{rounds}: " + ", ".join(f"{n.split(' (')[0]} {times[n][-1] * 1e3:.0f}" for n in names),
+                flush=True,
+            )
     base = times[_peers.BASELINE]
     for name in names:
         table[name]["ms"] = spread(times[name], 1e3)
@@ -327,16 +432,20 @@ def run_peers(args, argv) -> dict:
 
 
 def print_peers(peers: dict) -> None:
-    print(f"\ndecode peers: B={peers['batch']}, {peers['seconds']:g} s, {peers['device']}, torch {peers['torch']}; "
-          f"median [min-max] of {peers['rounds']} interleaved rounds; ratio = time / {peers['baseline']} in the same round")
+    print(
+        f"\ndecode peers: B={peers['batch']}, {peers['seconds']:g} s, {peers['device']}, torch {peers['torch']}; "
+        f"median [min-max] of {peers['rounds']} interleaved rounds; ratio = time / {peers['baseline']} in the same round"
+    )
     print(f"{'implementation':48s} | {'ms':>7s} | {'ratio [min-max]':>18s} | {'max err/peak':>12s} | {'SNR dB':>6s}")
     for name, e in peers["implementations"].items():
         if e["status"] != "ok":
             print(f"{name:48s} | {e['status']}")
             continue
         r = e["over_baseline"]
-        print(f"{name:48s} | {e['ms']['median']:7.0f} | {r['median']:5.2f} [{r['min']:.2f}-{r['max']:.2f}] | "
-              f"{e['max_error_over_peak']:12.1e} | {e['snr_db']:6.1f}")
+        print(
+            f"{name:48s} | {e['ms']['median']:7.0f} | {r['median']:5.2f} [{r['min']:.2f}-{r['max']:.2f}] | "
+            f"{e['max_error_over_peak']:12.1e} | {e['snr_db']:6.1f}"
+        )
 
 
 if __name__ == "__main__":

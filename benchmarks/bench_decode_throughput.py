@@ -15,20 +15,21 @@ time. A case that runs out of memory is recorded as such. One call of each path 
 the last case) is profiled: the top CUDA kernels (CPU operators on a CPU) say where the time goes. Weights are random (timing does not depend on them).
 Writes benchmarks/results/decode_throughput_<dtype>_<device>[_quick].json (or --out).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
-
 from _common import device_name, spread, write_result
 
 import jasco_fast
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FULL_CASES = [(b, s) for s in (10.0, 30.0) for b in (1, 8, 32, 128)]
@@ -54,8 +55,10 @@ class Runner(NamedTuple):
 
 def make_runners(decoder: SEANetDecoder, device: str, dtype: torch.dtype) -> list[Runner]:
     eager = reference.ReferenceDecoder(decoder)  # float32, as JASCO runs it
-    runners = [Runner("eager_float32", lambda x: reference.decode(eager, x)),
-               Runner("compiled", LatentDecoder(decoder, backend="inductor", dtype=dtype))]
+    runners = [
+        Runner("eager_float32", lambda x: reference.decode(eager, x)),
+        Runner("compiled", LatentDecoder(decoder, backend="inductor", dtype=dtype)),
+    ]
     if device == "cuda":
         runners.append(Runner("cudagraphs", LatentDecoder(decoder, dtype=dtype, mode="reduce-overhead")))
     return runners
@@ -67,8 +70,9 @@ def call(runner: Runner, latents: torch.Tensor) -> torch.Tensor:
     return runner.run(latents)
 
 
-def measure(runner: Runner, latents: torch.Tensor, want: torch.Tensor | None, device: str, min_time: float,
-            max_calls: int) -> dict:
+def measure(
+    runner: Runner, latents: torch.Tensor, want: torch.Tensor | None, device: str, min_time: float, max_calls: int
+) -> dict:
     """First call (compile / record) with its peak memory, then calls until min_time has passed."""
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -92,8 +96,15 @@ def measure(runner: Runner, latents: torch.Tensor, want: torch.Tensor | None, de
         sync(device)
         times.append(time.perf_counter() - t0)
     t = spread(times)
-    return {"median_s": t["median"], "min_s": t["min"], "max_s": t["max"], "calls": t["n"],
-            "first_call_s": first, "peak_mem_mb": peak, "rel_error_vs_eager_float32": err}
+    return {
+        "median_s": t["median"],
+        "min_s": t["min"],
+        "max_s": t["max"],
+        "calls": t["n"],
+        "first_call_s": first,
+        "peak_mem_mb": peak,
+        "rel_error_vs_eager_float32": err,
+    }
 
 
 def profile(runner: Runner, latents: torch.Tensor, device: str, top: int = 12) -> list[dict]:
@@ -149,8 +160,14 @@ def main(argv=None) -> dict:
         audio_s = batch * frames / cfg.frame_rate
         want = None
         for runner in runners:  # eager float32 first: the others' error and speedup are against it
-            row = {"path": runner.name, "dtype": "float32" if runner.name == "eager_float32" else args.dtype,
-                   "batch": batch, "seconds": seconds, "frames": frames, "audio_seconds": audio_s}
+            row = {
+                "path": runner.name,
+                "dtype": "float32" if runner.name == "eager_float32" else args.dtype,
+                "batch": batch,
+                "seconds": seconds,
+                "frames": frames,
+                "audio_seconds": audio_s,
+            }
             try:
                 if runner.name == "eager_float32":
                     want = runner.run(latents)
@@ -181,12 +198,21 @@ def main(argv=None) -> dict:
             except Exception as exc:  # a profile is extra information; the measurements above stand
                 profiles[runner.name] = [{"error": f"{type(exc).__name__}: {exc}"}]
     result = {
-        "benchmark": "decode_throughput", "device": device_name(args.device), "device_type": args.device,
-        "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-        "jasco_fast": getattr(jasco_fast, "__version__", None), "decoder": "EnCodec 32 kHz (random weights)",
-        "dtype": args.dtype, "min_time_s": min_time, "date": time.strftime("%Y-%m-%d"),
+        "benchmark": "decode_throughput",
+        "device": device_name(args.device),
+        "device_type": args.device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+        "jasco_fast": getattr(jasco_fast, "__version__", None),
+        "decoder": "EnCodec 32 kHz (random weights)",
+        "dtype": args.dtype,
+        "min_time_s": min_time,
+        "date": time.strftime("%Y-%m-%d"),
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
-        "rows": rows, "profile_case": list(profile_case), "profiles": profiles,
+        "rows": rows,
+        "profile_case": list(profile_case),
+        "profiles": profiles,
         "command": "python benchmarks/bench_decode_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     name = f"decode_throughput_{args.dtype}"
@@ -208,8 +234,10 @@ def format_row(r: dict) -> str:
         return head + r["status"]
     mem = f", peak {r['peak_mem_mb']:.0f} MB" if r["peak_mem_mb"] is not None else ""
     err = f", rel err {r['rel_error_vs_eager_float32']:.1e}" if r["rel_error_vs_eager_float32"] is not None else ""
-    return (head + f"{r['median_s'] * 1e3:9.2f} ms (min {r['min_s'] * 1e3:.2f}, max {r['max_s'] * 1e3:.2f}, "
-            f"{r['calls']} calls), {r['audio_s_per_s']:8.3g} audio s/s, first call {r['first_call_s']:.1f} s{mem}{err}")
+    return (
+        head + f"{r['median_s'] * 1e3:9.2f} ms (min {r['min_s'] * 1e3:.2f}, max {r['max_s'] * 1e3:.2f}, "
+        f"{r['calls']} calls), {r['audio_s_per_s']:8.3g} audio s/s, first call {r['first_call_s']:.1f} s{mem}{err}"
+    )
 
 
 if __name__ == "__main__":

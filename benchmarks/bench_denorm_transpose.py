@@ -9,6 +9,7 @@ The four are timed in interleaved rounds (each a `blocked_autorange` median); ea
 a round; the JSON keeps the median, min and max over rounds, with the date, command, machine, torch
 version and load average. Writes benchmarks/results/denorm_transpose_<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
+from _common import provenance, spread, write_result
 
 import jasco_fast
-
-from _common import provenance, spread, write_result
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 
 SHAPES = [(1, 500, 128), (8, 1500, 128), (16, 1500, 128), (64, 1500, 128)]
@@ -33,14 +33,20 @@ def median_seconds(stmt: str, env: dict, min_run_time: float) -> float:
 
 def measure(shape, out_dtype, device: str, rounds: int, min_run_time: float) -> dict:
     x = torch.randn(shape, device=device)
-    env = {"x": x, "op": jasco_fast.denormalize_transpose, "dtype": out_dtype,
-           "mean": torch.tensor(JASCO_LATENT_MEAN, device=device), "std": torch.tensor(JASCO_LATENT_STD, device=device)}
+    env = {
+        "x": x,
+        "op": jasco_fast.denormalize_transpose,
+        "dtype": out_dtype,
+        "mean": torch.tensor(JASCO_LATENT_MEAN, device=device),
+        "std": torch.tensor(JASCO_LATENT_STD, device=device),
+    }
     stmts = {
         "clone": "x.clone()",
         "fused": "op(x, mean, std, dtype=dtype)",
         "fused_channels_last": "op(x, mean, std, dtype=dtype, channels_last=True)",
-        "eager": "(x * std + mean).permute(0, 2, 1).contiguous()" if out_dtype is None else
-                 "(x * std + mean).permute(0, 2, 1).to(dtype).contiguous()",
+        "eager": "(x * std + mean).permute(0, 2, 1).contiguous()"
+        if out_dtype is None
+        else "(x * std + mean).permute(0, 2, 1).to(dtype).contiguous()",
     }
     # Interleaved rounds: the machine's speed drifts, so each ratio is taken within one round and the
     # median over rounds is reported.
@@ -48,8 +54,14 @@ def measure(shape, out_dtype, device: str, rounds: int, min_run_time: float) -> 
     for _ in range(rounds):
         for name, stmt in stmts.items():
             times[name].append(median_seconds(stmt, env, min_run_time))
-    row = {"shape": list(shape), "in_dtype": "float32",
-           "out_dtype": str(out_dtype or torch.float32).replace("torch.", ""), "ms": {}, "over_clone": {}, "GBps": {}}
+    row = {
+        "shape": list(shape),
+        "in_dtype": "float32",
+        "out_dtype": str(out_dtype or torch.float32).replace("torch.", ""),
+        "ms": {},
+        "over_clone": {},
+        "GBps": {},
+    }
     out_bytes = x.numel() * (out_dtype or x.dtype).itemsize
     for name, ts in times.items():
         row["ms"][name] = spread(ts, 1e3)
@@ -61,16 +73,24 @@ def measure(shape, out_dtype, device: str, rounds: int, min_run_time: float) -> 
 
 
 def print_table(result: dict) -> None:
-    print(f"denorm_transpose on {result['device']}, torch {result['torch']}, {result['rounds']} rounds: median ms "
-          f"(median ratio to clone [min-max over rounds]; GB/s moved)")
+    print(
+        f"denorm_transpose on {result['device']}, torch {result['torch']}, {result['rounds']} rounds: median ms "
+        f"(median ratio to clone [min-max over rounds]; GB/s moved)"
+    )
     cols = ["shape", "out", "clone", "fused", "fused channels-last", "eager"]
     print(" | ".join(f"{c:>30}" for c in cols))
     for r in result["rows"]:
-        cells = [str(tuple(r["shape"])), r["out_dtype"], f"{r['ms']['clone']['median']:.3f} ({r['GBps']['clone']:.0f} GB/s)"]
+        cells = [
+            str(tuple(r["shape"])),
+            r["out_dtype"],
+            f"{r['ms']['clone']['median']:.3f} ({r['GBps']['clone']:.0f} GB/s)",
+        ]
         for k in ("fused", "fused_channels_last", "eager"):
             ratio = r["over_clone"][k]
-            cells.append(f"{r['ms'][k]['median']:.3f} ({ratio['median']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}]; "
-                         f"{r['GBps'][k]:.0f})")
+            cells.append(
+                f"{r['ms'][k]['median']:.3f} ({ratio['median']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}]; "
+                f"{r['GBps'][k]:.0f})"
+            )
         print(" | ".join(f"{c:>30}" for c in cells))
 
 
@@ -84,13 +104,19 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_denorm_transpose: --device cuda but CUDA is not available")
-    cases = [((16, 1500, 128), None)] if args.quick else \
-        [(s, None) for s in SHAPES] + [((16, 1500, 128), torch.bfloat16), ((64, 1500, 128), torch.bfloat16)]
+    cases = (
+        [((16, 1500, 128), None)]
+        if args.quick
+        else [(s, None) for s in SHAPES] + [((16, 1500, 128), torch.bfloat16), ((64, 1500, 128), torch.bfloat16)]
+    )
     rounds = args.rounds or (1 if args.quick else 5)
     min_run_time = 0.2 if args.quick else 0.3
-    result = {"benchmark": "denorm_transpose",
-              **provenance("bench_denorm_transpose.py", argv, args.device, args.note),
-              "rounds": rounds, "min_run_time_s": min_run_time}
+    result = {
+        "benchmark": "denorm_transpose",
+        **provenance("bench_denorm_transpose.py", argv, args.device, args.note),
+        "rounds": rounds,
+        "min_run_time_s": min_run_time,
+    }
     result["rows"] = [measure(shape, dtype, args.device, rounds, min_run_time) for shape, dtype in cases]
     print_table(result)
     write_result(result, "denorm_transpose", args.device, args.quick, args.out)

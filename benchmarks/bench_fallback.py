@@ -9,6 +9,7 @@ overridden for the measurement by one that takes that route (restored afterwards
 per round the ratio fallback / kernel; medians and the spread of the ratio over rounds.
 Writes benchmarks/results/fallback_<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
+from _common import device_name, spread, write_result
 
 import jasco_fast
 from jasco_fast import ops
-
-from _common import device_name, spread, write_result
 
 OP = torch.ops.jasco_fast.denorm_transpose.default
 KERNEL_LESS = torch._C.DispatchKeySet(torch._C.DispatchKey.PrivateUse1)
@@ -39,8 +39,13 @@ def seconds(fn, min_run_time: float) -> float:
 
 def summarise(kernel: list[float], slow: list[float]) -> dict:
     ratio = spread([s / k for k, s in zip(kernel, slow)])
-    return {"kernel_ms": spread(kernel, 1e3)["median"], "fallback_ms": spread(slow, 1e3)["median"],
-            "fallback_over_kernel": ratio["median"], "ratio_min": ratio["min"], "ratio_max": ratio["max"]}
+    return {
+        "kernel_ms": spread(kernel, 1e3)["median"],
+        "fallback_ms": spread(slow, 1e3)["median"],
+        "fallback_over_kernel": ratio["median"],
+        "ratio_min": ratio["min"],
+        "ratio_max": ratio["max"],
+    }
 
 
 def bench_op(device: str, rounds: int, min_run_time: float) -> list[dict]:
@@ -50,19 +55,30 @@ def bench_op(device: str, rounds: int, min_run_time: float) -> list[dict]:
         for out_dtype in (None, torch.bfloat16):
             for channels_last in (False, True):
                 x = torch.randn(shape, device=device)
-                args = (x, torch.tensor(jasco_fast.JASCO_LATENT_MEAN, device=device),
-                        torch.tensor(jasco_fast.JASCO_LATENT_STD, device=device), out_dtype, channels_last)
+                args = (
+                    x,
+                    torch.tensor(jasco_fast.JASCO_LATENT_MEAN, device=device),
+                    torch.tensor(jasco_fast.JASCO_LATENT_STD, device=device),
+                    out_dtype,
+                    channels_last,
+                )
                 assert torch.equal(OP(*args), fallback(*args))
                 kernel, slow = [], []
                 for _ in range(rounds):
                     kernel.append(seconds(lambda: (OP(*args), sync()), min_run_time))
                     slow.append(seconds(lambda: (fallback(*args), sync()), min_run_time))
-                row = {"shape": list(shape), "out_dtype": str(out_dtype or torch.float32).replace("torch.", ""),
-                       "channels_last": channels_last, **summarise(kernel, slow)}
+                row = {
+                    "shape": list(shape),
+                    "out_dtype": str(out_dtype or torch.float32).replace("torch.", ""),
+                    "channels_last": channels_last,
+                    **summarise(kernel, slow),
+                }
                 rows.append(row)
-                print(f"  op {tuple(shape)} -> {row['out_dtype']:8s} channels_last={channels_last!s:5s}  kernel "
-                      f"{row['kernel_ms']:8.3f} ms  fallback {row['fallback_ms']:8.3f} ms  "
-                      f"{row['fallback_over_kernel']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})")
+                print(
+                    f"  op {tuple(shape)} -> {row['out_dtype']:8s} channels_last={channels_last!s:5s}  kernel "
+                    f"{row['kernel_ms']:8.3f} ms  fallback {row['fallback_ms']:8.3f} ms  "
+                    f"{row['fallback_over_kernel']:.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+                )
     return rows
 
 
@@ -95,9 +111,11 @@ def bench_decode(device: str, rounds: int, seconds_of_audio: float) -> dict:
             slow.append(timed())
         library._destroy()
     row = {"batch": 1, "audio_seconds": seconds_of_audio, "compile": False, **summarise(kernel, slow)}
-    print(f"  decode 1 x {seconds_of_audio:g} s eager: kernel {row['kernel_ms']:.0f} ms  fallback "
-          f"{row['fallback_ms']:.0f} ms  {row['fallback_over_kernel']:.3f}x "
-          f"({row['ratio_min']:.3f}-{row['ratio_max']:.3f})")
+    print(
+        f"  decode 1 x {seconds_of_audio:g} s eager: kernel {row['kernel_ms']:.0f} ms  fallback "
+        f"{row['fallback_ms']:.0f} ms  {row['fallback_over_kernel']:.3f}x "
+        f"({row['ratio_min']:.3f}-{row['ratio_max']:.3f})"
+    )
     return row
 
 
@@ -112,9 +130,13 @@ def main(argv=None) -> dict:
     warnings.simplefilter("ignore", ops.FallbackWarning)
     rounds = 3 if args.quick else 7
     print(f"denorm_transpose: PyTorch fallback vs compiled kernel on {device_name(args.device)}")
-    result = {"device": device_name(args.device), "torch": torch.__version__, "rounds": rounds,
-              "op": bench_op(args.device, rounds, 0.05 if args.quick else 0.2),
-              "decode": bench_decode(args.device, rounds, 2.0 if args.quick else 10.0)}
+    result = {
+        "device": device_name(args.device),
+        "torch": torch.__version__,
+        "rounds": rounds,
+        "op": bench_op(args.device, rounds, 0.05 if args.quick else 0.2),
+        "decode": bench_decode(args.device, rounds, 2.0 if args.quick else 10.0),
+    }
     write_result(result, "fallback", args.device, args.quick, args.out)
     return result
 

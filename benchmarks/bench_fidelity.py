@@ -13,16 +13,17 @@ regime each layer works in (see :func:`realistic_decoder`; every other checkpoin
 recurrent gain, where a recurrent format's error grows over the steps), and the latents look like JASCO's
 (see :func:`realistic_latents`). Writes benchmarks/results/fidelity_<device>.json.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 from pathlib import Path
 
-import torch
-
 import _fidelity
+import torch
 from _common import provenance, write_result
+
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD, DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, ResBlock
 
@@ -39,16 +40,20 @@ MODES: dict[str, dict] = {
 # --------------------------------------------------------------------------------------------------
 # Realistic random checkpoints and latents
 
-WEIGHTS_DOC = ("weights w = g * v / ||v|| (weight norm over dim 0, as upstream), v Gaussian, g log-normal per "
-               "channel (sigma 0.5) times one gain per convolution calibrated on realistic latents so that each "
-               "convolution's output RMS is 1 (residual branches 0.5 of the block input, final convolution "
-               "zero-mean -20 dBFS audio), biases N(0, 0.05^2); LSTM weights, alternating from checkpoint to "
-               "checkpoint: PyTorch's default uniform(+-1/sqrt(1024)) (RMS 0.018), or N(0, 0.05^2) (RMS 0.05, "
-               "a recurrence with more gain, where errors in the recurrent matrices grow from step to step)")
-LATENTS_DOC = ("latents: per channel an AR(1) Gaussian process with unit variance and frame-to-frame "
-               "correlation drawn in [0.8, 0.98] (correlation time 0.1-1 s at 50 frames/s), standardised per "
-               "channel over the clip: zero-mean, unit-variance, temporally correlated, like JASCO's normalised "
-               "latents")
+WEIGHTS_DOC = (
+    "weights w = g * v / ||v|| (weight norm over dim 0, as upstream), v Gaussian, g log-normal per "
+    "channel (sigma 0.5) times one gain per convolution calibrated on realistic latents so that each "
+    "convolution's output RMS is 1 (residual branches 0.5 of the block input, final convolution "
+    "zero-mean -20 dBFS audio), biases N(0, 0.05^2); LSTM weights, alternating from checkpoint to "
+    "checkpoint: PyTorch's default uniform(+-1/sqrt(1024)) (RMS 0.018), or N(0, 0.05^2) (RMS 0.05, "
+    "a recurrence with more gain, where errors in the recurrent matrices grow from step to step)"
+)
+LATENTS_DOC = (
+    "latents: per channel an AR(1) Gaussian process with unit variance and frame-to-frame "
+    "correlation drawn in [0.8, 0.98] (correlation time 0.1-1 s at 50 frames/s), standardised per "
+    "channel over the clip: zero-mean, unit-variance, temporally correlated, like JASCO's normalised "
+    "latents"
+)
 AUDIO_RMS = 0.1  # -20 dBFS: a typical RMS level of mastered music (peaks then land near -6 to -3 dBFS)
 
 # LSTM weight scale of checkpoint k: None (nn.LSTM's initialisation) for even k, HIGH_GAIN_LSTM_STD for odd k.
@@ -65,7 +70,7 @@ def lstm_std_of_checkpoint(k: int) -> float | None:
 def realistic_latents(batch: int, frames: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     """Normalised latents [B, T, D] that are smooth in time, as a flow model's latents of music are."""
     rho = 0.8 + 0.18 * torch.rand(batch, 1, dim, generator=generator)
-    noise = torch.randn(batch, frames, dim, generator=generator) * torch.sqrt(1 - rho ** 2)
+    noise = torch.randn(batch, frames, dim, generator=generator) * torch.sqrt(1 - rho**2)
     x = torch.empty(batch, frames, dim)
     x[:, 0] = torch.randn(batch, dim, generator=generator)
     for t in range(1, frames):
@@ -93,8 +98,9 @@ def _rms(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibration_frames: int = 100,
-                      lstm_std: float | None = None) -> SEANetDecoder:
+def realistic_decoder(
+    seed: int, config: DecoderConfig | None = None, calibration_frames: int = 100, lstm_std: float | None = None
+) -> SEANetDecoder:
     """A random EnCodec decoder whose signal keeps a realistic level through every layer.
 
     PyTorch's default initialisation (kaiming_uniform, a = sqrt(5)) gives each convolution a gain of
@@ -146,7 +152,7 @@ def realistic_decoder(seed: int, config: DecoderConfig | None = None, calibratio
             conv.bias.copy_(-scale * mean)
             continue
         target = 0.5 * _rms(seen["in"]) if role == "branch_out" else 1.0
-        wanted = math.sqrt(max(target ** 2 - _rms(conv.bias) ** 2, (0.1 * target) ** 2))
+        wanted = math.sqrt(max(target**2 - _rms(conv.bias) ** 2, (0.1 * target) ** 2))
         conv.weight.mul_(wanted / _rms(linear))
     return decoder
 
@@ -169,12 +175,21 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--checkpoints", type=int, default=None, help="random checkpoints (default 4; --quick 2)")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds of audio per checkpoint (default 10; --quick 2)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds of audio per checkpoint (default 10; --quick 2)"
+    )
     parser.add_argument("--quick", action="store_true", help="2 checkpoints of 2 s")
     parser.add_argument("--note", default=None, help="recorded in the JSON")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/fidelity_<device>.json)")
-    parser.add_argument("--mode", action="append", default=None, choices=list(MODES),
-                        help="measure only this mode (repeatable; e.g. on a CPU that emulates bfloat16)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/fidelity_<device>.json)"
+    )
+    parser.add_argument(
+        "--mode",
+        action="append",
+        default=None,
+        choices=list(MODES),
+        help="measure only this mode (repeatable; e.g. on a CPU that emulates bfloat16)",
+    )
     args = parser.parse_args(argv)
     modes = {name: MODES[name] for name in (args.mode or MODES)}
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -183,16 +198,24 @@ def main(argv=None) -> dict:
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     if n_ckpt < 1 or seconds <= 0:
         raise SystemExit("bench_fidelity: --checkpoints must be >= 1 and --seconds > 0")
-    result = {"benchmark": "fidelity", **provenance("bench_fidelity.py", argv, args.device, args.note),
-              "rounds": None, "seconds": seconds,  # no timing: nothing is repeated
-              "weights": WEIGHTS_DOC, "latents": LATENTS_DOC,
-              "metrics": {"snr_db": "10 log10(signal power / error power) over all samples",
-                          "log_mel_distance_db": "mean |10 log10(mel power ratio)|, 80 HTK mels to 16 kHz, "
-                                                 "n_fft 2048, hop 512, floor -100 dB below the loudest bin",
-                          "worst_band_snr_db": "lowest per-mel-band SNR (band power of the reference / of the "
-                                               "error, over the whole clip)",
-                          "max_error_over_peak": "max |error| / max |reference|"},
-              "checkpoints": [], "modes": {}}
+    result = {
+        "benchmark": "fidelity",
+        **provenance("bench_fidelity.py", argv, args.device, args.note),
+        "rounds": None,
+        "seconds": seconds,  # no timing: nothing is repeated
+        "weights": WEIGHTS_DOC,
+        "latents": LATENTS_DOC,
+        "metrics": {
+            "snr_db": "10 log10(signal power / error power) over all samples",
+            "log_mel_distance_db": "mean |10 log10(mel power ratio)|, 80 HTK mels to 16 kHz, "
+            "n_fft 2048, hop 512, floor -100 dB below the loudest bin",
+            "worst_band_snr_db": "lowest per-mel-band SNR (band power of the reference / of the "
+            "error, over the whole clip)",
+            "max_error_over_peak": "max |error| / max |reference|",
+        },
+        "checkpoints": [],
+        "modes": {},
+    }
     per_mode: dict[str, list[dict]] = {name: [] for name in modes}
     status = {name: "ok" for name in modes}
     notes: dict[str, str] = {}
@@ -204,13 +227,22 @@ def main(argv=None) -> dict:
         latents = realistic_latents(1, int(seconds * cfg.frame_rate), cfg.dimension, gen).to(args.device)
         want = reference.decode(reference.ReferenceDecoder(decoder), latents)
         levels = layer_levels(decoder, (latents * JASCO_LATENT_STD + JASCO_LATENT_MEAN).permute(0, 2, 1))
-        result["checkpoints"].append({"seed": seed, "lstm_std": lstm_std, "peak": want.abs().max().item(),
-                                      "dc": want.mean().item(),
-                                      "rms_dbfs": 20 * math.log10(_rms(want)),
-                                      "layer_rms": [round(v, 4) for v in levels]})
+        result["checkpoints"].append(
+            {
+                "seed": seed,
+                "lstm_std": lstm_std,
+                "peak": want.abs().max().item(),
+                "dc": want.mean().item(),
+                "rms_dbfs": 20 * math.log10(_rms(want)),
+                "layer_rms": [round(v, 4) for v in levels],
+            }
+        )
         lstm_init = f"N(0, {lstm_std:g}^2)" if lstm_std else "default init"
-        print(f"checkpoint seed {seed} (LSTM {lstm_init}): audio peak {want.abs().max().item():.2f}, RMS "
-              f"{20 * math.log10(_rms(want)):.1f} dBFS; layer RMS {min(levels):.2f}-{max(levels):.2f}", flush=True)
+        print(
+            f"checkpoint seed {seed} (LSTM {lstm_init}): audio peak {want.abs().max().item():.2f}, RMS "
+            f"{20 * math.log10(_rms(want)):.1f} dBFS; layer RMS {min(levels):.2f}-{max(levels):.2f}",
+            flush=True,
+        )
         for name, kwargs in modes.items():
             if status[name] != "ok":
                 continue
@@ -225,27 +257,40 @@ def main(argv=None) -> dict:
             except Exception as exc:  # e.g. a dtype with no kernels on this device
                 status[name] = f"does not run on {args.device}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 continue
-            notes[name] = (f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}"
-                           + (f", recurrent {str(fast.recurrent_dtype).replace('torch.', '')}" if fast.recurrent_dtype else ""))
-            row = {"seed": seed, "snr_db": _fidelity.snr_db(want, got),
-                   "log_mel_distance_db": _fidelity.log_mel_distance(want, got, cfg.sample_rate),
-                   "worst_band_snr_db": _fidelity.worst_band_snr_db(want, got, cfg.sample_rate),
-                   "max_error_over_peak": _fidelity.max_error_over_peak(want, got),
-                   "finite": bool(torch.isfinite(got).all())}
+            notes[name] = f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}" + (
+                f", recurrent {str(fast.recurrent_dtype).replace('torch.', '')}" if fast.recurrent_dtype else ""
+            )
+            row = {
+                "seed": seed,
+                "snr_db": _fidelity.snr_db(want, got),
+                "log_mel_distance_db": _fidelity.log_mel_distance(want, got, cfg.sample_rate),
+                "worst_band_snr_db": _fidelity.worst_band_snr_db(want, got, cfg.sample_rate),
+                "max_error_over_peak": _fidelity.max_error_over_peak(want, got),
+                "finite": bool(torch.isfinite(got).all()),
+            }
             per_mode[name].append(row)
-            print(f"  {name:20s} SNR {row['snr_db']:6.1f} dB | worst band {row['worst_band_snr_db']:6.1f} dB | "
-                  f"log-mel {row['log_mel_distance_db']:.3f} dB | max err/peak {row['max_error_over_peak']:.1e}", flush=True)
+            print(
+                f"  {name:20s} SNR {row['snr_db']:6.1f} dB | worst band {row['worst_band_snr_db']:6.1f} dB | "
+                f"log-mel {row['log_mel_distance_db']:.3f} dB | max err/peak {row['max_error_over_peak']:.1e}",
+                flush=True,
+            )
     for name in modes:
         rows = per_mode[name]
         if status[name] != "ok" or not rows:
             result["modes"][name] = {"status": status[name], "kwargs": repr(modes[name])}
             continue
         result["modes"][name] = {
-            "status": "ok", "kwargs": repr(modes[name]), "notes": notes[name], "per_checkpoint": rows,
-            "worst": {"snr_db": min(r["snr_db"] for r in rows),
-                      "worst_band_snr_db": min(r["worst_band_snr_db"] for r in rows),
-                      "log_mel_distance_db": max(r["log_mel_distance_db"] for r in rows),
-                      "max_error_over_peak": max(r["max_error_over_peak"] for r in rows)}}
+            "status": "ok",
+            "kwargs": repr(modes[name]),
+            "notes": notes[name],
+            "per_checkpoint": rows,
+            "worst": {
+                "snr_db": min(r["snr_db"] for r in rows),
+                "worst_band_snr_db": min(r["worst_band_snr_db"] for r in rows),
+                "log_mel_distance_db": max(r["log_mel_distance_db"] for r in rows),
+                "max_error_over_peak": max(r["max_error_over_peak"] for r in rows),
+            },
+        }
     write_result(result, "fidelity", args.device, args.quick, args.out)
     print(f"\nfidelity against the float32 reference, worst over {n_ckpt} checkpoints of {seconds:g} s:")
     for name, m in result["modes"].items():
@@ -253,8 +298,10 @@ def main(argv=None) -> dict:
             print(f"  {name:20s} {m['status']}")
         else:
             w = m["worst"]
-            print(f"  {name:20s} SNR {w['snr_db']:6.1f} dB | worst band {w['worst_band_snr_db']:6.1f} dB | "
-                  f"log-mel {w['log_mel_distance_db']:.3f} dB | max err/peak {w['max_error_over_peak']:.1e}")
+            print(
+                f"  {name:20s} SNR {w['snr_db']:6.1f} dB | worst band {w['worst_band_snr_db']:6.1f} dB | "
+                f"log-mel {w['log_mel_distance_db']:.3f} dB | max err/peak {w['max_error_over_peak']:.1e}"
+            )
     return result
 
 

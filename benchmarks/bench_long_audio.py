@@ -18,6 +18,7 @@ Writes benchmarks/results/long_audio_cpu.json. Cases that cannot fit or would ta
 with the reason (MEMORY_SKIPS). On a machine shared with other jobs, ``--threads 1`` avoids OpenMP
 threads waiting on each other (which made calls 10-100x slower on a 2-core VM at load 12+).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,10 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import device_name, write_result
 
 import jasco_fast
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
 from jasco_fast.pipeline import DEFAULT_CHUNK_FRAMES
 
 FRAME_RATE = 50  # EnCodec 32 kHz: 640 samples per latent frame
@@ -43,11 +43,15 @@ FRAME_RATE = 50  # EnCodec 32 kHz: 640 samples per latent frame
 # (B, seconds) -> why the case is not measured
 MEMORY_SKIPS = {
     ("full", 1, 3600): "one pass over 1 h needs ~110 GB (9.1 GB per 300 s measured): cannot fit in 24 GB",
-    ("full", 8, 60): "one pass needs ~17 GB (8 x 2.1 GB): does not fit beside the other jobs of the shared 24 GB machine",
+    (
+        "full",
+        8,
+        60,
+    ): "one pass needs ~17 GB (8 x 2.1 GB): does not fit beside the other jobs of the shared 24 GB machine",
     ("full", 8, 300): "one pass needs ~73 GB: cannot fit in 24 GB",
     ("full", 8, 3600): "one pass needs ~870 GB: cannot fit",
     ("chunked", 8, 3600): "8 h of audio takes ~25 min on 2 cores (too long for this run); B = 1 shows the memory "
-                          "does not grow with length, and B = 8 at 300 s shows the per-item cost",
+    "does not grow with length, and B = 8 at 300 s shows the per-item cost",
 }
 
 
@@ -100,11 +104,23 @@ def measure_memory(cases: list[tuple[str, int, float]], env) -> list[dict]:
         peak, wall, out = run_child(script, env)
         decode_s = json.loads(out.strip().splitlines()[-1])["decode_s"]
         base = base_cache[(batch, seconds)]
-        rows.append({"path": path, "batch": batch, "seconds": seconds, "peak_rss_mb": peak / 2**20,
-                     "base_rss_mb": base / 2**20, "decode_rss_mb": (peak - base) / 2**20,
-                     "audio_mb": batch * seconds * 32000 * 4 / 2**20, "decode_s": decode_s})
-        print(f"memory {path:8} B={batch} {seconds:>6g} s: peak {peak / 2**20:7.0f} MB (base {base / 2**20:.0f} MB, "
-              f"output audio {rows[-1]['audio_mb']:.0f} MB), decode {decode_s:.1f} s", flush=True)
+        rows.append(
+            {
+                "path": path,
+                "batch": batch,
+                "seconds": seconds,
+                "peak_rss_mb": peak / 2**20,
+                "base_rss_mb": base / 2**20,
+                "decode_rss_mb": (peak - base) / 2**20,
+                "audio_mb": batch * seconds * 32000 * 4 / 2**20,
+                "decode_s": decode_s,
+            }
+        )
+        print(
+            f"memory {path:8} B={batch} {seconds:>6g} s: peak {peak / 2**20:7.0f} MB (base {base / 2**20:.0f} MB, "
+            f"output audio {rows[-1]['audio_mb']:.0f} MB), decode {decode_s:.1f} s",
+            flush=True,
+        )
     return rows
 
 
@@ -131,16 +147,27 @@ def measure_throughput(cases: list[tuple[int, float]], rounds: int, chunk_frames
                 fn(latents)
                 times[name].append(time.perf_counter() - t0)
         ratios = [c / f for c, f in zip(times["chunked"], times["full"])]
-        row = {"batch": batch, "seconds": seconds, "chunk_frames": chunk_frames, "rounds": rounds,
-               "full_s": times["full"], "chunked_s": times["chunked"],
-               "full_median_s": statistics.median(times["full"]), "chunked_median_s": statistics.median(times["chunked"]),
-               "time_ratio_chunked_over_full": ratios, "time_ratio_median": statistics.median(ratios),
-               "throughput_ratio_median": statistics.median(1 / x for x in ratios),
-               "max_abs_diff_over_peak": err}
+        row = {
+            "batch": batch,
+            "seconds": seconds,
+            "chunk_frames": chunk_frames,
+            "rounds": rounds,
+            "full_s": times["full"],
+            "chunked_s": times["chunked"],
+            "full_median_s": statistics.median(times["full"]),
+            "chunked_median_s": statistics.median(times["chunked"]),
+            "time_ratio_chunked_over_full": ratios,
+            "time_ratio_median": statistics.median(ratios),
+            "throughput_ratio_median": statistics.median(1 / x for x in ratios),
+            "max_abs_diff_over_peak": err,
+        }
         rows.append(row)
-        print(f"throughput B={batch} {seconds:g} s: full {row['full_median_s']:.2f} s, chunked "
-              f"{row['chunked_median_s']:.2f} s, chunked throughput {row['throughput_ratio_median']:.2f}x full "
-              f"(per-round time ratios {', '.join(f'{x:.2f}' for x in ratios)}), max diff {err:.1e} of peak", flush=True)
+        print(
+            f"throughput B={batch} {seconds:g} s: full {row['full_median_s']:.2f} s, chunked "
+            f"{row['chunked_median_s']:.2f} s, chunked throughput {row['throughput_ratio_median']:.2f}x full "
+            f"(per-round time ratios {', '.join(f'{x:.2f}' for x in ratios)}), max diff {err:.1e} of peak",
+            flush=True,
+        )
     return rows
 
 
@@ -153,17 +180,28 @@ def measure_chunk_sizes(sizes: list[int], seconds: float, rounds: int) -> list[d
         fast[c](latents)  # compile
     times = {c: [] for c in sizes}
     for r in range(rounds):
-        for c in (sizes if r % 2 == 0 else sizes[::-1]):
+        for c in sizes if r % 2 == 0 else sizes[::-1]:
             t0 = time.perf_counter()
             fast[c](latents)
             times[c].append(time.perf_counter() - t0)
     rows = []
     for c in sizes:
         med = statistics.median(times[c])
-        rows.append({"chunk_frames": c, "seconds": seconds, "batch": 1, "times_s": times[c], "median_s": med,
-                     "real_time_factor": seconds / med})
-        print(f"chunk size {c:5d} frames: median {med:.2f} s for {seconds:g} s (x{seconds / med:.1f} real time), "
-              f"spread {min(times[c]):.2f}-{max(times[c]):.2f} s", flush=True)
+        rows.append(
+            {
+                "chunk_frames": c,
+                "seconds": seconds,
+                "batch": 1,
+                "times_s": times[c],
+                "median_s": med,
+                "real_time_factor": seconds / med,
+            }
+        )
+        print(
+            f"chunk size {c:5d} frames: median {med:.2f} s for {seconds:g} s (x{seconds / med:.1f} real time), "
+            f"spread {min(times[c]):.2f}-{max(times[c]):.2f} s",
+            flush=True,
+        )
     return rows
 
 
@@ -177,18 +215,35 @@ def measure_cli(seconds: float, env) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.npy"
         np.save(path, np.random.default_rng(0).standard_normal((int(seconds * FRAME_RATE), 128), dtype=np.float32))
-        cmd = [sys.executable, "-m", "jasco_fast", "decode", str(path), "--out-dir", str(Path(tmp) / "out"),
-               "--format", "flac"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jasco_fast",
+            "decode",
+            str(path),
+            "--out-dir",
+            str(Path(tmp) / "out"),
+            "--format",
+            "flac",
+        ]
         peak, wall, out = run_child(cmd, env={**env, "TQDM_DISABLE": "1"})
         written = Path(tmp) / "out" / "long.flac"
         import soundfile
 
         info = soundfile.info(str(written))
-    row = {"seconds": seconds, "format": "flac", "peak_rss_mb": peak / 2**20, "wall_s": wall,
-           "written_seconds": info.frames / info.samplerate,
-           "command": "jasco-fast decode long.npy --out-dir out --format flac"}
-    print(f"cli: jasco-fast decode of {seconds:g} s to FLAC: peak RSS {peak / 2**20:.0f} MB, {wall:.0f} s wall, "
-          f"wrote {row['written_seconds']:.1f} s", flush=True)
+    row = {
+        "seconds": seconds,
+        "format": "flac",
+        "peak_rss_mb": peak / 2**20,
+        "wall_s": wall,
+        "written_seconds": info.frames / info.samplerate,
+        "command": "jasco-fast decode long.npy --out-dir out --format flac",
+    }
+    print(
+        f"cli: jasco-fast decode of {seconds:g} s to FLAC: peak RSS {peak / 2**20:.0f} MB, {wall:.0f} s wall, "
+        f"wrote {row['written_seconds']:.1f} s",
+        flush=True,
+    )
     return row
 
 
@@ -200,12 +255,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--chunk-sizes", default="128,256,512,1024")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="CPU only for now")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads here and in the subprocesses (default: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads here and in the subprocesses (default: torch's default)",
+    )
     parser.add_argument("--lengths", default=None, help="memory: comma-separated seconds (default 10,60,300,3600)")
     parser.add_argument("--batches", default="1,8", help="memory: comma-separated batch sizes")
-    parser.add_argument("--throughput-cases", default=None,
-                        help="throughput: comma-separated BxSECONDS (default 1x10,1x300,8x10)")
+    parser.add_argument(
+        "--throughput-cases", default=None, help="throughput: comma-separated BxSECONDS (default 1x10,1x300,8x10)"
+    )
     parser.add_argument("--child-memory", nargs=3, metavar=("PATH", "B", "SECONDS"), help=argparse.SUPPRESS)
     parser.add_argument("--no-decode", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -217,22 +277,38 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    result = {"benchmark": "long_audio", "device": device_name("cpu"), "torch": torch.__version__,
-              "jasco_fast": jasco_fast.__version__, "decoder": "EnCodec 32 kHz (random weights), float32",
-              "default_chunk_frames": DEFAULT_CHUNK_FRAMES, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "note": "2-core VM shared with other jobs while measured: compare ratios within one run",
-              "command": "python benchmarks/bench_long_audio.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    result = {
+        "benchmark": "long_audio",
+        "device": device_name("cpu"),
+        "torch": torch.__version__,
+        "jasco_fast": jasco_fast.__version__,
+        "decoder": "EnCodec 32 kHz (random weights), float32",
+        "default_chunk_frames": DEFAULT_CHUNK_FRAMES,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "note": "2-core VM shared with other jobs while measured: compare ratios within one run",
+        "command": "python benchmarks/bench_long_audio.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     if "memory" in parts:
-        lengths = [float(x) for x in args.lengths.split(",")] if args.lengths else \
-            ([10, 60] if args.quick else [10, 60, 300, 3600])
+        lengths = (
+            [float(x) for x in args.lengths.split(",")]
+            if args.lengths
+            else ([10, 60] if args.quick else [10, 60, 300, 3600])
+        )
         batches = [int(b) for b in args.batches.split(",")]
         cases = [(p, b, s) for b in batches for s in lengths for p in ("full", "chunked")]
         result["memory"] = measure_memory(cases, env)
     if "throughput" in parts:
-        cases = [(int(b), float(sec)) for b, sec in (c.split("x") for c in args.throughput_cases.split(","))] \
-            if args.throughput_cases else [(1, 10.0)] if args.quick else [(1, 10.0), (1, 300.0), (8, 10.0)]
-        result["throughput"] = measure_throughput(cases, max(1, args.rounds if not args.quick else 2),
-                                                  DEFAULT_CHUNK_FRAMES)
+        cases = (
+            [(int(b), float(sec)) for b, sec in (c.split("x") for c in args.throughput_cases.split(","))]
+            if args.throughput_cases
+            else [(1, 10.0)]
+            if args.quick
+            else [(1, 10.0), (1, 300.0), (8, 10.0)]
+        )
+        result["throughput"] = measure_throughput(
+            cases, max(1, args.rounds if not args.quick else 2), DEFAULT_CHUNK_FRAMES
+        )
     if "chunks" in parts:
         sizes = [int(s) for s in args.chunk_sizes.split(",")]
         result["chunk_sizes"] = measure_chunk_sizes(sizes, 30.0 if args.quick else 60.0, 3)

@@ -21,6 +21,7 @@ weights, x ~ N(0, 1). bfloat16 outputs carry a rounding of y = lstm(x) + x, whic
 to about 52 dB.
 Writes benchmarks/results/lstm_cpu.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import provenance, spread, write_result
 
 from jasco_fast.ops import lstm_pack, lstm_skip
-
-from _common import provenance, spread, write_result
 
 
 def make_weights(C: int, layers: int, seed: int, std: float | None) -> list[torch.Tensor]:
@@ -118,17 +118,22 @@ def measure_speed(T: int, C: int, layers: int, rounds: int) -> dict:
             "over_floor": spread([t / floor for t in times[name]]),
             "per_call_overhead_ms": spread(short_times[name], 1e3),
         }
-    return {"shape": {"B": 1, "T": T, "C": C, "layers": layers}, "mv_float32_GBps": spread(bandwidth, 1e-9),
-            "cases": rows}
+    return {
+        "shape": {"B": 1, "T": T, "C": C, "layers": layers},
+        "mv_float32_GBps": spread(bandwidth, 1e-9),
+        "cases": rows,
+    }
 
 
 def errors(y: torch.Tensor, want: torch.Tensor, seq: torch.Tensor) -> dict:
     """y against want, relative to the LSTM part (want - seq) and to the whole block output."""
     err = y.double() - want
     lstm_part = want - seq.double()
-    return {"lstm_max_err_over_peak": (err.abs().max() / lstm_part.abs().max()).item(),
-            "lstm_snr_db": (10 * torch.log10(lstm_part.pow(2).sum() / err.pow(2).sum())).item(),
-            "block_snr_db": (10 * torch.log10(want.pow(2).sum() / err.pow(2).sum())).item()}
+    return {
+        "lstm_max_err_over_peak": (err.abs().max() / lstm_part.abs().max()).item(),
+        "lstm_snr_db": (10 * torch.log10(lstm_part.pow(2).sum() / err.pow(2).sum())).item(),
+        "block_snr_db": (10 * torch.log10(want.pow(2).sum() / err.pow(2).sum())).item(),
+    }
 
 
 def fidelity(T: int, C: int, layers: int) -> dict:
@@ -154,22 +159,32 @@ def fidelity(T: int, C: int, layers: int) -> dict:
 
 def print_tables(result: dict) -> None:
     s = result["speed"]
-    print(f"LSTM B=1 T={s['shape']['T']} C={s['shape']['C']} x{s['shape']['layers']} layers on {result['device']}, "
-          f"torch {result['torch']}, {result['rounds']} interleaved rounds; reading the float32 matrix (mv or sum) "
-          f"{s['mv_float32_GBps']['median']:.0f} GB/s median, {s['mv_float32_GBps']['max']:.0f} best")
-    print(f"{'case':32} {'median ms':>10} {'[min-max]':>17} {'x ATen f32':>11} {'floor ms':>9} {'best x floor':>8} "
-          f"{'T=1 call ms':>12}")
+    print(
+        f"LSTM B=1 T={s['shape']['T']} C={s['shape']['C']} x{s['shape']['layers']} layers on {result['device']}, "
+        f"torch {result['torch']}, {result['rounds']} interleaved rounds; reading the float32 matrix (mv or sum) "
+        f"{s['mv_float32_GBps']['median']:.0f} GB/s median, {s['mv_float32_GBps']['max']:.0f} best"
+    )
+    print(
+        f"{'case':32} {'median ms':>10} {'[min-max]':>17} {'x ATen f32':>11} {'floor ms':>9} {'best x floor':>8} "
+        f"{'T=1 call ms':>12}"
+    )
     for name, r in s["cases"].items():
-        print(f"{name:32} {r['ms']['median']:10.1f} {r['ms']['min']:8.1f}-{r['ms']['max']:<8.1f} "
-              f"{r['over_aten_float32']['median']:11.2f} {r['floor_ms']:9.1f} {r['over_floor']['min']:8.2f} "
-              f"{r['per_call_overhead_ms']['median']:12.2f}")
+        print(
+            f"{name:32} {r['ms']['median']:10.1f} {r['ms']['min']:8.1f}-{r['ms']['max']:<8.1f} "
+            f"{r['over_aten_float32']['median']:11.2f} {r['floor_ms']:9.1f} {r['over_floor']['min']:8.2f} "
+            f"{r['per_call_overhead_ms']['median']:12.2f}"
+        )
     for label, rows in result.get("fidelity", {}).items():
-        print(f"fidelity, weights {label}: LSTM part max |err| / peak, LSTM part SNR dB, block output SNR dB; "
-              f"against float64 on the float32 originals | on the case's own inputs")
+        print(
+            f"fidelity, weights {label}: LSTM part max |err| / peak, LSTM part SNR dB, block output SNR dB; "
+            f"against float64 on the float32 originals | on the case's own inputs"
+        )
         for name, r in rows.items():
             a, b = r["vs_float32"], r["vs_own_inputs"]
-            print(f"  {name:32} {a['lstm_max_err_over_peak']:.2e} {a['lstm_snr_db']:6.1f} {a['block_snr_db']:6.1f} | "
-                  f"{b['lstm_max_err_over_peak']:.2e} {b['lstm_snr_db']:6.1f} {b['block_snr_db']:6.1f}")
+            print(
+                f"  {name:32} {a['lstm_max_err_over_peak']:.2e} {a['lstm_snr_db']:6.1f} {a['block_snr_db']:6.1f} | "
+                f"{b['lstm_max_err_over_peak']:.2e} {b['lstm_snr_db']:6.1f} {b['block_snr_db']:6.1f}"
+            )
 
 
 def main(argv=None) -> dict:
@@ -187,8 +202,12 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     T = 100 if args.quick else args.T
     rounds = args.rounds or (2 if args.quick else 9)
-    result = {"benchmark": "lstm", **provenance("bench_lstm.py", argv, "cpu", args.note),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds}
+    result = {
+        "benchmark": "lstm",
+        **provenance("bench_lstm.py", argv, "cpu", args.note),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "rounds": rounds,
+    }
     result["speed"] = measure_speed(T, args.C, args.layers, rounds)
     if not args.no_fidelity:
         result["fidelity"] = fidelity(T, args.C, args.layers)

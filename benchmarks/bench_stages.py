@@ -23,6 +23,7 @@ at the measured bandwidth of reading one layer's [4C, C] matrix (the faster of `
 over it), plus its input projections (a [T, C] x [C, 4C] GEMM per layer) at the GEMM rate of that shape.
 Writes benchmarks/results/stages_cpu.json (``--out`` to change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,11 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as tbench
+from _common import provenance, spread, write_result
 from torch import nn
 
-from _common import provenance, spread, write_result
 from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
-from jasco_fast.decoder import DecoderLayers, LSTM, Conv, ConvTranspose, ResBlock
+from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderLayers, ResBlock
 from jasco_fast.ops import denormalize_transpose
 from jasco_fast.pipeline import DTYPES
 
@@ -45,7 +46,8 @@ from jasco_fast.pipeline import DTYPES
 def _timer(stmt: str, env: dict, min_run_time: float) -> float:
     """The fastest block's time per run: rates feed floors, which are lower bounds."""
     m = tbench.Timer(stmt, globals=env, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
+        min_run_time=min_run_time
+    )
     return min(m.times)
 
 
@@ -132,14 +134,21 @@ def stage_floor(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     if name == "lstm":
         lstm = module[-1]
         C = x.shape[1]
-        w_bytes = sum(getattr(lstm, f"weight_hh_l{k}").numel() for k in range(lstm.num_layers)) * \
-            lstm.weight_hh_l0.element_size()
+        w_bytes = (
+            sum(getattr(lstm, f"weight_hh_l{k}").numel() for k in range(lstm.num_layers))
+            * lstm.weight_hh_l0.element_size()
+        )
         recurrent = w_bytes * frames / rates["matvec_bytes_per_s"]
         proj_flops = 2 * lstm.num_layers * frames * C * 4 * C
         projection = proj_flops / rates["gemm"][f"{min(frames, GEMM_ROWS)}x{C}x{4 * C}"]
-        return {"floor_s": recurrent + projection, "bound": "recurrent weights bytes x T at matvec bandwidth + "
-                "input projections at GEMM rate", "recurrent_s": recurrent, "projection_s": projection,
-                "flops": 2 * lstm.num_layers * frames * 8 * C * C, "bytes": w_bytes * frames}
+        return {
+            "floor_s": recurrent + projection,
+            "bound": "recurrent weights bytes x T at matvec bandwidth + input projections at GEMM rate",
+            "recurrent_s": recurrent,
+            "projection_s": projection,
+            "flops": 2 * lstm.num_layers * frames * 8 * C * C,
+            "bytes": w_bytes * frames,
+        }
     convs = [m for m in module.modules() if isinstance(m, (Conv, ConvTranspose))]
     t_out = y.shape[-1]
     flops_time, flops = 0.0, 0
@@ -154,8 +163,15 @@ def stage_floor(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     traffic = x.numel() * esize + y.numel() * esize + weight_bytes
     bytes_time = traffic / rates["copy_bytes_per_s"]
     bound = "flops" if flops_time >= bytes_time else "bytes"
-    return {"floor_s": max(flops_time, bytes_time), "bound": bound, "flops": flops, "bytes": traffic,
-            "flops_s": flops_time, "flops_at_square_gemm_rate_s": peak_time, "bytes_s": bytes_time}
+    return {
+        "floor_s": max(flops_time, bytes_time),
+        "bound": bound,
+        "flops": flops,
+        "bytes": traffic,
+        "flops_s": flops_time,
+        "flops_at_square_gemm_rate_s": peak_time,
+        "bytes_s": bytes_time,
+    }
 
 
 def needed_gemms(stages, outputs, frames: int) -> set[tuple[int, int, int]]:
@@ -175,8 +191,12 @@ def main(argv=None) -> dict:
     p.add_argument("--frames", type=int, default=500, help="latent frames (50 per second of audio)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cpu (the only device this profile covers; cuda is skipped, for `jasco-fast bench`)")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cpu (the only device this profile covers; cuda is skipped, for `jasco-fast bench`)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--quick", action="store_true", help="3 rounds, no whole-decode comparison")
     p.add_argument("--note", default=None)
@@ -198,8 +218,9 @@ def main(argv=None) -> dict:
     stages = stages_of(decoder)
 
     with torch.inference_mode():
-        x = denormalize_transpose(latents, eager_whole.mean, eager_whole.std, dtype=dtype,
-                                  channels_last=True).unsqueeze(2)
+        x = denormalize_transpose(
+            latents, eager_whole.mean, eager_whole.std, dtype=dtype, channels_last=True
+        ).unsqueeze(2)
         inputs, outputs = [], []
         for _, module in stages:
             inputs.append(x)
@@ -210,9 +231,12 @@ def main(argv=None) -> dict:
     C = decoder.layers[1].weight_hh_l0.shape[1] if isinstance(decoder.layers[1], LSTM) else 1024
 
     def measure_rates() -> dict:
-        return {"gemm_square_2048": gemm_rate(2048, 2048, 2048, dtype),
-                "gemm": {"x".join(map(str, s)): gemm_rate(*s, dtype) for s in gemm_shapes},
-                "matvec_bytes_per_s": matvec_bandwidth(4 * C, C, dtype), "copy_bytes_per_s": copy_bandwidth()}
+        return {
+            "gemm_square_2048": gemm_rate(2048, 2048, 2048, dtype),
+            "gemm": {"x".join(map(str, s)): gemm_rate(*s, dtype) for s in gemm_shapes},
+            "matvec_bytes_per_s": matvec_bandwidth(4 * C, C, dtype),
+            "copy_bytes_per_s": copy_bandwidth(),
+        }
 
     print("measuring GEMM rates and bandwidths ...", flush=True)
     rates_before = measure_rates()
@@ -251,52 +275,77 @@ def main(argv=None) -> dict:
 
     # the machine's best (a floor is a lower bound): rates measured before and after the rounds, maximum kept
     rates_after = measure_rates()
-    rates = {k: ({s: max(v[s], rates_after[k][s]) for s in v} if isinstance(v, dict) else max(v, rates_after[k]))
-             for k, v in rates_before.items()}
+    rates = {
+        k: ({s: max(v[s], rates_after[k][s]) for s in v} if isinstance(v, dict) else max(v, rates_after[k]))
+        for k, v in rates_before.items()
+    }
 
     rows = []
     for (name, module), x, y in zip(stages, inputs, outputs):
         floor = stage_floor(name, module, x, y, rates, args.frames)
         eager, compiled = samples[name]["eager"], samples[name]["compiled"]
-        rows.append({"stage": name, "out_shape": list(y.shape), "eager_ms": spread(eager, 1e3),
-                     "compiled_ms": spread(compiled, 1e3), "floor_ms": floor["floor_s"] * 1e3,
-                     "ratio_compiled_to_floor": statistics.median(compiled) / floor["floor_s"],
-                     "ratio_eager_to_floor": statistics.median(eager) / floor["floor_s"],
-                     "ratio_fastest_compiled_to_floor": min(compiled) / floor["floor_s"],
-                     **{k: v for k, v in floor.items() if k != "floor_s"}})
+        rows.append(
+            {
+                "stage": name,
+                "out_shape": list(y.shape),
+                "eager_ms": spread(eager, 1e3),
+                "compiled_ms": spread(compiled, 1e3),
+                "floor_ms": floor["floor_s"] * 1e3,
+                "ratio_compiled_to_floor": statistics.median(compiled) / floor["floor_s"],
+                "ratio_eager_to_floor": statistics.median(eager) / floor["floor_s"],
+                "ratio_fastest_compiled_to_floor": min(compiled) / floor["floor_s"],
+                **{k: v for k, v in floor.items() if k != "floor_s"},
+            }
+        )
     totals = {mode: sum(statistics.median(samples[n][mode]) for n in runs) for mode in ("eager", "compiled")}
     fastest = {mode: sum(min(samples[n][mode]) for n in runs) for mode in ("eager", "compiled")}
     floor_total = sum(r["floor_ms"] for r in rows) / 1e3
-    result = {"benchmark": "stages", **provenance("bench_stages.py", argv, "cpu", args.note),
-              "frames": args.frames, "batch": 1, "dtype": args.dtype, "rounds": rounds,
-              "rates_note": "best of two measurements (before and after the timed rounds)",
-              "rates": {"gemm_square_2048_flops": rates["gemm_square_2048"],
-                        "gemm_flops_by_shape_mxkxn": rates["gemm"],
-                        "lstm_matvec_bytes_per_s": rates["matvec_bytes_per_s"],
-                        "copy_bytes_per_s": rates["copy_bytes_per_s"]},
-              "stages": rows,
-              "sum_of_stages_ms": {k: v * 1e3 for k, v in totals.items()},
-              "sum_of_fastest_rounds_ms": {k: v * 1e3 for k, v in fastest.items()}, "sum_of_floors_ms": floor_total * 1e3,
-              "whole_decode_ms": {k: spread(v, 1e3) for k, v in whole_samples.items()}}
+    result = {
+        "benchmark": "stages",
+        **provenance("bench_stages.py", argv, "cpu", args.note),
+        "frames": args.frames,
+        "batch": 1,
+        "dtype": args.dtype,
+        "rounds": rounds,
+        "rates_note": "best of two measurements (before and after the timed rounds)",
+        "rates": {
+            "gemm_square_2048_flops": rates["gemm_square_2048"],
+            "gemm_flops_by_shape_mxkxn": rates["gemm"],
+            "lstm_matvec_bytes_per_s": rates["matvec_bytes_per_s"],
+            "copy_bytes_per_s": rates["copy_bytes_per_s"],
+        },
+        "stages": rows,
+        "sum_of_stages_ms": {k: v * 1e3 for k, v in totals.items()},
+        "sum_of_fastest_rounds_ms": {k: v * 1e3 for k, v in fastest.items()},
+        "sum_of_floors_ms": floor_total * 1e3,
+        "whole_decode_ms": {k: spread(v, 1e3) for k, v in whole_samples.items()},
+    }
     if whole_samples:
         result["whole_compiled_to_floor"] = statistics.median(whole_samples["compiled"]) / floor_total
         result["whole_fastest_compiled_to_floor"] = min(whole_samples["compiled"]) / floor_total
 
-    print(f"\nGEMM 2048^3 ({args.dtype}): {rates['gemm_square_2048'] / 1e9:.0f} GFLOP/s; LSTM matvec {rates['matvec_bytes_per_s'] / 1e9:.1f}"
-          f" GB/s; copy {rates['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)")
-    print(f"{'stage':<14}{'eager ms':>10}{'compiled ms':>13}{'min-max':>15}{'floor ms':>10}{'bound':>7}{'ratio':>7}"
-          f"{'min/floor':>10}")
+    print(
+        f"\nGEMM 2048^3 ({args.dtype}): {rates['gemm_square_2048'] / 1e9:.0f} GFLOP/s; LSTM matvec {rates['matvec_bytes_per_s'] / 1e9:.1f}"
+        f" GB/s; copy {rates['copy_bytes_per_s'] / 1e9:.1f} GB/s (read + write)"
+    )
+    print(
+        f"{'stage':<14}{'eager ms':>10}{'compiled ms':>13}{'min-max':>15}{'floor ms':>10}{'bound':>7}{'ratio':>7}"
+        f"{'min/floor':>10}"
+    )
     for r in rows:
         c = r["compiled_ms"]
         rng = f"{c['min']:.1f}-{c['max']:.1f}"
-        print(f"{r['stage']:<14}{r['eager_ms']['median']:>10.1f}{c['median']:>13.1f}"
-              f"{rng:>15}{r['floor_ms']:>10.1f}"
-              f"{r['bound'][:5]:>7}{r['ratio_compiled_to_floor']:>7.2f}{r['ratio_fastest_compiled_to_floor']:>10.2f}")
-    print(f"{'sum':<14}{totals['eager'] * 1e3:>10.1f}{totals['compiled'] * 1e3:>13.1f}{'':>15}{floor_total * 1e3:>10.1f}")
+        print(
+            f"{r['stage']:<14}{r['eager_ms']['median']:>10.1f}{c['median']:>13.1f}"
+            f"{rng:>15}{r['floor_ms']:>10.1f}"
+            f"{r['bound'][:5]:>7}{r['ratio_compiled_to_floor']:>7.2f}{r['ratio_fastest_compiled_to_floor']:>10.2f}"
+        )
+    print(
+        f"{'sum':<14}{totals['eager'] * 1e3:>10.1f}{totals['compiled'] * 1e3:>13.1f}{'':>15}{floor_total * 1e3:>10.1f}"
+    )
     for mode, v in whole_samples.items():
         print(f"whole decode, {mode}: {statistics.median(v) * 1e3:.1f} ms ({min(v) * 1e3:.1f}-{max(v) * 1e3:.1f})")
-    write_result(result, f"stages_{args.dtype}" if args.dtype != "float32" else "stages", "cpu", args.quick,
-                 args.out)
+    write_result(result, f"stages_{args.dtype}" if args.dtype != "float32" else "stages", "cpu", args.quick, args.out)
     return result
 
 

@@ -10,6 +10,7 @@ run the op and decode benchmarks, and summarise them against the targets as a Ma
 Targets (issue 11): the fused op moves >= 85% of a device-to-device copy's bandwidth; the decode is >= 3x
 faster than JASCO's eager float32 path at B = 8.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,11 +55,15 @@ def device_tag(device: str) -> str:
 
 def preflight() -> None:
     if not torch.version.cuda:
-        raise CheckFailed(f"torch {torch.__version__} is not a CUDA build (torch.version.cuda is None); run this "
-                          f"on a GPU machine with a CUDA torch")
+        raise CheckFailed(
+            f"torch {torch.__version__} is not a CUDA build (torch.version.cuda is None); run this "
+            f"on a GPU machine with a CUDA torch"
+        )
     if not torch.cuda.is_available():
-        raise CheckFailed(f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: "
-                          f"torch.cuda.is_available() is False. gpu-check only runs where a GPU is")
+        raise CheckFailed(
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: "
+            f"torch.cuda.is_available() is False. gpu-check only runs where a GPU is"
+        )
     spec = importlib.util.spec_from_file_location("jasco_fast_setup", ROOT / "setup.py")
     setup_py = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(setup_py)
@@ -67,25 +72,33 @@ def preflight() -> None:
         raise CheckFailed("no nvcc (CUDA toolkit) found: the CUDA kernel cannot be built; install it or set CUDA_HOME")
     missing = [m for m in NEEDED_MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        raise CheckFailed(f"Python packages missing for {sys.executable}: {', '.join(missing)} (pip install them, "
-                          f"or carry their wheels to a machine without network)")
-    print(f"gpu-check: {torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible), torch {torch.__version__} "
-          f"(CUDA {torch.version.cuda}), CUDA_HOME {home}, Python {sys.version.split()[0]}")
+        raise CheckFailed(
+            f"Python packages missing for {sys.executable}: {', '.join(missing)} (pip install them, "
+            f"or carry their wheels to a machine without network)"
+        )
+    print(
+        f"gpu-check: {torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible), torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda}), CUDA_HOME {home}, Python {sys.version.split()[0]}"
+    )
 
 
 def kernels() -> None:
     try:
         import jasco_fast
     except ImportError as exc:
-        raise CheckFailed(f"cannot import jasco_fast ({exc}): run this through `make gpu-build`, or with "
-                          f"PYTHONPATH={ROOT} after building in place") from None
+        raise CheckFailed(
+            f"cannot import jasco_fast ({exc}): run this through `make gpu-build`, or with "
+            f"PYTHONPATH={ROOT} after building in place"
+        ) from None
 
     where = Path(jasco_fast.__file__).resolve().parent
     if where != ROOT / "jasco_fast":
         raise CheckFailed(f"imported jasco_fast from {where}, not from this tree ({ROOT})")
     if not torch._C._dispatch_has_kernel_for_dispatch_key("jasco_fast::denorm_transpose", "CUDA"):
-        raise CheckFailed(f"jasco_fast in {where} has no CUDA kernel for denorm_transpose: the build skipped it "
-                          f"(see the build's WARNING line)")
+        raise CheckFailed(
+            f"jasco_fast in {where} has no CUDA kernel for denorm_transpose: the build skipped it "
+            f"(see the build's WARNING line)"
+        )
     print(f"gpu-check: jasco_fast from {where} has its CUDA kernel")
 
 
@@ -144,32 +157,59 @@ def measure_bandwidth(device: str, quick: bool, rounds: int = 5, calls: int = 20
     for name, (_, out_bytes) in cases.items():
         nbytes = x.numel() * (4 + out_bytes)
         gbps = sorted(nbytes / t / 1e9 for t in times[name])
-        rows.append({"name": name, "GBps": statistics.median(gbps), "GBps_min": gbps[0], "GBps_max": gbps[-1],
-                     "ms": statistics.median(times[name]) * 1e3})
+        rows.append(
+            {
+                "name": name,
+                "GBps": statistics.median(gbps),
+                "GBps_min": gbps[0],
+                "GBps_max": gbps[-1],
+                "ms": statistics.median(times[name]) * 1e3,
+            }
+        )
     copy = rows[0]["GBps"]
     for r in rows:
         r["fraction_of_copy"] = r["GBps"] / copy
-    return {"benchmark": "bandwidth", "device": device_name(device), "torch": torch.__version__, "shape": list(shape),
-            "rounds": len(times["copy"]), "calls_per_round": calls, "date": time.strftime("%Y-%m-%d"), "rows": rows,
-            "command": "python benchmarks/gpu_check.py bench" + (" --device cpu --quick" if quick else "")}
+    return {
+        "benchmark": "bandwidth",
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "shape": list(shape),
+        "rounds": len(times["copy"]),
+        "calls_per_round": calls,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+        "command": "python benchmarks/gpu_check.py bench" + (" --device cpu --quick" if quick else ""),
+    }
 
 
 def bench(device: str, quick: bool, dtypes: list[str], results: Path, skip_op: bool) -> None:
     if device == "cuda" and not torch.cuda.is_available():
-        raise CheckFailed(f"torch {torch.__version__} sees no GPU (torch.cuda.is_available() is False); use "
-                          f"--device cpu to exercise this code without one")
+        raise CheckFailed(
+            f"torch {torch.__version__} sees no GPU (torch.cuda.is_available() is False); use "
+            f"--device cpu to exercise this code without one"
+        )
     tag = device_tag(device)
     results.mkdir(parents=True, exist_ok=True)
     quick_args = ["--quick"] if quick else []
     if not skip_op:
         bandwidth = measure_bandwidth(device, quick)
         write_result(bandwidth, "bandwidth", device, quick, results / f"bandwidth_{tag}.json")
-        _load("bench_denorm_transpose").main(["--device", device, *quick_args,
-                                              "--out", str(results / f"denorm_transpose_{tag}.json")])
+        _load("bench_denorm_transpose").main(
+            ["--device", device, *quick_args, "--out", str(results / f"denorm_transpose_{tag}.json")]
+        )
     for dtype in dtypes:
         t0 = time.perf_counter()
-        _load("bench_decode_throughput").main(["--device", device, "--dtype", dtype, *quick_args,
-                                               "--out", str(results / f"decode_throughput_{dtype}_{tag}.json")])
+        _load("bench_decode_throughput").main(
+            [
+                "--device",
+                device,
+                "--dtype",
+                dtype,
+                *quick_args,
+                "--out",
+                str(results / f"decode_throughput_{dtype}_{tag}.json"),
+            ]
+        )
         print(f"gpu-check: decode benchmark, {dtype}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -180,7 +220,7 @@ def op_summary(op: dict) -> dict:
     """The op's bandwidth against the copy's, at the largest float32 -> float32 shape (smaller ones are
     launch-bound on a GPU)."""
     same = [r for r in op["rows"] if r.get("out_dtype") == "float32"] or op["rows"]
-    row = max(same, key=lambda r: (r["shape"][0] * r["shape"][1] * r["shape"][2]))
+    row = max(same, key=lambda r: r["shape"][0] * r["shape"][1] * r["shape"][2])
     out = {"shape": row["shape"], "copy_GBps": row["clone_GBps"], "target_fraction": OP_TARGET}
     for key in ("fused", "fused_channels_last"):
         out[f"{key}_GBps"] = row[f"{key}_GBps"]
@@ -202,14 +242,25 @@ def bandwidth_summary(bandwidth: dict) -> dict:
 
 def decode_summary(decodes: list[dict], batch: int) -> dict:
     """Per dtype and path, the speedup over eager float32 at `batch` (each length), and the best of all."""
-    rows = [r for d in decodes for r in d["rows"] if r["path"] != "eager_float32" and r["status"] == "ok"
-            and r["batch"] == batch and r.get("speedup_vs_eager_float32")]
+    rows = [
+        r
+        for d in decodes
+        for r in d["rows"]
+        if r["path"] != "eager_float32"
+        and r["status"] == "ok"
+        and r["batch"] == batch
+        and r.get("speedup_vs_eager_float32")
+    ]
     if not rows:
         return {"batch": batch, "target": DECODE_TARGET, "best": None, "meets_target": False}
     best = max(rows, key=lambda r: r["speedup_vs_eager_float32"])
-    return {"batch": batch, "target": DECODE_TARGET, "meets_target": best["speedup_vs_eager_float32"] >= DECODE_TARGET,
-            "best": {k: best[k] for k in ("path", "dtype", "seconds", "speedup_vs_eager_float32", "audio_s_per_s")},
-            "all": [{k: r[k] for k in ("path", "dtype", "seconds", "speedup_vs_eager_float32")} for r in rows]}
+    return {
+        "batch": batch,
+        "target": DECODE_TARGET,
+        "meets_target": best["speedup_vs_eager_float32"] >= DECODE_TARGET,
+        "best": {k: best[k] for k in ("path", "dtype", "seconds", "speedup_vs_eager_float32", "audio_s_per_s")},
+        "all": [{k: r[k] for k in ("path", "dtype", "seconds", "speedup_vs_eager_float32")} for r in rows],
+    }
 
 
 def readme_table(decodes: list[dict]) -> str:
@@ -226,17 +277,24 @@ def readme_table(decodes: list[dict]) -> str:
             by_case.setdefault((r["seconds"], r["batch"]), {})[r["path"]] = r
         for (seconds, batch), paths in sorted(by_case.items()):
             eager = paths.get("eager_float32", {})
-            cells = [str(batch), f"{seconds:g} s", d["dtype"],
-                     f"{eager['median_s'] * 1e3:.2f}" if eager.get("status") == "ok" else eager.get("status", "")]
+            cells = [
+                str(batch),
+                f"{seconds:g} s",
+                d["dtype"],
+                f"{eager['median_s'] * 1e3:.2f}" if eager.get("status") == "ok" else eager.get("status", ""),
+            ]
             for p in fast_paths:
                 r = paths.get(p)
                 if r is None or r["status"] != "ok":
                     cells += [r["status"] if r else "", "", "", ""]
                     continue
                 speed, peak = r.get("speedup_vs_eager_float32"), r.get("peak_mem_mb")
-                cells += [f"{r['median_s'] * 1e3:.2f} ({r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f})",
-                          "" if speed is None else f"{speed:.2f}x", f"{r['audio_s_per_s']:.3g}",
-                          "" if peak is None else f"{peak:.0f}"]
+                cells += [
+                    f"{r['median_s'] * 1e3:.2f} ({r['min_s'] * 1e3:.2f}-{r['max_s'] * 1e3:.2f})",
+                    "" if speed is None else f"{speed:.2f}x",
+                    f"{r['audio_s_per_s']:.3g}",
+                    "" if peak is None else f"{peak:.0f}",
+                ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -246,12 +304,16 @@ def _gbps(value: float) -> str:
 
 
 def op_table(op: dict) -> str:
-    lines = ["| shape | out | copy GB/s | fused GB/s (of copy) | channels-last GB/s (of copy) | eager GB/s |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| shape | out | copy GB/s | fused GB/s (of copy) | channels-last GB/s (of copy) | eager GB/s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in op["rows"]:
-        lines.append(f"| {tuple(r['shape'])} | {r['out_dtype']} | {_gbps(r['clone_GBps'])} | {_gbps(r['fused_GBps'])} "
-                     f"({r['fused_GBps'] / r['clone_GBps']:.0%}) | {_gbps(r['fused_channels_last_GBps'])} "
-                     f"({r['fused_channels_last_GBps'] / r['clone_GBps']:.0%}) | {_gbps(r['eager_GBps'])} |")
+        lines.append(
+            f"| {tuple(r['shape'])} | {r['out_dtype']} | {_gbps(r['clone_GBps'])} | {_gbps(r['fused_GBps'])} "
+            f"({r['fused_GBps'] / r['clone_GBps']:.0%}) | {_gbps(r['fused_channels_last_GBps'])} "
+            f"({r['fused_channels_last_GBps'] / r['clone_GBps']:.0%}) | {_gbps(r['eager_GBps'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -261,8 +323,9 @@ def profile_lines(decodes: list[dict], top: int = 5) -> list[str]:
     for d in decodes:
         case = d.get("profile_case")
         for path, events in d.get("profiles", {}).items():
-            shown = "; ".join(f"{e['name'][:60]} {e['share']:.0%}" if "share" in e else e.get("error", "?")
-                              for e in events[:top])
+            shown = "; ".join(
+                f"{e['name'][:60]} {e['share']:.0%}" if "share" in e else e.get("error", "?") for e in events[:top]
+            )
             lines.append(f"- {d['dtype']} run, {path}, B = {case[0]}, {case[1]:g} s: {shown}")
     return lines
 
@@ -279,11 +342,15 @@ def summary(device: str, results: Path, tag: str | None = None) -> dict:
     decodes = [json.loads(p.read_text()) for p in decode_files]
     first = op or decodes[0]
     files = [p for p in (bandwidth_file, op_file) if p.is_file()] + decode_files
-    result = {"benchmark": "gpu_check", "device": first["device"], "torch": first.get("torch"),
-              "date": max((d.get("date", "") for d in decodes), default="") or time.strftime("%Y-%m-%d"),
-              "files": [p.name for p in files],
-              "op": bandwidth_summary(bandwidth) if bandwidth else (op_summary(op) if op else None),
-              "decode": decode_summary(decodes, TARGET_BATCH)}
+    result = {
+        "benchmark": "gpu_check",
+        "device": first["device"],
+        "torch": first.get("torch"),
+        "date": max((d.get("date", "") for d in decodes), default="") or time.strftime("%Y-%m-%d"),
+        "files": [p.name for p in files],
+        "op": bandwidth_summary(bandwidth) if bandwidth else (op_summary(op) if op else None),
+        "decode": decode_summary(decodes, TARGET_BATCH),
+    }
     out = results / f"gpu_check_{tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     text = [f"## {result['device']}, torch {result['torch']}, {result['date']}", ""]
@@ -291,19 +358,24 @@ def summary(device: str, results: Path, tag: str | None = None) -> dict:
         text += [op_table(op), ""]
     if result["op"]:
         s = result["op"]
-        extra = (f", to bfloat16 {s['fused_to_bfloat16_fraction_of_copy']:.0%}" if "fused_to_bfloat16_GBps" in s else "")
-        text += [f"fused op at {tuple(s['shape'])}, float32 in: {_gbps(s['fused_GBps'])} GB/s contiguous "
-                 f"({s['fused_fraction_of_copy']:.0%} of the device-to-device copy's {_gbps(s['copy_GBps'])} GB/s), "
-                 f"{_gbps(s['fused_channels_last_GBps'])} GB/s channels-last ({s['fused_channels_last_fraction_of_copy']:.0%})"
-                 f"{extra}; target >= {OP_TARGET:.0%}: {'met' if s['meets_target'] else 'NOT met'}", ""]
+        extra = f", to bfloat16 {s['fused_to_bfloat16_fraction_of_copy']:.0%}" if "fused_to_bfloat16_GBps" in s else ""
+        text += [
+            f"fused op at {tuple(s['shape'])}, float32 in: {_gbps(s['fused_GBps'])} GB/s contiguous "
+            f"({s['fused_fraction_of_copy']:.0%} of the device-to-device copy's {_gbps(s['copy_GBps'])} GB/s), "
+            f"{_gbps(s['fused_channels_last_GBps'])} GB/s channels-last ({s['fused_channels_last_fraction_of_copy']:.0%})"
+            f"{extra}; target >= {OP_TARGET:.0%}: {'met' if s['meets_target'] else 'NOT met'}",
+            "",
+        ]
     if decodes:
         text += [readme_table(decodes), ""]
         d = result["decode"]
         if d["best"]:
             b = d["best"]
-            text.append(f"decode at B = {TARGET_BATCH}: best {b['speedup_vs_eager_float32']:.2f}x eager float32 "
-                        f"({b['path']}, {b['dtype']}, {b['seconds']:g} s); target >= {DECODE_TARGET:g}x: "
-                        f"{'met' if d['meets_target'] else 'NOT met'}")
+            text.append(
+                f"decode at B = {TARGET_BATCH}: best {b['speedup_vs_eager_float32']:.2f}x eager float32 "
+                f"({b['path']}, {b['dtype']}, {b['seconds']:g} s); target >= {DECODE_TARGET:g}x: "
+                f"{'met' if d['meets_target'] else 'NOT met'}"
+            )
         else:
             text.append(f"decode at B = {TARGET_BATCH}: not measured")
         profiles = profile_lines(decodes)
@@ -319,7 +391,9 @@ def summary(device: str, results: Path, tag: str | None = None) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["preflight", "kernels", "bench", "summary"])
-    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: exercise the code without a GPU")
+    parser.add_argument(
+        "--device", default="cuda", choices=["cuda", "cpu"], help="cpu: exercise the code without a GPU"
+    )
     parser.add_argument("--quick", action="store_true", help="small grids (with --device cpu)")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="decode dtypes (default: all three)")
     parser.add_argument("--skip-op", action="store_true", help="no op benchmark (e.g. a second call for more dtypes)")

@@ -8,6 +8,7 @@ A document marks a table with `<!-- results: decode_cpu.json -->` ... `<!-- /res
 what lies between with the table of that file, so the figures there are always those of the committed JSON.
 `<!-- results: decode_cpu.json#peers -->` marks the table of one part of a file (here: its "peers" key).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ def cpu_class_words(result: dict) -> str:
         return ""
     if result.get("cpu_class_emulated"):
         caps = " ".join(f"{k}={v}" for k, v in result.get("isa_caps", {}).items())
-        peers = "; ONNX Runtime and OpenVINO keep the machine's own instruction set" if "implementations" in result \
-            or result.get("benchmark") == "decode" else ""
+        peers = (
+            "; ONNX Runtime and OpenVINO keep the machine's own instruction set"
+            if "implementations" in result or result.get("benchmark") == "decode"
+            else ""
+        )
         return f", CPU class {result['cpu_class']} EMULATED by instruction-set caps ({caps}{peers})"
     return f", CPU class {result['cpu_class']}"
 
@@ -46,35 +50,46 @@ def provenance_line(result: dict) -> str:
     if result.get("complete") is False:
         note += " The run did not finish: only the rows below were measured."
     rounds = f"{result['rounds']} interleaved rounds (median [min–max]), " if result.get("rounds") else ""
-    return (f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}{cpu_class_words(result)}, "
-            f"torch {result['torch']}, "
-            f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {rounds}load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
-            f"CPUs, by `{result['command']}`.{note}")
+    return (
+        f"Measured {result.get('date_utc', '(date not recorded)')} on {result['device']}{cpu_class_words(result)}, "
+        f"torch {result['torch']}, "
+        f"jasco_fast {result.get('jasco_fast')} ({result.get('git_commit')}), {rounds}load average at start {load[0] if load else '?'} on {result.get('cpu_count')} "
+        f"CPUs, by `{result['command']}`.{note}"
+    )
 
 
 def decode_table(result: dict) -> str:
-    lines = [provenance_line(result), "",
-             "| B | audio | eager s | fast path s | fast / eager | first call s | real time | GEMM-rate time s | "
-             "fast / GEMM-rate time | peak RSS eager / fast MB | rel. error |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        provenance_line(result),
+        "",
+        "| B | audio | eager s | fast path s | fast / eager | first call s | real time | GEMM-rate time s | "
+        "fast / GEMM-rate time | peak RSS eager / fast MB | rel. error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         lines.append(
             f"| {r['batch']} | {r['seconds']:g} s | {_range(r['eager_ms'], '.2f', 1e-3)} | "
             f"{_range(r['fast_ms'], '.2f', 1e-3)} | {_range(r['fast_over_eager'], '.2f')} | "
             f"{r['fast_first_call_ms'] / 1e3:.1f} | {r['fast_rtf']:.1f}x | {r['floor_ms'] / 1e3:.2f} | "
             f"{_range(r['fast_over_floor'], '.2f')} | {r['eager_peak_mem_mb']:.0f} / {r['fast_peak_mem_mb']:.0f} | "
-            f"{r['rel_error']:.1e} |")
+            f"{r['rel_error']:.1e} |"
+        )
     lines.append("")
-    lines.append(f"GEMM-rate time: the decoder's arithmetic at this run's measured float32 2048^3 GEMM rate "
-                 f"({result['matmul_gflops']:.0f} GFLOP/s); not a floor (docs/performance.md, \"Floors\").")
+    lines.append(
+        f"GEMM-rate time: the decoder's arithmetic at this run's measured float32 2048^3 GEMM rate "
+        f'({result["matmul_gflops"]:.0f} GFLOP/s); not a floor (docs/performance.md, "Floors").'
+    )
     return "\n".join(lines)
 
 
 def denorm_transpose_table(result: dict) -> str:
-    lines = [provenance_line(result), "",
-             "| shape | output | clone ms | fused, contiguous: ms (x clone) | fused, channels-last: ms (x clone) | "
-             "eager `(x*std+mean).permute(0,2,1).contiguous()`: ms (x clone) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        provenance_line(result),
+        "",
+        "| shape | output | clone ms | fused, contiguous: ms (x clone) | fused, channels-last: ms (x clone) | "
+        "eager `(x*std+mean).permute(0,2,1).contiguous()`: ms (x clone) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         cells = [str(tuple(r["shape"])), r["out_dtype"], _range(r["ms"]["clone"], ".3f")]
         for k in ("fused", "fused_channels_last", "eager"):
@@ -85,45 +100,62 @@ def denorm_transpose_table(result: dict) -> str:
 
 def peers_table(peers: dict) -> str:
     """bench_decode.py --peers: every implementation's time as a ratio to the baseline, and its error."""
-    lines = [provenance_line(peers), "",
-             f"B = {peers['batch']}, {peers['seconds']:g} s of audio ({peers['frames']} latent frames), {peers['decoder']}. "
-             f"Ratio: time / `{peers['baseline']}`'s time in the same round (below 1: faster). Error: against the "
-             f"float32 reference (`jasco_fast.reference`).", "",
-             "| implementation | time s | time ratio | max error / peak | SNR dB | notes |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        provenance_line(peers),
+        "",
+        f"B = {peers['batch']}, {peers['seconds']:g} s of audio ({peers['frames']} latent frames), {peers['decoder']}. "
+        f"Ratio: time / `{peers['baseline']}`'s time in the same round (below 1: faster). Error: against the "
+        f"float32 reference (`jasco_fast.reference`).",
+        "",
+        "| implementation | time s | time ratio | max error / peak | SNR dB | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, e in peers["implementations"].items():
         if e["status"] != "ok":
             lines.append(f"| {name} | – | – | – | – | {e['status']} |")
             continue
-        lines.append(f"| {name} | {_range(e['ms'], '.2f', 1e-3)} | {_range(e['over_baseline'], '.2f')} | "
-                     f"{e['max_error_over_peak']:.1e} | {e['snr_db']:.1f} | {e['notes']} |")
+        lines.append(
+            f"| {name} | {_range(e['ms'], '.2f', 1e-3)} | {_range(e['over_baseline'], '.2f')} | "
+            f"{e['max_error_over_peak']:.1e} | {e['snr_db']:.1f} | {e['notes']} |"
+        )
     return "\n".join(lines)
 
 
 def stages_table(result: dict) -> str:
     r = result["rates"]
-    lines = [provenance_line(result), "",
-             f"Decode of {result['frames']} frames at B = {result['batch']}, {result['dtype']}, each stage compiled on its "
-             f"own (torch.compile with LatentDecoder's options). Rates (best of two measurements): {r['gemm_square_2048_flops'] / 1e9:.0f} "
-             f"GFLOP/s for a 2048^3 GEMM, {r['lstm_matvec_bytes_per_s'] / 1e9:.1f} GB/s for the LSTM's [4096, 1024] "
-             f"matvec, {r['copy_bytes_per_s'] / 1e9:.1f} GB/s copy (read + write).", "",
-             "| stage | output [B, C, 1, T] | eager ms | compiled ms | floor ms | bound | compiled / floor (median) | "
-             "fastest round / floor |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        provenance_line(result),
+        "",
+        f"Decode of {result['frames']} frames at B = {result['batch']}, {result['dtype']}, each stage compiled on its "
+        f"own (torch.compile with LatentDecoder's options). Rates (best of two measurements): {r['gemm_square_2048_flops'] / 1e9:.0f} "
+        f"GFLOP/s for a 2048^3 GEMM, {r['lstm_matvec_bytes_per_s'] / 1e9:.1f} GB/s for the LSTM's [4096, 1024] "
+        f"matvec, {r['copy_bytes_per_s'] / 1e9:.1f} GB/s copy (read + write).",
+        "",
+        "| stage | output [B, C, 1, T] | eager ms | compiled ms | floor ms | bound | compiled / floor (median) | "
+        "fastest round / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in result["stages"]:
         bound = "weights bytes x T" if row["stage"] == "lstm" else row["bound"]
-        lines.append(f"| {row['stage']} | {row['out_shape']} | {_range(row['eager_ms'], '.1f')} | "
-                     f"{_range(row['compiled_ms'], '.1f')} | {row['floor_ms']:.1f} | {bound} | "
-                     f"{row['ratio_compiled_to_floor']:.2f} | {row['ratio_fastest_compiled_to_floor']:.2f} |")
+        lines.append(
+            f"| {row['stage']} | {row['out_shape']} | {_range(row['eager_ms'], '.1f')} | "
+            f"{_range(row['compiled_ms'], '.1f')} | {row['floor_ms']:.1f} | {bound} | "
+            f"{row['ratio_compiled_to_floor']:.2f} | {row['ratio_fastest_compiled_to_floor']:.2f} |"
+        )
     total = result["sum_of_stages_ms"]
-    lines.append(f"| sum of stages | | {total['eager']:.1f} | {total['compiled']:.1f} | {result['sum_of_floors_ms']:.1f} | | "
-                 f"{total['compiled'] / result['sum_of_floors_ms']:.2f} | "
-                 f"{result['sum_of_fastest_rounds_ms']['compiled'] / result['sum_of_floors_ms']:.2f} |")
+    lines.append(
+        f"| sum of stages | | {total['eager']:.1f} | {total['compiled']:.1f} | {result['sum_of_floors_ms']:.1f} | | "
+        f"{total['compiled'] / result['sum_of_floors_ms']:.2f} | "
+        f"{result['sum_of_fastest_rounds_ms']['compiled'] / result['sum_of_floors_ms']:.2f} |"
+    )
     whole = result.get("whole_decode_ms") or {}
     if whole:
-        lines += ["", f"Whole decode in the same rounds: eager {_range(whole['eager'], '.1f')} ms, compiled (LatentDecoder, "
-                      f"one pass) {_range(whole['compiled'], '.1f')} ms: {result['whole_compiled_to_floor']:.2f}x the sum "
-                      f"of the floors (fastest round {result['whole_fastest_compiled_to_floor']:.2f}x)."]
+        lines += [
+            "",
+            f"Whole decode in the same rounds: eager {_range(whole['eager'], '.1f')} ms, compiled (LatentDecoder, "
+            f"one pass) {_range(whole['compiled'], '.1f')} ms: {result['whole_compiled_to_floor']:.2f}x the sum "
+            f"of the floors (fastest round {result['whole_fastest_compiled_to_floor']:.2f}x).",
+        ]
     return "\n".join(lines)
 
 
@@ -134,13 +166,17 @@ def _checkpoint_name(c: dict) -> str:
 
 def fidelity_table(result: dict) -> str:
     """bench_fidelity.py: each reduced-precision mode against float32, worst case over the checkpoints."""
-    lines = [provenance_line(result), "",
-             f"{len(result['checkpoints'])} random-weight EnCodec 32 kHz checkpoints (seeds "
-             f"{', '.join(_checkpoint_name(c) for c in result['checkpoints'])}), {result['seconds']:g} s of latents each; "
-             f"{result['weights']}; {result['latents']}", "",
-             "| mode | SNR dB, worst [per checkpoint] | worst mel band's SNR dB | log-mel distance dB, worst "
-             "[per checkpoint] | max error / peak, worst | notes |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        provenance_line(result),
+        "",
+        f"{len(result['checkpoints'])} random-weight EnCodec 32 kHz checkpoints (seeds "
+        f"{', '.join(_checkpoint_name(c) for c in result['checkpoints'])}), {result['seconds']:g} s of latents each; "
+        f"{result['weights']}; {result['latents']}",
+        "",
+        "| mode | SNR dB, worst [per checkpoint] | worst mel band's SNR dB | log-mel distance dB, worst "
+        "[per checkpoint] | max error / peak, worst | notes |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in result["modes"].items():
         if m["status"] != "ok":
             lines.append(f"| {name} | – | – | – | – | {m['status']} |")
@@ -148,16 +184,22 @@ def fidelity_table(result: dict) -> str:
         snr = ", ".join(f"{p['snr_db']:.1f}" for p in m["per_checkpoint"])
         mel = ", ".join(f"{p['log_mel_distance_db']:.3f}" for p in m["per_checkpoint"])
         worst = m["worst"]
-        lines.append(f"| {name} | {worst['snr_db']:.1f} [{snr}] | {worst['worst_band_snr_db']:.1f} | "
-                     f"{worst['log_mel_distance_db']:.3f} [{mel}] | "
-                     f"{worst['max_error_over_peak']:.1e} | {m['notes']} |")
+        lines.append(
+            f"| {name} | {worst['snr_db']:.1f} [{snr}] | {worst['worst_band_snr_db']:.1f} | "
+            f"{worst['log_mel_distance_db']:.3f} [{mel}] | "
+            f"{worst['max_error_over_peak']:.1e} | {m['notes']} |"
+        )
     levels = ", ".join(f"{c['peak']:.2f} / {c['rms_dbfs']:.1f} dBFS" for c in result["checkpoints"])
     lines += ["", f"Level of the float32 decode per checkpoint (peak / RMS): {levels}."]
     return "\n".join(lines)
 
 
-RENDER = {"decode": decode_table, "denorm_transpose": denorm_transpose_table, "fidelity": fidelity_table,
-          "stages": stages_table}
+RENDER = {
+    "decode": decode_table,
+    "denorm_transpose": denorm_transpose_table,
+    "fidelity": fidelity_table,
+    "stages": stages_table,
+}
 PARTS = {"peers": peers_table}
 
 
@@ -165,7 +207,9 @@ def table(path: Path, part: str | None = None) -> str:
     result = json.loads(path.read_text())
     if part is not None:
         if part not in PARTS or part not in result:
-            raise SystemExit(f"{path}: no part {part!r} to render (parts: {', '.join(k for k in PARTS if k in result)})")
+            raise SystemExit(
+                f"{path}: no part {part!r} to render (parts: {', '.join(k for k in PARTS if k in result)})"
+            )
         return PARTS[part](result[part])
     if "date_utc" not in result:
         raise SystemExit(f"{path}: written by an older benchmark script (no date, rounds or spread); rerun it")
@@ -186,7 +230,9 @@ def rewrite(document: Path) -> bool:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="rewrite the marked blocks of the documents and the figures")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite the marked blocks of the documents and the figures"
+    )
     args = parser.parse_args(argv)
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
@@ -202,8 +248,9 @@ def main(argv=None) -> None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit("the figures need matplotlib: pip install matplotlib (in the `bench` extra)")
+            raise SystemExit("the figures need matplotlib: pip install matplotlib (in the `bench` extra)") from None
         import plots  # benchmarks/ is sys.path[0] when this script runs
+
         for path, changed in plots.write():
             print(f"docs/figures/{path.name}: {'updated' if changed else 'unchanged'}")
 

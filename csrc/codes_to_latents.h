@@ -20,22 +20,26 @@ inline bool is_codebook_float(at::ScalarType t) {
 inline at::ScalarType check_code_inputs(const at::Tensor& codes, const at::Tensor& codebooks,
                                         std::optional<at::ScalarType> dtype) {
   TORCH_CHECK_VALUE(codes.dim() == 3, "codes_to_latents: codes must be 3-D [B, K, T], got ", codes.dim(),
-              "-D with shape ", codes.sizes());
+                    "-D with shape ", codes.sizes());
   TORCH_CHECK_TYPE(is_code_dtype(codes.scalar_type()), "codes_to_latents: codes must be int64 or int32, got ",
-              codes.scalar_type());
-  TORCH_CHECK_VALUE(codebooks.dim() == 3, "codes_to_latents: codebooks must be 3-D [num_codebooks, codebook_size, D], "
-              "got shape ", codebooks.sizes());
+                   codes.scalar_type());
+  TORCH_CHECK_VALUE(codebooks.dim() == 3,
+                    "codes_to_latents: codebooks must be 3-D [num_codebooks, codebook_size, D], "
+                    "got shape ",
+                    codebooks.sizes());
   TORCH_CHECK_TYPE(is_codebook_float(codebooks.scalar_type()),
-              "codes_to_latents: codebooks must be float32/float64/float16/bfloat16, got ", codebooks.scalar_type());
+                   "codes_to_latents: codebooks must be float32/float64/float16/bfloat16, got ",
+                   codebooks.scalar_type());
   TORCH_CHECK_VALUE(codebooks.device() == codes.device(), "codes_to_latents: codebooks are on ", codebooks.device(),
-              " but codes are on ", codes.device(), "; put them on the same device");
+                    " but codes are on ", codes.device(), "; put them on the same device");
   TORCH_CHECK_VALUE(codebooks.size(1) > 0 && codebooks.size(2) > 0,
-              "codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape ", codebooks.sizes());
+                    "codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape ", codebooks.sizes());
   const int64_t K = codes.size(1), N = codebooks.size(0);
   TORCH_CHECK_VALUE(K >= 1 && K <= N, "codes_to_latents: codes have K = ", K, " codebooks; this quantizer has ", N,
-              " (K must lie in [1, ", N, "]; the first K codebooks are used)");
+                    " (K must lie in [1, ", N, "]; the first K codebooks are used)");
   const at::ScalarType out = dtype.value_or(codebooks.scalar_type());
-  TORCH_CHECK_TYPE(is_codebook_float(out), "codes_to_latents: dtype must be float32/float64/float16/bfloat16, got ", out);
+  TORCH_CHECK_TYPE(is_codebook_float(out), "codes_to_latents: dtype must be float32/float64/float16/bfloat16, got ",
+                   out);
   return out;
 }
 

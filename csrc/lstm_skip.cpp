@@ -32,11 +32,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_lstm(const at::Tensor& piece,
 void check_state(const std::optional<at::Tensor>& s, const char* name, const at::Tensor& seq, int64_t num_layers) {
   if (!s.has_value()) return;
   TORCH_CHECK_VALUE(s->dim() == 3 && s->size(0) == num_layers && s->size(1) == seq.size(0) && s->size(2) == seq.size(2),
-              "lstm_skip: ", name, " must be [num_layers, B, C] = [", num_layers, ", ", seq.size(0), ", ",
-              seq.size(2), "], got ", s->sizes());
+                    "lstm_skip: ", name, " must be [num_layers, B, C] = [", num_layers, ", ", seq.size(0), ", ",
+                    seq.size(2), "], got ", s->sizes());
   TORCH_CHECK_TYPE(s->scalar_type() == seq.scalar_type() && s->device() == seq.device(), "lstm_skip: ", name,
-              " must have seq's dtype and device (", seq.scalar_type(), ", ", seq.device(), "), got ",
-              s->scalar_type(), ", ", s->device());
+                   " must have seq's dtype and device (", seq.scalar_type(), ", ", seq.device(), "), got ",
+                   s->scalar_type(), ", ", s->device());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, at::TensorList weights,
@@ -47,8 +47,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip(const at::Tensor& seq, 
                                                          const std::optional<at::Tensor>& packed) {
   TORCH_CHECK_VALUE(seq.dim() == 3, "lstm_skip: seq must be 3-D [B, T, C], got shape ", seq.sizes());
   TORCH_CHECK_VALUE(num_layers >= 1, "lstm_skip: num_layers must be >= 1, got ", num_layers);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == 4 * num_layers, "lstm_skip: expected 4 * num_layers = ",
-              4 * num_layers, " weights (w_ih, w_hh, b_ih, b_hh per layer), got ", weights.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == 4 * num_layers,
+                    "lstm_skip: expected 4 * num_layers = ", 4 * num_layers,
+                    " weights (w_ih, w_hh, b_ih, b_hh per layer), got ", weights.size());
   TORCH_CHECK_VALUE(h0.has_value() == c0.has_value(), "lstm_skip: give both h0 and c0, or neither");
   check_state(h0, "h0", seq, num_layers);
   check_state(c0, "c0", seq, num_layers);
@@ -105,7 +106,8 @@ at::ScalarType recurrent_format(std::optional<at::ScalarType> recurrent_dtype, a
   if (!recurrent_dtype.has_value() || *recurrent_dtype == own) return own;
   TORCH_CHECK_TYPE(*recurrent_dtype == at::kChar || (*recurrent_dtype == at::kBFloat16 && own == at::kFloat), op,
                    ": recurrent_dtype must be None, the weights' dtype, torch.int8, or torch.bfloat16 "
-                   "with float32 weights; got ", *recurrent_dtype, " with ", own, " weights");
+                   "with float32 weights; got ",
+                   *recurrent_dtype, " with ", own, " weights");
   return *recurrent_dtype;
 }
 

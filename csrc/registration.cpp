@@ -13,9 +13,10 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(jasco_fast, m) {
   // needs_fixed_stride_order: inductor must keep the strides the kernel returns (contiguous [B, D, T] or
   // channels-last), not restride the output.
-  m.def("denorm_transpose(Tensor latents, Tensor mean, Tensor std, ScalarType? dtype=None, "
-        "bool channels_last=False) -> Tensor",
-        {at::Tag::needs_fixed_stride_order});
+  m.def(
+      "denorm_transpose(Tensor latents, Tensor mean, Tensor std, ScalarType? dtype=None, "
+      "bool channels_last=False) -> Tensor",
+      {at::Tag::needs_fixed_stride_order});
   // What the CPU kernels' run-time dispatch chose on this machine: "avx2+f16c" or "portable" (`jasco-fast info`).
   m.def("cpu_fast_path() -> str");
   // The arithmetic of the CPU LSTM kernel's int8 recurrent matvec on this machine: "avx512_vnni", "avx2_int16"
@@ -29,9 +30,10 @@ TORCH_LIBRARY(jasco_fast, m) {
   // bfloat16; torch.int8 quantises it to int8 with a float32 scale per row (csrc/lstm_recurrence.h). On CPU
   // at B <= 8 the arithmetic is float32 whatever the dtypes (csrc/cpu/lstm_recurrence.cpp).
   // packed: the recurrent matrices from lstm_pack (None: the call packs them itself).
-  m.def("lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
-        "int? state_frames=None, ScalarType? recurrent_dtype=None, Tensor? packed=None) -> (Tensor, Tensor, Tensor)",
-        {at::Tag::needs_fixed_stride_order});
+  m.def(
+      "lstm_skip(Tensor seq, Tensor[] weights, int num_layers, Tensor? h0=None, Tensor? c0=None, "
+      "int? state_frames=None, ScalarType? recurrent_dtype=None, Tensor? packed=None) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::needs_fixed_stride_order});
   // Each w_hh ([4C, C], float32 or bfloat16, CPU) packed for lstm_skip's CPU kernel in recurrent_dtype (as
   // lstm_skip's) and this process's CPU layout: one uint8 tensor, a segment per layer with a header (format,
   // tile width, shape, dtype, version) that lstm_skip checks. Its size depends on the shapes, dtype and
@@ -48,17 +50,20 @@ TORCH_LIBRARY(jasco_fast, m) {
   // x: [B, C, 1, T]; act = ELU(alpha); convolutions keep the length, padded (pad_left, pad_right) in pad_mode
   // (constant/reflect/replicate/circular) after the activation. Outputs are channels-last [B, *, 1, T].
   // elu_resblock: x + conv(act(conv(act(x), w1, b1, dilation)), w2, b2), w1 [H, C, 1, k], w2 [C, H, 1, 1].
-  m.def("elu_resblock(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, int dilation, int pad_left, "
-        "int pad_right, str pad_mode, float alpha) -> Tensor",
-        {at::Tag::needs_fixed_stride_order});
+  m.def(
+      "elu_resblock(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, int dilation, int pad_left, "
+      "int pad_right, str pad_mode, float alpha) -> Tensor",
+      {at::Tag::needs_fixed_stride_order});
   // elu_conv: conv(act(x), weight, bias, dilation), weight [Cout, C, 1, k].
-  m.def("elu_conv(Tensor x, Tensor weight, Tensor bias, int dilation, int pad_left, int pad_right, str pad_mode, "
-        "float alpha) -> Tensor",
-        {at::Tag::needs_fixed_stride_order});
+  m.def(
+      "elu_conv(Tensor x, Tensor weight, Tensor bias, int dilation, int pad_left, int pad_right, str pad_mode, "
+      "float alpha) -> Tensor",
+      {at::Tag::needs_fixed_stride_order});
   // elu_conv_transpose: conv_transpose(act(x), weight, bias, stride) with weight [C, Cout, 1, k] (no padding,
   // no output padding), then trim_left / trim_right samples dropped at the ends: [B, Cout, 1, (T - 1) * stride +
   // k - trim_left - trim_right].
-  m.def("elu_conv_transpose(Tensor x, Tensor weight, Tensor bias, int stride, int trim_left, int trim_right, "
-        "float alpha) -> Tensor",
-        {at::Tag::needs_fixed_stride_order});
+  m.def(
+      "elu_conv_transpose(Tensor x, Tensor weight, Tensor bias, int stride, int trim_left, int trim_right, "
+      "float alpha) -> Tensor",
+      {at::Tag::needs_fixed_stride_order});
 }

@@ -5,6 +5,7 @@ A writer creates a hidden temporary beside its target (``.<name>.<12 hex>.tmp``)
 was left by a killed writer: the next write of the same target removes it, and nothing else. Where there is
 no ``flock`` (not POSIX), temporaries are still unique and removed on failure, but a killed run's stay.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +13,8 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 __all__ = ["atomic_write", "locked", "open_temporary", "replacing"]
 

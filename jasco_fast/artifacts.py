@@ -32,6 +32,7 @@ builders take the lock and publish with atomic renames (package first, manifest 
 builders (torchrun ranks) never clobber each other and readers never see half a file. Callers should also
 :func:`validate` a loaded artifact against their eager path on a small input before trusting it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,17 +46,37 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from jasco_fast._files import atomic_write, locked
 
-__all__ = ["Recipe", "Program", "Artifact", "ArtifactRunner", "ArtifactError", "BackgroundBuilds", "cache_dir",
-           "cache_location", "machine_tag", "build", "is_cached", "load", "validate", "build_in_background",
-           "entries", "clear", "discard", "failure", "background_builds_enabled", "BackgroundBuildWarning"]
+__all__ = [
+    "Recipe",
+    "Program",
+    "Artifact",
+    "ArtifactRunner",
+    "ArtifactError",
+    "BackgroundBuilds",
+    "cache_dir",
+    "cache_location",
+    "machine_tag",
+    "build",
+    "is_cached",
+    "load",
+    "validate",
+    "build_in_background",
+    "entries",
+    "clear",
+    "discard",
+    "failure",
+    "background_builds_enabled",
+    "BackgroundBuildWarning",
+]
 
 FORMAT = 1
 INDUCTOR_OPTIONS = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
@@ -97,8 +118,7 @@ def _outside_the_package() -> int:
     """The ``stacklevel``, for a warning raised by this function's caller, of the first frame outside
     jasco_fast, torch (``Module.__call__``) and contextlib (a deferred build's block): the caller's line that
     led to it (a decode call, say)."""
-    inside = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep,
-              contextlib.__file__)
+    inside = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep, contextlib.__file__)
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
@@ -115,10 +135,14 @@ def _announce_background_build(cache: Path | None) -> None:
         _announced = True
     import warnings
 
-    warnings.warn(f"jasco_fast: building ahead-of-time compiled decoders into {(cache or cache_dir()) / 'aot'} in a "
-                  f"low-priority background process; calls run eagerly until they are ready. Turn this off with "
-                  f"background_build=False or JASCO_FAST_BACKGROUND_BUILD=0 (`jasco-fast compile` builds them "
-                  f"instead)", BackgroundBuildWarning, stacklevel=_outside_the_package())
+    warnings.warn(
+        f"jasco_fast: building ahead-of-time compiled decoders into {(cache or cache_dir()) / 'aot'} in a "
+        f"low-priority background process; calls run eagerly until they are ready. Turn this off with "
+        f"background_build=False or JASCO_FAST_BACKGROUND_BUILD=0 (`jasco-fast compile` builds them "
+        f"instead)",
+        BackgroundBuildWarning,
+        stacklevel=_outside_the_package(),
+    )
 
 
 def background_builds_enabled() -> bool:
@@ -203,11 +227,13 @@ class Recipe:
         object.__setattr__(self, "device", str(torch.device(self.device).type))
 
     def to_json(self) -> str:
-        return json.dumps({"name": self.name, "factory": self.factory, "params": dict(self.params),
-                           "device": self.device}, sort_keys=True)
+        return json.dumps(
+            {"name": self.name, "factory": self.factory, "params": dict(self.params), "device": self.device},
+            sort_keys=True,
+        )
 
     @classmethod
-    def from_json(cls, text: str) -> "Recipe":
+    def from_json(cls, text: str) -> Recipe:
         data = json.loads(text)
         return cls(data["name"], data["factory"], data["params"], data["device"])
 
@@ -216,9 +242,14 @@ class Recipe:
         from jasco_fast import __version__
 
         return {
-            "format": FORMAT, "recipe": json.loads(self.to_json()), "machine": machine_tag(self.device),
-            "torch": torch.__version__, "python": platform.python_version(), "jasco_fast": __version__,
-            "source": source_fingerprint(), "inductor": INDUCTOR_OPTIONS,
+            "format": FORMAT,
+            "recipe": json.loads(self.to_json()),
+            "machine": machine_tag(self.device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "jasco_fast": __version__,
+            "source": source_fingerprint(),
+            "inductor": INDUCTOR_OPTIONS,
         }
 
     def key(self, material: dict | None = None) -> str:
@@ -324,18 +355,21 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
         try:
             with torch.no_grad():
                 dynamic = None if program.dynamic_shapes is None else (tuple(program.dynamic_shapes),)  # *inputs
-                exported = torch.export.export(_Bound(owner, program.method), inputs, dynamic_shapes=dynamic,
-                                               strict=False)
+                exported = torch.export.export(
+                    _Bound(owner, program.method), inputs, dynamic_shapes=dynamic, strict=False
+                )
         except Exception as exc:
             raise ArtifactError(f"torch.export of {recipe.factory} failed: {type(exc).__name__}: {exc}") from exc
         tmp = paths["pt2"].with_name(f".{key}.{os.getpid()}.pt2")
         try:
-            torch._inductor.aoti_compile_and_package(exported, package_path=str(tmp),
-                                                     inductor_configs=dict(INDUCTOR_OPTIONS))
+            torch._inductor.aoti_compile_and_package(
+                exported, package_path=str(tmp), inductor_configs=dict(INDUCTOR_OPTIONS)
+            )
         except Exception as exc:
             tmp.unlink(missing_ok=True)
-            raise ArtifactError(f"AOTInductor compilation of {recipe.factory} failed: {type(exc).__name__}: "
-                                f"{exc}") from exc
+            raise ArtifactError(
+                f"AOTInductor compilation of {recipe.factory} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         constants = {k: _tensor_spec(v) for k, v in _weights(owner).items()}
         try:
             error = _check_built(tmp, owner, program, inputs)
@@ -345,10 +379,15 @@ def build(recipe: Recipe, *, cache: Path | None = None, blocking: bool = True, f
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         manifest = {
-            "format": FORMAT, "key": key, "material": material, "size": tmp.stat().st_size, "sha256": _sha256(tmp),
-            "constants": constants, "checked_error": error,
-            "built_seconds": round(time.perf_counter() - start, 2), "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                              time.gmtime()),
+            "format": FORMAT,
+            "key": key,
+            "material": material,
+            "size": tmp.stat().st_size,
+            "sha256": _sha256(tmp),
+            "constants": constants,
+            "checked_error": error,
+            "built_seconds": round(time.perf_counter() - start, 2),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         # The old manifest goes first, the new one last: a reader never pairs a manifest with another package.
         paths["json"].unlink(missing_ok=True)
@@ -375,12 +414,16 @@ def _check_built(package: Path, owner: nn.Module, program: Program, inputs: tupl
     except Exception as exc:
         raise ArtifactError(f"the built artifact does not load: {type(exc).__name__}: {exc}") from exc
     if foreign:  # e.g. a plain tensor attribute instead of a buffer: it would never see the real weights
-        raise ArtifactError(f"the built artifact holds tensors that are not the module's parameters or buffers "
-                            f"{foreign[:3]}: not published")
+        raise ArtifactError(
+            f"the built artifact holds tensors that are not the module's parameters or buffers "
+            f"{foreign[:3]}: not published"
+        )
     ok, error = validate(runner, getattr(owner, program.method), inputs, tolerance=program.tolerance)
     if not ok:
-        raise ArtifactError(f"the built artifact disagrees with the eager method (relative error {error:.1e} > "
-                            f"{program.tolerance:.0e}): not published")
+        raise ArtifactError(
+            f"the built artifact disagrees with the eager method (relative error {error:.1e} > "
+            f"{program.tolerance:.0e}): not published"
+        )
     return error
 
 
@@ -566,8 +609,18 @@ class ArtifactRunner:
         builds: the :class:`BackgroundBuilds` to ask (default: one of its own, for this recipe alone).
     """
 
-    def __init__(self, recipe: Recipe, owner: nn.Module, eager: Callable, probe: Sequence | None, tolerance: float, *,
-                 background: bool = True, cache: Path | None = None, builds: "BackgroundBuilds | None" = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        owner: nn.Module,
+        eager: Callable,
+        probe: Sequence | None,
+        tolerance: float,
+        *,
+        background: bool = True,
+        cache: Path | None = None,
+        builds: BackgroundBuilds | None = None,
+    ):
         self.recipe, self.owner, self.eager, self.tolerance = recipe, owner, eager, tolerance
         self.probe = None if probe is None else tuple(probe)
         self.background = background
@@ -600,8 +653,9 @@ class ArtifactRunner:
         if ok:
             self.artifact, self.status = artifact, f"loaded {artifact.path.name} (probe error {err:.1e})"
         else:
-            self._reject(f"failed validation (relative error {err:.1e} > {self.tolerance:.0e})",
-                         artifact.manifest["sha256"])
+            self._reject(
+                f"failed validation (relative error {err:.1e} > {self.tolerance:.0e})", artifact.manifest["sha256"]
+            )
 
     def _reject(self, why: str, sha256: str | None = None) -> None:
         """A bad entry: drop it and rebuild it once; a second bad build leaves this process eager."""
@@ -613,8 +667,12 @@ class ArtifactRunner:
         self.status = f"rejected: {why}"
         if self._rebuilds > 1:
             self.background = False
-            warnings.warn(f"jasco_fast: the ahead-of-time artifact {self.recipe.name} was rejected twice ({why}); "
-                          f"running eagerly", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"jasco_fast: the ahead-of-time artifact {self.recipe.name} was rejected twice ({why}); "
+                f"running eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def __call__(self, *inputs):
         """Inputs as the recipe's example inputs were: same dtypes, contiguous, on the recipe's device."""
@@ -694,9 +752,12 @@ class BackgroundBuilds:
             import warnings
 
             self.enabled = False
-            warnings.warn(f"jasco_fast: cannot build the ahead-of-time artifacts in the background ({exc}); "
-                          f"running eagerly (set JASCO_FAST_CACHE_DIR to a writable folder)", RuntimeWarning,
-                          stacklevel=3)
+            warnings.warn(
+                f"jasco_fast: cannot build the ahead-of-time artifacts in the background ({exc}); "
+                f"running eagerly (set JASCO_FAST_CACHE_DIR to a writable folder)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return
         for r in todo:
             self._started[r.key()] = self._started.get(r.key(), 0) + 1
@@ -719,9 +780,24 @@ def build_in_background(recipes: Recipe | Sequence[Recipe], *, cache: Path | Non
     home = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [home, env.get("PYTHONPATH", "")] if p)
     with open(paths["log"], "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", "--nice", "--no-wait",
-                                 *(r.to_json() for r in recipes)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env=env, cwd=home, start_new_session=True, close_fds=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jasco_fast.artifacts",
+                "build",
+                "--nice",
+                "--no-wait",
+                *(r.to_json() for r in recipes),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=home,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def entries(cache: Path | None = None) -> list[dict]:
@@ -769,13 +845,23 @@ def _main(argv=None) -> int:
             # remembered, so that later processes do not start the same failing build over and over
             failed += 1
             marker = _paths(recipe.key(), None)["failed"]
-            atomic_write(marker, json.dumps({"error": str(exc).splitlines()[0] if str(exc) else repr(exc),
-                                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+            atomic_write(
+                marker,
+                json.dumps(
+                    {
+                        "error": str(exc).splitlines()[0] if str(exc) else repr(exc),
+                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                ).encode(),
+            )
             print(f"{time.strftime('%H:%M:%S')} {recipe.name}: FAILED: {exc}", flush=True)
             continue
-        print(f"{time.strftime('%H:%M:%S')} {recipe.name}: "
-              f"{'built ' + str(path) if path else 'another process is building it'} "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)
+        print(
+            f"{time.strftime('%H:%M:%S')} {recipe.name}: "
+            f"{'built ' + str(path) if path else 'another process is building it'} "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
     return 1 if failed else 0
 
 

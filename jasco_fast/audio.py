@@ -59,6 +59,7 @@ Where this differs from upstream's ffmpeg path, and why:
   [64, 500] kbps raises: no Vorbis quality level corresponds to it.
 * The mp3 bands match upstream (clamped as LAME clamps).
 """
+
 from __future__ import annotations
 
 import functools
@@ -106,7 +107,7 @@ LOUDNESS_BLOCK_S = 0.4
 BLOCK_FRAMES = 65536
 
 
-def mp3_rate_range(sample_rate: int) -> tp.Tuple[int, int, str]:
+def mp3_rate_range(sample_rate: int) -> tuple[int, int, str]:
     """(lowest, highest kbps, MPEG version) an MP3 at ``sample_rate`` Hz can have; the highest is the best."""
     if sample_rate >= 32000:
         return 32, 320, "MPEG-1"
@@ -115,21 +116,22 @@ def mp3_rate_range(sample_rate: int) -> tp.Tuple[int, int, str]:
     return 8, 64, "MPEG-2.5"
 
 
-PathLike = tp.Union[str, "os.PathLike[str]"]
-AudioLike = tp.Union[torch.Tensor, np.ndarray]
+PathLike = str | os.PathLike
+AudioLike = torch.Tensor | np.ndarray
 
 
 @dataclass(frozen=True)
 class _Encoding:
     format: str  # libsndfile major format
     subtype: str
-    compression_level: tp.Optional[float] = None
-    bitrate_mode: tp.Optional[str] = None
+    compression_level: float | None = None
+    bitrate_mode: str | None = None
 
 
 @dataclass
 class _Plan:
     """Everything audio_write needs once validation has passed."""
+
     path: Path
     tmp_dir: Path
     wav: torch.Tensor  # [C, T] float CPU (the caller's precision), not yet normalized
@@ -161,13 +163,15 @@ def _to_cpu_float(wav: tp.Any) -> torch.Tensor:
         if wav.dtype == torch.bool or wav.is_complex() or not wav.dtype.is_floating_point:
             raise TypeError(
                 f"wav must hold real floating-point samples in [-1, 1], got dtype {wav.dtype}; "
-                "convert integer PCM first, e.g. wav.float() / 32768")
+                "convert integer PCM first, e.g. wav.float() / 32768"
+            )
         return wav.detach().cpu()  # moved in the source dtype: the smallest transfer
     if isinstance(wav, np.ndarray):
         if wav.dtype.kind != "f":
             raise TypeError(
                 f"wav must hold real floating-point samples in [-1, 1], got numpy dtype {wav.dtype}; "
-                "convert integer PCM first, e.g. wav.astype(np.float32) / 32768")
+                "convert integer PCM first, e.g. wav.astype(np.float32) / 32768"
+            )
         # A native-endian, writeable array torch can view; float16 widens to float32 (numpy's
         # float16 has no fast torch path). Read-only or big-endian input is copied.
         dtype = np.float64 if wav.dtype.itemsize == 8 else np.float32
@@ -196,16 +200,19 @@ def _blocks(wav: torch.Tensor, frames: int = None) -> tp.Iterator[torch.Tensor]:
     """[..., T] in views of at most ``frames`` (default BLOCK_FRAMES) samples along T."""
     frames = frames or BLOCK_FRAMES
     for start in range(0, wav.shape[-1], frames):
-        yield wav[..., start:start + frames]
+        yield wav[..., start : start + frames]
 
 
-def _encoding(format: str, sample_rate: int, channels: int, frames: int,
-              mp3_rate: tp.Any, ogg_rate: tp.Any) -> _Encoding:
+def _encoding(
+    format: str, sample_rate: int, channels: int, frames: int, mp3_rate: tp.Any, ogg_rate: tp.Any
+) -> _Encoding:
     """Map (format, rates) to libsndfile settings; raise if the format cannot encode it."""
     layout_hint = "(wav is channels-first [C, T])"
     if format == "wav":
         if channels > SNDFILE_MAX_CHANNELS:
-            raise ValueError(f"wav format supports at most {SNDFILE_MAX_CHANNELS} channels, got {channels} {layout_hint}")
+            raise ValueError(
+                f"wav format supports at most {SNDFILE_MAX_CHANNELS} channels, got {channels} {layout_hint}"
+            )
         if channels * frames * 2 > WAV_MAX_DATA_BYTES:
             raise ValueError(f"{channels} x {frames} 16-bit samples exceed the 4 GiB WAV limit; use format='flac'")
         return _Encoding("WAV", "PCM_16")
@@ -221,8 +228,11 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
         if channels > 2:
             raise ValueError(f"MP3 supports 1 or 2 channels, got {channels} {layout_hint}")
         lo, hi, version = mp3_rate_range(sample_rate)
-        if isinstance(mp3_rate, bool) or not isinstance(mp3_rate, numbers.Real) \
-                or (not _is_int(mp3_rate) and not float(mp3_rate).is_integer()):
+        if (
+            isinstance(mp3_rate, bool)
+            or not isinstance(mp3_rate, numbers.Real)
+            or (not _is_int(mp3_rate) and not float(mp3_rate).is_integer())
+        ):
             raise TypeError(f"mp3_rate must be an int (kbps), got {mp3_rate!r}")
         if not mp3_rate > 0:
             raise ValueError(f"mp3_rate must be a positive bitrate in kbps, got {mp3_rate}")
@@ -231,8 +241,11 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
             # What ffmpeg's LAME encoder (upstream's writer) does: take the nearest rate this sample
             # rate allows, and write the file.
             clamped = min(max(mp3_rate, lo), hi)
-            warnings.warn(f"mp3_rate={mp3_rate} kbps is outside [{lo}, {hi}] kbps, the range of {version} at "
-                          f"{sample_rate} Hz; writing {clamped} kbps", stacklevel=4)
+            warnings.warn(
+                f"mp3_rate={mp3_rate} kbps is outside [{lo}, {hi}] kbps, the range of {version} at "
+                f"{sample_rate} Hz; writing {clamped} kbps",
+                stacklevel=4,
+            )
             mp3_rate = clamped
         # libsndfile: bitrate = int(hi - c * (hi - lo)); aim 0.25 kbps above the target so the
         # truncation lands on it despite rounding in c.
@@ -258,13 +271,15 @@ def _encoding(format: str, sample_rate: int, channels: int, frames: int,
 def _check_writable(format: str, encoding: _Encoding) -> None:
     """The libsndfile that soundfile loaded can write this encoding (MP3 needs libsndfile >= 1.1)."""
     if encoding.subtype not in _available_subtypes(encoding.format):
-        raise ValueError(f"format={format!r}: the libsndfile this soundfile uses ({sf.__libsndfile_version__}) "
-                         f"cannot write {encoding.format}/{encoding.subtype}; upgrade soundfile (its wheels bundle "
-                         f"libsndfile 1.1+, which writes every format here) or pick another format")
+        raise ValueError(
+            f"format={format!r}: the libsndfile this soundfile uses ({sf.__libsndfile_version__}) "
+            f"cannot write {encoding.format}/{encoding.subtype}; upgrade soundfile (its wheels bundle "
+            f"libsndfile 1.1+, which writes every format here) or pick another format"
+        )
 
 
-@functools.lru_cache(maxsize=None)
-def _available_subtypes(major: str) -> tp.FrozenSet[str]:
+@functools.cache
+def _available_subtypes(major: str) -> frozenset[str]:
     return frozenset(sf.available_subtypes(major)) if major in sf.available_formats() else frozenset()
 
 
@@ -274,11 +289,23 @@ def _output_path(stem_name: tp.Any, format: str, add_suffix: bool) -> Path:
     return Path(os.fspath(stem_name) + (f".{format}" if add_suffix else ""))
 
 
-def _plan(stem_name: tp.Any, wav: tp.Any, sample_rate: tp.Any, format: str = "wav",
-          mp3_rate: int = 320, ogg_rate: tp.Optional[int] = None, normalize: bool = True,
-          strategy: str = "peak", peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18,
-          loudness_headroom_db: float = 14, loudness_compressor: bool = False,
-          log_clipping: bool = True, make_parent_dir: bool = True, add_suffix: bool = True) -> _Plan:
+def _plan(
+    stem_name: tp.Any,
+    wav: tp.Any,
+    sample_rate: tp.Any,
+    format: str = "wav",
+    mp3_rate: int = 320,
+    ogg_rate: int | None = None,
+    normalize: bool = True,
+    strategy: str = "peak",
+    peak_clip_headroom_db: float = 1,
+    rms_headroom_db: float = 18,
+    loudness_headroom_db: float = 14,
+    loudness_compressor: bool = False,
+    log_clipping: bool = True,
+    make_parent_dir: bool = True,
+    add_suffix: bool = True,
+) -> _Plan:
     """All of audio_write's validation; touches no file."""
     if format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; expected one of {FORMATS}")
@@ -289,9 +316,11 @@ def _plan(stem_name: tp.Any, wav: tp.Any, sample_rate: tp.Any, format: str = "wa
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     sample_rate = int(sample_rate)
-    for name, value in (("peak_clip_headroom_db", peak_clip_headroom_db),
-                        ("rms_headroom_db", rms_headroom_db),
-                        ("loudness_headroom_db", loudness_headroom_db)):
+    for name, value in (
+        ("peak_clip_headroom_db", peak_clip_headroom_db),
+        ("rms_headroom_db", rms_headroom_db),
+        ("loudness_headroom_db", loudness_headroom_db),
+    ):
         _check_real(name, value)
     path = _output_path(stem_name, format, add_suffix)
     wav = _check_wav(wav)
@@ -304,8 +333,10 @@ def _plan(stem_name: tp.Any, wav: tp.Any, sample_rate: tp.Any, format: str = "wa
         peak = _peak(wav)
         # Upstream asserts this: with no normalization the samples must already fit.
         if peak >= 1:
-            raise ValueError(f"strategy='none' needs |wav| < 1, got a peak of {peak:.4g}; "
-                             "pick a normalization strategy (e.g. 'peak' or 'clip')")
+            raise ValueError(
+                f"strategy='none' needs |wav| < 1, got a peak of {peak:.4g}; "
+                "pick a normalization strategy (e.g. 'peak' or 'clip')"
+            )
     if path.is_dir():
         raise ValueError(f"output path {str(path)!r} is a directory")
     parent = path.parent
@@ -314,12 +345,16 @@ def _plan(stem_name: tp.Any, wav: tp.Any, sample_rate: tp.Any, format: str = "wa
             raise ValueError(f"parent of the output path, {str(parent)!r}, is not a directory")
         if not make_parent_dir:
             raise FileNotFoundError(f"output folder {str(parent)!r} does not exist (make_parent_dir=False)")
-    norm_kwargs = dict(normalize=bool(normalize), strategy=strategy,
-                       peak_clip_headroom_db=float(peak_clip_headroom_db),
-                       rms_headroom_db=float(rms_headroom_db),
-                       loudness_headroom_db=float(loudness_headroom_db),
-                       loudness_compressor=bool(loudness_compressor),
-                       log_clipping=bool(log_clipping), stem_name=str(stem_name))
+    norm_kwargs = dict(
+        normalize=bool(normalize),
+        strategy=strategy,
+        peak_clip_headroom_db=float(peak_clip_headroom_db),
+        rms_headroom_db=float(rms_headroom_db),
+        loudness_headroom_db=float(loudness_headroom_db),
+        loudness_compressor=bool(loudness_compressor),
+        log_clipping=bool(log_clipping),
+        stem_name=str(stem_name),
+    )
     return _Plan(path, parent, wav, sample_rate, encoding, bool(make_parent_dir), norm_kwargs)
 
 
@@ -359,6 +394,7 @@ class _Transform:
     """What every normalisation strategy reduces to, sample by sample:
     ``y = clamp(f(gain * x), -limit, limit)`` with ``f = tanh`` for the loudness compressor, then the
     final clamp to [-1, 1] (``_clip_wav``). Applied block by block while writing."""
+
     gain: float = 1.0
     compress: bool = False
     limit: float = math.inf
@@ -380,9 +416,17 @@ class _Transform:
         return y
 
 
-def _normalization(wav: torch.Tensor, normalize: bool, strategy: str, peak_clip_headroom_db: float,
-                   rms_headroom_db: float, loudness_headroom_db: float, loudness_compressor: bool,
-                   sample_rate: tp.Optional[int], peak: float) -> _Transform:
+def _normalization(
+    wav: torch.Tensor,
+    normalize: bool,
+    strategy: str,
+    peak_clip_headroom_db: float,
+    rms_headroom_db: float,
+    loudness_headroom_db: float,
+    loudness_compressor: bool,
+    sample_rate: int | None,
+    peak: float,
+) -> _Transform:
     """The transform audiocraft's ``normalize_audio`` applies to ``wav`` (``peak``: its max |x|)."""
     scale_peak = 10 ** (-peak_clip_headroom_db / 20)
     if strategy == "peak":
@@ -412,27 +456,38 @@ def _normalization(wav: torch.Tensor, normalize: bool, strategy: str, peak_clip_
     return _Transform()
 
 
-def _log_clipping(wav: torch.Tensor, transform: _Transform, peak: float, stem_name: tp.Optional[str]) -> None:
+def _log_clipping(wav: torch.Tensor, transform: _Transform, peak: float, stem_name: str | None) -> None:
     """Warn (like upstream's _clip_wav) when the final clamp to [-1, 1] will actually clip."""
     peak_after = transform.peak_after(peak)
     if peak_after > 1:
         clipped = sum((transform(block).abs() > 1).sum().item() for block in _blocks(wav))
-        logger.warning("CLIPPING %s: %.4g%% of samples clamped to [-1, 1] (a bit of clipping is "
-                       "okay), maximum scale %.4g", stem_name or "", 100 * clipped / wav.numel(), peak_after)
+        logger.warning(
+            "CLIPPING %s: %.4g%% of samples clamped to [-1, 1] (a bit of clipping is okay), maximum scale %.4g",
+            stem_name or "",
+            100 * clipped / wav.numel(),
+            peak_after,
+        )
 
 
-def _clip_wav(wav: torch.Tensor, log_clipping: bool = False, stem_name: tp.Optional[str] = None) -> None:
+def _clip_wav(wav: torch.Tensor, log_clipping: bool = False, stem_name: str | None = None) -> None:
     """Clamp ``wav`` to [-1, 1] in place, warning when samples actually clip (upstream's _clip_wav)."""
     if log_clipping:
         _log_clipping(wav, _Transform(), _peak(wav), stem_name)
     wav.clamp_(-1, 1)
 
 
-def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "peak",
-                    peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18,
-                    loudness_headroom_db: float = 14, loudness_compressor: bool = False,
-                    log_clipping: bool = False, sample_rate: tp.Optional[int] = None,
-                    stem_name: tp.Optional[str] = None) -> torch.Tensor:
+def normalize_audio(
+    wav: torch.Tensor,
+    normalize: bool = True,
+    strategy: str = "peak",
+    peak_clip_headroom_db: float = 1,
+    rms_headroom_db: float = 18,
+    loudness_headroom_db: float = 14,
+    loudness_compressor: bool = False,
+    log_clipping: bool = False,
+    sample_rate: int | None = None,
+    stem_name: str | None = None,
+) -> torch.Tensor:
     """Apply audiocraft's ``normalize_audio`` strategy to ``wav`` [C, T] (or [T]).
 
     Same semantics as upstream, computed in float64 and returned in ``wav``'s dtype:
@@ -455,8 +510,17 @@ def normalize_audio(wav: torch.Tensor, normalize: bool = True, strategy: str = "
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     peak = _peak(wav)
-    transform = _normalization(wav, normalize, strategy, peak_clip_headroom_db, rms_headroom_db,
-                               loudness_headroom_db, loudness_compressor, sample_rate, peak)
+    transform = _normalization(
+        wav,
+        normalize,
+        strategy,
+        peak_clip_headroom_db,
+        rms_headroom_db,
+        loudness_headroom_db,
+        loudness_compressor,
+        sample_rate,
+        peak,
+    )
     if log_clipping:
         _log_clipping(wav, transform, peak, stem_name)
     out = transform(wav)
@@ -477,10 +541,16 @@ def _execute(plan: _Plan) -> Path:
     if plan.make_parent_dir:
         plan.tmp_dir.mkdir(parents=True, exist_ok=True)
     with _files.replacing(plan.path) as tmp:
-        with sf.SoundFile(tmp, "w", samplerate=plan.sample_rate, channels=plan.wav.shape[0],
-                          format=enc.format, subtype=enc.subtype,
-                          compression_level=enc.compression_level,
-                          bitrate_mode=enc.bitrate_mode) as f:
+        with sf.SoundFile(
+            tmp,
+            "w",
+            samplerate=plan.sample_rate,
+            channels=plan.wav.shape[0],
+            format=enc.format,
+            subtype=enc.subtype,
+            compression_level=enc.compression_level,
+            bitrate_mode=enc.bitrate_mode,
+        ) as f:
             for block in _blocks(plan.wav):
                 y = transform(block).clamp_(-1, 1)
                 if enc.subtype == "PCM_16":
@@ -493,12 +563,23 @@ def _execute(plan: _Plan) -> Path:
     return plan.path
 
 
-def audio_write(stem_name: PathLike, wav: AudioLike, sample_rate: int, format: str = "wav",
-                mp3_rate: int = 320, ogg_rate: tp.Optional[int] = None, normalize: bool = True,
-                strategy: str = "peak", peak_clip_headroom_db: float = 1,
-                rms_headroom_db: float = 18, loudness_headroom_db: float = 14,
-                loudness_compressor: bool = False, log_clipping: bool = True,
-                make_parent_dir: bool = True, add_suffix: bool = True) -> Path:
+def audio_write(
+    stem_name: PathLike,
+    wav: AudioLike,
+    sample_rate: int,
+    format: str = "wav",
+    mp3_rate: int = 320,
+    ogg_rate: int | None = None,
+    normalize: bool = True,
+    strategy: str = "peak",
+    peak_clip_headroom_db: float = 1,
+    rms_headroom_db: float = 18,
+    loudness_headroom_db: float = 14,
+    loudness_compressor: bool = False,
+    log_clipping: bool = True,
+    make_parent_dir: bool = True,
+    add_suffix: bool = True,
+) -> Path:
     """Normalize ``wav`` and write it to ``stem_name`` + ``.{format}``; return the path written.
 
     Args:
@@ -525,21 +606,37 @@ def audio_write(stem_name: PathLike, wav: AudioLike, sample_rate: int, format: s
     final path is replaced only on success. A process killed outright (SIGKILL, power loss) leaves
     its temporary; the next write of the same output removes it. Any length is written, in blocks.
     """
-    plan = _plan(stem_name, wav, sample_rate, format=format, mp3_rate=mp3_rate,
-                 ogg_rate=ogg_rate, normalize=normalize, strategy=strategy,
-                 peak_clip_headroom_db=peak_clip_headroom_db, rms_headroom_db=rms_headroom_db,
-                 loudness_headroom_db=loudness_headroom_db,
-                 loudness_compressor=loudness_compressor, log_clipping=log_clipping,
-                 make_parent_dir=make_parent_dir, add_suffix=add_suffix)
+    plan = _plan(
+        stem_name,
+        wav,
+        sample_rate,
+        format=format,
+        mp3_rate=mp3_rate,
+        ogg_rate=ogg_rate,
+        normalize=normalize,
+        strategy=strategy,
+        peak_clip_headroom_db=peak_clip_headroom_db,
+        rms_headroom_db=rms_headroom_db,
+        loudness_headroom_db=loudness_headroom_db,
+        loudness_compressor=loudness_compressor,
+        log_clipping=log_clipping,
+        make_parent_dir=make_parent_dir,
+        add_suffix=add_suffix,
+    )
     return _execute(plan)
 
 
 _AUDIO_WRITE_KWARGS = frozenset(inspect.signature(audio_write).parameters) - {"stem_name", "wav", "sample_rate"}
 
 
-def write_batch(wavs: tp.Union[AudioLike, tp.Sequence[AudioLike]], stems: tp.Sequence[PathLike],
-                sample_rate: int, *, max_workers: tp.Optional[int] = None,
-                **audio_write_kwargs: tp.Any) -> tp.List[Path]:
+def write_batch(
+    wavs: AudioLike | tp.Sequence[AudioLike],
+    stems: tp.Sequence[PathLike],
+    sample_rate: int,
+    *,
+    max_workers: int | None = None,
+    **audio_write_kwargs: tp.Any,
+) -> list[Path]:
     """Write a batch with :func:`audio_write`, several files at a time; return paths in input order.
 
     Args:
@@ -575,7 +672,7 @@ def write_batch(wavs: tp.Union[AudioLike, tp.Sequence[AudioLike]], stems: tp.Seq
     if not items:
         return []
     plans = [_plan(stem, wav, sample_rate, **audio_write_kwargs) for stem, wav in zip(stems, items)]
-    seen: tp.Dict[str, int] = {}
+    seen: dict[str, int] = {}
     for i, plan in enumerate(plans):
         key = os.path.normcase(os.path.abspath(plan.path))
         if key in seen:

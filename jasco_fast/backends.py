@@ -12,6 +12,7 @@ Each backend has the same two calls, :meth:`Backend.whole` (one pass over an inp
 owner's device, B >= 1) and :meth:`Backend.step` (one chunk at one position); the chunk runner
 (:mod:`jasco_fast.runner`) decides which to call.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,13 +25,24 @@ from jasco_fast import artifacts
 from jasco_fast.decoder import Conv, ConvTranspose, SEANetDecoder
 from jasco_fast.streaming import POSITIONS, ChunkPlan
 
-__all__ = ["BACKENDS", "Backend", "EagerBackend", "InductorBackend", "AotBackend", "resolve_backend", "make_backend",
-           "compile_options", "aot_min_frames", "AOT_MAX_BATCH", "AOT_MAX_FRAMES"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "EagerBackend",
+    "InductorBackend",
+    "AotBackend",
+    "resolve_backend",
+    "make_backend",
+    "compile_options",
+    "aot_min_frames",
+    "AOT_MAX_BATCH",
+    "AOT_MAX_FRAMES",
+]
 
 BACKENDS = ("eager", "inductor", "aot")
 # Bounds of the ahead-of-time artifact's dynamic dims; calls outside them run eagerly.
 AOT_MAX_BATCH = 1024
-AOT_MAX_FRAMES = 2 ** 17  # 43 minutes at 50 frames/s
+AOT_MAX_FRAMES = 2**17  # 43 minutes at 50 frames/s
 
 
 def resolve_backend(backend: str | None, mode: str | None, device: torch.device, *, aot: bool = True) -> str:
@@ -40,10 +52,14 @@ def resolve_backend(backend: str | None, mode: str | None, device: torch.device,
     if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
         raise ValueError(f"backend must be None (the device's default) or one of {BACKENDS}, got {backend!r}")
     if mode is not None and backend not in (None, "inductor"):
-        raise ValueError(f"mode is a torch.compile mode: it needs backend='inductor' (or None), got backend={backend!r}")
+        raise ValueError(
+            f"mode is a torch.compile mode: it needs backend='inductor' (or None), got backend={backend!r}"
+        )
     if backend == "aot" and not aot:
-        raise ValueError("backend='aot' is not available for this decoder (no artifact recipe covers it); use "
-                         "backend='inductor' or 'eager'")
+        raise ValueError(
+            "backend='aot' is not available for this decoder (no artifact recipe covers it); use "
+            "backend='inductor' or 'eager'"
+        )
     if backend is None:
         return "aot" if aot and mode is None and device.type == "cpu" else "inductor"
     return backend
@@ -195,14 +211,26 @@ class AotBackend(Backend):
                 self.builds.recipes.append(recipe)
             tolerance = artifacts.VALIDATION_TOLERANCE.get(owner.dtype, 3e-2)
             if position is None:  # a probe of a few frames: cheap, so it is run against eager at load
-                probe = torch.randn(1 if single else 2, self.min_frames + 1, owner.decoder.config.dimension,
-                                    generator=torch.Generator().manual_seed(0))
-                runner = artifacts.ArtifactRunner(recipe, owner, owner._decode, (probe.to(owner.device),), tolerance,
-                                                  background=self.background_build, builds=self.builds)
+                probe = torch.randn(
+                    1 if single else 2,
+                    self.min_frames + 1,
+                    owner.decoder.config.dimension,
+                    generator=torch.Generator().manual_seed(0),
+                )
+                runner = artifacts.ArtifactRunner(
+                    recipe,
+                    owner,
+                    owner._decode,
+                    (probe.to(owner.device),),
+                    tolerance,
+                    background=self.background_build,
+                    builds=self.builds,
+                )
             else:  # no probe: a chunk window is hundreds of frames, and every build already checked the artifact
                 step = owner._make_step(plan, position)
-                runner = artifacts.ArtifactRunner(recipe, step, step, None, tolerance,
-                                                  background=self.background_build, builds=self.builds)
+                runner = artifacts.ArtifactRunner(
+                    recipe, step, step, None, tolerance, background=self.background_build, builds=self.builds
+                )
             self.runners[key] = runner
         return self.runners[key]
 
@@ -224,8 +252,9 @@ class AotBackend(Backend):
         return self.builds.start([r.recipe for r in self.runners.values() if r.artifact is None])
 
 
-def make_backend(name: str, owner: nn.Module, *, mode: str | None = None,
-                 background_build: bool | None = None) -> Backend:
+def make_backend(
+    name: str, owner: nn.Module, *, mode: str | None = None, background_build: bool | None = None
+) -> Backend:
     """The backend object of a name :func:`resolve_backend` returned."""
     if name == "eager":
         return EagerBackend(owner)

@@ -6,14 +6,15 @@ output exists, groups items of equal length into batches, and decodes batch k + 
 host and written on a background thread. :class:`Shard` is this process's part of a torchrun job: which files it
 decodes, and the gathering of every rank's :class:`Summary`.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -42,10 +43,12 @@ class Summary:
     failures: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"rank {self.rank}: {self.decoded} items, {self.audio_seconds:.1f} audio s, {self.skipped} skipped, "
-                f"{len(self.failures)} failed")
+        return (
+            f"rank {self.rank}: {self.decoded} items, {self.audio_seconds:.1f} audio s, {self.skipped} skipped, "
+            f"{len(self.failures)} failed"
+        )
 
-    def merge(self, other: "Summary") -> None:
+    def merge(self, other: Summary) -> None:
         self.decoded += other.decoded
         self.audio_seconds += other.audio_seconds
         self.skipped += other.skipped
@@ -64,13 +67,13 @@ class Shard:
     world: int = 1
 
     @classmethod
-    def from_environment(cls) -> "Shard":
+    def from_environment(cls) -> Shard:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return cls(int(os.environ.get("RANK", "0")), world) if world > 1 else cls()
 
     def files(self, all_files: list[str]) -> list[str]:
         """Each file is decoded by exactly one rank (``all_files`` must be the same list on every rank)."""
-        return all_files[self.rank::self.world]
+        return all_files[self.rank :: self.world]
 
     def start(self, device: torch.device) -> None:
         if self.world > 1:
@@ -136,9 +139,22 @@ class DecodeLoop:
 
     ``report`` gets one line per problem (a bad file, a failed batch); ``run`` returns the :class:`Summary`."""
 
-    def __init__(self, fast: LatentDecoder, code_decoder: Callable[[], CodeDecoder], out_dir: Path, *,
-                 batch_size: int, format: str, strategy: str, mp3_rate: int, overwrite: bool,
-                 device: torch.device, report: Callable[[str], None], progress: bool = True, rank: int = 0):
+    def __init__(
+        self,
+        fast: LatentDecoder,
+        code_decoder: Callable[[], CodeDecoder],
+        out_dir: Path,
+        *,
+        batch_size: int,
+        format: str,
+        strategy: str,
+        mp3_rate: int,
+        overwrite: bool,
+        device: torch.device,
+        report: Callable[[str], None],
+        progress: bool = True,
+        rank: int = 0,
+    ):
         self.fast, self.out_dir, self.device, self.report = fast, out_dir, device, report
         self._make_code_decoder, self._code_decoder = code_decoder, None
         self.batch_size, self.format, self.strategy, self.mp3_rate = batch_size, format, strategy, mp3_rate
@@ -159,8 +175,14 @@ class DecodeLoop:
         items = self.read(files, clashes or {})
         total = sum(it.latents.shape[0] for it in items) / self.frame_rate
         # The bar counts audio seconds, so its rate reads "audio seconds decoded per wall second".
-        with tqdm(total=round(total, 3), unit="s", desc="decoding audio seconds",
-                  disable=not self.progress or not items, dynamic_ncols=True, file=sys.stderr) as self._bar:
+        with tqdm(
+            total=round(total, 3),
+            unit="s",
+            desc="decoding audio seconds",
+            disable=not self.progress or not items,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        ) as self._bar:
             self._decode_overlapped(self.batches(items))
         return self.summary
 
@@ -193,8 +215,9 @@ class DecodeLoop:
                 continue
             stems = [path.stem] if single else [f"{path.stem}_{i}" for i in range(latents.shape[0])]
             if names & set(stems):  # e.g. "x_0.pt" holding [T, D] next to "x.pt" holding [B, T, D]
-                self._fail(path, f"output name {sorted(names & set(stems))[0]!r} is taken by another input; rename "
-                                 f"the file")
+                self._fail(
+                    path, f"output name {sorted(names & set(stems))[0]!r} is taken by another input; rename the file"
+                )
                 continue
             names |= set(stems)
             for stem, lat in zip(stems, latents):
@@ -210,8 +233,11 @@ class DecodeLoop:
         by_length: dict[tuple, list[Item]] = {}
         for item in items:  # (T, codes or latents, D or K)
             by_length.setdefault((item.latents.shape[0], item.codes, item.latents.shape[1]), []).append(item)
-        return [group[i:i + self.batch_size] for _, group in sorted(by_length.items())
-                for i in range(0, len(group), self.batch_size)]
+        return [
+            group[i : i + self.batch_size]
+            for _, group in sorted(by_length.items())
+            for i in range(0, len(group), self.batch_size)
+        ]
 
     # ---- decoding and writing
 
@@ -221,17 +247,27 @@ class DecodeLoop:
 
     def write(self, job: tuple[list[Item], HostCopy]) -> None:  # on the writer thread
         batch, audio = job
-        write_batch(audio.result(), [str(self.out_dir / it.name) for it in batch], self.fast.sample_rate,
-                    format=self.format, strategy=self.strategy, mp3_rate=self.mp3_rate)
+        write_batch(
+            audio.result(),
+            [str(self.out_dir / it.name) for it in batch],
+            self.fast.sample_rate,
+            format=self.format,
+            strategy=self.strategy,
+            mp3_rate=self.mp3_rate,
+        )
 
     def _account(self, outcome: Outcome) -> None:
         batch, _ = outcome.job
         if outcome.error is not None:  # e.g. disk full
-            self.report(f"writing {', '.join(it.name for it in batch)}: {type(outcome.error).__name__}: "
-                        f"{first_line(outcome.error, '')}")
+            self.report(
+                f"writing {', '.join(it.name for it in batch)}: {type(outcome.error).__name__}: "
+                f"{first_line(outcome.error, '')}"
+            )
             self.summary.failures += [it.name for it in batch]
             if self._stop is None:
-                needed = sum(it.latents.shape[0] for it in batch) * 2 * self.fast.hop_length * self.fast.decoder.channels
+                needed = (
+                    sum(it.latents.shape[0] for it in batch) * 2 * self.fast.hop_length * self.fast.decoder.channels
+                )
                 self._stop = folder_problem(self.out_dir, outcome.error, needed=needed)
             return
         seconds = len(batch) * batch[0].latents.shape[0] / self.frame_rate
@@ -257,9 +293,11 @@ class DecodeLoop:
                 except Exception as exc:  # e.g. out of memory: those items fail, the others still run
                     if is_out_of_memory(exc):
                         items = f"{len(batch)} item{'s' if len(batch) > 1 else ''}"
-                        self.report(f"decoding {names}: out of memory with {items} of {batch[0].latents.shape[0]} "
-                                    f"frames (--batch-size {self.batch_size}) on {self.device}: rerun with a smaller "
-                                    f"--batch-size, or --chunk-frames to decode in chunks")
+                        self.report(
+                            f"decoding {names}: out of memory with {items} of {batch[0].latents.shape[0]} "
+                            f"frames (--batch-size {self.batch_size}) on {self.device}: rerun with a smaller "
+                            f"--batch-size, or --chunk-frames to decode in chunks"
+                        )
                         if self.device.type == "cuda":
                             torch.cuda.empty_cache()  # give the next batches the memory back
                     else:
@@ -270,5 +308,7 @@ class DecodeLoop:
             for outcome in writer.close():
                 self._account(outcome)
         if self._stop is not None:
-            self.report(f"stopping: {self.out_dir} cannot take more output ({self._stop}); {len(rest)} items not "
-                        f"decoded; the files written so far are whole, and a rerun decodes only what is missing")
+            self.report(
+                f"stopping: {self.out_dir} cannot take more output ({self._stop}); {len(rest)} items not "
+                f"decoded; the files written so far are whole, and a rerun decodes only what is missing"
+            )

@@ -23,6 +23,7 @@ Every layer reports which input samples its outputs depend on (``input_span``; :
 turns a stack of layers into a :class:`Context`), so ``jasco_fast.streaming`` computes the overlap of
 chunked decoding from the network itself.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,8 +86,17 @@ class DecoderConfig:
             raise ValueError(f"invalid decoder config: ratios must be a list of positive integers, got {ratios!r}")
         object.__setattr__(self, "ratios", tuple(int(r) for r in ratios))
         problems = []
-        for name in ("dimension", "channels", "n_filters", "kernel_size", "last_kernel_size",
-                     "residual_kernel_size", "dilation_base", "compress", "sample_rate"):
+        for name in (
+            "dimension",
+            "channels",
+            "n_filters",
+            "kernel_size",
+            "last_kernel_size",
+            "residual_kernel_size",
+            "dilation_base",
+            "compress",
+            "sample_rate",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
@@ -96,8 +106,13 @@ class DecoderConfig:
                 problems.append(f"{name} must be a non-negative integer, got {value!r}")
         if not self.ratios or any(r < 1 for r in self.ratios):
             problems.append(f"ratios must be a non-empty list of positive integers, got {list(self.ratios)}")
-        if isinstance(self.n_filters, int) and self.n_filters > 0 and isinstance(self.compress, int) \
-                and self.compress > 0 and self.n_filters // self.compress < 1:
+        if (
+            isinstance(self.n_filters, int)
+            and self.n_filters > 0
+            and isinstance(self.compress, int)
+            and self.compress > 0
+            and self.n_filters // self.compress < 1
+        ):
             problems.append(f"compress={self.compress} leaves no hidden channels for n_filters={self.n_filters}")
         if self.pad_mode not in PAD_MODES:
             problems.append(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
@@ -122,8 +137,11 @@ class DecoderConfig:
             problems.append(f"disable_norm_outer_blocks must be <= {len(self.ratios) + 2} (the number of blocks)")
         for name in ("activation", "final_activation"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, str) and isinstance(getattr(nn, value, None), type)
-                                          and issubclass(getattr(nn, value), nn.Module)):
+            if value is not None and not (
+                isinstance(value, str)
+                and isinstance(getattr(nn, value, None), type)
+                and issubclass(getattr(nn, value), nn.Module)
+            ):
                 problems.append(f"{name} must name a torch.nn activation, got {value!r}")
         if problems:
             raise ValueError("invalid decoder config: " + "; ".join(problems))
@@ -230,16 +248,16 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
         x = F.pad(x, (0, extra))
         length += extra
     if mode == "reflect":
-        head = x[..., 1:left + 1].flip(-1)
-        tail = x[..., length - 1 - right:length - 1].flip(-1)
+        head = x[..., 1 : left + 1].flip(-1)
+        tail = x[..., length - 1 - right : length - 1].flip(-1)
     elif mode == "replicate":
         head = x[..., :1].expand(*x.shape[:-1], left)
         tail = x[..., -1:].expand(*x.shape[:-1], right)
     else:  # circular
-        head = x[..., length - left:]
+        head = x[..., length - left :]
         tail = x[..., :right]
     out = torch.cat([head, x, tail], dim=-1)
-    return out[..., :out.shape[-1] - extra] if extra else out
+    return out[..., : out.shape[-1] - extra] if extra else out
 
 
 # The widest layers (by activation dtype) fuse() runs as the CPU ops; measured in docs/design/decode-cpu.md
@@ -264,9 +282,18 @@ class Conv(nn.Module):
     last frame is always zero.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, *,
-                 causal: bool = False, pad_mode: str = "reflect", group_norm: bool = False,
-                 norm_params: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        *,
+        causal: bool = False,
+        pad_mode: str = "reflect",
+        group_norm: bool = False,
+        norm_params: dict | None = None,
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
@@ -324,16 +351,28 @@ def _gemm_transposed_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if weight.dtype == torch.bfloat16:
         return weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS and cpu_has_amx()
-    return (weight.dtype == torch.float32 and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32
-            and cpu_is_avx2_class())
+    return (
+        weight.dtype == torch.float32
+        and weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32
+        and cpu_is_avx2_class()
+    )
 
 
 class ConvTranspose(nn.Module):
     """SEANet transposed convolution (kernel 2r, stride r) on [B, C, 1, T], trimmed to T * r."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, *,
-                 causal: bool = False, trim_right_ratio: float = 1.0, group_norm: bool = False,
-                 norm_params: dict | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        causal: bool = False,
+        trim_right_ratio: float = 1.0,
+        group_norm: bool = False,
+        norm_params: dict | None = None,
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
@@ -344,7 +383,9 @@ class ConvTranspose(nn.Module):
         self.trim_left, self.trim_right = total - right, right
         self.norm = nn.GroupNorm(1, out_channels, **(norm_params or {})) if group_norm else None
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        nn.init.uniform_(self.bias, -1 / math.sqrt(out_channels * kernel_size), 1 / math.sqrt(out_channels * kernel_size))
+        nn.init.uniform_(
+            self.bias, -1 / math.sqrt(out_channels * kernel_size), 1 / math.sqrt(out_channels * kernel_size)
+        )
 
     @property
     def upsample(self) -> int:
@@ -363,7 +404,7 @@ class ConvTranspose(nn.Module):
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
         if self.norm is not None:  # upstream normalises before trimming
             y = self.norm(y)
-        return y[..., self.trim_left:y.shape[-1] - self.trim_right]
+        return y[..., self.trim_left : y.shape[-1] - self.trim_right]
 
     def _as_gemm(self, x: torch.Tensor) -> torch.Tensor:
         """The same transposed convolution as one GEMM and a shifted sum: every input frame times
@@ -379,7 +420,7 @@ class ConvTranspose(nn.Module):
         y = F.pad(z[:, :, 0], (0, 0, 0, m - 1))
         for i in range(1, m):
             y = y + F.pad(z[:, :, i], (0, 0, i, m - 1 - i))
-        y = y.reshape(B, (T + m - 1) * r, C_out)[:, self.trim_left:(T - 1) * r + k - self.trim_right] + self.bias
+        y = y.reshape(B, (T + m - 1) * r, C_out)[:, self.trim_left : (T - 1) * r + k - self.trim_right] + self.bias
         return y.transpose(1, 2).unsqueeze(2)  # [B, C_out, 1, T'] over [B, T', C_out] memory: channels-last
 
 
@@ -404,8 +445,12 @@ class LSTM(nn.Module):
         self.recurrent_dtype = recurrent_dtype
         bound = 1 / math.sqrt(dim)
         for k in range(num_layers):
-            for name, shape in ((f"weight_ih_l{k}", (4 * dim, dim)), (f"weight_hh_l{k}", (4 * dim, dim)),
-                                (f"bias_ih_l{k}", (4 * dim,)), (f"bias_hh_l{k}", (4 * dim,))):
+            for name, shape in (
+                (f"weight_ih_l{k}", (4 * dim, dim)),
+                (f"weight_hh_l{k}", (4 * dim, dim)),
+                (f"bias_ih_l{k}", (4 * dim,)),
+                (f"bias_hh_l{k}", (4 * dim,)),
+            ):
                 self.register_parameter(name, nn.Parameter(torch.empty(shape).uniform_(-bound, bound)))
 
     @property
@@ -441,19 +486,28 @@ class LSTM(nn.Module):
             self.prepack()
 
     def flat_weights(self) -> list[torch.Tensor]:
-        return [getattr(self, f"{kind}_l{k}") for k in range(self.num_layers)
-                for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        return [
+            getattr(self, f"{kind}_l{k}")
+            for k in range(self.num_layers)
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
 
     def input_span(self, first, last) -> Span:
         return None, last  # causal: every earlier frame, through the state
 
-    def forward_with_state(self, x: torch.Tensor, h: torch.Tensor | None = None, c: torch.Tensor | None = None,
-                           state_frames: int | None = None):
+    def forward_with_state(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor | None = None,
+        c: torch.Tensor | None = None,
+        state_frames: int | None = None,
+    ):
         """(y, h, c): y as :meth:`forward` from state (h, c) ([num_layers, B, C], default zeros), and the
         state after the first ``state_frames`` frames (default: all)."""
         seq = x.squeeze(2).transpose(1, 2)  # [B, T, C]: a view when x is channels-last
-        y, h, c = lstm_skip(seq, self.flat_weights(), self.num_layers, h, c, state_frames, self.recurrent_dtype,
-                            self.packed_recurrent)
+        y, h, c = lstm_skip(
+            seq, self.flat_weights(), self.num_layers, h, c, state_frames, self.recurrent_dtype, self.packed_recurrent
+        )
         return y.transpose(1, 2).unsqueeze(2), h, c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -531,8 +585,18 @@ class FusedResBlock(_RunsFusedKernel, ResBlock):
         if not self._kernel_applies(x):
             return super().forward(x)
         c1, c2 = self.conv1, self.conv2
-        return elu_resblock(x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right,
-                            c1.pad_mode, self.act1.alpha)
+        return elu_resblock(
+            x,
+            c1.weight,
+            c1.bias,
+            c2.weight,
+            c2.bias,
+            c1.dilation,
+            c1.pad_left,
+            c1.pad_right,
+            c1.pad_mode,
+            self.act1.alpha,
+        )
 
 
 class FusedEluConv(_RunsFusedKernel, Conv):
@@ -546,8 +610,16 @@ class FusedEluConv(_RunsFusedKernel, Conv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._kernel_applies(x):
             return super().forward(self.activation(x))
-        return elu_conv(x, self.weight, self.bias, self.dilation, self.pad_left, self.pad_right, self.pad_mode,
-                        self.activation.alpha)
+        return elu_conv(
+            x,
+            self.weight,
+            self.bias,
+            self.dilation,
+            self.pad_left,
+            self.pad_right,
+            self.pad_mode,
+            self.activation.alpha,
+        )
 
 
 class FusedEluConvTranspose(_RunsFusedKernel, ConvTranspose):
@@ -561,33 +633,49 @@ class FusedEluConvTranspose(_RunsFusedKernel, ConvTranspose):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._kernel_applies(x):
             return super().forward(self.activation(x))
-        return elu_conv_transpose(x, self.weight, self.bias, self.stride, self.trim_left, self.trim_right,
-                                  self.activation.alpha)
+        return elu_conv_transpose(
+            x, self.weight, self.bias, self.stride, self.trim_left, self.trim_right, self.activation.alpha
+        )
 
 
 def _fusable_resblock(block: nn.Module, dtype: torch.dtype) -> bool:
     if type(block) is not ResBlock:  # (a FusedResBlock is fused already)
         return False
     c1, c2 = block.conv1, block.conv2
-    return (type(block.act1) is nn.ELU and type(block.act2) is nn.ELU and block.act1.alpha == block.act2.alpha
-            and isinstance(block.shortcut, nn.Identity) and c1.norm is None and c2.norm is None
-            and c2.weight.shape[-1] == 1 and c1.weight.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(dtype, 0))
+    return (
+        type(block.act1) is nn.ELU
+        and type(block.act2) is nn.ELU
+        and block.act1.alpha == block.act2.alpha
+        and isinstance(block.shortcut, nn.Identity)
+        and c1.norm is None
+        and c2.norm is None
+        and c2.weight.shape[-1] == 1
+        and c1.weight.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(dtype, 0)
+    )
 
 
 def _fusable_activation_conv(act: nn.Module, conv: nn.Module) -> bool:
-    return (type(act) is nn.ELU and type(conv) is Conv and conv.norm is None
-            and conv.weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS)
+    return (
+        type(act) is nn.ELU
+        and type(conv) is Conv
+        and conv.norm is None
+        and conv.weight.shape[0] <= FUSED_CONV_MAX_OUT_CHANNELS
+    )
 
 
 def _fusable_activation_conv_transpose(act: nn.Module, conv: nn.Module, dtype: torch.dtype) -> bool:
-    return (type(act) is nn.ELU and type(conv) is ConvTranspose and conv.norm is None
-            and conv.weight.shape[0] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0))
+    return (
+        type(act) is nn.ELU
+        and type(conv) is ConvTranspose
+        and conv.norm is None
+        and conv.weight.shape[0] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0)
+    )
 
 
 class DecoderLayers(nn.Sequential):
     """The decoder's layers in order (an ``nn.Sequential``: its state-dict keys), run one after the other."""
 
-    def fuse(self) -> "DecoderLayers":
+    def fuse(self) -> DecoderLayers:
         """Swap in the fused modules (:class:`FusedResBlock`, :class:`FusedEluConv`, :class:`FusedEluConvTranspose`)
         where their CPU ops apply to these layers' device and dtype (their parameters'); in place, once (a second
         call changes nothing). Returns self."""
@@ -625,22 +713,48 @@ class SEANetDecoder(nn.Module):
         act = lambda: _activation(cfg.activation, cfg.activation_params)  # noqa: E731
         mult = 2 ** len(cfg.ratios)
         layers: list[nn.Module] = [
-            Conv(cfg.dimension, mult * cfg.n_filters, cfg.kernel_size, causal=cfg.causal, pad_mode=cfg.pad_mode,
-                 group_norm=cfg.block_norm(0) == "time_group_norm", norm_params=cfg.norm_params)
+            Conv(
+                cfg.dimension,
+                mult * cfg.n_filters,
+                cfg.kernel_size,
+                causal=cfg.causal,
+                pad_mode=cfg.pad_mode,
+                group_norm=cfg.block_norm(0) == "time_group_norm",
+                norm_params=cfg.norm_params,
+            )
         ]
         if cfg.lstm:
             layers.append(LSTM(mult * cfg.n_filters, cfg.lstm))
         for i, ratio in enumerate(cfg.ratios):
             norm = cfg.block_norm(i + 1)
             dim = mult * cfg.n_filters // 2
-            layers += [act(), ConvTranspose(mult * cfg.n_filters, dim, 2 * ratio, ratio, causal=cfg.causal,
-                                            trim_right_ratio=cfg.trim_right_ratio,
-                                            group_norm=norm == "time_group_norm", norm_params=cfg.norm_params)]
-            layers += [ResBlock(dim, cfg.dilation_base ** j, cfg, norm) for j in range(cfg.n_residual_layers)]
+            layers += [
+                act(),
+                ConvTranspose(
+                    mult * cfg.n_filters,
+                    dim,
+                    2 * ratio,
+                    ratio,
+                    causal=cfg.causal,
+                    trim_right_ratio=cfg.trim_right_ratio,
+                    group_norm=norm == "time_group_norm",
+                    norm_params=cfg.norm_params,
+                ),
+            ]
+            layers += [ResBlock(dim, cfg.dilation_base**j, cfg, norm) for j in range(cfg.n_residual_layers)]
             mult //= 2
-        layers += [act(), Conv(cfg.n_filters, cfg.channels, cfg.last_kernel_size, causal=cfg.causal,
-                               pad_mode=cfg.pad_mode, norm_params=cfg.norm_params,
-                               group_norm=cfg.block_norm(len(cfg.ratios) + 1) == "time_group_norm")]
+        layers += [
+            act(),
+            Conv(
+                cfg.n_filters,
+                cfg.channels,
+                cfg.last_kernel_size,
+                causal=cfg.causal,
+                pad_mode=cfg.pad_mode,
+                norm_params=cfg.norm_params,
+                group_norm=cfg.block_norm(len(cfg.ratios) + 1) == "time_group_norm",
+            ),
+        ]
         if cfg.final_activation is not None:
             layers.append(_activation(cfg.final_activation, cfg.final_activation_params))
         self.layers = DecoderLayers(*layers)
@@ -665,14 +779,14 @@ class SEANetDecoder(nn.Module):
         """The whole network's :class:`Context` in latent frames (left is None when it has an LSTM)."""
         return receptive_field(self.layers)
 
-    def to_channels_last(self) -> "SEANetDecoder":
+    def to_channels_last(self) -> SEANetDecoder:
         """Store the convolution weights NHWC, the layout the channels-last kernels read directly."""
         for module in self.modules():
             if isinstance(module, (Conv, ConvTranspose)):
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
         return self
 
-    def fuse(self) -> "SEANetDecoder":
+    def fuse(self) -> SEANetDecoder:
         """Swap in the fused CPU modules where their ops apply to this decoder's device and dtype; in place, once.
 
         Decided from the parameters (where and in what dtype the decoder runs), so call it after moving the

@@ -5,6 +5,7 @@ GPUs raise ``torch.OutOfMemoryError`` ("CUDA out of memory", "HIP out of memory"
 ("MPS backend out of memory"). ``decoding_out_of_memory`` turns any of them into one
 ``torch.OutOfMemoryError`` (a ``RuntimeError`` subclass) naming the batch and the remedies.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,13 +34,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _MARKERS)
 
 
-def decoding_out_of_memory(exc: BaseException, batch: int, frames: int, frame_rate: float,
-                           device: torch.device, dtype: torch.dtype) -> torch.OutOfMemoryError:
+def decoding_out_of_memory(
+    exc: BaseException, batch: int, frames: int, frame_rate: float, device: torch.device, dtype: torch.dtype
+) -> torch.OutOfMemoryError:
     """The error to raise (``from exc``) when decoding [batch, frames, D] latents ran out of memory."""
-    smaller_dtype = "" if dtype in (torch.bfloat16, torch.float16) else (
-        ", or a 16-bit compute dtype (dtype=torch.bfloat16 / --dtype bfloat16)")
+    smaller_dtype = (
+        ""
+        if dtype in (torch.bfloat16, torch.float16)
+        else (", or a 16-bit compute dtype (dtype=torch.bfloat16 / --dtype bfloat16)")
+    )
     return torch.OutOfMemoryError(
         f"out of memory decoding a batch of {batch} x {frames} latent frames ({frames / frame_rate:.1f} s of "
         f"audio each) on {device} in {str(dtype).replace('torch.', '')}: decode fewer items at once (a smaller "
         f"batch; --batch-size on the command line) or in chunks (chunk_frames; --chunk-frames on the command "
-        f"line){smaller_dtype}. The allocator said: {first_line(exc)}")
+        f"line){smaller_dtype}. The allocator said: {first_line(exc)}"
+    )

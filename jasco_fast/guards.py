@@ -6,6 +6,7 @@ are expanded (no "billion laughs"), config.json field types, and the architectur
 from the config alone and compared with the weights the file holds. Each failure is a :class:`CheckpointError`
 naming the file. The format readers (jasco_fast/loading.py) use them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,17 @@ from jasco_fast.errors import first_line
 if TYPE_CHECKING:
     from jasco_fast.decoder import DecoderConfig
 
-__all__ = ["CheckpointError", "checkpoint_errors", "read_text_file", "read_safetensors_header", "check_torch_zip",
-           "check_xp_cfg", "check_transformers_config", "check_plausible", "parameter_count"]
+__all__ = [
+    "CheckpointError",
+    "checkpoint_errors",
+    "read_text_file",
+    "read_safetensors_header",
+    "check_torch_zip",
+    "check_xp_cfg",
+    "check_transformers_config",
+    "check_plausible",
+    "parameter_count",
+]
 
 
 class CheckpointError(ValueError):
@@ -47,8 +57,23 @@ MAX_YAML_NODES = 200_000  # after expanding aliases (a "billion laughs" YAML exp
 MAX_INTERPOLATED = 10_000_000  # values and characters after expanding ${...} interpolations
 _REFERENCE = re.compile(r"\$\{([^${}]+)\}")  # an innermost OmegaConf interpolation
 MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
-_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E5M2": 1, "F8_E4M3": 1, "I64": 8,
-                         "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+_SAFETENSORS_ITEMSIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 def checkpoint_errors(func):
@@ -62,7 +87,9 @@ def checkpoint_errors(func):
         except CheckpointError:
             raise
         except MemoryError:
-            raise CheckpointError(path, "out of memory while reading it (a damaged file declaring huge sizes?)") from None
+            raise CheckpointError(
+                path, "out of memory while reading it (a damaged file declaring huge sizes?)"
+            ) from None
         except RecursionError:
             raise CheckpointError(path, "nested too deeply to read (corrupt?)") from None
         except OSError as exc:
@@ -121,17 +148,25 @@ def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        ok = (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and entry["dtype"] in _SAFETENSORS_ITEMSIZE
-              and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
-              and len(entry["data_offsets"]) == 2
-              and all(type(v) is int and v >= 0 for v in entry["shape"] + entry["data_offsets"]))
+        ok = (
+            isinstance(entry, dict)
+            and isinstance(entry.get("dtype"), str)
+            and entry["dtype"] in _SAFETENSORS_ITEMSIZE
+            and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("data_offsets"), list)
+            and len(entry["data_offsets"]) == 2
+            and all(type(v) is int and v >= 0 for v in entry["shape"] + entry["data_offsets"])
+        )
         if not ok:
             raise CheckpointError(path, corrupt + f"bad header entry for {name!r}")
         begin, end = entry["data_offsets"]
         nbytes = math.prod(entry["shape"]) * _SAFETENSORS_ITEMSIZE[entry["dtype"]]
         if not begin <= end <= data_size or end - begin != nbytes:
-            raise CheckpointError(path, corrupt + f"tensor {name!r} ({entry['dtype']} {entry['shape']}) does not "
-                                                  f"fit its data offsets {entry['data_offsets']} in {data_size} bytes")
+            raise CheckpointError(
+                path,
+                corrupt + f"tensor {name!r} ({entry['dtype']} {entry['shape']}) does not "
+                f"fit its data offsets {entry['data_offsets']} in {data_size} bytes",
+            )
         tensors[name] = (entry["dtype"], tuple(entry["shape"]))
         spans.append((begin, end, name))
     spans.sort()
@@ -160,8 +195,13 @@ def check_xp_cfg(path: Path, text) -> None:
         node, children_done = stack.pop()
         if id(node) in sizes and sizes[id(node)] >= 0:
             continue
-        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else \
-            list(node.value) if isinstance(node, yaml.SequenceNode) else []
+        children = (
+            [c for pair in node.value for c in pair]
+            if isinstance(node, yaml.MappingNode)
+            else list(node.value)
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
         if children_done:
             sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
             continue
@@ -177,8 +217,10 @@ def check_xp_cfg(path: Path, text) -> None:
     if root is not None and sizes[id(root)] > MAX_YAML_NODES:
         raise CheckpointError(path, f"bad 'xp.cfg': its aliases expand to more than {MAX_YAML_NODES} values")
     if _interpolated_size(yaml.safe_load(text)) > MAX_INTERPOLATED:
-        raise CheckpointError(path, f"bad 'xp.cfg': its ${{...}} interpolations expand to more than "
-                                    f"{MAX_INTERPOLATED} values and characters")
+        raise CheckpointError(
+            path,
+            f"bad 'xp.cfg': its ${{...}} interpolations expand to more than {MAX_INTERPOLATED} values and characters",
+        )
 
 
 def _interpolated_size(cfg) -> int:
@@ -218,7 +260,7 @@ def _interpolated_size(cfg) -> int:
                 continue
             dots = len(ref) - len(ref.lstrip("."))
             parent = here[:-1]
-            base = parent[:len(parent) - dots + 1] if dots else ()
+            base = parent[: len(parent) - dots + 1] if dots else ()
             total = min(cap, total + size_at(base + tuple(ref.lstrip(".").split("."))))
         return total
 
@@ -237,14 +279,23 @@ def check_torch_zip(path: Path) -> None:
     except Exception:  # not a zip (a legacy pickle) or a damaged one: torch.load reports it
         return
     if declared > 4 * size + (1 << 20):
-        raise CheckpointError(path, f"its zip records expand to {declared} bytes from a {size}-byte file "
-                                    f"(a zip bomb?)")
+        raise CheckpointError(path, f"its zip records expand to {declared} bytes from a {size}-byte file (a zip bomb?)")
 
 
 # transformers config.json fields (see _HF_FIELDS) -> the JSON type they must have
-_HF_INT_FIELDS = ("hidden_size", "audio_channels", "num_filters", "num_residual_layers", "num_lstm_layers",
-                  "kernel_size", "last_kernel_size", "residual_kernel_size", "dilation_growth_rate", "compress",
-                  "sampling_rate")
+_HF_INT_FIELDS = (
+    "hidden_size",
+    "audio_channels",
+    "num_filters",
+    "num_residual_layers",
+    "num_lstm_layers",
+    "kernel_size",
+    "last_kernel_size",
+    "residual_kernel_size",
+    "dilation_growth_rate",
+    "compress",
+    "sampling_rate",
+)
 _HF_BOOL_FIELDS = ("use_causal_conv", "use_conv_shortcut")
 _HF_STR_FIELDS = ("pad_mode", "norm_type", "model_type")
 _MAX_INT = 2**31 - 1
@@ -264,12 +315,14 @@ def check_transformers_config(path: Path, raw) -> None:
     for name in _HF_STR_FIELDS:
         if name in raw and not isinstance(raw[name], str):
             problems.append(f"{name} must be a string, got {raw[name]!r}")
-    if "trim_right_ratio" in raw and not (type(raw["trim_right_ratio"]) in (int, float)
-                                          and math.isfinite(raw["trim_right_ratio"])):
+    if "trim_right_ratio" in raw and not (
+        type(raw["trim_right_ratio"]) in (int, float) and math.isfinite(raw["trim_right_ratio"])
+    ):
         problems.append(f"trim_right_ratio must be a number, got {raw['trim_right_ratio']!r}")
     ratios = raw.get("upsampling_ratios", [1])
-    if not (isinstance(ratios, list) and 1 <= len(ratios) <= 32
-            and all(type(r) is int and 1 <= r <= 2**16 for r in ratios)):
+    if not (
+        isinstance(ratios, list) and 1 <= len(ratios) <= 32 and all(type(r) is int and 1 <= r <= 2**16 for r in ratios)
+    ):
         problems.append(f"upsampling_ratios must be a list of 1 to 32 integers in [1, 65536], got {ratios!r}")
     if problems:
         raise CheckpointError(path, "; ".join(problems))
@@ -302,8 +355,9 @@ def parameter_count(config: DecoderConfig) -> tuple[int, int]:
         dim = mult * config.n_filters // 2
         hidden = dim // config.compress
         values += conv(mult * config.n_filters, dim, 2 * ratio)
-        values += config.n_residual_layers * (conv(dim, hidden, config.residual_kernel_size) + conv(hidden, dim, 1)
-                                              + shortcut * conv(dim, dim, 1))
+        values += config.n_residual_layers * (
+            conv(dim, hidden, config.residual_kernel_size) + conv(hidden, dim, 1) + shortcut * conv(dim, dim, 1)
+        )
         mult //= 2
     values += conv(config.n_filters, config.channels, config.last_kernel_size)
     return tensors, values
@@ -315,10 +369,12 @@ def check_plausible(config: DecoderConfig, tensors: dict, path: Path) -> None:
     # arguments), and no argument placing anything outside the meta device.
     for name in ("activation", "final_activation"):
         cls = getattr(torch.nn, getattr(config, name) or "Identity")
-        if cls is not torch.nn.Identity and (cls.__module__ != "torch.nn.modules.activation"
-                                             or cls is torch.nn.MultiheadAttention):
-            raise CheckpointError(path, f"its config's {name} {getattr(config, name)!r} is not an elementwise "
-                                        f"activation")
+        if cls is not torch.nn.Identity and (
+            cls.__module__ != "torch.nn.modules.activation" or cls is torch.nn.MultiheadAttention
+        ):
+            raise CheckpointError(
+                path, f"its config's {name} {getattr(config, name)!r} is not an elementwise activation"
+            )
     for name in ("activation_params", "final_activation_params", "norm_params"):
         if {"device", "dtype"} & set(getattr(config, name) or {}):
             raise CheckpointError(path, f"its config's {name} may not set a device or dtype")
@@ -328,17 +384,27 @@ def check_plausible(config: DecoderConfig, tensors: dict, path: Path) -> None:
         raise CheckpointError(path, f"its config upsamples each frame {config.hop_length}x (at most {MAX_HOP})")
     need, values = parameter_count(config)
     if need > len(tensors):
-        raise CheckpointError(path, f"its config describes a decoder of at least {need} tensors, the checkpoint "
-                                    f"holds {len(tensors)} (architecture mismatch?)")
+        raise CheckpointError(
+            path,
+            f"its config describes a decoder of at least {need} tensors, the checkpoint "
+            f"holds {len(tensors)} (architecture mismatch?)",
+        )
     held = sum(t.numel() for t in tensors.values())
     if values > PLAUSIBLE_FACTOR * held:
-        raise CheckpointError(path, f"its config describes a decoder of {values:,} parameters, more than "
-                                    f"{PLAUSIBLE_FACTOR}x the {held:,} values of the checkpoint's decoder tensors "
-                                    f"(a damaged config?)")
+        raise CheckpointError(
+            path,
+            f"its config describes a decoder of {values:,} parameters, more than "
+            f"{PLAUSIBLE_FACTOR}x the {held:,} values of the checkpoint's decoder tensors "
+            f"(a damaged config?)",
+        )
     exponent = max(config.n_residual_layers - 1, 0)
-    if config.dilation_base > 1 and (exponent > 64 or
-                                     (config.residual_kernel_size - 1) * config.dilation_base ** exponent > MAX_CONV_PADDING):
-        raise CheckpointError(path, f"its config dilates the residual convolutions to more than {MAX_CONV_PADDING} "
-                                    f"samples (dilation_base {config.dilation_base}, {config.n_residual_layers} layers)")
+    if config.dilation_base > 1 and (
+        exponent > 64 or (config.residual_kernel_size - 1) * config.dilation_base**exponent > MAX_CONV_PADDING
+    ):
+        raise CheckpointError(
+            path,
+            f"its config dilates the residual convolutions to more than {MAX_CONV_PADDING} "
+            f"samples (dilation_base {config.dilation_base}, {config.n_residual_layers} layers)",
+        )
     if config.sample_rate > _MAX_INT:
         raise CheckpointError(path, f"its config's sample rate {config.sample_rate} is implausible")

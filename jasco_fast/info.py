@@ -6,6 +6,7 @@ cache folder, the CPU class with the recommended mode (``dtype="auto"``), and th
 ``render(report)`` is the text form. Each section is collected on its own: one that fails reports its error
 instead of hiding the others.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -23,8 +24,12 @@ __all__ = ["collect", "render", "op_path"]
 KERNEL_KEYS = ("CPU", "CUDA", "MPS", "XPU")
 DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}
 # jasco_fast's output formats -> the libsndfile (major format, subtype) each needs.
-ENCODERS = {"wav": ("WAV", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"),
-            "flac": ("FLAC", "PCM_16")}
+ENCODERS = {
+    "wav": ("WAV", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "ogg": ("OGG", "VORBIS"),
+    "flac": ("FLAC", "PCM_16"),
+}
 PACKAGES = ("soundfile", "pyloudnorm", "transformers", "omegaconf", "safetensors", "numpy", "tqdm", "triton")
 
 
@@ -86,8 +91,8 @@ def _ops() -> dict:
         report[op] = {
             "compiled_kernels": [k for k in KERNEL_KEYS if _has_kernel(op, k)],
             "pytorch_fallback": op in FALLBACKS,
-            "device_generic": op not in FALLBACKS and (_has_kernel(op, "CompositeExplicitAutograd")
-                                                       or _has_kernel(op, "CompositeImplicitAutograd")),
+            "device_generic": op not in FALLBACKS
+            and (_has_kernel(op, "CompositeExplicitAutograd") or _has_kernel(op, "CompositeImplicitAutograd")),
         }
     return report
 
@@ -96,36 +101,56 @@ def _extension() -> dict:
     import jasco_fast
     from jasco_fast import _C
 
-    return {"version": jasco_fast.__version__, "package": str(Path(jasco_fast.__file__).parent),
-            "extension": getattr(_C, "__file__", None)}
+    return {
+        "version": jasco_fast.__version__,
+        "package": str(Path(jasco_fast.__file__).parent),
+        "extension": getattr(_C, "__file__", None),
+    }
 
 
 def _cpu_fast_path() -> dict:
     path = torch.ops.jasco_fast.cpu_fast_path()
-    meaning = ("AVX2+F16C vector tiles for float32/float16/bfloat16 latents with contiguous channels; float64 "
-               "and non-contiguous channels use the portable loops" if path == "avx2+f16c" else
-               "portable (auto-vectorised) loops for every dtype: this CPU lacks AVX2/F16C or is not x86-64")
+    meaning = (
+        "AVX2+F16C vector tiles for float32/float16/bfloat16 latents with contiguous channels; float64 "
+        "and non-contiguous channels use the portable loops"
+        if path == "avx2+f16c"
+        else "portable (auto-vectorised) loops for every dtype: this CPU lacks AVX2/F16C or is not x86-64"
+    )
     return {"denorm_transpose": path, "description": meaning}
 
 
-ISA_CAPS = ("JASCO_FAST_ISA", "JASCO_FAST_LSTM_ISA", "JASCO_FAST_TAIL_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-            "MKL_ENABLE_INSTRUCTIONS")
+ISA_CAPS = (
+    "JASCO_FAST_ISA",
+    "JASCO_FAST_LSTM_ISA",
+    "JASCO_FAST_TAIL_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
 
 
 def _modes() -> dict:
     """The CPU class, its native reduced-precision arithmetic, and the automatic mode per visible device."""
     from jasco_fast import modes
 
-    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
-        else ["cpu"]
+    devices = (
+        ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    )
     recommended = {}
     for device in devices:
         row = modes.auto_mode(device)
-        recommended[device] = {"mode": row.name, "dtype": str(row.dtype).replace("torch.", ""),
-                               "recurrent_dtype": None if row.recurrent_dtype is None
-                               else str(row.recurrent_dtype).replace("torch.", ""), "evidence": row.evidence}
-    return {"cpu_class": modes.cpu_class(), "native_cpu_arithmetic": modes.native_cpu_arithmetic(),
-            "isa_caps": {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}, "recommended": recommended}
+        recommended[device] = {
+            "mode": row.name,
+            "dtype": str(row.dtype).replace("torch.", ""),
+            "recurrent_dtype": None if row.recurrent_dtype is None else str(row.recurrent_dtype).replace("torch.", ""),
+            "evidence": row.evidence,
+        }
+    return {
+        "cpu_class": modes.cpu_class(),
+        "native_cpu_arithmetic": modes.native_cpu_arithmetic(),
+        "isa_caps": {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)},
+        "recommended": recommended,
+    }
 
 
 def _cpu_name() -> str:
@@ -146,9 +171,15 @@ def _devices(ops: list[str]) -> list[dict]:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            devices.append({"device": f"cuda:{i}", "name": props.name,
-                            "capability": f"{props.major}.{props.minor}",
-                            "memory_gib": round(props.total_memory / 2 ** 30, 1), "ops": paths("cuda")})
+            devices.append(
+                {
+                    "device": f"cuda:{i}",
+                    "name": props.name,
+                    "capability": f"{props.major}.{props.minor}",
+                    "memory_gib": round(props.total_memory / 2**30, 1),
+                    "ops": paths("cuda"),
+                }
+            )
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         devices.append({"device": "mps", "name": "Apple MPS", "ops": paths("mps")})
@@ -171,8 +202,11 @@ def _cache() -> dict:
     report = {"path": str(path), "source": source, "exists": path.is_dir(), "entries": [], "bytes": 0}
     if path.is_dir():
         for entry in sorted(path.iterdir()):
-            size = entry.stat().st_size if entry.is_file() else sum(
-                f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            size = (
+                entry.stat().st_size
+                if entry.is_file()
+                else sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            )
             report["entries"].append({"name": entry.name, "bytes": size})
             report["bytes"] += size
     return report
@@ -191,7 +225,9 @@ def _packages() -> dict:
         # what jasco_fast writes: the container and its encoder (MP3 needs libsndfile >= 1.1)
         report["soundfile"]["jasco_fast_formats"] = {
             f: major in available and subtype in soundfile.available_subtypes(major)
-            for f, (major, subtype) in ENCODERS.items() if f in FORMATS}
+            for f, (major, subtype) in ENCODERS.items()
+            if f in FORMATS
+        }
     except Exception as exc:  # e.g. libsndfile missing: say so
         report["soundfile"]["error"] = f"{type(exc).__name__}: {exc}"
     return report
@@ -203,22 +239,28 @@ def _notes(report: dict) -> list[str]:
     t, ops = report.get("torch", {}), report.get("ops", {})
     op = ops.get("jasco_fast::denorm_transpose", {}) if "error" not in ops else {}
     if t.get("cuda") and not t.get("hip") and op and "CUDA" not in op["compiled_kernels"]:
-        notes.append(f"torch is a CUDA {t['cuda']} build but the extension has no CUDA kernel, so CUDA tensors run "
-                     f"the PyTorch fallback: install the CUDA {t['cuda']} toolkit (nvcc) or set CUDA_HOME, then "
-                     f"rebuild with `pip install --no-build-isolation -e .`")
+        notes.append(
+            f"torch is a CUDA {t['cuda']} build but the extension has no CUDA kernel, so CUDA tensors run "
+            f"the PyTorch fallback: install the CUDA {t['cuda']} toolkit (nvcc) or set CUDA_HOME, then "
+            f"rebuild with `pip install --no-build-isolation -e .`"
+        )
     if t.get("hip"):
         notes.append("ROCm build: AMD GPUs run the PyTorch fallback of denorm_transpose (no HIP kernels are built)")
     x86 = platform.machine() in ("x86_64", "AMD64")
     if report.get("cpu_fast_path", {}).get("denorm_transpose") == "portable" and x86:
         notes.append("this CPU lacks AVX2/F16C: the CPU kernel runs its portable loops")
     if "cxx" in report.get("torch_compile", {}) and not report["torch_compile"]["cxx"]:
-        notes.append("no C++ compiler found: torch.compile cannot build CPU code; install g++ or run with "
-                     "--backend eager / LatentDecoder(..., backend=\"eager\")")
+        notes.append(
+            "no C++ compiler found: torch.compile cannot build CPU code; install g++ or run with "
+            '--backend eager / LatentDecoder(..., backend="eager")'
+        )
     sf = report.get("packages", {}).get("soundfile", {})
     missing = [f for f, ok in sf.get("jasco_fast_formats", {}).items() if not ok]
     if missing:
-        notes.append(f"libsndfile {sf.get('libsndfile')} cannot write {', '.join(missing)}: upgrade soundfile "
-                     f"(its wheels bundle libsndfile 1.2)")
+        notes.append(
+            f"libsndfile {sf.get('libsndfile')} cannot write {', '.join(missing)}: upgrade soundfile "
+            f"(its wheels bundle libsndfile 1.2)"
+        )
     if "error" in sf:
         notes.append("soundfile/libsndfile failed to load: audio files cannot be written")
     errors = [name for name, section in report.items() if isinstance(section, dict) and "error" in section]
@@ -230,10 +272,16 @@ def _notes(report: dict) -> list[str]:
 def collect() -> dict:
     """Everything ``jasco-fast info`` reports, as a JSON-ready dict."""
     report: dict = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name, section in (("jasco_fast", _extension), ("torch", _torch), ("ops", _ops),
-                          ("cpu_fast_path", _cpu_fast_path), ("modes", _modes), ("torch_compile", _compile),
-                          ("cache", _cache),
-                          ("packages", _packages)):
+    for name, section in (
+        ("jasco_fast", _extension),
+        ("torch", _torch),
+        ("ops", _ops),
+        ("cpu_fast_path", _cpu_fast_path),
+        ("modes", _modes),
+        ("torch_compile", _compile),
+        ("cache", _cache),
+        ("packages", _packages),
+    ):
         try:
             report[name] = section()
         except Exception as exc:
@@ -270,8 +318,9 @@ def render(report: dict) -> str:
         lines.append(f"  extension: {jf['extension']}")
     t = report["torch"]
     if section("torch", t):
-        lines.append(f"torch {t['version']}, build: {t['build']}, CPU capability {t['cpu_capability']}, "
-                     f"{t['threads']} threads")
+        lines.append(
+            f"torch {t['version']}, build: {t['build']}, CPU capability {t['cpu_capability']}, {t['threads']} threads"
+        )
     lines.append(f"python {report['python']} on {report['platform']}")
 
     ops = report["ops"]
@@ -290,8 +339,10 @@ def render(report: dict) -> str:
         lines.append(f"CPU fast path: {cpu['denorm_transpose']} ({cpu['description']})")
     m = report["modes"]
     if section("modes", m):
-        native = ", ".join(f"{k} {'native' if v else 'EMULATED (slow: use float32 or dtype auto)'}"
-                           for k, v in m["native_cpu_arithmetic"].items())
+        native = ", ".join(
+            f"{k} {'native' if v else 'EMULATED (slow: use float32 or dtype auto)'}"
+            for k, v in m["native_cpu_arithmetic"].items()
+        )
         caps = f"; capped by {', '.join(f'{k}={v}' for k, v in m['isa_caps'].items())}" if m["isa_caps"] else ""
         lines.append(f"CPU class: {m['cpu_class']} ({native}{caps})")
         lines.append("recommended mode on this machine (dtype='auto', --dtype auto; the default is float32, exact):")
@@ -314,15 +365,19 @@ def render(report: dict) -> str:
 
     c = report["torch_compile"]
     if section("torch.compile", c):
-        lines.append(f"torch.compile: C++ compiler {c['cxx'] or 'NOT FOUND (needed on CPU)'}, "
-                     f"triton {c['triton'] or 'not installed (needed on GPUs)'}")
+        lines.append(
+            f"torch.compile: C++ compiler {c['cxx'] or 'NOT FOUND (needed on CPU)'}, "
+            f"triton {c['triton'] or 'not installed (needed on GPUs)'}"
+        )
 
     cache = report["cache"]
     if section("cache", cache):
-        where = {"JASCO_FAST_CACHE_DIR": "from JASCO_FAST_CACHE_DIR", "XDG_CACHE_HOME": "from XDG_CACHE_HOME",
-                 "default": "default; JASCO_FAST_CACHE_DIR overrides"}[cache["source"]]
-        state = (f"{len(cache['entries'])} entries, {_size(cache['bytes'])}" if cache["exists"]
-                 else "does not exist yet")
+        where = {
+            "JASCO_FAST_CACHE_DIR": "from JASCO_FAST_CACHE_DIR",
+            "XDG_CACHE_HOME": "from XDG_CACHE_HOME",
+            "default": "default; JASCO_FAST_CACHE_DIR overrides",
+        }[cache["source"]]
+        state = f"{len(cache['entries'])} entries, {_size(cache['bytes'])}" if cache["exists"] else "does not exist yet"
         lines.append(f"cache: {cache['path']} ({where}): {state}")
         for e in cache["entries"][:20]:
             lines.append(f"  {e['name']}  {_size(e['bytes'])}")

@@ -4,6 +4,7 @@ code, sizes checked before anything large is allocated) and checked for shape, d
 Every problem with a file is a ``ValueError`` whose message says what is wrong with it (the CLI reports it on
 one line, naming the file, and decodes the others).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ def load_tensor(path: Path) -> torch.Tensor:
         except OSError as exc:
             raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
         except Exception:
-            raise ValueError("not a readable torch file (truncated, corrupt, or holding Python objects, which "
-                             "are refused)") from None
+            raise ValueError(
+                "not a readable torch file (truncated, corrupt, or holding Python objects, which are refused)"
+            ) from None
         tensor = _pick_tensor(obj)
     elif suffix == ".npy":
         import numpy as np
@@ -40,8 +42,9 @@ def load_tensor(path: Path) -> torch.Tensor:
         except OSError as exc:
             raise ValueError(f"cannot read it: {exc.strerror or exc}") from None
         except Exception:
-            raise ValueError("not a readable .npy file (truncated, corrupt, or holding Python objects, which "
-                             "are refused)") from None
+            raise ValueError(
+                "not a readable .npy file (truncated, corrupt, or holding Python objects, which are refused)"
+            ) from None
         if array.dtype.kind not in "fiub":
             raise ValueError(f"latents must be floating point, got numpy dtype {array.dtype}")
         tensor = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=False))
@@ -97,14 +100,17 @@ def read_codes(path: Path, tensor: torch.Tensor, num_codebooks: int, codebook_si
     if tensor.dim() != 3:
         raise ValueError(f"codes must be [K, T] or [B, K, T], got shape {list(tensor.shape)}")
     if not 1 <= tensor.shape[1] <= num_codebooks:
-        raise ValueError(f"codes have K = {tensor.shape[1]} codebooks, the quantizer has {num_codebooks} "
-                         f"(codes are [K, T] or [B, K, T])")
+        raise ValueError(
+            f"codes have K = {tensor.shape[1]} codebooks, the quantizer has {num_codebooks} "
+            f"(codes are [K, T] or [B, K, T])"
+        )
     if tensor.shape[2] < 1 or tensor.shape[0] < 1:
         raise ValueError(f"no frames in codes of shape {list(tensor.shape)}")
     tensor = tensor.long()
     if tensor.min() < 0 or tensor.max() >= codebook_size:
-        raise ValueError(f"codes must lie in [0, {codebook_size}), got values in [{int(tensor.min())}, "
-                         f"{int(tensor.max())}]")
+        raise ValueError(
+            f"codes must lie in [0, {codebook_size}), got values in [{int(tensor.min())}, {int(tensor.max())}]"
+        )
     return tensor, single
 
 

@@ -3,6 +3,7 @@
 JASCO models (latents, through :class:`LatentDecoder`) and MusicGen/AudioGen models whose compression model
 wraps a transformers EnCodec model (tokens, through :class:`CodeDecoder`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,22 +27,29 @@ def decoder_from_jasco(jasco_model) -> SEANetDecoder:
         hf_model = jasco_model.compression_model.model
         hf_decoder, hf_config = hf_model.decoder, hf_model.config
     except AttributeError:
-        raise TypeError("patch() needs a JASCO model whose compression_model wraps a transformers EnCodec model "
-                        "(compression_model.model.decoder and .config), as the released JASCO models do") from None
+        raise TypeError(
+            "patch() needs a JASCO model whose compression_model wraps a transformers EnCodec model "
+            "(compression_model.model.decoder and .config), as the released JASCO models do"
+        ) from None
     raw = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(vars(hf_config))
     config = decoder_config_from_transformers(raw)
     state = {f"decoder.{k}": v.detach().cpu() for k, v in hf_decoder.state_dict().items()}
     param = next(hf_decoder.parameters())
-    return decoder_from_state(config, state, "transformers", "<jasco_model.compression_model>",
-                              device=param.device, dtype=param.dtype)
+    return decoder_from_state(
+        config, state, "transformers", "<jasco_model.compression_model>", device=param.device, dtype=param.dtype
+    )
 
 
 def quantizer_from_encodec(hf_model) -> Quantizer:
     """A :class:`Quantizer` holding the codebooks of a transformers ``EncodecModel`` (``hf_model.quantizer``)."""
     state = {f"quantizer.{k}": v.detach().cpu() for k, v in hf_model.quantizer.state_dict().items()}
-    return quantizer_from_state(state, "transformers", "<compression_model.model.quantizer>",
-                                device=hf_model.quantizer.layers[0].codebook.embed.device,
-                                dimension=hf_model.config.hidden_size)
+    return quantizer_from_state(
+        state,
+        "transformers",
+        "<compression_model.model.quantizer>",
+        device=hf_model.quantizer.layers[0].codebook.embed.device,
+        dimension=hf_model.config.hidden_size,
+    )
 
 
 def _latent_statistics(model):
@@ -57,20 +65,26 @@ def _latent_statistics(model):
 def _patch_codes_model(model, kwargs) -> CodeDecoder:
     hf_model = getattr(getattr(model, "compression_model", None), "model", None)
     if not all(hasattr(hf_model, a) for a in ("decoder", "quantizer", "config")):
-        raise TypeError("patch() needs a JASCO model (cfg with compression_model_latent_mean and "
-                        "compression_model_latent_std) or a MusicGen/AudioGen model whose compression_model wraps a "
-                        "transformers EnCodec model (compression_model.model.decoder, .quantizer and .config; "
-                        "stereo and audiocraft-native EnCodec compression models are not supported)")
+        raise TypeError(
+            "patch() needs a JASCO model (cfg with compression_model_latent_mean and "
+            "compression_model_latent_std) or a MusicGen/AudioGen model whose compression_model wraps a "
+            "transformers EnCodec model (compression_model.model.decoder, .quantizer and .config; "
+            "stereo and audiocraft-native EnCodec compression models are not supported)"
+        )
     if getattr(hf_model.config, "chunk_length", None) is not None:
-        raise ValueError("patch(): this EnCodec model decodes in overlapping chunks (config.chunk_length is set, "
-                         "e.g. the 48 kHz model); only unchunked EnCodec models (32 and 24 kHz) are supported")
+        raise ValueError(
+            "patch(): this EnCodec model decodes in overlapping chunks (config.chunk_length is set, "
+            "e.g. the 48 kHz model); only unchunked EnCodec models (32 and 24 kHz) are supported"
+        )
     fast = CodeDecoder(decoder_from_jasco(model), quantizer_from_encodec(hf_model), **kwargs)
 
     def generate_audio(gen_tokens):
         """Decode audio from generated tokens [B, K, T] (jasco_fast fast path)."""
         if not isinstance(gen_tokens, torch.Tensor) or gen_tokens.dim() != 3:
-            raise ValueError(f"generate_audio expects tokens [B, K, T], got "
-                             f"{list(gen_tokens.shape) if isinstance(gen_tokens, torch.Tensor) else gen_tokens!r}")
+            raise ValueError(
+                f"generate_audio expects tokens [B, K, T], got "
+                f"{list(gen_tokens.shape) if isinstance(gen_tokens, torch.Tensor) else gen_tokens!r}"
+            )
         return fast(gen_tokens)
 
     model.generate_audio = generate_audio  # an instance attribute shadows the class method

@@ -13,6 +13,7 @@ Weight norm (and spectral norm) is folded into plain weights here, once. Pickles
 an untrusted file safe (bounded sizes, zip bombs, YAML aliases, plausible architectures) are in
 jasco_fast/guards.py; ``check_torch_zip`` and ``read_safetensors_header`` are importable from here too.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,11 +27,26 @@ import yaml
 
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderConfig, ResBlock, SEANetDecoder
 from jasco_fast.errors import first_line
-from jasco_fast.guards import (CheckpointError, check_plausible, check_torch_zip, check_transformers_config,
-                               check_xp_cfg, checkpoint_errors, read_safetensors_header, read_text_file)
+from jasco_fast.guards import (
+    CheckpointError,
+    check_plausible,
+    check_torch_zip,
+    check_transformers_config,
+    check_xp_cfg,
+    checkpoint_errors,
+    read_safetensors_header,
+    read_text_file,
+)
 
-__all__ = ["CheckpointError", "load_decoder", "read_checkpoint", "audiocraft_config", "decoder_config_from_audiocraft",
-           "decoder_config_from_transformers", "decoder_from_state"]
+__all__ = [
+    "CheckpointError",
+    "load_decoder",
+    "read_checkpoint",
+    "audiocraft_config",
+    "decoder_config_from_audiocraft",
+    "decoder_config_from_transformers",
+    "decoder_from_state",
+]
 
 AUDIOCRAFT_FILE = "compression_state_dict.bin"
 # Where each format keeps the decoder's Sequential / ModuleList in its state dict.
@@ -51,15 +67,22 @@ def _torch_load(path: Path):
     except Exception as exc:  # the unpickler raises several types; all mean "not loadable safely"
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text or "Unsupported operand" in text:
-            raise CheckpointError(path, "refused: the file holds Python objects beyond tensors and plain "
-                                        "containers (it could execute code when loaded)") from None
-        raise CheckpointError(path, f"not a readable torch checkpoint (truncated or corrupt?): "
-                                    f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}") from None
+            raise CheckpointError(
+                path,
+                "refused: the file holds Python objects beyond tensors and plain "
+                "containers (it could execute code when loaded)",
+            ) from None
+        raise CheckpointError(
+            path,
+            f"not a readable torch checkpoint (truncated or corrupt?): "
+            f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}",
+        ) from None
 
 
 def _load_state_file(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         read_safetensors_header(path)  # sizes checked against the file before the library allocates
         try:
             return load_file(str(path))
@@ -76,7 +99,9 @@ def _hf_cache_dirs() -> list[Path]:
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if os.environ.get(var):
             dirs.append(Path(os.environ[var]))
-    hf_home = Path(os.environ.get("HF_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"))
+    hf_home = Path(
+        os.environ.get("HF_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface")
+    )
     dirs.append(hf_home / "hub")
     return dirs
 
@@ -116,13 +141,17 @@ def read_checkpoint(path) -> tuple[DecoderConfig, dict, str, Path]:
             return _read_transformers_dir(path)
         if (path / AUDIOCRAFT_FILE).is_file():
             return read_checkpoint(path / AUDIOCRAFT_FILE)
-        raise CheckpointError(path, f"directory holds neither a transformers EnCodec model (config.json + "
-                                    f"{' or '.join(TRANSFORMERS_WEIGHTS)}) nor an audiocraft {AUDIOCRAFT_FILE}")
+        raise CheckpointError(
+            path,
+            f"directory holds neither a transformers EnCodec model (config.json + "
+            f"{' or '.join(TRANSFORMERS_WEIGHTS)}) nor an audiocraft {AUDIOCRAFT_FILE}",
+        )
     if path.name == "config.json":
         return _read_transformers_dir(path.parent)
     if path.suffix == ".safetensors":
-        raise CheckpointError(path, "a bare safetensors file has no architecture; pass the directory holding "
-                                    "it and its config.json")
+        raise CheckpointError(
+            path, "a bare safetensors file has no architecture; pass the directory holding it and its config.json"
+        )
     pkg = _torch_load(path)
     if not isinstance(pkg, dict):
         raise CheckpointError(path, f"expected a dict checkpoint, found {type(pkg).__name__}")
@@ -132,16 +161,22 @@ def read_checkpoint(path) -> tuple[DecoderConfig, dict, str, Path]:
             raise CheckpointError(path, f"'pretrained' is not a Hugging Face model name: {name!r}")
         local = resolve_pretrained(name)
         if local is None:
-            raise CheckpointError(path, f"points to the pretrained model {name!r}, which is not in the local "
-                                        f"Hugging Face cache ({', '.join(str(d) for d in _hf_cache_dirs())}); "
-                                        f"download it once (e.g. `huggingface-cli download {name}`) and pass "
-                                        f"its directory (config.json + model.safetensors) instead")
+            raise CheckpointError(
+                path,
+                f"points to the pretrained model {name!r}, which is not in the local "
+                f"Hugging Face cache ({', '.join(str(d) for d in _hf_cache_dirs())}); "
+                f"download it once (e.g. `huggingface-cli download {name}`) and pass "
+                f"its directory (config.json + model.safetensors) instead",
+            )
         return _read_transformers_dir(local)
     if "best_state" in pkg and "xp.cfg" in pkg:
         check_xp_cfg(path, pkg["xp.cfg"])
         return _read_audiocraft(path, pkg)
-    raise CheckpointError(path, f"unrecognised checkpoint: keys {sorted(map(str, pkg))[:8]}; expected an "
-                                f"audiocraft export ('best_state', 'xp.cfg') or pointer ('pretrained')")
+    raise CheckpointError(
+        path,
+        f"unrecognised checkpoint: keys {sorted(map(str, pkg))[:8]}; expected an "
+        f"audiocraft export ('best_state', 'xp.cfg') or pointer ('pretrained')",
+    )
 
 
 def _read_transformers_dir(folder: Path):
@@ -198,8 +233,11 @@ def audiocraft_config(cfg) -> dict:
         conf = OmegaConf.create(cfg)
         if not isinstance(conf, DictConfig):
             raise ValueError(f"the config is not a mapping but a {type(OmegaConf.to_object(conf)).__name__}")
-        return {key: OmegaConf.to_container(conf[key], resolve=True) if OmegaConf.is_config(conf[key]) else conf[key]
-                for key in AUDIOCRAFT_SECTIONS if key in conf}
+        return {
+            key: OmegaConf.to_container(conf[key], resolve=True) if OmegaConf.is_config(conf[key]) else conf[key]
+            for key in AUDIOCRAFT_SECTIONS
+            if key in conf
+        }
     except yaml.YAMLError as exc:
         raise ValueError(f"not valid YAML: {first_line(exc)}") from None
     except OmegaConfBaseException as exc:
@@ -207,10 +245,30 @@ def audiocraft_config(cfg) -> dict:
         raise ValueError(f"{first_line(exc)}{where}") from None
 
 
-_SEANET_FIELDS = {"dimension", "channels", "n_filters", "n_residual_layers", "ratios", "activation",
-                  "activation_params", "final_activation", "final_activation_params", "norm", "norm_params",
-                  "kernel_size", "last_kernel_size", "residual_kernel_size", "dilation_base", "causal",
-                  "pad_mode", "true_skip", "compress", "lstm", "disable_norm_outer_blocks", "trim_right_ratio"}
+_SEANET_FIELDS = {
+    "dimension",
+    "channels",
+    "n_filters",
+    "n_residual_layers",
+    "ratios",
+    "activation",
+    "activation_params",
+    "final_activation",
+    "final_activation_params",
+    "norm",
+    "norm_params",
+    "kernel_size",
+    "last_kernel_size",
+    "residual_kernel_size",
+    "dilation_base",
+    "causal",
+    "pad_mode",
+    "true_skip",
+    "compress",
+    "lstm",
+    "disable_norm_outer_blocks",
+    "trim_right_ratio",
+}
 
 
 def decoder_config_from_audiocraft(cfg: dict) -> DecoderConfig:
@@ -240,12 +298,21 @@ def decoder_config_from_audiocraft(cfg: dict) -> DecoderConfig:
 
 # transformers EncodecConfig name -> (DecoderConfig name, transformers default)
 _HF_FIELDS = {
-    "hidden_size": ("dimension", 128), "audio_channels": ("channels", 1), "num_filters": ("n_filters", 32),
-    "upsampling_ratios": ("ratios", [8, 5, 4, 2]), "num_residual_layers": ("n_residual_layers", 1),
-    "num_lstm_layers": ("lstm", 2), "kernel_size": ("kernel_size", 7), "last_kernel_size": ("last_kernel_size", 7),
-    "residual_kernel_size": ("residual_kernel_size", 3), "dilation_growth_rate": ("dilation_base", 2),
-    "compress": ("compress", 2), "pad_mode": ("pad_mode", "reflect"), "use_causal_conv": ("causal", True),
-    "trim_right_ratio": ("trim_right_ratio", 1.0), "norm_type": ("norm", "weight_norm"),
+    "hidden_size": ("dimension", 128),
+    "audio_channels": ("channels", 1),
+    "num_filters": ("n_filters", 32),
+    "upsampling_ratios": ("ratios", [8, 5, 4, 2]),
+    "num_residual_layers": ("n_residual_layers", 1),
+    "num_lstm_layers": ("lstm", 2),
+    "kernel_size": ("kernel_size", 7),
+    "last_kernel_size": ("last_kernel_size", 7),
+    "residual_kernel_size": ("residual_kernel_size", 3),
+    "dilation_growth_rate": ("dilation_base", 2),
+    "compress": ("compress", 2),
+    "pad_mode": ("pad_mode", "reflect"),
+    "use_causal_conv": ("causal", True),
+    "trim_right_ratio": ("trim_right_ratio", 1.0),
+    "norm_type": ("norm", "weight_norm"),
     "sampling_rate": ("sample_rate", 24000),
 }
 
@@ -342,8 +409,9 @@ def _copy(path: Path, key: str, dst: torch.Tensor, src: torch.Tensor | None):
     if not isinstance(src, torch.Tensor) or not src.is_floating_point():
         raise CheckpointError(path, f"{key!r} is not a floating-point tensor")
     if src.numel() != dst.numel() or src.shape[0] != dst.shape[0]:
-        raise CheckpointError(path, f"{key!r} has shape {list(src.shape)}, the architecture in the config "
-                                    f"needs {list(dst.shape)}")
+        raise CheckpointError(
+            path, f"{key!r} has shape {list(src.shape)}, the architecture in the config needs {list(dst.shape)}"
+        )
     if not torch.isfinite(src).all():
         raise CheckpointError(path, f"{key!r} holds NaN or Inf")
     with torch.no_grad():
@@ -370,8 +438,11 @@ def load_state(decoder: SEANetDecoder, state: dict, fmt: str, path) -> SEANetDec
                 _copy(path, norm_prefix + name, getattr(module.norm, name), state.get(norm_prefix + name))
     unexpected = sorted(k for k in state if k.startswith(_DECODER_ROOT[fmt]) and k not in used)
     if unexpected:
-        raise CheckpointError(path, f"decoder keys the config does not account for (architecture mismatch?): "
-                                    f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(
+            path,
+            f"decoder keys the config does not account for (architecture mismatch?): "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}",
+        )
     return decoder
 
 
@@ -384,8 +455,9 @@ def load_decoder(path, *, device="cpu", dtype=torch.float32) -> SEANetDecoder:
     return decoder_from_state(config, state, fmt, source, device=device, dtype=dtype)
 
 
-def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, device="cpu",
-                       dtype=torch.float32) -> SEANetDecoder:
+def decoder_from_state(
+    config: DecoderConfig, state: dict, fmt: str, source, *, device="cpu", dtype=torch.float32
+) -> SEANetDecoder:
     """An eval-mode :class:`SEANetDecoder` for ``config`` from an upstream state dict (``fmt``: 'audiocraft' or
     'transformers'); ``source`` names where the state came from, for error messages.
 
@@ -410,6 +482,7 @@ def decoder_from_state(config: DecoderConfig, state: dict, fmt: str, source, *, 
 # ---------------------------------------------------------------------------------------------------
 # Validation before allocating: the architecture a config describes must be the one the weights hold
 
+
 def validate_architecture(config: DecoderConfig, state: dict, fmt: str, path) -> SEANetDecoder:
     """The decoder ``config`` describes, built on the meta device (no memory for its weights), once it
     is checked against ``state``: plausible sizes first (counted from the config alone), then every
@@ -424,7 +497,9 @@ def validate_architecture(config: DecoderConfig, state: dict, fmt: str, path) ->
         with torch.device("meta"):
             skeleton = SEANetDecoder(config)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise CheckpointError(path, f"its config does not build a decoder: {type(exc).__name__}: {first_line(exc)}") from None
+        raise CheckpointError(
+            path, f"its config does not build a decoder: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
     _check_against_tensors(skeleton, tensors, fmt, path)
     return skeleton
 
@@ -443,8 +518,9 @@ def _decoder_tensors(state, fmt: str, path: Path) -> dict[str, torch.Tensor]:
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(path, f"{key!r} is not a floating-point tensor ({type(value).__name__})")
         if value.layout != torch.strided or value.device.type != "cpu" or value.dtype not in _WEIGHT_DTYPES:
-            raise CheckpointError(path, f"{key!r} is not a floating-point tensor ({value.dtype}, {value.layout}, "
-                                        f"on {value.device.type})")
+            raise CheckpointError(
+                path, f"{key!r} is not a floating-point tensor ({value.dtype}, {value.layout}, on {value.device.type})"
+            )
         tensors[key] = value
     if not tensors:
         raise CheckpointError(path, f"no decoder weights: no key starts with {root!r}")
@@ -462,11 +538,15 @@ def _check_against_tensors(skeleton: SEANetDecoder, tensors: dict, fmt: str, pat
         tensor = tensors.get(key)
         if tensor is None:
             raise CheckpointError(path, f"missing key {key!r}")
-        fits = (tensor.numel() == math.prod(shape) and tensor.dim() >= 1 and tensor.shape[0] == shape[0]) \
-            if leading_only else tuple(tensor.shape) == tuple(shape)
+        fits = (
+            (tensor.numel() == math.prod(shape) and tensor.dim() >= 1 and tensor.shape[0] == shape[0])
+            if leading_only
+            else tuple(tensor.shape) == tuple(shape)
+        )
         if not fits:
-            raise CheckpointError(path, f"{key!r} has shape {list(tensor.shape)}, the architecture in the config "
-                                        f"needs {list(shape)}")
+            raise CheckpointError(
+                path, f"{key!r} has shape {list(tensor.shape)}, the architecture in the config needs {list(shape)}"
+            )
 
     for module, prefix, norm_prefix in _upstream_prefixes(skeleton, fmt):
         if isinstance(module, LSTM):
@@ -499,12 +579,16 @@ def _check_against_tensors(skeleton: SEANetDecoder, tensors: dict, fmt: str, pat
     stray = [name for name, param in skeleton.named_parameters() if id(param) not in covered]
     stray += [name for name, _ in skeleton.named_buffers()]
     if stray:
-        raise CheckpointError(path, f"its config builds parameters no checkpoint holds (e.g. from its activation "
-                                    f"settings): {stray[:5]}")
+        raise CheckpointError(
+            path, f"its config builds parameters no checkpoint holds (e.g. from its activation settings): {stray[:5]}"
+        )
     unexpected = sorted(k for k in tensors if k not in used)
     if unexpected:
-        raise CheckpointError(path, f"decoder keys the config does not account for (architecture mismatch?): "
-                                    f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(
+            path,
+            f"decoder keys the config does not account for (architecture mismatch?): "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}",
+        )
 
 
 def _materialise(skeleton: SEANetDecoder, path: Path) -> SEANetDecoder:
@@ -525,9 +609,12 @@ def _check_runs(decoder: SEANetDecoder, path: Path) -> None:
         with torch.no_grad():
             audio = decoder.eval()(torch.zeros(1, decoder.dimension, frames, dtype=torch.float64))
     except (MemoryError, RuntimeError, TypeError, ValueError, ArithmeticError) as exc:
-        raise CheckpointError(path, f"the decoder built from it fails on a {frames}-frame input: "
-                                    f"{type(exc).__name__}: {first_line(exc)}") from None
+        raise CheckpointError(
+            path, f"the decoder built from it fails on a {frames}-frame input: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
     expected = (1, decoder.channels, frames * decoder.hop_length)
     if tuple(audio.shape) != expected:
-        raise CheckpointError(path, f"the decoder built from it turns {frames} frames into shape "
-                                    f"{list(audio.shape)}, not {list(expected)}")
+        raise CheckpointError(
+            path,
+            f"the decoder built from it turns {frames} frames into shape {list(audio.shape)}, not {list(expected)}",
+        )

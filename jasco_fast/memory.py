@@ -14,6 +14,7 @@ not decide it for its host: applications opt in with ``jasco_fast.reuse_freed_me
 command, which owns its process, calls it at start. ``JASCO_FAST_MALLOC=system`` in the environment keeps
 glibc's defaults even then.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -18,6 +18,7 @@ smaller CPU for tests and measurements:
 Where a CPU has no arithmetic for a reduced precision, oneDNN emulates it, many times slower than float32:
 an explicit request warns once per process (:class:`PerformanceWarning`) with the measured slowdown.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,17 @@ import warnings
 
 import torch
 
-__all__ = ["PerformanceWarning", "Mode", "AUTO_MODES", "MIN_SNR_DB", "cpu_class", "native_cpu_arithmetic",
-           "auto_mode", "resolve_mode", "warn_if_emulated"]
+__all__ = [
+    "PerformanceWarning",
+    "Mode",
+    "AUTO_MODES",
+    "MIN_SNR_DB",
+    "cpu_class",
+    "native_cpu_arithmetic",
+    "auto_mode",
+    "resolve_mode",
+    "warn_if_emulated",
+]
 
 MIN_SNR_DB = 40.0  # the automatic mode's fidelity floor, worst checkpoint of bench_fidelity.py
 
@@ -41,6 +51,7 @@ class PerformanceWarning(UserWarning):
 class Mode:
     """One row of :data:`AUTO_MODES`: on ``device`` (and, for CPUs, ``cpu_class``), decode in ``dtype`` with the
     LSTM's recurrent matrices as ``recurrent_dtype`` (None: the compute dtype); ``evidence`` says why."""
+
     device: str
     cpu_class: str | None
     dtype: torch.dtype
@@ -56,19 +67,40 @@ class Mode:
 # Times: a 10 s decode at B = 1 relative to float32 on the same CPU, in one process, interleaved rounds
 # (benchmarks/bench_decode.py --peers); SNR: the worst of 4 calibrated checkpoints (benchmarks/bench_fidelity.py).
 AUTO_MODES: tuple[Mode, ...] = (
-    Mode("cpu", "amx", torch.bfloat16, torch.int8,
-         "Intel Xeon with AMX (2026-11-25): 0.405x float32; worst SNR 41.3 dB"),
-    Mode("cpu", "avx512_bf16", torch.bfloat16, torch.int8,
-         "AMD EPYC Zen 5 (2026-12-03): 0.48x float32 (0.43-0.58 over 7 rounds); worst SNR 41.3 dB"),
-    Mode("cpu", "avx512", torch.float32, torch.int8,
-         "no bfloat16 arithmetic (bfloat16 emulated, tens of times slower); the int8 recurrence only: "
-         "worst SNR 52.5 dB; speed as the avx2 row (not measured on such a CPU)"),
-    Mode("cpu", "avx2", torch.float32, torch.int8,
-         "AVX2 caps on AMD EPYC Zen 4 (2026-12-05): 0.87x float32 (0.86-0.88 over 5 rounds); worst SNR 52.5 dB; "
-         "bfloat16 52x slower"),
+    Mode(
+        "cpu", "amx", torch.bfloat16, torch.int8, "Intel Xeon with AMX (2026-11-25): 0.405x float32; worst SNR 41.3 dB"
+    ),
+    Mode(
+        "cpu",
+        "avx512_bf16",
+        torch.bfloat16,
+        torch.int8,
+        "AMD EPYC Zen 5 (2026-12-03): 0.48x float32 (0.43-0.58 over 7 rounds); worst SNR 41.3 dB",
+    ),
+    Mode(
+        "cpu",
+        "avx512",
+        torch.float32,
+        torch.int8,
+        "no bfloat16 arithmetic (bfloat16 emulated, tens of times slower); the int8 recurrence only: "
+        "worst SNR 52.5 dB; speed as the avx2 row (not measured on such a CPU)",
+    ),
+    Mode(
+        "cpu",
+        "avx2",
+        torch.float32,
+        torch.int8,
+        "AVX2 caps on AMD EPYC Zen 4 (2026-12-05): 0.87x float32 (0.86-0.88 over 5 rounds); worst SNR 52.5 dB; "
+        "bfloat16 52x slower",
+    ),
     Mode("cpu", "other", torch.float32, None, "nothing measured: the exact mode"),
-    Mode("cuda", "sm80+", torch.bfloat16, None,
-         "bfloat16 tensor cores (A100, H100, ...); not yet measured on a GPU; worst SNR 41.6 dB (CPU bfloat16)"),
+    Mode(
+        "cuda",
+        "sm80+",
+        torch.bfloat16,
+        None,
+        "bfloat16 tensor cores (A100, H100, ...); not yet measured on a GPU; worst SNR 41.6 dB (CPU bfloat16)",
+    ),
     Mode("cuda", "older", torch.float32, None, "no bfloat16 tensor cores; float16 not measured: the exact mode"),
     Mode("other", None, torch.float32, None, "nothing measured: the exact mode"),
 )
@@ -122,9 +154,12 @@ def native_cpu_arithmetic() -> dict[str, bool]:
     """Whether this CPU (after caps) has bfloat16 and float16 arithmetic, or has them emulated."""
     klass = cpu_class()
     fp16 = klass == "amx" and torch.cpu._is_amx_fp16_supported()
-    fp16 = fp16 or (klass in ("amx", "avx512_bf16", "avx512") and "avx512_fp16" in _cpu_flags()
-                    and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() not in ("AVX512_CORE", "AVX512_CORE_VNNI",
-                                                                                  "AVX512_CORE_BF16"))
+    fp16 = fp16 or (
+        klass in ("amx", "avx512_bf16", "avx512")
+        and "avx512_fp16" in _cpu_flags()
+        and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+        not in ("AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16")
+    )
     return {"bfloat16": klass in ("amx", "avx512_bf16"), "float16": bool(fp16)}
 
 
@@ -173,6 +208,10 @@ def warn_if_emulated(dtype: torch.dtype, device: torch.device, *, stacklevel: in
     _warned.add(dtype)
     slowdown, where = EMULATED_SLOWDOWN[dtype]
     row = auto_mode(device)
-    warnings.warn(f"this CPU ({cpu_class()} class) has no {name} arithmetic, so {name} is emulated: a {name} "
-                  f"decode measured {slowdown} slower than float32 on {where}. dtype='auto' picks {row.name} "
-                  f"here; float32 is the exact mode.", PerformanceWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"this CPU ({cpu_class()} class) has no {name} arithmetic, so {name} is emulated: a {name} "
+        f"decode measured {slowdown} slower than float32 on {where}. dtype='auto' picks {row.name} "
+        f"here; float32 is the exact mode.",
+        PerformanceWarning,
+        stacklevel=stacklevel,
+    )

@@ -28,32 +28,69 @@ upsampling layer, each tile of time steps taken through the whole block while it
 (csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
 
 Argument rules: each op has one function here, ``check_<op>``, that states the rules of its C++ checks (in
-``csrc/``) in the same order and words, in one style: ``torch._check_value`` where C++ has ``TORCH_CHECK_VALUE``
-(ValueError), ``torch._check_type`` where it has ``TORCH_CHECK_TYPE`` (TypeError). It takes real, fake or symbolic
+``csrc/``) in the same order and words, in one style: ``_check_value`` where C++ has ``TORCH_CHECK_VALUE``
+(ValueError), ``_check_type`` where it has ``TORCH_CHECK_TYPE`` (TypeError). It takes real, fake or symbolic
 tensors; the Python face (outside torch.compile, whose tracing runs the fake kernel), the fake kernel and the
-fallback kernel call it. The C++ checks stay (the op can be
-called directly); tests/test_ops.py feeds both the same bad arguments.
+fallback kernel call it. The C++ checks stay (the op can be called directly); tests/ops/test_registration.py feeds
+both the same bad arguments.
 """
+
 from __future__ import annotations
 
 import functools
 import threading
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 try:
     from jasco_fast import _C  # noqa: F401  (loading the extension registers the ops)
 except ImportError as exc:  # typically: built against another torch than the one installed now
-    raise ImportError(f"jasco_fast's compiled extension (jasco_fast._C) failed to load with torch "
-                      f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
-                      f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)") from exc
+    raise ImportError(
+        f"jasco_fast's compiled extension (jasco_fast._C) failed to load with torch "
+        f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
+        f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)"
+    ) from exc
 
-__all__ = ["JASCO_LATENT_MEAN", "JASCO_LATENT_STD", "denormalize_transpose", "lstm_skip", "lstm_pack", "lstm_pack_bytes", "codes_to_latents", "elu_resblock", "elu_conv", "elu_conv_transpose", "FallbackWarning", "FALLBACKS",
-           "register_fallback", "missing_kernel_hint", "denorm_transpose_fallback", "check_denorm_transpose",
-           "check_lstm_skip", "check_lstm_pack", "check_codes_to_latents", "check_elu_resblock", "check_elu_conv",
-           "check_elu_conv_transpose"]
+
+def _check(error: type[Exception], cond, message: Callable[[], str]) -> None:
+    """``torch._check_value`` / ``_check_type``'s contract: a plain bool is decided here, a symbolic one (a traced
+    shape) by torch, whose checks import sympy at their first call (a quarter of a second of a cold start)."""
+    if cond is True:
+        return
+    if cond is False:
+        raise error(message())
+    torch._check_with(error, cond, message)
+
+
+_check_value = functools.partial(_check, ValueError)
+_check_type = functools.partial(_check, TypeError)
+
+__all__ = [
+    "JASCO_LATENT_MEAN",
+    "JASCO_LATENT_STD",
+    "denormalize_transpose",
+    "lstm_skip",
+    "lstm_pack",
+    "lstm_pack_bytes",
+    "codes_to_latents",
+    "elu_resblock",
+    "elu_conv",
+    "elu_conv_transpose",
+    "FallbackWarning",
+    "FALLBACKS",
+    "register_fallback",
+    "missing_kernel_hint",
+    "denorm_transpose_fallback",
+    "check_denorm_transpose",
+    "check_lstm_skip",
+    "check_lstm_pack",
+    "check_codes_to_latents",
+    "check_elu_resblock",
+    "check_elu_conv",
+    "check_elu_conv_transpose",
+]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
 JASCO_LATENT_MEAN = -0.0074
@@ -83,8 +120,9 @@ def _scalar_tensor(value_hex: str, dtype: torch.dtype, device: torch.device) -> 
         return torch.tensor(float.fromhex(value_hex), dtype=dtype, device=device)
 
 
-def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None,
-                          channels_last: bool = False) -> torch.Tensor:
+def denormalize_transpose(
+    latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """``(latents * std + mean).permute(0, 2, 1)`` in one pass: [B, T, D] -> [B, D, T].
 
     Args:
@@ -108,23 +146,45 @@ def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtyp
 
 def check_denorm_transpose(latents, mean, std, dtype) -> torch.dtype:
     """denorm_transpose's argument rules (csrc/denorm_transpose.h: check_inputs); returns the output dtype."""
-    torch._check_value(latents.dim() == 3, lambda: f"denorm_transpose: latents must be 3-D [B, T, D], got "
-                                                   f"{latents.dim()}-D with shape {list(latents.shape)}")
-    torch._check_type(latents.dtype in _FLOATS, lambda: f"denorm_transpose: latents must be "
-                                                        f"float32/float64/float16/bfloat16, got {latents.dtype}")
+    _check_value(
+        latents.dim() == 3,
+        lambda: (
+            f"denorm_transpose: latents must be 3-D [B, T, D], got {latents.dim()}-D with shape {list(latents.shape)}"
+        ),
+    )
+    _check_type(
+        latents.dtype in _FLOATS,
+        lambda: f"denorm_transpose: latents must be float32/float64/float16/bfloat16, got {latents.dtype}",
+    )
     B, T, D = latents.shape
-    torch._check_value(D > 0, lambda: f"denorm_transpose: latents need D > 0 channels, got shape {list(latents.shape)}")
+    _check_value(D > 0, lambda: f"denorm_transpose: latents need D > 0 channels, got shape {list(latents.shape)}")
     for name, s in (("mean", mean), ("std", std)):
-        torch._check_value(s.device == latents.device, lambda: f"denorm_transpose: {name} is on {s.device} but "
-                                                               f"latents are on {latents.device}; put them on the same device")
-        torch._check_type(s.dtype in _FLOATS, lambda: f"denorm_transpose: {name} must be a floating-point tensor "
-                                                      f"(float32/float64/float16/bfloat16), got {s.dtype}")
-        torch._check_value(s.dim() <= 1 and (s.numel() == 1 or s.numel() == D),
-                           lambda: f"denorm_transpose: {name} must be a scalar (0-d or 1 element) or have D = {D} "
-                                   f"elements, got shape {list(s.shape)}")
+        _check_value(
+            s.device == latents.device,
+            lambda: (
+                f"denorm_transpose: {name} is on {s.device} but "
+                f"latents are on {latents.device}; put them on the same device"
+            ),
+        )
+        _check_type(
+            s.dtype in _FLOATS,
+            lambda: (
+                f"denorm_transpose: {name} must be a floating-point tensor "
+                f"(float32/float64/float16/bfloat16), got {s.dtype}"
+            ),
+        )
+        _check_value(
+            s.dim() <= 1 and (s.numel() == 1 or s.numel() == D),
+            lambda: (
+                f"denorm_transpose: {name} must be a scalar (0-d or 1 element) or have D = {D} "
+                f"elements, got shape {list(s.shape)}"
+            ),
+        )
     out_dtype = dtype or latents.dtype
-    torch._check_type(out_dtype in _FLOATS, lambda: f"denorm_transpose: dtype must be "
-                                                    f"float32/float64/float16/bfloat16, got {out_dtype}")
+    _check_type(
+        out_dtype in _FLOATS,
+        lambda: f"denorm_transpose: dtype must be float32/float64/float16/bfloat16, got {out_dtype}",
+    )
     return out_dtype
 
 
@@ -184,12 +244,16 @@ def _device_name(device: torch.device) -> str:
 def missing_kernel_hint(device: torch.device) -> str:
     """What to do to get a compiled kernel for ``device`` (or why there is none)."""
     if device.type == "cuda" and torch.version.hip:
-        return ("jasco_fast compiles no HIP kernels (a ROCm torch builds the CPU kernels only), so this "
-                "fallback is the AMD GPU path")
+        return (
+            "jasco_fast compiles no HIP kernels (a ROCm torch builds the CPU kernels only), so this "
+            "fallback is the AMD GPU path"
+        )
     if device.type == "cuda":
-        return (f"the extension was built without its CUDA kernels (nvcc not found, or JASCO_FAST_NO_CUDA=1): "
-                f"install the CUDA {torch.version.cuda} toolkit or set CUDA_HOME, then rebuild with "
-                f"`pip install --no-build-isolation -e .`")
+        return (
+            f"the extension was built without its CUDA kernels (nvcc not found, or JASCO_FAST_NO_CUDA=1): "
+            f"install the CUDA {torch.version.cuda} toolkit or set CUDA_HOME, then rebuild with "
+            f"`pip install --no-build-isolation -e .`"
+        )
     if device.type == "cpu":
         return "the extension was built without its CPU kernel: rebuild with `pip install --no-build-isolation -e .`"
     return f"jasco_fast has no {device.type} kernels, so this fallback is the {device.type} path"
@@ -201,15 +265,19 @@ def _warn_once(op: str, device: torch.device) -> None:
         if key in _warned:
             return
         _warned.add(key)
-    warnings.warn(f"{op} has no compiled kernel for {key[1]} tensors; running its PyTorch implementation "
-                  f"(same results, slower); {missing_kernel_hint(device)}. `jasco-fast info` lists the "
-                  f"compiled kernels.", FallbackWarning, stacklevel=3)
+    warnings.warn(
+        f"{op} has no compiled kernel for {key[1]} tensors; running its PyTorch implementation "
+        f"(same results, slower); {missing_kernel_hint(device)}. `jasco-fast info` lists the "
+        f"compiled kernels.",
+        FallbackWarning,
+        stacklevel=3,
+    )
 
 
 def _device_of(args) -> torch.device:
     """The device of an op call: that of its first tensor (also inside a Tensor[] argument)."""
     for a in args:
-        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+        for t in a if isinstance(a, (list, tuple)) else (a,):
             if isinstance(t, torch.Tensor):
                 return t.device
     return torch.device("cpu")
@@ -226,9 +294,12 @@ def register_fallback(op: str):
     process (``FallbackWarning``). An op that already has a device-generic kernel (CompositeExplicit- or
     CompositeImplicitAutograd, e.g. one written in C++ over ATen ops) needs none and is left alone.
     """
+
     def register(function: Callable) -> Callable:
-        if any(torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
-               for key in ("CompositeExplicitAutograd", "CompositeImplicitAutograd")):
+        if any(
+            torch._C._dispatch_has_kernel_for_dispatch_key(op, key)
+            for key in ("CompositeExplicitAutograd", "CompositeImplicitAutograd")
+        ):
             return function
 
         def kernel(*args, **kwargs):
@@ -241,19 +312,28 @@ def register_fallback(op: str):
         _fallback_libraries[namespace].impl(name, kernel, "CompositeExplicitAutograd")
         FALLBACKS[op] = function
         return function
+
     return register
 
 
 @register_fallback("jasco_fast::denorm_transpose")
-def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                              dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+def denorm_transpose_fallback(
+    latents: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """The kernels' arithmetic in PyTorch ops: compute type float32 (float64 when latents or the output are
     float64), multiply then add (two roundings, no FMA: separate ops), one rounding to the output dtype, and
     the same output strides. Bit for bit the CPU kernel's result."""
     out_dtype = check_denorm_transpose(latents, mean, std, dtype)
     B, T, D = latents.shape
-    out = (latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2) if channels_last
-           else latents.new_empty((B, D, T), dtype=out_dtype))
+    out = (
+        latents.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
+        if channels_last
+        else latents.new_empty((B, D, T), dtype=out_dtype)
+    )
     if out.numel() == 0:
         return out
     wide = torch.float64 if torch.float64 in (latents.dtype, out_dtype) else torch.float32
@@ -266,9 +346,16 @@ def denorm_transpose_fallback(latents: torch.Tensor, mean: torch.Tensor, std: to
 # lstm_skip
 
 
-def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h0: torch.Tensor | None = None,
-              c0: torch.Tensor | None = None, state_frames: int | None = None,
-              recurrent_dtype: torch.dtype | None = None, packed: torch.Tensor | None = None):
+def lstm_skip(
+    seq: torch.Tensor,
+    weights: list[torch.Tensor],
+    num_layers: int,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    state_frames: int | None = None,
+    recurrent_dtype: torch.dtype | None = None,
+    packed: torch.Tensor | None = None,
+):
     """``lstm(seq) + seq`` for a batch-first, unidirectional LSTM with biases, from state ``(h0, c0)``.
 
     Args:
@@ -302,8 +389,9 @@ def lstm_skip(seq: torch.Tensor, weights: list[torch.Tensor], num_layers: int, h
     """
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
         check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed)
-    return torch.ops.jasco_fast.lstm_skip.default(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype,
-                                                  packed)
+    return torch.ops.jasco_fast.lstm_skip.default(
+        seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed
+    )
 
 
 def lstm_pack(w_hh: list[torch.Tensor], recurrent_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -331,55 +419,86 @@ def lstm_pack_bytes(C: int, weight_dtype: torch.dtype, recurrent_dtype: torch.dt
 
 def recurrent_format_supported(recurrent_dtype: torch.dtype | None, weight_dtype: torch.dtype) -> bool:
     """Whether lstm_skip streams ``weight_dtype`` recurrent matrices as ``recurrent_dtype`` (the C++ op's rule)."""
-    return (recurrent_dtype is None or recurrent_dtype in (weight_dtype, torch.int8)
-            or (recurrent_dtype == torch.bfloat16 and weight_dtype == torch.float32))
+    return (
+        recurrent_dtype is None
+        or recurrent_dtype in (weight_dtype, torch.int8)
+        or (recurrent_dtype == torch.bfloat16 and weight_dtype == torch.float32)
+    )
 
 
-def check_lstm_skip(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None,
-                    packed=None) -> None:
+def check_lstm_skip(
+    seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None, packed=None
+) -> None:
     """lstm_skip's argument rules (csrc/lstm_skip.cpp: lstm_skip, check_state, recurrent_format; the packed tensor's
     type as csrc/cpu/lstm_recurrence.cpp's read_packs checks it)."""
-    torch._check_value(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
-    torch._check_value(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
-    torch._check_value(len(weights) == 4 * num_layers,
-                       lambda: f"lstm_skip: expected 4 * num_layers = {4 * num_layers} weights (w_ih, w_hh, b_ih, "
-                               f"b_hh per layer), got {len(weights)}")
-    torch._check_value((h0 is None) == (c0 is None), lambda: "lstm_skip: give both h0 and c0, or neither")
+    _check_value(seq.dim() == 3, lambda: f"lstm_skip: seq must be 3-D [B, T, C], got shape {list(seq.shape)}")
+    _check_value(num_layers >= 1, lambda: f"lstm_skip: num_layers must be >= 1, got {num_layers}")
+    _check_value(
+        len(weights) == 4 * num_layers,
+        lambda: (
+            f"lstm_skip: expected 4 * num_layers = {4 * num_layers} weights (w_ih, w_hh, b_ih, "
+            f"b_hh per layer), got {len(weights)}"
+        ),
+    )
+    _check_value((h0 is None) == (c0 is None), lambda: "lstm_skip: give both h0 and c0, or neither")
     B, T, C = seq.shape
     for name, s in (("h0", h0), ("c0", c0)):
         if s is not None:
-            torch._check_value(s.dim() == 3 and s.shape[0] == num_layers and s.shape[1] == B and s.shape[2] == C,
-                               lambda: f"lstm_skip: {name} must be [num_layers, B, C] = [{num_layers}, {B}, {C}], "
-                                       f"got {list(s.shape)}")
-            torch._check_type(s.dtype == seq.dtype and s.device == seq.device,
-                              lambda: f"lstm_skip: {name} must have seq's dtype and device ({seq.dtype}, "
-                                      f"{seq.device}), got {s.dtype}, {s.device}")
+            _check_value(
+                s.dim() == 3 and s.shape[0] == num_layers and s.shape[1] == B and s.shape[2] == C,
+                lambda: f"lstm_skip: {name} must be [num_layers, B, C] = [{num_layers}, {B}, {C}], got {list(s.shape)}",
+            )
+            _check_type(
+                s.dtype == seq.dtype and s.device == seq.device,
+                lambda: (
+                    f"lstm_skip: {name} must have seq's dtype and device ({seq.dtype}, "
+                    f"{seq.device}), got {s.dtype}, {s.device}"
+                ),
+            )
     n = T if state_frames is None else state_frames
-    torch._check_value(0 <= n and n <= T, lambda: f"lstm_skip: state_frames must lie in [0, T] = [0, {T}], got {n}")
+    _check_value(0 <= n and n <= T, lambda: f"lstm_skip: state_frames must lie in [0, T] = [0, {T}], got {n}")
     own = weights[1].dtype if len(weights) >= 2 else torch.float32
-    torch._check_type(recurrent_format_supported(recurrent_dtype, own),
-                      lambda: f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
-                              f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights")
+    _check_type(
+        recurrent_format_supported(recurrent_dtype, own),
+        lambda: (
+            f"lstm_skip: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+            f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {own} weights"
+        ),
+    )
     if packed is not None:  # its headers, and so its size, are the kernel's to check (read_segment)
-        torch._check_type(packed.dtype == torch.uint8 and packed.dim() == 1,
-                          lambda: f"lstm_skip: packed must be a contiguous 1-D uint8 CPU tensor from "
-                                  f"jasco_fast::lstm_pack, got {packed.dtype} {list(packed.shape)} on {packed.device}")
+        _check_type(
+            packed.dtype == torch.uint8 and packed.dim() == 1,
+            lambda: (
+                f"lstm_skip: packed must be a contiguous 1-D uint8 CPU tensor from "
+                f"jasco_fast::lstm_pack, got {packed.dtype} {list(packed.shape)} on {packed.device}"
+            ),
+        )
 
 
 def check_lstm_pack(w_hh, recurrent_dtype=None) -> int:
     """lstm_pack's argument rules (csrc/cpu/lstm_recurrence.cpp: lstm_pack); returns the pack's size in bytes."""
-    torch._check_value(len(w_hh) >= 1, lambda: "lstm_pack: w_hh must hold at least one matrix")
+    _check_value(len(w_hh) >= 1, lambda: "lstm_pack: w_hh must hold at least one matrix")
     total = 0
     for i, w in enumerate(w_hh):
-        torch._check_value(w.dim() == 2 and w.shape[1] >= 1 and w.shape[0] == 4 * w.shape[1],
-                           lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}")
-        torch._check_type(w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu",
-                          lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor (what the "
-                                           f"CPU kernel reads), got {w.dtype} on {w.device}")
-        torch._check_type(recurrent_format_supported(recurrent_dtype, w.dtype),
-                          lambda w=w: f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
-                                      f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} "
-                                      f"weights")
+        _check_value(
+            w.dim() == 2 and w.shape[1] >= 1 and w.shape[0] == 4 * w.shape[1],
+            lambda i=i, w=w: f"lstm_pack: w_hh[{i}] must be [4C, C] with C >= 1, got {list(w.shape)}",
+        )
+        _check_type(
+            w.dtype in (torch.float32, torch.bfloat16) and w.device.type == "cpu",
+            lambda i=i, w=w: (
+                f"lstm_pack: w_hh[{i}] must be a float32 or bfloat16 CPU tensor (what the "
+                f"CPU kernel reads), got {w.dtype} on {w.device}"
+            ),
+        )
+        _check_type(
+            recurrent_format_supported(recurrent_dtype, w.dtype),
+            lambda w=w: (
+                f"lstm_pack: recurrent_dtype must be None, the weights' dtype, torch.int8, or "
+                f"torch.bfloat16 with float32 weights; got {recurrent_dtype} with {w.dtype} "
+                f"weights"
+            ),
+        )
         total += lstm_pack_bytes(w.shape[1], w.dtype, recurrent_dtype)
     return total
 
@@ -405,30 +524,52 @@ _CODES = (torch.int64, torch.int32)
 
 def check_codes_to_latents(codes, codebooks, dtype) -> torch.dtype:
     """codes_to_latents's argument rules (csrc/codes_to_latents.h: check_code_inputs); returns the output dtype."""
-    torch._check_value(codes.dim() == 3, lambda: f"codes_to_latents: codes must be 3-D [B, K, T], got {codes.dim()}-D "
-                                                 f"with shape {list(codes.shape)}")
-    torch._check_type(codes.dtype in _CODES, lambda: f"codes_to_latents: codes must be int64 or int32, got {codes.dtype}")
-    torch._check_value(codebooks.dim() == 3, lambda: f"codes_to_latents: codebooks must be 3-D [num_codebooks, "
-                                                     f"codebook_size, D], got shape {list(codebooks.shape)}")
-    torch._check_type(codebooks.dtype in _FLOATS, lambda: f"codes_to_latents: codebooks must be "
-                                                          f"float32/float64/float16/bfloat16, got {codebooks.dtype}")
-    torch._check_value(codebooks.device == codes.device,
-                       lambda: f"codes_to_latents: codebooks are on {codebooks.device} but codes are on "
-                               f"{codes.device}; put them on the same device")
-    torch._check_value(codebooks.shape[1] > 0 and codebooks.shape[2] > 0,
-                       lambda: f"codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape "
-                               f"{list(codebooks.shape)}")
+    _check_value(
+        codes.dim() == 3,
+        lambda: f"codes_to_latents: codes must be 3-D [B, K, T], got {codes.dim()}-D with shape {list(codes.shape)}",
+    )
+    _check_type(codes.dtype in _CODES, lambda: f"codes_to_latents: codes must be int64 or int32, got {codes.dtype}")
+    _check_value(
+        codebooks.dim() == 3,
+        lambda: (
+            f"codes_to_latents: codebooks must be 3-D [num_codebooks, "
+            f"codebook_size, D], got shape {list(codebooks.shape)}"
+        ),
+    )
+    _check_type(
+        codebooks.dtype in _FLOATS,
+        lambda: f"codes_to_latents: codebooks must be float32/float64/float16/bfloat16, got {codebooks.dtype}",
+    )
+    _check_value(
+        codebooks.device == codes.device,
+        lambda: (
+            f"codes_to_latents: codebooks are on {codebooks.device} but codes are on "
+            f"{codes.device}; put them on the same device"
+        ),
+    )
+    _check_value(
+        codebooks.shape[1] > 0 and codebooks.shape[2] > 0,
+        lambda: f"codes_to_latents: codebooks need codebook_size > 0 and D > 0, got shape {list(codebooks.shape)}",
+    )
     K, N = codes.shape[1], codebooks.shape[0]
-    torch._check_value(1 <= K and K <= N, lambda: f"codes_to_latents: codes have K = {K} codebooks; this quantizer "
-                                                  f"has {N} (K must lie in [1, {N}]; the first K codebooks are used)")
+    _check_value(
+        1 <= K and K <= N,
+        lambda: (
+            f"codes_to_latents: codes have K = {K} codebooks; this quantizer "
+            f"has {N} (K must lie in [1, {N}]; the first K codebooks are used)"
+        ),
+    )
     out_dtype = dtype or codebooks.dtype
-    torch._check_type(out_dtype in _FLOATS, lambda: f"codes_to_latents: dtype must be "
-                                                    f"float32/float64/float16/bfloat16, got {out_dtype}")
+    _check_type(
+        out_dtype in _FLOATS,
+        lambda: f"codes_to_latents: dtype must be float32/float64/float16/bfloat16, got {out_dtype}",
+    )
     return out_dtype
 
 
-def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None,
-                     channels_last: bool = False) -> torch.Tensor:
+def codes_to_latents(
+    codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """Residual vector quantisation decode in one pass: codes [B, K, T] -> latents [B, D, T].
 
     ``out[b, :, t] = sum_{k < K} codebooks[k, codes[b, k, t], :]``, summed in codebook order in float32
@@ -449,8 +590,10 @@ def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: tor
     it is skipped and out-of-range codes add nothing. No autograd (codes are integers; codebooks are frozen).
     """
     if not isinstance(codes, torch.Tensor) or not isinstance(codebooks, torch.Tensor):
-        raise TypeError(f"codes_to_latents: codes and codebooks must be tensors, got {type(codes).__name__} "
-                        f"and {type(codebooks).__name__}")
+        raise TypeError(
+            f"codes_to_latents: codes and codebooks must be tensors, got {type(codes).__name__} "
+            f"and {type(codebooks).__name__}"
+        )
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
         check_codes_to_latents(codes, codebooks, dtype)
     return torch.ops.jasco_fast.codes_to_latents.default(codes, codebooks, dtype, bool(channels_last))
@@ -470,8 +613,18 @@ def _(codes, codebooks, dtype=None, channels_last=False):
 # elu_resblock, elu_conv: the decoder's tail on the CPU
 
 
-def elu_resblock(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                 dilation: int, pad_left: int, pad_right: int, pad_mode: str, alpha: float) -> torch.Tensor:
+def elu_resblock(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    dilation: int,
+    pad_left: int,
+    pad_right: int,
+    pad_mode: str,
+    alpha: float,
+) -> torch.Tensor:
     """The SEANet residual block ``x + conv(elu(conv(elu(x), w1, b1)), w2, b2)`` in one pass over ``x`` (CPU).
 
     Args:
@@ -487,23 +640,38 @@ def elu_resblock(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
     """
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
         check_elu_resblock(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode)
-    return torch.ops.jasco_fast.elu_resblock.default(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode,
-                                                     float(alpha))
+    return torch.ops.jasco_fast.elu_resblock.default(
+        x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode, float(alpha)
+    )
 
 
-def elu_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dilation: int, pad_left: int,
-             pad_right: int, pad_mode: str, alpha: float) -> torch.Tensor:
+def elu_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    dilation: int,
+    pad_left: int,
+    pad_right: int,
+    pad_mode: str,
+    alpha: float,
+) -> torch.Tensor:
     """``conv(elu(x), weight, bias)`` in one pass (CPU): x [B, C, 1, T] float32/bfloat16, weight [Cout, C, 1, k],
     padding as in :func:`elu_resblock`. Returns [B, Cout, 1, T] channels-last in x's dtype (float32 arithmetic).
     Meant for a narrow output (the decoder's last convolution): each output channel is a dot product per step."""
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
         check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode)
-    return torch.ops.jasco_fast.elu_conv.default(x, weight, bias, dilation, pad_left, pad_right, pad_mode,
-                                                 float(alpha))
+    return torch.ops.jasco_fast.elu_conv.default(x, weight, bias, dilation, pad_left, pad_right, pad_mode, float(alpha))
 
 
-def elu_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int, trim_left: int,
-                       trim_right: int, alpha: float) -> torch.Tensor:
+def elu_conv_transpose(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    stride: int,
+    trim_left: int,
+    trim_right: int,
+    alpha: float,
+) -> torch.Tensor:
     """``conv_transpose(elu(x), weight, bias, stride)`` with ``trim_left`` / ``trim_right`` output samples dropped at
     the ends, in one pass (CPU): a SEANet upsampling layer with its activation.
 
@@ -517,8 +685,7 @@ def elu_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
         check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right)
-    return torch.ops.jasco_fast.elu_conv_transpose.default(x, weight, bias, stride, trim_left, trim_right,
-                                                           float(alpha))
+    return torch.ops.jasco_fast.elu_conv_transpose.default(x, weight, bias, stride, trim_left, trim_right, float(alpha))
 
 
 _TAIL_DTYPES = (torch.float32, torch.bfloat16)
@@ -528,52 +695,67 @@ _PAD_MODES = ("constant", "reflect", "replicate", "circular")
 # The rules the three ops share (csrc/cpu/elu_conv.cpp: check_activations, check_conv_weight, check_padding,
 # parse_pad_mode, make_pad_map).
 
+
 def _check_activations(op: str, x, channels) -> None:
-    torch._check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
-    torch._check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
-    torch._check_value(x.shape[1] == channels, lambda: f"{op}: x has {x.shape[1]} channels, the weights expect {channels}")
-    torch._check_value(x.shape[3] >= 1, lambda: f"{op}: x needs at least one time step")
+    _check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
+    _check_type(x.dtype in _TAIL_DTYPES, lambda: f"{op}: x must be float32 or bfloat16, got {x.dtype}")
+    _check_value(x.shape[1] == channels, lambda: f"{op}: x has {x.shape[1]} channels, the weights expect {channels}")
+    _check_value(x.shape[3] >= 1, lambda: f"{op}: x needs at least one time step")
 
 
 def _check_conv_weight(op: str, name: str, w, b, in_channels, x) -> None:
-    torch._check_value(w.dim() == 4 and w.shape[2] == 1 and w.shape[1] == in_channels,
-                       lambda: f"{op}: {name} must be [out, {in_channels}, 1, k], got shape {list(w.shape)}")
-    torch._check_value(b.dim() == 1 and b.shape[0] == w.shape[0],
-                       lambda: f"{op}: the bias of {name} must be [{w.shape[0]}], got shape {list(b.shape)}")
-    torch._check_type(w.dtype == x.dtype and b.dtype == x.dtype,
-                      lambda: f"{op}: {name} and its bias must have x's dtype {x.dtype}, got {w.dtype} and {b.dtype}")
-    torch._check_value(w.device == x.device and b.device == x.device, lambda: f"{op}: {name} must be on x's device")
+    _check_value(
+        w.dim() == 4 and w.shape[2] == 1 and w.shape[1] == in_channels,
+        lambda: f"{op}: {name} must be [out, {in_channels}, 1, k], got shape {list(w.shape)}",
+    )
+    _check_value(
+        b.dim() == 1 and b.shape[0] == w.shape[0],
+        lambda: f"{op}: the bias of {name} must be [{w.shape[0]}], got shape {list(b.shape)}",
+    )
+    _check_type(
+        w.dtype == x.dtype and b.dtype == x.dtype,
+        lambda: f"{op}: {name} and its bias must have x's dtype {x.dtype}, got {w.dtype} and {b.dtype}",
+    )
+    _check_value(w.device == x.device and b.device == x.device, lambda: f"{op}: {name} must be on x's device")
 
 
 def _check_padding(op: str, x, k, dilation, pad_left, pad_right, pad_mode) -> None:
-    torch._check_value(dilation >= 1, lambda: f"{op}: dilation must be >= 1, got {dilation}")
-    torch._check_value(pad_left >= 0 and pad_right >= 0 and pad_left + pad_right == (k - 1) * dilation,
-                       lambda: f"{op}: pad_left + pad_right must equal (k - 1) * dilation = {(k - 1) * dilation} (the "
-                               f"output keeps the input's length), got {pad_left} + {pad_right}")
-    torch._check_value(pad_mode in _PAD_MODES,
-                       lambda: f"pad_mode must be constant, reflect, replicate or circular, got '{pad_mode}'")
+    _check_value(dilation >= 1, lambda: f"{op}: dilation must be >= 1, got {dilation}")
+    _check_value(
+        pad_left >= 0 and pad_right >= 0 and pad_left + pad_right == (k - 1) * dilation,
+        lambda: (
+            f"{op}: pad_left + pad_right must equal (k - 1) * dilation = {(k - 1) * dilation} (the "
+            f"output keeps the input's length), got {pad_left} + {pad_right}"
+        ),
+    )
+    _check_value(
+        pad_mode in _PAD_MODES, lambda: f"pad_mode must be constant, reflect, replicate or circular, got '{pad_mode}'"
+    )
     pad, T = max(pad_left, pad_right), x.shape[3]
-    torch._check_value(pad_mode != "circular" or T >= pad,
-                       lambda: f"{op}: circular padding of {pad} needs at least that many samples, got {T}")
+    _check_value(
+        pad_mode != "circular" or T >= pad,
+        lambda: f"{op}: circular padding of {pad} needs at least that many samples, got {T}",
+    )
 
 
 def check_elu_resblock(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode) -> None:
     """elu_resblock's argument rules (csrc/cpu/elu_conv.cpp: elu_resblock)."""
     op = "elu_resblock"
-    torch._check_value(w1.dim() == 4, lambda: f"{op}: w1 must be [H, C, 1, k], got shape {list(w1.shape)}")
+    _check_value(w1.dim() == 4, lambda: f"{op}: w1 must be [H, C, 1, k], got shape {list(w1.shape)}")
     H, C, k = w1.shape[0], w1.shape[1], w1.shape[3]
     _check_activations(op, x, C)
     _check_conv_weight(op, "w1", w1, b1, C, x)
     _check_conv_weight(op, "w2", w2, b2, H, x)
-    torch._check_value(w2.shape[0] == C and w2.shape[3] == 1,
-                       lambda: f"{op}: w2 must be [{C}, {H}, 1, 1], got shape {list(w2.shape)}")
+    _check_value(
+        w2.shape[0] == C and w2.shape[3] == 1, lambda: f"{op}: w2 must be [{C}, {H}, 1, 1], got shape {list(w2.shape)}"
+    )
     _check_padding(op, x, k, dilation, pad_left, pad_right, pad_mode)
 
 
 def check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode) -> None:
     """elu_conv's argument rules (csrc/cpu/elu_conv.cpp: elu_conv)."""
     op = "elu_conv"
-    torch._check_value(weight.dim() == 4, lambda: f"{op}: weight must be [Cout, C, 1, k], got shape {list(weight.shape)}")
+    _check_value(weight.dim() == 4, lambda: f"{op}: weight must be [Cout, C, 1, k], got shape {list(weight.shape)}")
     _check_activations(op, x, weight.shape[1])
     _check_conv_weight(op, "weight", weight, bias, weight.shape[1], x)
     _check_padding(op, x, weight.shape[3], dilation, pad_left, pad_right, pad_mode)
@@ -582,23 +764,35 @@ def check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode) -> 
 def check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right) -> int:
     """elu_conv_transpose's argument rules (csrc/cpu/elu_conv.cpp: elu_conv_transpose); returns the output length."""
     op = "elu_conv_transpose"
-    torch._check_value(weight.dim() == 4 and weight.shape[2] == 1,
-                       lambda: f"{op}: weight must be [C, Cout, 1, k], got shape {list(weight.shape)}")
+    _check_value(
+        weight.dim() == 4 and weight.shape[2] == 1,
+        lambda: f"{op}: weight must be [C, Cout, 1, k], got shape {list(weight.shape)}",
+    )
     C, Cout, k = weight.shape[0], weight.shape[1], weight.shape[3]
     _check_activations(op, x, C)
-    torch._check_value(Cout >= 1 and k >= 1, lambda: f"{op}: weight must have at least one output channel and one "
-                                                     f"tap, got shape {list(weight.shape)}")
-    torch._check_value(bias.dim() == 1 and bias.shape[0] == Cout,
-                       lambda: f"{op}: bias must be [{Cout}], got shape {list(bias.shape)}")
-    torch._check_type(weight.dtype == x.dtype and bias.dtype == x.dtype,
-                      lambda: f"{op}: weight and bias must have x's dtype {x.dtype}, got {weight.dtype} and {bias.dtype}")
-    torch._check_value(weight.device == x.device and bias.device == x.device,
-                       lambda: f"{op}: weight and bias must be on x's device")
-    torch._check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
+    _check_value(
+        Cout >= 1 and k >= 1,
+        lambda: f"{op}: weight must have at least one output channel and one tap, got shape {list(weight.shape)}",
+    )
+    _check_value(
+        bias.dim() == 1 and bias.shape[0] == Cout, lambda: f"{op}: bias must be [{Cout}], got shape {list(bias.shape)}"
+    )
+    _check_type(
+        weight.dtype == x.dtype and bias.dtype == x.dtype,
+        lambda: f"{op}: weight and bias must have x's dtype {x.dtype}, got {weight.dtype} and {bias.dtype}",
+    )
+    _check_value(
+        weight.device == x.device and bias.device == x.device, lambda: f"{op}: weight and bias must be on x's device"
+    )
+    _check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
     full = (x.shape[3] - 1) * stride + k
-    torch._check_value(trim_left >= 0 and trim_right >= 0 and trim_left + trim_right < full,
-                       lambda: f"{op}: trim_left and trim_right must be >= 0 and leave at least one of the {full} "
-                               f"output samples, got {trim_left} and {trim_right}")
+    _check_value(
+        trim_left >= 0 and trim_right >= 0 and trim_left + trim_right < full,
+        lambda: (
+            f"{op}: trim_left and trim_right must be >= 0 and leave at least one of the {full} "
+            f"output samples, got {trim_left} and {trim_right}"
+        ),
+    )
     return full - trim_left - trim_right
 
 

@@ -11,12 +11,14 @@ background writer.
 
 On the CPU the copies are no-ops and the queue still overlaps writing with decoding.
 """
+
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -138,7 +140,7 @@ class WriteQueue:
             self._thread.join()
         return self.done()
 
-    def __enter__(self) -> "WriteQueue":
+    def __enter__(self) -> WriteQueue:
         return self
 
     def __exit__(self, *exc) -> None:

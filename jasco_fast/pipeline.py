@@ -6,6 +6,7 @@ ahead-of-time artifacts) that turns one window of input into audio, and the chun
 (:mod:`jasco_fast.runner`) that drives it over a whole input or a stream. They differ only in their front-end
 op, ``denorm_transpose`` (with the latent statistics) or ``codes_to_latents`` (with the quantizer's codebooks).
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,18 +18,37 @@ import torch
 from torch import nn
 
 from jasco_fast import artifacts, ops
-from jasco_fast.backends import (AOT_MAX_BATCH, AOT_MAX_FRAMES, AotBackend, Backend, aot_min_frames, make_backend,
-                                 resolve_backend)
+from jasco_fast.backends import (
+    AOT_MAX_BATCH,
+    AOT_MAX_FRAMES,
+    AotBackend,
+    Backend,
+    aot_min_frames,
+    make_backend,
+    resolve_backend,
+)
 from jasco_fast.decoder import LSTM, DecoderConfig, SEANetDecoder
 from jasco_fast.modes import resolve_mode, warn_if_emulated
-from jasco_fast.ops import (JASCO_LATENT_MEAN, JASCO_LATENT_STD, codes_to_latents, denormalize_transpose,
-                            recurrent_format_supported)
+from jasco_fast.ops import (
+    JASCO_LATENT_MEAN,
+    JASCO_LATENT_STD,
+    codes_to_latents,
+    denormalize_transpose,
+    recurrent_format_supported,
+)
 from jasco_fast.quantizer import Quantizer, as_codes
 from jasco_fast.runner import DEFAULT_CHUNK_FRAMES, ChunkRunner, _state_shape, usable_chunk_frames
 from jasco_fast.streaming import POSITIONS, ChunkPlan, ChunkStep, chunk_plan
 
-__all__ = ["LatentDecoder", "CodeDecoder", "DTYPES", "DEFAULT_CHUNK_FRAMES", "AOT_MAX_BATCH", "AOT_MAX_FRAMES",
-           "aot_min_frames"]
+__all__ = [
+    "LatentDecoder",
+    "CodeDecoder",
+    "DTYPES",
+    "DEFAULT_CHUNK_FRAMES",
+    "AOT_MAX_BATCH",
+    "AOT_MAX_FRAMES",
+    "aot_min_frames",
+]
 
 
 # The compute dtypes LatentDecoder is tested with, by the names the CLI and the benchmarks take.
@@ -40,8 +60,9 @@ def _statistic(value, name: str, dim: int) -> torch.Tensor:
     # which the op does not require.
     t = torch.as_tensor(value, dtype=torch.float32).detach().clone()
     if t.dim() > 1 or t.numel() not in (1, dim):
-        raise ValueError(f"{name} must be a scalar or have {dim} values (one per latent channel), "
-                         f"got shape {list(t.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar or have {dim} values (one per latent channel), got shape {list(t.shape)}"
+        )
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} must be finite")
     return t.reshape(()) if t.numel() == 1 else t
@@ -62,7 +83,7 @@ class LatentChunkStep(nn.Module):
     function a compiled or exported chunk decoder compiles, one per position ("first", "middle", "last").
     """
 
-    def __init__(self, owner: "LatentDecoder", plan: ChunkPlan, position: str):
+    def __init__(self, owner: LatentDecoder, plan: ChunkPlan, position: str):
         super().__init__()
         self.step = ChunkStep(owner.decoder, plan, position)
         # the owner's tensors, not copies; buffers, so that an exported step reads them as weights
@@ -105,8 +126,15 @@ class _FrontEndDecoder(nn.Module):
             self.decoder.to_channels_last()
         self.decoder.fuse()  # after the dtype and the layout: fused CPU modules and LSTM packs, held, not per call
 
-    def _attach(self, backend: str | None, mode: str | None, chunk_frames: int | None, *, aot: bool,
-                background_build: bool | None = None) -> None:
+    def _attach(
+        self,
+        backend: str | None,
+        mode: str | None,
+        chunk_frames: int | None,
+        *,
+        aot: bool,
+        background_build: bool | None = None,
+    ) -> None:
         """The backend and the chunk runner; after the subclass's tensors (the backend reads them)."""
         name = resolve_backend(backend, mode, self.device, aot=aot)
         # latent frames per chunk of long inputs; None: every call takes one pass
@@ -143,8 +171,9 @@ class _FrontEndDecoder(nn.Module):
             self._check_input(pieces)
             pieces = (pieces,)
         elif not isinstance(pieces, Iterable) or isinstance(pieces, (str, bytes)):
-            raise TypeError(f"{self.input_name} must be a tensor or an iterable of tensors, got "
-                            f"{type(pieces).__name__}")
+            raise TypeError(
+                f"{self.input_name} must be a tensor or an iterable of tensors, got {type(pieces).__name__}"
+            )
         return self._runner.stream(pieces, chunk_frames)
 
     def _plan(self, chunk_frames: int) -> ChunkPlan:
@@ -179,9 +208,11 @@ class _FrontEndDecoder(nn.Module):
 
     def artifact_status(self) -> dict[str, str]:
         """``backend="aot"``: what each artifact used so far is doing ("loaded ...", "no entry", "rejected: ...")."""
+
         def name(chunk_frames, position, single):
             what = "one pass" if position is None else f"chunk {position} ({chunk_frames} frames)"
             return what + (", B = 1" if single else "")
+
         aot = self._aot_backend()
         return {name(*key): runner.status for key, runner in aot.runners.items()} if aot else {}
 
@@ -246,10 +277,20 @@ class LatentDecoder(_FrontEndDecoder):
             stay float32 (see :func:`jasco_fast.ops.lstm_skip`).
     """
 
-    def __init__(self, decoder: SEANetDecoder, mean=JASCO_LATENT_MEAN, std=JASCO_LATENT_STD, *,
-                 backend: str | None = None, mode: str | None = None, channels_last: bool = True,
-                 dtype: torch.dtype | str | None = None, chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
-                 background_build: bool | None = None, recurrent_dtype: torch.dtype | str | None = None):
+    def __init__(
+        self,
+        decoder: SEANetDecoder,
+        mean=JASCO_LATENT_MEAN,
+        std=JASCO_LATENT_STD,
+        *,
+        backend: str | None = None,
+        mode: str | None = None,
+        channels_last: bool = True,
+        dtype: torch.dtype | str | None = None,
+        chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
+        background_build: bool | None = None,
+        recurrent_dtype: torch.dtype | str | None = None,
+    ):
         super().__init__()
         self._setup(decoder, channels_last=channels_last, dtype=dtype, recurrent_dtype=recurrent_dtype)
         dim, device = decoder.config.dimension, next(decoder.parameters()).device
@@ -273,8 +314,9 @@ class LatentDecoder(_FrontEndDecoder):
         if latents.dim() != 3 or latents.shape[2] != dim:  # the decoder's rule
             raise ValueError(f"latents must be [B, T, {dim}], got {list(latents.shape)}")
         # the op's rules, on the latents' device: the runner moves them to the decoder's afterwards
-        ops.check_denorm_transpose(latents, _stand_in(self.mean, latents.device), _stand_in(self.std, latents.device),
-                             self.dtype)
+        ops.check_denorm_transpose(
+            latents, _stand_in(self.mean, latents.device), _stand_in(self.std, latents.device), self.dtype
+        )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, T, D] -> audio [B, C, T * hop], float32."""
@@ -282,8 +324,9 @@ class LatentDecoder(_FrontEndDecoder):
             raise TypeError(f"latents must be a tensor, got {type(latents).__name__}")
         return self._forward_frames_major(latents)
 
-    def stream(self, latents: torch.Tensor | Iterable[torch.Tensor], *,
-               chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+    def stream(
+        self, latents: torch.Tensor | Iterable[torch.Tensor], *, chunk_frames: int | None = None
+    ) -> Iterator[torch.Tensor]:
         """Decode chunk by chunk, yielding float32 audio [B, C, n] pieces in order, each as soon as it is final.
 
         Args:
@@ -302,26 +345,36 @@ class LatentDecoder(_FrontEndDecoder):
         return self._stream_frames_major(latents, chunk_frames)
 
     def _recipe_params(self) -> dict:
-        return {"config": dataclasses.asdict(self.decoder.config), "dtype": str(self.dtype).replace("torch.", ""),
-                "channels_last": self.channels_last,
-                "statistics_shape": [list(self.mean.shape), list(self.std.shape)],
-                "recurrent_dtype": None if self.recurrent_dtype is None else str(self.recurrent_dtype).replace("torch.", "")}
+        return {
+            "config": dataclasses.asdict(self.decoder.config),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "channels_last": self.channels_last,
+            "statistics_shape": [list(self.mean.shape), list(self.std.shape)],
+            "recurrent_dtype": None
+            if self.recurrent_dtype is None
+            else str(self.recurrent_dtype).replace("torch.", ""),
+        }
 
-    def aot_recipe(self, position: str | None = None, chunk_frames: int | None = None, *,
-                   single: bool = False) -> artifacts.Recipe:
+    def aot_recipe(
+        self, position: str | None = None, chunk_frames: int | None = None, *, single: bool = False
+    ) -> artifacts.Recipe:
         """The recipe of an ahead-of-time artifact of this decoder (architecture, dtype, layout, device):
         one-pass decoding (``position`` None), or the chunk step at ``position`` for chunks of
         ``chunk_frames`` (default: this decoder's); ``single``: specialised to B = 1 (else any B)."""
         params = {**self._recipe_params(), "single": single}
         if position is None:
-            return artifacts.Recipe("latent_decoder", "jasco_fast.pipeline:latent_decoder_program", params,
-                                    device=self.device.type)
+            return artifacts.Recipe(
+                "latent_decoder", "jasco_fast.pipeline:latent_decoder_program", params, device=self.device.type
+            )
         if position not in POSITIONS:
             raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
-        params.update(position=position,
-                      chunk_frames=self._plan(chunk_frames or self.chunk_frames or DEFAULT_CHUNK_FRAMES).chunk_frames)
-        return artifacts.Recipe("latent_chunk_step", "jasco_fast.pipeline:latent_chunk_step_program", params,
-                                device=self.device.type)
+        params.update(
+            position=position,
+            chunk_frames=self._plan(chunk_frames or self.chunk_frames or DEFAULT_CHUNK_FRAMES).chunk_frames,
+        )
+        return artifacts.Recipe(
+            "latent_chunk_step", "jasco_fast.pipeline:latent_chunk_step_program", params, device=self.device.type
+        )
 
     def aot_recipes(self) -> list[artifacts.Recipe]:
         """Every artifact this decoder's calls use: one-pass, and each chunk position when it chunks; each
@@ -341,15 +394,14 @@ class CodeChunkStep(nn.Module):
     """One chunk of :meth:`CodeDecoder.stream` at one position: ``(codes window [B, W, K], h, c) ->
     (audio [B, C, n * hop] float32, h, c)``; the fused RVQ decode followed by :class:`ChunkStep`."""
 
-    def __init__(self, owner: "CodeDecoder", plan: ChunkPlan, position: str):
+    def __init__(self, owner: CodeDecoder, plan: ChunkPlan, position: str):
         super().__init__()
         self.step = ChunkStep(owner.decoder, plan, position)
         self.codebooks = owner.codebooks  # shared with the owner, not a copy
         self.dtype, self.channels_last = owner.dtype, owner.channels_last
 
     def forward(self, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        x = codes_to_latents(window.transpose(1, 2), self.codebooks, dtype=self.dtype,
-                             channels_last=self.channels_last)
+        x = codes_to_latents(window.transpose(1, 2), self.codebooks, dtype=self.dtype, channels_last=self.channels_last)
         audio, h, c = self.step(x, h, c)
         return audio.float(), h, c
 
@@ -373,15 +425,26 @@ class CodeDecoder(_FrontEndDecoder):
 
     input_name = "codes"
 
-    def __init__(self, decoder: SEANetDecoder, quantizer: Quantizer, *, backend: str | None = None,
-                 mode: str | None = None, channels_last: bool = True, dtype: torch.dtype | str | None = None,
-                 chunk_frames: int | None = DEFAULT_CHUNK_FRAMES, recurrent_dtype: torch.dtype | str | None = None):
+    def __init__(
+        self,
+        decoder: SEANetDecoder,
+        quantizer: Quantizer,
+        *,
+        backend: str | None = None,
+        mode: str | None = None,
+        channels_last: bool = True,
+        dtype: torch.dtype | str | None = None,
+        chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
+        recurrent_dtype: torch.dtype | str | None = None,
+    ):
         super().__init__()
         if not isinstance(quantizer, Quantizer):
             raise TypeError(f"quantizer must be a jasco_fast.Quantizer, got {type(quantizer).__name__}")
         if isinstance(decoder, SEANetDecoder) and quantizer.dimension != decoder.config.dimension:
-            raise ValueError(f"the quantizer's codebooks have D = {quantizer.dimension}, the decoder reads "
-                             f"D = {decoder.config.dimension}")
+            raise ValueError(
+                f"the quantizer's codebooks have D = {quantizer.dimension}, the decoder reads "
+                f"D = {decoder.config.dimension}"
+            )
         self._setup(decoder, channels_last=channels_last, dtype=dtype, recurrent_dtype=recurrent_dtype)
         # the op sums in float32 (float64 codebooks: float64) and casts once to `dtype`
         device = next(decoder.parameters()).device
@@ -401,8 +464,9 @@ class CodeDecoder(_FrontEndDecoder):
         return self.codebooks.shape[1]
 
     def _decode(self, codes_t: torch.Tensor) -> torch.Tensor:
-        x = codes_to_latents(codes_t.transpose(1, 2), self.codebooks, dtype=self.dtype,
-                             channels_last=self.channels_last)
+        x = codes_to_latents(
+            codes_t.transpose(1, 2), self.codebooks, dtype=self.dtype, channels_last=self.channels_last
+        )
         return self.decoder(x).float()
 
     def _make_step(self, plan: ChunkPlan, position: str) -> nn.Module:
@@ -426,15 +490,18 @@ class CodeDecoder(_FrontEndDecoder):
         bad = (codes_t < 0) | (codes_t >= S)
         if codes_t.numel() and bool(bad.any()):
             b, t, k = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"code {int(codes_t[b, t, k])} at [b={b}, k={k}, t={t}] is out of range: codes must "
-                             f"lie in [0, {S}) (the codebook size)")
+            raise ValueError(
+                f"code {int(codes_t[b, t, k])} at [b={b}, k={k}, t={t}] is out of range: codes must "
+                f"lie in [0, {S}) (the codebook size)"
+            )
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, T] (any integer dtype) -> audio [B, C, T * hop], float32."""
         return self._forward_frames_major(self._frames_major(codes))
 
-    def stream(self, codes: torch.Tensor | Iterable[torch.Tensor], *,
-               chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
+    def stream(
+        self, codes: torch.Tensor | Iterable[torch.Tensor], *, chunk_frames: int | None = None
+    ) -> Iterator[torch.Tensor]:
         """As :meth:`LatentDecoder.stream`, for codes: a [B, K, T] tensor or an iterable of [B, K, t] pieces."""
         if isinstance(codes, torch.Tensor):
             return self._stream_frames_major(self._frames_major(codes), chunk_frames)
@@ -443,27 +510,43 @@ class CodeDecoder(_FrontEndDecoder):
         raise TypeError(f"codes must be a tensor or an iterable of tensors, got {type(codes).__name__}")
 
 
-def _program_owner(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                   recurrent_dtype: str | None, chunk_frames: int | None = None) -> LatentDecoder:
+def _program_owner(
+    config: dict,
+    dtype: str,
+    channels_last: bool,
+    statistics_shape: list,
+    recurrent_dtype: str | None,
+    chunk_frames: int | None = None,
+) -> LatentDecoder:
     # random weights: an artifact takes the real ones at load
     mean_shape, std_shape = statistics_shape
-    return LatentDecoder(SEANetDecoder(DecoderConfig(**config)), torch.zeros(mean_shape), torch.ones(std_shape),
-                         backend="eager", channels_last=channels_last, dtype=getattr(torch, dtype),
-                         chunk_frames=chunk_frames,
-                         recurrent_dtype=None if recurrent_dtype is None else getattr(torch, recurrent_dtype))
+    return LatentDecoder(
+        SEANetDecoder(DecoderConfig(**config)),
+        torch.zeros(mean_shape),
+        torch.ones(std_shape),
+        backend="eager",
+        channels_last=channels_last,
+        dtype=getattr(torch, dtype),
+        chunk_frames=chunk_frames,
+        recurrent_dtype=None if recurrent_dtype is None else getattr(torch, recurrent_dtype),
+    )
 
 
 def _recurrent_dtype(recurrent_dtype, dtype: torch.dtype) -> torch.dtype | None:
     """The LSTM's recurrent format, None when it is the compute dtype itself."""
-    if not (recurrent_dtype is None or isinstance(recurrent_dtype, torch.dtype)) \
-            or not recurrent_format_supported(recurrent_dtype, dtype):
-        raise ValueError(f"recurrent_dtype must be None, torch.int8, or torch.bfloat16 with a float32 dtype; got "
-                         f"{recurrent_dtype!r} with dtype {dtype}")
+    if not (recurrent_dtype is None or isinstance(recurrent_dtype, torch.dtype)) or not recurrent_format_supported(
+        recurrent_dtype, dtype
+    ):
+        raise ValueError(
+            f"recurrent_dtype must be None, torch.int8, or torch.bfloat16 with a float32 dtype; got "
+            f"{recurrent_dtype!r} with dtype {dtype}"
+        )
     return None if recurrent_dtype == dtype else recurrent_dtype
 
 
-def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                           recurrent_dtype: str | None, single: bool) -> artifacts.Program:
+def latent_decoder_program(
+    config: dict, dtype: str, channels_last: bool, statistics_shape: list, recurrent_dtype: str | None, single: bool
+) -> artifacts.Program:
     """The recipe factory of LatentDecoder's one-pass artifact: ``_decode`` of a LatentDecoder of this
     architecture, dynamic in T, and in B unless ``single`` (B = 1)."""
     from torch.export import Dim
@@ -475,13 +558,21 @@ def latent_decoder_program(config: dict, dtype: str, channels_last: bool, statis
     dims = {1: Dim("frames", min=min_frames, max=AOT_MAX_FRAMES)}
     if not single:
         dims[0] = Dim("batch", min=1, max=AOT_MAX_BATCH)
-    return artifacts.Program(owner, (example,), (dims,), method="_decode",
-                             tolerance=artifacts.VALIDATION_TOLERANCE[owner.dtype])
+    return artifacts.Program(
+        owner, (example,), (dims,), method="_decode", tolerance=artifacts.VALIDATION_TOLERANCE[owner.dtype]
+    )
 
 
-def latent_chunk_step_program(config: dict, dtype: str, channels_last: bool, statistics_shape: list,
-                              recurrent_dtype: str | None, single: bool, chunk_frames: int,
-                              position: str) -> artifacts.Program:
+def latent_chunk_step_program(
+    config: dict,
+    dtype: str,
+    channels_last: bool,
+    statistics_shape: list,
+    recurrent_dtype: str | None,
+    single: bool,
+    chunk_frames: int,
+    position: str,
+) -> artifacts.Program:
     """The recipe factory of LatentDecoder's chunk-step artifacts: :meth:`LatentDecoder.chunk_step` at
     ``position``, dynamic in B unless ``single`` (B = 1), and in the window's length for ``last``."""
     from torch.export import Dim
@@ -501,5 +592,6 @@ def latent_chunk_step_program(config: dict, dtype: str, channels_last: bool, sta
     state_dims = {1: batch} if len(shape) == 3 and not single else None
     # a non-zero state, as a middle or last chunk receives it
     h, c = ((0.1 * torch.randn(shape)).to(owner.dtype) for _ in range(2))
-    return artifacts.Program(step, (example, h, c), (window, state_dims, state_dims),
-                             tolerance=artifacts.VALIDATION_TOLERANCE[owner.dtype])
+    return artifacts.Program(
+        step, (example, h, c), (window, state_dims, state_dims), tolerance=artifacts.VALIDATION_TOLERANCE[owner.dtype]
+    )

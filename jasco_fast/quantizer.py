@@ -7,6 +7,7 @@ the checkpoints :func:`jasco_fast.load_decoder` reads, with the same file readin
 * audiocraft exports: ``quantizer.vq.layers.{k}._codebook.embed`` ([codebook_size, D] each);
 * transformers EnCodec folders: ``quantizer.layers.{k}.codebook.embed``.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,10 @@ from jasco_fast.ops import codes_to_latents
 __all__ = ["Quantizer", "load_quantizer", "quantizer_from_state"]
 
 # Where each format keeps codebook k: (prefix, suffix) around k.
-_CODEBOOK_KEY = {"audiocraft": ("quantizer.vq.layers.", "._codebook.embed"),
-                 "transformers": ("quantizer.layers.", ".codebook.embed")}
+_CODEBOOK_KEY = {
+    "audiocraft": ("quantizer.vq.layers.", "._codebook.embed"),
+    "transformers": ("quantizer.layers.", ".codebook.embed"),
+}
 
 
 class Quantizer(nn.Module):
@@ -37,8 +40,9 @@ class Quantizer(nn.Module):
         if not isinstance(codebooks, torch.Tensor) or not codebooks.is_floating_point():
             raise TypeError("codebooks must be a floating-point tensor")
         if codebooks.dim() != 3 or 0 in codebooks.shape:
-            raise ValueError(f"codebooks must be [num_codebooks, codebook_size, D] with no empty axis, got "
-                             f"{list(codebooks.shape)}")
+            raise ValueError(
+                f"codebooks must be [num_codebooks, codebook_size, D] with no empty axis, got {list(codebooks.shape)}"
+            )
         self.register_buffer("codebooks", codebooks.detach().clone().contiguous())
 
     @property
@@ -58,8 +62,9 @@ class Quantizer(nn.Module):
         codebooks used) -> latents [B, T, D] in ``dtype`` (default: the codebooks'), on the codebooks' device."""
         codes = as_codes(codes)
         # channels-last [B, D, T] is [B, T, D] memory: the transpose back is a contiguous view
-        return codes_to_latents(codes.to(self.codebooks.device), self.codebooks, dtype=dtype,
-                                channels_last=True).transpose(1, 2)
+        return codes_to_latents(
+            codes.to(self.codebooks.device), self.codebooks, dtype=dtype, channels_last=True
+        ).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"num_codebooks={self.num_codebooks}, codebook_size={self.codebook_size}, dimension={self.dimension}"
@@ -76,8 +81,9 @@ def as_codes(codes) -> torch.Tensor:
     return codes.long()
 
 
-def quantizer_from_state(state: dict, fmt: str, source, *, device="cpu", dtype=torch.float32,
-                         dimension: int | None = None) -> Quantizer:
+def quantizer_from_state(
+    state: dict, fmt: str, source, *, device="cpu", dtype=torch.float32, dimension: int | None = None
+) -> Quantizer:
     """A :class:`Quantizer` from an upstream state dict (``fmt``: 'audiocraft' or 'transformers');
     ``source`` names where the state came from, for error messages; ``dimension``: the D the decoder reads."""
     path = Path(str(source))
@@ -85,23 +91,33 @@ def quantizer_from_state(state: dict, fmt: str, source, *, device="cpu", dtype=t
     pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
     found = {int(m.group(1)): v for k, v in state.items() if (m := pattern.fullmatch(k))}
     if not found:
-        raise CheckpointError(path, f"no quantizer codebooks (keys {prefix}<k>{suffix}): this checkpoint holds no "
-                                    f"RVQ, so it cannot decode codes")
+        raise CheckpointError(
+            path,
+            f"no quantizer codebooks (keys {prefix}<k>{suffix}): this checkpoint holds no "
+            f"RVQ, so it cannot decode codes",
+        )
     if sorted(found) != list(range(len(found))):
-        raise CheckpointError(path, f"quantizer codebooks are not numbered 0..{len(found) - 1}: found "
-                                    f"{sorted(found)[:8]}")
+        raise CheckpointError(
+            path, f"quantizer codebooks are not numbered 0..{len(found) - 1}: found {sorted(found)[:8]}"
+        )
     projections = sorted(k for k in state if k.startswith(prefix) and (".project_in." in k or ".project_out." in k))
     if projections:
-        raise CheckpointError(path, f"quantizer with codebook projections ({projections[0]}, ...) is not supported: "
-                                    f"only EnCodec's RVQ, whose codebooks have the latent dimension")
+        raise CheckpointError(
+            path,
+            f"quantizer with codebook projections ({projections[0]}, ...) is not supported: "
+            f"only EnCodec's RVQ, whose codebooks have the latent dimension",
+        )
     books = [found[k] for k in range(len(found))]
     for k, book in enumerate(books):
         key = f"{prefix}{k}{suffix}"
         if not isinstance(book, torch.Tensor) or not book.is_floating_point():
             raise CheckpointError(path, f"{key!r} is not a floating-point tensor")
         if book.dim() != 2 or book.shape != books[0].shape or 0 in book.shape:
-            raise CheckpointError(path, f"{key!r} has shape {list(book.shape)}; every codebook must be "
-                                        f"[codebook_size, D] = {list(books[0].shape)}")
+            raise CheckpointError(
+                path,
+                f"{key!r} has shape {list(book.shape)}; every codebook must be "
+                f"[codebook_size, D] = {list(books[0].shape)}",
+            )
         if not torch.isfinite(book).all():
             raise CheckpointError(path, f"{key!r} holds NaN or Inf")
     if dimension is not None and books[0].shape[1] != dimension:

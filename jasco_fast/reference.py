@@ -1,4 +1,5 @@
 """The pure-PyTorch reference every fast path of jasco_fast is tested against: JASCO's own arithmetic."""
+
 from __future__ import annotations
 
 import copy
@@ -13,15 +14,15 @@ from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 __all__ = ["denormalize_transpose", "decode", "ReferenceDecoder", "codes_to_latents"]
 
 
-def denormalize_transpose(latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None,
-                          channels_last: bool = False) -> torch.Tensor:
+def denormalize_transpose(
+    latents: torch.Tensor, mean, std, *, dtype: torch.dtype | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """`(latents * std + mean).permute(0, 2, 1)` as JASCO writes it, then the cast and the layout of
     `jasco_fast.denormalize_transpose` (same signature): [B, T, D] -> [B, D, T]."""
     out = (latents * std + mean).permute(0, 2, 1).to(dtype or latents.dtype)
     if channels_last:
         return out.transpose(1, 2).contiguous().transpose(1, 2)
     return out.contiguous()
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -34,7 +35,7 @@ def _upstream_pad(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Te
         return F.pad(x, (left, right), mode)
     extra = max(0, max(left, right) - x.shape[-1] + 1)
     padded = F.pad(F.pad(x, (0, extra)), (left, right), mode)
-    return padded[..., :padded.shape[-1] - extra]
+    return padded[..., : padded.shape[-1] - extra]
 
 
 class _EagerConv(nn.Module):
@@ -77,7 +78,7 @@ class _EagerConvTranspose(nn.Module):
         total = self.convtr.kernel_size[0] - self.convtr.stride[0]
         right = math.ceil(total * self.trim_right_ratio) if self.causal else total // 2
         y = self.norm(self.convtr(x))
-        return y[..., total - right:y.shape[-1] - right]
+        return y[..., total - right : y.shape[-1] - right]
 
 
 class _EagerLSTM(nn.Module):
@@ -95,8 +96,9 @@ class _EagerLSTM(nn.Module):
 class _EagerResBlock(nn.Module):
     def __init__(self, block, make_conv):
         super().__init__()
-        self.block = nn.Sequential(copy.deepcopy(block.act1), make_conv(block.conv1),
-                                   copy.deepcopy(block.act2), make_conv(block.conv2))
+        self.block = nn.Sequential(
+            copy.deepcopy(block.act1), make_conv(block.conv1), copy.deepcopy(block.act2), make_conv(block.conv2)
+        )
         self.shortcut = nn.Identity() if isinstance(block.shortcut, nn.Identity) else make_conv(block.shortcut)
 
     def forward(self, x):
@@ -164,8 +166,9 @@ def decode(decoder_or_path, latents: torch.Tensor, mean=JASCO_LATENT_MEAN, std=J
 # Residual vector quantisation: the oracle for jasco_fast.codes_to_latents / Quantizer.decode.
 
 
-def codes_to_latents(codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None,
-                     channels_last: bool = False) -> torch.Tensor:
+def codes_to_latents(
+    codes: torch.Tensor, codebooks: torch.Tensor, *, dtype: torch.dtype | None = None, channels_last: bool = False
+) -> torch.Tensor:
     """EnCodec's RVQ decode as transformers and audiocraft write it (``0 + q_0 + q_1 + ...`` with
     ``q_k = embedding(codes[:, k], codebooks[k])``), in float32 (float64 for float64 codebooks or output),
     then the cast and the layout of ``jasco_fast.codes_to_latents`` (same signature): [B, K, T] -> [B, D, T]."""

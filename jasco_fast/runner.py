@@ -6,6 +6,7 @@ allocation failure into an actionable error.
 Inputs travel frames-major, [B, T, ...] (frames on dim 1: latents [B, T, D], codes as [B, T, K] views), so
 the planner cuts latents and codes alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -58,18 +59,24 @@ class ChunkRunner:
                 if self.owner.chunk_frames is None or T < self.plan(self.owner.chunk_frames).min_chunked_frames:
                     return self._whole(x)
                 # chunk by chunk into the output, so only one window's activations are alive at a time
-                out = torch.empty(x.shape[0], self.owner.decoder.channels, T * self.owner.hop_length,
-                                  dtype=torch.float32, device=self.owner.device)
+                out = torch.empty(
+                    x.shape[0],
+                    self.owner.decoder.channels,
+                    T * self.owner.hop_length,
+                    dtype=torch.float32,
+                    device=self.owner.device,
+                )
                 at = 0
                 for piece in self._chunks(self._on_device((x,)), self.plan(self.owner.chunk_frames)):
-                    out[..., at:at + piece.shape[-1]] = piece
+                    out[..., at : at + piece.shape[-1]] = piece
                     at += piece.shape[-1]
                 return out
         except RuntimeError as exc:  # torch.OutOfMemoryError is one too
             if not is_out_of_memory(exc):
                 raise
-            raise decoding_out_of_memory(exc, x.shape[0], x.shape[1], self.owner.decoder.config.frame_rate,
-                                         self.owner.device, self.owner.dtype) from exc
+            raise decoding_out_of_memory(
+                exc, x.shape[0], x.shape[1], self.owner.decoder.config.frame_rate, self.owner.device, self.owner.dtype
+            ) from exc
 
     def stream(self, pieces: Iterable[torch.Tensor], chunk_frames: int | None = None) -> Iterator[torch.Tensor]:
         """Pieces [B, t, ...] (each checked here) -> float32 audio pieces, each as soon as it is final."""
@@ -119,8 +126,11 @@ class ChunkRunner:
         def step(position: str, window: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
             if window.shape[0] == 0:
                 committed = plan.chunk_frames if position != "last" else window.shape[1] - plan.left
-                return window.new_zeros(0, owner.decoder.channels, committed * owner.hop_length,
-                                        dtype=torch.float32), h, c
+                return (
+                    window.new_zeros(0, owner.decoder.channels, committed * owner.hop_length, dtype=torch.float32),
+                    h,
+                    c,
+                )
             window = window.contiguous()  # the same strides for every input length: no recompilation
             with torch.inference_mode():
                 return self.backend.step(plan, position, window, h, c)

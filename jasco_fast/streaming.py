@@ -24,6 +24,7 @@ decoded in one pass.
 Not chunkable (decoded in one pass instead): ``time_group_norm`` (GroupNorm over the whole sequence)
 and ``circular`` padding (the first samples depend on the last frames, through the LSTM state too).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +48,7 @@ def _split(decoder: SEANetDecoder) -> tuple[list[nn.Module], LSTM | None, list[n
     if not where:
         return layers, None, []
     i = where[0]
-    return layers[:i], layers[i], layers[i + 1:]
+    return layers[:i], layers[i], layers[i + 1 :]
 
 
 def why_not_chunkable(decoder: SEANetDecoder) -> str | None:
@@ -97,8 +98,11 @@ class ChunkPlan:
 
     def window_frames(self, position: str) -> int | None:
         """The window length of a position (None for ``last``, whose length varies)."""
-        return {"first": self.chunk_frames + self.right,
-                "middle": self.chunk_frames + self.left + self.right, "last": None}[position]
+        return {
+            "first": self.chunk_frames + self.right,
+            "middle": self.chunk_frames + self.left + self.right,
+            "last": None,
+        }[position]
 
     def crops(self, position: str) -> tuple[int, int, int, int, int]:
         """(pre_left, pre_right, post_left, post_right, state_frames) of a position: frames cropped after
@@ -128,11 +132,20 @@ def chunk_plan(decoder: SEANetDecoder, chunk_frames: int) -> ChunkPlan:
         raise ValueError(f"this decoder cannot be decoded chunk by chunk: {reason}")
     pre, lstm, post = _split(decoder)
     pre_ctx, post_ctx = receptive_field(pre), receptive_field(post)
-    plan = ChunkPlan(chunk_frames, pre_ctx.left, pre_ctx.right, post_ctx.left, post_ctx.right,
-                     pre_ctx.upsample, decoder.hop_length, lstm is not None)
+    plan = ChunkPlan(
+        chunk_frames,
+        pre_ctx.left,
+        pre_ctx.right,
+        post_ctx.left,
+        post_ctx.right,
+        pre_ctx.upsample,
+        decoder.hop_length,
+        lstm is not None,
+    )
     if chunk_frames < max(plan.left, 1):
-        raise ValueError(f"chunk_frames must be at least {plan.left} (the decoder's left context in frames), "
-                         f"got {chunk_frames}")
+        raise ValueError(
+            f"chunk_frames must be at least {plan.left} (the decoder's left context in frames), got {chunk_frames}"
+        )
     return plan
 
 
@@ -161,12 +174,12 @@ class ChunkStep(nn.Module):
     def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         y = self.pre(x.unsqueeze(2))
         u = self.pre_upsample
-        y = y[..., self.pre_left * u:y.shape[-1] - self.pre_right * u]
+        y = y[..., self.pre_left * u : y.shape[-1] - self.pre_right * u]
         if self.lstm is not None:
             y, h, c = self.lstm.forward_with_state(y, h, c, self.state_frames)
         y = self.post(y)
         u = self.post_upsample
-        y = y[..., self.post_left * u:y.shape[-1] - self.post_right * u]
+        y = y[..., self.post_left * u : y.shape[-1] - self.post_right * u]
         return y.squeeze(2).contiguous(), h, c
 
 
@@ -179,10 +192,13 @@ def _kind(piece) -> tuple:
     return piece.shape[0], tuple(piece.shape[2:]), piece.dtype, piece.device
 
 
-def run_chunks(pieces: Iterable[torch.Tensor], plan: ChunkPlan,
-               step: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], tuple],
-               whole: Callable[[torch.Tensor], torch.Tensor],
-               initial_state: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> Iterator[torch.Tensor]:
+def run_chunks(
+    pieces: Iterable[torch.Tensor],
+    plan: ChunkPlan,
+    step: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], tuple],
+    whole: Callable[[torch.Tensor], torch.Tensor],
+    initial_state: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+) -> Iterator[torch.Tensor]:
     """Decode a sequence arriving as pieces [B, t, ...] (frames on dim 1, ragged t) chunk by chunk.
 
     ``step(position, window, h, c) -> (audio, h, c)`` decodes one window (frames on dim 1);
@@ -199,8 +215,10 @@ def run_chunks(pieces: Iterable[torch.Tensor], plan: ChunkPlan,
     for piece in pieces:
         kind = kind or _kind(piece)
         if _kind(piece) != kind:
-            raise ValueError(f"chunks of latents must agree in B, trailing dims, dtype and device: got "
-                             f"{list(piece.shape)} {piece.dtype} {piece.device} after {kind}")
+            raise ValueError(
+                f"chunks of latents must agree in B, trailing dims, dtype and device: got "
+                f"{list(piece.shape)} {piece.dtype} {piece.device} after {kind}"
+            )
         if piece.shape[1] == 0:
             continue
         buffer = piece if buffer is None else torch.cat([buffer, piece], dim=1)
@@ -208,19 +226,19 @@ def run_chunks(pieces: Iterable[torch.Tensor], plan: ChunkPlan,
         while True:
             if committed == 0 and total >= C + R:
                 state = initial_state(buffer.shape[0])
-                audio, *state = step("first", buffer[:, :C + R], *state)
+                audio, *state = step("first", buffer[:, : C + R], *state)
             elif committed > 0 and total >= committed + C + R:
                 lo = committed - L - start
-                audio, *state = step("middle", buffer[:, lo:lo + L + C + R], *state)
+                audio, *state = step("middle", buffer[:, lo : lo + L + C + R], *state)
             else:
                 break
             committed += C
             yield audio
-            buffer, start = buffer[:, committed - L - start:], committed - L  # drop what no chunk needs
+            buffer, start = buffer[:, committed - L - start :], committed - L  # drop what no chunk needs
     if total == 0:
         raise ValueError("latents need at least one frame (T >= 1)")
     if committed == 0:
         yield whole(buffer)
     elif committed < total:
-        audio, *_ = step("last", buffer[:, committed - L - start:], *state)
+        audio, *_ = step("last", buffer[:, committed - L - start :], *state)
         yield audio

@@ -5,6 +5,7 @@ SEANet modules), the audiocraft skip marker, the error measure, tolerances and t
 JASCO_FAST_HIDE_UPSTREAM=audiocraft (`make test-no-upstream`) runs the suite as where the oracle is not
 installed, without uninstalling it: importing this module (conftest does, before any test module) makes
 ``import audiocraft`` fail and ``importlib.util.find_spec("audiocraft")`` return None."""
+
 from __future__ import annotations
 
 import importlib.abc
@@ -25,12 +26,23 @@ HIDDEN = frozenset(os.environ.get("JASCO_FAST_HIDE_UPSTREAM", "").replace(",", "
 
 class _HiddenFinder(importlib.abc.MetaPathFinder):
     """First on sys.meta_path: a hidden package's submodules, should its sys.modules entry be dropped."""
+
     hides_upstream = True
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.partition(".")[0] in HIDDEN:
             raise ModuleNotFoundError(f"No module named {fullname!r} (JASCO_FAST_HIDE_UPSTREAM)", name=fullname)
         return None
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def child_env(folder: Path, **variables: str) -> dict[str, str]:
+    """The environment of a child Python that imports the test modules of ``folder`` and these helpers (pytest's
+    ``pythonpath`` setting reaches only its own process)."""
+    path = [str(folder), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), **variables}
 
 
 def _hide_upstream():
@@ -62,9 +74,19 @@ def needs_oracle(available: bool, reason: str) -> pytest.MarkDecorator:
 
 
 # A tiny 32 kHz-style model: same structure as facebook/encodec_32khz, far fewer channels.
-TINY_HF = dict(audio_channels=1, sampling_rate=8000, num_filters=4, upsampling_ratios=[4, 2], hidden_size=8,
-               num_lstm_layers=1, use_causal_conv=False, pad_mode="reflect", use_conv_shortcut=False,
-               codebook_size=16, num_residual_layers=1)
+TINY_HF = dict(
+    audio_channels=1,
+    sampling_rate=8000,
+    num_filters=4,
+    upsampling_ratios=[4, 2],
+    hidden_size=8,
+    num_lstm_layers=1,
+    use_causal_conv=False,
+    pad_mode="reflect",
+    use_conv_shortcut=False,
+    codebook_size=16,
+    num_residual_layers=1,
+)
 
 
 def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
@@ -84,8 +106,9 @@ def transformers_model(seed: int = 0, **overrides):
     return randomize_(model, seed).eval()
 
 
-def write_transformers_dir(path: Path, seed: int = 0, *, weight_format: str = "parametrizations",
-                           file: str = "model.safetensors", **overrides) -> tuple[Path, object]:
+def write_transformers_dir(
+    path: Path, seed: int = 0, *, weight_format: str = "parametrizations", file: str = "model.safetensors", **overrides
+) -> tuple[Path, object]:
     """save_pretrained of a random EncodecModel; weight_format 'weight_g_v' rewrites the weight-norm keys
     the way the hub's older files store them; file 'pytorch_model.bin' writes a torch pickle instead."""
     model = transformers_model(seed, **overrides)
@@ -97,8 +120,12 @@ def write_transformers_dir(path: Path, seed: int = 0, *, weight_format: str = "p
 
         state = load_file(str(path / "model.safetensors"))
         if weight_format == "weight_g_v":
-            state = {k.replace("parametrizations.weight.original0", "weight_g")
-                      .replace("parametrizations.weight.original1", "weight_v"): v for k, v in state.items()}
+            state = {
+                k.replace("parametrizations.weight.original0", "weight_g").replace(
+                    "parametrizations.weight.original1", "weight_v"
+                ): v
+                for k, v in state.items()
+            }
         (path / "model.safetensors").unlink()
         if file == "model.safetensors":
             save_file(state, str(path / file))
@@ -171,20 +198,45 @@ seanet:
   encoder: {{}}
 """
 
-AUDIOCRAFT_DEFAULTS = dict(causal="false", n_residual_layers=1, ratios="[4, 2]", activation="ELU",
-                           activation_params='{"alpha": 1.0}', norm="weight_norm", pad_mode="constant",
-                           true_skip="true", lstm=1, disable_norm_outer_blocks=0, trim_right_ratio=1.0,
-                           final_activation="null")
+AUDIOCRAFT_DEFAULTS = dict(
+    causal="false",
+    n_residual_layers=1,
+    ratios="[4, 2]",
+    activation="ELU",
+    activation_params='{"alpha": 1.0}',
+    norm="weight_norm",
+    pad_mode="constant",
+    true_skip="true",
+    lstm=1,
+    disable_norm_outer_blocks=0,
+    trim_right_ratio=1.0,
+    final_activation="null",
+)
 
 
-def seanet_decoder_modules(channels: int = 1, dimension: int = 128, n_filters: int = 32,
-                           n_residual_layers: int = 3, ratios=(8, 5, 4, 2), activation: str = "ELU",
-                           activation_params: dict | None = None, final_activation: str | None = None,
-                           final_activation_params: dict | None = None, norm: str = "none",
-                           norm_params: dict | None = None, kernel_size: int = 7, last_kernel_size: int = 7,
-                           residual_kernel_size: int = 3, dilation_base: int = 2, causal: bool = False,
-                           true_skip: bool = True, compress: int = 2, lstm: int = 0,
-                           disable_norm_outer_blocks: int = 0, **forward_only) -> torch.nn.Module:
+def seanet_decoder_modules(
+    channels: int = 1,
+    dimension: int = 128,
+    n_filters: int = 32,
+    n_residual_layers: int = 3,
+    ratios=(8, 5, 4, 2),
+    activation: str = "ELU",
+    activation_params: dict | None = None,
+    final_activation: str | None = None,
+    final_activation_params: dict | None = None,
+    norm: str = "none",
+    norm_params: dict | None = None,
+    kernel_size: int = 7,
+    last_kernel_size: int = 7,
+    residual_kernel_size: int = 3,
+    dilation_base: int = 2,
+    causal: bool = False,
+    true_skip: bool = True,
+    compress: int = 2,
+    lstm: int = 0,
+    disable_norm_outer_blocks: int = 0,
+    **forward_only,
+) -> torch.nn.Module:
     """The parameters of audiocraft 1.3.0's SEANetDecoder (modules/seanet.py, conv.py, lstm.py) without its
     code: the same torch modules registered under the same names in the same order, so its state dict is
     audiocraft's, value for value from the same seed (tests/test_loading.py checks that against audiocraft).
@@ -218,8 +270,10 @@ def seanet_decoder_modules(channels: int = 1, dimension: int = 128, n_filters: i
     def resnet_block(dim, dilation, norm):
         block, hidden = [], dim // compress
         for i, (k, d) in enumerate(zip([residual_kernel_size, 1], [dilation, 1])):
-            block += [getattr(nn, activation)(**activation_params),
-                      conv(dim if i == 0 else hidden, dim if i == 1 else hidden, k, norm, d)]
+            block += [
+                getattr(nn, activation)(**activation_params),
+                conv(dim if i == 0 else hidden, dim if i == 1 else hidden, k, norm, d),
+            ]
         module = nn.Module()
         module.block = nn.Sequential(*block)
         module.shortcut = nn.Identity() if true_skip else conv(dim, dim, 1, norm)
@@ -233,12 +287,16 @@ def seanet_decoder_modules(channels: int = 1, dimension: int = 128, n_filters: i
         model[-1].lstm = nn.LSTM(mult * n_filters, mult * n_filters, lstm)
     for i, ratio in enumerate(ratios):
         block_norm = "none" if disable_norm_outer_blocks >= n_blocks - (i + 1) else norm
-        model += [getattr(nn, activation)(**activation_params),
-                  normed(nn.ConvTranspose1d(mult * n_filters, mult * n_filters // 2, ratio * 2, ratio), block_norm)]
-        model += [resnet_block(mult * n_filters // 2, dilation_base ** j, block_norm) for j in range(n_residual_layers)]
+        model += [
+            getattr(nn, activation)(**activation_params),
+            normed(nn.ConvTranspose1d(mult * n_filters, mult * n_filters // 2, ratio * 2, ratio), block_norm),
+        ]
+        model += [resnet_block(mult * n_filters // 2, dilation_base**j, block_norm) for j in range(n_residual_layers)]
         mult //= 2
-    model += [getattr(nn, activation)(**activation_params),
-              conv(n_filters, channels, last_kernel_size, "none" if disable_norm_outer_blocks >= 1 else norm)]
+    model += [
+        getattr(nn, activation)(**activation_params),
+        conv(n_filters, channels, last_kernel_size, "none" if disable_norm_outer_blocks >= 1 else norm),
+    ]
     if final_activation is not None:
         model.append(getattr(nn, final_activation)(**(final_activation_params or {})))
     decoder = nn.Module()
@@ -257,8 +315,9 @@ def write_audiocraft_checkpoint(path: Path, seed: int = 0, *, with_audiocraft: b
     text = AUDIOCRAFT_YAML.format(**settings)
     seanet = audiocraft_modules() if with_audiocraft is not False else None
     if with_audiocraft and seanet is None:
-        raise RuntimeError("write_audiocraft_checkpoint(with_audiocraft=True) needs audiocraft; "
-                           "mark the test with @needs_audiocraft")
+        raise RuntimeError(
+            "write_audiocraft_checkpoint(with_audiocraft=True) needs audiocraft; mark the test with @needs_audiocraft"
+        )
     resolved = yaml.safe_load(text)
     kwargs = {k: v for k, v in resolved["seanet"].items() if k not in ("encoder", "decoder")}
     kwargs.update(resolved["seanet"]["decoder"])
@@ -301,9 +360,11 @@ def config_json(path: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Shared by the test modules: the audiocraft skip, error measure, tolerances and configs compared upstream
 
-AUDIOCRAFT_MISSING = ("audiocraft is hidden (JASCO_FAST_HIDE_UPSTREAM)" if "audiocraft" in HIDDEN else
-                      "audiocraft is not installed (a test oracle: pip install --no-deps audiocraft==1.3.0, "
-                      "as `make install` does)")
+AUDIOCRAFT_MISSING = (
+    "audiocraft is hidden (JASCO_FAST_HIDE_UPSTREAM)"
+    if "audiocraft" in HIDDEN
+    else "audiocraft is not installed (a test oracle: pip install --no-deps audiocraft==1.3.0, as `make install` does)"
+)
 needs_audiocraft = needs_oracle(audiocraft_modules() is not None, AUDIOCRAFT_MISSING)
 
 # Relative L2 error budget for float32 paths against the upstream implementations; what we see is
@@ -328,8 +389,16 @@ HF_CONFIGS = {
     "time_group_norm": dict(norm_type="time_group_norm"),
     "conv_shortcut_two_res": dict(use_conv_shortcut=True, num_residual_layers=2),
     "constant_pad_stereo": dict(pad_mode="constant", audio_channels=2),
-    "odd_sizes": dict(upsampling_ratios=[3, 5], kernel_size=5, last_kernel_size=3, residual_kernel_size=5,
-                      compress=1, dilation_growth_rate=3, num_residual_layers=2, num_lstm_layers=2),
+    "odd_sizes": dict(
+        upsampling_ratios=[3, 5],
+        kernel_size=5,
+        last_kernel_size=3,
+        residual_kernel_size=5,
+        compress=1,
+        dilation_growth_rate=3,
+        num_residual_layers=2,
+        num_lstm_layers=2,
+    ),
 }
 
 # write_audiocraft_checkpoint overrides of AUDIOCRAFT_DEFAULTS
@@ -337,8 +406,13 @@ AUDIOCRAFT_CONFIGS = {
     "default_constant_pad": {},
     "reflect_causal_trim": dict(causal="true", pad_mode="reflect", trim_right_ratio=0.25),
     "tanh_disable_outer_norms": dict(final_activation="Tanh", disable_norm_outer_blocks=2),
-    "no_lstm_leaky_conv_shortcut": dict(lstm=0, activation="LeakyReLU", activation_params='{"negative_slope": 0.2}',
-                                        true_skip="false", n_residual_layers=2),
+    "no_lstm_leaky_conv_shortcut": dict(
+        lstm=0,
+        activation="LeakyReLU",
+        activation_params='{"negative_slope": 0.2}',
+        true_skip="false",
+        n_residual_layers=2,
+    ),
     "spectral_norm": dict(norm="spectral_norm"),
     "time_group_norm": dict(norm="time_group_norm", pad_mode="replicate"),
     "no_norm_three_stages_circular": dict(norm="none", ratios="[2, 3, 2]", pad_mode="circular"),
@@ -402,12 +476,14 @@ def write_audiocraft_codes_checkpoint(path: Path, seed: int = 0, n_q: int = 4, b
     is audiocraft's own ResidualVectorQuantizer with random codebooks; returns (path, decoder, quantizer)."""
     vq = audiocraft_quantization()
     if vq is None:
-        raise RuntimeError("write_audiocraft_codes_checkpoint needs audiocraft's RVQ; mark the test as "
-                           "tests/test_quantizer.py does")
+        raise RuntimeError(
+            "write_audiocraft_codes_checkpoint needs audiocraft's RVQ; mark the test as tests/test_quantizer.py does"
+        )
     path, decoder = write_audiocraft_checkpoint(path, seed, with_audiocraft=True)
     torch.manual_seed(seed)
-    rvq = randomize_codebooks_(vq.ResidualVectorQuantizer(dimension=8, n_q=n_q, bins=bins, kmeans_init=False),
-                               seed).eval()
+    rvq = randomize_codebooks_(
+        vq.ResidualVectorQuantizer(dimension=8, n_q=n_q, bins=bins, kmeans_init=False), seed
+    ).eval()
     pkg = torch.load(path, weights_only=True)
     state = {k: v for k, v in pkg["best_state"].items() if not k.startswith("quantizer.")}
     state.update({f"quantizer.{k}": v for k, v in rvq.state_dict().items()})
@@ -416,7 +492,7 @@ def write_audiocraft_codes_checkpoint(path: Path, seed: int = 0, n_q: int = 4, b
     return path, decoder, rvq
 
 
-# The fused denorm_transpose op against its reference, per dtype (tests/test_ops.py, tests/test_cuda.py).
+# The fused denorm_transpose op against its reference, per dtype (tests/ops/test_denorm_transpose.py, tests/test_cuda.py).
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # The kernel computes in float32 (float64 for float64 latents or output) and rounds once to the output
 # dtype; JASCO's expression, the reference, rounds after each op in the input dtype. So:
@@ -427,16 +503,17 @@ FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 OP_TOL = {
     torch.float64: dict(rtol=1e-12, atol=1e-12),
     torch.float32: dict(rtol=1.3e-6, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-3),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
+    torch.float16: dict(rtol=2**-10, atol=1e-3),
+    torch.bfloat16: dict(rtol=2**-7, atol=1e-2),
 }
 
-# Memory layouts of [B, T, D] latents the op must handle (tests/test_ops.py, tests/test_cuda.py).
+# Memory layouts of [B, T, D] latents the op must handle (tests/ops/test_denorm_transpose.py, tests/test_cuda.py).
 LATENT_LAYOUTS = ["contiguous", "transposed_storage", "strided", "expanded", "offset", "misaligned"]
 
 
 def make_latents(B, T, D, dtype, layout, gen, device="cpu"):
     """[B, T, D] latents on ``device`` with the memory layout asked for (views of a base tensor there)."""
+
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 

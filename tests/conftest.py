@@ -15,8 +15,11 @@ from checkpoints import write_transformers_dir  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "upstream_missing(reason): a test oracle that JASCO_FAST_REQUIRE_UPSTREAM=1 "
-                                       "requires is missing (checkpoints.needs_oracle); the test fails")
+    config.addinivalue_line(
+        "markers",
+        "upstream_missing(reason): a test oracle that JASCO_FAST_REQUIRE_UPSTREAM=1 "
+        "requires is missing (checkpoints.needs_oracle); the test fails",
+    )
 
 
 def pytest_runtest_setup(item):

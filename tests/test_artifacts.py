@@ -2,6 +2,7 @@
 "aot" backend (one-pass and chunk-step artifacts) against the reference. Every AOT compile costs seconds on a
 small machine, so the file builds one shared cache (the one-pass entry and the three chunk steps, copied for
 tests that damage it), one real background build, and two deliberately broken packages."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from checkpoints import write_transformers_dir
+
 import jasco_fast
 from jasco_fast import LatentDecoder, _files, artifacts, load_decoder, reference
 from jasco_fast.artifacts import Recipe
@@ -86,8 +87,10 @@ class Forbidden:
 
 def forbid_eager(fast: LatentDecoder):
     """Make the eager paths fail, so a passing call proves the artifacts ran."""
+
     def eager(*_):
         raise AssertionError("the eager path ran instead of the artifact")
+
     fast.load_artifacts()
     fast._backend.fallback = Forbidden()
     for runner in fast._backend.runners.values():
@@ -225,9 +228,11 @@ def test_key_covers_what_changes_the_generated_code(decoders, monkeypatch):
         LatentDecoder(decoders[0], backend="eager", dtype=torch.bfloat16).aot_recipe().key(),
         LatentDecoder(decoders[0], backend="eager", channels_last=False).aot_recipe().key(),
         LatentDecoder(decoders[0], mean=torch.zeros(8), backend="eager").aot_recipe().key(),
-        Recipe("latent_decoder", base.aot_recipe().factory, {**base.aot_recipe().params,
-                                                             "config": {**base.aot_recipe().params["config"],
-                                                                        "n_filters": 8}}).key(),
+        Recipe(
+            "latent_decoder",
+            base.aot_recipe().factory,
+            {**base.aot_recipe().params, "config": {**base.aot_recipe().params["config"], "n_filters": 8}},
+        ).key(),
     ]
     assert len(set(others + [key])) == len(others) + 1
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "OTHER_ISA")
@@ -271,8 +276,9 @@ class Running:
 def rebuilds(monkeypatch):
     """Records background builds instead of starting them."""
     started = []
-    monkeypatch.setattr(artifacts, "build_in_background",
-                        lambda recipes, cache=None: started.extend(recipes) or Finished())
+    monkeypatch.setattr(
+        artifacts, "build_in_background", lambda recipes, cache=None: started.extend(recipes) or Finished()
+    )
     return started
 
 
@@ -286,17 +292,24 @@ def test_a_background_build_starts_after_the_call_not_during_it(tmp_path, decode
     def label(recipe):
         return recipe.params.get("position", "one pass") + (" B=1" if recipe.params["single"] else "")
 
-    monkeypatch.setattr(artifacts, "build_in_background",
-                        lambda recipes, cache=None: events.append(["build"] + [label(r) for r in recipes]) or Running())
+    monkeypatch.setattr(
+        artifacts,
+        "build_in_background",
+        lambda recipes, cache=None: events.append(["build"] + [label(r) for r in recipes]) or Running(),
+    )
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK)
     assert set(fast.load_artifacts().values()) == {"no entry"} and events == [] and not fast.artifacts_loaded
     for (_, position, _), runner in ((k, r) for k, r in fast._backend.runners.items() if k[1] is not None):
         runner.eager = (lambda eager, p: lambda *a: events.append(["chunk", p]) or eager(*a))(runner.eager, position)
     latents = torch.randn(2, 3 * CHUNK + 5, 8)
     assert rel_err(fast(latents), reference.decode(decoders[0], latents)) < F32_TOL
-    assert events == [["chunk", "first"], ["chunk", "middle"], ["chunk", "middle"], ["chunk", "last"],
-                      ["build", "first", "middle", "last", "one pass B=1", "one pass", "first B=1", "last B=1",
-                       "middle B=1"]]
+    assert events == [
+        ["chunk", "first"],
+        ["chunk", "middle"],
+        ["chunk", "middle"],
+        ["chunk", "last"],
+        ["build", "first", "middle", "last", "one pass B=1", "one pass", "first B=1", "last B=1", "middle B=1"],
+    ]
     fast(latents)
     assert events[-1] == ["chunk", "last"]  # the builder still runs and has the set: no second one
 
@@ -307,7 +320,9 @@ def test_start_artifact_build_starts_a_deferred_build_when_asked(tmp_path, decod
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     builds = []
-    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Running())
+    monkeypatch.setattr(
+        artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Running()
+    )
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK, background_build=False)
     latents = torch.randn(1, 12, 8)  # one pass, B = 1
     for _ in range(2):
@@ -327,7 +342,9 @@ def test_a_background_build_is_announced_once_per_process(tmp_path, decoders, mo
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     monkeypatch.setattr(artifacts, "_announced", False)
     builds = []
-    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Finished())
+    monkeypatch.setattr(
+        artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Finished()
+    )
     latents = torch.randn(1, 12, 8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -351,7 +368,9 @@ def test_background_builds_turn_off(tmp_path, decoders, monkeypatch, off):
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "0" if off == "environment" else "1")
     monkeypatch.setattr(artifacts, "_announced", False)
     builds = []
-    monkeypatch.setattr(artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Finished())
+    monkeypatch.setattr(
+        artifacts, "build_in_background", lambda recipes, cache=None: builds.append(recipes) or Finished()
+    )
     fast = LatentDecoder(decoders[0], chunk_frames=CHUNK, **({"background_build": False} if off == "argument" else {}))
     assert fast.backend == "aot"
     with warnings.catch_warnings(record=True) as caught:
@@ -391,8 +410,9 @@ def test_stale_entry_is_not_loaded(cache, decoders):
     manifest = json.loads(manifest_path.read_text())
     manifest["material"]["torch"] = "2.0.0"
     manifest_path.write_text(json.dumps(manifest))
-    artifact, why = artifacts.load(LatentDecoder(decoders[0], backend="eager").aot_recipe(),
-                                   LatentDecoder(decoders[0], backend="eager"))
+    artifact, why = artifacts.load(
+        LatentDecoder(decoders[0], backend="eager").aot_recipe(), LatentDecoder(decoders[0], backend="eager")
+    )
     assert artifact is None and "stale" in why
 
 
@@ -448,8 +468,11 @@ HOME = str(Path(jasco_fast.__file__).resolve().parent.parent)
 
 
 def _env(cache: Path) -> dict:
-    return {**os.environ, "JASCO_FAST_CACHE_DIR": str(cache),
-            "PYTHONPATH": os.pathsep.join([HOME, os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "JASCO_FAST_CACHE_DIR": str(cache),
+        "PYTHONPATH": os.pathsep.join([HOME, os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypatch):
@@ -461,8 +484,14 @@ def test_background_build_with_a_concurrent_builder(tmp_path, decoders, monkeypa
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     fast = LatentDecoder(decoders[1], backend="aot", chunk_frames=None)
     assert fast.aot.artifact is None and fast.aot.status == "no entry"
-    rival = subprocess.Popen([sys.executable, "-m", "jasco_fast.artifacts", "build", fast.aot_recipe().to_json()],
-                             env=_env(cache), cwd=HOME, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rival = subprocess.Popen(
+        [sys.executable, "-m", "jasco_fast.artifacts", "build", fast.aot_recipe().to_json()],
+        env=_env(cache),
+        cwd=HOME,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     latents = torch.randn(2, 16, 8)
     want = reference.decode(decoders[1], latents)
     assert rel_err(fast(latents), want) < F32_TOL  # eager

@@ -1,4 +1,5 @@
 """Tests for jasco_fast.audio: round trips measured back from the written files."""
+
 import logging
 import math
 import os
@@ -30,8 +31,11 @@ def signal(channels=2, seconds=2.0, sr=SR, amp=0.3, seed=0):
     chans = []
     for c in range(channels):
         f0 = 220.0 * (c + 1)
-        x = (torch.sin(2 * math.pi * f0 * t) + 0.5 * torch.sin(2 * math.pi * 3.1 * f0 * t + c)
-             + 0.3 * torch.sin(2 * math.pi * 1234.5 * t + 0.7 * c))
+        x = (
+            torch.sin(2 * math.pi * f0 * t)
+            + 0.5 * torch.sin(2 * math.pi * 3.1 * f0 * t + c)
+            + 0.3 * torch.sin(2 * math.pi * 1234.5 * t + 0.7 * c)
+        )
         # slow amplitude envelope so that loudness gating has something to do
         x = x * (0.6 + 0.4 * torch.sin(2 * math.pi * 0.7 * t + torch.rand(1, generator=gen).item()))
         chans.append(x)
@@ -59,7 +63,7 @@ def lufs(y, sr):
 
 def snr_db(ref, y):
     ref = np.asarray(ref, dtype=np.float64)
-    return 10 * np.log10((ref ** 2).sum() / max(((y - ref) ** 2).sum(), 1e-300))
+    return 10 * np.log10((ref**2).sum() / max(((y - ref) ** 2).sum(), 1e-300))
 
 
 def listing(folder):
@@ -100,8 +104,7 @@ def test_strategies_levels(tmp_path, fmt, strategy):
     x = signal(2, amp=1.5 if strategy == "clip" else 0.3)
     compressor = strategy == "loudness_compressor"
     strat = "loudness" if compressor else strategy
-    path = audio_write(tmp_path / "s", x, SR, format=fmt, strategy=strat,
-                       loudness_compressor=compressor)
+    path = audio_write(tmp_path / "s", x, SR, format=fmt, strategy=strat, loudness_compressor=compressor)
     y, _ = read(path)
     assert y.shape == tuple(x.shape)
     tol = LEVEL_TOL[fmt]
@@ -173,8 +176,9 @@ def test_rms_clipping_is_logged_and_clamped(tmp_path, caplog):
     assert any("CLIPPING" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="jasco_fast.audio"):
-        y, _ = read(audio_write(tmp_path / "d", x, SR, format="flac", strategy="rms",
-                                rms_headroom_db=3, log_clipping=False))
+        y, _ = read(
+            audio_write(tmp_path / "d", x, SR, format="flac", strategy="rms", rms_headroom_db=3, log_clipping=False)
+        )
     assert np.abs(y).max() <= 1.0
     assert not [r for r in caplog.records if "CLIPPING" in r.getMessage()]
 
@@ -196,8 +200,7 @@ def test_loudness_short_signal(tmp_path):
 
 def test_loudness_target(tmp_path):
     x = signal(2)
-    y, _ = read(audio_write(tmp_path / "l", x, SR, format="wav", strategy="loudness",
-                            loudness_headroom_db=20))
+    y, _ = read(audio_write(tmp_path / "l", x, SR, format="wav", strategy="loudness", loudness_headroom_db=20))
     assert abs(lufs(y, SR) + 20) < 0.05
 
 
@@ -205,21 +208,25 @@ def test_loudness_target(tmp_path):
 # Input types.
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: x.half(),
-    lambda x: x.bfloat16(),
-    lambda x: x.double(),
-    lambda x: x.clone().requires_grad_(True),
-    lambda x: x.numpy(),
-    lambda x: x.double().numpy(),
-    lambda x: np.ascontiguousarray(x.numpy().T).T,  # non-contiguous [C, T] view
-], ids=["float16", "bfloat16", "float64", "requires_grad", "np_float32", "np_float64", "np_strided"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x.half(),
+        lambda x: x.bfloat16(),
+        lambda x: x.double(),
+        lambda x: x.clone().requires_grad_(True),
+        lambda x: x.numpy(),
+        lambda x: x.double().numpy(),
+        lambda x: np.ascontiguousarray(x.numpy().T).T,  # non-contiguous [C, T] view
+    ],
+    ids=["float16", "bfloat16", "float64", "requires_grad", "np_float32", "np_float64", "np_strided"],
+)
 def test_input_dtypes(tmp_path, make):
     x = signal(2)
     wav = make(x)
     y, _ = read(audio_write(tmp_path / "d", wav, SR, format="flac", strategy="none"))
     ref = wav.detach().double().numpy() if isinstance(wav, torch.Tensor) else wav.astype(np.float64)
-    assert np.abs(y - ref).max() < 2 ** -22  # 24-bit FLAC
+    assert np.abs(y - ref).max() < 2**-22  # 24-bit FLAC
     y, _ = read(audio_write(tmp_path / "p", wav, SR, format="wav"))
     assert abs(peak_db(y) + 1) < 0.01
 
@@ -231,8 +238,9 @@ def test_silence_stays_silence(tmp_path, fmt, strategy, normalize, caplog):
     x = torch.zeros(2, SR // 2)
     with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
         warnings.simplefilter("error")  # e.g. numpy's divide-by-zero RuntimeWarning
-        path = audio_write(tmp_path / "z", x, SR, format=fmt, strategy=strategy, normalize=normalize,
-                           loudness_compressor=True)
+        path = audio_write(
+            tmp_path / "z", x, SR, format=fmt, strategy=strategy, normalize=normalize, loudness_compressor=True
+        )
     assert not caplog.records
     y, _ = read(path)
     assert y.shape == (2, SR // 2)
@@ -345,14 +353,22 @@ def test_mp3_rate_range_per_mpeg_version(tmp_path):
     for sr, rate in [(16000, 160), (16000, 8), (8000, 64), (48000, 32)]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # in range: no warning
-            p = audio_write(tmp_path / f"m{sr}_{rate}", signal(1, seconds=0.3, sr=sr), sr, format="mp3",
-                            mp3_rate=rate)
+            p = audio_write(tmp_path / f"m{sr}_{rate}", signal(1, seconds=0.3, sr=sr), sr, format="mp3", mp3_rate=rate)
         assert sf.info(str(p)).samplerate == sr
 
 
-@pytest.mark.parametrize("sr,asked,written", [(8000, 320, 64), (8000, 80, 64), (16000, 320, 160),
-                                              (24000, 192, 160), (32000, 400, 320), (32000, 16, 32),
-                                              (44100, 8, 32)])
+@pytest.mark.parametrize(
+    "sr,asked,written",
+    [
+        (8000, 320, 64),
+        (8000, 80, 64),
+        (16000, 320, 160),
+        (24000, 192, 160),
+        (32000, 400, 320),
+        (32000, 16, 32),
+        (44100, 8, 32),
+    ],
+)
 def test_mp3_rate_out_of_range_is_clamped(tmp_path, sr, asked, written):
     """As ffmpeg's LAME encoder (upstream's writer) does: the nearest rate the sample rate allows."""
     seconds = 4.0
@@ -430,8 +446,9 @@ def test_file_permissions_follow_umask(tmp_path):
 # Bitrates (file size / duration).
 
 
-@pytest.mark.parametrize("sr,rate", [(32000, 320), (32000, 128), (44100, 192), (48000, 64),
-                                     (16000, 64), (22050, 160), (8000, 32)])
+@pytest.mark.parametrize(
+    "sr,rate", [(32000, 320), (32000, 128), (44100, 192), (48000, 64), (16000, 64), (22050, 160), (8000, 32)]
+)
 def test_mp3_bitrate(tmp_path, sr, rate):
     seconds = 4.0
     p = audio_write(tmp_path / "b", signal(2, seconds=seconds, sr=sr), sr, format="mp3", mp3_rate=rate)
@@ -469,7 +486,7 @@ def test_write_batch_order_and_content(tmp_path):
     assert paths == [tmp_path / f"item{i}.flac" for i in range(len(wavs))]
     for i, p in enumerate(paths):
         y, _ = read(p)
-        assert np.abs(y - wavs[i].double().numpy()).max() < 2 ** -22
+        assert np.abs(y - wavs[i].double().numpy()).max() < 2**-22
     assert len(listing(tmp_path)) == len(wavs)
 
 
@@ -485,12 +502,15 @@ def test_write_batch_empty(tmp_path):
     assert write_batch([], [], SR) == []
 
 
-@pytest.mark.parametrize("stems_fn,exc", [
-    (lambda d: [d / "a", d / "b"], ValueError),  # 2 stems for 3 items
-    (lambda d: [d / "a", d / "b", d / "a"], ValueError),  # duplicate output path
-    (lambda d: [d / "a", d / "b", str(d / "sub" / ".." / "a")], ValueError),  # same file, other spelling
-    (lambda d: str(d / "abc"), TypeError),  # a single string is not a list of stems
-])
+@pytest.mark.parametrize(
+    "stems_fn,exc",
+    [
+        (lambda d: [d / "a", d / "b"], ValueError),  # 2 stems for 3 items
+        (lambda d: [d / "a", d / "b", d / "a"], ValueError),  # duplicate output path
+        (lambda d: [d / "a", d / "b", str(d / "sub" / ".." / "a")], ValueError),  # same file, other spelling
+        (lambda d: str(d / "abc"), TypeError),  # a single string is not a list of stems
+    ],
+)
 def test_write_batch_validation_writes_nothing(tmp_path, stems_fn, exc):
     with pytest.raises(exc):
         write_batch(_batch(3), stems_fn(tmp_path), SR)
@@ -548,8 +568,8 @@ def test_long_audio_every_format(tmp_path, fmt, channels):
     else:
         assert y.shape[1] == x.shape[1]
         assert np.abs(y - x.double().numpy()).max() <= 1.5 / 32768
-    head = np.abs(y[:, SR:2 * SR]).max()
-    tail = np.abs(y[:, -SR // 2:]).max()
+    head = np.abs(y[:, SR : 2 * SR]).max()
+    tail = np.abs(y[:, -SR // 2 :]).max()
     assert head == pytest.approx(0.5, abs=0.05) and tail == pytest.approx(0.125, abs=0.05)
     assert listing(tmp_path) == ["long." + fmt]
 
@@ -559,14 +579,16 @@ def test_blocks_equal_one_write(tmp_path, monkeypatch):
     x = signal(2, seconds=3.0) * 3  # loud: the peak gain and the clamp both matter
     for strategy in ["peak", "rms", "loudness", "clip"]:
         monkeypatch.setattr(audio_mod, "BLOCK_FRAMES", 1_000_000)
-        whole = read(audio_write(tmp_path / f"w_{strategy}", x, SR, format="flac", strategy=strategy,
-                                 loudness_compressor=True))[0]
+        whole = read(
+            audio_write(tmp_path / f"w_{strategy}", x, SR, format="flac", strategy=strategy, loudness_compressor=True)
+        )[0]
         monkeypatch.setattr(audio_mod, "BLOCK_FRAMES", 977)  # many ragged blocks
-        blocks = read(audio_write(tmp_path / f"b_{strategy}", x, SR, format="flac", strategy=strategy,
-                                  loudness_compressor=True))[0]
+        blocks = read(
+            audio_write(tmp_path / f"b_{strategy}", x, SR, format="flac", strategy=strategy, loudness_compressor=True)
+        )[0]
         np.testing.assert_array_equal(whole, blocks)
         want = audio_mod.normalize_audio(x.double(), strategy=strategy, sample_rate=SR, loudness_compressor=True)
-        assert np.abs(whole - want.numpy()).max() < 2 ** -22  # 24-bit FLAC
+        assert np.abs(whole - want.numpy()).max() < 2**-22  # 24-bit FLAC
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,10 +604,12 @@ def _stale(folder, name, hexpart="0123456789ab"):
 def test_stale_temporary_is_removed_by_next_write_of_same_output(tmp_path):
     _stale(tmp_path, "a.wav")
     _stale(tmp_path, "a.wav", "ba9876543210")
-    keep = [_stale(tmp_path, "b.wav"),                 # another output's temporary
-            _stale(tmp_path, "a.wav.x", "0123456789ab"),  # a longer name
-            tmp_path / ".a.wav.notmine.tmp",            # not our pattern
-            tmp_path / "notes.txt"]
+    keep = [
+        _stale(tmp_path, "b.wav"),  # another output's temporary
+        _stale(tmp_path, "a.wav.x", "0123456789ab"),  # a longer name
+        tmp_path / ".a.wav.notmine.tmp",  # not our pattern
+        tmp_path / "notes.txt",
+    ]
     keep[2].write_bytes(b"x")
     keep[3].write_bytes(b"x")
     audio_write(tmp_path / "a", GOOD, SR)
@@ -640,8 +664,11 @@ def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path):
 
 def test_format_missing_from_libsndfile_is_named(tmp_path, monkeypatch):
     """An old libsndfile without MP3: the error names the format and what to do, and nothing is written."""
-    monkeypatch.setattr(audio_mod, "_available_subtypes", lambda major: frozenset() if major == "MP3" else
-                        frozenset(sf.available_subtypes(major)))
+    monkeypatch.setattr(
+        audio_mod,
+        "_available_subtypes",
+        lambda major: frozenset() if major == "MP3" else frozenset(sf.available_subtypes(major)),
+    )
     with pytest.raises(ValueError, match="format='mp3'.*cannot write MP3/MPEG_LAYER_III.*upgrade soundfile"):
         audio_write(tmp_path / "m", GOOD, SR, format="mp3")
     audio_write(tmp_path / "w", GOOD, SR, format="wav")

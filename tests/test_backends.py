@@ -1,5 +1,6 @@
 """jasco_fast.backends and jasco_fast.runner: the backend choice (backend= / mode=), and the chunk runner driving
 any backend: which window each call gets, one pass or chunks, empty batches, deferred work, checks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,34 +8,39 @@ import contextlib
 import pytest
 import torch
 
-from jasco_fast import LatentDecoder, SEANetDecoder, DecoderConfig
-from jasco_fast.backends import (AOT_MAX_BATCH, AotBackend, EagerBackend, InductorBackend, make_backend,
-                                 resolve_backend)
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
+from jasco_fast.backends import AOT_MAX_BATCH, AotBackend, EagerBackend, InductorBackend, make_backend, resolve_backend
 from jasco_fast.runner import ChunkRunner
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
-@pytest.mark.parametrize("backend, mode, device, aot, want", [
-    (None, None, CPU, True, "aot"),          # the CPU's default: the artifacts
-    (None, None, CUDA, True, "inductor"),    # elsewhere torch.compile
-    (None, "default", CPU, True, "inductor"),  # a torch.compile mode asks for torch.compile
-    (None, None, CPU, False, "inductor"),    # no artifact recipe (CodeDecoder)
-    ("eager", None, CPU, True, "eager"),
-    ("inductor", "reduce-overhead", CUDA, True, "inductor"),
-    ("aot", None, CUDA, True, "aot"),
-])
+@pytest.mark.parametrize(
+    "backend, mode, device, aot, want",
+    [
+        (None, None, CPU, True, "aot"),  # the CPU's default: the artifacts
+        (None, None, CUDA, True, "inductor"),  # elsewhere torch.compile
+        (None, "default", CPU, True, "inductor"),  # a torch.compile mode asks for torch.compile
+        (None, None, CPU, False, "inductor"),  # no artifact recipe (CodeDecoder)
+        ("eager", None, CPU, True, "eager"),
+        ("inductor", "reduce-overhead", CUDA, True, "inductor"),
+        ("aot", None, CUDA, True, "aot"),
+    ],
+)
 def test_resolve_backend(backend, mode, device, aot, want):
     assert resolve_backend(backend, mode, device, aot=aot) == want
 
 
-@pytest.mark.parametrize("backend, mode, aot, message", [
-    ("torch.compile", None, True, "backend must be None"),
-    (False, None, True, "backend must be None"),
-    ("eager", "default", True, "mode is a torch.compile mode"),
-    ("aot", "default", True, "mode is a torch.compile mode"),
-    ("aot", None, False, "backend='aot' is not available"),
-])
+@pytest.mark.parametrize(
+    "backend, mode, aot, message",
+    [
+        ("torch.compile", None, True, "backend must be None"),
+        (False, None, True, "backend must be None"),
+        ("eager", "default", True, "mode is a torch.compile mode"),
+        ("aot", "default", True, "mode is a torch.compile mode"),
+        ("aot", None, False, "backend='aot' is not available"),
+    ],
+)
 def test_resolve_backend_refuses(backend, mode, aot, message):
     with pytest.raises(ValueError, match=message):
         resolve_backend(backend, mode, CPU, aot=aot)

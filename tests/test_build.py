@@ -1,5 +1,6 @@
 """setup.py finds the CUDA toolchain by itself: CUDA_HOME, nvcc through symlinks and wrapper scripts, the
 nvidia wheels' headers; a CUDA torch without nvcc and a ROCm torch give a CPU-only build with one warning."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -55,7 +56,7 @@ def test_nvcc_through_a_symlink(setup_py, monkeypatch, tmp_path):
 def test_nvcc_as_a_wrapper_script_elsewhere(setup_py, monkeypatch, tmp_path):
     """This machine's case: /usr/local/bin/nvcc is a script that execs the toolkit's nvcc."""
     toolkit = fake_toolkit(tmp_path / "cuda-13.0")
-    executable(tmp_path / "wrap" / "nvcc", f"#!/bin/sh\nexec {toolkit}/bin/nvcc \"$@\"\n")
+    executable(tmp_path / "wrap" / "nvcc", f'#!/bin/sh\nexec {toolkit}/bin/nvcc "$@"\n')
     monkeypatch.setenv("PATH", str(tmp_path / "wrap"))
     monkeypatch.setattr(setup_py, "DEFAULT_CUDA_HOME", str(tmp_path / "nowhere"))
     assert setup_py.find_cuda_home() == str(toolkit)

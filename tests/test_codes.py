@@ -1,5 +1,6 @@
 """EnCodec codes -> audio: CodeDecoder against transformers' EncodecModel.decode, chunked and streamed;
 patch() on a MusicGen-shaped model; `jasco-fast decode` on integer code files."""
+
 from __future__ import annotations
 
 import types
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from checkpoints import write_transformers_codes_dir
 
 import jasco_fast
-from checkpoints import write_transformers_codes_dir
 from jasco_fast import CodeDecoder, Quantizer, load_decoder, load_quantizer
 from jasco_fast.cli import main
 
@@ -78,7 +79,7 @@ def test_stream_pieces_concatenate_to_one_pass(parts):
     fast = CodeDecoder(*parts, backend="eager", chunk_frames=16)
     codes = torch.randint(0, 16, (2, 4, 131), dtype=torch.int32)
     whole = CodeDecoder(*parts, backend="eager", chunk_frames=None)(codes)
-    pieces = list(fast.stream([codes[..., i:i + 9] for i in range(0, 131, 9)]))
+    pieces = list(fast.stream([codes[..., i : i + 9] for i in range(0, 131, 9)]))
     assert len(pieces) > 3
     streamed = torch.cat(pieces, dim=-1)
     assert streamed.shape == whole.shape
@@ -128,9 +129,13 @@ def test_input_rules_are_the_ops(parts, monkeypatch):
     """CodeDecoder checks codes with the rule function of the codes_to_latents op, on the caller's [B, K, T]."""
     seen = []
     rules = jasco_fast.ops.check_codes_to_latents
-    monkeypatch.setattr(jasco_fast.ops, "check_codes_to_latents",
-                        lambda codes, codebooks, dtype: seen.append((tuple(codes.shape), tuple(codebooks.shape)))
-                        or rules(codes, codebooks, dtype))
+    monkeypatch.setattr(
+        jasco_fast.ops,
+        "check_codes_to_latents",
+        lambda codes, codebooks, dtype: (
+            seen.append((tuple(codes.shape), tuple(codebooks.shape))) or rules(codes, codebooks, dtype)
+        ),
+    )
     fast = CodeDecoder(*parts, backend="eager")
     fast(torch.zeros(2, 3, 10, dtype=torch.int64))
     assert seen and seen[0] == ((2, 3, 10), (6, 16, 8))
@@ -192,8 +197,10 @@ def test_patch_rejects_unsupported_codes_models(tmp_path):
     assert chunked.compression_model.model.config.chunk_length is not None
     with pytest.raises(ValueError, match="overlapping chunks"):
         jasco_fast.patch(chunked)
-    stereo = types.SimpleNamespace(cfg=types.SimpleNamespace(),  # InterleaveStereoCompressionModel: no .decoder
-                                   compression_model=types.SimpleNamespace(model=types.SimpleNamespace()))
+    stereo = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(),  # InterleaveStereoCompressionModel: no .decoder
+        compression_model=types.SimpleNamespace(model=types.SimpleNamespace()),
+    )
     with pytest.raises(TypeError, match="transformers EnCodec model"):
         jasco_fast.patch(stereo)
 
@@ -212,8 +219,20 @@ def test_cli_decodes_code_files_beside_latent_files(tmp_path, hf_codes, parts, c
     torch.save({"codes": torch.full((2, 5), 16)}, tmp_path / "in" / "bad.pt")  # out of range
     torch.save(torch.zeros(1, 9, 5, dtype=torch.int64), tmp_path / "in" / "bad_k.pt")  # K = 9 > 6
     torch.save(torch.randn(16, 8), tmp_path / "in" / "lat.pt")  # latents still work beside them
-    code = main(["decode", *map(str, sorted((tmp_path / "in").iterdir())), "--out-dir", str(tmp_path / "out"),
-                 "--checkpoint", str(folder), "--backend", "eager", "--strategy", "none"])
+    code = main(
+        [
+            "decode",
+            *map(str, sorted((tmp_path / "in").iterdir())),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(folder),
+            "--backend",
+            "eager",
+            "--strategy",
+            "none",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1  # the two bad files fail, the others are written
     assert "bad.pt: codes must lie in [0, 16)" in err and "bad_k.pt: codes have K = 9 codebooks" in err

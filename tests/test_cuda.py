@@ -5,6 +5,7 @@ reference; the CLI on CUDA (overlapped writing) and under torchrun with NCCL.
 
 `make gpu-check` runs this file on a GPU machine; CI (no GPU) skips it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,19 +17,21 @@ import zlib
 
 import pytest
 import torch
+from checkpoints import FLOATS, make_latents  # shared with the op tests
+from checkpoints import LATENT_LAYOUTS as LAYOUTS
+from checkpoints import OP_TOL as TOL
 
 import jasco_fast
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.overlap import HostCopy, to_device
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine (make gpu-check runs these)")
 HAS_KERNEL = torch._C._dispatch_has_kernel_for_dispatch_key("jasco_fast::denorm_transpose", "CUDA")
-needs_kernel = pytest.mark.skipif(HAS_CUDA and not HAS_KERNEL, reason="jasco_fast was built without its CUDA kernel (no nvcc "
-                                                         "at build time); rebuild with the CUDA toolkit")
-
-# shared with tests/test_ops.py
-from checkpoints import FLOATS, LATENT_LAYOUTS as LAYOUTS, OP_TOL as TOL, make_latents  # noqa: E402
+needs_kernel = pytest.mark.skipif(
+    HAS_CUDA and not HAS_KERNEL,
+    reason="jasco_fast was built without its CUDA kernel (no nvcc at build time); rebuild with the CUDA toolkit",
+)
 
 
 def check_kernel(latents, mean, std, dtype, channels_last):
@@ -40,8 +43,9 @@ def check_kernel(latents, mean, std, dtype, channels_last):
     if got.numel():
         assert got.stride() == ((T * D, 1, D) if channels_last else (D * T, T, 1))
     cpu = lambda s: s.cpu() if isinstance(s, torch.Tensor) else s  # noqa: E731
-    on_cpu = jasco_fast.denormalize_transpose(latents.cpu(), cpu(mean), cpu(std), dtype=dtype,
-                                              channels_last=channels_last)
+    on_cpu = jasco_fast.denormalize_transpose(
+        latents.cpu(), cpu(mean), cpu(std), dtype=dtype, channels_last=channels_last
+    )
     assert torch.equal(got.cpu(), on_cpu)
     want = reference.denormalize_transpose(latents, mean, std, dtype=dtype, channels_last=channels_last)
     coarser = max(latents.dtype, out_dtype, key=lambda t: torch.finfo(t).eps)
@@ -74,8 +78,11 @@ def test_kernel_grids_beyond_one_launch_dimension(channels_last):
     """B over the grid's z limit (65535) and D over its y limit, for the vector (float32) and scalar
     (float64) transposes: both are grid-strided."""
     gen = torch.Generator().manual_seed(0)
-    for shape, dtype in [((70_000, 2, 3), torch.float32), ((1, 2, 65_535 * 128 + 4), torch.float32),
-                         ((1, 2, 65_535 * 32 + 33), torch.float64)]:
+    for shape, dtype in [
+        ((70_000, 2, 3), torch.float32),
+        ((1, 2, 65_535 * 128 + 4), torch.float32),
+        ((1, 2, 65_535 * 32 + 33), torch.float64),
+    ]:
         latents = torch.randn(shape, generator=gen).to("cuda", dtype)
         check_kernel(latents, -0.0074, 4.0102, None, channels_last)
 
@@ -84,8 +91,9 @@ def test_kernel_grids_beyond_one_launch_dimension(channels_last):
 def test_kernel_empty_and_non_finite():
     for B, T in [(2, 0), (0, 5)]:
         for channels_last in (False, True):
-            out = jasco_fast.denormalize_transpose(torch.randn(B, T, 16, device="cuda"), 0.0, 1.0,
-                                                   channels_last=channels_last)
+            out = jasco_fast.denormalize_transpose(
+                torch.randn(B, T, 16, device="cuda"), 0.0, 1.0, channels_last=channels_last
+            )
             assert out.shape == (B, 16, T)
     latents = torch.randn(2, 9, 16, device="cuda")
     latents[0, 3, 5], latents[1, 0, 0] = float("nan"), float("inf")
@@ -149,8 +157,7 @@ def test_opcheck_on_cuda():
         latents = torch.randn(2, 11, 24, generator=gen).to("cuda", dtype)
         mean = torch.randn(24, generator=gen).to("cuda", dtype)
         std = (torch.rand((), generator=gen) + 0.5).to("cuda", dtype)
-        torch.library.opcheck(torch.ops.jasco_fast.denorm_transpose.default,
-                              (latents, mean, std, None, channels_last))
+        torch.library.opcheck(torch.ops.jasco_fast.denorm_transpose.default, (latents, mean, std, None, channels_last))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,15 +273,30 @@ def test_cli_decode_on_cuda_matches_the_cpu(tmp_path, tiny_hf_checkpoint, capsys
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     files = write_inputs(tmp_path / "in", 7)
     for device, extra in (("cpu", ["--backend", "eager"]), ("cuda", [])):
-        code = main(["decode", *map(str, files), "--out-dir", str(tmp_path / device), "--checkpoint",
-                     str(tiny_hf_checkpoint), "--device", device, "--batch-size", "2", "--format", "flac", *extra])
+        code = main(
+            [
+                "decode",
+                *map(str, files),
+                "--out-dir",
+                str(tmp_path / device),
+                "--checkpoint",
+                str(tiny_hf_checkpoint),
+                "--device",
+                device,
+                "--batch-size",
+                "2",
+                "--format",
+                "flac",
+                *extra,
+            ]
+        )
         assert code == 0
         assert "decoded 7 items" in capsys.readouterr().out
     for i in range(7):
         on_gpu, rate = sf.read(str(tmp_path / "cuda" / f"item{i}.flac"))
         on_cpu, _ = sf.read(str(tmp_path / "cpu" / f"item{i}.flac"))
         assert on_gpu.shape == on_cpu.shape == (40 * 8,)
-        assert abs(on_gpu - on_cpu).max() <= 2 / 2 ** 15  # 16-bit FLAC: within two steps
+        assert abs(on_gpu - on_cpu).max() <= 2 / 2**15  # 16-bit FLAC: within two steps
 
 
 def _free_port() -> int:
@@ -283,16 +305,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(HAS_CUDA and torch.cuda.device_count() < 2,
-                    reason="torchrun with NCCL needs 2 GPUs (NCCL refuses two ranks on one GPU)")
+@pytest.mark.skipif(
+    HAS_CUDA and torch.cuda.device_count() < 2,
+    reason="torchrun with NCCL needs 2 GPUs (NCCL refuses two ranks on one GPU)",
+)
 def test_torchrun_with_nccl_shards_the_files(tmp_path, tiny_hf_checkpoint):
     world = torch.cuda.device_count()
     files = write_inputs(tmp_path / "in", 2 * world + 1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-addr",
-           "127.0.0.1", "--master-port", str(_free_port()), "-m", "jasco_fast", "decode", *map(str, files),
-           "--out-dir", str(tmp_path / "out"), "--checkpoint", str(tiny_hf_checkpoint), "--device", "cuda",
-           "--backend", "eager"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(world),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "jasco_fast",
+        "decode",
+        *map(str, files),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--checkpoint",
+        str(tiny_hf_checkpoint),
+        "--device",
+        "cuda",
+        "--backend",
+        "eager",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{f.stem}.wav" for f in files)
     assert f"decoded {len(files)} items" in result.stdout and f"on {world} processes" in result.stdout

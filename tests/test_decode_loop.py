@@ -1,6 +1,7 @@
 """jasco_fast/decode_loop.py on its own (tests/integration/test_cli*.py run it through `jasco-fast decode`):
 torchrun's sharding gives each file to exactly one rank, clashing output names are refused on every rank alike,
 and only items of equal length share a batch."""
+
 from __future__ import annotations
 
 import torch

@@ -1,11 +1,23 @@
 """jasco_fast.decoder: the SEANet network against audiocraft's and transformers' decoders with the same
 weights, its config validation, and that the removed old name is gone."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from checkpoints import (AUDIOCRAFT_CONFIGS, F32_TOL, HF_CONFIGS, LENGTHS, audiocraft_modules, needs_audiocraft,
-                         rel_err, seed_of, transformers_model, write_audiocraft_checkpoint, write_transformers_dir)
+from checkpoints import (
+    AUDIOCRAFT_CONFIGS,
+    F32_TOL,
+    HF_CONFIGS,
+    LENGTHS,
+    audiocraft_modules,
+    needs_audiocraft,
+    rel_err,
+    seed_of,
+    transformers_model,
+    write_audiocraft_checkpoint,
+    write_transformers_dir,
+)
 
 import jasco_fast
 from jasco_fast import DecoderConfig, SEANetDecoder, load_decoder
@@ -27,8 +39,9 @@ def test_matches_transformers(name, tmp_path):
 @needs_audiocraft
 @pytest.mark.parametrize("name", AUDIOCRAFT_CONFIGS)
 def test_matches_audiocraft(name, tmp_path):
-    path, upstream = write_audiocraft_checkpoint(tmp_path / "compression_state_dict.bin", seed=seed_of(name),
-                                                 **AUDIOCRAFT_CONFIGS[name])
+    path, upstream = write_audiocraft_checkpoint(
+        tmp_path / "compression_state_dict.bin", seed=seed_of(name), **AUDIOCRAFT_CONFIGS[name]
+    )
     decoder = load_decoder(path)
     lengths = LENGTHS
     if decoder.config.pad_mode == "circular":  # upstream cannot wrap a pad around more than once either
@@ -50,9 +63,18 @@ def test_audiocraft_modules_are_the_real_ones():
 
 
 def test_full_size_32khz_matches_transformers():
-    model = transformers_model(seed=3, audio_channels=1, sampling_rate=32000, num_filters=64, hidden_size=128,
-                               upsampling_ratios=[8, 5, 4, 4], num_lstm_layers=2, use_causal_conv=False,
-                               pad_mode="reflect", use_conv_shortcut=False)
+    model = transformers_model(
+        seed=3,
+        audio_channels=1,
+        sampling_rate=32000,
+        num_filters=64,
+        hidden_size=128,
+        upsampling_ratios=[8, 5, 4, 4],
+        num_lstm_layers=2,
+        use_causal_conv=False,
+        pad_mode="reflect",
+        use_conv_shortcut=False,
+    )
     state = {f"decoder.{k}": v for k, v in model.decoder.state_dict().items()}
     decoder = jasco_fast.loading.load_state(SEANetDecoder(DecoderConfig()), state, "transformers", "<memory>").eval()
     # the same parameters once weight norm's g is folded away: ~28.4 M

@@ -1,23 +1,27 @@
 """jasco_fast.decoder: the GEMM form of the transposed convolution (ConvTranspose._as_gemm), which bfloat16
 decoders take on the CPU for wide stages, against conv_transpose2d and against the reference."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from checkpoints import rel_err
 
-from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 import jasco_fast.decoder as decoder_module
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.decoder import GEMM_TRANSPOSED_CONV_MIN_CHANNELS, ConvTranspose, _gemm_transposed_conv
 
 
-@pytest.mark.parametrize("c_in,c_out,stride,kernel,causal,trim", [
-    (16, 8, 4, 8, False, 1.0),   # SEANet's kernel = 2 * stride
-    (16, 8, 5, 10, True, 1.0),
-    (8, 4, 3, 7, False, 1.0),    # kernel not a multiple of the stride
-    (8, 4, 4, 4, True, 0.5),     # kernel = stride, causal with partial right trim
-    (4, 3, 2, 9, True, 0.0),
-])
+@pytest.mark.parametrize(
+    "c_in,c_out,stride,kernel,causal,trim",
+    [
+        (16, 8, 4, 8, False, 1.0),  # SEANet's kernel = 2 * stride
+        (16, 8, 5, 10, True, 1.0),
+        (8, 4, 3, 7, False, 1.0),  # kernel not a multiple of the stride
+        (8, 4, 4, 4, True, 0.5),  # kernel = stride, causal with partial right trim
+        (4, 3, 2, 9, True, 0.0),
+    ],
+)
 @pytest.mark.parametrize("frames", [1, 2, 37])
 def test_gemm_form_equals_conv_transpose(c_in, c_out, stride, kernel, causal, trim, frames):
     torch.manual_seed(0)
@@ -47,7 +51,7 @@ def test_which_layers_take_the_gemm_form(monkeypatch):
     assert _gemm_transposed_conv(x, wide.bfloat16())
     assert not _gemm_transposed_conv(x, wide)  # float32: oneDNN's deconvolution measured faster
     assert not _gemm_transposed_conv(x, wide.half())  # float16: not measured
-    assert not _gemm_transposed_conv(x, wide[:GEMM_TRANSPOSED_CONV_MIN_CHANNELS - 1].bfloat16())
+    assert not _gemm_transposed_conv(x, wide[: GEMM_TRANSPOSED_CONV_MIN_CHANNELS - 1].bfloat16())
     assert not _gemm_transposed_conv(x.to("meta"), wide.bfloat16().to("meta"))  # CPU only
 
 
@@ -56,7 +60,7 @@ def test_float32_gemm_form_on_avx2_class_cpus(monkeypatch):
     wide, x = torch.empty(n, 4, 1, 8), torch.empty(1, n, 1, 3)
     monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: True)
     assert _gemm_transposed_conv(x, wide)
-    assert not _gemm_transposed_conv(x[:, :n // 2], wide[:n // 2])  # 512 channels: oneDNN's measured faster
+    assert not _gemm_transposed_conv(x[:, : n // 2], wide[: n // 2])  # 512 channels: oneDNN's measured faster
     assert not _gemm_transposed_conv(x.to("meta"), wide.to("meta"))
     monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: False)
     assert not _gemm_transposed_conv(x, wide)
@@ -73,12 +77,13 @@ def wide_decoder():
 def test_bfloat16_decode_with_gemm_form_within_budget(wide_decoder, backend, one_thread, amx):
     """bf16 decode (GEMM form on the wide stage): error against the float32 reference within twice the
     error of the reference run in bf16, plus a small floor (the rule of tests/test_pipeline.py)."""
-    assert any(isinstance(m, ConvTranspose) and m.weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS
-               for m in wide_decoder.modules())
+    assert any(
+        isinstance(m, ConvTranspose) and m.weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS
+        for m in wide_decoder.modules()
+    )
     latents = torch.randn(2, 12, 16)
     want = reference.decode(wide_decoder, latents)
-    ref_bf16 = reference.decode(reference.ReferenceDecoder(wide_decoder).to(torch.bfloat16),
-                                latents.bfloat16()).float()
+    ref_bf16 = reference.decode(reference.ReferenceDecoder(wide_decoder).to(torch.bfloat16), latents.bfloat16()).float()
     budget = 2 * rel_err(ref_bf16, want) + 1e-3
     got = LatentDecoder(wide_decoder, backend=backend, dtype=torch.bfloat16, chunk_frames=None)(latents)
     assert rel_err(got, want) <= budget
@@ -90,7 +95,6 @@ def test_bfloat16_gemm_form_exports(wide_decoder, one_thread, amx):
     decoder = LatentDecoder(wide_decoder, backend="eager", dtype=torch.bfloat16).decoder
     x = torch.randn(2, 16, 10).bfloat16()
     program = torch.export.export(decoder, (x,))
-    assert any(node.target == torch.ops.aten.matmul.default or "mm" in str(node.target)
-               for node in program.graph.nodes)
+    assert any(node.target == torch.ops.aten.matmul.default or "mm" in str(node.target) for node in program.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), decoder(x))

@@ -12,6 +12,7 @@ Conventions the documents follow (and this test enforces):
   decode, a compiler, several processes); `<!-- docs-test: skip (reason) -->` does not run a block, and must say
   why.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -44,7 +45,7 @@ def _blocks(lang: str):
         for i, m in enumerate(FENCE.finditer(text)):
             if m.group(1) != lang:
                 continue
-            before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
             marker = MARKER.search(before)
             out.append(pytest.param(doc, marker, m.group(2), id=f"{doc.relative_to(ROOT)}#{i}"))
     return out
@@ -100,7 +101,7 @@ def _commands(code: str):
 
 def _subcommand(argv: list[str]) -> str:
     if argv[0] == "torchrun":
-        argv = argv[argv.index("jasco_fast") + 1:]
+        argv = argv[argv.index("jasco_fast") + 1 :]
     elif argv[0] == "python":
         argv = argv[3:]
     else:
@@ -135,6 +136,7 @@ def test_every_public_name_is_on_the_usage_page():
 
 def test_every_cli_option_is_on_the_usage_page():
     from jasco_fast import cli
+
     usage = (ROOT / "docs" / "usage.md").read_text()
     parser = cli.build_parser() if hasattr(cli, "build_parser") else None
     if parser is None:
@@ -195,7 +197,7 @@ def test_results_tables_are_generated_from_the_json():
     for doc in DOCS:
         for m in tables.BLOCK.finditer(doc.read_text()):
             want = tables.table(tables.RESULTS / m.group("name"), m.group("part"))
-            got = m.group(0)[len(m.group(1)):-len(m.group(4))]
+            got = m.group(0)[len(m.group(1)) : -len(m.group(4))]
             assert got == want + "\n", f"{doc.name}: {m.group('name')} differs: python benchmarks/tables.py --write"
 
 

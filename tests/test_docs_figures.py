@@ -1,5 +1,6 @@
 """benchmarks/plots.py: every figure renders from the committed results JSON, and what it draws is the JSON's
 numbers (read back from the matplotlib artists before saving)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,6 +24,7 @@ def plots():
     spec.loader.exec_module(module)
     yield module
     import matplotlib.pyplot as plt
+
     plt.close("all")
 
 
@@ -33,6 +35,7 @@ def _json(name):
 def _bars(ax):
     """(label, width, (left whisker, right whisker)) per horizontal bar, in drawing order."""
     from matplotlib.container import BarContainer
+
     labels = [t.get_text() for t in ax.get_yticklabels()]
     out = []
     for c in ax.containers:
@@ -92,8 +95,11 @@ def test_peak_rss_draws_the_json(plots):
     lines = {line.get_label(): line for line in ax.get_lines()}
     for batch in (1, 8):
         for path, word in (("full", "one pass"), ("chunked", "chunked")):
-            want = [(m["seconds"], m["peak_rss_mb"] / 1e3) for m in result["memory"]
-                    if m["batch"] == batch and m["path"] == path and "peak_rss_mb" in m]
+            want = [
+                (m["seconds"], m["peak_rss_mb"] / 1e3)
+                for m in result["memory"]
+                if m["batch"] == batch and m["path"] == path and "peak_rss_mb" in m
+            ]
             line = lines[f"{word}, B = {batch}"]
             _close(list(zip(line.get_xdata(), line.get_ydata())), want)
     cli = [line for label, line in lines.items() if label.startswith("jasco-fast decode")][0]
@@ -118,7 +124,7 @@ def test_fidelity_draws_the_json(plots):
     (ax,) = plots.figure("fidelity.svg").axes
     labels, bars = _bars(ax)
     assert labels == list(modes)
-    snr, band = bars[:len(modes)], bars[len(modes):]
+    snr, band = bars[: len(modes)], bars[len(modes) :]
     _close([w for w, _ in snr], [e["worst"]["snr_db"] for e in modes.values()])
     _close([w for w, _ in band], [e["worst"]["worst_band_snr_db"] for e in modes.values()])
 

@@ -3,6 +3,7 @@
 The CPU case uses a real allocator failure (a 32 TiB request); the GPU's torch.OutOfMemoryError is raised
 as the CUDA caching allocator raises it, with its message.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -10,16 +11,18 @@ import torch
 
 import jasco_fast
 from jasco_fast.cli import main
-from jasco_fast.decoder import SEANetDecoder, DecoderConfig
+from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 from jasco_fast.errors import decoding_out_of_memory, first_line, is_out_of_memory
 
 TINY = DecoderConfig(dimension=8, n_filters=4, ratios=(4, 2), lstm=1, sample_rate=8000)
-CUDA_OOM = ("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
-            "3.06 GiB is free.")
+CUDA_OOM = (
+    "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+    "3.06 GiB is free."
+)
 
 
 def allocate_too_much(*_):
-    return torch.empty(2 ** 45, dtype=torch.uint8)  # the CPU allocator's own RuntimeError
+    return torch.empty(2**45, dtype=torch.uint8)  # the CPU allocator's own RuntimeError
 
 
 def gpu_out_of_memory(*_):
@@ -60,8 +63,7 @@ def test_other_errors_pass_through_unchanged(monkeypatch):
 
 
 def test_no_dtype_hint_for_16_bit_decoders():
-    error = decoding_out_of_memory(RuntimeError("out of memory"), 2, 500, 50.0, torch.device("cuda", 0),
-                                   torch.bfloat16)
+    error = decoding_out_of_memory(RuntimeError("out of memory"), 2, 500, 50.0, torch.device("cuda", 0), torch.bfloat16)
     assert "on cuda:0 in bfloat16" in str(error) and "16-bit compute dtype" not in str(error)
     assert "(10.0 s of audio each)" in str(error)
 
@@ -70,8 +72,20 @@ def test_cli_names_the_batch_size(tmp_path, tiny_hf_checkpoint, monkeypatch, cap
     monkeypatch.setattr(jasco_fast.LatentDecoder, "_decode", allocate_too_much)
     for name in ("a", "b", "c"):
         torch.save(torch.randn(20, 8), tmp_path / f"{name}.pt")
-    code = main(["decode", *(str(tmp_path / f"{n}.pt") for n in "abc"), "--out-dir", str(tmp_path / "out"),
-                 "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager", "--batch-size", "2"])
+    code = main(
+        [
+            "decode",
+            *(str(tmp_path / f"{n}.pt") for n in "abc"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tiny_hf_checkpoint),
+            "--backend",
+            "eager",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "decoding a, b: out of memory with 2 items of 20 frames (--batch-size 2) on cpu" in err

@@ -1,13 +1,13 @@
 """The fidelity metrics of benchmarks/_fidelity.py on signals whose answer is known in closed form."""
+
 from __future__ import annotations
 
 import math
 
-import pytest
-import torch
-
 import _fidelity  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import bench_fidelity
+import pytest
+import torch
 
 import jasco_fast
 from jasco_fast.decoder import LSTM
@@ -20,7 +20,9 @@ def _music_like(seconds: float = 2.0, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
     x = sum(0.2 / k * torch.sin(2 * math.pi * 220 * k * t) for k in range(1, 8))
-    x = x * (0.6 + 0.4 * torch.sin(2 * math.pi * 1.5 * t)) + 0.01 * torch.randn(t.shape, generator=gen, dtype=torch.float64)
+    x = x * (0.6 + 0.4 * torch.sin(2 * math.pi * 1.5 * t)) + 0.01 * torch.randn(
+        t.shape, generator=gen, dtype=torch.float64
+    )
     return x.view(1, 1, -1)
 
 
@@ -139,7 +141,7 @@ def test_checkpoints_alternate_between_two_lstm_scales():
     default = bench_fidelity.realistic_decoder(0, config, calibration_frames=40)
     high = bench_fidelity.realistic_decoder(0, config, calibration_frames=40, lstm_std=0.05)
     n = config.n_filters * 2 ** len(config.ratios)  # the LSTM's width
-    assert _lstm_weights(default).abs().max() <= n ** -0.5
+    assert _lstm_weights(default).abs().max() <= n**-0.5
     assert _lstm_weights(high).std().item() == pytest.approx(0.05, rel=0.05)
     rms = bench_fidelity._rms(_realistic_audio(high))
     assert 0.5 * bench_fidelity.AUDIO_RMS < rms < 2 * bench_fidelity.AUDIO_RMS

@@ -1,5 +1,6 @@
 """jasco_fast/_files.py: whole files or none, through locked temporaries (the audio writer's and the artifact
 cache's one mechanism; tests/test_audio.py tests the stale-temporary sweep through audio_write)."""
+
 from __future__ import annotations
 
 import os

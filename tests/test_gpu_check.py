@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py (`make gpu-check`) on a machine without a GPU: it refuses loudly, and its
 summary of the benchmark results (targets, README table) is right on results shaped like the real ones."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,37 +26,61 @@ def gpu_check():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_refuses_loudly_without_a_gpu():
     for step in (["preflight"], ["bench"]):
-        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), *step],
-                                capture_output=True, text=True, cwd=ROOT)
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), *step], capture_output=True, text=True, cwd=ROOT
+        )
         assert result.returncode == 1, result
         assert "gpu-check: FAILED:" in result.stderr
         assert ("not a CUDA build" in result.stderr) or ("sees no GPU" in result.stderr)
 
 
-@pytest.mark.parametrize("name,slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
-                                       ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA GeForce RTX 4090", "rtx"),
-                                       ("", "gpu")])
+@pytest.mark.parametrize(
+    "name,slug",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA GeForce RTX 4090", "rtx"),
+        ("", "gpu"),
+    ],
+)
 def test_gpu_slug(gpu_check, name, slug):
     assert gpu_check.gpu_slug(name) == slug
 
 
 def op_row(shape, out_dtype, clone, fused, channels_last, eager):
-    return {"shape": list(shape), "out_dtype": out_dtype, "clone_GBps": clone, "fused_GBps": fused,
-            "fused_channels_last_GBps": channels_last, "eager_GBps": eager}
+    return {
+        "shape": list(shape),
+        "out_dtype": out_dtype,
+        "clone_GBps": clone,
+        "fused_GBps": fused,
+        "fused_channels_last_GBps": channels_last,
+        "eager_GBps": eager,
+    }
 
 
 def decode_row(path, dtype, batch, seconds, median_s, status="ok"):
     row = {"path": path, "dtype": dtype, "batch": batch, "seconds": seconds, "status": status}
     if status == "ok":
-        row.update(median_s=median_s, min_s=median_s * 0.9, max_s=median_s * 1.1, peak_mem_mb=100.0,
-                   audio_s_per_s=batch * seconds / median_s)
+        row.update(
+            median_s=median_s,
+            min_s=median_s * 0.9,
+            max_s=median_s * 1.1,
+            peak_mem_mb=100.0,
+            audio_s_per_s=batch * seconds / median_s,
+        )
     return row
 
 
 def write_results(folder: Path, speedup_b8: float, op_fraction: float) -> None:
-    op = {"device": "Test GPU", "rows": [op_row((1, 500, 128), "float32", 100, 10, 10, 5),
-                                         op_row((64, 1500, 128), "float32", 3000, 3000 * op_fraction, 2900, 900),
-                                         op_row((64, 1500, 128), "bfloat16", 3000, 100, 100, 100)]}
+    op = {
+        "device": "Test GPU",
+        "rows": [
+            op_row((1, 500, 128), "float32", 100, 10, 10, 5),
+            op_row((64, 1500, 128), "float32", 3000, 3000 * op_fraction, 2900, 900),
+            op_row((64, 1500, 128), "bfloat16", 3000, 100, 100, 100),
+        ],
+    }
     (folder / "denorm_transpose_cpu.json").write_text(json.dumps(op))
     for dtype, factor in (("float32", 1.0), ("bfloat16", speedup_b8)):
         rows = []
@@ -65,8 +90,9 @@ def write_results(folder: Path, speedup_b8: float, op_fraction: float) -> None:
             eager["speedup_vs_eager_float32"], fast["speedup_vs_eager_float32"] = 1.0, factor
             rows += [eager, fast]
         rows.append(decode_row("compiled", dtype, 128, 30.0, None, status="out of memory"))
-        (folder / f"decode_throughput_{dtype}_cpu.json").write_text(json.dumps({"device": "Test GPU", "dtype": dtype,
-                                                                               "rows": rows}))
+        (folder / f"decode_throughput_{dtype}_cpu.json").write_text(
+            json.dumps({"device": "Test GPU", "dtype": dtype, "rows": rows})
+        )
 
 
 @pytest.mark.parametrize("speedup,fraction,met", [(3.5, 0.9, True), (2.0, 0.5, False)])
@@ -95,8 +121,12 @@ def test_summary_without_results_fails_loudly(gpu_check, tmp_path):
 
 def test_summary_judges_the_op_on_the_device_timed_bandwidth(gpu_check, tmp_path, capsys):
     write_results(tmp_path, 3.5, 0.5)  # the op benchmark alone would fail the target ...
-    rows = [{"name": "copy", "GBps": 3000.0}, {"name": "fused", "GBps": 2700.0},
-            {"name": "fused_channels_last", "GBps": 2850.0}, {"name": "fused_to_bfloat16", "GBps": 2400.0}]
+    rows = [
+        {"name": "copy", "GBps": 3000.0},
+        {"name": "fused", "GBps": 2700.0},
+        {"name": "fused_channels_last", "GBps": 2850.0},
+        {"name": "fused_to_bfloat16", "GBps": 2400.0},
+    ]
     for r in rows:
         r["fraction_of_copy"] = r["GBps"] / 3000.0
     (tmp_path / "bandwidth_cpu.json").write_text(json.dumps({"shape": [256, 1500, 128], "rows": rows}))

@@ -1,4 +1,5 @@
 """`jasco-fast info` (jasco_fast/info.py): the report's JSON schema, its text form, the command line."""
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,31 @@ def cpu_flags() -> set[str]:
 
 def test_json_schema(cache):
     report = json.loads(json.dumps(info.collect()))  # JSON-ready all the way down
-    assert set(report) == {"python", "platform", "jasco_fast", "torch", "ops", "cpu_fast_path", "modes",
-                           "torch_compile", "cache", "packages", "devices", "notes"}
+    assert set(report) == {
+        "python",
+        "platform",
+        "jasco_fast",
+        "torch",
+        "ops",
+        "cpu_fast_path",
+        "modes",
+        "torch_compile",
+        "cache",
+        "packages",
+        "devices",
+        "notes",
+    }
     assert set(report["modes"]) == {"cpu_class", "native_cpu_arithmetic", "isa_caps", "recommended"}
     assert set(report["modes"]["native_cpu_arithmetic"]) == {"bfloat16", "float16"}
     assert report["modes"]["recommended"]["cpu"]["dtype"] in ("float32", "bfloat16")
     assert report["torch"]["version"] == torch.__version__
-    assert report["torch"]["build"] == (f"ROCm {torch.version.hip}" if torch.version.hip else
-                                        f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU")
+    assert report["torch"]["build"] == (
+        f"ROCm {torch.version.hip}"
+        if torch.version.hip
+        else f"CUDA {torch.version.cuda}"
+        if torch.version.cuda
+        else "CPU"
+    )
     assert report["jasco_fast"]["extension"].endswith(".so") or report["jasco_fast"]["extension"].endswith(".pyd")
 
     op = report["ops"][OP]
@@ -56,11 +74,16 @@ def test_json_schema(cache):
     devices = report["devices"]
     assert devices[0]["device"] == "cpu" and devices[0]["ops"][OP] == "compiled kernel"
     assert len(devices) == 1 + (torch.cuda.device_count() if torch.cuda.is_available() else 0) + sum(
-        d["device"] in ("mps",) or d["device"].startswith("xpu") for d in devices)
+        d["device"] in ("mps",) or d["device"].startswith("xpu") for d in devices
+    )
 
-    assert report["cache"] == {"path": str(cache), "source": "JASCO_FAST_CACHE_DIR", "exists": True,
-                               "entries": [{"name": "decoder-abc", "bytes": 1500}, {"name": "index.json", "bytes": 2}],
-                               "bytes": 1502}
+    assert report["cache"] == {
+        "path": str(cache),
+        "source": "JASCO_FAST_CACHE_DIR",
+        "exists": True,
+        "entries": [{"name": "decoder-abc", "bytes": 1500}, {"name": "index.json", "bytes": 2}],
+        "bytes": 1502,
+    }
 
     sf = report["packages"]["soundfile"]
     assert sf["version"] == soundfile.__version__ and sf["libsndfile"] == soundfile.__libsndfile_version__
@@ -131,8 +154,9 @@ def test_a_failing_section_is_reported_not_fatal(monkeypatch, capsys):
 @pytest.mark.parametrize("extra", [[], ["--json"]])
 def test_python_m_jasco_fast_info(extra, cache):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "jasco_fast", "info", *extra], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "jasco_fast", "info", *extra], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     if extra:
         report = json.loads(done.stdout)
@@ -150,8 +174,12 @@ def test_a_missing_encoder_is_named(monkeypatch):
 
     monkeypatch.setattr(soundfile, "available_subtypes", without_mp3)
     report = info.collect()
-    assert report["packages"]["soundfile"]["jasco_fast_formats"] == {"wav": True, "mp3": False, "ogg": True,
-                                                                    "flac": True}
+    assert report["packages"]["soundfile"]["jasco_fast_formats"] == {
+        "wav": True,
+        "mp3": False,
+        "ogg": True,
+        "flac": True,
+    }
     assert "writes wav, mp3 (MISSING), ogg, flac" in info.render(report)
     assert any("cannot write mp3: upgrade soundfile" in note for note in report["notes"])
 

@@ -1,5 +1,6 @@
 """jasco_fast.loading: every checkpoint format, audiocraft configs read with OmegaConf (interpolations
 through the public loader), and bad files: each error names the file and the problem."""
+
 from __future__ import annotations
 
 import json
@@ -7,20 +8,34 @@ import pickle
 
 import pytest
 import torch
-from checkpoints import (AUDIOCRAFT_CONFIGS, AUDIOCRAFT_DEFAULTS, AUDIOCRAFT_YAML, F32_TOL, fake_hf_cache,
-                         needs_audiocraft, rel_err, seed_of, write_audiocraft_checkpoint, write_pointer,
-                         write_transformers_dir)
+from checkpoints import (
+    AUDIOCRAFT_CONFIGS,
+    AUDIOCRAFT_DEFAULTS,
+    AUDIOCRAFT_YAML,
+    F32_TOL,
+    fake_hf_cache,
+    needs_audiocraft,
+    rel_err,
+    seed_of,
+    write_audiocraft_checkpoint,
+    write_pointer,
+    write_transformers_dir,
+)
 
 from jasco_fast import load_decoder
 from jasco_fast.loading import CheckpointError, read_checkpoint
 
-
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("weight_format,file", [("parametrizations", "model.safetensors"),
-                                                ("weight_g_v", "model.safetensors"),
-                                                ("weight_g_v", "pytorch_model.bin")])
+@pytest.mark.parametrize(
+    "weight_format,file",
+    [
+        ("parametrizations", "model.safetensors"),
+        ("weight_g_v", "model.safetensors"),
+        ("weight_g_v", "pytorch_model.bin"),
+    ],
+)
 def test_transformers_storage_variants(tmp_path, weight_format, file):
     path, model = write_transformers_dir(tmp_path, seed=5, weight_format=weight_format, file=file)
     assert (path / file).exists()
@@ -53,13 +68,16 @@ def test_audiocraft_files_written_without_audiocraft_are_its_own(tmp_path, name)
     assert list(ours["best_state"]) == list(theirs["best_state"])
     for key, value in theirs["best_state"].items():
         assert ours["best_state"][key].dtype == value.dtype and torch.equal(ours["best_state"][key], value), key
-    assert {k: v for k, v in ours.items() if k != "best_state"} == {k: v for k, v in theirs.items() if k != "best_state"}
+    assert {k: v for k, v in ours.items() if k != "best_state"} == {
+        k: v for k, v in theirs.items() if k != "best_state"
+    }
 
 
 @pytest.mark.parametrize("name", AUDIOCRAFT_CONFIGS)
 def test_audiocraft_files_written_without_audiocraft_load(tmp_path, name):
-    path, _ = write_audiocraft_checkpoint(tmp_path / "compression_state_dict.bin", seed=seed_of(name),
-                                          with_audiocraft=False, **AUDIOCRAFT_CONFIGS[name])
+    path, _ = write_audiocraft_checkpoint(
+        tmp_path / "compression_state_dict.bin", seed=seed_of(name), with_audiocraft=False, **AUDIOCRAFT_CONFIGS[name]
+    )
     decoder = load_decoder(path)
     with torch.no_grad():
         out = decoder(torch.randn(1, 8, 5))
@@ -97,7 +115,9 @@ def test_missing_key(tmp_path):
     state = load_file(str(path / "model.safetensors"))
     del state["decoder.layers.4.block.1.conv.bias"]
     save_file(state, str(path / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors.*missing key 'decoder\.layers\.4\.block\.1\.conv\.bias'"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors.*missing key 'decoder\.layers\.4\.block\.1\.conv\.bias'"
+    ):
         load_decoder(path)
 
 
@@ -129,8 +149,10 @@ def test_unknown_architecture_values(tmp_path):
     p2 = config_only_checkpoint(tmp_path / "ac" / "compression_state_dict.bin", norm="banana")
     with pytest.raises(CheckpointError, match=r"compression_state_dict\.bin.*norm"):
         load_decoder(p2)
-    p3 = config_only_checkpoint(tmp_path / "ac2" / "compression_state_dict.bin",
-                                text=tiny_yaml().replace("compress: 2", "compress: 2\n  wobble: 3"))
+    p3 = config_only_checkpoint(
+        tmp_path / "ac2" / "compression_state_dict.bin",
+        text=tiny_yaml().replace("compress: 2", "compress: 2\n  wobble: 3"),
+    )
     with pytest.raises(CheckpointError, match=r"unknown SEANet decoder settings \['wobble'\]"):
         load_decoder(p3)
 
@@ -192,8 +214,15 @@ def config_only_checkpoint(path, text: str | None = None, **overrides):
     """An audiocraft export holding `text` (default: the tiny test config) and no weights: enough for
     read_checkpoint, which builds the config before it looks at any weight."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"best_state": {}, "xp.cfg": tiny_yaml(**overrides) if text is None else text, "version": "1.3.0",
-                "exported": True}, path)
+    torch.save(
+        {
+            "best_state": {},
+            "xp.cfg": tiny_yaml(**overrides) if text is None else text,
+            "version": "1.3.0",
+            "exported": True,
+        },
+        path,
+    )
     return path
 
 
@@ -211,14 +240,16 @@ def test_relative_interpolation_is_the_nodes_own_level(tmp_path):
     # the first dot is the node's own level: ${.dimension} inside seanet is seanet.dimension (8), not the
     # top-level dimension (99); two dots go one level up (seanet.decoder -> seanet)
     text = "dimension: 99\n" + tiny_yaml().replace("  n_filters: 4", "  n_filters: ${.dimension}").replace(
-        "    trim_right_ratio: 1.0", "    trim_right_ratio: 1.0\n    last_kernel_size: ${..kernel_size}")
+        "    trim_right_ratio: 1.0", "    trim_right_ratio: 1.0\n    last_kernel_size: ${..kernel_size}"
+    )
     config = read_config(tmp_path, text)
     assert config.n_filters == 8 and config.last_kernel_size == 7
 
 
 def test_nested_list_and_string_interpolations(tmp_path):
-    text = ("first_ratio: ${stage.ratio}\nstage: {ratio: 4}\nact_tail: LU\n"
-            + tiny_yaml(ratios="['${first_ratio}', 2]", activation="E${act_tail}"))
+    text = "first_ratio: ${stage.ratio}\nstage: {ratio: 4}\nact_tail: LU\n" + tiny_yaml(
+        ratios="['${first_ratio}', 2]", activation="E${act_tail}"
+    )
     config = read_config(tmp_path, text)
     assert config.ratios == (4, 2) and config.activation == "ELU"
     text = "ratios_of_record: [4, 2]\n" + tiny_yaml(ratios="${ratios_of_record}")
@@ -231,14 +262,27 @@ def test_sections_the_decoder_does_not_read_may_hold_anything(tmp_path):
     assert read_config(tmp_path, text).dimension == 8
 
 
-@pytest.mark.parametrize("text,problem", [
-    (tiny_yaml().replace("${channels}", "${nowhere.channels}", 1), r"'nowhere\.channels' not found \(at encodec\.channels\)"),
-    (tiny_yaml().replace("  n_filters: 4", "  n_filters: ${.nothing}"), r"'\.nothing' not found .*\(at seanet\.n_filters\)"),
-    (tiny_yaml().replace("  n_filters: 4", "  n_filters: ${seanet.compress}").replace(
-        "  compress: 2", "  compress: ${seanet.n_filters}"), r"[Rr]ecursive interpolation.*\(at seanet\.\w+\)"),
-    ("seanet: [1, 2\n", r"not valid YAML"),
-    ("- just\n- a list\n", r"not a mapping"),
-])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        (
+            tiny_yaml().replace("${channels}", "${nowhere.channels}", 1),
+            r"'nowhere\.channels' not found \(at encodec\.channels\)",
+        ),
+        (
+            tiny_yaml().replace("  n_filters: 4", "  n_filters: ${.nothing}"),
+            r"'\.nothing' not found .*\(at seanet\.n_filters\)",
+        ),
+        (
+            tiny_yaml()
+            .replace("  n_filters: 4", "  n_filters: ${seanet.compress}")
+            .replace("  compress: 2", "  compress: ${seanet.n_filters}"),
+            r"[Rr]ecursive interpolation.*\(at seanet\.\w+\)",
+        ),
+        ("seanet: [1, 2\n", r"not valid YAML"),
+        ("- just\n- a list\n", r"not a mapping"),
+    ],
+)
 def test_bad_configs_name_the_file_and_the_problem(tmp_path, text, problem):
     path = config_only_checkpoint(tmp_path / "compression_state_dict.bin", text)
     with pytest.raises(CheckpointError, match=r"compression_state_dict\.bin: bad 'xp\.cfg': .*" + problem) as err:

@@ -1,5 +1,6 @@
 """The automatic mode (jasco_fast.modes): CPU classes under instruction-set caps, the table's rows against the
 committed fidelity results, dtype="auto" on the decoders and the CLI, and the warning for emulated arithmetic."""
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,17 @@ def fresh_warnings(monkeypatch):
 
 def cpu_class_under(env: dict) -> str:
     """cpu_class() in a fresh process: ATEN_CPU_CAPABILITY is read when torch starts."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                               "JASCO_FAST_ISA")}
-    out = subprocess.run([sys.executable, "-c", "from jasco_fast import modes; print(modes.cpu_class())"],
-                         env={**clean, **env}, capture_output=True, text=True, timeout=120, check=True)
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "JASCO_FAST_ISA")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", "from jasco_fast import modes; print(modes.cpu_class())"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -90,8 +98,7 @@ def test_caps_emulate_an_avx2_only_cpu():
 
 
 def test_classes_without_bfloat16_arithmetic_say_so(monkeypatch):
-    for klass, native in (("amx", True), ("avx512_bf16", True), ("avx512", False), ("avx2", False),
-                          ("other", False)):
+    for klass, native in (("amx", True), ("avx512_bf16", True), ("avx512", False), ("avx2", False), ("other", False)):
         monkeypatch.setattr(modes, "cpu_class", lambda k=klass: k)
         assert modes.native_cpu_arithmetic()["bfloat16"] is native
 
@@ -164,11 +171,41 @@ def test_native_or_float32_does_not_warn(monkeypatch, tiny_decoder, fresh_warnin
 
 def test_cli_dtype_auto(tmp_path, tiny_hf_checkpoint, capsys):
     torch.save(torch.randn(20, 8), tmp_path / "a.pt")
-    assert main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--backend", "eager", "--dtype", "auto"]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "a.pt"),
+                "--out-dir",
+                str(tmp_path / "out"),
+                "--checkpoint",
+                str(tiny_hf_checkpoint),
+                "--backend",
+                "eager",
+                "--dtype",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert sf.info(str(tmp_path / "out" / "a.wav")).frames == 20 * 8
-    assert main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out2"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--backend", "eager", "--recurrent-dtype", "auto"]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "a.pt"),
+                "--out-dir",
+                str(tmp_path / "out2"),
+                "--checkpoint",
+                str(tiny_hf_checkpoint),
+                "--backend",
+                "eager",
+                "--recurrent-dtype",
+                "auto",
+            ]
+        )
+        == 0
+    )
 
 
 def test_info_names_the_class_and_the_recommended_mode(capsys):

@@ -1,5 +1,6 @@
 """jasco_fast.overlap: the bounded background writer (order, errors, nothing lost, real overlap) and the
 host/device copies, on the CPU; tests/test_cuda.py runs the copies on a GPU."""
+
 from __future__ import annotations
 
 import queue
@@ -136,8 +137,18 @@ def test_cli_write_failure_fails_that_batch_alone(tmp_path, tiny_hf_checkpoint, 
         return real_write(audio, paths, *args, **kwargs)
 
     monkeypatch.setattr(decode_loop, "write_batch", write_batch)
-    code = cli.main(["decode", *map(str, files), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                     str(tiny_hf_checkpoint), "--backend", "eager"])
+    code = cli.main(
+        [
+            "decode",
+            *map(str, files),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tiny_hf_checkpoint),
+            "--backend",
+            "eager",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"item{i}.wav" for i in (0, 1, 3, 4)]

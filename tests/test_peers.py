@@ -1,19 +1,20 @@
 """benchmarks/_peers.py: the ONNX-exportable form of the reference decoder computes what the reference does,
 at any length (the peers table would otherwise compare a different network), and the export runs."""
+
 from __future__ import annotations
 
-
+import _peers  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import pytest
 import torch
 
-import _peers  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 from jasco_fast import DecoderConfig, SEANetDecoder, reference
 
 # small, but with what the export must get right: reflect padding, dilation, odd and even trims, the LSTM
 CONFIGS = {
     "noncausal": DecoderConfig(dimension=16, n_filters=4, ratios=(4, 3), lstm=1, n_residual_layers=2),
-    "causal_constant": DecoderConfig(dimension=16, n_filters=4, ratios=(2, 5), lstm=2, causal=True,
-                                     pad_mode="constant", trim_right_ratio=0.5),
+    "causal_constant": DecoderConfig(
+        dimension=16, n_filters=4, ratios=(2, 5), lstm=2, causal=True, pad_mode="constant", trim_right_ratio=0.5
+    ),
 }
 
 

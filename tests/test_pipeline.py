@@ -1,5 +1,6 @@
 """jasco_fast.pipeline: LatentDecoder (the fast path, eager and compiled) against reference.decode
 (JASCO's eager path), its input checks, dtypes and compile options."""
+
 from __future__ import annotations
 
 import pytest
@@ -138,9 +139,13 @@ def test_input_rules_are_the_ops(tiny_decoder, monkeypatch):
 
     seen = []
     rules = ops.check_denorm_transpose
-    monkeypatch.setattr(ops, "check_denorm_transpose",
-                        lambda latents, mean, std, dtype: seen.append((tuple(latents.shape), mean.shape, std.shape))
-                        or rules(latents, mean, std, dtype))
+    monkeypatch.setattr(
+        ops,
+        "check_denorm_transpose",
+        lambda latents, mean, std, dtype: (
+            seen.append((tuple(latents.shape), mean.shape, std.shape)) or rules(latents, mean, std, dtype)
+        ),
+    )
     fast = LatentDecoder(tiny_decoder, torch.zeros(8), 2.0, backend="eager")
     fast(torch.randn(2, 5, 8))
     assert seen and seen[0] == ((2, 5, 8), (8,), ())

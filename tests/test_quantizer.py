@@ -1,14 +1,23 @@
 """Quantizer / load_quantizer: RVQ codebooks from both checkpoint formats, decoded like transformers' and
 audiocraft's own quantizers."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from checkpoints import (
+    AUDIOCRAFT_MISSING,
+    audiocraft_modules,
+    audiocraft_quantization,
+    fake_hf_cache,
+    needs_oracle,
+    write_audiocraft_checkpoint,
+    write_audiocraft_codes_checkpoint,
+    write_pointer,
+    write_transformers_codes_dir,
+)
 
 import jasco_fast
-from checkpoints import (AUDIOCRAFT_MISSING, audiocraft_modules, audiocraft_quantization, fake_hf_cache, needs_oracle,
-                         write_audiocraft_checkpoint, write_audiocraft_codes_checkpoint, write_pointer,
-                         write_transformers_codes_dir)
 from jasco_fast import CheckpointError, Quantizer, load_quantizer
 
 # float32: 1e-4 of the peak, as the issue asks (the sums are in the same order, so they agree far closer)
@@ -16,7 +25,8 @@ F32_TOL = 1e-4
 
 needs_audiocraft_rvq = needs_oracle(
     audiocraft_modules() is not None and audiocraft_quantization() is not None,
-    AUDIOCRAFT_MISSING if audiocraft_modules() is None else "einops is needed for audiocraft's own RVQ")
+    AUDIOCRAFT_MISSING if audiocraft_modules() is None else "einops is needed for audiocraft's own RVQ",
+)
 
 
 def rel_err(got, want):
@@ -89,18 +99,27 @@ def _rewrite_state(path, edit):
 BOOK = "quantizer.vq.layers.{}._codebook.embed"
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda s: {k: v for k, v in s.items() if not k.startswith("quantizer.")}, "no quantizer codebooks"),
-    (lambda s: {**{k: v for k, v in s.items() if k != BOOK.format(1)}, BOOK.format(2): torch.randn(16, 8)},
-     r"not numbered 0..1: found \[0, 2\]"),
-    (lambda s: {**s, BOOK.format(1): torch.randn(8, 8)},
-     r"has shape \[8, 8\]; every codebook must be \[codebook_size, D\] = \[16, 8\]"),
-    (lambda s: {**s, BOOK.format(1): torch.full((16, 8), float("nan"))}, "NaN or Inf"),
-    (lambda s: {**s, BOOK.format(1): torch.ones(16, 8, dtype=torch.int64)}, "not a floating-point tensor"),
-    (lambda s: {**s, BOOK.format(0): torch.randn(16, 6), BOOK.format(1): torch.randn(16, 6)},
-     "codebooks have D = 6, the decoder reads D = 8"),
-    (lambda s: {**s, "quantizer.vq.layers.0.project_out.weight": torch.randn(8, 8)}, "projections"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda s: {k: v for k, v in s.items() if not k.startswith("quantizer.")}, "no quantizer codebooks"),
+        (
+            lambda s: {**{k: v for k, v in s.items() if k != BOOK.format(1)}, BOOK.format(2): torch.randn(16, 8)},
+            r"not numbered 0..1: found \[0, 2\]",
+        ),
+        (
+            lambda s: {**s, BOOK.format(1): torch.randn(8, 8)},
+            r"has shape \[8, 8\]; every codebook must be \[codebook_size, D\] = \[16, 8\]",
+        ),
+        (lambda s: {**s, BOOK.format(1): torch.full((16, 8), float("nan"))}, "NaN or Inf"),
+        (lambda s: {**s, BOOK.format(1): torch.ones(16, 8, dtype=torch.int64)}, "not a floating-point tensor"),
+        (
+            lambda s: {**s, BOOK.format(0): torch.randn(16, 6), BOOK.format(1): torch.randn(16, 6)},
+            "codebooks have D = 6, the decoder reads D = 8",
+        ),
+        (lambda s: {**s, "quantizer.vq.layers.0.project_out.weight": torch.randn(8, 8)}, "projections"),
+    ],
+)
 def test_bad_checkpoints(tmp_path, edit, match):
     path, _ = write_audiocraft_checkpoint(tmp_path / "compression_state_dict.bin")
     path = _rewrite_state(path, lambda s: edit({**s, BOOK.format(1): torch.randn(16, 8)}))

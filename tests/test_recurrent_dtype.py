@@ -1,6 +1,7 @@
 """LatentDecoder(recurrent_dtype=...): the LSTM's recurrent matrices streamed as int8 / bfloat16 (float32 state and
-arithmetic), the reduced-precision mode's LSTM. The kernel itself is tested in tests/test_lstm_kernel.py; here the
+arithmetic), the reduced-precision mode's LSTM. The kernel itself is tested in tests/ops/test_lstm_kernel.py; here the
 decoder's plumbing and its error against the float32 reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,9 @@ def lstms(fast):
     return [m for m in fast.decoder.modules() if isinstance(m, LSTM)]
 
 
-@pytest.mark.parametrize("dtype,recurrent", [(torch.float32, torch.int8), (torch.float32, torch.bfloat16),
-                                             (torch.bfloat16, torch.int8)])
+@pytest.mark.parametrize(
+    "dtype,recurrent", [(torch.float32, torch.int8), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.int8)]
+)
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_error_within_budget(decoder, dtype, recurrent, backend):
     """Against the float32 reference: within twice the error of the same decoder without the recurrent format
@@ -46,6 +48,7 @@ def test_error_within_budget(decoder, dtype, recurrent, backend):
 def _with_rounded_recurrent(decoder, recurrent):
     """decoder with each W_hh as the format stores it (int8: symmetric, a scale per row)."""
     import copy
+
     out = copy.deepcopy(decoder)
     for m in out.modules():
         if isinstance(m, LSTM):
@@ -65,18 +68,27 @@ def test_invalid_combinations(decoder):
     with pytest.raises(ValueError, match="recurrent_dtype"):
         LatentDecoder(decoder, backend="eager", dtype=torch.float16, recurrent_dtype=torch.bfloat16)
     # the compute dtype itself means the plain format
-    assert LatentDecoder(decoder, backend="eager", dtype=torch.bfloat16, recurrent_dtype=torch.bfloat16).recurrent_dtype is None
+    assert (
+        LatentDecoder(decoder, backend="eager", dtype=torch.bfloat16, recurrent_dtype=torch.bfloat16).recurrent_dtype
+        is None
+    )
 
 
 def test_artifact_recipes_differ_by_format(decoder):
-    keys = {LatentDecoder(decoder, backend="eager", recurrent_dtype=r).aot_recipe(single=True).key
-            for r in (None, torch.int8, torch.bfloat16)}
+    keys = {
+        LatentDecoder(decoder, backend="eager", recurrent_dtype=r).aot_recipe(single=True).key
+        for r in (None, torch.int8, torch.bfloat16)
+    }
     assert len(keys) == 3
 
 
 def test_cli_refuses_bfloat16_recurrent_with_float16(capsys):
-    assert cli_main(["demo", "--seconds", "0.2", "--backend", "eager", "--dtype", "float16",
-                     "--recurrent-dtype", "bfloat16"]) == 2
+    assert (
+        cli_main(
+            ["demo", "--seconds", "0.2", "--backend", "eager", "--dtype", "float16", "--recurrent-dtype", "bfloat16"]
+        )
+        == 2
+    )
     assert "--recurrent-dtype bfloat16 needs --dtype float32" in capsys.readouterr().err
 
 

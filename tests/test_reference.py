@@ -1,11 +1,21 @@
 """jasco_fast.reference, the oracle every fast path is tested against: itself checked against the upstream
 decoders (transformers, audiocraft) and against JASCO's generate_audio written out."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from checkpoints import (AUDIOCRAFT_CONFIGS, F32_TOL, HF_CONFIGS, LENGTHS, needs_audiocraft, rel_err, seed_of,
-                         write_audiocraft_checkpoint, write_transformers_dir)
+from checkpoints import (
+    AUDIOCRAFT_CONFIGS,
+    F32_TOL,
+    HF_CONFIGS,
+    LENGTHS,
+    needs_audiocraft,
+    rel_err,
+    seed_of,
+    write_audiocraft_checkpoint,
+    write_transformers_dir,
+)
 
 from jasco_fast import JASCO_LATENT_MEAN, JASCO_LATENT_STD, load_decoder, reference
 
@@ -25,8 +35,9 @@ def test_reference_decoder_matches_transformers(name, tmp_path):
 @needs_audiocraft
 @pytest.mark.parametrize("name", AUDIOCRAFT_CONFIGS)
 def test_reference_decoder_matches_audiocraft(name, tmp_path):
-    path, upstream = write_audiocraft_checkpoint(tmp_path / "compression_state_dict.bin", seed=seed_of(name),
-                                                 **AUDIOCRAFT_CONFIGS[name])
+    path, upstream = write_audiocraft_checkpoint(
+        tmp_path / "compression_state_dict.bin", seed=seed_of(name), **AUDIOCRAFT_CONFIGS[name]
+    )
     oracle = reference.ReferenceDecoder(load_decoder(path))
     lengths = (3, 5, 37) if AUDIOCRAFT_CONFIGS[name].get("pad_mode") == "circular" else LENGTHS
     for T in lengths:

@@ -1,6 +1,7 @@
 """Exact chunked decoding (jasco_fast.streaming, LatentDecoder.stream and the chunked forward): the
 receptive-field arithmetic against brute force, chunked == one pass == the reference across lengths,
 chunk sizes, batch sizes, pad modes, causal and not, stereo, ragged iterable input, compiled and eager."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from jasco_fast import SEANetDecoder, DecoderConfig, LatentDecoder, reference
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reference
 from jasco_fast.decoder import LSTM, layer_context, receptive_field
 from jasco_fast.streaming import chunk_plan, why_not_chunkable
 
@@ -67,8 +68,16 @@ RF_CONFIGS = {
     "encodec_like": dict(lstm=0),
     "causal": dict(lstm=0, causal=True),
     "causal_trim_quarter": dict(lstm=0, causal=True, trim_right_ratio=0.25, ratios=(3, 2)),
-    "odd": dict(lstm=0, ratios=(3, 5), kernel_size=5, last_kernel_size=3, residual_kernel_size=5,
-                dilation_base=3, n_residual_layers=2, compress=1),
+    "odd": dict(
+        lstm=0,
+        ratios=(3, 5),
+        kernel_size=5,
+        last_kernel_size=3,
+        residual_kernel_size=5,
+        dilation_base=3,
+        n_residual_layers=2,
+        compress=1,
+    ),
     "conv_shortcut_three_stages": dict(lstm=0, true_skip=False, ratios=(2, 3, 2), n_residual_layers=2),
 }
 
@@ -95,12 +104,14 @@ def test_receptive_field_around_the_lstm():
     decoder = tiny_decoder(lstm=2)
     layers = list(decoder.layers)
     i = next(k for k, layer in enumerate(layers) if isinstance(layer, LSTM))
-    for part, channels in ((layers[:i], decoder.dimension), (layers[i + 1:], layers[i].weight_ih_l0.shape[1])):
+    for part, channels in ((layers[:i], decoder.dimension), (layers[i + 1 :], layers[i].weight_ih_l0.shape[1])):
         ctx = receptive_field(part)
         assert (ctx.left, ctx.right) == brute_context(torch.nn.Sequential(*part), channels)
     # the LSTM: every earlier frame, no later one
     whole = decoder.receptive_field()
-    assert whole.left is None and whole.right == receptive_field(layers[:i]).right + receptive_field(layers[i + 1:]).right
+    assert (
+        whole.left is None and whole.right == receptive_field(layers[:i]).right + receptive_field(layers[i + 1 :]).right
+    )
     lstm = torch.nn.Sequential(layers[i])
     x = torch.randn(1, layers[i].weight_ih_l0.shape[1], 1, 30)
     with torch.no_grad():
@@ -126,15 +137,29 @@ STREAM_CONFIGS = {
     "constant_causal": dict(pad_mode="constant", causal=True),
     "replicate_stereo_two_lstm_layers": dict(pad_mode="replicate", channels=2, lstm=2),
     "reflect_causal_trim_half": dict(causal=True, trim_right_ratio=0.5, n_residual_layers=2),
-    "constant_no_lstm_odd_ratios": dict(pad_mode="constant", lstm=0, ratios=(3, 5), kernel_size=5,
-                                        dilation_base=3, n_residual_layers=2),
+    "constant_no_lstm_odd_ratios": dict(
+        pad_mode="constant", lstm=0, ratios=(3, 5), kernel_size=5, dilation_base=3, n_residual_layers=2
+    ),
     "replicate_causal_conv_shortcut": dict(pad_mode="replicate", causal=True, true_skip=False, channels=2),
 }
 
 
 def lengths_for(chunk: int, right: int) -> list[int]:
-    return sorted({1, 2, chunk - 1, chunk, chunk + 1, chunk + right - 1, chunk + right, chunk + right + 1,
-                   2 * chunk + right, 3 * chunk + 7, 4 * chunk + right + 3})
+    return sorted(
+        {
+            1,
+            2,
+            chunk - 1,
+            chunk,
+            chunk + 1,
+            chunk + right - 1,
+            chunk + right,
+            chunk + right + 1,
+            2 * chunk + right,
+            3 * chunk + 7,
+            4 * chunk + right + 3,
+        }
+    )
 
 
 @pytest.mark.parametrize("name", STREAM_CONFIGS)
@@ -149,15 +174,24 @@ def test_stream_equals_one_pass_and_reference(name):
             want = one_pass(latents)
             pieces = list(chunked.stream(latents, chunk_frames=chunk))
             got = torch.cat(pieces, dim=-1)
-            assert got.dtype == torch.float32 and got.shape == want.shape == (B, decoder.channels, T * decoder.hop_length)
+            assert got.dtype == torch.float32 and got.shape == want.shape == (
+                B,
+                decoder.channels,
+                T * decoder.hop_length,
+            )
             assert peak_err(got, want) <= PEAK_TOL, (chunk, T, B)
             middles = max(0, (T - plan.right - chunk) // chunk)  # chunks whose look-ahead has arrived
             expected_pieces = 1 if T < chunk + plan.right else 1 + middles + ((1 + middles) * chunk < T)
             assert len(pieces) == expected_pieces, (chunk, T)
             assert all(p.shape[-1] == chunk * decoder.hop_length for p in pieces[:-1])
         latents = torch.randn(2, 3 * chunk + 5, decoder.dimension)
-        assert peak_err(torch.cat(list(chunked.stream(latents, chunk_frames=chunk)), -1),
-                        reference.decode(decoder, latents, MEAN, STD)) <= PEAK_TOL
+        assert (
+            peak_err(
+                torch.cat(list(chunked.stream(latents, chunk_frames=chunk)), -1),
+                reference.decode(decoder, latents, MEAN, STD),
+            )
+            <= PEAK_TOL
+        )
 
 
 @pytest.mark.parametrize("pad_mode", ["constant", "reflect", "replicate"])
@@ -174,7 +208,7 @@ def test_long_forward_takes_the_chunked_path_and_equals_one_pass(pad_mode):
 
 def ragged(latents: torch.Tensor, sizes) -> list[torch.Tensor]:
     cuts = list(itertools.accumulate(sizes, initial=0))
-    return [latents[:, a:b] for a, b in zip(cuts, cuts[1:])] + [latents[:, cuts[-1]:]]
+    return [latents[:, a:b] for a, b in zip(cuts, cuts[1:])] + [latents[:, cuts[-1] :]]
 
 
 @pytest.mark.parametrize("name", ["reflect", "constant_causal", "replicate_stereo_two_lstm_layers"])
@@ -234,13 +268,13 @@ def test_chunk_steps_driven_by_hand():
     C, L, R = plan.chunk_frames, plan.left, plan.right
     h = c = torch.zeros(2, 2, decoder.layers[1].weight_hh_l0.shape[1])
     with torch.inference_mode():
-        first, h, c = fast.chunk_step("first")(latents[:, :plan.window_frames("first")], h, c)
+        first, h, c = fast.chunk_step("first")(latents[:, : plan.window_frames("first")], h, c)
         pieces, s = [first], C
         while s + C + R <= 70:
-            audio, h, c = fast.chunk_step("middle")(latents[:, s - L:s + C + R], h, c)
+            audio, h, c = fast.chunk_step("middle")(latents[:, s - L : s + C + R], h, c)
             pieces.append(audio)
             s += C
-        pieces.append(fast.chunk_step("last")(latents[:, s - L:], h, c)[0])
+        pieces.append(fast.chunk_step("last")(latents[:, s - L :], h, c)[0])
     assert torch.equal(torch.cat(pieces, -1), torch.cat(list(fast.stream(latents)), -1))
 
 
@@ -321,8 +355,18 @@ def test_cli_decodes_long_items_chunk_by_chunk(tmp_path, tiny_hf_checkpoint, cap
     decoder = load_decoder(tiny_hf_checkpoint)
     latents = torch.randn(300, decoder.dimension)
     np.save(tmp_path / "long.npy", latents.numpy())
-    args = ["decode", str(tmp_path / "long.npy"), "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager",
-            "--format", "flac", "--strategy", "none"]
+    args = [
+        "decode",
+        str(tmp_path / "long.npy"),
+        "--checkpoint",
+        str(tiny_hf_checkpoint),
+        "--backend",
+        "eager",
+        "--format",
+        "flac",
+        "--strategy",
+        "none",
+    ]
     assert main(args + ["--out-dir", str(tmp_path / "chunked"), "--chunk-frames", "16"]) == 0
     want = LatentDecoder(decoder, backend="eager", chunk_frames=None)(latents[None])[0, 0].numpy()
     got, rate = sf.read(str(tmp_path / "chunked" / "long.flac"))

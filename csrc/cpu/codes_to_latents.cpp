@@ -87,8 +87,8 @@ void run_typed(const code_t* codes, const cb_t* codebooks, out_t* out, const Cod
 template <typename acc_t>
 void run(const at::Tensor& codes, const at::Tensor& codebooks, at::Tensor& out, bool channels_last,
          std::atomic<int64_t>& first_bad) {
-  const CodeGeometry g{codes.size(0), codes.size(1), codes.size(2), codebooks.size(1), codebooks.size(2),
-                       codes.stride(0), codes.stride(1), codes.stride(2)};
+  const CodeGeometry g{codes.size(0),     codes.size(1),   codes.size(2),   codebooks.size(1),
+                       codebooks.size(2), codes.stride(0), codes.stride(1), codes.stride(2)};
   AT_DISPATCH_INDEX_TYPES(codes.scalar_type(), "codes_to_latents_cpu_codes", [&] {
     using code_t = index_t;
     const code_t* c = codes.const_data_ptr<code_t>();
@@ -96,8 +96,7 @@ void run(const at::Tensor& codes, const at::Tensor& codebooks, at::Tensor& out, 
       using cb_t = scalar_t;
       const cb_t* cb = codebooks.const_data_ptr<cb_t>();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "codes_to_latents_cpu_out", [&] {
-        run_typed<code_t, cb_t, scalar_t, acc_t>(c, cb, out.mutable_data_ptr<scalar_t>(), g, channels_last,
-                                                 first_bad);
+        run_typed<code_t, cb_t, scalar_t, acc_t>(c, cb, out.mutable_data_ptr<scalar_t>(), g, channels_last, first_bad);
       });
     });
   });

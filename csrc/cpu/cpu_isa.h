@@ -4,8 +4,8 @@
 #pragma once
 
 #include <algorithm>
-#include <initializer_list>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 
 namespace jasco_fast {

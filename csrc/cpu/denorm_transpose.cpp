@@ -146,8 +146,8 @@ JF_AVX2 void scale_shift_rows_avx2(const in_t* src, int64_t src_stride, out_t* d
 }
 
 template <typename in_t, typename out_t, typename acc_t>
-constexpr bool kHasAvx2Path = std::is_same_v<acc_t, float> && !std::is_same_v<in_t, double> &&
-                              !std::is_same_v<out_t, double>;
+constexpr bool kHasAvx2Path =
+    std::is_same_v<acc_t, float> && !std::is_same_v<in_t, double> && !std::is_same_v<out_t, double>;
 #endif
 
 // channels_last=True: the output's memory order is [B, T, D], the input's logical order, so this is a
@@ -231,7 +231,7 @@ std::vector<acc_t> per_channel(const at::Tensor& s, int64_t D) {
 template <typename acc_t>
 void run(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std, at::Tensor& out,
          bool channels_last) {
-  const Geometry g{latents.size(0), latents.size(1), latents.size(2),
+  const Geometry g{latents.size(0),   latents.size(1),   latents.size(2),
                    latents.stride(0), latents.stride(1), latents.stride(2)};
   const std::vector<acc_t> m = per_channel<acc_t>(mean, g.D), s = per_channel<acc_t>(std, g.D);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, latents.scalar_type(), "denorm_transpose_cpu", [&] {

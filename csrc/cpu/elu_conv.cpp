@@ -51,12 +51,9 @@ struct PadMap {
   int64_t operator()(int64_t q) const {
     if (q >= 0 && q < T) return q;
     switch (mode) {
-      case PadMode::constant:
-        return -1;
-      case PadMode::replicate:
-        return q < 0 ? 0 : T - 1;
-      case PadMode::circular:
-        return ((q % T) + T) % T;
+      case PadMode::constant: return -1;
+      case PadMode::replicate: return q < 0 ? 0 : T - 1;
+      case PadMode::circular: return ((q % T) + T) % T;
       case PadMode::reflect: {
         if (q >= T && q < extended) return -1;
         const int64_t r = q < 0 ? -q : 2 * (extended - 1) - q;
@@ -147,8 +144,8 @@ void resblock_walk(const ResblockArgs<scalar_t>& p, int64_t row_block, int64_t b
     for (int64_t r = 0; r < rows; ++r) std::copy(p.b1, p.b1 + H, hidden.data() + r * H);
     // the next tile (or the next batch item's first tile) starts where this one's input ends
     const char* ahead = reinterpret_cast<const char*>(x + (t0 + valid) * C);
-    const int64_t ahead_bytes = std::min<int64_t>(p.tile * C, (p.B * p.T - b * p.T - t0 - valid) * C) *
-                                static_cast<int64_t>(sizeof(scalar_t));
+    const int64_t ahead_bytes =
+        std::min<int64_t>(p.tile * C, (p.B * p.T - b * p.T - t0 - valid) * C) * static_cast<int64_t>(sizeof(scalar_t));
     conv1(act.data(), rows, hidden.data(), ahead, ahead_bytes);
     // y = x + b2 + conv2(elu(hidden)), rows past the sequence end read x's last valid row (discarded)
     for (int64_t r = 0; r < rows; ++r) rows_of_x[r] = x + (t0 + std::min(r, valid - 1)) * C;
@@ -164,8 +161,8 @@ void resblock_walk(const ResblockArgs<scalar_t>& p, int64_t row_block, int64_t b
 // y) adds the tile's products to y (rows x N floats, set to the bias first); store(src, dst, n) rounds n values
 // into the output. act_t: the activation buffer's element type.
 template <typename act_t, typename scalar_t, typename Fill, typename Gemm, typename Store>
-void conv_transpose_walk(const ConvTransposeArgs<scalar_t>& p, int64_t row_block, int64_t begin, int64_t end,
-                         Fill fill, Gemm gemm, Store store) {
+void conv_transpose_walk(const ConvTransposeArgs<scalar_t>& p, int64_t row_block, int64_t begin, int64_t end, Fill fill,
+                         Gemm gemm, Store store) {
   const int64_t C = p.C, N = p.N, halo = p.taps - 1, rows_total = p.T + halo;
   const int64_t tiles = (rows_total + p.tile - 1) / p.tile;
   std::vector<act_t> act((p.tile + halo) * C);
@@ -302,8 +299,8 @@ JF_BF16 void block_gemm_bf16(const uint16_t* a, int64_t lda, int64_t K2, int64_t
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + r * ldo + 16 * v, acc[r][v]);
 }
 
-// out[i, n] += the tile's convolution (rows a multiple of kRows, N a multiple of 16), as in tile_conv (the prefetch too).
-// columns_outer: the column blocks outermost (tile_conv_columns' order, for wide weights).
+// out[i, n] += the tile's convolution (rows a multiple of kRows, N a multiple of 16), as in tile_conv (the prefetch
+// too). columns_outer: the column blocks outermost (tile_conv_columns' order, for wide weights).
 JF_BF16 void tile_conv_bf16(const uint16_t* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
                             const uint32_t* w, int64_t N, float* out, bool columns_outer = false,
                             const char* ahead = nullptr, int64_t ahead_bytes = 0) {
@@ -371,14 +368,12 @@ JF_BF16 void store_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
 
 // The residual block of resblock_tiles with bfloat16 dot products: elu(x) rounded to bfloat16, conv1 in float32
 // sums, elu rounded to bfloat16, conv2 added to x + b2 in float32, the output rounded once. C, H multiples of 16.
-void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w1, const uint32_t* w2,
-                         int64_t begin, int64_t end) {
+void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w1, const uint32_t* w2, int64_t begin,
+                         int64_t end) {
   std::vector<uint16_t> hidden_b(p.tile * p.H);
   resblock_walk<uint16_t>(
       p, avx512::kRows, begin, end,
-      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) {
-        elu_rows_bf16(srcs, n, act, p.C, p.alpha);
-      },
+      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) { elu_rows_bf16(srcs, n, act, p.C, p.alpha); },
       [&](const uint16_t* act, int64_t rows, float* hidden, const char* ahead, int64_t ahead_bytes) {
         tile_conv_bf16(act, rows, p.C, p.k, p.dilation, w1, p.H, hidden, false, ahead, ahead_bytes);
       },
@@ -393,9 +388,7 @@ void conv_transpose_tiles_bf16(const ConvTransposeArgs<c10::BFloat16>& p, const 
                                int64_t end) {
   conv_transpose_walk<uint16_t>(
       p, avx512::kRows, begin, end,
-      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) {
-        elu_rows_bf16(srcs, n, act, p.C, p.alpha);
-      },
+      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) { elu_rows_bf16(srcs, n, act, p.C, p.alpha); },
       [&](const uint16_t* act, int64_t rows, float* y) { tile_conv_bf16(act, rows, p.C, p.taps, 1, w, p.N, y, true); },
       store_bf16);
 }
@@ -470,15 +463,14 @@ void check_activations(const char* op, const at::Tensor& x, int64_t channels) {
 
 void check_conv_weight(const char* op, const char* name, const at::Tensor& w, const at::Tensor& b, int64_t in_ch,
                        const at::Tensor& x) {
-  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == 1 && w.size(1) == in_ch, op, ": ", name,
-                    " must be [out, ", in_ch, ", 1, k], got shape ", w.sizes());
+  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == 1 && w.size(1) == in_ch, op, ": ", name, " must be [out, ", in_ch,
+                    ", 1, k], got shape ", w.sizes());
   TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": the bias of ", name, " must be [", w.size(0),
                     "], got shape ", b.sizes());
   TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(), op, ": ", name,
                    " and its bias must have x's dtype ", x.scalar_type(), ", got ", w.scalar_type(), " and ",
                    b.scalar_type());
-  TORCH_CHECK_VALUE(w.device() == x.device() && b.device() == x.device(), op, ": ", name,
-                    " must be on x's device");
+  TORCH_CHECK_VALUE(w.device() == x.device() && b.device() == x.device(), op, ": ", name, " must be on x's device");
 }
 
 void check_padding(const char* op, int64_t k, int64_t dilation, int64_t pad_left, int64_t pad_right) {
@@ -539,10 +531,21 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
 #ifdef JASCO_FAST_X86
   if (x.scalar_type() == at::kBFloat16 && width == 16 && use_bf16_dot()) {
     const at::Tensor w1b = pack_taps_bf16_pairs(w1), w2b = pack_taps_bf16_pairs(w2);
-    const ResblockArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(), out.mutable_data_ptr<c10::BFloat16>(),
-                                           B, T, C, H, k, dilation, pad_left, tile,
-                                           make_pad_map(op, mode, T, pad_left, pad_right), nullptr,
-                                           b1f.const_data_ptr<float>(), nullptr, b2f.const_data_ptr<float>(),
+    const ResblockArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(),
+                                           out.mutable_data_ptr<c10::BFloat16>(),
+                                           B,
+                                           T,
+                                           C,
+                                           H,
+                                           k,
+                                           dilation,
+                                           pad_left,
+                                           tile,
+                                           make_pad_map(op, mode, T, pad_left, pad_right),
+                                           nullptr,
+                                           b1f.const_data_ptr<float>(),
+                                           nullptr,
+                                           b2f.const_data_ptr<float>(),
                                            static_cast<float>(alpha)};
     const uint32_t* w1p_b = reinterpret_cast<const uint32_t*>(w1b.const_data_ptr<int32_t>());
     const uint32_t* w2p_b = reinterpret_cast<const uint32_t*>(w2b.const_data_ptr<int32_t>());
@@ -555,9 +558,21 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
   const at::Tensor w2p = pack_taps(w2);  // [1, H, C]
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
-    const ResblockArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), B, T, C, H, k, dilation, pad_left,
-                                tile, make_pad_map(op, mode, T, pad_left, pad_right), w1p.const_data_ptr<float>(),
-                                b1f.const_data_ptr<float>(), w2p.const_data_ptr<float>(), b2f.const_data_ptr<float>(),
+    const ResblockArgs<T_> args{x.const_data_ptr<T_>(),
+                                out.mutable_data_ptr<T_>(),
+                                B,
+                                T,
+                                C,
+                                H,
+                                k,
+                                dilation,
+                                pad_left,
+                                tile,
+                                make_pad_map(op, mode, T, pad_left, pad_right),
+                                w1p.const_data_ptr<float>(),
+                                b1f.const_data_ptr<float>(),
+                                w2p.const_data_ptr<float>(),
+                                b2f.const_data_ptr<float>(),
                                 static_cast<float>(alpha)};
     run_tiles(jobs, width, args, JF_KERNEL_COPIES(resblock_tiles, T_));
   });
@@ -586,9 +601,19 @@ at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::
 
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
-    const ConvArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, Cout, k, dilation, pad_left,
-                            tile, make_pad_map(op, mode, T, pad_left, pad_right), wp.const_data_ptr<float>(),
-                            bf.const_data_ptr<float>(), static_cast<float>(alpha)};
+    const ConvArgs<T_> args{x.const_data_ptr<T_>(),
+                            out.mutable_data_ptr<T_>(),
+                            T,
+                            C,
+                            Cout,
+                            k,
+                            dilation,
+                            pad_left,
+                            tile,
+                            make_pad_map(op, mode, T, pad_left, pad_right),
+                            wp.const_data_ptr<float>(),
+                            bf.const_data_ptr<float>(),
+                            static_cast<float>(alpha)};
     run_tiles(jobs, width, args, JF_KERNEL_COPIES(conv_tiles, T_));
   });
   return out;
@@ -640,8 +665,16 @@ at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, 
     const at::Tensor wp = pack_taps_bf16_pairs(as_row_convolution(weight, stride, taps));
     const ConvTransposeArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(),
                                                 out.mutable_data_ptr<c10::BFloat16>(),
-                                                T, C, N, taps, tile, trim_left * Cout, L * Cout, nullptr,
-                                                bias_row.const_data_ptr<float>(), static_cast<float>(alpha)};
+                                                T,
+                                                C,
+                                                N,
+                                                taps,
+                                                tile,
+                                                trim_left * Cout,
+                                                L * Cout,
+                                                nullptr,
+                                                bias_row.const_data_ptr<float>(),
+                                                static_cast<float>(alpha)};
     const uint32_t* w = reinterpret_cast<const uint32_t*>(wp.const_data_ptr<int32_t>());
     at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { conv_transpose_tiles_bf16(args, w, begin, end); });
     return out;
@@ -650,9 +683,18 @@ at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, 
   const at::Tensor wp = pack_taps(as_row_convolution(weight, stride, taps));
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
-    const ConvTransposeArgs<T_> args{x.const_data_ptr<T_>(), out.mutable_data_ptr<T_>(), T, C, N, taps, tile,
-                                     trim_left * Cout, L * Cout, wp.const_data_ptr<float>(),
-                                     bias_row.const_data_ptr<float>(), static_cast<float>(alpha)};
+    const ConvTransposeArgs<T_> args{x.const_data_ptr<T_>(),
+                                     out.mutable_data_ptr<T_>(),
+                                     T,
+                                     C,
+                                     N,
+                                     taps,
+                                     tile,
+                                     trim_left * Cout,
+                                     L * Cout,
+                                     wp.const_data_ptr<float>(),
+                                     bias_row.const_data_ptr<float>(),
+                                     static_cast<float>(alpha)};
     run_tiles(jobs, width, args, JF_KERNEL_COPIES(conv_transpose_tiles, T_));
   });
   return out;

@@ -40,8 +40,9 @@ constexpr int kPow2TableBits = 4;
 // 2^(j / 16) with j the low 4 bits of t's bits, times 2^k with k + 127 the bits above them
 JF_TARGET inline V vpow2_table(V t) {
   const __m512i bits = _mm512_castps_si512(t);
-  const __m512i mant = _mm512_permutexvar_epi32(bits, _mm512_setr_epi32(0, 371395, 759234, 1164243, 1587184, 2028850,
-      2490071, 2971711, 3474675, 3999908, 4548394, 5121164, 5719293, 6343903, 6996167, 7677309));
+  const __m512i mant = _mm512_permutexvar_epi32(
+      bits, _mm512_setr_epi32(0, 371395, 759234, 1164243, 1587184, 2028850, 2490071, 2971711, 3474675, 3999908, 4548394,
+                              5121164, 5719293, 6343903, 6996167, 7677309));
   return _mm512_castsi512_ps(_mm512_or_si512(_mm512_slli_epi32(_mm512_srli_epi32(bits, 4), 23), mant));
 }
 JF_TARGET inline V vpositive_else(V x, V other) {  // x > 0 ? x : other
@@ -88,8 +89,8 @@ constexpr int kPow2TableBits = 3;
 // 2^(j / 8) with j the low 3 bits of t's bits, times 2^k with k + 127 the bits above them
 JF_TARGET inline V vpow2_table(V t) {
   const __m256i bits = _mm256_castps_si256(t);
-  const __m256i mant = _mm256_permutevar8x32_epi32(_mm256_setr_epi32(0, 759234, 1587184, 2490071, 3474675, 4548394,
-      5719293, 6996167), bits);
+  const __m256i mant = _mm256_permutevar8x32_epi32(
+      _mm256_setr_epi32(0, 759234, 1587184, 2490071, 3474675, 4548394, 5719293, 6996167), bits);
   return _mm256_castsi256_ps(_mm256_or_si256(_mm256_slli_epi32(_mm256_srli_epi32(bits, 3), 23), mant));
 }
 JF_TARGET inline V vpositive_else(V x, V other) {  // x > 0 ? x : other
@@ -183,9 +184,8 @@ JF_TARGET void block_gemm(const float* a, int64_t lda, int64_t K, int64_t taps, 
 // out[i, n] += sum_j sum_c a[(i + j * tap_step) * K + c] * w[(j * K + c) * N + n] for i < rows (a multiple of
 // kRows), n < N (a multiple of W): the tile's convolution as register-blocked GEMMs, one per tap. Meanwhile it
 // prefetches [ahead, ahead + ahead_bytes) into L2 (the next tile's input; prefetch_share).
-JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step,
-                                const float* w, int64_t N, float* out, const char* ahead = nullptr,
-                                int64_t ahead_bytes = 0) {
+JF_TARGET inline void tile_conv(const float* a, int64_t rows, int64_t K, int64_t taps, int64_t tap_step, const float* w,
+                                int64_t N, float* out, const char* ahead = nullptr, int64_t ahead_bytes = 0) {
   for (int64_t i = 0; i < rows; i += kRows) {
     prefetch_share(ahead, ahead_bytes, i / kRows, rows / kRows);
     for (int64_t n = 0; n < N;) {
@@ -233,7 +233,6 @@ JF_TARGET inline void elu_row(const scalar_t* src, float* dst, int64_t C, float 
     vstore(dst + c, std::is_same_v<scalar_t, c10::BFloat16> ? velu_bf16(x, alpha) : velu(x, alpha));
   }
 }
-
 
 // row r of y (rows of C values, a multiple of W) = the x row xs[r] + b: the residual block's shortcut plus conv2's bias
 template <typename scalar_t>
@@ -362,7 +361,8 @@ JF_TARGET void conv_tiles(const ConvArgs<scalar_t>& p, int64_t begin, int64_t en
     const scalar_t* x = p.x + b * p.T * C;
     padded_rows(p.map, x, C, t0 - p.pad_left, valid + span, rows + span, rows_of_x.data());
     for (int64_t r = 0; r < rows + span; ++r) {
-      const char* ahead = reinterpret_cast<const char*>(x + std::clamp<int64_t>(t0 - p.pad_left + r + kPrefetchRows, 0, p.T - 1) * C);
+      const char* ahead =
+          reinterpret_cast<const char*>(x + std::clamp<int64_t>(t0 - p.pad_left + r + kPrefetchRows, 0, p.T - 1) * C);
       for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(ahead + byte, 0, 3);
       if (rows_of_x[r] == nullptr) {
         std::fill(act.data() + r * C, act.data() + (r + 1) * C, 0.0f);

@@ -66,8 +66,8 @@ enum class WeightFormat { kFloat32, kBFloat16, kInt8, kInt8Vnni, kInt8Madd };
 // How the integer matvecs get h: kVnniBytes (quantize_h: two offset bytes per input), kInt16 (quantize_h16).
 enum class HqFormat { kNone, kVnniBytes, kInt16 };
 
-constexpr int64_t kUnitGroup = 16;               // hidden units per group (a thread owns whole groups)
-constexpr int64_t kGroupRows = 4 * kUnitGroup;   // packed gate rows per group: i, f, g, o of 16 units
+constexpr int64_t kUnitGroup = 16;              // hidden units per group (a thread owns whole groups)
+constexpr int64_t kGroupRows = 4 * kUnitGroup;  // packed gate rows per group: i, f, g, o of 16 units
 
 // One tile of the matvec: pre[b * kGroupRows + r] = sum_k W[r, k] * h[b * h_stride + k] for the TW rows r of
 // the tile (times the row scale for int8). `k_steps`: inputs (pairs of inputs for bfloat16). `ld`: the packed
@@ -78,8 +78,8 @@ using TileFn = void (*)(const void* tile, int64_t k_steps, int64_t ld, const flo
 // ---------------------------------------------------------------------------------------------------------
 // Portable tiles: plain loops over the same packed layout.
 template <WeightFormat F, int TW, int NB>
-void tile_portable(const void* tile, int64_t k_steps, int64_t ld, const float* h, int64_t h_stride,
-                   const float* scale, float* pre) {
+void tile_portable(const void* tile, int64_t k_steps, int64_t ld, const float* h, int64_t h_stride, const float* scale,
+                   float* pre) {
   float acc[NB][TW] = {};
   for (int64_t k = 0; k < k_steps; ++k) {
     for (int r = 0; r < TW; ++r) {
@@ -100,16 +100,15 @@ void tile_portable(const void* tile, int64_t k_steps, int64_t ld, const float* h
     }
   }
   for (int b = 0; b < NB; ++b)
-    for (int r = 0; r < TW; ++r)
-      pre[b * kGroupRows + r] = F == WeightFormat::kInt8 ? acc[b][r] * scale[r] : acc[b][r];
+    for (int r = 0; r < TW; ++r) pre[b * kGroupRows + r] = F == WeightFormat::kInt8 ? acc[b][r] * scale[r] : acc[b][r];
 }
 
 #ifdef JASCO_FAST_X86
 #define JF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma,avx2")))
 #define JF_AVX2_FMA __attribute__((target("avx2,fma")))
 
-// The instruction set the kernel uses (cpu_isa.h): JASCO_FAST_LSTM_ISA ("avx512", "avx2", "portable"; read once) lowers it,
-// so that tests reach every path on one machine.
+// The instruction set the kernel uses (cpu_isa.h): JASCO_FAST_LSTM_ISA ("avx512", "avx2", "portable"; read once) lowers
+// it, so that tests reach every path on one machine.
 CpuIsa cpu_isa() {
   static const CpuIsa isa = cpu_isa_capped_by("JASCO_FAST_LSTM_ISA");
   return isa;
@@ -412,10 +411,10 @@ Tiling tiling_for(WeightFormat f, int64_t B) {
 struct PackedRecurrent {
   WeightFormat format;
   int64_t C, groups, width, k_steps, tile_bytes;
-  int64_t row_bytes;         // bytes of one row at one input step: tile_bytes / (k_steps * width)
-  const uint8_t* data;       // the tiles, one after another
-  const float* scale;        // int8 formats: [groups * kGroupRows] float32 in packed row order; else nullptr
-  const int32_t* rowsum;     // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else nullptr
+  int64_t row_bytes;      // bytes of one row at one input step: tile_bytes / (k_steps * width)
+  const uint8_t* data;    // the tiles, one after another
+  const float* scale;     // int8 formats: [groups * kGroupRows] float32 in packed row order; else nullptr
+  const int32_t* rowsum;  // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else nullptr
   at::Tensor owner;
 };
 
@@ -459,8 +458,8 @@ JF_AVX512 float quantize_row_avx512(const w_t* w, int64_t C, int8_t* q) {
   if (s == 0.0f) s = 1.0f;
   const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
   for (k = 0; k + 16 <= C; k += 16) {
-    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(load16(w + k), vs),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r =
+        _mm512_roundscale_ps(_mm512_div_ps(load16(w + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512i qi = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(qi));
   }
@@ -547,7 +546,9 @@ const char* format_name(WeightFormat f) {
   return "?";
 }
 
-bool is_int8(WeightFormat f) { return f == WeightFormat::kInt8 || f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Madd; }
+bool is_int8(WeightFormat f) {
+  return f == WeightFormat::kInt8 || f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Madd;
+}
 
 // The width this process packs `format` in: the tile width at B = 1, the widest; every batch's tiles are
 // TW = ld / 1, 2, 4 or 8 of it (tiling_for, vnni_tiling_for), which read a pack through `ld`.
@@ -556,8 +557,11 @@ int64_t pack_width(WeightFormat format) {
   if (format == WeightFormat::kInt8Vnni) return vnni_tiling_for<true>(1).width;
   if (format == WeightFormat::kInt8Madd) return vnni_tiling_for<false>(1).width;
 #endif
-  return tiling_for(format == WeightFormat::kFloat32 ? WeightFormat::kFloat32
-                    : format == WeightFormat::kBFloat16 ? WeightFormat::kBFloat16 : WeightFormat::kInt8, 1).width;
+  return tiling_for(format == WeightFormat::kFloat32    ? WeightFormat::kFloat32
+                    : format == WeightFormat::kBFloat16 ? WeightFormat::kBFloat16
+                                                        : WeightFormat::kInt8,
+                    1)
+      .width;
 }
 
 // The layout this process packs a recurrent format (lstm_skip's resolved recurrent dtype) in.
@@ -595,8 +599,14 @@ PackedRecurrent packed_geometry(WeightFormat format, int64_t width, int64_t C) {
 void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t width, uint8_t* seg) {
   const int64_t C = w_hh.size(1), rows = packed_rows(C), tiles = rows / width;
   const PackedRecurrent p = packed_geometry(format, width, C);
-  const PackHeader header{kPackMagic, kPackVersion, static_cast<int64_t>(format), width, w_hh.size(0), C,
-                          static_cast<int64_t>(w_hh.scalar_type()), segment_bytes(format, C)};
+  const PackHeader header{kPackMagic,
+                          kPackVersion,
+                          static_cast<int64_t>(format),
+                          width,
+                          w_hh.size(0),
+                          C,
+                          static_cast<int64_t>(w_hh.scalar_type()),
+                          segment_bytes(format, C)};
   std::memcpy(seg, &header, sizeof header);
   const bool vnni = format == WeightFormat::kInt8Vnni, madd = format == WeightFormat::kInt8Madd;
   if (vnni || madd) format = WeightFormat::kInt8;  // the same rows, another tile layout
@@ -661,7 +671,8 @@ void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t wi
                               return static_cast<uint16_t>(static_cast<uint8_t>(row[2 * k]) | hi << 8);
                             });
       } else if (format == WeightFormat::kInt8) {
-        transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C, reinterpret_cast<const int8_t* const*>(src.data()),
+        transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C,
+                            reinterpret_cast<const int8_t* const*>(src.data()),
                             [](const int8_t* row, int64_t k) { return row[k]; });
       } else {  // inputs 2k (low half) and 2k + 1 (high half) in one 32-bit lane
         transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
@@ -691,19 +702,22 @@ PackedRecurrent read_segment(const at::Tensor& pack, int64_t offset, const at::T
                     " bytes): not a pack of these weights");
   PackHeader h;
   std::memcpy(&h, pack.const_data_ptr<uint8_t>() + offset, sizeof h);
-  TORCH_CHECK_VALUE(h.magic == kPackMagic && h.version == kPackVersion, op, ": packed is not a jasco_fast::lstm_pack "
-                    "pack of version ", kPackVersion, " (layer ", layer, ")");
+  TORCH_CHECK_VALUE(h.magic == kPackMagic && h.version == kPackVersion, op,
+                    ": packed is not a jasco_fast::lstm_pack "
+                    "pack of version ",
+                    kPackVersion, " (layer ", layer, ")");
   const int64_t C = w_hh.size(1);
   TORCH_CHECK_VALUE(h.rows == w_hh.size(0) && h.cols == C, op, ": layer ", layer, "'s pack is of a [", h.rows, ", ",
                     h.cols, "] matrix, w_hh is ", w_hh.sizes());
-  TORCH_CHECK_VALUE(h.dtype == static_cast<int64_t>(w_hh.scalar_type()), op, ": layer ", layer, "'s pack was made from ",
-                    static_cast<at::ScalarType>(h.dtype), " weights, w_hh is ", w_hh.scalar_type(),
-                    ": pack the weights again after converting them");
+  TORCH_CHECK_VALUE(h.dtype == static_cast<int64_t>(w_hh.scalar_type()), op, ": layer ", layer,
+                    "'s pack was made from ", static_cast<at::ScalarType>(h.dtype), " weights, w_hh is ",
+                    w_hh.scalar_type(), ": pack the weights again after converting them");
   const int64_t width = pack_width(want);
-  TORCH_CHECK_VALUE(h.format == static_cast<int64_t>(want) && h.width == width, op, ": layer ", layer, "'s pack has ",
-                    "the layout ", format_name(static_cast<WeightFormat>(std::clamp<int64_t>(h.format, 0, 4))),
-                    ", width ", h.width, "; this call needs ", format_name(want), ", width ", width,
-                    " (the recurrent format and this process's CPU): pack again with this recurrent_dtype, in this process");
+  TORCH_CHECK_VALUE(
+      h.format == static_cast<int64_t>(want) && h.width == width, op, ": layer ", layer, "'s pack has ", "the layout ",
+      format_name(static_cast<WeightFormat>(std::clamp<int64_t>(h.format, 0, 4))), ", width ", h.width,
+      "; this call needs ", format_name(want), ", width ", width,
+      " (the recurrent format and this process's CPU): pack again with this recurrent_dtype, in this process");
   TORCH_CHECK_VALUE(h.bytes == segment_bytes(want, C) && offset + h.bytes <= size, op, ": layer ", layer,
                     "'s pack segment has the wrong size");
   PackedRecurrent p = packed_geometry(want, width, C);
@@ -720,10 +734,10 @@ PackedRecurrent read_segment(const at::Tensor& pack, int64_t offset, const at::T
 std::vector<PackedRecurrent> read_packs(const at::Tensor& packed, at::TensorList weights, int64_t num_layers,
                                         at::ScalarType recurrent) {
   const char* op = "lstm_skip";
-  TORCH_CHECK_TYPE(packed.device().is_cpu() && packed.scalar_type() == at::kByte && packed.dim() == 1 &&
-                       packed.is_contiguous(),
-                   op, ": packed must be a contiguous 1-D uint8 CPU tensor from jasco_fast::lstm_pack, got ",
-                   packed.scalar_type(), " ", packed.sizes(), " on ", packed.device());
+  TORCH_CHECK_TYPE(
+      packed.device().is_cpu() && packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
+      ": packed must be a contiguous 1-D uint8 CPU tensor from jasco_fast::lstm_pack, got ", packed.scalar_type(), " ",
+      packed.sizes(), " on ", packed.device());
   const WeightFormat want = packed_format_for(recurrent);
   std::vector<PackedRecurrent> packs;
   int64_t offset = 0;
@@ -734,7 +748,6 @@ std::vector<PackedRecurrent> read_packs(const at::Tensor& packed, at::TensorList
   TORCH_CHECK_VALUE(offset == packed.numel(), op, ": packed holds more than num_layers = ", num_layers, " segments");
   return packs;
 }
-
 
 // ---------------------------------------------------------------------------------------------------------
 // One layer's recurrence.
@@ -752,8 +765,8 @@ struct CellArgs {
   float* y;
   float* h_out;
   float* c_out;
-  uint8_t* hq = nullptr;                 // integer matvecs: h_next in hq_format (kVnniBytes: the hi bytes, the lo
-  int64_t hq_stride = 0;                 // bytes hq_stride later; kInt16: int16 values)
+  uint8_t* hq = nullptr;                   // integer matvecs: h_next in hq_format (kVnniBytes: the hi bytes, the lo
+  int64_t hq_stride = 0;                   // bytes hq_stride later; kInt16: int16 values)
   std::atomic<int>* non_finite = nullptr;  // integer matvecs: set when an h is NaN (hq cannot say so)
   HqFormat hq_format = HqFormat::kNone;
 };
@@ -847,8 +860,8 @@ JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
   _mm512_mask_storeu_ps(a.h_next + j0, m, h);
   _mm512_mask_storeu_ps(a.y + j0, m, h);
   if (a.hq_format == HqFormat::kInt16) {
-    const __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(h, _mm512_set1_ps(32767.0f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 q =
+        _mm512_roundscale_ps(_mm512_mul_ps(h, _mm512_set1_ps(32767.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm256_mask_storeu_epi16(a.hq + 2 * j0, m, _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)));
     if (_mm512_mask_cmp_ps_mask(m, h, h, _CMP_UNORD_Q)) a.non_finite->store(1, std::memory_order_relaxed);
   }
@@ -905,8 +918,8 @@ JF_AVX2_FMA inline __m256 load8(const float* p, int64_t m, __m256i mask) {
 JF_AVX2_FMA inline __m256 load8(const at::BFloat16* p, int64_t m, __m256i) {
   uint16_t bits[8] = {};
   std::memcpy(bits, p, 2 * m);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(
-      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits))), 16));
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bits))), 16));
 }
 JF_AVX2_FMA inline void store8(float* p, __m256 v, int64_t m, __m256i mask) {
   if (m == 8) {
@@ -920,7 +933,8 @@ template <typename xp_t>
 JF_AVX2_FMA void cell_avx2(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int64_t n) {
   for (int64_t u0 = 0; u0 < n; u0 += 8) {
     const int64_t m = std::min<int64_t>(8, n - u0), j = j0 + u0;
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i mask =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     auto gate = [&](int g) JF_AVX2_FMA {
       return _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(a.pre + g * kUnitGroup + u0), load8(x + g * C + j, m, mask)),
                            load8(a.bias + g * C + j, m, mask));
@@ -933,8 +947,8 @@ JF_AVX2_FMA void cell_avx2(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
     store8(a.h_next + j, h, m, mask);
     store8(a.y + j, h, m, mask);
     if (a.hq_format == HqFormat::kInt16) {
-      const __m256i q = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(h, _mm256_set1_ps(32767.0f)),
-                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      const __m256i q = _mm256_cvtps_epi32(
+          _mm256_round_ps(_mm256_mul_ps(h, _mm256_set1_ps(32767.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
       const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
       int16_t out[8];
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out), q16);
@@ -960,12 +974,12 @@ JF_AVX2_FMA void cell_avx2(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
 struct LayerIo {
   int64_t B, T, C;
   int64_t state_frames;
-  const float* bias;     // b_ih + b_hh, [4C] float32
-  float* h;              // [2][B][h_stride]: h_{t-1} and h_t, float32, zero beyond C
+  const float* bias;  // b_ih + b_hh, [4C] float32
+  float* h;           // [2][B][h_stride]: h_{t-1} and h_t, float32, zero beyond C
   int64_t h_stride;
-  float* c;              // [B][C]
-  float* y;              // [B, T, C] float32: this layer's outputs
-  float* h_out;          // [B][C]: the state after state_frames frames
+  float* c;      // [B][C]
+  float* y;      // [B, T, C] float32: this layer's outputs
+  float* h_out;  // [B][C]: the state after state_frames frames
   float* c_out;
   // integer matvecs only: h_{t-1} and h_t in hq_format, [2][B][hi, lo][hq_stride] bytes (kVnniBytes,
   // quantize_h) or [2][B][hq_stride] int16 (kInt16, quantize_h16): the same bytes per batch entry
@@ -1060,10 +1074,16 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, in
       const int64_t j0 = g * kUnitGroup, n = std::min(kUnitGroup, C - j0);
       const bool snapshot = t + 1 == io.state_frames;
       for (int64_t b = 0; b < B; ++b) {
-        const CellArgs a{pre.data() + b * kGroupRows, io.bias, io.c + b * C, h_next + b * hs,
-                         io.y + (b * T + t) * C, snapshot ? io.h_out + b * C : nullptr,
+        const CellArgs a{pre.data() + b * kGroupRows,
+                         io.bias,
+                         io.c + b * C,
+                         h_next + b * hs,
+                         io.y + (b * T + t) * C,
+                         snapshot ? io.h_out + b * C : nullptr,
                          snapshot ? io.c_out + b * C : nullptr,
-                         vnni_fn ? io.hq + (((t + 1) & 1) * B + b) * 2 * hqs : nullptr, hqs, &non_finite,
+                         vnni_fn ? io.hq + (((t + 1) & 1) * B + b) * 2 * hqs : nullptr,
+                         hqs,
+                         &non_finite,
                          vnni_fn ? io.hq_format : HqFormat::kNone};
         const xp_t* x = xp + (b * T + t) * 4 * C;
 #ifdef JASCO_FAST_X86
@@ -1125,8 +1145,10 @@ at::Tensor lstm_pack(at::TensorList w_hh, std::optional<at::ScalarType> recurren
     TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) >= 1 && w.size(0) == 4 * w.size(1), "lstm_pack: w_hh[", l,
                       "] must be [4C, C] with C >= 1, got ", w.sizes());
     TORCH_CHECK_TYPE(w.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
-                     "lstm_pack: w_hh[", l, "] must be a float32 or bfloat16 CPU tensor (what the CPU kernel reads), "
-                     "got ", w.scalar_type(), " on ", w.device());
+                     "lstm_pack: w_hh[", l,
+                     "] must be a float32 or bfloat16 CPU tensor (what the CPU kernel reads), "
+                     "got ",
+                     w.scalar_type(), " on ", w.device());
     formats.push_back(packed_format_for(recurrent_format(recurrent_dtype, w.scalar_type(), "lstm_pack")));
     total += segment_bytes(formats.back(), w.size(1));
   }
@@ -1234,9 +1256,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
     h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_l);
     c_buf.copy_(c0_f.select(0, l));
     y = at::empty({B, T, C}, f32);
-    LayerIo io{B, T, C, state_frames, bias.const_data_ptr<float>(), h_buf.mutable_data_ptr<float>(), h_stride,
-               c_buf.mutable_data_ptr<float>(), y.mutable_data_ptr<float>(),
-               h_n.select(0, l).mutable_data_ptr<float>(), c_n.select(0, l).mutable_data_ptr<float>()};
+    LayerIo io{B,
+               T,
+               C,
+               state_frames,
+               bias.const_data_ptr<float>(),
+               h_buf.mutable_data_ptr<float>(),
+               h_stride,
+               c_buf.mutable_data_ptr<float>(),
+               y.mutable_data_ptr<float>(),
+               h_n.select(0, l).mutable_data_ptr<float>(),
+               c_n.select(0, l).mutable_data_ptr<float>()};
     if (vnni_fn) {
       io.hq_stride = h_stride;  // a multiple of 16: the tiles read 4 bytes at a time, zero weights beyond C
       io.hq_format = hq_format;

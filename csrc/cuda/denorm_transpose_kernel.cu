@@ -88,14 +88,14 @@ struct Params {
 // VEC > 1 requires sd == 1, st and sb multiples of VEC, D a multiple of VEC and `in` aligned to VEC elements
 // (checked by the launcher), so every vector load is aligned and inside the row.
 template <typename in_t, typename out_t, typename acc_t, int VEC>
-__global__ void __launch_bounds__(32 * kRowsPerPass)
-    transpose_kernel(Params<in_t, out_t, acc_t> p) {
+__global__ void __launch_bounds__(32 * kRowsPerPass) transpose_kernel(Params<in_t, out_t, acc_t> p) {
   constexpr int kTileD = 32 * VEC;
   __shared__ acc_t tile[kTileT][kTileD + 1];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kTileT;
   // Grid-stride over channel tiles and batch entries: any D and B fit the grid (y and z are capped at 65535).
-  for (int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD; d0 < p.D; d0 += static_cast<int64_t>(gridDim.y) * kTileD) {
+  for (int64_t d0 = static_cast<int64_t>(blockIdx.y) * kTileD; d0 < p.D;
+       d0 += static_cast<int64_t>(gridDim.y) * kTileD) {
     for (int64_t b = blockIdx.z; b < p.B; b += gridDim.z) {
       const in_t* in_b = p.in + b * p.sb;
       // load: rows t0 + r, channels d0 + tx * VEC .. + VEC - 1
@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(32 * kRowsPerPass)
               const Pack<in_t, VEC> v = *reinterpret_cast<const Pack<in_t, VEC>*>(in_b + t * p.st + d);
 #pragma unroll
               for (int j = 0; j < VEC; ++j)
-                tile[r][tx * VEC + j] = mul_add(Cvt<acc_t, in_t>::load(v.v[j]), p.std[(d + j) * p.std_step],
-                                                p.mean[(d + j) * p.mean_step]);
+                tile[r][tx * VEC + j] =
+                    mul_add(Cvt<acc_t, in_t>::load(v.v[j]), p.std[(d + j) * p.std_step], p.mean[(d + j) * p.mean_step]);
             }
           } else if (d < p.D) {
             tile[r][tx] = mul_add(Cvt<acc_t, in_t>::load(in_b[t * p.st + d * p.sd]), p.std[d * p.std_step],
@@ -194,16 +194,26 @@ unsigned elementwise_blocks(int64_t work, int threads) {
 
 template <typename in_t, typename out_t, typename acc_t>
 cudaError_t launch_typed(const DenormTransposeArgs& a, cudaStream_t stream) {
-  Params<in_t, out_t, acc_t> p{static_cast<const in_t*>(a.in), static_cast<out_t*>(a.out),
-                               static_cast<const acc_t*>(a.mean), static_cast<const acc_t*>(a.std),
-                               a.mean_step, a.std_step, a.B, a.T, a.D, a.sb, a.st, a.sd};
+  Params<in_t, out_t, acc_t> p{static_cast<const in_t*>(a.in),
+                               static_cast<out_t*>(a.out),
+                               static_cast<const acc_t*>(a.mean),
+                               static_cast<const acc_t*>(a.std),
+                               a.mean_step,
+                               a.std_step,
+                               a.B,
+                               a.T,
+                               a.D,
+                               a.sb,
+                               a.st,
+                               a.sd};
   const int64_t n = a.B * a.T * a.D;
   if (n == 0) return cudaSuccess;
   if (a.channels_last) {
     constexpr int threads = 256;
     const bool contiguous = a.sd == 1 && (a.T == 1 || a.st == a.D) && (a.B == 1 || a.sb == a.T * a.D);
     if (contiguous && aligned(a.in, sizeof(in_t) * kVec) && aligned(a.out, sizeof(out_t) * kVec)) {
-      scale_shift_vec_kernel<in_t, out_t, acc_t><<<elementwise_blocks(ceil_div(n, kVec), threads), threads, 0, stream>>>(p, n);
+      scale_shift_vec_kernel<in_t, out_t, acc_t>
+          <<<elementwise_blocks(ceil_div(n, kVec), threads), threads, 0, stream>>>(p, n);
     } else {
       scale_shift_strided_kernel<in_t, out_t, acc_t><<<elementwise_blocks(n, threads), threads, 0, stream>>>(p, n);
     }
@@ -212,8 +222,8 @@ cudaError_t launch_typed(const DenormTransposeArgs& a, cudaStream_t stream) {
   // 16-byte vector loads along D for 4-byte inputs (4 per thread), 8-byte ones for 2-byte inputs (4 per
   // thread); float64 keeps one element per thread (its 32 x 33 tile is already 8.4 KB).
   constexpr int VEC = sizeof(in_t) <= 4 ? 4 : 1;
-  const bool vec_ok = a.sd == 1 && a.D % VEC == 0 && (a.T == 1 || a.st % VEC == 0) &&
-                      (a.B == 1 || a.sb % VEC == 0) && aligned(a.in, sizeof(in_t) * VEC);
+  const bool vec_ok = a.sd == 1 && a.D % VEC == 0 && (a.T == 1 || a.st % VEC == 0) && (a.B == 1 || a.sb % VEC == 0) &&
+                      aligned(a.in, sizeof(in_t) * VEC);
   if (VEC > 1 && vec_ok) return launch_transpose<in_t, out_t, acc_t, VEC>(p, stream);
   return launch_transpose<in_t, out_t, acc_t, 1>(p, stream);
 }
@@ -251,14 +261,10 @@ cudaError_t dispatch_out(const DenormTransposeArgs& a, cudaStream_t stream) {
 
 cudaError_t launch_denorm_transpose(const DenormTransposeArgs& args, cudaStream_t stream) {
   switch (args.in_dtype) {
-    case DType::kFloat32:
-      return dispatch_out<float>(args, stream);
-    case DType::kFloat64:
-      return dispatch_out<double>(args, stream);
-    case DType::kFloat16:
-      return dispatch_out<__half>(args, stream);
-    case DType::kBFloat16:
-      return dispatch_out<__nv_bfloat16>(args, stream);
+    case DType::kFloat32: return dispatch_out<float>(args, stream);
+    case DType::kFloat64: return dispatch_out<double>(args, stream);
+    case DType::kFloat16: return dispatch_out<__half>(args, stream);
+    case DType::kBFloat16: return dispatch_out<__nv_bfloat16>(args, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -19,8 +19,8 @@ constexpr int64_t kMaxTimeSteps = kMaxGridX * kTileT;
 enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 struct DenormTransposeArgs {
-  const void* in;   // latents [B, T, D], element strides (sb, st, sd), any values (0 from expand included)
-  void* out;        // [B, D, T] contiguous, or [B, T, D] contiguous memory when channels_last
+  const void* in;  // latents [B, T, D], element strides (sb, st, sd), any values (0 from expand included)
+  void* out;       // [B, D, T] contiguous, or [B, T, D] contiguous memory when channels_last
   DType in_dtype;
   DType out_dtype;
   // mean/std in the compute type (float64 when in_dtype or out_dtype is float64, else float32), device

@@ -12,6 +12,7 @@ that read), or with the documented error (CheckpointError / ValueError), within 
 caps; no other exception, no crash, no hang, and no code from a pickle ever runs. A failing case is
 saved in ``tests/fuzz/corpus/`` (see :func:`save_finding`), which every run replays.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,9 +57,8 @@ def _torch_bytes(obj, legacy: bool = False) -> bytes:
 def make_seeds(work: Path) -> dict[str, tuple[str, str, Files]]:
     """name -> (kind, entry, files) for every format."""
     import numpy as np
-    from safetensors.torch import load_file, save
-
     from checkpoints import write_audiocraft_checkpoint, write_transformers_dir
+    from safetensors.torch import load_file, save
 
     hf, _ = write_transformers_dir(work / "hf", seed=5)
     hf_files = _folder_files(hf)
@@ -70,20 +70,38 @@ def make_seeds(work: Path) -> dict[str, tuple[str, str, Files]]:
     codes = torch.randint(0, 16, (2, 4, 5))  # [B, K, T] for a quantizer of 6 codebooks of 16 (tests' TINY_HF)
     return {
         "hf_safetensors": ("checkpoint", ".", hf_files),
-        "hf_bin": ("checkpoint", ".", {"config.json": hf_files["config.json"],
-                                       "pytorch_model.bin": _torch_bytes(state)}),
-        "hf_bin_legacy": ("checkpoint", ".", {"config.json": hf_files["config.json"],
-                                              "pytorch_model.bin": _torch_bytes(state, legacy=True)}),
-        "audiocraft": ("checkpoint", "compression_state_dict.bin",
-                       {"compression_state_dict.bin": _torch_bytes(ac_pkg)}),
-        "audiocraft_legacy": ("checkpoint", "compression_state_dict.bin",
-                              {"compression_state_dict.bin": _torch_bytes(ac_pkg, legacy=True)}),
-        "pointer": ("checkpoint", "compression_state_dict.bin", {
-            "compression_state_dict.bin": _torch_bytes({"pretrained": "facebook/encodec_32khz", "exported": True,
-                                                        "version": "1.3.0"}),
-            snapshot + "config.json": hf_files["config.json"],
-            snapshot + "model.safetensors": hf_files["model.safetensors"],
-            "hub/models--facebook--encodec_32khz/refs/main": b"0123abcd"}),
+        "hf_bin": (
+            "checkpoint",
+            ".",
+            {"config.json": hf_files["config.json"], "pytorch_model.bin": _torch_bytes(state)},
+        ),
+        "hf_bin_legacy": (
+            "checkpoint",
+            ".",
+            {"config.json": hf_files["config.json"], "pytorch_model.bin": _torch_bytes(state, legacy=True)},
+        ),
+        "audiocraft": (
+            "checkpoint",
+            "compression_state_dict.bin",
+            {"compression_state_dict.bin": _torch_bytes(ac_pkg)},
+        ),
+        "audiocraft_legacy": (
+            "checkpoint",
+            "compression_state_dict.bin",
+            {"compression_state_dict.bin": _torch_bytes(ac_pkg, legacy=True)},
+        ),
+        "pointer": (
+            "checkpoint",
+            "compression_state_dict.bin",
+            {
+                "compression_state_dict.bin": _torch_bytes(
+                    {"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"}
+                ),
+                snapshot + "config.json": hf_files["config.json"],
+                snapshot + "model.safetensors": hf_files["model.safetensors"],
+                "hub/models--facebook--encodec_32khz/refs/main": b"0123abcd",
+            },
+        ),
         "latents_npy": ("latents", "x.npy", {"x.npy": _npy_bytes(np, latents.numpy())}),
         "latents_pt": ("latents", "x.pt", {"x.pt": _torch_bytes({"latents": latents})}),
         "latents_pt_legacy": ("latents", "x.pt", {"x.pt": _torch_bytes(latents[0], legacy=True)}),
@@ -118,13 +136,13 @@ def mutate_bytes(data: bytes, ops: list[tuple]) -> bytes:
         elif op[0] == "truncate":
             del buf[pos:]
         elif op[0] == "overwrite":
-            buf[pos:pos + len(op[2])] = op[2]
+            buf[pos : pos + len(op[2])] = op[2]
         elif op[0] == "insert":
             buf[pos:pos] = op[2]
         elif op[0] == "delete":
-            del buf[pos:pos + op[2]]
+            del buf[pos : pos + op[2]]
         elif op[0] == "u64":
-            buf[pos:pos + 8] = struct.pack("<Q", op[2] % 2**64)
+            buf[pos : pos + 8] = struct.pack("<Q", op[2] % 2**64)
     return bytes(buf)
 
 
@@ -145,11 +163,12 @@ def mutate_yaml(text: str, edits: list[tuple]) -> str:
     """edits: ("value", key, yaml snippet) sets the first ``key:`` line's value | ("text", pos, cut, insert)."""
     for edit in edits:
         if edit[0] == "value":
-            text = re.sub(rf"^(\s*{re.escape(edit[1])}:).*$", lambda m: f"{m.group(1)} {edit[2]}", text, count=1,
-                          flags=re.M)
+            text = re.sub(
+                rf"^(\s*{re.escape(edit[1])}:).*$", lambda m: f"{m.group(1)} {edit[2]}", text, count=1, flags=re.M
+            )
         else:
             pos = edit[1] % (len(text) + 1)
-            text = text[:pos] + edit[3] + text[pos + edit[2]:]
+            text = text[:pos] + edit[3] + text[pos + edit[2] :]
     return text
 
 
@@ -157,8 +176,8 @@ def mutate_safetensors_header(data: bytes, edits: list[tuple]) -> bytes:
     """edits on the JSON header: ("field", entry index, field, value) | ("drop", index) | ("add", name,
     entry) | ("length", value): the last rewrites the 8-byte header length without touching the rest."""
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    body = data[8 + length:]
+    header = json.loads(data[8 : 8 + length])
+    body = data[8 + length :]
     forced_length = None
     names = [k for k in header if k != "__metadata__"]
     for edit in edits:
@@ -267,10 +286,12 @@ def code_pickle(how: str, as_torch: bool) -> bytes:
     import builtins
 
     marker = MARKER
-    calls = {"open": (builtins.open, (marker, "w")),
-             "system": (os.system, (f"touch {marker}",)),
-             "exec": (builtins.exec, (f"open({marker!r}, 'w')",)),
-             "subprocess": (subprocess.call, (["touch", marker],))}
+    calls = {
+        "open": (builtins.open, (marker, "w")),
+        "system": (os.system, (f"touch {marker}",)),
+        "exec": (builtins.exec, (f"open({marker!r}, 'w')",)),
+        "subprocess": (subprocess.call, (["touch", marker],)),
+    }
     call, args = calls[how]
     payload = {"best_state": {}, "xp.cfg": "", "pretrained": _CodeCarrier(call, args)}
     if as_torch:
@@ -290,11 +311,25 @@ class Worker:
         self.started = 0
 
     def _start(self):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"),
-                                                             os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), "--memory-mb", str(MEMORY_MB),
-                                      "--seconds", str(PER_CASE_SECONDS)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "worker.py"),
+                "--memory-mb",
+                str(MEMORY_MB),
+                "--seconds",
+                str(PER_CASE_SECONDS),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
         self.started += 1
         ready = self._read(120)
         if not ready or not ready.get("ready"):  # None (silent) or {"eof": True} (died)
@@ -359,8 +394,9 @@ def check(answer: dict, kind: str) -> str | None:
         return "a pickle's code ran"
     ok = {"checkpoint": ("decoder", "refused"), "latents": ("latents", "refused")}[kind]
     if answer["outcome"] not in ok:
-        return f"{answer['outcome']}: {answer.get('type', '')}: {answer.get('message', '')}\n" \
-               f"{answer.get('traceback', '')}"
+        return (
+            f"{answer['outcome']}: {answer.get('type', '')}: {answer.get('message', '')}\n{answer.get('traceback', '')}"
+        )
     documented = {"checkpoint": "CheckpointError", "latents": "ValueError"}[kind]
     if answer["outcome"] == "refused" and answer["type"] != documented and kind == "checkpoint":
         return f"refused with {answer['type']}, not {documented}"
@@ -369,8 +405,12 @@ def check(answer: dict, kind: str) -> str | None:
 
 def save_finding(kind: str, entry: str, files: Files, problem: str, corpus: Path = CORPUS) -> Path:
     """Store a failing case in the corpus, where every later run replays it (JSON: files base64-coded)."""
-    record = {"kind": kind, "entry": entry, "problem": problem.splitlines()[0][:300],
-              "files": {rel: base64.b64encode(data).decode() for rel, data in sorted(files.items())}}
+    record = {
+        "kind": kind,
+        "entry": entry,
+        "problem": problem.splitlines()[0][:300],
+        "files": {rel: base64.b64encode(data).decode() for rel, data in sorted(files.items())},
+    }
     text = json.dumps(record, indent=1)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     corpus.mkdir(parents=True, exist_ok=True)
@@ -406,5 +446,17 @@ if __name__ == "__main__":
     replay(sys.argv[1:])
 
 
-__all__ = ["Worker", "make_seeds", "mutate_bytes", "mutate_json", "mutate_yaml", "mutate_safetensors_header",
-           "mutate_state", "code_pickle", "run", "check", "save_finding", "load_corpus"]
+__all__ = [
+    "Worker",
+    "make_seeds",
+    "mutate_bytes",
+    "mutate_json",
+    "mutate_yaml",
+    "mutate_safetensors_header",
+    "mutate_state",
+    "code_pickle",
+    "run",
+    "check",
+    "save_finding",
+    "load_corpus",
+]

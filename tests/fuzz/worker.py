@@ -10,6 +10,7 @@ The answer: ``{"outcome": "decoder" | "latents" | "refused" | "unexpected" | "ti
 "message", "traceback"}``. "refused" means the documented error (CheckpointError for checkpoints,
 ValueError for latents); "unexpected" is any other exception, or a decoder that does not decode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,13 +87,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
 
+    import numpy  # noqa: F401
+    import safetensors.torch  # noqa: F401
     import torch
+    import yaml  # noqa: F401
 
     import jasco_fast.cli  # noqa: F401  (all imports before the cap)
     import jasco_fast.loading  # noqa: F401
-    import numpy  # noqa: F401
-    import safetensors.torch  # noqa: F401
-    import yaml  # noqa: F401
 
     torch.set_num_threads(1)  # the cap counts address space; every extra thread's stack is some
     with open("/proc/self/statm") as f:
@@ -109,8 +110,12 @@ def main() -> None:
         except CaseTimeout:
             answer = {"outcome": "timeout", "type": "CaseTimeout", "message": f"over {args.seconds} s"}
         except BaseException as exc:  # noqa: BLE001 - the finding itself
-            answer = {"outcome": "unexpected", "type": type(exc).__name__, "message": str(exc)[:400],
-                      "traceback": traceback.format_exc()[-3000:]}
+            answer = {
+                "outcome": "unexpected",
+                "type": type(exc).__name__,
+                "message": str(exc)[:400],
+                "traceback": traceback.format_exc()[-3000:],
+            }
         finally:
             signal.alarm(0)
         print(json.dumps(answer), flush=True)

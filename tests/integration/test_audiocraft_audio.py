@@ -14,6 +14,7 @@ unpacked ``audiocraft-1.3.0``). Without it these tests skip, unless ``JASCO_FAST
 (set by ``make test``, hence CI), where a missing sdist fails. ``JASCO_FAST_HIDE_UPSTREAM=audiocraft``
 (``make test-no-upstream``) skips them, as where audiocraft was never fetched.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -28,9 +29,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from checkpoints import HIDDEN, upstream_required
 
 import jasco_fast.audio as jasco_audio
-from checkpoints import HIDDEN, upstream_required
 
 ROOT = Path(__file__).resolve().parents[2]
 SDIST = Path(os.environ.get("AUDIOCRAFT_SDIST", ROOT / ".upstream" / "audiocraft-1.3.0"))
@@ -64,6 +65,7 @@ def _info_with_soundfile(path) -> _Info:
 def _not_ours(name):
     def refuse(*args, **kwargs):
         raise NotImplementedError(f"{name} is audiocraft's, not part of jasco_fast: its tests are not collected")
+
     return refuse
 
 
@@ -85,8 +87,13 @@ def _stand_ins() -> dict:
     torchaudio = types.ModuleType("torchaudio")
     torchaudio.load = _read_with_soundfile
     audiocraft.data, data.audio, data.audio_utils = data, audio, utils
-    return {"audiocraft": audiocraft, "audiocraft.data": data, "audiocraft.data.audio": audio,
-            "audiocraft.data.audio_utils": utils, "torchaudio": torchaudio}
+    return {
+        "audiocraft": audiocraft,
+        "audiocraft.data": data,
+        "audiocraft.data.audio": audio,
+        "audiocraft.data.audio_utils": utils,
+        "torchaudio": torchaudio,
+    }
 
 
 def _import_upstream():
@@ -95,8 +102,9 @@ def _import_upstream():
         pytest.skip("audiocraft is hidden (JASCO_FAST_HIDE_UPSTREAM), its sdist's tests too", allow_module_level=True)
     if not (tests / "data" / "test_audio.py").is_file():
         _skip_or_fail(f"audiocraft's sdist tests not found at {tests}; `make test` unpacks them into .upstream/")
-    spec = importlib.util.spec_from_file_location(PACKAGE, tests / "__init__.py",
-                                                  submodule_search_locations=[str(tests)])
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, tests / "__init__.py", submodule_search_locations=[str(tests)]
+    )
     package = importlib.util.module_from_spec(spec)
     saved = {name: sys.modules.get(name) for name in [*_stand_ins(), PACKAGE]}
     sys.modules.update(_stand_ins())
@@ -104,9 +112,11 @@ def _import_upstream():
     try:
         spec.loader.exec_module(package)
         # The upstream modules bind the stand-ins' functions at import; sys.modules is restored after.
-        return (importlib.import_module(f"{PACKAGE}.data.test_audio"),
-                importlib.import_module(f"{PACKAGE}.data.test_audio_utils"),
-                importlib.import_module(f"{PACKAGE}.common_utils"))
+        return (
+            importlib.import_module(f"{PACKAGE}.data.test_audio"),
+            importlib.import_module(f"{PACKAGE}.data.test_audio_utils"),
+            importlib.import_module(f"{PACKAGE}.common_utils"),
+        )
     finally:
         for name, module in saved.items():
             if name == PACKAGE:

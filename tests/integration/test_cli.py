@@ -1,4 +1,5 @@
 """The jasco-fast command line on temporary folders: decode, skip, bad inputs, demo, torchrun."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,19 @@ def write_inputs(folder, lengths=(("a", (40, D)), ("b", (2, 40, D)), ("c", (25, 
 
 
 def decode(files, out, checkpoint, *extra):
-    return main(["decode", *map(str, files), "--out-dir", str(out), "--checkpoint", str(checkpoint),
-                 "--backend", "eager", *extra])
+    return main(
+        [
+            "decode",
+            *map(str, files),
+            "--out-dir",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            "--backend",
+            "eager",
+            *extra,
+        ]
+    )
 
 
 def test_decode_every_input_format_and_batching(tmp_path, tiny_hf_checkpoint, capsys):
@@ -120,8 +132,13 @@ def test_bad_inputs_are_reported_one_line_each_and_the_rest_finish(tmp_path, tin
     assert (tmp_path / "out" / "good.wav").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.wav"]
     lines = [line for line in err.splitlines() if line.startswith("jasco-fast: ")]
-    for path, problem in [(corrupt, "not a readable torch file"), (wrong_d, "D = 9"), (rank4, "[T, D] or [B, T, D]"),
-                          (integer, "codes have K = 30"), (nan, "NaN")]:  # integer files are codes [K, T]
+    for path, problem in [
+        (corrupt, "not a readable torch file"),
+        (wrong_d, "D = 9"),
+        (rank4, "[T, D] or [B, T, D]"),
+        (integer, "codes have K = 30"),
+        (nan, "NaN"),
+    ]:  # integer files are codes [K, T]
         assert sum(str(path) in line and problem in line for line in lines) == 1, (path, err)
 
 
@@ -140,7 +157,9 @@ def test_formats_and_strategy(tmp_path, tiny_hf_checkpoint, fmt):
 def test_decode_without_checkpoint_says_the_weights_are_random(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     torch.save(torch.randn(5, 128), tmp_path / "in" / "r.pt")
-    assert main(["decode", str(tmp_path / "in" / "r.pt"), "--out-dir", str(tmp_path / "out"), "--backend", "eager"]) == 0
+    assert (
+        main(["decode", str(tmp_path / "in" / "r.pt"), "--out-dir", str(tmp_path / "out"), "--backend", "eager"]) == 0
+    )
     err = capsys.readouterr().err
     assert "RANDOM" in err and "noise" in err
     info = sf.info(str(tmp_path / "out" / "r.wav"))
@@ -173,8 +192,24 @@ def test_demo_on_the_default_architecture(tmp_path, capsys):
 
 
 def test_demo_torch_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsys):
-    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--batch-size", "2",
-                 "--backend", "inductor", "--out-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--seconds",
+                "0.05",
+                "--checkpoint",
+                str(tiny_hf_checkpoint),
+                "--batch-size",
+                "2",
+                "--backend",
+                "inductor",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "compiling with torch.compile" in out and "), torch.compile:" in out
     assert "first call" in out and "includes compiling with torch.compile" in out
@@ -183,8 +218,10 @@ def test_demo_torch_compiled_on_a_checkpoint(tmp_path, tiny_hf_checkpoint, capsy
 
 @pytest.mark.parametrize("flags", [[], ["--backend", "aot"]])  # aot: the CPU's default
 def test_demo_on_an_empty_artifact_cache_runs_eagerly(tmp_path, tiny_hf_checkpoint, capsys, flags):
-    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), *flags,
-                 "--out-dir", str(tmp_path)]) == 0
+    assert (
+        main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), *flags, "--out-dir", str(tmp_path)])
+        == 0
+    )
     assert "eager: no ahead-of-time decoder cached yet" in capsys.readouterr().out
 
 
@@ -220,12 +257,15 @@ def demo_events(monkeypatch):
     return events
 
 
-def test_demo_builds_the_missing_artifacts_only_after_its_timed_calls(tmp_path, tiny_hf_checkpoint, capsys,
-                                                                     monkeypatch, demo_events):
+def test_demo_builds_the_missing_artifacts_only_after_its_timed_calls(
+    tmp_path, tiny_hf_checkpoint, capsys, monkeypatch, demo_events
+):
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
-    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint),
-                 "--out-dir", str(tmp_path / "out")]) == 0
+    assert (
+        main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--out-dir", str(tmp_path / "out")])
+        == 0
+    )
     out = capsys.readouterr().out
     calls = demo_events.count(("call",))
     assert calls >= 1 + 3  # the first call and the steady state's warm calls
@@ -238,12 +278,13 @@ def test_demo_builds_the_missing_artifacts_only_after_its_timed_calls(tmp_path, 
     assert "JASCO_FAST_BACKGROUND_BUILD=0" in line and "`jasco-fast compile`" in line
 
 
-def test_demo_with_background_builds_off_builds_nothing(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch,
-                                                        demo_events):
+def test_demo_with_background_builds_off_builds_nothing(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch, demo_events):
     monkeypatch.setenv("JASCO_FAST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "0")
-    assert main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint),
-                 "--out-dir", str(tmp_path / "out")]) == 0
+    assert (
+        main(["demo", "--seconds", "0.05", "--checkpoint", str(tiny_hf_checkpoint), "--out-dir", str(tmp_path / "out")])
+        == 0
+    )
     out = capsys.readouterr().out
     assert not [e for e in demo_events if e[0] == "build"]
     assert not list((tmp_path / "cache").glob("aot/*.pt2"))
@@ -251,7 +292,9 @@ def test_demo_with_background_builds_off_builds_nothing(tmp_path, tiny_hf_checkp
 
 
 def test_a_mode_without_the_inductor_backend_is_a_usage_error(tmp_path, capsys):
-    assert main(["demo", "--seconds", "0.05", "--backend", "eager", "--mode", "default", "--out-dir", str(tmp_path)]) == 2
+    assert (
+        main(["demo", "--seconds", "0.05", "--backend", "eager", "--mode", "default", "--out-dir", str(tmp_path)]) == 2
+    )
     assert "--mode is a torch.compile mode: it needs --backend inductor" in capsys.readouterr().err
 
 
@@ -282,7 +325,8 @@ def test_bench_runs_the_registered_scripts_of_the_source_checkout(tmp_path, monk
             "    os.environ['JASCO_FAST_CACHE_DIR'] = '/deleted'\n"
             "    return {}\n"
             "if __name__ == '__main__':\n"
-            "    main(sys.argv[1:])\n")
+            "    main(sys.argv[1:])\n"
+        )
     monkeypatch.setattr(jasco_fast, "__file__", str(tmp_path / "jasco_fast" / "__init__.py"))
     monkeypatch.setenv("JASCO_FAST_BACKGROUND_BUILD", "1")
     cache = os.environ["JASCO_FAST_CACHE_DIR"]
@@ -319,11 +363,13 @@ def test_the_repository_benchmarks_are_found():
 
     checkout = Path(__file__).resolve().parents[2]
     if Path(jasco_fast.__file__).resolve().parent.parent != checkout:
-        pytest.skip("jasco_fast is imported from an installed copy, not this checkout (e.g. make test-cuda-build's "
-                    "regular install); the error for that case is tested above")
+        pytest.skip(
+            "jasco_fast is imported from an installed copy, not this checkout (e.g. make test-cuda-build's "
+            "regular install); the error for that case is tested above"
+        )
     assert list(benchmark_scripts()) == list(BENCHMARKS)
     # every benchmark script of the checkout is registered: a new one must be added to BENCHMARKS
-    assert sorted(p.stem[len("bench_"):] for p in (checkout / "benchmarks").glob("bench_*.py")) == sorted(BENCHMARKS)
+    assert sorted(p.stem[len("bench_") :] for p in (checkout / "benchmarks").glob("bench_*.py")) == sorted(BENCHMARKS)
 
 
 def test_module_entry_point_help():
@@ -342,11 +388,30 @@ def test_torchrun_two_processes_shard_the_files(tmp_path, tiny_hf_checkpoint):
     files.append(tmp_path / "in" / "broken.pt")
     files[-1].write_bytes(b"broken")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "jasco_fast", "decode", *map(str, files), "--out-dir", str(out),
-           "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "jasco_fast",
+        "decode",
+        *map(str, files),
+        "--out-dir",
+        str(out),
+        "--checkpoint",
+        str(tiny_hf_checkpoint),
+        "--backend",
+        "eager",
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     # every good file decoded exactly once, by one of the two ranks
     assert sorted(p.name for p in out.iterdir()) == [f"f{i}.wav" for i in range(5)]
     assert result.stdout.count("decoded 5 items") == 1, result.stdout + result.stderr

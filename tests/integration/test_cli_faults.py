@@ -5,6 +5,7 @@ partial or temporary file is left, the exit status says the run failed, and a re
 Real faults where this machine allows them (tmpfs mounts need root with CAP_SYS_ADMIN; tests run as root
 here, and root ignores file permissions, so a read-only *mount* is the real read-only folder); the same
 faults simulated at the writer, which run everywhere."""
+
 from __future__ import annotations
 
 import errno
@@ -42,8 +43,21 @@ def write_inputs(folder: Path, count: int, frames: int) -> list[Path]:
 
 
 def decode(files, out, checkpoint, *extra) -> int:
-    return main(["decode", *map(str, files), "--out-dir", str(out), "--checkpoint", str(checkpoint), "--backend", "eager",
-                 "--batch-size", "1", *extra])
+    return main(
+        [
+            "decode",
+            *map(str, files),
+            "--out-dir",
+            str(out),
+            "--checkpoint",
+            str(checkpoint),
+            "--backend",
+            "eager",
+            "--batch-size",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -69,8 +83,9 @@ def tmpfs(tmp_path):
     def mount(size: str, read_only: bool = False) -> Path:
         point = tmp_path / f"mnt{len(mounts)}"
         point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the simulated variant covers it")
         mounts.append(point)
@@ -107,8 +122,11 @@ def test_read_only_output_folder_simulated(tmp_path, tiny_hf_checkpoint, capsys,
     assert decode(files, out, tiny_hf_checkpoint) == 1
     captured = capsys.readouterr()
     # Writing overlaps decoding, so up to every remaining batch may be decoded (and refused) before it stops.
-    stopped = re.search(rf"stopping: {re.escape(str(out))} cannot take more output \({os.strerror(code)}\); "
-                        rf"(\d) items not decoded", captured.err)
+    stopped = re.search(
+        rf"stopping: {re.escape(str(out))} cannot take more output \({os.strerror(code)}\); "
+        rf"(\d) items not decoded",
+        captured.err,
+    )
     assert stopped and 0 <= int(stopped.group(1)) <= 3, captured.err
     assert "decoded 2 items" in captured.out and "4 failed" in captured.out, captured.out
     assert assert_whole(out, 30) == ["item000.wav", "item001.wav"] and leftovers(out) == []
@@ -215,18 +233,42 @@ def test_input_deleted_mid_run(tmp_path, tiny_hf_checkpoint, capsys, monkeypatch
 # SIGTERM and SIGINT mid-batch, to a real `jasco-fast decode` process
 
 
-@pytest.mark.parametrize("signum, status, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
-                                                  (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize(
+    "signum, status, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")]
+)
 def test_signal_mid_batch(tmp_path, tiny_hf_checkpoint, signum, status, said):
     frames, count = 2000, 120
     files = write_inputs(tmp_path / "in", count, frames)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "jasco_fast", "decode", *map(str, files), "--out-dir", str(out),
-           "--checkpoint", str(tiny_hf_checkpoint), "--backend", "eager", "--batch-size", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "jasco_fast",
+        "decode",
+        *map(str, files),
+        "--out-dir",
+        str(out),
+        "--checkpoint",
+        str(tiny_hf_checkpoint),
+        "--backend",
+        "eager",
+        "--batch-size",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     # default dispositions in the child: a shell's background job would otherwise pass on an ignored SIGINT
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.wav"))) < 3:
         time.sleep(0.01)

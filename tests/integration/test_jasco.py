@@ -1,5 +1,6 @@
 """jasco_fast.jasco: the drop-in for audiocraft's JASCO (a stand-in object of the same shape; audiocraft's
 JASCO needs its whole dependency tree)."""
+
 from __future__ import annotations
 
 import types
@@ -47,7 +48,10 @@ def test_patch_and_unpatch():
 
 def test_patch_rejects_other_models():
     with pytest.raises(TypeError, match="compression_model"):
-        jasco_fast.patch(types.SimpleNamespace(cfg=types.SimpleNamespace(compression_model_latent_mean=0.0,
-                                                                         compression_model_latent_std=1.0)))
+        jasco_fast.patch(
+            types.SimpleNamespace(
+                cfg=types.SimpleNamespace(compression_model_latent_mean=0.0, compression_model_latent_std=1.0)
+            )
+        )
     with pytest.raises(TypeError, match="cfg"):
         jasco_fast.patch(types.SimpleNamespace())

@@ -1,6 +1,7 @@
 """Hostile and broken checkpoints (issue 16): each one is refused with a CheckpointError that names the
 file and the problem, before memory is allocated for a decoder it describes. The cases first seen by a
 user come first; tests/fuzz/ searches for more."""
+
 from __future__ import annotations
 
 import errno
@@ -11,10 +12,10 @@ import struct
 
 import pytest
 import torch
+from checkpoints import write_audiocraft_checkpoint, write_pointer, write_transformers_dir
 
 import jasco_fast.guards as guards
 import jasco_fast.loading as loading
-from checkpoints import write_audiocraft_checkpoint, write_pointer, write_transformers_dir
 from jasco_fast.decoder import SEANetDecoder
 from jasco_fast.loading import CheckpointError, load_decoder, read_safetensors_header
 
@@ -48,13 +49,16 @@ def refused(path, match):
 # The cases reported in the issue: each used to end in an allocator error, a TypeError or a MemoryError
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("num_filters", 100000, r"parameters, more than 10x"),
-    ("upsampling_ratios", [100000, 2], r"upsampling_ratios must be a list of 1 to 32 integers"),
-    ("upsampling_ratios", [60000, 2], r"parameters, more than 10x"),
-    ("num_lstm_layers", 100000, r"at least \d+ tensors, the checkpoint holds \d+"),
-    ("upsampling_ratios", None, r"upsampling_ratios must be"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("num_filters", 100000, r"parameters, more than 10x"),
+        ("upsampling_ratios", [100000, 2], r"upsampling_ratios must be a list of 1 to 32 integers"),
+        ("upsampling_ratios", [60000, 2], r"parameters, more than 10x"),
+        ("num_lstm_layers", 100000, r"at least \d+ tensors, the checkpoint holds \d+"),
+        ("upsampling_ratios", None, r"upsampling_ratios must be"),
+    ],
+)
 def test_reported_config_edits_are_refused_before_allocating(hf_dir, field, value, match):
     edit_config(hf_dir, **{field: value})
     err = refused(hf_dir, match)
@@ -66,8 +70,11 @@ def test_safetensors_header_length_of_a_terabyte(hf_dir):
     data = bytearray(weights.read_bytes())
     data[:8] = struct.pack("<Q", 10**12)
     weights.write_bytes(bytes(data))
-    refused(hf_dir, r"model\.safetensors: not a readable safetensors file.*header length 1000000000000 does not "
-                    r"fit the file's \d+ bytes")
+    refused(
+        hf_dir,
+        r"model\.safetensors: not a readable safetensors file.*header length 1000000000000 does not "
+        r"fit the file's \d+ bytes",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,43 +82,65 @@ def test_safetensors_header_length_of_a_terabyte(hf_dir):
 
 
 @pytest.mark.parametrize("value", [None, "64", 64.0, 2**40, -4, True, [4]])
-@pytest.mark.parametrize("field", ["num_filters", "hidden_size", "num_lstm_layers", "kernel_size", "compress",
-                                   "sampling_rate", "dilation_growth_rate"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "num_filters",
+        "hidden_size",
+        "num_lstm_layers",
+        "kernel_size",
+        "compress",
+        "sampling_rate",
+        "dilation_growth_rate",
+    ],
+)
 def test_integer_fields_of_the_wrong_type_or_size(hf_dir, field, value):
     edit_config(hf_dir, **{field: value})
     refused(hf_dir, rf"config\.json: .*{field} must be an integer")
 
 
-@pytest.mark.parametrize("value", [None, "8,2", [4.0, 2], [4, "2"], [], [4, 0], [4, -2], [True, 2],
-                                   [2] * 33, {"a": 1}])
+@pytest.mark.parametrize("value", [None, "8,2", [4.0, 2], [4, "2"], [], [4, 0], [4, -2], [True, 2], [2] * 33, {"a": 1}])
 def test_upsampling_ratios_of_the_wrong_type_or_length(hf_dir, value):
     edit_config(hf_dir, upsampling_ratios=value)
     refused(hf_dir, r"config\.json: .*upsampling_ratios must be")
 
 
-@pytest.mark.parametrize("value, match", [
-    ([4, 2, 2], r"model\.safetensors: (missing key|.*has shape)"),  # one stage more than the weights hold
-    ([4], r"model\.safetensors: (.*has shape|decoder keys the config does not account for)"),
-    ([2, 4], r"model\.safetensors: .*has shape"),  # same count, other kernels
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ([4, 2, 2], r"model\.safetensors: (missing key|.*has shape)"),  # one stage more than the weights hold
+        ([4], r"model\.safetensors: (.*has shape|decoder keys the config does not account for)"),
+        ([2, 4], r"model\.safetensors: .*has shape"),  # same count, other kernels
+    ],
+)
 def test_upsampling_ratios_that_do_not_match_the_weights(hf_dir, value, match):
     edit_config(hf_dir, upsampling_ratios=value)
     refused(hf_dir, match)
 
 
-@pytest.mark.parametrize("field, value", [("use_causal_conv", "yes"), ("use_conv_shortcut", None),
-                                          ("pad_mode", 3), ("norm_type", None), ("trim_right_ratio", "1"),
-                                          ("trim_right_ratio", None)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("use_causal_conv", "yes"),
+        ("use_conv_shortcut", None),
+        ("pad_mode", 3),
+        ("norm_type", None),
+        ("trim_right_ratio", "1"),
+        ("trim_right_ratio", None),
+    ],
+)
 def test_other_fields_of_the_wrong_type(hf_dir, field, value):
     edit_config(hf_dir, **{field: value})
     refused(hf_dir, rf"config\.json: .*{field} must be")
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "null", "\"encodec\"", "{\"num_filters\": 1e999}", "[" * 100000,
-                                  "{\"a\": 1", "\xff\xfe"])
+@pytest.mark.parametrize(
+    "text", ["[1, 2]", "null", '"encodec"', '{"num_filters": 1e999}', "[" * 100000, '{"a": 1', "\xff\xfe"]
+)
 def test_config_json_that_is_not_an_object(hf_dir, text):
-    (hf_dir / "config.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff\xfe"
-                                         else b"\xff\xfe{}")
+    (hf_dir / "config.json").write_bytes(
+        text.encode("utf-8", "surrogateescape") if text != "\xff\xfe" else b"\xff\xfe{}"
+    )
     refused(hf_dir, r"config\.json: ")
 
 
@@ -134,26 +163,29 @@ def test_dilation_that_would_pad_beyond_reason(hf_dir):
 def _rewrite_header(weights, edit):
     data = weights.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     new = edit(header)
     raw = new if isinstance(new, bytes) else json.dumps(new).encode()
-    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
+    weights.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length :])
 
 
 def _first(header):
     return next(k for k in header if k != "__metadata__")
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda h: b"{not json", r"header is not JSON"),
-    (lambda h: b"[1, 2]", r"header is not a JSON object"),
-    (lambda h: {**h, _first(h): {**h[_first(h)], "dtype": "F128"}}, r"bad header entry"),
-    (lambda h: {**h, _first(h): {**h[_first(h)], "shape": [2**40, 2**40]}}, r"does not fit its data offsets"),
-    (lambda h: {**h, _first(h): {**h[_first(h)], "shape": [-1]}}, r"bad header entry"),
-    (lambda h: {**h, _first(h): {**h[_first(h)], "data_offsets": [0, 2**62]}}, r"does not fit its data offsets"),
-    (lambda h: {**h, _first(h): {**h[_first(h)], "data_offsets": [4]}}, r"bad header entry"),
-    (lambda h: {**h, "extra": dict(h[_first(h)])}, r"overlap"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda h: b"{not json", r"header is not JSON"),
+        (lambda h: b"[1, 2]", r"header is not a JSON object"),
+        (lambda h: {**h, _first(h): {**h[_first(h)], "dtype": "F128"}}, r"bad header entry"),
+        (lambda h: {**h, _first(h): {**h[_first(h)], "shape": [2**40, 2**40]}}, r"does not fit its data offsets"),
+        (lambda h: {**h, _first(h): {**h[_first(h)], "shape": [-1]}}, r"bad header entry"),
+        (lambda h: {**h, _first(h): {**h[_first(h)], "data_offsets": [0, 2**62]}}, r"does not fit its data offsets"),
+        (lambda h: {**h, _first(h): {**h[_first(h)], "data_offsets": [4]}}, r"bad header entry"),
+        (lambda h: {**h, "extra": dict(h[_first(h)])}, r"overlap"),
+    ],
+)
 def test_damaged_safetensors_headers(hf_dir, edit, match):
     _rewrite_header(hf_dir / "model.safetensors", edit)
     refused(hf_dir, r"model\.safetensors: not a readable safetensors file.*" + match)
@@ -188,19 +220,38 @@ def bin_dir(hf_source, tmp_path):
     return folder, load_file(str(hf_source / "model.safetensors"))
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda s: s.update({7: torch.zeros(1)}), r"state dict key 7 is not a string"),
-    (lambda s: s.update({"decoder.layers.0.conv.bias": s["decoder.layers.0.conv.bias"].long()}),
-     r"'decoder\.layers\.0\.conv\.bias' is not a floating-point tensor \(torch\.int64"),
-    (lambda s: s.update({"decoder.layers.0.conv.bias": s["decoder.layers.0.conv.bias"].to_sparse()}),
-     r"is not a floating-point tensor .*sparse"),
-    (lambda s: s.update({"decoder.layers.0.conv.bias": [1.0, 2.0]}), r"is not a floating-point tensor \(list\)"),
-    (lambda s: s.update({"decoder.layers.0.conv.bias": s["decoder.layers.0.conv.bias"][:3]}), r"has shape \[3\], the architecture in the config needs \[16\]"),
-    (lambda s: [s.pop(k) for k in list(s) if k.startswith("decoder.")], r"no decoder weights"),
-    (lambda s: s.update({"decoder.layers.0.conv.parametrizations.weight.original1":
-                         s["decoder.layers.0.conv.parametrizations.weight.original1"].transpose(1, 2).contiguous()}),
-     r"has shape \[16, 7, 8\], the architecture in the config needs \[16, 8, 7\]"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda s: s.update({7: torch.zeros(1)}), r"state dict key 7 is not a string"),
+        (
+            lambda s: s.update({"decoder.layers.0.conv.bias": s["decoder.layers.0.conv.bias"].long()}),
+            r"'decoder\.layers\.0\.conv\.bias' is not a floating-point tensor \(torch\.int64",
+        ),
+        (
+            lambda s: s.update({"decoder.layers.0.conv.bias": s["decoder.layers.0.conv.bias"].to_sparse()}),
+            r"is not a floating-point tensor .*sparse",
+        ),
+        (lambda s: s.update({"decoder.layers.0.conv.bias": [1.0, 2.0]}), r"is not a floating-point tensor \(list\)"),
+        (
+            lambda s: s.update({"decoder.layers.0.conv.bias": s["decoder.layers.0.conv.bias"][:3]}),
+            r"has shape \[3\], the architecture in the config needs \[16\]",
+        ),
+        (lambda s: [s.pop(k) for k in list(s) if k.startswith("decoder.")], r"no decoder weights"),
+        (
+            lambda s: s.update(
+                {
+                    "decoder.layers.0.conv.parametrizations.weight.original1": s[
+                        "decoder.layers.0.conv.parametrizations.weight.original1"
+                    ]
+                    .transpose(1, 2)
+                    .contiguous()
+                }
+            ),
+            r"has shape \[16, 7, 8\], the architecture in the config needs \[16, 8, 7\]",
+        ),
+    ],
+)
 def test_damaged_state_dicts(bin_dir, damage, match):
     folder, state = bin_dir
     damage(state)
@@ -221,8 +272,11 @@ def test_pickles_carrying_code_are_refused_not_executed(bin_dir, tmp_path, where
     folder, state = bin_dir
     marker = tmp_path / "executed"
     target = folder / "pytorch_model.bin" if where == "pytorch_model.bin" else tmp_path / "compression_state_dict.bin"
-    payload = {**state, "x": _Payload(marker)} if where == "pytorch_model.bin" else \
-        {"pretrained": _Payload(marker), "exported": True}
+    payload = (
+        {**state, "x": _Payload(marker)}
+        if where == "pytorch_model.bin"
+        else {"pretrained": _Payload(marker), "exported": True}
+    )
     with open(target, "wb") as f:
         pickle.dump(payload, f)
     refused(folder if where == "pytorch_model.bin" else target, r"refused")
@@ -289,15 +343,18 @@ def _interpolation_laughs(levels: int, whole_values: bool) -> str:
     return "\n".join(lines) + "\nseanet: {ratios: [4, 2]}\n"
 
 
-@pytest.mark.parametrize("text, match", [
-    (_laughs(9), r"aliases expand to more than"),  # 10^9 values once expanded
-    (_interpolation_laughs(10, whole_values=False), r"interpolations expand to more than"),
-    (_interpolation_laughs(10, whole_values=True), r"interpolations expand to more than"),
-    ("a: &a [1, *a]\n", r"alias refers to itself"),
-    ("[" * 5000 + "]" * 5000, r"(nested too deeply|not a mapping|bad 'xp\.cfg')"),
-    ("seanet: {ratios: [4, 2]\n", r"bad 'xp\.cfg'"),
-    ("x" * (guards.MAX_TEXT_BYTES + 1), r"too large for a config"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (_laughs(9), r"aliases expand to more than"),  # 10^9 values once expanded
+        (_interpolation_laughs(10, whole_values=False), r"interpolations expand to more than"),
+        (_interpolation_laughs(10, whole_values=True), r"interpolations expand to more than"),
+        ("a: &a [1, *a]\n", r"alias refers to itself"),
+        ("[" * 5000 + "]" * 5000, r"(nested too deeply|not a mapping|bad 'xp\.cfg')"),
+        ("seanet: {ratios: [4, 2]\n", r"bad 'xp\.cfg'"),
+        ("x" * (guards.MAX_TEXT_BYTES + 1), r"too large for a config"),
+    ],
+)
 def test_hostile_yaml(tmp_path, ac_source, text, match):
     refused(_with_cfg(tmp_path, ac_source, text), match)
 
@@ -306,25 +363,31 @@ def test_xp_cfg_of_the_wrong_type(tmp_path, ac_source):
     refused(_with_cfg(tmp_path, ac_source, 12), r"bad 'xp\.cfg': expected YAML text, found int")
 
 
-@pytest.mark.parametrize("old, new, match", [
-    ("ratios: [4, 2]", "ratios: null", r"ratios must be a list"),
-    ("ratios: [4, 2]", "ratios: '42'", r"ratios must be a list"),
-    ("ratios: [4, 2]", "ratios: [4.0, 2]", r"ratios must be a list"),
-    ("n_filters: 4", "n_filters: 4.0", r"n_filters must be a positive integer"),
-    ("n_filters: 4", "n_filters: -4", r"n_filters must be a positive integer"),
-    ("n_filters: 4", "n_filters: 100000", r"parameters, more than 10x"),
-    ("lstm: 1", "lstm: 100000", r"at least \d+ tensors"),
-    ("true_skip: true", "true_skip: 'no'", r"true_skip must be true or false"),
-    ("activation_params: {\"alpha\": 1.0}", "activation_params: [1]", r"activation_params must be a mapping"),
-    ("activation_params: {\"alpha\": 1.0}", "activation_params: {\"alpha\": x}", r"fails on a 2-frame input"),
-    ("activation: ELU", "activation: Transformer", r"activation 'Transformer' is not an elementwise activation"),
-    ("activation: ELU", "activation: Embedding", r"activation 'Embedding' is not an elementwise activation"),
-    ("activation_params: {\"alpha\": 1.0}", "activation_params: {\"alpha\": 1.0, device: cpu}",
-     r"activation_params may not set a device"),
-    ("activation_params: {\"alpha\": 1.0}\n  norm:", "activation_params: {}\n  norm:", None),
-    ("dilation_base: 2", "dilation_base: 1000000000", None),  # one residual layer: dilation 1, fine
-    ("trim_right_ratio: 1.0", "trim_right_ratio: .nan", r"trim_right_ratio must lie in"),
-])
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ("ratios: [4, 2]", "ratios: null", r"ratios must be a list"),
+        ("ratios: [4, 2]", "ratios: '42'", r"ratios must be a list"),
+        ("ratios: [4, 2]", "ratios: [4.0, 2]", r"ratios must be a list"),
+        ("n_filters: 4", "n_filters: 4.0", r"n_filters must be a positive integer"),
+        ("n_filters: 4", "n_filters: -4", r"n_filters must be a positive integer"),
+        ("n_filters: 4", "n_filters: 100000", r"parameters, more than 10x"),
+        ("lstm: 1", "lstm: 100000", r"at least \d+ tensors"),
+        ("true_skip: true", "true_skip: 'no'", r"true_skip must be true or false"),
+        ('activation_params: {"alpha": 1.0}', "activation_params: [1]", r"activation_params must be a mapping"),
+        ('activation_params: {"alpha": 1.0}', 'activation_params: {"alpha": x}', r"fails on a 2-frame input"),
+        ("activation: ELU", "activation: Transformer", r"activation 'Transformer' is not an elementwise activation"),
+        ("activation: ELU", "activation: Embedding", r"activation 'Embedding' is not an elementwise activation"),
+        (
+            'activation_params: {"alpha": 1.0}',
+            'activation_params: {"alpha": 1.0, device: cpu}',
+            r"activation_params may not set a device",
+        ),
+        ('activation_params: {"alpha": 1.0}\n  norm:', "activation_params: {}\n  norm:", None),
+        ("dilation_base: 2", "dilation_base: 1000000000", None),  # one residual layer: dilation 1, fine
+        ("trim_right_ratio: 1.0", "trim_right_ratio: .nan", r"trim_right_ratio must lie in"),
+    ],
+)
 def test_audiocraft_config_values(tmp_path, ac_source, old, new, match):
     text = ac_source["xp.cfg"]
     assert old in text
@@ -336,8 +399,11 @@ def test_audiocraft_config_values(tmp_path, ac_source, old, new, match):
 
 
 def test_activation_with_parameters_is_refused_on_the_meta_device(tmp_path, ac_source):
-    text = ac_source["xp.cfg"].replace("activation: ELU", "activation: PReLU").replace(
-        'activation_params: {"alpha": 1.0}', "activation_params: {}")
+    text = (
+        ac_source["xp.cfg"]
+        .replace("activation: ELU", "activation: PReLU")
+        .replace('activation_params: {"alpha": 1.0}', "activation_params: {}")
+    )
     refused(_with_cfg(tmp_path, ac_source, text), r"parameters no checkpoint holds.*act")
 
 

@@ -1,5 +1,6 @@
-"""jasco_fast::lstm_skip (the SEANet LSTM block with state) against nn.LSTM, opcheck of every op of the
-package, and the op's argument errors."""
+"""jasco_fast::lstm_skip (the SEANet LSTM block with state) against nn.LSTM, opcheck of it and of lstm_pack,
+torch.compile, and the op's argument errors (the kernel's numerics: test_lstm_kernel.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -82,12 +83,19 @@ def test_bfloat16_close_to_float32():
 
 
 def lstm_samples(device: str):
-    for layers, B, T, with_state, n in [(1, 1, 5, False, None), (2, 3, 7, True, 4), (2, 2, 6, True, 0),
-                                        (1, 2, 1, True, 1)]:
+    for layers, B, T, with_state, n in [
+        (1, 1, 5, False, None),
+        (2, 3, 7, True, 4),
+        (2, 2, 6, True, 0),
+        (1, 2, 1, True, 1),
+    ]:
         lstm = make_lstm(4, layers, device, seed=layers)
         seq = torch.randn(B, T, 4, device=device)
-        state = (torch.randn(layers, B, 4, device=device), torch.randn(layers, B, 4, device=device)) \
-            if with_state else (None, None)
+        state = (
+            (torch.randn(layers, B, 4, device=device), torch.randn(layers, B, 4, device=device))
+            if with_state
+            else (None, None)
+        )
         yield seq, flat(lstm), layers, *state, n
     seq = torch.randn(5, 2, 4, device=device).transpose(0, 1)  # strided
     yield seq, flat(make_lstm(4, 1, device)), 1, None, None, 3
@@ -101,47 +109,17 @@ def lstm_samples(device: str):
 def pack_samples(device: str):
     if device != "cpu":  # the pack is for the CPU kernel
         return
-    for C, dtype, recurrent_dtype in [(4, torch.float32, None), (20, torch.float32, torch.bfloat16),
-                                      (20, torch.bfloat16, torch.int8), (16, torch.float32, torch.int8)]:
+    for C, dtype, recurrent_dtype in [
+        (4, torch.float32, None),
+        (20, torch.float32, torch.bfloat16),
+        (20, torch.bfloat16, torch.int8),
+        (16, torch.float32, torch.int8),
+    ]:
         yield [torch.randn(4 * C, C, dtype=dtype), torch.randn(4 * C, C, dtype=dtype)], recurrent_dtype
 
 
-def denorm_samples(device: str):
-    latents = torch.randn(2, 5, 8, device=device)
-    for mean, std in [(torch.tensor(0.1, device=device), torch.tensor(2.0, device=device)),
-                      (torch.randn(8, device=device), torch.rand(8, device=device))]:
-        for dtype in (None, torch.bfloat16):
-            for channels_last in (False, True):
-                yield latents, mean, std, dtype, channels_last
-
-
-# Every op of the package and its opcheck samples; test_every_op_is_opchecked fails when an op is added to
-# csrc/registration.cpp without samples here.
-OP_SAMPLES = {"lstm_skip": lstm_samples, "lstm_pack": pack_samples, "denorm_transpose": denorm_samples}
-# Ops that take and return no tensor (opcheck compares tensors only): each checked by value instead.
-QUERY_OPS = {"cpu_fast_path": lambda answer: answer in ("avx2+f16c", "portable"),
-             "lstm_int8_matvec": lambda answer: answer in ("avx512_vnni", "avx2_int16", "float32")}
-
-
-def registered_ops() -> list[str]:
-    return sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
-                  if name.startswith("jasco_fast::"))
-
-
-# Ops opchecked in their own test module.
-OPCHECKED_ELSEWHERE = {"codes_to_latents": "tests/test_codes_to_latents.py::test_opcheck",
-                       "elu_resblock": "tests/test_elu_conv.py::test_opcheck",
-                       "elu_conv": "tests/test_elu_conv.py::test_opcheck",
-                       "elu_conv_transpose": "tests/test_elu_conv.py::test_opcheck"}
-
-
-def test_every_op_is_opchecked():
-    assert registered_ops() == sorted([*OP_SAMPLES, *QUERY_OPS, *OPCHECKED_ELSEWHERE])
-
-
-@pytest.mark.parametrize("op", sorted(QUERY_OPS))
-def test_query_ops(op):
-    assert QUERY_OPS[op](getattr(torch.ops.jasco_fast, op)())
+# lstm_skip's and lstm_pack's opcheck samples (tests/ops/test_registration.py: every op has an opcheck).
+OP_SAMPLES = {"lstm_skip": lstm_samples, "lstm_pack": pack_samples}
 
 
 @pytest.mark.parametrize("device", DEVICES)

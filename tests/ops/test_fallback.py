@@ -10,6 +10,7 @@ A missing kernel is simulated on the CPU in two sound ways, both through the rea
   restores the C++ kernel.
 Real devices (CUDA/ROCm, MPS) run where present and are skipped with a reason elsewhere.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,7 +22,7 @@ import torch
 
 import jasco_fast
 from jasco_fast import ops, reference
-from jasco_fast.decoder import SEANetDecoder, DecoderConfig
+from jasco_fast.decoder import DecoderConfig, SEANetDecoder
 
 OP = torch.ops.jasco_fast.denorm_transpose.default
 OP_NAME = "jasco_fast::denorm_transpose"
@@ -31,8 +32,8 @@ FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 TOL = {
     torch.float64: dict(rtol=1e-12, atol=1e-12),
     torch.float32: dict(rtol=1.3e-6, atol=1e-5),
-    torch.float16: dict(rtol=2 ** -10, atol=1e-3),
-    torch.bfloat16: dict(rtol=2 ** -7, atol=1e-2),
+    torch.float16: dict(rtol=2**-10, atol=1e-3),
+    torch.bfloat16: dict(rtol=2**-7, atol=1e-2),
 }
 # The fallback warns by design; test_warns_once_per_process_and_device records its warnings itself.
 pytestmark = pytest.mark.filterwarnings("ignore::jasco_fast.ops.FallbackWarning")
@@ -103,8 +104,11 @@ def test_registered_for_devices_without_a_kernel():
 def test_same_bits_as_the_cpu_kernel(in_dtype, out_dtype, fallback_calls):
     gen = torch.Generator().manual_seed(FLOATS.index(in_dtype))
     for shape, layout, stat_shape, channels_last in itertools.product(
-            [(2, 37, 19), (1, 1, 1), (3, 70, 128)], ["contiguous", "strided", "transposed_storage", "expanded"],
-            [(), (1,), "D"], [False, True]):
+        [(2, 37, 19), (1, 1, 1), (3, 70, 128)],
+        ["contiguous", "strided", "transposed_storage", "expanded"],
+        [(), (1,), "D"],
+        [False, True],
+    ):
         D = shape[2]
         latents = make_latents(shape, in_dtype, layout, gen)
         size = (D,) if stat_shape == "D" else stat_shape
@@ -116,8 +120,9 @@ def test_same_bits_as_the_cpu_kernel(in_dtype, out_dtype, fallback_calls):
         torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)  # bit for bit
         # and the op's contract: float64 truth rounded to the output dtype, within the coarser of the compute
         # dtype (float32, float64 when latents or output are float64) and the output dtype
-        truth = reference.denormalize_transpose(latents.double(), mean.double(), std.double(), dtype=want.dtype,
-                                                channels_last=channels_last)
+        truth = reference.denormalize_transpose(
+            latents.double(), mean.double(), std.double(), dtype=want.dtype, channels_last=channels_last
+        )
         compute = torch.float64 if torch.float64 in (in_dtype, want.dtype) else torch.float32
         torch.testing.assert_close(got, truth, **TOL[max(compute, want.dtype, key=lambda t: torch.finfo(t).eps)])
     assert len(fallback_calls) == 3 * 4 * 3 * 2  # each comparison really ran the fallback
@@ -233,6 +238,7 @@ def test_torch_compile_calls_the_fallback_as_one_op(cpu_kernel_hidden):
 def test_export_keeps_the_op_whole():
     """A CompositeExplicitAutograd kernel is not a decomposition: torch.export (and AOTInductor after it) keep
     the fused op, with or without run_decompositions."""
+
     class Module(torch.nn.Module):
         def forward(self, latents):
             return jasco_fast.denormalize_transpose(latents, 0.5, 2.0, channels_last=True)
@@ -279,7 +285,8 @@ def test_patch_on_the_fallback(cpu_kernel_hidden):
     hf_model = transformers_model(seed=3)
     jasco_model = types.SimpleNamespace(  # what patch() reads of a JASCO model
         cfg=types.SimpleNamespace(compression_model_latent_mean=-0.0074, compression_model_latent_std=4.0102),
-        compression_model=types.SimpleNamespace(model=hf_model))
+        compression_model=types.SimpleNamespace(model=hf_model),
+    )
     latents = torch.randn(2, 25, 8)
     with torch.no_grad():  # JASCO's own decode: latents * std + mean, permute, the EnCodec decoder
         upstream = hf_model.decoder((latents * 4.0102 + -0.0074).permute(0, 2, 1))
@@ -294,8 +301,18 @@ def test_cli_decodes_on_the_fallback(tmp_path, tiny_hf_checkpoint, cpu_kernel_hi
 
     latents = torch.randn(30, 8)
     torch.save(latents, tmp_path / "a.pt")
-    code = main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--backend", "eager"])
+    code = main(
+        [
+            "decode",
+            str(tmp_path / "a.pt"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tiny_hf_checkpoint),
+            "--backend",
+            "eager",
+        ]
+    )
     assert code == 0 and (tmp_path / "out" / "a.wav").is_file()
     assert cpu_kernel_hidden
 
@@ -334,8 +351,14 @@ def test_real_device_matches_cpu_kernel(device):
             got = OP(latents.to(device), mean.to(device), std.to(device), out_dtype, channels_last)
         assert got.device.type == device and got.stride() == want.stride()
         # Each side rounds the float32 product and sum once each; no FMA on either.
-        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0, equal_nan=True,
-                                   msg=lambda m: f"{'kernel' if has_kernel else 'fallback'} on {device}: {m}")
+        torch.testing.assert_close(
+            got.cpu(),
+            want,
+            rtol=0,
+            atol=0,
+            equal_nan=True,
+            msg=lambda m: f"{'kernel' if has_kernel else 'fallback'} on {device}: {m}",
+        )
 
 
 @pytest.mark.parametrize("device", _real_devices())
@@ -353,8 +376,20 @@ def test_cli_device_mps(tmp_path, tiny_hf_checkpoint, capsys):
     from jasco_fast.cli import main
 
     torch.save(torch.randn(30, 8), tmp_path / "a.pt")
-    code = main(["decode", str(tmp_path / "a.pt"), "--out-dir", str(tmp_path / "out"), "--checkpoint",
-                 str(tiny_hf_checkpoint), "--backend", "eager", "--device", "mps"])
+    code = main(
+        [
+            "decode",
+            str(tmp_path / "a.pt"),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(tiny_hf_checkpoint),
+            "--backend",
+            "eager",
+            "--device",
+            "mps",
+        ]
+    )
     if torch.backends.mps.is_available():
         assert code == 0 and (tmp_path / "out" / "a.wav").is_file()
     else:  # a clear usage error, not a traceback

@@ -23,6 +23,7 @@ Tolerances, relative to the peak |value| of the reference (at least 1: gates and
   such standard deviations, and twice that for the error's way through the gates and the cell (which forgets
   with a factor < 1, so it does not pile up step after step).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import child_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +41,7 @@ from jasco_fast.decoder import LSTM
 from jasco_fast.ops import lstm_pack, lstm_skip
 
 F32_REL = 1e-6
-BF16_EPS = 2.0 ** -8  # a bfloat16 rounding, relative
+BF16_EPS = 2.0**-8  # a bfloat16 rounding, relative
 BF16_REL = 2 * BF16_EPS
 MAX_KERNEL_BATCH = 8
 
@@ -60,7 +62,7 @@ def lstm_weights(C: int, layers: int, seed: int, std: float | None = None) -> li
     for _ in range(layers):
         for shape in ((4 * C, C), (4 * C, C), (4 * C,), (4 * C,)):
             if std is None:
-                bound = C ** -0.5
+                bound = C**-0.5
                 weights.append((torch.rand(shape, generator=gen) * 2 - 1) * bound)
             else:
                 weights.append(torch.randn(shape, generator=gen) * std)
@@ -124,7 +126,7 @@ H_FIXED_POINT = {"avx512_vnni": 0.5 / (127 * 254), "avx2_int16": 0.5 / 32767, "f
 def int8_h_bound(weights) -> float:
     """The integer matvec's extra error (module docstring), relative, for the matvec this process runs."""
     delta = H_FIXED_POINT[torch.ops.jasco_fast.lstm_int8_matvec()]
-    return 2 * 6 * delta / 3 ** 0.5 * max(int8_rows(w).norm(dim=1).max().item() for w in weights[1::4])
+    return 2 * 6 * delta / 3**0.5 * max(int8_rows(w).norm(dim=1).max().item() for w in weights[1::4])
 
 
 def check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=0, contiguous=True):
@@ -155,8 +157,13 @@ def check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=0, c
     return y, h, c
 
 
-FORMATS = [(torch.float32, None), (torch.bfloat16, None), (torch.float32, torch.int8), (torch.bfloat16, torch.int8),
-           (torch.float32, torch.bfloat16)]
+FORMATS = [
+    (torch.float32, None),
+    (torch.bfloat16, None),
+    (torch.float32, torch.int8),
+    (torch.bfloat16, torch.int8),
+    (torch.float32, torch.bfloat16),
+]
 FORMAT_IDS = ["f32", "bf16", "f32-int8", "bf16-int8", "f32-bf16rec"]
 
 
@@ -214,7 +221,7 @@ def test_pack_of_other_weights_layout_or_format_is_refused():
     bf16_pack = lstm_pack(w_hh, torch.bfloat16)  # larger than the int8 one: its first bytes, misread as int8
     for B in (1, 9):  # B = 9 runs ATen's LSTM, which does not read the pack: checked all the same
         with pytest.raises(ValueError, match="layout"):
-            lstm_skip(torch.randn(B, 4, C), weights, 2, recurrent_dtype=torch.int8, packed=bf16_pack[:packed.numel()])
+            lstm_skip(torch.randn(B, 4, C), weights, 2, recurrent_dtype=torch.int8, packed=bf16_pack[: packed.numel()])
     with pytest.raises(ValueError, match="layout"):  # float32 format wanted
         lstm_skip(seq, weights, 2, packed=lstm_pack(w_hh, torch.bfloat16))
     for field, what in ((3, "layout"), (2, "layout"), (5, "matrix"), (1, "version"), (7, "size")):
@@ -230,7 +237,7 @@ def test_pack_of_other_weights_layout_or_format_is_refused():
     with pytest.raises(ValueError, match="more than num_layers"):
         lstm_skip(seq, weights[:4], 1, recurrent_dtype=torch.int8, packed=packed)
     with pytest.raises(ValueError, match="ends before"):
-        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed[:packed.numel() // 2 + 32])
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed[: packed.numel() // 2 + 32])
     with pytest.raises(TypeError, match="uint8"):
         lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed.float())
 
@@ -242,11 +249,14 @@ def test_pack_made_for_another_cpu_layout_is_refused(tmp_path):
     if here != "float32":  # the child packs int8 as float tiles; else it packs for this CPU's integer matvec
         env["JASCO_FAST_LSTM_ISA"] = "portable"
     path = tmp_path / "pack.pt"
-    script = ("import sys, torch; from jasco_fast.ops import lstm_pack\n"
-              "torch.manual_seed(0); w = torch.randn(64, 16)\n"
-              "print(torch.ops.jasco_fast.lstm_int8_matvec()); torch.save(lstm_pack([w], torch.int8), sys.argv[1])\n")
-    run = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True,
-                         timeout=300, check=False)
+    script = (
+        "import sys, torch; from jasco_fast.ops import lstm_pack\n"
+        "torch.manual_seed(0); w = torch.randn(64, 16)\n"
+        "print(torch.ops.jasco_fast.lstm_int8_matvec()); torch.save(lstm_pack([w], torch.int8), sys.argv[1])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[0] != here
     torch.manual_seed(0)
@@ -286,7 +296,7 @@ def test_stored_formats_agree_between_kernel_and_fallback(recurrent_dtype):
     weights = lstm_weights(40, 2, seed=7, std=0.05)
     seq = torch.randn(9, 12, 40)
     batch = lstm_skip(seq, weights, 2, recurrent_dtype=recurrent_dtype)[0]
-    rows = torch.cat([lstm_skip(seq[i:i + 1], weights, 2, recurrent_dtype=recurrent_dtype)[0] for i in range(9)])
+    rows = torch.cat([lstm_skip(seq[i : i + 1], weights, 2, recurrent_dtype=recurrent_dtype)[0] for i in range(9)])
     rel = F32_REL + (int8_h_bound(weights) if recurrent_dtype == torch.int8 else 0)
     assert_close_rel(rows, batch.double(), rel, "kernel vs fallback")
 
@@ -327,14 +337,15 @@ def test_lower_instruction_sets(isa):
     """AVX-512 without VNNI and AVX2 (the int8 format through vpmaddwd where the CPU has AVX2), and plain loops
     (the int8 format in float32) (JASCO_FAST_LSTM_ISA lowers the path in a fresh process)."""
     script = (
-        "import sys, torch; sys.path.insert(0, %r); import test_lstm_kernel as t\n"
+        "import torch; import test_lstm_kernel as t\n"
         "torch.set_num_threads(2)\n"
         "print(torch.ops.jasco_fast.lstm_int8_matvec())\n"
         "for dtype, rec in t.FORMATS:\n"
         "    for B, T, C in [(1, 9, 40), (3, 5, 16), (5, 4, 24), (8, 3, 33)]:\n"
         "        t.check_case(B, T, C, 2, True, T // 2, dtype, rec)\n"
-        "print('ok')\n" % str(Path(__file__).parent))
-    env = {**os.environ, "JASCO_FAST_LSTM_ISA": isa}
+        "print('ok')\n"
+    )
+    env = child_env(Path(__file__).parent, JASCO_FAST_LSTM_ISA=isa)
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
     matvec = run.stdout.split()[0]
@@ -342,9 +353,17 @@ def test_lower_instruction_sets(isa):
 
 
 @settings(max_examples=40, deadline=None)
-@given(B=st.integers(1, 9), T=st.integers(1, 12), C=st.integers(1, 40), layers=st.integers(1, 2),
-       with_state=st.booleans(), n_frac=st.floats(0, 1), fmt=st.sampled_from(FORMATS), seed=st.integers(0, 100),
-       threads=st.sampled_from([1, 2]))
+@given(
+    B=st.integers(1, 9),
+    T=st.integers(1, 12),
+    C=st.integers(1, 40),
+    layers=st.integers(1, 2),
+    with_state=st.booleans(),
+    n_frac=st.floats(0, 1),
+    fmt=st.sampled_from(FORMATS),
+    seed=st.integers(0, 100),
+    threads=st.sampled_from([1, 2]),
+)
 def test_random_shapes(B, T, C, layers, with_state, n_frac, fmt, seed, threads):
     torch.set_num_threads(threads)
     try:
@@ -382,13 +401,18 @@ def test_recurrent_dtype_errors():
     with pytest.raises(TypeError, match="recurrent_dtype"):
         lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 1, recurrent_dtype=torch.float32)
     # the weights' own dtype is the default format
-    torch.testing.assert_close(lstm_skip(seq, weights, 1, recurrent_dtype=torch.float32)[0],
-                               lstm_skip(seq, weights, 1)[0], rtol=0, atol=0)
+    torch.testing.assert_close(
+        lstm_skip(seq, weights, 1, recurrent_dtype=torch.float32)[0], lstm_skip(seq, weights, 1)[0], rtol=0, atol=0
+    )
 
 
 def opcheck_samples():
-    for B, rec, dtype in [(1, torch.int8, torch.float32), (2, torch.bfloat16, torch.float32),
-                          (1, None, torch.bfloat16), (9, torch.int8, torch.float32)]:
+    for B, rec, dtype in [
+        (1, torch.int8, torch.float32),
+        (2, torch.bfloat16, torch.float32),
+        (1, None, torch.bfloat16),
+        (9, torch.int8, torch.float32),
+    ]:
         weights = [w.to(dtype) for w in lstm_weights(8, 2, seed=B)]
         seq = torch.randn(B, 5, 8, dtype=dtype)
         state = torch.randn(2, B, 8, dtype=dtype)

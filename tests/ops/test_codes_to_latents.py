@@ -1,5 +1,6 @@
 """jasco_fast::codes_to_latents (RVQ decode, fused) against the reference, on CPU always and on CUDA where
-there is a GPU (its nvcc compilation: tests/test_ops.py, for every kernel source)."""
+there is a GPU (its nvcc compilation: tests/ops/test_cuda_sources.py, for every kernel source)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,6 +22,7 @@ def expected_strides(B, T, D, channels_last):
 
 def make_codes(B, K, T, S, dtype, layout, gen, device="cpu"):
     """[B, K, T] codes in [0, S) with the memory layout asked for."""
+
     def randint(*shape):
         return torch.randint(0, S, shape, generator=gen).to(device=device, dtype=dtype)
 
@@ -50,13 +52,21 @@ def check(codes, codebooks, dtype, channels_last):
 
 @st.composite
 def op_inputs(draw):
-    return dict(B=draw(st.integers(1, 3)), K=draw(st.integers(1, 6)), extra_books=draw(st.integers(0, 2)),
-                T=draw(st.integers(1, 150)), S=draw(st.integers(1, 64)), D=draw(st.integers(1, 140)),
-                code_dtype=draw(st.sampled_from([torch.int64, torch.int32])),
-                book_dtype=draw(st.sampled_from(FLOATS)), out_dtype=draw(st.sampled_from([None] + FLOATS)),
-                layout=draw(st.sampled_from(["contiguous", "frames_major", "strided", "expanded", "offset"])),
-                books_transposed=draw(st.booleans()), channels_last=draw(st.booleans()),
-                seed=draw(st.integers(0, 2 ** 31 - 1)))
+    return dict(
+        B=draw(st.integers(1, 3)),
+        K=draw(st.integers(1, 6)),
+        extra_books=draw(st.integers(0, 2)),
+        T=draw(st.integers(1, 150)),
+        S=draw(st.integers(1, 64)),
+        D=draw(st.integers(1, 140)),
+        code_dtype=draw(st.sampled_from([torch.int64, torch.int32])),
+        book_dtype=draw(st.sampled_from(FLOATS)),
+        out_dtype=draw(st.sampled_from([None] + FLOATS)),
+        layout=draw(st.sampled_from(["contiguous", "frames_major", "strided", "expanded", "offset"])),
+        books_transposed=draw(st.booleans()),
+        channels_last=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -91,8 +101,9 @@ def test_empty(device):
     books = torch.randn(3, 5, 4, device=device)
     for shape in [(0, 2, 7), (2, 2, 0)]:
         for channels_last in (False, True):
-            out = jasco_fast.codes_to_latents(torch.zeros(shape, dtype=torch.int64, device=device), books,
-                                              channels_last=channels_last)
+            out = jasco_fast.codes_to_latents(
+                torch.zeros(shape, dtype=torch.int64, device=device), books, channels_last=channels_last
+            )
             assert out.shape == (shape[0], 4, shape[2])
 
 
@@ -137,13 +148,19 @@ BAD_INPUTS = [
     (lambda: (torch.zeros(1, 2, 3), torch.randn(4, 8, 5)), TypeError, r"int64 or int32"),
     (lambda: (torch.zeros(1, 2, 3, dtype=torch.int16), torch.randn(4, 8, 5)), TypeError, r"int64 or int32"),
     (lambda: (torch.zeros(1, 2, 3, dtype=torch.int64), torch.randn(8, 5)), ValueError, r"3-D \[num_codebooks"),
-    (lambda: (torch.zeros(1, 2, 3, dtype=torch.int64), torch.ones(4, 8, 5, dtype=torch.int64)), TypeError,
-     r"float32/float64/float16/bfloat16"),
+    (
+        lambda: (torch.zeros(1, 2, 3, dtype=torch.int64), torch.ones(4, 8, 5, dtype=torch.int64)),
+        TypeError,
+        r"float32/float64/float16/bfloat16",
+    ),
     (lambda: (torch.zeros(1, 5, 3, dtype=torch.int64), torch.randn(4, 8, 5)), ValueError, r"K = 5 .* has 4"),
     (lambda: (torch.zeros(1, 0, 3, dtype=torch.int64), torch.randn(4, 8, 5)), ValueError, r"K = 0"),
     (lambda: (torch.zeros(1, 2, 3, dtype=torch.int64), torch.randn(4, 0, 5)), ValueError, r"codebook_size > 0"),
-    (lambda: (torch.zeros(1, 2, 3, dtype=torch.int64), torch.randn(4, 8, 5, device="meta")), ValueError,
-     r"same device"),
+    (
+        lambda: (torch.zeros(1, 2, 3, dtype=torch.int64), torch.randn(4, 8, 5, device="meta")),
+        ValueError,
+        r"same device",
+    ),
 ]
 
 
@@ -171,14 +188,13 @@ def test_errors_dtype_argument():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("bad", [-1, 8, 2 ** 40, -(2 ** 40)])
+@pytest.mark.parametrize("bad", [-1, 8, 2**40, -(2**40)])
 def test_out_of_range_codes_raise_with_position(device, channels_last, bad):
     codes = torch.randint(0, 8, (2, 3, 70)).to(device)
     codes[1, 2, 65] = bad
     codes[1, 2, 69] = 9  # a later one: the first is reported
     with pytest.raises(RuntimeError, match=rf"code {bad} at \[b=1, k=2, t=65\] is out of range: .*\[0, 8\)"):
-        torch.ops.jasco_fast.codes_to_latents(codes, torch.randn(4, 8, 5, device=device), None,
-                                              channels_last)
+        torch.ops.jasco_fast.codes_to_latents(codes, torch.randn(4, 8, 5, device=device), None, channels_last)
 
 
 @pytest.mark.parametrize("device", DEVICES)

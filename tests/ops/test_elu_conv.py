@@ -10,10 +10,10 @@ order than oneDNN); bfloat16 2^-8 (inputs and weights are bf16-rounded first; th
 output, the AVX512-BF16 copy also the two activations it feeds to its dot products, as the unfused bfloat16 layers
 do), and at most 1.25x the error of the unfused bfloat16 layers themselves
 (test_bfloat16_block_at_most_the_layers_error)."""
+
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,22 +21,33 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from checkpoints import child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jasco_fast import DecoderConfig, SEANetDecoder, reference
-from jasco_fast.decoder import (FUSED_CONV_MAX_OUT_CHANNELS, FUSED_CONV_TRANSPOSE_MAX_CHANNELS,
-                                FUSED_RESBLOCK_MAX_CHANNELS, Conv, ConvTranspose, DecoderLayers, FusedEluConv,
-                                FusedEluConvTranspose, FusedResBlock, ResBlock)
+from jasco_fast.decoder import (
+    FUSED_CONV_MAX_OUT_CHANNELS,
+    FUSED_CONV_TRANSPOSE_MAX_CHANNELS,
+    FUSED_RESBLOCK_MAX_CHANNELS,
+    Conv,
+    ConvTranspose,
+    DecoderLayers,
+    FusedEluConv,
+    FusedEluConvTranspose,
+    FusedResBlock,
+    ResBlock,
+)
 from jasco_fast.ops import elu_conv, elu_conv_transpose, elu_resblock
 
-TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 2.0 ** -8}
+TOLERANCE = {torch.float32: 2e-6, torch.bfloat16: 2.0**-8}
 
 
 def make_block(C, k=3, dilation=1, *, causal=False, pad_mode="reflect", compress=2, alpha=1.0, seed=0):
     torch.manual_seed(seed)
-    cfg = DecoderConfig(residual_kernel_size=k, compress=compress, causal=causal, pad_mode=pad_mode,
-                        activation_params={"alpha": alpha})
+    cfg = DecoderConfig(
+        residual_kernel_size=k, compress=compress, causal=causal, pad_mode=pad_mode, activation_params={"alpha": alpha}
+    )
     block = ResBlock(C, dilation, cfg, "none").eval()
     for p in block.parameters():  # biases as large as the weights' effect, so a dropped bias shows
         p.data.normal_(0, 1 / math.sqrt(p.shape[1] * p.shape[-1]) if p.dim() == 4 else 0.3)
@@ -45,8 +56,9 @@ def make_block(C, k=3, dilation=1, *, causal=False, pad_mode="reflect", compress
 
 def resblock_op(block, x):
     c1, c2 = block.conv1, block.conv2
-    return elu_resblock(x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right,
-                        c1.pad_mode, block.act1.alpha)
+    return elu_resblock(
+        x, c1.weight, c1.bias, c2.weight, c2.bias, c1.dilation, c1.pad_left, c1.pad_right, c1.pad_mode, block.act1.alpha
+    )
 
 
 def conv_op(conv, x, alpha=1.0):
@@ -99,7 +111,9 @@ def inputs(B, C, T, dtype, seed=1):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C,compress", [(64, 2), (32, 2), (24, 3), (20, 2), (5, 1)])
-@pytest.mark.parametrize("k,dilation,causal", [(3, 1, False), (3, 2, True), (5, 3, False), (1, 1, False), (4, 1, False)])
+@pytest.mark.parametrize(
+    "k,dilation,causal", [(3, 1, False), (3, 2, True), (5, 3, False), (1, 1, False), (4, 1, False)]
+)
 @pytest.mark.parametrize("pad_mode", ["reflect", "constant", "replicate", "circular"])
 def test_resblock_matches_layers(dtype, C, compress, k, dilation, causal, pad_mode):
     block = rounded(make_block(C, k, dilation, causal=causal, pad_mode=pad_mode, compress=compress), dtype)
@@ -141,8 +155,18 @@ def test_conv_matches_layers(dtype, C, Cout, k, dilation, causal, pad_mode):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C,Cout", [(128, 64), (32, 16), (16, 48), (24, 8), (5, 3)])
-@pytest.mark.parametrize("stride,k,causal", [(4, None, False), (5, None, False), (2, None, True), (8, None, False),
-                                             (3, 5, False), (2, 7, False), (1, 1, False)])
+@pytest.mark.parametrize(
+    "stride,k,causal",
+    [
+        (4, None, False),
+        (5, None, False),
+        (2, None, True),
+        (8, None, False),
+        (3, 5, False),
+        (2, 7, False),
+        (1, 1, False),
+    ],
+)
 def test_conv_transpose_matches_layers(dtype, C, Cout, stride, k, causal):
     layer = make_upsampler(C, Cout, stride, k, causal=causal)
     for B, T in ((1, 1), (2, 5), (1, 97)):
@@ -162,8 +186,11 @@ def test_conv_transpose_trims_and_errors():
         full = F.conv_transpose2d(F.elu(x.double()), layer.weight.double(), layer.bias.double(), stride=(1, 3))
         n = full.shape[-1]
         for left, right in ((0, 0), (5, 0), (0, 9), (n - 1, 0), (4, n - 5), (7, 3)):
-            check(elu_conv_transpose(x, layer.weight, layer.bias, 3, left, right, 1.0), full[..., left:n - right],
-                  torch.float32)
+            check(
+                elu_conv_transpose(x, layer.weight, layer.bias, 3, left, right, 1.0),
+                full[..., left : n - right],
+                torch.float32,
+            )
         args = (layer.weight, layer.bias)
         with pytest.raises(ValueError, match="leave at least one"):
             elu_conv_transpose(x, *args, 3, n - 2, 2, 1.0)
@@ -243,9 +270,16 @@ def test_same_bits_for_any_thread_count():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(C=st.sampled_from([8, 16, 48, 12, 3]), k=st.integers(1, 6), dilation=st.integers(1, 3),
-       causal=st.booleans(), pad_mode=st.sampled_from(["reflect", "constant", "replicate", "circular"]),
-       B=st.integers(1, 3), T=st.integers(1, 400), seed=st.integers(0, 2 ** 16))
+@given(
+    C=st.sampled_from([8, 16, 48, 12, 3]),
+    k=st.integers(1, 6),
+    dilation=st.integers(1, 3),
+    causal=st.booleans(),
+    pad_mode=st.sampled_from(["reflect", "constant", "replicate", "circular"]),
+    B=st.integers(1, 3),
+    T=st.integers(1, 400),
+    seed=st.integers(0, 2**16),
+)
 def test_resblock_property(C, k, dilation, causal, pad_mode, B, T, seed):
     if pad_mode == "circular" and T < (k - 1) * dilation:
         return
@@ -258,9 +292,17 @@ def test_resblock_property(C, k, dilation, causal, pad_mode, B, T, seed):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(C=st.sampled_from([16, 32, 8, 12, 3]), Cout=st.sampled_from([16, 8, 5]), stride=st.integers(1, 8),
-       extra=st.integers(-3, 3), causal=st.booleans(), B=st.integers(1, 3), T=st.integers(1, 300),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
+@given(
+    C=st.sampled_from([16, 32, 8, 12, 3]),
+    Cout=st.sampled_from([16, 8, 5]),
+    stride=st.integers(1, 8),
+    extra=st.integers(-3, 3),
+    causal=st.booleans(),
+    B=st.integers(1, 3),
+    T=st.integers(1, 300),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+)
 def test_conv_transpose_property(C, Cout, stride, extra, causal, B, T, dtype, seed):
     k = max(stride, 2 * stride + extra)  # SEANet: k = 2 * stride; never shorter than the stride
     layer = make_upsampler(C, Cout, stride, k, causal=causal, seed=seed)
@@ -288,8 +330,9 @@ def test_argument_errors():
         with pytest.raises(ValueError, match="pad_mode"):
             elu_resblock(x, *args, 1, 1, 1, "mirror", 1.0)
         with pytest.raises(ValueError, match="circular padding"):
-            elu_resblock(inputs(1, 16, 2, torch.float32), c1.weight, c1.bias, c2.weight, c2.bias, 3, 3, 3,
-                         "circular", 1.0)
+            elu_resblock(
+                inputs(1, 16, 2, torch.float32), c1.weight, c1.bias, c2.weight, c2.bias, 3, 3, 3, "circular", 1.0
+            )
         with pytest.raises(ValueError, match="dilation"):
             elu_resblock(x, *args, 0, 1, 1, "reflect", 1.0)
         with pytest.raises(ValueError, match="\\[B, C, 1, T\\]"):
@@ -309,9 +352,11 @@ def test_opcheck(op):
         args = (x, torch.randn(2, 16, 1, 7), torch.randn(2), 1, 3, 3, "replicate", 0.7)
     else:
         args = (x, torch.randn(16, 8, 1, 8), torch.randn(8), 4, 2, 2, 0.7)
-    torch.library.opcheck(getattr(torch.ops.jasco_fast, op).default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static",
-                                      "test_aot_dispatch_dynamic"))
+    torch.library.opcheck(
+        getattr(torch.ops.jasco_fast, op).default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic"),
+    )
 
 
 def fused(*layers, dtype=torch.float32):
@@ -376,11 +421,13 @@ def test_where_the_decoder_upsamples_with_the_op():
             y = layers(x)
         return "jasco_fast::elu_conv_transpose" in {e.name for e in prof.events()}, y
 
-    for C, dtype, grad, act, expect in ((widest, torch.float32, False, torch.nn.ELU(), True),
-                                        (2 * widest, torch.float32, False, torch.nn.ELU(), False),
-                                        (16, torch.bfloat16, False, torch.nn.ELU(), False),
-                                        (16, torch.float32, True, torch.nn.ELU(), False),
-                                        (16, torch.float32, False, torch.nn.ReLU(), False)):
+    for C, dtype, grad, act, expect in (
+        (widest, torch.float32, False, torch.nn.ELU(), True),
+        (2 * widest, torch.float32, False, torch.nn.ELU(), False),
+        (16, torch.bfloat16, False, torch.nn.ELU(), False),
+        (16, torch.float32, True, torch.nn.ELU(), False),
+        (16, torch.float32, False, torch.nn.ReLU(), False),
+    ):
         plain = DecoderLayers(act, make_upsampler(C, 8, 4)).to(dtype)
         layers = DecoderLayers(*plain).fuse()
         x = inputs(1, C, 9, dtype)
@@ -427,10 +474,14 @@ def test_unfused_decoder_runs_layer_by_layer():
             module.register_forward_hook(lambda m, i, o, name=name: fired.append(name))
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         decoder(torch.randn(1, 16, 12))
-    assert not {e.name for e in prof.events()} & {"jasco_fast::elu_resblock", "jasco_fast::elu_conv",
-                                                   "jasco_fast::elu_conv_transpose"}
-    assert sorted(fired) == sorted(name for name, m in decoder.named_modules()
-                                   if isinstance(m, (Conv, ConvTranspose, torch.nn.ELU)))
+    assert not {e.name for e in prof.events()} & {
+        "jasco_fast::elu_resblock",
+        "jasco_fast::elu_conv",
+        "jasco_fast::elu_conv_transpose",
+    }
+    assert sorted(fired) == sorted(
+        name for name, m in decoder.named_modules() if isinstance(m, (Conv, ConvTranspose, torch.nn.ELU))
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -460,8 +511,11 @@ def test_fused_decoder_is_the_explicit_op_calls(dtype, channels_last):
                 y = resblock_op(layer, y)
             elif isinstance(layer, torch.nn.ELU) and isinstance(after, Conv):
                 y, i = conv_op(after, y, layer.alpha), i + 1
-            elif (isinstance(layer, torch.nn.ELU) and isinstance(after, ConvTranspose)
-                  and after.weight.shape[0] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0)):
+            elif (
+                isinstance(layer, torch.nn.ELU)
+                and isinstance(after, ConvTranspose)
+                and after.weight.shape[0] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0)
+            ):
                 y, i = conv_transpose_op(after, y, layer.alpha), i + 1
             else:
                 y = layer(y)
@@ -469,7 +523,7 @@ def test_fused_decoder_is_the_explicit_op_calls(dtype, channels_last):
         assert torch.equal(got, y.squeeze(2).contiguous())
         unfused = plain(x)
     err = (got.double() - unfused.double()).abs().max().item()
-    assert err <= (1e-5 if dtype == torch.float32 else 2 ** -6) * unfused.double().abs().max().item()
+    assert err <= (1e-5 if dtype == torch.float32 else 2**-6) * unfused.double().abs().max().item()
 
 
 def test_fused_decoder_moved_elsewhere_runs_the_layers():
@@ -492,7 +546,7 @@ def test_fused_decoder_moved_elsewhere_runs_the_layers():
 def test_lower_instruction_sets(isa):
     """Every copy of the loops on one machine (JASCO_FAST_TAIL_ISA caps the choice in a fresh process)."""
     script = (
-        "import sys; sys.path.insert(0, %r); import torch, test_elu_conv as t\n"
+        "import torch, test_elu_conv as t\n"
         "for dtype in (torch.float32, torch.bfloat16):\n"
         "    t.test_resblock_matches_layers(dtype, 64, 2, 3, 1, False, 'reflect')\n"
         "    t.test_resblock_matches_layers(dtype, 32, 2, 5, 3, False, 'replicate')\n"
@@ -501,8 +555,9 @@ def test_lower_instruction_sets(isa):
         "    t.test_conv_transpose_matches_layers(dtype, 24, 8, 3, 5, False)\n"
         "    for op in ('elu_resblock', 'elu_conv_transpose', 'elu_conv'):\n"
         "        t.test_non_finite_inputs_spread_like_the_layers(op, dtype)\n"
-        "print('ok')\n" % str(Path(__file__).parent))
-    env = {**os.environ, "JASCO_FAST_TAIL_ISA": isa}
+        "print('ok')\n"
+    )
+    env = child_env(Path(__file__).parent, JASCO_FAST_TAIL_ISA=isa)
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
 
