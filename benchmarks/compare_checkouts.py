@@ -1,0 +1,155 @@
+"""Before / after a change: the same decode workloads run from two checkouts of jasco_fast, in interleaved rounds.
+
+    python benchmarks/compare_checkouts.py BEFORE AFTER [--rounds 5] [--reuse-freed-memory] [--note ...]
+
+BEFORE and AFTER are two checkouts (e.g. ``git worktree add ../before <commit>``), each with its extension built in
+place. Every measurement is a fresh process whose working directory and ``PYTHONPATH`` are one checkout, with that
+checkout's own artifact cache, built first (``python -m jasco_fast compile``). The workloads, B = 1, on an EnCodec
+32 kHz decoder with random weights read from a transformers folder:
+
+* ``cold``: a fresh process to the first 10 s of audio (``import``, ``load_decoder``, ``LatentDecoder``, first call;
+  default backend, artifacts cached);
+* ``default_10s``: a warm 10 s call on the default backend (median of 5);
+* ``eager_10s``: a warm 10 s call, eager (median of 3);
+* ``default_60s``: a warm 60 s call (chunked), default backend (median of 2).
+
+``--reuse-freed-memory``: each process calls ``jasco_fast.reuse_freed_memory()`` first where the checkout has it
+(what the CLI does). Prints the medians and the after / before ratio per round (median and range); writes
+benchmarks/results/checkouts_cpu.json (or --out). Needs transformers (the `bench` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import provenance, spread, write_result
+from bench_cold_start import ENCODEC_32KHZ
+
+CHILD = r"""
+import inspect, json, statistics, sys, time
+t0, kind, checkpoint, latents_dir, reuse = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+import torch
+import jasco_fast
+from jasco_fast import LatentDecoder, load_decoder
+if reuse == "1" and hasattr(jasco_fast, "reuse_freed_memory"):
+    jasco_fast.reuse_freed_memory()
+eager = {"backend": "eager"} if "backend" in inspect.signature(LatentDecoder).parameters else {"compile": False}
+short = torch.load(f"{latents_dir}/short.pt")
+out = {}
+with torch.inference_mode():
+    if kind == "cold":
+        fast = LatentDecoder(load_decoder(checkpoint), background_build=False)
+        fast(short)
+        out["cold"] = time.time() - t0
+    else:
+        def median(decode, x, n):
+            decode(x)
+            times = []
+            for _ in range(n):
+                t = time.perf_counter()
+                decode(x)
+                times.append(time.perf_counter() - t)
+            return statistics.median(times)
+        long = torch.load(f"{latents_dir}/long.pt")
+        fast = LatentDecoder(load_decoder(checkpoint), background_build=False)
+        slow = LatentDecoder(load_decoder(checkpoint), background_build=False, **eager)
+        out["default_10s"] = median(fast, short, 5)
+        out["eager_10s"] = median(slow, short, 3)
+        out["default_60s"] = median(fast, long, 2)
+    out["artifacts_loaded"] = bool(getattr(fast, "artifacts_loaded", False))
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def child_env(checkout: Path, cache: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        PYTHONPATH=str(checkout),
+        JASCO_FAST_CACHE_DIR=str(cache),
+        TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"),
+        JASCO_FAST_BACKGROUND_BUILD="0",
+    )
+
+
+def measure(checkout: Path, cache: Path, kind: str, work: Path, reuse: bool) -> dict:
+    start = time.time()
+    args = [sys.executable, "-c", CHILD, str(start), kind, str(work / "encodec32"), str(work), "1" if reuse else "0"]
+    run = subprocess.run(args, cwd=checkout, env=child_env(checkout, cache), capture_output=True, text=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    if run.returncode or not lines:
+        raise SystemExit(f"{checkout}: {kind} failed\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
+    result = json.loads(lines[-1][len("RESULT ") :])
+    if not result.pop("artifacts_loaded"):
+        raise SystemExit(f"{checkout}: the default backend ran without its cached artifacts")
+    return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--reuse-freed-memory", action="store_true")
+    parser.add_argument("--note", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from transformers import EncodecConfig, EncodecModel
+
+    checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
+    with tempfile.TemporaryDirectory(prefix="jasco_fast_checkouts_") as tmp:
+        work = Path(tmp)
+        torch.manual_seed(0)
+        EncodecModel(EncodecConfig(**ENCODEC_32KHZ)).eval().save_pretrained(work / "encodec32")
+        gen = torch.Generator().manual_seed(1)
+        torch.save(torch.randn(1, 500, 128, generator=gen) * 0.25, work / "short.pt")
+        torch.save(torch.randn(1, 3000, 128, generator=gen) * 0.25, work / "long.pt")
+        caches = {name: work / f"cache-{name}" for name in checkouts}
+        for name, checkout in checkouts.items():
+            build = [sys.executable, "-m", "jasco_fast", "compile", "--checkpoint", str(work / "encodec32")]
+            subprocess.run(build, cwd=checkout, env=child_env(checkout, caches[name]), check=True, capture_output=True)
+        samples: dict[str, dict[str, list[float]]] = {name: {} for name in checkouts}
+        for r in range(args.rounds):
+            order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
+            for kind in ("cold", "warm"):
+                for name in order:
+                    result = measure(checkouts[name], caches[name], kind, work, args.reuse_freed_memory)
+                    for workload, seconds in result.items():
+                        samples[name].setdefault(workload, []).append(seconds)
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
+    rows = {}
+    print(f"{'workload':12} {'before s':>9} {'after s':>9}  after / before per round")
+    for workload, before in samples["before"].items():
+        after = samples["after"][workload]
+        ratios = [a / b for a, b in zip(after, before)]
+        rows[workload] = {"before": spread(before), "after": spread(after), "ratio": spread(ratios)}
+        print(
+            f"{workload:12} {statistics.median(before):9.3f} {statistics.median(after):9.3f}  "
+            f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        )
+    result = {
+        **provenance("compare_checkouts.py", argv, "cpu", args.note),
+        "checkouts": {name: _describe(path) for name, path in checkouts.items()},
+        "rounds": args.rounds,
+        "reuse_freed_memory": args.reuse_freed_memory,
+        "workloads": rows,
+    }
+    write_result(result, "checkouts", "cpu", False, args.out)
+    return result
+
+
+def _describe(checkout: Path) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    return {"path": str(checkout), "git_commit": commit.stdout.strip() or None}
+
+
+if __name__ == "__main__":
+    main()
