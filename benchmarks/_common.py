@@ -23,6 +23,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
 
 
+ENCODEC_32KHZ = dict(  # facebook/encodec_32khz's config.json (architecture fields): the decoder the benchmarks measure
+    audio_channels=1,
+    sampling_rate=32000,
+    num_filters=64,
+    upsampling_ratios=[8, 5, 4, 4],
+    hidden_size=128,
+    num_residual_layers=1,
+    num_lstm_layers=2,
+    compress=2,
+    kernel_size=7,
+    last_kernel_size=7,
+    residual_kernel_size=3,
+    dilation_growth_rate=2,
+    norm_type="weight_norm",
+    use_causal_conv=False,
+    pad_mode="reflect",
+    use_conv_shortcut=False,
+    codebook_size=2048,
+    codebook_dim=128,
+    target_bandwidths=[2.2],
+    normalize=False,
+    chunk_length_s=None,
+    overlap=None,
+)
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import ready_decoder
+from _common import ENCODEC_32KHZ, ready_decoder
 from torch import nn
 
 from jasco_fast import JASCO_LATENT_MEAN as MEAN
@@ -49,31 +49,6 @@ def version(dist: str) -> str | None:
 # --------------------------------------------------------------------------------------------------
 # One set of weights for everyone: a transformers EncodecModel at facebook/encodec_32khz's architecture,
 # saved with save_pretrained and read back by jasco_fast.load_decoder (the path a real checkpoint takes).
-
-ENCODEC_32KHZ = dict(  # facebook/encodec_32khz's config.json (architecture fields), as in bench_cold_start.py
-    audio_channels=1,
-    sampling_rate=32000,
-    num_filters=64,
-    upsampling_ratios=[8, 5, 4, 4],
-    hidden_size=128,
-    num_residual_layers=1,
-    num_lstm_layers=2,
-    compress=2,
-    kernel_size=7,
-    last_kernel_size=7,
-    residual_kernel_size=3,
-    dilation_growth_rate=2,
-    norm_type="weight_norm",
-    use_causal_conv=False,
-    pad_mode="reflect",
-    use_conv_shortcut=False,
-    codebook_size=2048,
-    codebook_dim=128,
-    target_bandwidths=[2.2],
-    normalize=False,
-    chunk_length_s=None,
-    overlap=None,
-)
 
 
 def write_transformers_checkpoint(folder: Path, seed: int = 0) -> Path:

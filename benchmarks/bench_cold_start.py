@@ -41,30 +41,6 @@ from pathlib import Path  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MEAN, STD = -0.0074, 4.0102  # JASCO's latent statistics
-ENCODEC_32KHZ = dict(  # facebook/encodec_32khz's config.json (architecture fields)
-    audio_channels=1,
-    sampling_rate=32000,
-    num_filters=64,
-    upsampling_ratios=[8, 5, 4, 4],
-    hidden_size=128,
-    num_residual_layers=1,
-    num_lstm_layers=2,
-    compress=2,
-    kernel_size=7,
-    last_kernel_size=7,
-    residual_kernel_size=3,
-    dilation_growth_rate=2,
-    norm_type="weight_norm",
-    use_causal_conv=False,
-    pad_mode="reflect",
-    use_conv_shortcut=False,
-    codebook_size=2048,
-    codebook_dim=128,
-    target_bandwidths=[2.2],
-    normalize=False,
-    chunk_length_s=None,
-    overlap=None,
-)
 KINDS = ("transformers", "jasco_fast_empty", "jasco_fast_warm", "torch_compile")
 
 
@@ -148,6 +124,7 @@ def spawn(kind: str, checkpoint: Path, latents: Path, cache: Path) -> dict:
 
 def write_checkpoint(folder: Path) -> Path:
     import torch
+    from _common import ENCODEC_32KHZ
     from transformers import EncodecConfig, EncodecModel
 
     torch.manual_seed(0)

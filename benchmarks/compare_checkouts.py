@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import provenance, spread, write_result
-from bench_cold_start import ENCODEC_32KHZ
+from _common import ENCODEC_32KHZ, provenance, spread, write_result
 
 CHILD = r"""
 import inspect, json, statistics, sys, time

@@ -599,13 +599,17 @@ class FusedResBlock(_RunsFusedKernel, ResBlock):
         )
 
 
-class FusedEluConv(_RunsFusedKernel, Conv):
-    """An ELU (``activation``) and the :class:`Conv` after it, run as ``jasco_fast::elu_conv``."""
+class _ActivationThenLayer(_RunsFusedKernel):
+    """A layer fused with the ELU (``activation``) before it: the layer's own parameters, and the ELU's alpha."""
 
-    def __init__(self, activation: nn.ELU, conv: Conv, kernel_dtype: torch.dtype):
-        _adopt(self, conv)
+    def __init__(self, activation: nn.ELU, layer: nn.Module, kernel_dtype: torch.dtype):
+        _adopt(self, layer)
         self.activation = activation
         self.kernel_dtype = kernel_dtype
+
+
+class FusedEluConv(_ActivationThenLayer, Conv):
+    """An ELU (``activation``) and the :class:`Conv` after it, run as ``jasco_fast::elu_conv``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._kernel_applies(x):
@@ -622,13 +626,8 @@ class FusedEluConv(_RunsFusedKernel, Conv):
         )
 
 
-class FusedEluConvTranspose(_RunsFusedKernel, ConvTranspose):
+class FusedEluConvTranspose(_ActivationThenLayer, ConvTranspose):
     """An ELU (``activation``) and the :class:`ConvTranspose` after it, run as ``jasco_fast::elu_conv_transpose``."""
-
-    def __init__(self, activation: nn.ELU, conv: ConvTranspose, kernel_dtype: torch.dtype):
-        _adopt(self, conv)
-        self.activation = activation
-        self.kernel_dtype = kernel_dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._kernel_applies(x):
