@@ -1,6 +1,10 @@
 """Builds jasco_fast._C: the CPU kernels always; the CUDA kernels when torch is a CUDA build and nvcc exists.
 
     pip install --no-build-isolation .        # against the torch already installed; no environment needed
+    python -m build --wheel --no-isolation    # a cp310-abi3 wheel (`make wheel` also repairs and checks it)
+
+The extension uses only PyTorch's stable ABI (TORCH_TARGET_VERSION = jasco_fast/extension.py's TORCH_TARGET) and
+Python's limited API, so one build loads in that torch and every later one, on every CPython >= 3.10.
 
 The CUDA toolchain is found without help (see `find_cuda_home`, `torch_cuda_wheel_dirs`): CUDA_HOME (or
 CUDA_PATH) when set, else the folder of the toolkit that nvcc belongs to, and the include/lib folders of the
@@ -10,6 +14,7 @@ TORCH_CUDA_ARCH_LIST picks the GPU architectures (default "8.0;9.0": A100, H100/
 On a ROCm torch the CUDA sources are not built (see docs/gpu.md).
 """
 
+import ast
 import glob
 import os
 import shutil
@@ -22,6 +27,18 @@ from setuptools import setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNTIME_HEADER = os.path.join("include", "cuda_runtime_api.h")
 DEFAULT_CUDA_HOME = "/usr/local/cuda"
+
+
+PY_LIMITED_API = "cp310"  # as pyproject.toml's requires-python
+
+
+def torch_target():
+    """(major, minor) of jasco_fast/extension.py's TORCH_TARGET, read without importing the package."""
+    tree = ast.parse(open(os.path.join(HERE, "jasco_fast", "extension.py")).read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TORCH_TARGET":
+            return ast.literal_eval(node.value)
+    raise RuntimeError("jasco_fast/extension.py defines no TORCH_TARGET")
 
 
 def rel(pattern):
@@ -155,17 +172,27 @@ def main():
         cpp_extension.CUDA_HOME = cuda_home  # in case something imported cpp_extension before us
 
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    # OpenMP on compile AND link, else at::parallel_for runs on one thread. -ffp-contract=off: no fused
-    # multiply-add, so `x * std + mean` rounds twice, bit-exact with the eager expression on every
-    # architecture (GCC contracts a*b+c on aarch64 and with -mfma by default).
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp", "-ffp-contract=off"]}
+    major, minor = torch_target()
+    defines = [
+        # the stable ABI of that torch and no later one: the binary loads in it and every later torch
+        f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000",
+        "-DPy_LIMITED_API=0x030A0000",  # cp310-abi3
+        # see csrc/registration.cpp: keeps the binary within glibc 2.28 (manylinux_2_28)
+        "-D__libc_single_threaded=jasco_fast_libc_single_threaded",
+    ]
+    # OpenMP on compile AND link (the LSTM kernel's threads and torch's parallel_for). -ffp-contract=off: no
+    # fused multiply-add, so `x * std + mean` rounds twice, bit-exact with the eager expression on every
+    # architecture (GCC contracts a*b+c on aarch64 and with -mfma by default). C++17: C++20's library additions
+    # would need a newer libstdc++ than manylinux_2_28's.
+    extra_compile_args = {"cxx": ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", *defines]}
     extra_link_args = ["-fopenmp"]
     include_dirs, library_dirs = [], []
 
     if with_cuda:
         sources += rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu")
         # The kernel rounds multiply and add separately itself (__fmul_rn / __fadd_rn).
-        extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+        extra_compile_args["nvcc"] = ["-O3", "-lineinfo", *defines]
+        extra_compile_args["cxx"].append("-DUSE_CUDA")  # the CUDA stream shim of the stable ABI
         wheel_includes, wheel_libs = torch_cuda_wheel_dirs()
         # The toolkit's own headers first: the wheels only fill in what it lacks (cusparse.h, cublas_v2.h, ...).
         include_dirs = [os.path.join(cuda_home, "include")] + wheel_includes
@@ -188,11 +215,15 @@ def main():
                 library_dirs=library_dirs,
                 extra_compile_args=extra_compile_args,
                 extra_link_args=extra_link_args,
+                py_limited_api=True,
             )
         ],
         cmdclass={"build_ext": cpp_extension.BuildExtension},
-        # One build folder per torch build: objects compiled against one torch never link into another's.
-        options={"build": {"build_base": os.path.join("build", f"torch-{torch.__version__}")}},
+        options={
+            "bdist_wheel": {"py_limited_api": PY_LIMITED_API},
+            # One build folder per torch build: objects compiled against one torch never link into another's.
+            "build": {"build_base": os.path.join("build", f"torch-{torch.__version__}")},
+        },
     )
 
 

@@ -1,6 +1,6 @@
 """The ops of jasco_fast (``torch.ops.jasco_fast.*``) and their Python faces, fake kernels and autograd.
 
-The schemas live in ``csrc/registration.cpp``, the kernels in ``csrc/``.
+The schemas live in ``jasco_fast/extension.py``, the kernels in ``csrc/``.
 
 ``lstm_skip(seq [B, T, C], weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None,
 packed=None) -> (y, h, c)``: the SEANet LSTM block ``y = lstm(seq) + seq`` from state ``(h0, c0)``, returning
@@ -44,14 +44,7 @@ from collections.abc import Callable
 
 import torch
 
-try:
-    from jasco_fast import _C  # noqa: F401  (loading the extension registers the ops)
-except ImportError as exc:  # typically: built against another torch than the one installed now
-    raise ImportError(
-        f"jasco_fast's compiled extension (jasco_fast._C) failed to load with torch "
-        f"{torch.__version__}: {exc}. Rebuild it against the installed torch: "
-        f"`pip install --no-build-isolation -e .` in the source tree (or `make install`)"
-    ) from exc
+from jasco_fast import extension  # defines the ops' schemas, then loads their compiled kernels
 
 
 def _check(error: type[Exception], cond, message: Callable[[], str]) -> None:

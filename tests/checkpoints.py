@@ -59,6 +59,16 @@ def _hide_upstream():
 _hide_upstream()
 
 
+def kernel_error(error: type[Exception]) -> type[Exception]:
+    """The exception a compiled kernel raises where its op's rule raises ``error``: the kernels are built on
+    PyTorch's stable ABI, which carries C++ standard exceptions only (std::invalid_argument is ValueError in
+    Python; nothing maps to TypeError), so a dtype rule's TypeError is ValueError there (csrc/stable.h). The
+    Python faces, fake kernels and PyTorch fallbacks raise the rule's own."""
+    from jasco_fast import extension
+
+    return ValueError if error is TypeError and extension.STATUS.loaded else error
+
+
 def upstream_required() -> bool:
     """`make test` sets JASCO_FAST_REQUIRE_UPSTREAM=1 so that a missing oracle fails in CI instead of skipping;
     hiding a package asks for the run without it, so hiding wins."""

@@ -4,12 +4,6 @@
 //
 // Out-of-range codes are never read through: each one is recorded (the smallest flat index wins) and
 // skipped, and the call fails after the pass with the position and the value.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <atomic>
 #include <limits>
@@ -54,8 +48,8 @@ template <typename code_t, typename cb_t, typename out_t, typename acc_t>
 void run_typed(const code_t* codes, const cb_t* codebooks, out_t* out, const CodeGeometry& g, bool channels_last,
                std::atomic<int64_t>& first_bad) {
   if (channels_last) {  // out memory [B, T, D]: one row of D per time step
-    const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (g.D * g.K));
-    at::parallel_for(0, g.B * g.T, grain, [&](int64_t r0, int64_t r1) {
+    const int64_t grain = std::max<int64_t>(1, kGrainSize / (g.D * g.K));
+    torch::stable::parallel_for(0, g.B * g.T, grain, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> acc(g.D);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / g.T, t = r % g.T;
@@ -68,8 +62,8 @@ void run_typed(const code_t* codes, const cb_t* codebooks, out_t* out, const Cod
   }
   // out [B, D, T] contiguous: sums of kTileT time steps into a [kTileT, D] buffer, written out along T
   const int64_t nt = (g.T + kTileT - 1) / kTileT;
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (kTileT * g.D * g.K));
-  at::parallel_for(0, g.B * nt, grain, [&](int64_t i0, int64_t i1) {
+  const int64_t grain = std::max<int64_t>(1, kGrainSize / (kTileT * g.D * g.K));
+  torch::stable::parallel_for(0, g.B * nt, grain, [&](int64_t i0, int64_t i1) {
     std::vector<acc_t> tile(kTileT * g.D);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / nt, t0 = i % nt * kTileT, tn = std::min(kTileT, g.T - t0);
@@ -85,31 +79,36 @@ void run_typed(const code_t* codes, const cb_t* codebooks, out_t* out, const Cod
 }
 
 template <typename acc_t>
-void run(const at::Tensor& codes, const at::Tensor& codebooks, at::Tensor& out, bool channels_last,
+void run(const Tensor& codes, const Tensor& codebooks, Tensor& out, bool channels_last,
          std::atomic<int64_t>& first_bad) {
   const CodeGeometry g{codes.size(0),     codes.size(1),   codes.size(2),   codebooks.size(1),
                        codebooks.size(2), codes.stride(0), codes.stride(1), codes.stride(2)};
-  AT_DISPATCH_INDEX_TYPES(codes.scalar_type(), "codes_to_latents_cpu_codes", [&] {
-    using code_t = index_t;
+  const auto with_codes = [&](auto code_tag) {
+    using code_t = decltype(code_tag);
     const code_t* c = codes.const_data_ptr<code_t>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, codebooks.scalar_type(), "codes_to_latents_cpu", [&] {
-      using cb_t = scalar_t;
+    dispatch_float(codebooks.scalar_type(), "codes_to_latents", [&](auto cb_tag) {
+      using cb_t = decltype(cb_tag);
       const cb_t* cb = codebooks.const_data_ptr<cb_t>();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "codes_to_latents_cpu_out", [&] {
-        run_typed<code_t, cb_t, scalar_t, acc_t>(c, cb, out.mutable_data_ptr<scalar_t>(), g, channels_last, first_bad);
+      dispatch_float(out.scalar_type(), "codes_to_latents", [&](auto out_tag) {
+        using out_t = decltype(out_tag);
+        run_typed<code_t, cb_t, out_t, acc_t>(c, cb, out.mutable_data_ptr<out_t>(), g, channels_last, first_bad);
       });
     });
-  });
+  };
+  if (codes.scalar_type() == kLong) {
+    with_codes(int64_t{});
+  } else {
+    with_codes(int32_t{});
+  }
 }
 
-at::Tensor codes_to_latents_cpu(const at::Tensor& codes, const at::Tensor& codebooks,
-                                std::optional<at::ScalarType> dtype, bool channels_last) {
-  const at::ScalarType out_dtype = check_code_inputs(codes, codebooks, dtype);
-  at::Tensor out = make_code_output(codes, codebooks, out_dtype, channels_last);
+Tensor codes_to_latents_cpu(Tensor codes, Tensor codebooks, std::optional<ScalarType> dtype, bool channels_last) {
+  const ScalarType out_dtype = check_code_inputs(codes, codebooks, dtype);
+  Tensor out = make_code_output(codes, codebooks, out_dtype, channels_last);
   if (out.numel() == 0) return out;
-  const at::Tensor cb = codebooks.contiguous();  // a no-op for the usual [N, S, D] buffer
+  const Tensor cb = torch::stable::contiguous(codebooks);  // a no-op for the usual [N, S, D] buffer
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
-  if (cb.scalar_type() == at::kDouble || out_dtype == at::kDouble) {
+  if (cb.scalar_type() == kDouble || out_dtype == kDouble) {
     run<double>(codes, cb, out, channels_last, first_bad);
   } else {
     run<float>(codes, cb, out, channels_last, first_bad);
@@ -118,13 +117,16 @@ at::Tensor codes_to_latents_cpu(const at::Tensor& codes, const at::Tensor& codeb
   if (bad != std::numeric_limits<int64_t>::max()) {
     const int64_t K = codes.size(1), T = codes.size(2);
     const int64_t b = bad / (K * T), k = (bad / T) % K, t = bad % T;
-    fail_bad_code(codes, bad, codes[b][k][t].item<int64_t>(), codebooks.size(1));
+    const int64_t at = b * codes.stride(0) + k * codes.stride(1) + t * codes.stride(2);
+    const int64_t value =
+        codes.scalar_type() == kLong ? codes.const_data_ptr<int64_t>()[at] : codes.const_data_ptr<int32_t>()[at];
+    fail_bad_code(codes, bad, value, codebooks.size(1));
   }
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("codes_to_latents", &codes_to_latents_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("codes_to_latents", TORCH_BOX(&codes_to_latents_cpu)); }
 
 }  // namespace jasco_fast

@@ -5,12 +5,6 @@
 // for AVX2 + F16C with function-level target attributes and chosen at run time (cpu_isa.h: JASCO_FAST_ISA caps it);
 // other CPUs, float64 and inputs whose D axis is not contiguous take the plain (auto-vectorised) loops.
 // No FMA anywhere: multiply then add, the same two roundings as JASCO's `latents * std + mean`.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -51,10 +45,10 @@ bool has_avx2() {
 
 // 8 values -> float32 lanes (exact for every input dtype).
 JF_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-JF_AVX2 inline __m256 load8(const c10::Half* p) {
+JF_AVX2 inline __m256 load8(const Half* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
-JF_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+JF_AVX2 inline __m256 load8(const BFloat16* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
@@ -62,10 +56,10 @@ JF_AVX2 inline __m256 load8(const c10::BFloat16* p) {
 // Rows a and b, 4 values each -> [a0..a3 | b0..b3] as float32 lanes. For float32 the second half is a
 // memory-operand vinsertf128 (a load, not a shuffle), which keeps the 8 x 8 transpose below at 16 shuffles.
 JF_AVX2 inline __m128 load4(const float* p) { return _mm_loadu_ps(p); }
-JF_AVX2 inline __m128 load4(const c10::Half* p) {
+JF_AVX2 inline __m128 load4(const Half* p) {
   return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
-JF_AVX2 inline __m128 load4(const c10::BFloat16* p) {
+JF_AVX2 inline __m128 load4(const BFloat16* p) {
   const __m128i w = _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   return _mm_castsi128_ps(_mm_slli_epi32(w, 16));
 }
@@ -74,12 +68,12 @@ JF_AVX2 inline __m256 load4x2(const in_t* a, const in_t* b) {
   return _mm256_insertf128_ps(_mm256_castps128_ps256(load4(a)), load4(b), 1);
 }
 
-// float32 lanes -> 8 values, rounded to nearest even exactly as c10::Half / c10::BFloat16 do.
+// float32 lanes -> 8 values, rounded to nearest even exactly as Half / BFloat16 do.
 JF_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-JF_AVX2 inline void store8(c10::Half* p, __m256 v) {
+JF_AVX2 inline void store8(Half* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-JF_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
+JF_AVX2 inline void store8(BFloat16* p, __m256 v) {
   const __m256i bits = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
@@ -154,8 +148,8 @@ constexpr bool kHasAvx2Path =
 // streaming elementwise pass over rows of D values.
 template <typename in_t, typename out_t, typename acc_t>
 void scale_shift(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std, const Geometry& g) {
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / g.D);
-  at::parallel_for(0, g.B * g.T, grain, [&](int64_t r0, int64_t r1) {
+  const int64_t grain = std::max<int64_t>(1, kGrainSize / g.D);
+  torch::stable::parallel_for(0, g.B * g.T, grain, [&](int64_t r0, int64_t r1) {
     int64_t b = r0 / g.T, t = r0 % g.T;
     while (r0 < r1) {  // runs of rows inside one batch entry
       const int64_t rows = std::min(r1 - r0, g.T - t);
@@ -189,8 +183,8 @@ template <typename in_t, typename out_t, typename acc_t>
 void scale_shift_transpose(const in_t* in, out_t* out, const acc_t* mean, const acc_t* std, const Geometry& g) {
   constexpr int64_t TT = kTileT, TD = kTileD;
   const int64_t nt = (g.T + TT - 1) / TT, nd = (g.D + TD - 1) / TD;
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / (TT * TD));
-  at::parallel_for(0, g.B * nt * nd, grain, [&](int64_t i0, int64_t i1) {
+  const int64_t grain = std::max<int64_t>(1, kGrainSize / (TT * TD));
+  torch::stable::parallel_for(0, g.B * nt * nd, grain, [&](int64_t i0, int64_t i1) {
     std::vector<acc_t> tile;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / (nt * nd), t0 = (i / nd) % nt * TT, d0 = i % nd * TD;
@@ -220,8 +214,8 @@ void scale_shift_transpose(const in_t* in, out_t* out, const acc_t* mean, const 
 
 // mean/std broadcast to D values in the compute type.
 template <typename acc_t>
-std::vector<acc_t> per_channel(const at::Tensor& s, int64_t D) {
-  const at::Tensor v = s.to(c10::CppTypeToScalarType<acc_t>::value).contiguous().reshape(-1);
+std::vector<acc_t> per_channel(const Tensor& s, int64_t D) {
+  const Tensor v = torch::stable::contiguous(torch::stable::to(s, std::is_same_v<acc_t, double> ? kDouble : kFloat));
   const acc_t* p = v.const_data_ptr<acc_t>();
   std::vector<acc_t> out(D);
   for (int64_t d = 0; d < D; ++d) out[d] = v.numel() == 1 ? p[0] : p[d];
@@ -229,16 +223,16 @@ std::vector<acc_t> per_channel(const at::Tensor& s, int64_t D) {
 }
 
 template <typename acc_t>
-void run(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std, at::Tensor& out,
+void run(const Tensor& latents, const Tensor& mean, const Tensor& std, Tensor& out,
          bool channels_last) {
   const Geometry g{latents.size(0),   latents.size(1),   latents.size(2),
                    latents.stride(0), latents.stride(1), latents.stride(2)};
   const std::vector<acc_t> m = per_channel<acc_t>(mean, g.D), s = per_channel<acc_t>(std, g.D);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, latents.scalar_type(), "denorm_transpose_cpu", [&] {
-    using in_t = scalar_t;
+  dispatch_float(latents.scalar_type(), "denorm_transpose", [&](auto in_tag) {
+    using in_t = decltype(in_tag);
     const in_t* in = latents.const_data_ptr<in_t>();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "denorm_transpose_cpu_out", [&] {
-      using out_t = scalar_t;
+    dispatch_float(out.scalar_type(), "denorm_transpose", [&](auto out_tag) {
+      using out_t = decltype(out_tag);
       if (channels_last) {
         scale_shift<in_t, out_t, acc_t>(in, out.mutable_data_ptr<out_t>(), m.data(), s.data(), g);
       } else {
@@ -248,14 +242,14 @@ void run(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& st
   });
 }
 
-at::Tensor denorm_transpose_cpu(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std,
-                                std::optional<at::ScalarType> dtype, bool channels_last) {
-  const at::ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
-  at::Tensor out = make_output(latents, out_dtype, channels_last);
+Tensor denorm_transpose_cpu(Tensor latents, Tensor mean, Tensor std, std::optional<ScalarType> dtype,
+                            bool channels_last) {
+  const ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
+  Tensor out = make_output(latents, out_dtype, channels_last);
   if (out.numel() == 0) return out;
   // float64 arithmetic when latents or the output are float64, float32 otherwise (also for half /
   // bfloat16, as PyTorch's opmath does)
-  if (latents.scalar_type() == at::kDouble || out_dtype == at::kDouble) {
+  if (latents.scalar_type() == kDouble || out_dtype == kDouble) {
     run<double>(latents, mean, std, out, channels_last);
   } else {
     run<float>(latents, mean, std, out, channels_last);
@@ -274,9 +268,9 @@ std::string cpu_fast_path() {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("denorm_transpose", &denorm_transpose_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("denorm_transpose", TORCH_BOX(&denorm_transpose_cpu)); }
 
 // No tensor arguments, so no backend key to dispatch on: a device-independent kernel.
-TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("cpu_fast_path", &cpu_fast_path); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("cpu_fast_path", TORCH_BOX(&cpu_fast_path)); }
 
 }  // namespace jasco_fast

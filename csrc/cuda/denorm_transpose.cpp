@@ -3,36 +3,30 @@
 // are in denorm_transpose_kernel.cu. The input's strides are passed to the kernels as they are (no
 // .contiguous() copy): the tiled transpose reads any strides, with vector loads when D is contiguous and
 // aligned; channels_last uses vector loads/stores on contiguous aligned input and a strided loop otherwise.
-#include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include "../denorm_transpose.h"
+#include "binding.h"
 #include "denorm_transpose_kernel.h"
-#include "kernel_dtype.h"
 
 namespace jasco_fast {
 namespace {
 
-at::Tensor denorm_transpose_cuda(const at::Tensor& latents, const at::Tensor& mean, const at::Tensor& std,
-                                 std::optional<at::ScalarType> dtype, bool channels_last) {
-  const at::ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
-  TORCH_CHECK(latents.is_cuda(), "denorm_transpose: the CUDA kernel got latents on ", latents.device());
+Tensor denorm_transpose_cuda(Tensor latents, Tensor mean, Tensor std, std::optional<ScalarType> dtype,
+                             bool channels_last) {
+  const ScalarType out_dtype = check_inputs(latents, mean, std, dtype);
+  JF_CHECK(latents.is_cuda(), "denorm_transpose: the CUDA kernel got latents on ", device_name(latents));
   // The tiled transpose's grid maps T along x (the channels-last pass is grid-strided: any size).
-  TORCH_CHECK(channels_last || latents.size(1) <= cuda::kMaxTimeSteps, "denorm_transpose: T = ", latents.size(1),
+  JF_CHECK(channels_last || latents.size(1) <= cuda::kMaxTimeSteps, "denorm_transpose: T = ", latents.size(1),
               " time steps is more than the CUDA kernel's grid covers (", cuda::kMaxTimeSteps,
               "); decode the latents in shorter pieces along T");
-  const c10::cuda::CUDAGuard guard(latents.device());
-  at::Tensor out = make_output(latents, out_dtype, channels_last);
+  const DeviceGuard guard(latents.get_device_index());
+  Tensor out = make_output(latents, out_dtype, channels_last);
   if (out.numel() == 0) return out;
 
   // The statistics in the compute type, 1 or D contiguous values (a tiny copy on the current stream).
-  const bool wide = latents.scalar_type() == at::kDouble || out_dtype == at::kDouble;
-  const at::ScalarType acc = wide ? at::kDouble : at::kFloat;
-  const at::Tensor m = mean.to(acc).contiguous().reshape(-1);
-  const at::Tensor s = std.to(acc).contiguous().reshape(-1);
+  const bool wide = latents.scalar_type() == kDouble || out_dtype == kDouble;
+  const ScalarType acc = wide ? kDouble : kFloat;
+  const Tensor m = torch::stable::contiguous(torch::stable::to(mean, acc));
+  const Tensor s = torch::stable::contiguous(torch::stable::to(std, acc));
 
   cuda::DenormTransposeArgs args{};
   args.in = latents.const_data_ptr();
@@ -52,12 +46,12 @@ at::Tensor denorm_transpose_cuda(const at::Tensor& latents, const at::Tensor& me
   args.channels_last = channels_last;
 
   // On the current stream (CUDA graphs, reduce-overhead); the launcher returns cudaGetLastError().
-  C10_CUDA_CHECK(cuda::launch_denorm_transpose(args, at::cuda::getCurrentCUDAStream(latents.get_device()).stream()));
+  JF_CUDA_CHECK(cuda::launch_denorm_transpose(args, current_stream(latents)));
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(jasco_fast, CUDA, m) { m.impl("denorm_transpose", &denorm_transpose_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CUDA, m) { m.impl("denorm_transpose", TORCH_BOX(&denorm_transpose_cuda)); }
 
 }  // namespace jasco_fast
