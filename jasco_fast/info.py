@@ -99,19 +99,24 @@ def _ops() -> dict:
 
 def _extension() -> dict:
     import jasco_fast
-    from jasco_fast import _C
+    from jasco_fast import extension
 
     return {
         "version": jasco_fast.__version__,
         "package": str(Path(jasco_fast.__file__).parent),
-        "extension": getattr(_C, "__file__", None),
+        "extension": extension.STATUS.path,
+        "loaded": extension.STATUS.loaded,
+        "not_loaded_because": extension.STATUS.reason,
+        "torch_target": ".".join(map(str, extension.TORCH_TARGET)),
     }
 
 
 def _cpu_fast_path() -> dict:
     path = torch.ops.jasco_fast.cpu_fast_path()
     meaning = (
-        "AVX2+F16C vector tiles for float32/float16/bfloat16 latents with contiguous channels; float64 "
+        "no compiled kernels (see the extension section): every op runs its PyTorch implementation"
+        if path == "none"
+        else "AVX2+F16C vector tiles for float32/float16/bfloat16 latents with contiguous channels; float64 "
         "and non-contiguous channels use the portable loops"
         if path == "avx2+f16c"
         else "portable (auto-vectorised) loops for every dtype: this CPU lacks AVX2/F16C or is not x86-64"
@@ -315,7 +320,12 @@ def render(report: dict) -> str:
     jf = report["jasco_fast"]
     if section("jasco_fast", jf):
         lines.append(f"jasco_fast {jf['version']} ({jf['package']})")
-        lines.append(f"  extension: {jf['extension']}")
+        if jf["loaded"]:
+            lines.append(f"  extension: {jf['extension']} (stable ABI of torch {jf['torch_target']} and later)")
+        else:
+            lines.append(
+                f"  extension: NOT LOADED, every op runs its PyTorch implementation: {jf['not_loaded_because']}"
+            )
     t = report["torch"]
     if section("torch", t):
         lines.append(

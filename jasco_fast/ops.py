@@ -236,6 +236,8 @@ def _device_name(device: torch.device) -> str:
 
 def missing_kernel_hint(device: torch.device) -> str:
     """What to do to get a compiled kernel for ``device`` (or why there is none)."""
+    if not extension.STATUS.loaded:
+        return f"the compiled extension is not loaded: {extension.STATUS.reason}"
     if device.type == "cuda" and torch.version.hip:
         return (
             "jasco_fast compiles no HIP kernels (a ROCm torch builds the CPU kernels only), so this "
@@ -253,6 +255,8 @@ def missing_kernel_hint(device: torch.device) -> str:
 
 
 def _warn_once(op: str, device: torch.device) -> None:
+    if not extension.STATUS.loaded:  # extension.py warned once for every op
+        return
     key = (op, _device_name(device))
     with _warned_lock:
         if key in _warned:
@@ -307,6 +311,12 @@ def register_fallback(op: str):
         return function
 
     return register
+
+
+if not extension.STATUS.loaded:  # the query ops answer for the kernels that are not there
+    _fallback_libraries["jasco_fast"] = torch.library.Library("jasco_fast", "FRAGMENT")
+    for _query in ("cpu_fast_path", "lstm_int8_matvec"):
+        _fallback_libraries["jasco_fast"].impl(_query, lambda: "none", "CompositeExplicitAutograd")
 
 
 @register_fallback("jasco_fast::denorm_transpose")
@@ -509,6 +519,56 @@ def _(seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_d
     return out, seq.new_empty((num_layers, B, C)), seq.new_empty((num_layers, B, C))
 
 
+def stored_recurrent(w_hh: torch.Tensor, recurrent_dtype: torch.dtype | None) -> torch.Tensor:
+    """``w_hh`` as ``recurrent_dtype`` stores it, in w_hh's dtype: rounded to bfloat16, or int8 with a float32
+    scale per row (``max |row| / 127``, 1 for a zero row; round half to even), the arithmetic of the CPU kernel's
+    packing (csrc/lstm_skip.cpp, dequantized_int8_rows)."""
+    if recurrent_dtype is None or recurrent_dtype == w_hh.dtype:
+        return w_hh
+    if recurrent_dtype == torch.bfloat16:
+        return w_hh.to(torch.bfloat16).to(w_hh.dtype)
+    w = w_hh.float()
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (w / scale).round().clamp(-127, 127).mul(scale).to(w_hh.dtype)
+
+
+@register_fallback("jasco_fast::lstm_skip")
+def lstm_skip_fallback(
+    seq, weights, num_layers, h0=None, c0=None, state_frames=None, recurrent_dtype=None, packed=None
+):
+    """ATen's LSTM (what the compiled op runs off its CPU kernel) with the stored recurrent values; ``packed`` is
+    checked and not needed."""
+    check_lstm_skip(seq, weights, num_layers, h0, c0, state_frames, recurrent_dtype, packed)
+    B, T, C = seq.shape
+    weights = list(weights)
+    for layer in range(num_layers):
+        weights[4 * layer + 1] = stored_recurrent(weights[4 * layer + 1], recurrent_dtype)
+    h = seq.new_zeros((num_layers, B, C)) if h0 is None else h0
+    c = seq.new_zeros((num_layers, B, C)) if c0 is None else c0
+    n = T if state_frames is None else state_frames
+
+    def run(piece, h, c):
+        y, hy, cy = torch.lstm(piece.contiguous(), (h, c), weights, True, num_layers, 0.0, False, False, True)
+        return y + piece, hy, cy
+
+    if n == T:
+        return run(seq, h, c)
+    head, h_n, c_n = run(seq[:, :n], h, c) if n else (seq[:, :0], h.clone(), c.clone())
+    tail, _, _ = run(seq[:, n:], h_n, c_n)
+    return torch.cat([head, tail], dim=1), h_n, c_n
+
+
+@register_fallback("jasco_fast::lstm_pack")
+def lstm_pack_fallback(w_hh, recurrent_dtype=None):
+    """A pack is the CPU kernel's own format: there is none to make without the kernel."""
+    check_lstm_pack(w_hh, recurrent_dtype)
+    raise NotImplementedError(
+        f"lstm_pack packs the recurrent matrices for the compiled CPU LSTM kernel, which does not run here: "
+        f"{missing_kernel_hint(w_hh[0].device)}. lstm_skip needs no pack (packed=None)."
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # codes_to_latents
 
@@ -590,6 +650,31 @@ def codes_to_latents(
     if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
         check_codes_to_latents(codes, codebooks, dtype)
     return torch.ops.jasco_fast.codes_to_latents.default(codes, codebooks, dtype, bool(channels_last))
+
+
+@register_fallback("jasco_fast::codes_to_latents")
+def codes_to_latents_fallback(codes, codebooks, dtype=None, channels_last=False):
+    """The kernels' arithmetic in PyTorch ops: the sum in codebook order in float32 (float64 when the codebooks or
+    the output are float64), one rounding to the output dtype, the same error for the first out-of-range code."""
+    out_dtype = check_codes_to_latents(codes, codebooks, dtype)
+    B, K, T = codes.shape
+    S, D = codebooks.shape[1], codebooks.shape[2]
+    bad = ((codes < 0) | (codes >= S)).flatten().nonzero()
+    if bad.numel():
+        i = int(bad[0])
+        b, k, t = i // (K * T), i // T % K, i % T
+        raise RuntimeError(
+            f"codes_to_latents: code {int(codes[b, k, t])} at [b={b}, k={k}, t={t}] is out of range: codes must "
+            f"lie in [0, {S}) (the codebook size)"
+        )
+    wide = torch.float64 if torch.float64 in (codebooks.dtype, out_dtype) else torch.float32
+    acc = codebooks.new_zeros((B, T, D), dtype=wide)
+    for k in range(K):
+        acc += codebooks[k][codes[:, k].long()].to(wide)
+    out = codebooks.new_empty((B, T, D), dtype=out_dtype).transpose(1, 2)
+    if not channels_last:
+        out = out.contiguous()
+    return out.copy_(acc.transpose(1, 2))
 
 
 @torch.library.register_fake("jasco_fast::codes_to_latents")
@@ -806,3 +891,42 @@ def _(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
 def _(x, weight, bias, stride, trim_left, trim_right, alpha):
     length = check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right)
     return x.new_empty((x.shape[0], weight.shape[1], 1, length)).contiguous(memory_format=torch.channels_last)
+
+
+# The three tail ops in PyTorch ops: the layers' math with the kernels' float32 arithmetic and channels-last output.
+
+
+def _activation(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.nn.functional.elu(x.float(), alpha)
+
+
+def _padded(x: torch.Tensor, pad_left: int, pad_right: int, pad_mode: str) -> torch.Tensor:
+    from jasco_fast.decoder import _pad_time  # (decoder imports this module)
+
+    return _pad_time(x, pad_left, pad_right, pad_mode)
+
+
+@register_fallback("jasco_fast::elu_resblock")
+def elu_resblock_fallback(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
+    check_elu_resblock(x, w1, b1, w2, b2, dilation, pad_left, pad_right, pad_mode)
+    h = torch.nn.functional.conv2d(
+        _padded(_activation(x, alpha), pad_left, pad_right, pad_mode), w1.float(), b1.float(), dilation=(1, dilation)
+    )
+    y = x.float() + torch.nn.functional.conv2d(_activation(h, alpha), w2.float(), b2.float())
+    return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+@register_fallback("jasco_fast::elu_conv")
+def elu_conv_fallback(x, weight, bias, dilation, pad_left, pad_right, pad_mode, alpha):
+    check_elu_conv(x, weight, bias, dilation, pad_left, pad_right, pad_mode)
+    a = _padded(_activation(x, alpha), pad_left, pad_right, pad_mode)
+    y = torch.nn.functional.conv2d(a, weight.float(), bias.float(), dilation=(1, dilation))
+    return y.to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+@register_fallback("jasco_fast::elu_conv_transpose")
+def elu_conv_transpose_fallback(x, weight, bias, stride, trim_left, trim_right, alpha):
+    length = check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right)
+    a = _activation(x, alpha).to(x.dtype).float()  # bfloat16: rounded before the products, as the kernel does
+    y = torch.nn.functional.conv_transpose2d(a, weight.float(), bias.float(), stride=(1, stride))
+    return y[..., trim_left : trim_left + length].to(x.dtype).contiguous(memory_format=torch.channels_last)

@@ -394,3 +394,94 @@ def test_cli_device_mps(tmp_path, tiny_hf_checkpoint, capsys):
         assert code == 0 and (tmp_path / "out" / "a.wav").is_file()
     else:  # a clear usage error, not a traceback
         assert code == 2 and "--device mps, but Apple's MPS is not available here" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# Every op's PyTorch implementation against its compiled kernel: what runs where the extension cannot load
+# (tests/test_extension.py) and on devices without a kernel.
+
+needs_kernels = pytest.mark.skipif(
+    not jasco_fast.extension.STATUS.loaded, reason=f"no compiled kernels: {jasco_fast.extension.STATUS.reason}"
+)
+FALLBACK_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2**-7, atol=2e-2)}
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("K", [1, 3])
+def test_codes_to_latents_fallback_is_the_kernel(dtype, channels_last, K):
+    g = torch.Generator().manual_seed(K)
+    books = torch.randn(4, 16, 6, generator=g).to(dtype)
+    codes = torch.randint(0, 16, (2, K, 9), generator=g)
+    want = torch.ops.jasco_fast.codes_to_latents(codes, books, torch.float32, channels_last)
+    got = ops.codes_to_latents_fallback(codes, books, torch.float32, channels_last)
+    assert got.stride() == want.stride()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same sums in the same order, one rounding
+    codes[1, K - 1, 4] = 16
+    with pytest.raises(RuntimeError) as kernel:
+        torch.ops.jasco_fast.codes_to_latents(codes, books, None, channels_last)
+    with pytest.raises(RuntimeError) as fallback:
+        ops.codes_to_latents_fallback(codes, books, None, channels_last)
+    assert str(fallback.value) == str(kernel.value).split("\n")[0]
+
+
+def _lstm_weights(C, num_layers, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    weights = []
+    for _ in range(num_layers):
+        weights += [torch.randn(4 * C, C, generator=g) * 0.3, torch.randn(4 * C, C, generator=g) * 0.3]
+        weights += [torch.randn(4 * C, generator=g) * 0.1, torch.randn(4 * C, generator=g) * 0.1]
+    return [w.to(dtype) for w in weights]
+
+
+@needs_kernels
+@pytest.mark.parametrize("B", [1, 3, 9])
+@pytest.mark.parametrize("recurrent_dtype", [None, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("state_frames", [None, 0, 4])
+def test_lstm_skip_fallback_is_the_kernel(B, recurrent_dtype, state_frames):
+    C, T, layers = 12, 7, 2
+    weights = _lstm_weights(C, layers, torch.float32, seed=B)
+    seq = torch.randn(B, T, C, generator=torch.Generator().manual_seed(1))
+    h0, c0 = torch.randn(layers, B, C) * 0.5, torch.randn(layers, B, C) * 0.5
+    for state in ((None, None), (h0, c0)):
+        want = torch.ops.jasco_fast.lstm_skip(seq, weights, layers, *state, state_frames, recurrent_dtype, None)
+        got = ops.lstm_skip_fallback(seq, weights, layers, *state, state_frames, recurrent_dtype, None)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.is_contiguous()
+            torch.testing.assert_close(g, w, **FALLBACK_TOL[torch.float32])
+
+
+def test_lstm_pack_fallback_says_there_is_nothing_to_pack():
+    with pytest.raises(NotImplementedError, match="needs no pack"):
+        ops.lstm_pack_fallback([torch.randn(8, 2)], None)
+
+
+def _tail_input(C, T, dtype, seed):
+    x = torch.randn(2, C, 1, T, generator=torch.Generator().manual_seed(seed))
+    return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pad_mode", ["constant", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("T", [3, 40])
+def test_elu_fallbacks_are_the_kernels(dtype, pad_mode, T):
+    C, H, k, dilation = 8, 4, 3, 2
+    g = torch.Generator().manual_seed(T)
+    w1, b1 = torch.randn(H, C, 1, k, generator=g).to(dtype) * 0.3, torch.randn(H, generator=g).to(dtype)
+    w2, b2 = torch.randn(C, H, 1, 1, generator=g).to(dtype) * 0.3, torch.randn(C, generator=g).to(dtype)
+    x = _tail_input(C, T, dtype, seed=T)
+    left, right = 3, 1  # (k - 1) * dilation = 4; T = 3 is the shortest input circular padding of 3 takes
+    args = (x, w1, b1, w2, b2, dilation, left, right, pad_mode, 0.7)
+    got, want = ops.elu_resblock_fallback(*args), torch.ops.jasco_fast.elu_resblock(*args)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, **FALLBACK_TOL[dtype])
+    w, b = torch.randn(2, C, 1, k, generator=g).to(dtype) * 0.3, torch.randn(2, generator=g).to(dtype)
+    args = (x, w, b, dilation, left, right, pad_mode, 0.7)
+    torch.testing.assert_close(ops.elu_conv_fallback(*args), torch.ops.jasco_fast.elu_conv(*args), **FALLBACK_TOL[dtype])
+    wt, bt = torch.randn(C, 5, 1, 4, generator=g).to(dtype) * 0.3, torch.randn(5, generator=g).to(dtype)
+    args = (x, wt, bt, 2, 1, 1, 0.7)
+    got, want = ops.elu_conv_transpose_fallback(*args), torch.ops.jasco_fast.elu_conv_transpose(*args)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, **FALLBACK_TOL[dtype])
