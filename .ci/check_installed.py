@@ -44,7 +44,12 @@ for op in ("jasco_fast::denorm_transpose", "jasco_fast::codes_to_latents"):
     for key in keys:
         if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
             fail(f"{op} has no {key} kernel in {where}")
-for op in ("jasco_fast::lstm_pack", "jasco_fast::elu_resblock", "jasco_fast::elu_conv", "jasco_fast::elu_conv_transpose"):
+for op in (
+    "jasco_fast::lstm_pack",
+    "jasco_fast::elu_resblock",
+    "jasco_fast::elu_conv",
+    "jasco_fast::elu_conv_transpose",
+):
     if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"):
         fail(f"{op} has no CPU kernel in {where}")
 print(

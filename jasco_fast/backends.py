@@ -21,7 +21,7 @@ import subprocess
 import torch
 from torch import nn
 
-from jasco_fast import artifacts
+from jasco_fast import artifacts, extension
 from jasco_fast.decoder import Conv, ConvTranspose, SEANetDecoder
 from jasco_fast.streaming import POSITIONS, ChunkPlan
 
@@ -47,8 +47,8 @@ AOT_MAX_FRAMES = 2**17  # 43 minutes at 50 frames/s
 
 def resolve_backend(backend: str | None, mode: str | None, device: torch.device, *, aot: bool = True) -> str:
     """The backend a decoder runs: ``backend`` as given, or for None the device's default ("aot" on the CPU
-    where the owner has artifacts (``aot``), else "inductor"; a ``mode`` asks for torch.compile, so it picks
-    "inductor" too). ``mode`` is an option of torch.compile: any other backend with one is a ValueError."""
+    where the owner has artifacts (``aot``) and the compiled kernels are loaded (the artifacts call them), else
+    "inductor"; a ``mode`` asks for torch.compile, so it picks "inductor" too). ``mode`` is an option of torch.compile: any other backend with one is a ValueError."""
     if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
         raise ValueError(f"backend must be None (the device's default) or one of {BACKENDS}, got {backend!r}")
     if mode is not None and backend not in (None, "inductor"):
@@ -61,7 +61,8 @@ def resolve_backend(backend: str | None, mode: str | None, device: torch.device,
             "backend='inductor' or 'eager'"
         )
     if backend is None:
-        return "aot" if aot and mode is None and device.type == "cpu" else "inductor"
+        cpu_artifacts = aot and device.type == "cpu" and extension.STATUS.loaded
+        return "aot" if cpu_artifacts and mode is None else "inductor"
     return backend
 
 

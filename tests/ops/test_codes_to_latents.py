@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checkpoints import kernel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import jasco_fast
-from checkpoints import kernel_error
-
 from jasco_fast import reference
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

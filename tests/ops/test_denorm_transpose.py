@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checkpoints import FLOATS, LATENT_LAYOUTS, make_latents  # noqa: E402  (shared with tests/test_cuda.py)
+from checkpoints import FLOATS, LATENT_LAYOUTS, kernel_error, make_latents  # noqa: E402  (shared with tests/test_cuda.py)
 from checkpoints import OP_TOL as TOL
-from checkpoints import kernel_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

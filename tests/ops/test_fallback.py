@@ -479,7 +479,9 @@ def test_elu_fallbacks_are_the_kernels(dtype, pad_mode, T):
     torch.testing.assert_close(got, want, **FALLBACK_TOL[dtype])
     w, b = torch.randn(2, C, 1, k, generator=g).to(dtype) * 0.3, torch.randn(2, generator=g).to(dtype)
     args = (x, w, b, dilation, left, right, pad_mode, 0.7)
-    torch.testing.assert_close(ops.elu_conv_fallback(*args), torch.ops.jasco_fast.elu_conv(*args), **FALLBACK_TOL[dtype])
+    torch.testing.assert_close(
+        ops.elu_conv_fallback(*args), torch.ops.jasco_fast.elu_conv(*args), **FALLBACK_TOL[dtype]
+    )
     wt, bt = torch.randn(C, 5, 1, 4, generator=g).to(dtype) * 0.3, torch.randn(5, generator=g).to(dtype)
     args = (x, wt, bt, 2, 1, 1, 0.7)
     got, want = ops.elu_conv_transpose_fallback(*args), torch.ops.jasco_fast.elu_conv_transpose(*args)
