@@ -68,8 +68,8 @@ format: $(VENV)/.lint-tools
 
 # The CPU-kernel and decoder tests again on CPU classes this machine may not be: an emulated AVX2-only CPU (torch's,
 # oneDNN's, MKL's and the extension's own instruction-set caps), then the extension's portable loops.
-ISA_TESTS = tests/ops tests/test_decoder.py tests/test_decoder_gemm.py tests/test_recurrent_dtype.py \
-            tests/test_reference.py tests/test_modes.py
+ISA_TESTS = tests/ops tests/test_decoder.py tests/test_decoder_fuse.py tests/test_decoder_gemm.py \
+            tests/test_recurrent_dtype.py tests/test_reference.py tests/test_modes.py
 AVX2_CAPS = ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 JASCO_FAST_ISA=avx2 \
             JASCO_FAST_LSTM_ISA=avx2 JASCO_FAST_TAIL_ISA=avx2
 # Each cap setting gets its own torch.compile cache: torch 2.13 reuses a graph compiled under

@@ -51,6 +51,9 @@ def check(codes, codebooks, dtype, channels_last):
     return got
 
 
+# reference
+
+
 @st.composite
 def op_inputs(draw):
     return dict(
@@ -108,8 +111,7 @@ def test_empty(device):
             assert out.shape == (shape[0], 4, shape[2])
 
 
-# ------------------------------------------------------------------------------------------------
-# A first-class op: opcheck, torch.compile
+# opcheck
 
 
 def opcheck_samples(device):
@@ -129,6 +131,12 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.jasco_fast.codes_to_latents.default, args)
 
 
+# gradcheck: does not apply, the op has no autograd formula (its codes are integers)
+
+
+# torch.compile
+
+
 def test_torch_compile_fullgraph_dynamic_length():
     def fn(codes, books):
         return torch.nn.functional.elu(jasco_fast.codes_to_latents(codes, books, channels_last=True)) * 2
@@ -140,8 +148,7 @@ def test_torch_compile_fullgraph_dynamic_length():
         torch.testing.assert_close(compiled(codes, books), fn(codes, books))
 
 
-# ------------------------------------------------------------------------------------------------
-# Bad input: the Python face and the raw op raise the same ValueError / TypeError, before any bad read
+# argument errors: the Python face and the raw op raise the same ValueError / TypeError, before any bad read
 
 
 BAD_INPUTS = [
@@ -206,8 +213,7 @@ def test_out_of_range_int32_codes(device):
         jasco_fast.codes_to_latents(codes, torch.randn(2, 3, 4, device=device))
 
 
-# ------------------------------------------------------------------------------------------------
-# CUDA: where a GPU exists; CI compiles the kernel source below
+# CUDA: where a GPU exists; CI compiles the kernel source
 
 
 @needs_cuda

@@ -42,8 +42,7 @@ def check_against_reference(latents, mean, std, dtype, channels_last):
     return got
 
 
-# ------------------------------------------------------------------------------------------------
-# Property-based comparison with the reference
+# reference
 
 
 @st.composite
@@ -129,8 +128,25 @@ def test_empty_and_non_finite(device):
         assert got[0, 5, 3].isnan() and got[1, 0, 0] == float("inf") and got[1, 15, 8] == -float("inf")
 
 
-# ------------------------------------------------------------------------------------------------
-# A first-class op: opcheck, autograd, torch.compile
+def test_float_statistics_are_made_once_per_value_dtype_device():
+    from jasco_fast import ops
+
+    x = torch.randn(1, 3, 4)
+    ops._scalar_tensor.cache_clear()
+    first = jasco_fast.denormalize_transpose(x, 0.25, 2.0)
+    second = jasco_fast.denormalize_transpose(x, 0.25, 2.0)
+    assert torch.equal(first, second)
+    info = ops._scalar_tensor.cache_info()
+    assert (info.misses, info.hits) == (2, 2)
+    jasco_fast.denormalize_transpose(x.double(), 0.25, 2.0)  # another compute dtype: new tensors
+    assert ops._scalar_tensor.cache_info().misses == 4
+    # -0.0 and 0.0 are different statistics: x * 1 + (-0.0) keeps a -0.0, x * 1 + 0.0 does not
+    zeros = torch.full((1, 1, 1), -0.0)
+    assert torch.signbit(jasco_fast.denormalize_transpose(zeros, -0.0, 1.0)).all()
+    assert not torch.signbit(jasco_fast.denormalize_transpose(zeros, 0.0, 1.0)).any()
+
+
+# opcheck
 
 
 def opcheck_samples(device):
@@ -155,6 +171,9 @@ def opcheck_samples(device):
 def test_opcheck(device):
     for args in opcheck_samples(device):
         torch.library.opcheck(torch.ops.jasco_fast.denorm_transpose.default, args)
+
+
+# gradcheck
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -182,6 +201,20 @@ def test_gradients_cast_back_to_input_dtypes():
     torch.testing.assert_close(mean.grad, torch.full((6,), 10.0))
 
 
+def test_cached_statistics_made_in_inference_mode_serve_autograd_later():
+    from jasco_fast import ops
+
+    ops._scalar_tensor.cache_clear()
+    with torch.inference_mode():
+        jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), 0.125, 3.0)
+    latents = torch.randn(1, 2, 3, requires_grad=True)
+    jasco_fast.denormalize_transpose(latents, 0.125, 3.0).sum().backward()  # saves the cached std
+    torch.testing.assert_close(latents.grad, torch.full((1, 2, 3), 3.0))
+
+
+# torch.compile
+
+
 def test_torch_compile_fullgraph():
     def fn(x, m, s):
         y = jasco_fast.denormalize_transpose(x, m, s, channels_last=True)
@@ -192,9 +225,7 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x, m, s), fn(x, m, s))
 
 
-# ------------------------------------------------------------------------------------------------
-# Bad input gets a clear error, ValueError / TypeError, from the op's one set of rules (C++ check_inputs):
-# through the Python face, the raw op, and the fake kernel under torch.compile alike
+# argument errors: one rule set (C++ check_inputs) via the Python face, the raw op and the fake kernel alike
 
 
 BAD_INPUTS = [
@@ -236,35 +267,6 @@ def test_errors_fake_kernel(make, error, match):
         torch.ops.jasco_fast.denorm_transpose(latents.to("meta"), mean, std, None, False)
 
 
-def test_float_statistics_are_made_once_per_value_dtype_device():
-    from jasco_fast import ops
-
-    x = torch.randn(1, 3, 4)
-    ops._scalar_tensor.cache_clear()
-    first = jasco_fast.denormalize_transpose(x, 0.25, 2.0)
-    second = jasco_fast.denormalize_transpose(x, 0.25, 2.0)
-    assert torch.equal(first, second)
-    info = ops._scalar_tensor.cache_info()
-    assert (info.misses, info.hits) == (2, 2)
-    jasco_fast.denormalize_transpose(x.double(), 0.25, 2.0)  # another compute dtype: new tensors
-    assert ops._scalar_tensor.cache_info().misses == 4
-    # -0.0 and 0.0 are different statistics: x * 1 + (-0.0) keeps a -0.0, x * 1 + 0.0 does not
-    zeros = torch.full((1, 1, 1), -0.0)
-    assert torch.signbit(jasco_fast.denormalize_transpose(zeros, -0.0, 1.0)).all()
-    assert not torch.signbit(jasco_fast.denormalize_transpose(zeros, 0.0, 1.0)).any()
-
-
-def test_cached_statistics_made_in_inference_mode_serve_autograd_later():
-    from jasco_fast import ops
-
-    ops._scalar_tensor.cache_clear()
-    with torch.inference_mode():
-        jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), 0.125, 3.0)
-    latents = torch.randn(1, 2, 3, requires_grad=True)
-    jasco_fast.denormalize_transpose(latents, 0.125, 3.0).sum().backward()  # saves the cached std
-    torch.testing.assert_close(latents.grad, torch.full((1, 2, 3), 3.0))
-
-
 def test_errors_dtype_argument():
     with pytest.raises(TypeError, match="dtype must be"):
         jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), 0.0, 1.0, dtype=torch.int8)
@@ -276,8 +278,7 @@ def test_errors_dtype_argument():
         jasco_fast.denormalize_transpose(torch.randn(1, 2, 3), "0", 1.0)
 
 
-# ------------------------------------------------------------------------------------------------
-# CUDA: where a GPU exists (the device tool's machines); CI compiles the kernel source below
+# CUDA: where a GPU exists (the device tool's machines); CI compiles the kernel source
 
 
 @needs_cuda

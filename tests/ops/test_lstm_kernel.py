@@ -167,6 +167,9 @@ FORMATS = [
 FORMAT_IDS = ["f32", "bf16", "f32-int8", "bf16-int8", "f32-bf16rec"]
 
 
+# reference
+
+
 @pytest.mark.parametrize("dtype,recurrent_dtype", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("C", [16, 24, 64])
 @pytest.mark.parametrize("T", [1, 2, 17, 100])
@@ -208,74 +211,6 @@ def test_pack_gives_the_result_of_packing_per_call(dtype, recurrent_dtype, B):
         got = lstm_skip(seq, weights, layers, h0, c0, 4, recurrent_dtype, packed)
         for g, w in zip(got, want):
             assert torch.equal(g, w)
-
-
-def test_pack_of_other_weights_layout_or_format_is_refused():
-    """A pack is checked against the call (header: version, layout, tile width, shape, dtype; size), never misread."""
-    C = 32
-    weights = lstm_weights(C, 2, 3)
-    w_hh = [weights[1], weights[5]]
-    seq = torch.randn(1, 4, C)
-    packed = lstm_pack(w_hh, torch.int8)
-    lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed)  # the right one is taken
-    bf16_pack = lstm_pack(w_hh, torch.bfloat16)  # larger than the int8 one: its first bytes, misread as int8
-    for B in (1, 9):  # B = 9 runs ATen's LSTM, which does not read the pack: checked all the same
-        with pytest.raises(ValueError, match="layout"):
-            lstm_skip(torch.randn(B, 4, C), weights, 2, recurrent_dtype=torch.int8, packed=bf16_pack[: packed.numel()])
-    with pytest.raises(ValueError, match="layout"):  # float32 format wanted
-        lstm_skip(seq, weights, 2, packed=lstm_pack(w_hh, torch.bfloat16))
-    for field, what in ((3, "layout"), (2, "layout"), (5, "matrix"), (1, "version"), (7, "size")):
-        bad = packed.clone()  # header fields: magic, version, format, width, rows, cols, dtype, bytes
-        bad[:64].view(torch.int64)[field] += 1
-        with pytest.raises(ValueError, match=what):
-            lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=bad)
-    with pytest.raises(ValueError, match="made from"):  # bfloat16 weights of the same shapes
-        lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 2, recurrent_dtype=torch.int8, packed=packed)
-    small = lstm_weights(16, 2, 4)
-    with pytest.raises(ValueError, match="matrix"):  # another C
-        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=lstm_pack([small[1], small[5]], torch.int8))
-    with pytest.raises(ValueError, match="more than num_layers"):
-        lstm_skip(seq, weights[:4], 1, recurrent_dtype=torch.int8, packed=packed)
-    with pytest.raises(ValueError, match="ends before"):
-        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed[: packed.numel() // 2 + 32])
-    with pytest.raises(TypeError, match="uint8"):
-        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed.float())
-
-
-def test_pack_made_for_another_cpu_layout_is_refused(tmp_path):
-    """A pack saved by a process with another instruction set (JASCO_FAST_LSTM_ISA) and loaded here: refused."""
-    here = torch.ops.jasco_fast.lstm_int8_matvec()
-    env = {k: v for k, v in os.environ.items() if k not in ("JASCO_FAST_ISA", "JASCO_FAST_LSTM_ISA")}
-    if here != "float32":  # the child packs int8 as float tiles; else it packs for this CPU's integer matvec
-        env["JASCO_FAST_LSTM_ISA"] = "portable"
-    path = tmp_path / "pack.pt"
-    script = (
-        "import sys, torch; from jasco_fast.ops import lstm_pack\n"
-        "torch.manual_seed(0); w = torch.randn(64, 16)\n"
-        "print(torch.ops.jasco_fast.lstm_int8_matvec()); torch.save(lstm_pack([w], torch.int8), sys.argv[1])\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split()[0] != here
-    torch.manual_seed(0)
-    weights = [torch.randn(64, 16), torch.randn(64, 16), torch.randn(64), torch.randn(64)]
-    weights[:2] = weights[1], weights[0]  # w_hh: the child's matrix
-    with pytest.raises(ValueError, match="layout"):
-        lstm_skip(torch.randn(1, 3, 16), weights, 1, recurrent_dtype=torch.int8, packed=torch.load(path))
-
-
-def test_pack_argument_errors():
-    w = torch.randn(16, 4)
-    with pytest.raises(ValueError, match="at least one"):
-        lstm_pack([])
-    with pytest.raises(ValueError, match=r"\[4C, C\]"):
-        lstm_pack([torch.randn(12, 4)])
-    with pytest.raises(TypeError, match="float32 or bfloat16"):
-        lstm_pack([w.double()])
-    with pytest.raises(TypeError, match="recurrent_dtype"):
-        lstm_pack([w.bfloat16()], torch.float16)
 
 
 def test_kernel_runs_below_the_batch_limit_and_aten_above():
@@ -393,37 +328,6 @@ def test_outputs_never_alias_inputs():
     torch.testing.assert_close(c, c0, rtol=0, atol=0)
 
 
-def test_recurrent_dtype_errors():
-    weights = lstm_weights(8, 1, seed=0)
-    seq = torch.randn(1, 3, 8)
-    with pytest.raises(TypeError, match="recurrent_dtype"):
-        lstm_skip(seq, weights, 1, recurrent_dtype=torch.float16)
-    with pytest.raises(TypeError, match="recurrent_dtype"):
-        lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 1, recurrent_dtype=torch.float32)
-    # the weights' own dtype is the default format
-    torch.testing.assert_close(
-        lstm_skip(seq, weights, 1, recurrent_dtype=torch.float32)[0], lstm_skip(seq, weights, 1)[0], rtol=0, atol=0
-    )
-
-
-def opcheck_samples():
-    for B, rec, dtype in [
-        (1, torch.int8, torch.float32),
-        (2, torch.bfloat16, torch.float32),
-        (1, None, torch.bfloat16),
-        (9, torch.int8, torch.float32),
-    ]:
-        weights = [w.to(dtype) for w in lstm_weights(8, 2, seed=B)]
-        seq = torch.randn(B, 5, 8, dtype=dtype)
-        state = torch.randn(2, B, 8, dtype=dtype)
-        yield seq, weights, 2, state, state.clone(), 3, rec
-
-
-def test_opcheck_with_recurrent_dtype():
-    for args in opcheck_samples():
-        torch.library.opcheck(torch.ops.jasco_fast.lstm_skip.default, args)
-
-
 def test_decoder_lstm_passes_recurrent_dtype():
     torch.manual_seed(0)
     layer = LSTM(24, 2, recurrent_dtype=torch.int8)
@@ -463,3 +367,111 @@ def test_nan_spreads_like_float_arithmetic(recurrent_dtype):
     want = reference(seq, stored_recurrent(weights, recurrent_dtype), 1)[0]
     assert torch.equal(torch.isnan(y), torch.isnan(want))
     assert torch.isnan(y[0, 4:]).all() and not torch.isnan(y[0, :3]).any()
+
+
+# opcheck
+
+
+def opcheck_samples():
+    for B, rec, dtype in [
+        (1, torch.int8, torch.float32),
+        (2, torch.bfloat16, torch.float32),
+        (1, None, torch.bfloat16),
+        (9, torch.int8, torch.float32),
+    ]:
+        weights = [w.to(dtype) for w in lstm_weights(8, 2, seed=B)]
+        seq = torch.randn(B, 5, 8, dtype=dtype)
+        state = torch.randn(2, B, 8, dtype=dtype)
+        yield seq, weights, 2, state, state.clone(), 3, rec
+
+
+def test_opcheck_with_recurrent_dtype():
+    for args in opcheck_samples():
+        torch.library.opcheck(torch.ops.jasco_fast.lstm_skip.default, args)
+
+
+# gradcheck and torch.compile: lstm_skip has no autograd formula; its torch.compile test is in test_lstm_skip.py
+
+
+# argument errors
+
+
+def test_pack_of_other_weights_layout_or_format_is_refused():
+    """A pack is checked against the call (header: version, layout, tile width, shape, dtype; size), never misread."""
+    C = 32
+    weights = lstm_weights(C, 2, 3)
+    w_hh = [weights[1], weights[5]]
+    seq = torch.randn(1, 4, C)
+    packed = lstm_pack(w_hh, torch.int8)
+    lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed)  # the right one is taken
+    bf16_pack = lstm_pack(w_hh, torch.bfloat16)  # larger than the int8 one: its first bytes, misread as int8
+    for B in (1, 9):  # B = 9 runs ATen's LSTM, which does not read the pack: checked all the same
+        with pytest.raises(ValueError, match="layout"):
+            lstm_skip(torch.randn(B, 4, C), weights, 2, recurrent_dtype=torch.int8, packed=bf16_pack[: packed.numel()])
+    with pytest.raises(ValueError, match="layout"):  # float32 format wanted
+        lstm_skip(seq, weights, 2, packed=lstm_pack(w_hh, torch.bfloat16))
+    for field, what in ((3, "layout"), (2, "layout"), (5, "matrix"), (1, "version"), (7, "size")):
+        bad = packed.clone()  # header fields: magic, version, format, width, rows, cols, dtype, bytes
+        bad[:64].view(torch.int64)[field] += 1
+        with pytest.raises(ValueError, match=what):
+            lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=bad)
+    with pytest.raises(ValueError, match="made from"):  # bfloat16 weights of the same shapes
+        lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 2, recurrent_dtype=torch.int8, packed=packed)
+    small = lstm_weights(16, 2, 4)
+    with pytest.raises(ValueError, match="matrix"):  # another C
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=lstm_pack([small[1], small[5]], torch.int8))
+    with pytest.raises(ValueError, match="more than num_layers"):
+        lstm_skip(seq, weights[:4], 1, recurrent_dtype=torch.int8, packed=packed)
+    with pytest.raises(ValueError, match="ends before"):
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed[: packed.numel() // 2 + 32])
+    with pytest.raises(TypeError, match="uint8"):
+        lstm_skip(seq, weights, 2, recurrent_dtype=torch.int8, packed=packed.float())
+
+
+def test_pack_made_for_another_cpu_layout_is_refused(tmp_path):
+    """A pack saved by a process with another instruction set (JASCO_FAST_LSTM_ISA) and loaded here: refused."""
+    here = torch.ops.jasco_fast.lstm_int8_matvec()
+    env = {k: v for k, v in os.environ.items() if k not in ("JASCO_FAST_ISA", "JASCO_FAST_LSTM_ISA")}
+    if here != "float32":  # the child packs int8 as float tiles; else it packs for this CPU's integer matvec
+        env["JASCO_FAST_LSTM_ISA"] = "portable"
+    path = tmp_path / "pack.pt"
+    script = (
+        "import sys, torch; from jasco_fast.ops import lstm_pack\n"
+        "torch.manual_seed(0); w = torch.randn(64, 16)\n"
+        "print(torch.ops.jasco_fast.lstm_int8_matvec()); torch.save(lstm_pack([w], torch.int8), sys.argv[1])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[0] != here
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 16), torch.randn(64, 16), torch.randn(64), torch.randn(64)]
+    weights[:2] = weights[1], weights[0]  # w_hh: the child's matrix
+    with pytest.raises(ValueError, match="layout"):
+        lstm_skip(torch.randn(1, 3, 16), weights, 1, recurrent_dtype=torch.int8, packed=torch.load(path))
+
+
+def test_pack_argument_errors():
+    w = torch.randn(16, 4)
+    with pytest.raises(ValueError, match="at least one"):
+        lstm_pack([])
+    with pytest.raises(ValueError, match=r"\[4C, C\]"):
+        lstm_pack([torch.randn(12, 4)])
+    with pytest.raises(TypeError, match="float32 or bfloat16"):
+        lstm_pack([w.double()])
+    with pytest.raises(TypeError, match="recurrent_dtype"):
+        lstm_pack([w.bfloat16()], torch.float16)
+
+
+def test_recurrent_dtype_errors():
+    weights = lstm_weights(8, 1, seed=0)
+    seq = torch.randn(1, 3, 8)
+    with pytest.raises(TypeError, match="recurrent_dtype"):
+        lstm_skip(seq, weights, 1, recurrent_dtype=torch.float16)
+    with pytest.raises(TypeError, match="recurrent_dtype"):
+        lstm_skip(seq.bfloat16(), [w.bfloat16() for w in weights], 1, recurrent_dtype=torch.float32)
+    # the weights' own dtype is the default format
+    torch.testing.assert_close(
+        lstm_skip(seq, weights, 1, recurrent_dtype=torch.float32)[0], lstm_skip(seq, weights, 1)[0], rtol=0, atol=0
+    )

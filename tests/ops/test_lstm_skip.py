@@ -25,6 +25,9 @@ def flat(lstm: torch.nn.LSTM) -> list[torch.Tensor]:
     return [w.detach() for w in lstm._flat_weights]
 
 
+# reference
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("with_state", [False, True])
@@ -82,6 +85,9 @@ def test_bfloat16_close_to_float32():
     assert (got.float() - want).abs().max() < 0.05 * want.abs().max()
 
 
+# opcheck
+
+
 def lstm_samples(device: str):
     for layers, B, T, with_state, n in [
         (1, 1, 5, False, None),
@@ -129,6 +135,12 @@ def test_opcheck(device, op):
         torch.library.opcheck(getattr(torch.ops.jasco_fast, op).default, args)
 
 
+# gradcheck: does not apply, the op has no autograd formula
+
+
+# torch.compile
+
+
 def test_lstm_op_under_compile_matches_eager():
     lstm = make_lstm(8, 2, "cpu")
     seq, h0, c0 = torch.randn(2, 9, 8), torch.randn(2, 2, 8), torch.randn(2, 2, 8)
@@ -142,6 +154,9 @@ def test_lstm_op_under_compile_matches_eager():
     got = torch.compile(fn, fullgraph=True, backend="aot_eager")(seq, h0, c0)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=F32_ATOL)
+
+
+# argument errors
 
 
 def test_argument_errors():

@@ -19,9 +19,9 @@ OPCHECKED_IN = {
     "codes_to_latents": "test_codes_to_latents.py",
     "lstm_skip": "test_lstm_skip.py",
     "lstm_pack": "test_lstm_skip.py",
-    "elu_resblock": "test_elu_conv.py",
+    "elu_resblock": "test_elu_resblock.py",
     "elu_conv": "test_elu_conv.py",
-    "elu_conv_transpose": "test_elu_conv.py",
+    "elu_conv_transpose": "test_elu_conv_transpose.py",
 }
 # Ops that take and return no tensor (opcheck compares tensors only): each checked by value instead.
 QUERY_OPS = {
