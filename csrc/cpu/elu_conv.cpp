@@ -14,12 +14,6 @@
 // layers as the unfused bfloat16 block rounds them. On AMD Zen 5 vdpbf16ps runs at the FMA's rate, twice the
 // float32 copy's FLOP rate; on an Intel CPU with AMX it issued at half rate (1.4x the float32 copy's time), so
 // there the float32 copy stays.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/Utils.h>
-#include <c10/util/BFloat16.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -34,6 +28,7 @@
 #define JASCO_FAST_X86 1
 #endif
 
+#include "../stable.h"
 #include "cpu_isa.h"
 
 namespace jasco_fast {
@@ -235,32 +230,24 @@ CpuIsa tail_isa() {
 #ifdef JASCO_FAST_X86
 #define JF_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-// AMX tiles, by torch's cpuinfo: the same answer as torch.cpu._is_amx_tile_supported(), which
-// jasco_fast.decoder.cpu_has_amx asks for the bfloat16 transposed convolutions.
-bool cpu_has_amx() {
-  const auto caps = at::cpu::get_cpu_capabilities();
-  const auto it = caps.find("amx_tile");
-  return it != caps.end() && it->second.isBool() && it->second.toBool();
-}
-
 // Whether bfloat16 activations take the bfloat16 dot-product copy: AVX512-BF16 without AMX, and no
 // JASCO_FAST_TAIL_ISA / JASCO_FAST_ISA cap (any cap, "avx512" included, keeps the float32 copies: tests reach both).
 bool use_bf16_dot() {
   static const bool use = [] {
     return !isa_capped("JASCO_FAST_TAIL_ISA") && tail_isa() >= CpuIsa::avx512 && __builtin_cpu_supports("avx512bf16") &&
-           !cpu_has_amx();
+           !cpu_has_amx_tile();
   }();
   return use;
 }
 
 // Weights [O, I, 1, k] bfloat16 -> [k][I / 2][O] 32-bit lanes holding the pair of inputs 2i (low half), 2i + 1.
-at::Tensor pack_taps_bf16_pairs(const at::Tensor& w) {
+Tensor pack_taps_bf16_pairs(const Tensor& w) {
   const int64_t O = w.size(0), I = w.size(1), k = w.size(3), I2 = I / 2;
-  const at::Tensor src = w.contiguous(at::MemoryFormat::ChannelsLast);  // memory [O][k][I]
-  at::Tensor out = at::empty({k, I2, O}, w.options().dtype(at::kInt).memory_format(at::MemoryFormat::Contiguous));
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.const_data_ptr<at::BFloat16>());
+  const Tensor src = torch::stable::contiguous(w, MemoryFormat::ChannelsLast);  // memory [O][k][I]
+  Tensor out = torch::stable::empty({k, I2, O}, kInt, std::nullopt, w.device(), std::nullopt, MemoryFormat::Contiguous);
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src.const_data_ptr<BFloat16>());
   uint32_t* d = reinterpret_cast<uint32_t*>(out.mutable_data_ptr<int32_t>());
-  at::parallel_for(0, k * I2, 16, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, k * I2, 16, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t j = job / I2, i2 = job % I2;
       for (int64_t o = 0; o < O; ++o) {
@@ -344,7 +331,7 @@ JF_BF16 inline void to_bf16(const src_t* src, uint16_t* dst, int64_t n, bool elu
 }
 
 // elu of n rows of C bfloat16 values (a null row: zeros) rounded to bfloat16, one row after another into dst
-JF_BF16 void elu_rows_bf16(const c10::BFloat16* const* srcs, int64_t n, uint16_t* dst, int64_t C, float alpha) {
+JF_BF16 void elu_rows_bf16(const BFloat16* const* srcs, int64_t n, uint16_t* dst, int64_t C, float alpha) {
   for (int64_t r = 0; r < n; ++r, dst += C) {
     if (srcs[r] == nullptr) {
       std::fill(dst, dst + C, 0);
@@ -355,52 +342,51 @@ JF_BF16 void elu_rows_bf16(const c10::BFloat16* const* srcs, int64_t n, uint16_t
 }
 
 // elu(hidden) rounded to bfloat16 into hidden_b, then conv2's dot products added to y
-JF_BF16 void conv2_bf16(const float* hidden, uint16_t* hidden_b, int64_t rows, const ResblockArgs<c10::BFloat16>& p,
+JF_BF16 void conv2_bf16(const float* hidden, uint16_t* hidden_b, int64_t rows, const ResblockArgs<BFloat16>& p,
                         const uint32_t* w2, float* y) {
   to_bf16(hidden, hidden_b, rows * p.H, true, p.alpha);
   tile_conv_bf16(hidden_b, rows, p.H, 1, 1, w2, p.C, y);
 }
 
 // n float32 values rounded to bfloat16
-JF_BF16 void store_bf16(const float* src, c10::BFloat16* dst, int64_t n) {
+JF_BF16 void store_bf16(const float* src, BFloat16* dst, int64_t n) {
   to_bf16(src, reinterpret_cast<uint16_t*>(dst), n, false, 0.0f);
 }
 
 // The residual block of resblock_tiles with bfloat16 dot products: elu(x) rounded to bfloat16, conv1 in float32
 // sums, elu rounded to bfloat16, conv2 added to x + b2 in float32, the output rounded once. C, H multiples of 16.
-void resblock_tiles_bf16(const ResblockArgs<c10::BFloat16>& p, const uint32_t* w1, const uint32_t* w2, int64_t begin,
+void resblock_tiles_bf16(const ResblockArgs<BFloat16>& p, const uint32_t* w1, const uint32_t* w2, int64_t begin,
                          int64_t end) {
   std::vector<uint16_t> hidden_b(p.tile * p.H);
   resblock_walk<uint16_t>(
       p, avx512::kRows, begin, end,
-      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) { elu_rows_bf16(srcs, n, act, p.C, p.alpha); },
+      [&](const BFloat16* const* srcs, int64_t n, uint16_t* act) { elu_rows_bf16(srcs, n, act, p.C, p.alpha); },
       [&](const uint16_t* act, int64_t rows, float* hidden, const char* ahead, int64_t ahead_bytes) {
         tile_conv_bf16(act, rows, p.C, p.k, p.dilation, w1, p.H, hidden, false, ahead, ahead_bytes);
       },
-      [&](const c10::BFloat16* const* xs, int64_t rows, float* y) { avx512::add_rows(xs, rows, p.b2, y, p.C); },
+      [&](const BFloat16* const* xs, int64_t rows, float* y) { avx512::add_rows(xs, rows, p.b2, y, p.C); },
       [&](const float* hidden, int64_t rows, float* y) { conv2_bf16(hidden, hidden_b.data(), rows, p, w2, y); },
       store_bf16);
 }
 
 // conv_transpose_tiles with bfloat16 dot products: elu(x) rounded to bfloat16 (as the unfused bfloat16 layers
 // round it), float32 sums, the output rounded once. C, Cout multiples of 16.
-void conv_transpose_tiles_bf16(const ConvTransposeArgs<c10::BFloat16>& p, const uint32_t* w, int64_t begin,
-                               int64_t end) {
+void conv_transpose_tiles_bf16(const ConvTransposeArgs<BFloat16>& p, const uint32_t* w, int64_t begin, int64_t end) {
   conv_transpose_walk<uint16_t>(
       p, avx512::kRows, begin, end,
-      [&](const c10::BFloat16* const* srcs, int64_t n, uint16_t* act) { elu_rows_bf16(srcs, n, act, p.C, p.alpha); },
+      [&](const BFloat16* const* srcs, int64_t n, uint16_t* act) { elu_rows_bf16(srcs, n, act, p.C, p.alpha); },
       [&](const uint16_t* act, int64_t rows, float* y) { tile_conv_bf16(act, rows, p.C, p.taps, 1, w, p.N, y, true); },
       store_bf16);
 }
 #endif
 
-// Calls f with a null pointer of x's activation type (float or c10::BFloat16).
+// Calls f with a null pointer of x's activation type (float or BFloat16).
 template <typename F>
-void with_activation_type(const at::Tensor& x, F&& f) {
-  if (x.scalar_type() == at::kFloat) {
+void with_activation_type(const Tensor& x, F&& f) {
+  if (x.scalar_type() == kFloat) {
     f(static_cast<float*>(nullptr));
   } else {
-    f(static_cast<c10::BFloat16*>(nullptr));
+    f(static_cast<BFloat16*>(nullptr));
   }
 }
 
@@ -418,7 +404,7 @@ using TileKernel = void (*)(const Args&, int64_t, int64_t);
 template <typename Args>
 void run_tiles(int64_t jobs, int width, const Args& args, const std::array<TileKernel<Args>, 3>& copies) {
   const TileKernel<Args> kernel = copies[width == 16 ? 0 : width == 8 ? 1 : 2];
-  at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  torch::stable::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
 }
 
 // The widest float32 copy this CPU runs whose vector width divides every channel count.
@@ -431,18 +417,18 @@ int vector_width(std::initializer_list<int64_t> channels) {
   return 1;
 }
 
-PadMode parse_pad_mode(c10::string_view mode) {
+PadMode parse_pad_mode(const std::string& mode) {
   if (mode == "constant") return PadMode::constant;
   if (mode == "reflect") return PadMode::reflect;
   if (mode == "replicate") return PadMode::replicate;
   if (mode == "circular") return PadMode::circular;
-  TORCH_CHECK_VALUE(false, "pad_mode must be constant, reflect, replicate or circular, got '", std::string(mode), "'");
+  JF_CHECK_VALUE(false, "pad_mode must be constant, reflect, replicate or circular, got '", mode, "'");
 }
 
 PadMap make_pad_map(const char* op, PadMode mode, int64_t T, int64_t pad_left, int64_t pad_right) {
   const int64_t pad = std::max(pad_left, pad_right);
-  TORCH_CHECK_VALUE(mode != PadMode::circular || T >= pad, op, ": circular padding of ", pad,
-                    " needs at least that many samples, got ", T);
+  JF_CHECK_VALUE(mode != PadMode::circular || T >= pad, op, ": circular padding of ", pad,
+                 " needs at least that many samples, got ", T);
   const int64_t extended = (mode == PadMode::reflect && T <= pad) ? pad + 1 : T;
   return PadMap{mode, T, extended};
 }
@@ -453,47 +439,54 @@ int64_t tile_rows(int64_t widest_channels) {
   return rows / 12 * 12;  // a multiple of the register blocks (6 rows)
 }
 
-void check_activations(const char* op, const at::Tensor& x, int64_t channels) {
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(2) == 1, op, ": x must be [B, C, 1, T], got shape ", x.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, op,
-                   ": x must be float32 or bfloat16, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.size(1) == channels, op, ": x has ", x.size(1), " channels, the weights expect ", channels);
-  TORCH_CHECK_VALUE(x.size(3) >= 1, op, ": x needs at least one time step");
+void check_activations(const char* op, const Tensor& x, int64_t channels) {
+  JF_CHECK_VALUE(x.dim() == 4 && x.size(2) == 1, op, ": x must be [B, C, 1, T], got shape ", shape(x));
+  JF_CHECK_TYPE(x.scalar_type() == kFloat || x.scalar_type() == kBFloat16, op, ": x must be float32 or bfloat16, got ",
+                dtype_name(x.scalar_type()));
+  JF_CHECK_VALUE(x.size(1) == channels, op, ": x has ", x.size(1), " channels, the weights expect ", channels);
+  JF_CHECK_VALUE(x.size(3) >= 1, op, ": x needs at least one time step");
 }
 
-void check_conv_weight(const char* op, const char* name, const at::Tensor& w, const at::Tensor& b, int64_t in_ch,
-                       const at::Tensor& x) {
-  TORCH_CHECK_VALUE(w.dim() == 4 && w.size(2) == 1 && w.size(1) == in_ch, op, ": ", name, " must be [out, ", in_ch,
-                    ", 1, k], got shape ", w.sizes());
-  TORCH_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": the bias of ", name, " must be [", w.size(0),
-                    "], got shape ", b.sizes());
-  TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(), op, ": ", name,
-                   " and its bias must have x's dtype ", x.scalar_type(), ", got ", w.scalar_type(), " and ",
-                   b.scalar_type());
-  TORCH_CHECK_VALUE(w.device() == x.device() && b.device() == x.device(), op, ": ", name, " must be on x's device");
+void check_conv_weight(const char* op, const char* name, const Tensor& w, const Tensor& b, int64_t in_ch,
+                       const Tensor& x) {
+  JF_CHECK_VALUE(w.dim() == 4 && w.size(2) == 1 && w.size(1) == in_ch, op, ": ", name, " must be [out, ", in_ch,
+                 ", 1, k], got shape ", shape(w));
+  JF_CHECK_VALUE(b.dim() == 1 && b.size(0) == w.size(0), op, ": the bias of ", name, " must be [", w.size(0),
+                 "], got shape ", shape(b));
+  JF_CHECK_TYPE(w.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(), op, ": ", name,
+                " and its bias must have x's dtype ", dtype_name(x.scalar_type()), ", got ",
+                dtype_name(w.scalar_type()), " and ", dtype_name(b.scalar_type()));
+  JF_CHECK_VALUE(same_device(w, x) && same_device(b, x), op, ": ", name, " must be on x's device");
 }
 
 void check_padding(const char* op, int64_t k, int64_t dilation, int64_t pad_left, int64_t pad_right) {
-  TORCH_CHECK_VALUE(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
-  TORCH_CHECK_VALUE(pad_left >= 0 && pad_right >= 0 && pad_left + pad_right == (k - 1) * dilation, op,
-                    ": pad_left + pad_right must equal (k - 1) * dilation = ", (k - 1) * dilation, " (the output keeps",
-                    " the input's length), got ", pad_left, " + ", pad_right);
+  JF_CHECK_VALUE(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  JF_CHECK_VALUE(pad_left >= 0 && pad_right >= 0 && pad_left + pad_right == (k - 1) * dilation, op,
+                 ": pad_left + pad_right must equal (k - 1) * dilation = ", (k - 1) * dilation, " (the output keeps",
+                 " the input's length), got ", pad_left, " + ", pad_right);
 }
 
-at::Tensor float_contiguous(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+Tensor float_contiguous(const Tensor& t) { return torch::stable::contiguous(torch::stable::to(t, kFloat)); }
+
+// An uninitialised channels-last tensor of `sizes` with like's dtype and device (the ops' outputs).
+Tensor empty_channels_last(std::initializer_list<int64_t> sizes, const Tensor& like) {
+  return torch::stable::empty(sizes, like.scalar_type(), std::nullopt, like.device(), std::nullopt,
+                              MemoryFormat::ChannelsLast);
+}
 
 // Convolution weights [O, I, 1, k] -> float32 [k, I, O]: per tap the GEMM's I x O matrix, output channels
 // innermost. Converted first (channels-last memory is [O][k][I]), then transposed in cache-sized blocks:
 // torch's strided copy with the dtype conversion took 1-2 ms per call for the 512-channel block's weights.
-at::Tensor pack_taps(const at::Tensor& w) {
+Tensor pack_taps(const Tensor& w) {
   const int64_t O = w.size(0), I = w.size(1), k = w.size(3);
-  const at::Tensor src = w.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  at::Tensor out = at::empty({k, I, O}, src.options().memory_format(at::MemoryFormat::Contiguous));
+  const Tensor src = torch::stable::contiguous(torch::stable::to(w, kFloat), MemoryFormat::ChannelsLast);
+  Tensor out =
+      torch::stable::empty({k, I, O}, kFloat, std::nullopt, src.device(), std::nullopt, MemoryFormat::Contiguous);
   const float* s = src.const_data_ptr<float>();
   float* d = out.mutable_data_ptr<float>();
   constexpr int64_t kBlock = 32;
   const int64_t o_blocks = (O + kBlock - 1) / kBlock;
-  at::parallel_for(0, k * o_blocks, 1, [&](int64_t begin, int64_t end) {
+  torch::stable::parallel_for(0, k * o_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
       const int64_t j = job / o_blocks, o0 = job % o_blocks * kBlock, o1 = std::min(O, o0 + kBlock);
       for (int64_t i0 = 0; i0 < I; i0 += kBlock) {
@@ -506,56 +499,55 @@ at::Tensor pack_taps(const at::Tensor& w) {
   return out;
 }
 
-at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                        const at::Tensor& b2, int64_t dilation, int64_t pad_left, int64_t pad_right,
-                        c10::string_view pad_mode, double alpha) {
+Tensor elu_resblock(const Tensor& x_in, const Tensor& w1, const Tensor& b1, const Tensor& w2, const Tensor& b2,
+                    int64_t dilation, int64_t pad_left, int64_t pad_right, const std::string& pad_mode, double alpha) {
   const char* op = "elu_resblock";
-  TORCH_CHECK_VALUE(w1.dim() == 4, op, ": w1 must be [H, C, 1, k], got shape ", w1.sizes());
+  JF_CHECK_VALUE(w1.dim() == 4, op, ": w1 must be [H, C, 1, k], got shape ", shape(w1));
   const int64_t H = w1.size(0), C = w1.size(1), k = w1.size(3);
   check_activations(op, x_in, C);
   check_conv_weight(op, "w1", w1, b1, C, x_in);
   check_conv_weight(op, "w2", w2, b2, H, x_in);
-  TORCH_CHECK_VALUE(w2.size(0) == C && w2.size(3) == 1, op, ": w2 must be [", C, ", ", H, ", 1, 1], got shape ",
-                    w2.sizes());
+  JF_CHECK_VALUE(w2.size(0) == C && w2.size(3) == 1, op, ": w2 must be [", C, ", ", H, ", 1, 1], got shape ",
+                 shape(w2));
   check_padding(op, k, dilation, pad_left, pad_right);
   const PadMode mode = parse_pad_mode(pad_mode);
 
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), T = x.size(3);
-  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor b1f = float_contiguous(b1), b2f = float_contiguous(b2);
+  Tensor out = empty_channels_last({B, C, 1, T}, x);
+  const Tensor b1f = float_contiguous(b1), b2f = float_contiguous(b2);
   const int64_t tile = tile_rows(std::max(C, H));
   const int64_t jobs = B * ((T + tile - 1) / tile);
   const int width = vector_width({C, H});
 
 #ifdef JASCO_FAST_X86
-  if (x.scalar_type() == at::kBFloat16 && width == 16 && use_bf16_dot()) {
-    const at::Tensor w1b = pack_taps_bf16_pairs(w1), w2b = pack_taps_bf16_pairs(w2);
-    const ResblockArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(),
-                                           out.mutable_data_ptr<c10::BFloat16>(),
-                                           B,
-                                           T,
-                                           C,
-                                           H,
-                                           k,
-                                           dilation,
-                                           pad_left,
-                                           tile,
-                                           make_pad_map(op, mode, T, pad_left, pad_right),
-                                           nullptr,
-                                           b1f.const_data_ptr<float>(),
-                                           nullptr,
-                                           b2f.const_data_ptr<float>(),
-                                           static_cast<float>(alpha)};
+  if (x.scalar_type() == kBFloat16 && width == 16 && use_bf16_dot()) {
+    const Tensor w1b = pack_taps_bf16_pairs(w1), w2b = pack_taps_bf16_pairs(w2);
+    const ResblockArgs<BFloat16> args{x.const_data_ptr<BFloat16>(),
+                                      out.mutable_data_ptr<BFloat16>(),
+                                      B,
+                                      T,
+                                      C,
+                                      H,
+                                      k,
+                                      dilation,
+                                      pad_left,
+                                      tile,
+                                      make_pad_map(op, mode, T, pad_left, pad_right),
+                                      nullptr,
+                                      b1f.const_data_ptr<float>(),
+                                      nullptr,
+                                      b2f.const_data_ptr<float>(),
+                                      static_cast<float>(alpha)};
     const uint32_t* w1p_b = reinterpret_cast<const uint32_t*>(w1b.const_data_ptr<int32_t>());
     const uint32_t* w2p_b = reinterpret_cast<const uint32_t*>(w2b.const_data_ptr<int32_t>());
-    at::parallel_for(0, jobs, 1,
-                     [&](int64_t begin, int64_t end) { resblock_tiles_bf16(args, w1p_b, w2p_b, begin, end); });
+    torch::stable::parallel_for(
+        0, jobs, 1, [&](int64_t begin, int64_t end) { resblock_tiles_bf16(args, w1p_b, w2p_b, begin, end); });
     return out;
   }
 #endif
-  const at::Tensor w1p = pack_taps(w1);  // [k, C, H]
-  const at::Tensor w2p = pack_taps(w2);  // [1, H, C]
+  const Tensor w1p = pack_taps(w1);  // [k, C, H]
+  const Tensor w2p = pack_taps(w2);  // [1, H, C]
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
     const ResblockArgs<T_> args{x.const_data_ptr<T_>(),
@@ -579,22 +571,22 @@ at::Tensor elu_resblock(const at::Tensor& x_in, const at::Tensor& w1, const at::
   return out;
 }
 
-at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, int64_t dilation,
-                    int64_t pad_left, int64_t pad_right, c10::string_view pad_mode, double alpha) {
+Tensor elu_conv(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t dilation, int64_t pad_left,
+                int64_t pad_right, const std::string& pad_mode, double alpha) {
   const char* op = "elu_conv";
-  TORCH_CHECK_VALUE(weight.dim() == 4, op, ": weight must be [Cout, C, 1, k], got shape ", weight.sizes());
+  JF_CHECK_VALUE(weight.dim() == 4, op, ": weight must be [Cout, C, 1, k], got shape ", shape(weight));
   const int64_t Cout = weight.size(0), C = weight.size(1), k = weight.size(3);
   check_activations(op, x_in, C);
   check_conv_weight(op, "weight", weight, bias, C, x_in);
   check_padding(op, k, dilation, pad_left, pad_right);
   const PadMode mode = parse_pad_mode(pad_mode);
 
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), T = x.size(3);
-  at::Tensor out = at::empty({B, Cout, 1, T}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  Tensor out = empty_channels_last({B, Cout, 1, T}, x);
   // channels-last memory of [Cout, C, 1, k] is [Cout][k][C], the layout the dot products read
-  const at::Tensor wp = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor bf = float_contiguous(bias);
+  const Tensor wp = torch::stable::contiguous(torch::stable::to(weight, kFloat), MemoryFormat::ChannelsLast);
+  const Tensor bf = float_contiguous(bias);
   const int64_t tile = std::clamp<int64_t>(16384 / C, 8, 512) / 8 * 8;  // a multiple of the dot products' 8-row blocks
   const int64_t jobs = B * ((T + tile - 1) / tile);
   const int width = vector_width({C});
@@ -622,65 +614,67 @@ at::Tensor elu_conv(const at::Tensor& x_in, const at::Tensor& weight, const at::
 // Transposed-convolution weights [C, Cout, 1, k] as the weights [r * Cout, C, 1, taps] of the convolution over input
 // rows (ConvTransposeArgs), for pack_taps / pack_taps_bf16_pairs: output p * Cout + o, tap j holds kernel position
 // (taps - 1 - j) * r + p of output channel o, zero past k.
-at::Tensor as_row_convolution(const at::Tensor& w, int64_t r, int64_t taps) {
+Tensor as_row_convolution(const Tensor& w, int64_t r, int64_t taps) {
   const int64_t C = w.size(0), Cout = w.size(1), k = w.size(3);
-  const at::Tensor padded = at::constant_pad_nd(w.squeeze(2), {0, taps * r - k});  // [C, Cout, taps * r]
-  return padded.view({C, Cout, taps, r}).flip({2}).permute({3, 1, 0, 2}).reshape({r * Cout, C, 1, taps});
+  const Tensor padded = torch::stable::pad(torch::stable::squeeze(w, 2), {0, taps * r - k});  // [C, Cout, taps * r]
+  auto flipped = call_op("aten::flip", "", torch::stable::view(padded, {C, Cout, taps, r}), std::vector<int64_t>{2});
+  auto permuted = call_op("aten::permute", "", result(flipped), std::vector<int64_t>{3, 1, 0, 2});
+  return torch::stable::reshape(result(permuted), {r * Cout, C, 1, taps});
 }
 
-at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias, int64_t stride,
-                              int64_t trim_left, int64_t trim_right, double alpha) {
+Tensor elu_conv_transpose(const Tensor& x_in, const Tensor& weight, const Tensor& bias, int64_t stride,
+                          int64_t trim_left, int64_t trim_right, double alpha) {
   const char* op = "elu_conv_transpose";
-  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 1, op, ": weight must be [C, Cout, 1, k], got shape ",
-                    weight.sizes());
+  JF_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 1, op, ": weight must be [C, Cout, 1, k], got shape ",
+                 shape(weight));
   const int64_t C = weight.size(0), Cout = weight.size(1), k = weight.size(3);
   check_activations(op, x_in, C);
-  TORCH_CHECK_VALUE(Cout >= 1 && k >= 1, op, ": weight must have at least one output channel and one tap, got shape ",
-                    weight.sizes());
-  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == Cout, op, ": bias must be [", Cout, "], got shape ",
-                    bias.sizes());
-  TORCH_CHECK_TYPE(weight.scalar_type() == x_in.scalar_type() && bias.scalar_type() == x_in.scalar_type(), op,
-                   ": weight and bias must have x's dtype ", x_in.scalar_type(), ", got ", weight.scalar_type(),
-                   " and ", bias.scalar_type());
-  TORCH_CHECK_VALUE(weight.device() == x_in.device() && bias.device() == x_in.device(), op,
-                    ": weight and bias must be on x's device");
-  TORCH_CHECK_VALUE(stride >= 1, op, ": stride must be >= 1, got ", stride);
+  JF_CHECK_VALUE(Cout >= 1 && k >= 1, op, ": weight must have at least one output channel and one tap, got shape ",
+                 shape(weight));
+  JF_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == Cout, op, ": bias must be [", Cout, "], got shape ", shape(bias));
+  JF_CHECK_TYPE(weight.scalar_type() == x_in.scalar_type() && bias.scalar_type() == x_in.scalar_type(), op,
+                ": weight and bias must have x's dtype ", dtype_name(x_in.scalar_type()), ", got ",
+                dtype_name(weight.scalar_type()), " and ", dtype_name(bias.scalar_type()));
+  JF_CHECK_VALUE(same_device(weight, x_in) && same_device(bias, x_in), op, ": weight and bias must be on x's device");
+  JF_CHECK_VALUE(stride >= 1, op, ": stride must be >= 1, got ", stride);
   const int64_t T = x_in.size(3), full = (T - 1) * stride + k;
-  TORCH_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
-                    ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
-                    " output samples, got ", trim_left, " and ", trim_right);
+  JF_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
+                 ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
+                 " output samples, got ", trim_left, " and ", trim_right);
 
-  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), L = full - trim_left - trim_right;
   const int64_t taps = (k + stride - 1) / stride, N = stride * Cout;
-  at::Tensor out = at::empty({B, Cout, 1, L}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor bias_row = float_contiguous(bias).repeat({stride});
+  Tensor out = empty_channels_last({B, Cout, 1, L}, x);
+  auto repeated = call_op("aten::repeat", "", float_contiguous(bias), std::vector<int64_t>{stride});
+  const Tensor bias_row = result(repeated);
   // rows per tile: the tile's input and output buffers within ~256 KB of L2, a multiple of the register blocks
   const int64_t tile = std::clamp<int64_t>(65536 / (C + N), 12, 512) / 12 * 12;
   const int64_t jobs = B * ((T + taps - 1 + tile - 1) / tile);
   const int width = vector_width({C, Cout});
 
 #ifdef JASCO_FAST_X86
-  if (x.scalar_type() == at::kBFloat16 && width == 16 && use_bf16_dot()) {
-    const at::Tensor wp = pack_taps_bf16_pairs(as_row_convolution(weight, stride, taps));
-    const ConvTransposeArgs<c10::BFloat16> args{x.const_data_ptr<c10::BFloat16>(),
-                                                out.mutable_data_ptr<c10::BFloat16>(),
-                                                T,
-                                                C,
-                                                N,
-                                                taps,
-                                                tile,
-                                                trim_left * Cout,
-                                                L * Cout,
-                                                nullptr,
-                                                bias_row.const_data_ptr<float>(),
-                                                static_cast<float>(alpha)};
+  if (x.scalar_type() == kBFloat16 && width == 16 && use_bf16_dot()) {
+    const Tensor wp = pack_taps_bf16_pairs(as_row_convolution(weight, stride, taps));
+    const ConvTransposeArgs<BFloat16> args{x.const_data_ptr<BFloat16>(),
+                                           out.mutable_data_ptr<BFloat16>(),
+                                           T,
+                                           C,
+                                           N,
+                                           taps,
+                                           tile,
+                                           trim_left * Cout,
+                                           L * Cout,
+                                           nullptr,
+                                           bias_row.const_data_ptr<float>(),
+                                           static_cast<float>(alpha)};
     const uint32_t* w = reinterpret_cast<const uint32_t*>(wp.const_data_ptr<int32_t>());
-    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) { conv_transpose_tiles_bf16(args, w, begin, end); });
+    torch::stable::parallel_for(0, jobs, 1,
+                                [&](int64_t begin, int64_t end) { conv_transpose_tiles_bf16(args, w, begin, end); });
     return out;
   }
 #endif
-  const at::Tensor wp = pack_taps(as_row_convolution(weight, stride, taps));
+  const Tensor wp = pack_taps(as_row_convolution(weight, stride, taps));
   with_activation_type(x, [&](auto* typed) {
     using T_ = std::remove_pointer_t<decltype(typed)>;
     const ConvTransposeArgs<T_> args{x.const_data_ptr<T_>(),
@@ -702,10 +696,10 @@ at::Tensor elu_conv_transpose(const at::Tensor& x_in, const at::Tensor& weight, 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) {
-  m.impl("elu_resblock", &elu_resblock);
-  m.impl("elu_conv", &elu_conv);
-  m.impl("elu_conv_transpose", &elu_conv_transpose);
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) {
+  m.impl("elu_resblock", TORCH_BOX(&elu_resblock));
+  m.impl("elu_conv", TORCH_BOX(&elu_conv));
+  m.impl("elu_conv_transpose", TORCH_BOX(&elu_conv_transpose));
 }
 
 }  // namespace jasco_fast

@@ -3,7 +3,7 @@
 //   JF_ISA     the namespace the functions go in,
 //   JF_TARGET  the function attribute that enables the instruction set (empty for the portable copy),
 //   JF_WIDTH   float32 lanes per vector: 16 (AVX-512), 8 (AVX2 + FMA) or 1 (portable: V is a plain float).
-// Everything computes in float32; activations are read and written as float or c10::BFloat16.
+// Everything computes in float32; activations are read and written as float or BFloat16.
 namespace JF_ISA {
 
 constexpr int W = JF_WIDTH;
@@ -16,11 +16,11 @@ JF_TARGET inline V vset1(float x) { return _mm512_set1_ps(x); }
 JF_TARGET inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 JF_TARGET inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
 JF_TARGET inline float vsum(V v) { return _mm512_reduce_add_ps(v); }
-JF_TARGET inline V vload(const c10::BFloat16* p) {
+JF_TARGET inline V vload(const BFloat16* p) {
   const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
-JF_TARGET inline void vstore(c10::BFloat16* p, V v) {  // round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16)
+JF_TARGET inline void vstore(BFloat16* p, V v) {  // round to nearest even, NaN -> 0x7FC0 (as c10::BFloat16)
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
@@ -62,11 +62,11 @@ JF_TARGET inline float vsum(V v) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
-JF_TARGET inline V vload(const c10::BFloat16* p) {
+JF_TARGET inline V vload(const BFloat16* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
-JF_TARGET inline void vstore(c10::BFloat16* p, V v) {
+JF_TARGET inline void vstore(BFloat16* p, V v) {
   const __m256i bits = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
@@ -105,8 +105,8 @@ inline V vset1(float x) { return x; }
 inline V vfma(V a, V b, V c) { return a * b + c; }
 inline V vadd(V a, V b) { return a + b; }
 inline float vsum(V v) { return v; }
-inline V vload(const c10::BFloat16* p) { return static_cast<float>(*p); }
-inline void vstore(c10::BFloat16* p, V v) { *p = c10::BFloat16(v); }
+inline V vload(const BFloat16* p) { return static_cast<float>(*p); }
+inline void vstore(BFloat16* p, V v) { *p = BFloat16(v); }
 inline V velu(V x, float alpha) { return x > 0.0f ? x : (x == x ? alpha * std::expm1(x) : x); }
 inline V velu_bf16(V x, float alpha) { return velu(x, alpha); }
 #endif
@@ -230,7 +230,7 @@ template <typename scalar_t>
 JF_TARGET inline void elu_row(const scalar_t* src, float* dst, int64_t C, float alpha) {
   for (int64_t c = 0; c < C; c += W) {
     const V x = vload(src + c);
-    vstore(dst + c, std::is_same_v<scalar_t, c10::BFloat16> ? velu_bf16(x, alpha) : velu(x, alpha));
+    vstore(dst + c, std::is_same_v<scalar_t, BFloat16> ? velu_bf16(x, alpha) : velu(x, alpha));
   }
 }
 

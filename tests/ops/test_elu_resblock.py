@@ -4,10 +4,13 @@ Where the decoder runs it: tests/test_decoder_fuse.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from checkpoints import child_env
 from elu_layers import (
     check,
     check_non_finite_spread,
@@ -197,3 +200,42 @@ def test_argument_errors():
             )
         with pytest.raises(ValueError, match="dilation"):
             elu_resblock(x, *args, 0, 1, 1, "reflect", 1.0)
+
+
+def test_bfloat16_dot_copy_follows_torchs_amx_answer():
+    """The bfloat16 dot-product copy runs exactly on CPUs with AVX-512 and AVX512-BF16 and without AMX, AMX as
+    torch.cpu._is_amx_tile_supported() answers it (the C++ side asks CPUID itself, csrc/cpu/cpu_isa.h). No op
+    reports the tail kernels' choice, so the outputs tell: in a process without ISA caps, bfloat16 blocks and
+    transposed convolutions differ from the float32 copies' (JASCO_FAST_TAIL_ISA=avx512) exactly when the dot
+    copy ran (it rounds the activations it feeds to its dot products)."""
+    script = (
+        "import hashlib, torch, elu_layers as t\n"
+        "x = t.inputs(1, 64, 600, torch.bfloat16)\n"
+        "block = t.make_block(64, 3, 1).to(torch.bfloat16)\n"
+        "layer = t.make_upsampler(64, 32, 4).to(torch.bfloat16)\n"
+        "with torch.no_grad():\n"
+        "    outs = (t.resblock_op(block, x), t.conv_transpose_op(layer, x))\n"
+        "print(' '.join(hashlib.sha256(o.contiguous().view(torch.int16).numpy().tobytes()).hexdigest() for o in outs))\n"
+    )
+
+    def output_hashes(**caps):
+        env = child_env(Path(__file__).parent, **caps)
+        for name in ("JASCO_FAST_ISA", "JASCO_FAST_TAIL_ISA"):
+            if name not in caps:
+                env.pop(name, None)
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stdout.split()
+
+    uncapped, float32_copies = output_hashes(), output_hashes(JASCO_FAST_TAIL_ISA="avx512")
+    dot_copy = (
+        torch.cpu._is_avx512_supported()
+        and torch.cpu._is_avx512_bf16_supported()
+        and not torch.cpu._is_amx_tile_supported()
+    )
+    assert [a != b for a, b in zip(uncapped, float32_copies)] == [dot_copy, dot_copy]
+
+
+ def test_bfloat16_block_at_most_the_layers_error():
+     """bfloat16: the op's error against float64 is at most 1.25x that of the decoder's own unfused bfloat16 layers
+     (oneDNN convolutions, bfloat16 tensors between them), whichever copy this CPU runs."""
