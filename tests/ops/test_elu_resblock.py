@@ -234,8 +234,3 @@ def test_bfloat16_dot_copy_follows_torchs_amx_answer():
         and not torch.cpu._is_amx_tile_supported()
     )
     assert [a != b for a, b in zip(uncapped, float32_copies)] == [dot_copy, dot_copy]
-
-
- def test_bfloat16_block_at_most_the_layers_error():
-     """bfloat16: the op's error against float64 is at most 1.25x that of the decoder's own unfused bfloat16 layers
-     (oneDNN convolutions, bfloat16 tensors between them), whichever copy this CPU runs."""
