@@ -37,6 +37,7 @@ Tensor float_scalar(double value, const Tensor& t) {
   return torch::stable::full({}, value, kFloat, std::nullopt, t.device());
 }
 
+// An ATen op of one (call1) or two (call2) tensors with one tensor result, through the dispatcher.
 Tensor call1(const char* name, const char* overload, const Tensor& a) {
   auto s = call_op(name, overload, a);
   return result(s);
