@@ -24,11 +24,7 @@
 // AVX-512 and for AVX2 + FMA (tile_vnni for AVX512-VNNI), with function-level target attributes, and chosen
 // at run time (cpu_isa(): __builtin_cpu_supports, lowered by JASCO_FAST_LSTM_ISA); other CPUs run plain
 // loops (the same numbers up to float32 rounding, and the int8 format in float32 arithmetic).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
 #include <omp.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -44,6 +40,7 @@
 #include <vector>
 
 #include "../lstm_recurrence.h"
+#include "../stable.h"
 #include "cpu_isa.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -415,7 +412,7 @@ struct PackedRecurrent {
   const uint8_t* data;    // the tiles, one after another
   const float* scale;     // int8 formats: [groups * kGroupRows] float32 in packed row order; else nullptr
   const int32_t* rowsum;  // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else nullptr
-  at::Tensor owner;
+  Tensor owner;
 };
 
 // The original row of packed row p (-1 for padding units beyond C).
@@ -442,7 +439,7 @@ float quantize_row_portable(const w_t* w, int64_t C, int8_t* q) {
 // The same arithmetic 16 lanes at a time (max is exact in any order; division and round-to-nearest-even are
 // the IEEE operations), so both give identical bytes.
 JF_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-JF_AVX512 inline __m512 load16(const at::BFloat16* p) {
+JF_AVX512 inline __m512 load16(const BFloat16* p) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
@@ -469,7 +466,7 @@ JF_AVX512 float quantize_row_avx512(const w_t* w, int64_t C, int8_t* q) {
 }
 
 JF_AVX2_FMA inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-JF_AVX2_FMA inline __m256 load8(const at::BFloat16* p) {
+JF_AVX2_FMA inline __m256 load8(const BFloat16* p) {
   const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
 }
@@ -565,9 +562,9 @@ int64_t pack_width(WeightFormat format) {
 }
 
 // The layout this process packs a recurrent format (lstm_skip's resolved recurrent dtype) in.
-WeightFormat packed_format_for(at::ScalarType recurrent) {
-  if (recurrent == at::kChar) return int8_integer_path().first;
-  return recurrent == at::kBFloat16 ? WeightFormat::kBFloat16 : WeightFormat::kFloat32;
+WeightFormat packed_format_for(ScalarType recurrent) {
+  if (recurrent == kChar) return int8_integer_path().first;
+  return recurrent == kBFloat16 ? WeightFormat::kBFloat16 : WeightFormat::kFloat32;
 }
 
 int64_t packed_rows(int64_t C) { return (C + kUnitGroup - 1) / kUnitGroup * kGroupRows; }
@@ -596,7 +593,7 @@ PackedRecurrent packed_geometry(WeightFormat format, int64_t width, int64_t C) {
 }
 
 // Packs w_hh [4C, C] (CPU, float32 or bfloat16) into `seg` (segment_bytes(format, C) bytes, zeroed).
-void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t width, uint8_t* seg) {
+void pack_recurrent_into(const Tensor& w_hh, WeightFormat format, int64_t width, uint8_t* seg) {
   const int64_t C = w_hh.size(1), rows = packed_rows(C), tiles = rows / width;
   const PackedRecurrent p = packed_geometry(format, width, C);
   const PackHeader header{kPackMagic,
@@ -620,13 +617,13 @@ void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t wi
   }
   // bfloat16 tiles from float32 weights: rounded to nearest even by ATen's conversion
   // (int8 reads float32 or bfloat16 rows as they are)
-  const at::Tensor w = format == WeightFormat::kBFloat16 ? w_hh.to(at::kBFloat16).contiguous()
-                       : format == WeightFormat::kInt8 && w_hh.scalar_type() == at::kBFloat16
-                           ? w_hh.contiguous()
-                           : w_hh.to(at::kFloat).contiguous();
-  const bool bf16_source = w.scalar_type() == at::kBFloat16;
+  const Tensor w = format == WeightFormat::kBFloat16 ? torch::stable::contiguous(torch::stable::to(w_hh, kBFloat16))
+                   : format == WeightFormat::kInt8 && w_hh.scalar_type() == kBFloat16
+                       ? torch::stable::contiguous(w_hh)
+                       : torch::stable::contiguous(torch::stable::to(w_hh, kFloat));
+  const bool bf16_source = w.scalar_type() == kBFloat16;
 
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  torch::stable::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
     std::vector<const void*> src(width);
     std::vector<int8_t> quantized(format == WeightFormat::kInt8 ? width * C : 0);
     for (int64_t t = t0; t < t1; ++t) {
@@ -638,12 +635,12 @@ void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t wi
         if (row < 0) {
           if (scale) scale[t * width + r] = 1.0f;
         } else if (format == WeightFormat::kBFloat16) {
-          src[r] = w.const_data_ptr<at::BFloat16>() + row * C;
+          src[r] = w.const_data_ptr<BFloat16>() + row * C;
         } else if (format == WeightFormat::kFloat32) {
           src[r] = w.const_data_ptr<float>() + row * C;
         } else {
           int8_t* q = quantized.data() + r * C;
-          scale[t * width + r] = bf16_source ? quantize_row(w.const_data_ptr<at::BFloat16>() + row * C, C, q)
+          scale[t * width + r] = bf16_source ? quantize_row(w.const_data_ptr<BFloat16>() + row * C, C, q)
                                              : quantize_row(w.const_data_ptr<float>() + row * C, C, q);
           src[r] = quantized.data() + r * C;
           if (rowsum) {
@@ -686,40 +683,40 @@ void pack_recurrent_into(const at::Tensor& w_hh, WeightFormat format, int64_t wi
 }
 
 // A new pack of one layer's w_hh: a segment in its own tensor.
-at::Tensor pack_segment(const at::Tensor& w_hh, WeightFormat format) {
+Tensor pack_segment(const Tensor& w_hh, WeightFormat format) {
   const int64_t width = pack_width(format);
-  at::Tensor seg = at::zeros({segment_bytes(format, w_hh.size(1))}, w_hh.options().dtype(at::kByte));
+  Tensor seg = torch::stable::new_zeros(w_hh, {segment_bytes(format, w_hh.size(1))}, kByte);
   pack_recurrent_into(w_hh, format, width, seg.mutable_data_ptr<uint8_t>());
   return seg;
 }
 
 // The segment at `offset` of `pack`, checked against layer `layer`'s w_hh and the layout `want`
 // (op: the name errors start with). Returns it with its pointers set.
-PackedRecurrent read_segment(const at::Tensor& pack, int64_t offset, const at::Tensor& w_hh, WeightFormat want,
-                             int64_t layer, const char* op) {
+PackedRecurrent read_segment(const Tensor& pack, int64_t offset, const Tensor& w_hh, WeightFormat want, int64_t layer,
+                             const char* op) {
   const int64_t size = pack.numel();
-  TORCH_CHECK_VALUE(offset + 64 <= size, op, ": packed ends before layer ", layer, "'s segment (", size,
-                    " bytes): not a pack of these weights");
+  JF_CHECK_VALUE(offset + 64 <= size, op, ": packed ends before layer ", layer, "'s segment (", size,
+                 " bytes): not a pack of these weights");
   PackHeader h;
   std::memcpy(&h, pack.const_data_ptr<uint8_t>() + offset, sizeof h);
-  TORCH_CHECK_VALUE(h.magic == kPackMagic && h.version == kPackVersion, op,
-                    ": packed is not a jasco_fast::lstm_pack "
-                    "pack of version ",
-                    kPackVersion, " (layer ", layer, ")");
+  JF_CHECK_VALUE(h.magic == kPackMagic && h.version == kPackVersion, op,
+                 ": packed is not a jasco_fast::lstm_pack "
+                 "pack of version ",
+                 kPackVersion, " (layer ", layer, ")");
   const int64_t C = w_hh.size(1);
-  TORCH_CHECK_VALUE(h.rows == w_hh.size(0) && h.cols == C, op, ": layer ", layer, "'s pack is of a [", h.rows, ", ",
-                    h.cols, "] matrix, w_hh is ", w_hh.sizes());
-  TORCH_CHECK_VALUE(h.dtype == static_cast<int64_t>(w_hh.scalar_type()), op, ": layer ", layer,
-                    "'s pack was made from ", static_cast<at::ScalarType>(h.dtype), " weights, w_hh is ",
-                    w_hh.scalar_type(), ": pack the weights again after converting them");
+  JF_CHECK_VALUE(h.rows == w_hh.size(0) && h.cols == C, op, ": layer ", layer, "'s pack is of a [", h.rows, ", ",
+                 h.cols, "] matrix, w_hh is ", shape(w_hh));
+  JF_CHECK_VALUE(h.dtype == static_cast<int64_t>(w_hh.scalar_type()), op, ": layer ", layer, "'s pack was made from ",
+                 dtype_name(static_cast<ScalarType>(h.dtype)), " weights, w_hh is ", dtype_name(w_hh.scalar_type()),
+                 ": pack the weights again after converting them");
   const int64_t width = pack_width(want);
-  TORCH_CHECK_VALUE(
+  JF_CHECK_VALUE(
       h.format == static_cast<int64_t>(want) && h.width == width, op, ": layer ", layer, "'s pack has ", "the layout ",
       format_name(static_cast<WeightFormat>(std::clamp<int64_t>(h.format, 0, 4))), ", width ", h.width,
       "; this call needs ", format_name(want), ", width ", width,
       " (the recurrent format and this process's CPU): pack again with this recurrent_dtype, in this process");
-  TORCH_CHECK_VALUE(h.bytes == segment_bytes(want, C) && offset + h.bytes <= size, op, ": layer ", layer,
-                    "'s pack segment has the wrong size");
+  JF_CHECK_VALUE(h.bytes == segment_bytes(want, C) && offset + h.bytes <= size, op, ": layer ", layer,
+                 "'s pack segment has the wrong size");
   PackedRecurrent p = packed_geometry(want, width, C);
   const uint8_t* seg = pack.const_data_ptr<uint8_t>() + offset;
   const int64_t rows = packed_rows(C);
@@ -731,13 +728,12 @@ PackedRecurrent read_segment(const at::Tensor& pack, int64_t offset, const at::T
 }
 
 // Every layer's segment of `packed`, checked against the weights and the recurrent format.
-std::vector<PackedRecurrent> read_packs(const at::Tensor& packed, at::TensorList weights, int64_t num_layers,
-                                        at::ScalarType recurrent) {
+std::vector<PackedRecurrent> read_packs(const Tensor& packed, const std::vector<Tensor>& weights, int64_t num_layers,
+                                        ScalarType recurrent) {
   const char* op = "lstm_skip";
-  TORCH_CHECK_TYPE(
-      packed.device().is_cpu() && packed.scalar_type() == at::kByte && packed.dim() == 1 && packed.is_contiguous(), op,
-      ": packed must be a contiguous 1-D uint8 CPU tensor from jasco_fast::lstm_pack, got ", packed.scalar_type(), " ",
-      packed.sizes(), " on ", packed.device());
+  JF_CHECK_TYPE(packed.is_cpu() && packed.scalar_type() == kByte && packed.dim() == 1 && packed.is_contiguous(), op,
+                ": packed must be a contiguous 1-D uint8 CPU tensor from jasco_fast::lstm_pack, got ",
+                dtype_name(packed.scalar_type()), " ", shape(packed), " on ", device_name(packed));
   const WeightFormat want = packed_format_for(recurrent);
   std::vector<PackedRecurrent> packs;
   int64_t offset = 0;
@@ -745,7 +741,7 @@ std::vector<PackedRecurrent> read_packs(const at::Tensor& packed, at::TensorList
     packs.push_back(read_segment(packed, offset, weights[4 * l + 1], want, l, op));
     offset += segment_bytes(want, weights[4 * l + 1].size(1));
   }
-  TORCH_CHECK_VALUE(offset == packed.numel(), op, ": packed holds more than num_layers = ", num_layers, " segments");
+  JF_CHECK_VALUE(offset == packed.numel(), op, ": packed holds more than num_layers = ", num_layers, " segments");
   return packs;
 }
 
@@ -840,7 +836,7 @@ JF_AVX512 inline __m512 tanh_avx512(__m512 x) {
   return _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
 }
 JF_AVX512 inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-JF_AVX512 inline __m512 load16(const at::BFloat16* p, __mmask16 m) {
+JF_AVX512 inline __m512 load16(const BFloat16* p, __mmask16 m) {
   const __m256i bits = _mm256_maskz_loadu_epi16(m, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
@@ -915,7 +911,7 @@ JF_AVX2_FMA inline __m256 tanh_avx2(__m256 x) {
 JF_AVX2_FMA inline __m256 load8(const float* p, int64_t m, __m256i mask) {
   return m == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask);
 }
-JF_AVX2_FMA inline __m256 load8(const at::BFloat16* p, int64_t m, __m256i) {
+JF_AVX2_FMA inline __m256 load8(const BFloat16* p, int64_t m, __m256i) {
   uint16_t bits[8] = {};
   std::memcpy(bits, p, 2 * m);
   return _mm256_castsi256_ps(
@@ -1136,23 +1132,22 @@ std::string lstm_int8_matvec() {
 }  // namespace
 
 // jasco_fast::lstm_pack: every layer's W_hh packed for this process's kernel, one segment after another.
-at::Tensor lstm_pack(at::TensorList w_hh, std::optional<at::ScalarType> recurrent_dtype) {
-  TORCH_CHECK_VALUE(!w_hh.empty(), "lstm_pack: w_hh must hold at least one matrix");
+Tensor lstm_pack(const std::vector<Tensor>& w_hh, std::optional<ScalarType> recurrent_dtype) {
+  JF_CHECK_VALUE(!w_hh.empty(), "lstm_pack: w_hh must hold at least one matrix");
   std::vector<WeightFormat> formats;
   int64_t total = 0;
   for (size_t l = 0; l < w_hh.size(); ++l) {
-    const at::Tensor& w = w_hh[l];
-    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) >= 1 && w.size(0) == 4 * w.size(1), "lstm_pack: w_hh[", l,
-                      "] must be [4C, C] with C >= 1, got ", w.sizes());
-    TORCH_CHECK_TYPE(w.device().is_cpu() && (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
-                     "lstm_pack: w_hh[", l,
-                     "] must be a float32 or bfloat16 CPU tensor (what the CPU kernel reads), "
-                     "got ",
-                     w.scalar_type(), " on ", w.device());
+    const Tensor& w = w_hh[l];
+    JF_CHECK_VALUE(w.dim() == 2 && w.size(1) >= 1 && w.size(0) == 4 * w.size(1), "lstm_pack: w_hh[", l,
+                   "] must be [4C, C] with C >= 1, got ", shape(w));
+    JF_CHECK_TYPE(w.is_cpu() && (w.scalar_type() == kFloat || w.scalar_type() == kBFloat16), "lstm_pack: w_hh[", l,
+                  "] must be a float32 or bfloat16 CPU tensor (what the CPU kernel reads), "
+                  "got ",
+                  dtype_name(w.scalar_type()), " on ", device_name(w));
     formats.push_back(packed_format_for(recurrent_format(recurrent_dtype, w.scalar_type(), "lstm_pack")));
     total += segment_bytes(formats.back(), w.size(1));
   }
-  at::Tensor pack = at::zeros({total}, w_hh[0].options().dtype(at::kByte));
+  Tensor pack = torch::stable::new_zeros(w_hh[0], {total}, kByte);
   int64_t offset = 0;
   for (size_t l = 0; l < w_hh.size(); ++l) {
     pack_recurrent_into(w_hh[l], formats[l], pack_width(formats[l]), pack.mutable_data_ptr<uint8_t>() + offset);
@@ -1162,24 +1157,27 @@ at::Tensor lstm_pack(at::TensorList w_hh, std::optional<at::ScalarType> recurren
 }
 
 // No tensor arguments, so no backend key to dispatch on: a device-independent kernel.
-TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("lstm_int8_matvec", &lstm_int8_matvec); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) {
+  m.impl("lstm_int8_matvec", TORCH_BOX(&lstm_int8_matvec));
+}
 // CPU tensors only, checked with a clear error rather than left to the dispatcher's
-TORCH_LIBRARY_IMPL(jasco_fast, CompositeExplicitAutograd, m) { m.impl("lstm_pack", &lstm_pack); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CompositeExplicitAutograd, m) { m.impl("lstm_pack", TORCH_BOX(&lstm_pack)); }
 
-void check_lstm_pack(const at::Tensor& packed, at::TensorList weights, int64_t num_layers, at::ScalarType recurrent) {
+void check_lstm_pack(const Tensor& packed, const std::vector<Tensor>& weights, int64_t num_layers,
+                     ScalarType recurrent) {
   (void)read_packs(packed, weights, num_layers, recurrent);
 }
 
-bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, int64_t num_layers) {
-  if (!seq.device().is_cpu() || seq.dim() != 3) return false;
+bool lstm_recurrence_cpu_applies(const Tensor& seq, const std::vector<Tensor>& weights, int64_t num_layers) {
+  if (!seq.is_cpu() || seq.dim() != 3) return false;
   const auto dtype = seq.scalar_type();
-  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
+  if (dtype != kFloat && dtype != kBFloat16) return false;
   const int64_t B = seq.size(0), T = seq.size(1), C = seq.size(2);
   if (B < 1 || B > kLstmRecurrenceMaxBatch || T < 1 || C < 1) return false;
   if (static_cast<int64_t>(weights.size()) != 4 * num_layers) return false;
   for (int64_t i = 0; i < 4 * num_layers; ++i) {
-    const at::Tensor& w = weights[i];
-    if (!w.device().is_cpu() || w.scalar_type() != dtype) return false;
+    const Tensor& w = weights[i];
+    if (!w.is_cpu() || w.scalar_type() != dtype) return false;
     const bool matrix = i % 4 < 2;
     if (matrix ? !(w.dim() == 2 && w.size(0) == 4 * C && w.size(1) == C) : !(w.dim() == 1 && w.size(0) == 4 * C))
       return false;
@@ -1187,59 +1185,89 @@ bool lstm_recurrence_cpu_applies(const at::Tensor& seq, at::TensorList weights, 
   return true;
 }
 
+namespace {
+
+// |h| <= 1 everywhere (false where h is NaN): h [B, C] float32 on the CPU, any strides.
+bool all_within_unit(const Tensor& h) {
+  const float* p = h.const_data_ptr<float>();
+  const int64_t rows = h.size(0), cols = h.size(1), s0 = h.stride(0), s1 = h.stride(1);
+  for (int64_t b = 0; b < rows; ++b)
+    for (int64_t j = 0; j < cols; ++j)
+      if (!(std::fabs(p[b * s0 + j * s1]) <= 1.0f)) return false;
+  return true;
+}
+
+}  // namespace
+
 // x [M, C] (contiguous) times w_ih [4C, C] transposed: [M, 4C] contiguous. float32 as a 1x1 channels-last
 // convolution, which ATen runs through oneDNN: at::mm's MKL sgemm takes its AVX2 code on AMD CPUs (Zen 5, 2
 // threads, M = 257, C = 1024: 16.1 against 12.7 ms with oneDNN's weight reorder included).
-at::Tensor input_projections(const at::Tensor& x, const at::Tensor& w_ih) {
-  if (x.scalar_type() != at::kFloat || !at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn())
-    return at::mm(x, w_ih.t());
+// The stable ABI cannot ask whether oneDNN is on, so float32 always takes aten::conv2d (oneDNN when enabled, ATen's own
+// convolution otherwise).
+Tensor input_projections(const Tensor& x, const Tensor& w_ih) {
+  if (x.scalar_type() != kFloat) {
+    auto s = call_op("aten::mm", "", x, torch::stable::transpose(w_ih, 0, 1));
+    return result(s);
+  }
   const int64_t M = x.size(0), C = x.size(1), G = w_ih.size(0);
-  const at::Tensor xin = x.as_strided({1, C, 1, M}, {M * C, 1, M * C, C});  // [1, C, 1, M] channels-last
-  const at::Tensor y = at::conv2d(xin, w_ih.contiguous().view({G, C, 1, 1}));
-  return y.permute({0, 2, 3, 1}).reshape({M, G}).contiguous();
+  auto strided = call_op("aten::as_strided", "", x, std::vector<int64_t>{1, C, 1, M},
+                         std::vector<int64_t>{M * C, 1, M * C, C}, std::optional<int64_t>());
+  const Tensor xin = result(strided);  // [1, C, 1, M] channels-last
+  auto conv = call_op("aten::conv2d", "", xin, torch::stable::view(torch::stable::contiguous(w_ih), {G, C, 1, 1}),
+                      std::optional<Tensor>(), std::vector<int64_t>{1, 1}, std::vector<int64_t>{0, 0},
+                      std::vector<int64_t>{1, 1}, int64_t{1});
+  const Tensor y = result(conv);
+  auto permuted = call_op("aten::permute", "", y, std::vector<int64_t>{0, 2, 3, 1});
+  return torch::stable::contiguous(torch::stable::reshape(result(permuted), {M, G}));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at::Tensor& seq, at::TensorList weights,
-                                                                        int64_t num_layers, const at::Tensor& h0,
-                                                                        const at::Tensor& c0, int64_t state_frames,
-                                                                        at::ScalarType recurrent,
-                                                                        const std::optional<at::Tensor>& packed) {
+std::tuple<Tensor, Tensor, Tensor> lstm_skip_recurrence_cpu(const Tensor& seq, const std::vector<Tensor>& weights,
+                                                            int64_t num_layers, const Tensor& h0, const Tensor& c0,
+                                                            int64_t state_frames, ScalarType recurrent,
+                                                            const std::optional<Tensor>& packed) {
   const int64_t B = seq.size(0), T = seq.size(1), C = seq.size(2);
   const std::vector<PackedRecurrent> packs =
       packed.has_value() ? read_packs(*packed, weights, num_layers, recurrent) : std::vector<PackedRecurrent>{};
-  const bool bf16 = seq.scalar_type() == at::kBFloat16;
-  const WeightFormat format = recurrent == at::kChar       ? WeightFormat::kInt8
-                              : recurrent == at::kBFloat16 ? WeightFormat::kBFloat16
-                                                           : WeightFormat::kFloat32;
+  const bool bf16 = seq.scalar_type() == kBFloat16;
+  const WeightFormat format = recurrent == kChar       ? WeightFormat::kInt8
+                              : recurrent == kBFloat16 ? WeightFormat::kBFloat16
+                                                       : WeightFormat::kFloat32;
   const Tiling tiling = tiling_for(format, B);
   const int64_t groups = (C + kUnitGroup - 1) / kUnitGroup;
-  // only the threads ATen may use; one when called from inside a parallel region
-  const int threads = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), groups));
+  // only the threads ATen may use; one when called from inside a parallel region. The stable ABI has no
+  // at::in_parallel_region (torch_get_thread_idx is 0 outside a region and in a region's first thread alike);
+  // ATen's parallel backend is OpenMP, whose runtime this extension shares, and there that function is
+  // omp_in_parallel().
+  const int threads =
+      omp_in_parallel() ? 1 : static_cast<int>(std::min<int64_t>(torch::stable::get_num_threads(), groups));
 
-  const auto f32 = seq.options().dtype(at::kFloat);
   const int64_t h_stride = (C + 15) / 16 * 16;  // zero-padded: the bfloat16 tiles read h in pairs
-  at::Tensor h_buf = at::zeros({2, B, h_stride}, f32);
-  at::Tensor c_buf = at::empty({B, C}, f32);
-  at::Tensor h_n = at::empty({num_layers, B, C}, f32), c_n = at::empty({num_layers, B, C}, f32);
-  at::Tensor h0_f = h0.to(at::kFloat), c0_f = c0.to(at::kFloat);
-  at::Tensor x = seq.contiguous();  // this layer's input, [B, T, C]
-  at::Tensor y, hq_buf;
+  Tensor h_buf = torch::stable::new_zeros(seq, {2, B, h_stride}, kFloat);
+  Tensor c_buf = torch::stable::new_empty(seq, {B, C}, kFloat);
+  Tensor h_n = torch::stable::new_empty(seq, {num_layers, B, C}, kFloat);
+  Tensor c_n = torch::stable::new_empty(seq, {num_layers, B, C}, kFloat);
+  const Tensor h0_f = torch::stable::to(h0, kFloat), c0_f = torch::stable::to(c0, kFloat);
+  Tensor x = torch::stable::contiguous(seq);  // this layer's input, [B, T, C]
+  Tensor y, hq_buf;
   for (int64_t l = 0; l < num_layers; ++l) {
-    const at::Tensor& w_ih = weights[4 * l];
-    const at::Tensor& w_hh = weights[4 * l + 1];
-    const at::Tensor bias = weights[4 * l + 2].to(at::kFloat) + weights[4 * l + 3].to(at::kFloat);
+    const Tensor& w_ih = weights[4 * l];
+    const Tensor& w_hh = weights[4 * l + 1];
+    // b_ih + b_hh: ATen's sub is its add with -alpha (aten::add's Scalar alpha does not cross the stable ABI)
+    const Tensor bias = torch::stable::subtract(torch::stable::to(weights[4 * l + 2], kFloat),
+                                                torch::stable::to(weights[4 * l + 3], kFloat), -1.0);
     // all T input projections in one GEMM, in the weights' dtype (bfloat16: oneDNN's AMX/AVX-512 GEMM,
     // float32 accumulation, rounded once to bfloat16 as ATen's bfloat16 LSTM does)
-    const at::Tensor xp = input_projections(x.reshape({B * T, C}).to(w_ih.scalar_type()), w_ih);
+    const Tensor xp =
+        input_projections(torch::stable::to(torch::stable::reshape(x, {B * T, C}), w_ih.scalar_type()), w_ih);
     // the integer matvec needs |h| <= 1, which every computed h satisfies; a given h0 outside it (or not
     // finite) takes the float int8 tiles for this layer
-    const at::Tensor h0_l = h0_f.select(0, l);
+    const Tensor h0_l = torch::stable::select(h0_f, 0, l);
     const void* vnni_fn = nullptr;
     int64_t width = tiling.width;
     WeightFormat packed_format = format;
     const auto [integer_format, hq_format] = int8_integer_path();
 #ifdef JASCO_FAST_X86
-    if (format == WeightFormat::kInt8 && hq_format != HqFormat::kNone && h0_l.abs().le(1).all().item<bool>()) {
+    if (format == WeightFormat::kInt8 && hq_format != HqFormat::kNone && all_within_unit(h0_l)) {
       const VnniTiling vt = hq_format == HqFormat::kVnniBytes ? vnni_tiling_for<true>(B) : vnni_tiling_for<false>(B);
       vnni_fn = reinterpret_cast<const void*>(vt.fn);
       width = vt.width;
@@ -1252,10 +1280,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
     const PackedRecurrent w_packed =
         own_pack ? read_segment(pack_segment(w_hh, packed_format), 0, w_hh, packed_format, l, "lstm_skip") : packs[l];
 
-    h_buf.zero_();
-    h_buf.select(0, 0).narrow(1, 0, C).copy_(h0_l);
-    c_buf.copy_(c0_f.select(0, l));
-    y = at::empty({B, T, C}, f32);
+    torch::stable::zero_(h_buf);
+    Tensor h_first = torch::stable::select(h_buf, 0, 0);
+    Tensor h_first_c = torch::stable::narrow(h_first, 1, 0, C);
+    torch::stable::copy_(h_first_c, h0_l);
+    torch::stable::copy_(c_buf, torch::stable::select(c0_f, 0, l));
+    y = torch::stable::new_empty(seq, {B, T, C}, kFloat);
     LayerIo io{B,
                T,
                C,
@@ -1265,15 +1295,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
                h_stride,
                c_buf.mutable_data_ptr<float>(),
                y.mutable_data_ptr<float>(),
-               h_n.select(0, l).mutable_data_ptr<float>(),
-               c_n.select(0, l).mutable_data_ptr<float>()};
+               torch::stable::select(h_n, 0, l).mutable_data_ptr<float>(),
+               torch::stable::select(c_n, 0, l).mutable_data_ptr<float>()};
     if (vnni_fn) {
       io.hq_stride = h_stride;  // a multiple of 16: the tiles read 4 bytes at a time, zero weights beyond C
       io.hq_format = hq_format;
       const bool bytes = hq_format == HqFormat::kVnniBytes;
-      hq_buf = at::full({2, B, 2, h_stride}, bytes ? 128 : 0, seq.options().dtype(at::kByte));  // h = 0 beyond C
+      hq_buf = torch::stable::full({2, B, 2, h_stride}, bytes ? 128 : 0, kByte, std::nullopt,
+                                   seq.device());  // h = 0 beyond C
       io.hq = hq_buf.mutable_data_ptr<uint8_t>();
-      const at::Tensor h0_c = h0_l.contiguous();
+      const Tensor h0_c = torch::stable::contiguous(h0_l);
       const float* h0p = h0_c.const_data_ptr<float>();
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t j = 0; j < C; ++j) {
@@ -1287,20 +1318,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_skip_recurrence_cpu(const at
       }
     }
     if (bf16) {
-      run_layer(w_packed, tiling.fn, vnni_fn, width, xp.const_data_ptr<at::BFloat16>(), io, threads);
+      run_layer(w_packed, tiling.fn, vnni_fn, width, xp.const_data_ptr<BFloat16>(), io, threads);
     } else {
       run_layer(w_packed, tiling.fn, vnni_fn, width, xp.const_data_ptr<float>(), io, threads);
     }
     x = y;
   }
-  // the skip connection, rounded once to seq's dtype; [B, T, C] contiguous whatever seq's strides
-  at::Tensor out = at::empty(seq.sizes(), seq.options().memory_format(at::MemoryFormat::Contiguous));
-  if (bf16) {
-    out.copy_(y.add_(seq));  // float32 sum (bfloat16 seq promotes), one rounding
-  } else {
-    at::add_out(out, y, seq);
-  }
-  if (bf16) return {out, h_n.to(at::kBFloat16), c_n.to(at::kBFloat16)};
+  // the skip connection, rounded once to seq's dtype (a float32 sum: bfloat16 seq promotes); [B, T, C]
+  // contiguous whatever seq's strides
+  Tensor out = torch::stable::empty(seq.sizes(), seq.scalar_type(), std::nullopt, seq.device(), std::nullopt,
+                                    MemoryFormat::Contiguous);
+  skip_sum_into(out, y, seq);
+  if (bf16) return {out, torch::stable::to(h_n, kBFloat16), torch::stable::to(c_n, kBFloat16)};
   return {out, h_n, c_n};
 }
 
