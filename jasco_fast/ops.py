@@ -550,7 +550,7 @@ def lstm_skip_fallback(
 
     def run(piece, h, c):
         y, hy, cy = torch.lstm(piece.contiguous(), (h, c), weights, True, num_layers, 0.0, False, False, True)
-        return y + piece, hy, cy
+        return torch.add(y, piece, out=torch.empty(piece.shape, dtype=piece.dtype, device=piece.device)), hy, cy
 
     if n == T:
         return run(seq, h, c)

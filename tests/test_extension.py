@@ -25,6 +25,8 @@ PACKAGE = Path(jasco_fast.__file__).resolve().parent
 CHILD = """
 import json, sys, warnings
 warnings.simplefilter("always")
+if sys.argv[3] == "copy":  # the copy on PYTHONPATH, not an editable install's source tree
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
 import torch
 if sys.argv[1] != "-":
     torch.__version__ = sys.argv[1]
@@ -41,6 +43,7 @@ with warnings.catch_warnings(record=True) as caught:
         codes = torch.ops.jasco_fast.codes_to_latents(torch.randint(0, 5, (1, 2, 3)), torch.randn(2, 5, 8), None, False)
     torch.save({"audio": audio, "state": decoder.state_dict()}, sys.argv[2])
 print(json.dumps({
+    "file": jasco_fast.__file__,
     "loaded": extension.STATUS.loaded,
     "reason": extension.STATUS.reason,
     "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
@@ -55,10 +58,16 @@ def run_child(tmp_path: Path, version: str = "-", package_root: Path | None = No
     if package_root is not None:  # a copy of the package first on the path
         env["PYTHONPATH"] = f"{package_root}:{env['PYTHONPATH']}"
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, version, str(out)], capture_output=True, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-c", CHILD, version, str(out), "copy" if package_root else "installed"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1]), torch.load(out)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert package_root is None or Path(report["file"]).is_relative_to(package_root), report["file"]
+    return report, torch.load(out)
 
 
 def test_the_extension_serves_this_torch():
