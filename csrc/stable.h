@@ -54,13 +54,13 @@ std::string str(const Args&... args) {
 // from a direct call of the op. The Python faces, fake kernels and fallbacks state the same rules with TypeError
 // for these (jasco_fast/ops.py, check_<op>); tests/ops/test_registration.py holds the two sides together.
 // JF_CHECK: an internal invariant or a failed call (RuntimeError).
-#define JF_CHECK_VALUE(cond, ...) \
-  do {                            \
+#define JF_CHECK_VALUE(cond, ...)                                             \
+  do {                                                                        \
     if (!(cond)) throw std::invalid_argument(::jasco_fast::str(__VA_ARGS__)); \
   } while (0)
 #define JF_CHECK_TYPE(cond, ...) JF_CHECK_VALUE(cond, __VA_ARGS__)
-#define JF_CHECK(cond, ...)                                                  \
-  do {                                                                       \
+#define JF_CHECK(cond, ...)                                                \
+  do {                                                                     \
     if (!(cond)) throw std::runtime_error(::jasco_fast::str(__VA_ARGS__)); \
   } while (0)
 
@@ -125,7 +125,7 @@ void dispatch_float(ScalarType t, const char* op, F&& f) {
 // and returns its first `Outputs` results.
 template <typename... Args>
 std::array<StableIValue, std::max<size_t>(sizeof...(Args), 3)> call_op(const char* name, const char* overload,
-                                                                         const Args&... args) {
+                                                                       const Args&... args) {
   std::array<StableIValue, std::max<size_t>(sizeof...(Args), 3)> stack{torch::stable::detail::from(args)...};
   STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION));
   return stack;

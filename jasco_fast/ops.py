@@ -28,11 +28,11 @@ upsampling layer, each tile of time steps taken through the whole block while it
 (csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
 
 Argument rules: each op has one function here, ``check_<op>``, that states the rules of its C++ checks (in
-``csrc/``) in the same order and words, in one style: ``_check_value`` where C++ has ``TORCH_CHECK_VALUE``
-(ValueError), ``_check_type`` where it has ``TORCH_CHECK_TYPE`` (TypeError). It takes real, fake or symbolic
-tensors; the Python face (outside torch.compile, whose tracing runs the fake kernel), the fake kernel and the
-fallback kernel call it. The C++ checks stay (the op can be called directly); tests/ops/test_registration.py feeds
-both the same bad arguments.
+``csrc/``) in the same order and words, in one style: ``_check_value`` where C++ has ``JF_CHECK_VALUE``
+(ValueError), ``_check_type`` where it has ``JF_CHECK_TYPE`` (TypeError; the compiled kernels, on the stable ABI,
+can only raise ValueError for it: csrc/stable.h). It takes real, fake or symbolic tensors; the Python face (outside
+torch.compile, whose tracing runs the fake kernel), the fake kernel and the PyTorch implementation call it. The C++
+checks stay (the op can be called directly); tests/ops/test_registration.py feeds both the same bad arguments.
 """
 
 from __future__ import annotations

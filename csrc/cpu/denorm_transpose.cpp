@@ -223,8 +223,7 @@ std::vector<acc_t> per_channel(const Tensor& s, int64_t D) {
 }
 
 template <typename acc_t>
-void run(const Tensor& latents, const Tensor& mean, const Tensor& std, Tensor& out,
-         bool channels_last) {
+void run(const Tensor& latents, const Tensor& mean, const Tensor& std, Tensor& out, bool channels_last) {
   const Geometry g{latents.size(0),   latents.size(1),   latents.size(2),
                    latents.stride(0), latents.stride(1), latents.stride(2)};
   const std::vector<acc_t> m = per_channel<acc_t>(mean, g.D), s = per_channel<acc_t>(std, g.D);
@@ -271,6 +270,8 @@ std::string cpu_fast_path() {
 STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) { m.impl("denorm_transpose", TORCH_BOX(&denorm_transpose_cpu)); }
 
 // No tensor arguments, so no backend key to dispatch on: a device-independent kernel.
-STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) { m.impl("cpu_fast_path", TORCH_BOX(&cpu_fast_path)); }
+STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CompositeImplicitAutograd, m) {
+  m.impl("cpu_fast_path", TORCH_BOX(&cpu_fast_path));
+}
 
 }  // namespace jasco_fast

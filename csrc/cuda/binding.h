@@ -23,9 +23,9 @@ inline cuda::DType kernel_dtype(ScalarType t, const char* op) {
   return cuda::DType::kFloat32;  // not reached
 }
 
-#define JF_CUDA_CHECK(expr)                                                                                  \
-  do {                                                                                                       \
-    const cudaError_t jf_status = (expr);                                                                    \
+#define JF_CUDA_CHECK(expr)                                                                              \
+  do {                                                                                                   \
+    const cudaError_t jf_status = (expr);                                                                \
     JF_CHECK(jf_status == cudaSuccess, "CUDA error: ", cudaGetErrorString(jf_status), " (", #expr, ")"); \
   } while (0)
 

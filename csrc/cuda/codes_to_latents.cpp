@@ -55,13 +55,13 @@ Tensor codes_to_latents_cuda(Tensor codes, Tensor codebooks, std::optional<Scala
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   JF_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   if (capture == cudaStreamCaptureStatusNone) {
-    const int64_t bad = read_back(first_bad.const_data_ptr<int64_t>(), stream);  // all ones (-1): every code was in range
+    const int64_t bad =
+        read_back(first_bad.const_data_ptr<int64_t>(), stream);  // all ones (-1): every code was in range
     if (bad != -1) {
       const int64_t K = codes.size(1), T = codes.size(2);
       const int64_t at = bad / (K * T) * codes.stride(0) + (bad / T) % K * codes.stride(1) + bad % T * codes.stride(2);
-      const int64_t value = codes.scalar_type() == kLong
-                                ? read_back(codes.const_data_ptr<int64_t>() + at, stream)
-                                : read_back(codes.const_data_ptr<int32_t>() + at, stream);
+      const int64_t value = codes.scalar_type() == kLong ? read_back(codes.const_data_ptr<int64_t>() + at, stream)
+                                                         : read_back(codes.const_data_ptr<int32_t>() + at, stream);
       fail_bad_code(codes, bad, value, cb.size(1));
     }
   }

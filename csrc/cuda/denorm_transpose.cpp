@@ -16,8 +16,8 @@ Tensor denorm_transpose_cuda(Tensor latents, Tensor mean, Tensor std, std::optio
   JF_CHECK(latents.is_cuda(), "denorm_transpose: the CUDA kernel got latents on ", device_name(latents));
   // The tiled transpose's grid maps T along x (the channels-last pass is grid-strided: any size).
   JF_CHECK(channels_last || latents.size(1) <= cuda::kMaxTimeSteps, "denorm_transpose: T = ", latents.size(1),
-              " time steps is more than the CUDA kernel's grid covers (", cuda::kMaxTimeSteps,
-              "); decode the latents in shorter pieces along T");
+           " time steps is more than the CUDA kernel's grid covers (", cuda::kMaxTimeSteps,
+           "); decode the latents in shorter pieces along T");
   const DeviceGuard guard(latents.get_device_index());
   Tensor out = make_output(latents, out_dtype, channels_last);
   if (out.numel() == 0) return out;
