@@ -54,7 +54,7 @@ print(json.dumps({
 
 def run_child(tmp_path: Path, version: str = "-", package_root: Path | None = None) -> tuple[dict, dict]:
     out = tmp_path / "out.pt"
-    env = child_env(ROOT)
+    env = child_env(Path(__file__).parent)  # the jasco_fast under test: installed, or the editable tree
     if package_root is not None:  # a copy of the package first on the path
         env["PYTHONPATH"] = f"{package_root}:{env['PYTHONPATH']}"
     done = subprocess.run(

@@ -12,10 +12,10 @@ import pytest
 import soundfile
 import torch
 
+import jasco_fast
 from jasco_fast import info
 from jasco_fast.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
 OP = "jasco_fast::denorm_transpose"
 
 
@@ -153,14 +153,13 @@ def test_a_failing_section_is_reported_not_fatal(monkeypatch, capsys):
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
 def test_python_m_jasco_fast_info(extra, cache):
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run(
-        [sys.executable, "-m", "jasco_fast", "info", *extra], capture_output=True, text=True, env=env, timeout=300
+    done = subprocess.run(  # the jasco_fast under test (installed, or the editable tree), not the source tree's
+        [sys.executable, "-m", "jasco_fast", "info", *extra], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
     if extra:
         report = json.loads(done.stdout)
-        assert report["jasco_fast"]["package"] == str(ROOT / "jasco_fast")
+        assert report["jasco_fast"]["package"] == str(Path(jasco_fast.__file__).parent)
         assert report["cache"]["path"] == str(cache)
     else:
         assert done.stdout.startswith("jasco_fast ") and "devices:" in done.stdout

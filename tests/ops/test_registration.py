@@ -194,3 +194,16 @@ def test_python_rules_are_the_cpp_rules(op, args, n, error, names):
     assert type(python.value) is error and type(cpp.value) is kernel_error(error), (python.value, cpp.value)
     assert re.search(names, str(python.value)), str(python.value)
     assert re.search(names, str(cpp.value)), str(cpp.value)
+
+
+def test_the_schemas_are_defined_once_with_their_layout_tags():
+    """jasco_fast/extension.py defines every op (the kernels only register for them), and inductor sees
+    needs_fixed_stride_order on each op that returns a tensor of a chosen layout."""
+    from jasco_fast import extension
+
+    registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("jasco_fast::")}
+    assert registered == set(extension.SCHEMAS)
+    fixed = {"denorm_transpose", "codes_to_latents", "lstm_skip", "elu_resblock", "elu_conv", "elu_conv_transpose"}
+    for name in extension.SCHEMAS:
+        tags = set(getattr(torch.ops.jasco_fast, name).default.tags)
+        assert tags == ({torch.Tag.needs_fixed_stride_order} if name in fixed else set()), name
