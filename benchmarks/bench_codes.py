@@ -21,43 +21,16 @@ import time
 from pathlib import Path
 
 import torch
-from _common import device_name, spread, write_result
+from _common import ENCODEC_32KHZ, device_name, spread, write_result
 
 import jasco_fast
-
-# facebook/encodec_32khz's config.json (the model MusicGen decodes with), as far as the decoder and
-# quantizer go: 4 codebooks of 2048 x 128 at 50 frames per second.
-ENCODEC_32KHZ = dict(
-    audio_channels=1,
-    sampling_rate=32000,
-    num_filters=64,
-    upsampling_ratios=[8, 5, 4, 4],
-    hidden_size=128,
-    codebook_size=2048,
-    target_bandwidths=[2.2],
-    num_lstm_layers=2,
-    num_residual_layers=1,
-    use_causal_conv=False,
-    pad_mode="reflect",
-    use_conv_shortcut=False,
-    normalize=False,
-    norm_type="weight_norm",
-    kernel_size=7,
-    last_kernel_size=7,
-    residual_kernel_size=3,
-    dilation_growth_rate=2,
-    compress=2,
-    trim_right_ratio=1.0,
-    chunk_length_s=None,
-    overlap=None,
-)
 
 
 def build_models(device: str, folder: Path):
     from transformers import EncodecConfig, EncodecModel
 
     torch.manual_seed(0)
-    model = EncodecModel(EncodecConfig(**ENCODEC_32KHZ)).eval()
+    model = EncodecModel(EncodecConfig(**ENCODEC_32KHZ)).eval()  # its quantizer: 4 codebooks of 2048 x 128
     with torch.no_grad():
         for layer in model.quantizer.layers:  # transformers initialises codebooks to zeros
             layer.codebook.embed.normal_()

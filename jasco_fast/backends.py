@@ -243,9 +243,13 @@ class AotBackend(Backend):
                 self.runner(plan, position, single=single)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the background build (if one runs); whether the cache now holds every artifact."""
+        """Wait for the background build (if one runs), at most ``timeout`` seconds; whether the cache now holds
+        every artifact (False when the build is still running at the timeout: it goes on)."""
         if self.builds.process is not None:
-            self.builds.process.wait(timeout)
+            try:
+                self.builds.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
         return all(artifacts.is_cached(r) for r in self.builds.recipes)
 
     def start_build(self) -> subprocess.Popen | None:

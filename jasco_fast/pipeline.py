@@ -224,9 +224,10 @@ class _FrontEndDecoder(nn.Module):
         return bool(aot and aot.runners) and all(r.artifact is not None for r in aot.runners.values())
 
     def wait_for_artifacts(self, timeout: float | None = None) -> bool:
-        """``backend="aot"``: wait for the background build this decoder started (if one runs); returns
-        whether the cache now holds every artifact this decoder uses (later calls switch to them). For
-        scripts that want the artifacts in place before timing or exiting."""
+        """``backend="aot"``: wait for the background build this decoder started (if one runs), at most
+        ``timeout`` seconds; returns whether the cache now holds every artifact this decoder uses (later calls
+        switch to them); False at a timeout, the build going on. For scripts that want the artifacts in place
+        before timing or exiting."""
         aot = self._aot_backend()
         return aot.wait(timeout) if aot else False
 

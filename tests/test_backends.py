@@ -133,3 +133,20 @@ def test_the_runner_serves_an_empty_batch_without_the_backend():
     assert fast(torch.zeros(0, 40, 8)).shape == (0, 1, 40 * fast.hop_length)
     assert fast(torch.zeros(0, 10, 8)).shape == (0, 1, 10 * fast.hop_length)
     assert backend.calls == []
+
+
+def test_waiting_for_a_build_past_the_timeout_says_false_and_leaves_it_running():
+    import subprocess
+    import sys
+    import types
+
+    backend = object.__new__(AotBackend)  # only the build it waits for matters here
+    build = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    backend.builds = types.SimpleNamespace(process=build, recipes=[])
+    try:
+        assert backend.wait(timeout=0.2) is False
+        assert build.poll() is None  # still building
+    finally:
+        build.kill()
+        build.wait()
+    assert backend.wait(timeout=5) is True  # done, and nothing missing from the (empty) recipe list
