@@ -144,8 +144,8 @@ wheel-cuda: $(CUDA_VENV)/.torch-$(CUDA_TORCH)
 	$(call WHEEL_CHECK,$(CUDA_BIN)/python,dist/cu130/*.whl)
 	ls dist/cu130/*-cp310-abi3-*$(WHEEL_PLAT).whl
 
-# A built wheel, installed where no compiler is reachable (PATH holds the environment's own scripts only; binaries
-# only), into a fresh environment with torch $(2); then .ci/check_installed.py and the suite, run from that
+# A built wheel, installed where no compiler is reachable (PATH holds the environment's own scripts only; the
+# dependencies that come as source are pure Python), into a fresh environment with torch $(2); then .ci/check_installed.py and the suite, run from that
 # environment's pytest (the source tree is not on its path). $(1): environment, $(2): torch, $(3): wheel folder,
 # $(4): check_installed.py's arguments.
 define test_wheel
@@ -153,7 +153,7 @@ define test_wheel
 	$(1)/bin/pip install -q "torch==$(2)" setuptools
 	echo "torch==$(2)" > $(1)/constraints.txt
 	PATH=$(abspath $(1))/bin CC=false CXX=false CUDA_HOME=/nonexistent \
-	  $(1)/bin/pip install -q --only-binary=:all: -c $(1)/constraints.txt "$$(ls $(3)/*.whl)[test]"
+	  $(1)/bin/pip install -q --prefer-binary -c $(1)/constraints.txt "$$(ls $(3)/*.whl)[test]"
 	PATH=$(abspath $(1))/bin CC=false CXX=false \
 	  $(1)/bin/pip install -q --no-deps --no-build-isolation $(AUDIOCRAFT_SDIST) "julius==0.2.8"
 	$(1)/bin/python .ci/check_installed.py $(4)

@@ -142,6 +142,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reuse-freed-memory", action="store_true")
     parser.add_argument("--note", default=None)
+    parser.add_argument(
+        "--kinds",
+        default="cold,warm,ops",
+        help="which measurements, comma-separated: cold, warm (the decode calls), ops",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from transformers import EncodecConfig, EncodecModel
@@ -155,13 +160,13 @@ def main(argv=None) -> dict:
         torch.save(torch.randn(1, 500, 128, generator=gen) * 0.25, work / "short.pt")
         torch.save(torch.randn(1, 3000, 128, generator=gen) * 0.25, work / "long.pt")
         caches = {name: work / f"cache-{name}" for name in checkouts}
-        for name, checkout in checkouts.items():
+        for name, checkout in checkouts.items() if {"cold", "warm"} & set(args.kinds.split(",")) else ():
             build = [sys.executable, "-m", "jasco_fast", "compile", "--checkpoint", str(work / "encodec32")]
             subprocess.run(build, cwd=checkout, env=child_env(checkout, caches[name]), check=True, capture_output=True)
         samples: dict[str, dict[str, list[float]]] = {name: {} for name in checkouts}
         for r in range(args.rounds):
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
-            for kind in ("cold", "warm", "ops"):
+            for kind in args.kinds.split(","):
                 for name in order:
                     result = measure(checkouts[name], caches[name], kind, work, args.reuse_freed_memory)
                     for workload, seconds in result.items():

@@ -106,7 +106,7 @@ Tensor codes_to_latents_cpu(Tensor codes, Tensor codebooks, std::optional<Scalar
   const ScalarType out_dtype = check_code_inputs(codes, codebooks, dtype);
   Tensor out = make_code_output(codes, codebooks, out_dtype, channels_last);
   if (out.numel() == 0) return out;
-  const Tensor cb = torch::stable::contiguous(codebooks);  // a no-op for the usual [N, S, D] buffer
+  const Tensor cb = codebooks.is_contiguous() ? codebooks : torch::stable::contiguous(codebooks);
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   if (cb.scalar_type() == kDouble || out_dtype == kDouble) {
     run<double>(codes, cb, out, channels_last, first_bad);

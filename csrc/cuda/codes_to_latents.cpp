@@ -28,7 +28,7 @@ Tensor codes_to_latents_cuda(Tensor codes, Tensor codebooks, std::optional<Scala
   const DeviceGuard guard(codes.get_device_index());
   Tensor out = make_code_output(codes, codebooks, out_dtype, channels_last);
   if (out.numel() == 0) return out;
-  const Tensor cb = torch::stable::contiguous(codebooks);
+  const Tensor cb = codebooks.is_contiguous() ? codebooks : torch::stable::contiguous(codebooks);
   cudaStream_t stream = current_stream(codes);
   Tensor first_bad = torch::stable::new_empty(codes, {1}, kLong);
   JF_CUDA_CHECK(cudaMemsetAsync(first_bad.mutable_data_ptr(), 0xFF, sizeof(int64_t), stream));
