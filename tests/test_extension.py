@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -135,3 +136,19 @@ def test_this_torch_loads_it_without_a_warning(tmp_path):
     report, _ = run_child(tmp_path)
     assert report["loaded"] and report["reason"] is None
     assert not [w for w in report["warnings"] if w.startswith(("ExtensionWarning", "FallbackWarning"))]
+
+
+POLICY_LIBRARIES = {"libstdc++.so.6", "libm.so.6", "libgcc_s.so.1", "libc.so.6", "ld-linux-x86-64.so.2"}
+
+
+@pytest.mark.skipif(shutil.which("readelf") is None, reason="needs readelf (binutils), which builds the library too")
+@pytest.mark.skipif(not extension.STATUS.loaded, reason="the compiled kernels are not loaded")
+def test_the_library_links_no_torch_library():
+    """The library reaches torch through stubs (csrc/torch_symbols.cpp): it needs no torch, CUDA or OpenMP library
+    of its own (manylinux_2_28), and every function it calls from torch is resolved."""
+    dynamic = subprocess.run(["readelf", "-dW", extension.STATUS.path], capture_output=True, text=True, check=True)
+    needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dynamic.stdout))
+    assert needed and needed <= POLICY_LIBRARIES, needed
+    symbols = subprocess.run(["readelf", "--dyn-syms", "-W", extension.STATUS.path], capture_output=True, text=True)
+    undefined = {line.split()[-1].split("@")[0] for line in symbols.stdout.splitlines() if " UND " in line}
+    assert not {s for s in undefined if s.startswith(("aoti_torch_", "torch_", "GOMP_", "omp_", "_ZN3c10", "_ZN2at"))}
