@@ -246,8 +246,8 @@ def _notes(report: dict) -> list[str]:
     if t.get("cuda") and not t.get("hip") and op and "CUDA" not in op["compiled_kernels"]:
         notes.append(
             f"torch is a CUDA {t['cuda']} build but the extension has no CUDA kernel, so CUDA tensors run "
-            f"the PyTorch fallback: install the CUDA {t['cuda']} toolkit (nvcc) or set CUDA_HOME, then "
-            f"rebuild with `pip install --no-build-isolation -e .`"
+            f"the PyTorch fallback: install jasco_fast's CUDA wheel (`make wheel-cuda`), or install the CUDA "
+            f"{t['cuda']} toolkit (nvcc) or set CUDA_HOME, then rebuild with `pip install --no-build-isolation -e .`"
         )
     if t.get("hip"):
         notes.append("ROCm build: AMD GPUs run the PyTorch fallback of denorm_transpose (no HIP kernels are built)")
