@@ -462,7 +462,7 @@ def test_a_builder_waits_for_the_lock_and_then_reuses_the_entry(cache, decoders)
     assert result["path"] == package and package.stat().st_mtime_ns == before  # found it valid: no rebuild
 
 
-# The jasco_fast under test (a source tree, or an installed copy as in make test-cuda-build): subprocesses
+# The jasco_fast under test (a source tree, or an installed wheel as in make test-wheels): subprocesses
 # run from its folder, since `-m` puts the working directory first on sys.path.
 HOME = str(Path(jasco_fast.__file__).resolve().parent.parent)
 

@@ -109,7 +109,7 @@ def test_cuda_plan_with_a_toolkit(setup_py, monkeypatch, tmp_path):
 
 
 def test_wheel_headers_of_the_installed_torch(setup_py):
-    """A CUDA torch (make test-cuda-build) brings cusparse.h in its nvidia wheels; a CPU torch has none."""
+    """A CUDA torch (make wheel-cuda, make test-wheels) brings cusparse.h in its nvidia wheels; a CPU torch has none."""
     includes, libs = setup_py.torch_cuda_wheel_dirs()
     if torch.version.cuda:
         assert any((Path(d) / "cusparse.h").is_file() for d in includes), includes

@@ -364,7 +364,7 @@ def test_the_repository_benchmarks_are_found():
     checkout = Path(__file__).resolve().parents[2]
     if Path(jasco_fast.__file__).resolve().parent.parent != checkout:
         pytest.skip(
-            "jasco_fast is imported from an installed copy, not this checkout (e.g. make test-cuda-build's "
+            "jasco_fast is imported from an installed copy, not this checkout (e.g. make test-wheels' "
             "regular install); the error for that case is tested above"
         )
     assert list(benchmark_scripts()) == list(BENCHMARKS)
