@@ -15,7 +15,7 @@ import torch
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import jasco_fast
-    from jasco_fast import extension
+    from jasco_fast import extension, ops
 
 SOURCE_TREE = Path(__file__).resolve().parent.parent
 
@@ -47,14 +47,13 @@ for op in ("jasco_fast::denorm_transpose", "jasco_fast::codes_to_latents"):
     for key in keys:
         if not torch._C._dispatch_has_kernel_for_dispatch_key(op, key):
             fail(f"{op} has no {key} kernel in {where}")
-for op in (
-    "jasco_fast::lstm_pack",
-    "jasco_fast::elu_resblock",
-    "jasco_fast::elu_conv",
-    "jasco_fast::elu_conv_transpose",
-):
+for op in ("jasco_fast::elu_resblock", "jasco_fast::elu_conv", "jasco_fast::elu_conv_transpose"):
     if not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"):
         fail(f"{op} has no CPU kernel in {where}")
+# lstm_skip and lstm_pack are device-generic C++ kernels; a PyTorch fallback registers only where they are missing
+for op in ("jasco_fast::lstm_skip", "jasco_fast::lstm_pack"):
+    if op in ops.FALLBACKS or not torch._C._dispatch_has_kernel_for_dispatch_key(op, "CompositeExplicitAutograd"):
+        fail(f"{op} has no compiled kernel in {where}")
 print(
     f"check_installed: torch {torch.__version__}, jasco_fast from {where} ({Path(extension.STATUS.path).name}): "
     f"{' and '.join(keys)} kernels registered"
