@@ -152,9 +152,11 @@ def test_a_failing_section_is_reported_not_fatal(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
-def test_python_m_jasco_fast_info(extra, cache):
-    done = subprocess.run(  # the jasco_fast under test (installed, or the editable tree), not the source tree's
-        [sys.executable, "-m", "jasco_fast", "info", *extra], capture_output=True, text=True, timeout=300
+def test_python_m_jasco_fast_info(extra, cache, tmp_path):
+    # cwd elsewhere: `python -m` puts the working directory first on the path, and the jasco_fast under test is the
+    # installed one (or the editable tree), not whatever a checkout's folder holds
+    done = subprocess.run(
+        [sys.executable, "-m", "jasco_fast", "info", *extra], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
     if extra:
