@@ -372,8 +372,11 @@ def test_the_repository_benchmarks_are_found():
     assert sorted(p.stem[len("bench_") :] for p in (checkout / "benchmarks").glob("bench_*.py")) == sorted(BENCHMARKS)
 
 
-def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "jasco_fast", "--help"], capture_output=True, text=True)
+def test_module_entry_point_help(tmp_path):
+    # (outside the checkout: `python -m` runs the jasco_fast under test, not a folder of the working directory)
+    result = subprocess.run(
+        [sys.executable, "-m", "jasco_fast", "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0 and "decode" in result.stdout and "demo" in result.stdout
 
 
