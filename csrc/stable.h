@@ -122,7 +122,7 @@ void dispatch_float(ScalarType t, const char* op, F&& f) {
 }
 
 // Calls the registered op `name`.`overload` through the dispatcher with `args` (each converted to a StableIValue)
-// and returns its first `Outputs` results.
+// and returns the stack, which then holds the op's results (take each with `result`).
 template <typename... Args>
 std::array<StableIValue, std::max<size_t>(sizeof...(Args), 3)> call_op(const char* name, const char* overload,
                                                                        const Args&... args) {

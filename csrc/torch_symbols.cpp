@@ -35,7 +35,8 @@ namespace {
 constexpr const char* kLibraries[] = {"libtorch_cpu.so", "libtorch_cuda.so", "libc10.so", "libc10_cuda.so",
                                       "libtorch.so"};
 
-std::string& unresolved() {
+// The functions the loaded torch lacks, but the CUDA runtime's (missing only under a CPU torch).
+std::string& missing_required() {
   static std::string names;
   return names;
 }
@@ -53,7 +54,8 @@ __attribute__((constructor(101))) void resolve_torch_symbols() {
     for (int h = 0; h < n && address == nullptr; ++h) address = dlsym(handles[h], symbol);
     if (address == nullptr) {
       address = reinterpret_cast<void*>(&jasco_fast_missing_torch_function);
-      unresolved() += (unresolved().empty() ? "" : ", ") + std::string(symbol);
+      if (std::string(symbol).find("cuda") == std::string::npos)
+        missing_required() += (missing_required().empty() ? "" : ", ") + std::string(symbol);
     }
     jasco_fast_torch_symbol_slots[i] = address;
   }
@@ -64,17 +66,4 @@ __attribute__((constructor(101))) void resolve_torch_symbols() {
 
 // The functions the loaded torch lacks, but those of a CUDA build under a CPU torch (empty: all there). PyInit__C
 // refuses to import with them, so that nothing can call one.
-const char* jasco_fast_unresolved_symbols() {
-  static std::string required;
-  required.clear();
-  std::string names = unresolved();
-  size_t start = 0;
-  while (start < names.size()) {
-    size_t end = names.find(", ", start);
-    if (end == std::string::npos) end = names.size();
-    const std::string name = names.substr(start, end - start);
-    if (name.find("cuda") == std::string::npos) required += (required.empty() ? "" : ", ") + name;
-    start = end + 2;
-  }
-  return required.c_str();
-}
+const char* jasco_fast_unresolved_symbols() { return missing_required().c_str(); }

@@ -280,6 +280,13 @@ def _device_of(args) -> torch.device:
     return torch.device("cpu")
 
 
+def _fallback_library(namespace: str) -> torch.library.Library:
+    """The library that owns the PyTorch implementations registered for ``namespace``'s ops."""
+    if namespace not in _fallback_libraries:
+        _fallback_libraries[namespace] = torch.library.Library(namespace, "FRAGMENT")
+    return _fallback_libraries[namespace]
+
+
 def register_fallback(op: str):
     """Decorator: register ``function`` (same signature as ``op``'s schema, written in PyTorch ops) as the
     op's kernel on every device that has no compiled kernel.
@@ -304,9 +311,7 @@ def register_fallback(op: str):
             return FALLBACKS[op](*args, **kwargs)  # looked up per call: the registry says what runs
 
         namespace, name = op.split("::", 1)
-        if namespace not in _fallback_libraries:
-            _fallback_libraries[namespace] = torch.library.Library(namespace, "FRAGMENT")
-        _fallback_libraries[namespace].impl(name, kernel, "CompositeExplicitAutograd")
+        _fallback_library(namespace).impl(name, kernel, "CompositeExplicitAutograd")
         FALLBACKS[op] = function
         return function
 
@@ -314,9 +319,8 @@ def register_fallback(op: str):
 
 
 if not extension.STATUS.loaded:  # the query ops answer for the kernels that are not there
-    _fallback_libraries["jasco_fast"] = torch.library.Library("jasco_fast", "FRAGMENT")
     for _query in ("cpu_fast_path", "lstm_int8_matvec"):
-        _fallback_libraries["jasco_fast"].impl(_query, lambda: "none", "CompositeExplicitAutograd")
+        _fallback_library("jasco_fast").impl(_query, lambda: "none", "CompositeExplicitAutograd")
 
 
 @register_fallback("jasco_fast::denorm_transpose")
