@@ -116,9 +116,25 @@ def check_non_finite_spread(layer, run, layers, C, T, dtype):
     assert err <= TOLERANCE[dtype] * want[finite].abs().max().item()
 
 
-def run_under_tail_isa(test_file: Path, isa: str, calls: str) -> subprocess.CompletedProcess:
-    """Python ``calls`` (which call test_file's tests, imported as ``t``) in a fresh process whose copies of the
-    loops JASCO_FAST_TAIL_ISA=isa caps; it prints ok at the end."""
+def check_passes_under_tail_isa(test_file: Path, isa: str, calls: str) -> None:
+    """Python ``calls`` (which call test_file's tests, imported as ``t``) pass in a fresh process whose copies of the
+    loops JASCO_FAST_TAIL_ISA=isa caps."""
     script = f"import torch, {test_file.stem} as t\n{calls}print('ok')\n"
     env = child_env(test_file.parent, JASCO_FAST_TAIL_ISA=isa)
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+def check_same_bits_for_any_thread_count(run, *args) -> None:
+    """``run(*args)`` gives the same bits on one thread and on two: every tile is computed the same way whichever
+    thread takes it."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            torch.set_num_threads(1)
+            one = run(*args)
+            torch.set_num_threads(2)
+            two = run(*args)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from elu_layers import check, check_non_finite_spread, conv_op, inputs, rounded, run_under_tail_isa
+from elu_layers import (
+    check,
+    check_non_finite_spread,
+    check_passes_under_tail_isa,
+    check_same_bits_for_any_thread_count,
+    conv_op,
+    inputs,
+    rounded,
+)
 
 from jasco_fast.decoder import Conv
 from jasco_fast.ops import elu_conv
@@ -59,16 +67,7 @@ def test_same_bits_for_any_thread_count():
     torch.manual_seed(0)
     conv = Conv(64, 1, 7).eval()
     x = inputs(2, 64, 5000, torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            one = conv_op(conv, x)
-            torch.set_num_threads(2)
-            two = conv_op(conv, x)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one, two)
+    check_same_bits_for_any_thread_count(conv_op, conv, x)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
@@ -79,8 +78,7 @@ def test_lower_instruction_sets(isa):
         "    t.test_conv_matches_layers(dtype, 64, 2, 7, 1, True, 'reflect')\n"
         "    t.test_non_finite_inputs_spread_like_the_layers(dtype)\n"
     )
-    run = run_under_tail_isa(Path(__file__), isa, calls)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    check_passes_under_tail_isa(Path(__file__), isa, calls)
 
 
 # opcheck

@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from elu_layers import (
     check,
     check_non_finite_spread,
+    check_passes_under_tail_isa,
+    check_same_bits_for_any_thread_count,
     conv_transpose_op,
     inputs,
     make_upsampler,
     rounded,
-    run_under_tail_isa,
     upsampled_layers,
 )
 from hypothesis import HealthCheck, given, settings
@@ -79,16 +80,7 @@ def test_same_bits_for_any_thread_count():
     """Every tile is computed the same way whichever thread takes it."""
     up = make_upsampler(128, 64, 4)
     x = inputs(2, 128, 1250, torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            one = conv_transpose_op(up, x)
-            torch.set_num_threads(2)
-            two = conv_transpose_op(up, x)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one, two)
+    check_same_bits_for_any_thread_count(conv_transpose_op, up, x)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -122,8 +114,7 @@ def test_lower_instruction_sets(isa):
         "    t.test_conv_transpose_matches_layers(dtype, 24, 8, 3, 5, False)\n"
         "    t.test_non_finite_inputs_spread_like_the_layers(dtype)\n"
     )
-    run = run_under_tail_isa(Path(__file__), isa, calls)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    check_passes_under_tail_isa(Path(__file__), isa, calls)
 
 
 # opcheck

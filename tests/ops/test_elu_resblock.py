@@ -14,12 +14,13 @@ from checkpoints import child_env
 from elu_layers import (
     check,
     check_non_finite_spread,
+    check_passes_under_tail_isa,
+    check_same_bits_for_any_thread_count,
     inputs,
     layer_by_layer,
     make_block,
     resblock_op,
     rounded,
-    run_under_tail_isa,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -77,16 +78,7 @@ def test_same_bits_for_any_thread_count():
     """Every tile is computed the same way whichever thread takes it."""
     block = make_block(64)
     x = inputs(2, 64, 5000, torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            torch.set_num_threads(1)
-            one = resblock_op(block, x)
-            torch.set_num_threads(2)
-            two = resblock_op(block, x)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one, two)
+    check_same_bits_for_any_thread_count(resblock_op, block, x)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,8 +127,7 @@ def test_lower_instruction_sets(isa):
         "    t.test_resblock_matches_layers(dtype, 32, 2, 5, 3, False, 'replicate')\n"
         "    t.test_non_finite_inputs_spread_like_the_layers(dtype)\n"
     )
-    run = run_under_tail_isa(Path(__file__), isa, calls)
-    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+    check_passes_under_tail_isa(Path(__file__), isa, calls)
 
 
 # opcheck
