@@ -99,11 +99,15 @@ def provenance(script: str, argv: list[str] | None, device: str, note: str | Non
     from jasco_fast.info import ISA_CAPS
 
     caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+    cpuid_as = os.environ.get("CPUID_AS", "avx2") if "cpuid_as.so" in os.environ.get("LD_PRELOAD", "") else None
+    emulated = bool(caps or cpuid_as) and modes.cpu_class() != _uncapped_cpu_class()
     cpu = {
         "cpu_class": modes.cpu_class(),
         "isa_caps": caps,
-        # under caps the CPU is emulated; peers (ONNX Runtime, OpenVINO) keep the real instruction set
-        "cpu_class_emulated": bool(caps) and modes.cpu_class() != _uncapped_cpu_class(),
+        "cpuid_as": cpuid_as,  # tools/cpuid-as: every library in the process saw this class's CPUID
+        "cpu_class_emulated": emulated,
+        # the caps reach torch, oneDNN, MKL and jasco_fast only; tools/cpuid-as reaches the peers too
+        "peers_instruction_set": "emulated class" if emulated and cpuid_as else "the real CPU's",
     }
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -128,7 +132,7 @@ def _uncapped_cpu_class() -> str:
     """The CPU class without instruction-set caps (a fresh process: torch reads ATEN_CPU_CAPABILITY at start)."""
     from jasco_fast.info import ISA_CAPS
 
-    env = {k: v for k, v in os.environ.items() if k not in ISA_CAPS}
+    env = {k: v for k, v in os.environ.items() if k not in (*ISA_CAPS, "CPUID_AS", "LD_PRELOAD", "GLIBC_TUNABLES")}
     out = subprocess.run(
         [sys.executable, "-c", "from jasco_fast import modes; print(modes.cpu_class())"],
         env=env,

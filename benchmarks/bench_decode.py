@@ -324,7 +324,9 @@ def _merge_into(path: Path, peers: dict) -> dict:
                     "note",
                     "cpu_class",
                     "isa_caps",
+                    "cpuid_as",
                     "cpu_class_emulated",
+                    "peers_instruction_set",
                 )
                 if k in peers
             },

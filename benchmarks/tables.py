@@ -33,6 +33,11 @@ def cpu_class_words(result: dict) -> str:
     """The CPU class of a CPU result ("" for GPU results and for results recorded before classes were)."""
     if result.get("device_type", "cpu") != "cpu" or "cpu_class" not in result:
         return ""
+    if result.get("cpu_class_emulated") and result.get("cpuid_as"):
+        return (
+            f", CPU class {result['cpu_class']} EMULATED by masking CPUID for the whole process "
+            f"(tools/cpuid-as {result['cpuid_as']}: every library, the peers included, sees that class)"
+        )
     if result.get("cpu_class_emulated"):
         caps = " ".join(f"{k}={v}" for k, v in result.get("isa_caps", {}).items())
         peers = (

@@ -334,8 +334,10 @@ def cpu_has_amx() -> bool:
     return bool(check()) if check is not None else False
 
 
-# float32 transposed convolutions with at least this many input channels take the GEMM form on AVX2-class CPUs
-# (AVX2 caps on AMD Zen 4, 2 threads: 1024 -> 512 channels 0.84x oneDNN's time, 512 -> 256 1.18x).
+# float32 transposed convolutions with at least this many input channels take the GEMM form on AVX2-class CPUs.
+# AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2), 2 threads, compiled: 1024 -> 512 channels 47 ms against
+# oneDNN's 64 (the whole decode 0.94x with the prepacked form); 512 -> 256 54-59 against 53-54, so it keeps oneDNN.
+# With AVX-512 (the same CPU unmasked) oneDNN won at 1024 too: 43 against 50 ms.
 GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32 = 1024
 
 
@@ -347,8 +349,9 @@ def cpu_is_avx2_class() -> bool:
     return cpu_class() == "avx2"
 
 
-def _gemm_transposed_conv(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if x.device.type != "cpu":
+def _gemm_transposed_conv(device: torch.device, weight: torch.Tensor) -> bool:
+    """Whether a transposed convolution with ``weight`` takes the GEMM form for an input on ``device``."""
+    if device.type != "cpu" or weight.device.type != "cpu":
         return False
     if weight.dtype == torch.bfloat16:
         return weight.shape[0] >= GEMM_TRANSPOSED_CONV_MIN_CHANNELS and cpu_has_amx()
@@ -377,6 +380,7 @@ class ConvTranspose(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels, 1, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))
+        self.register_buffer("gemm_weight", None, persistent=False)
         self.stride = stride
         self.kernel_size = kernel_size
         total = kernel_size - stride
@@ -400,28 +404,58 @@ class ConvTranspose(nn.Module):
         return (None if first is None else -((k - 1 - first - t) // r)), (None if last is None else (last + t) // r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.norm is None and _gemm_transposed_conv(x, self.weight):
+        if self.norm is None and _gemm_transposed_conv(x.device, self.weight):
             return self._as_gemm(x)
         y = F.conv_transpose2d(x, self.weight, self.bias, stride=(1, self.stride))
         if self.norm is not None:  # upstream normalises before trimming
             y = self.norm(y)
         return y[..., self.trim_left : y.shape[-1] - self.trim_right]
 
+    def prepack(self) -> ConvTranspose:
+        """Keep the GEMM form's weight matrix (:meth:`_as_gemm`) in the non-persistent buffer ``gemm_weight`` where
+        this layer takes that form, so no call rearranges the weight (torch.compile and the ahead-of-time artifacts
+        read it as a constant); None elsewhere. ``.to()`` and friends and ``load_state_dict`` pack again; a weight
+        changed in place afterwards needs ``prepack()`` again (as :meth:`LSTM.prepack`). Returns self."""
+        gemm = self.norm is None and _gemm_transposed_conv(self.weight.device, self.weight)
+        with torch.no_grad():
+            self.gemm_weight = self._gemm_matrix() if gemm else None
+        return self
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.gemm_weight is not None:  # the weights may have a new dtype or device
+            self.prepack()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.gemm_weight is not None:
+            self.prepack()
+
+    def _gemm_matrix(self) -> torch.Tensor:
+        """[m * C_in, stride * C_out] with m = ceil(k / stride): row block i holds taps i * stride ... i * stride +
+        stride - 1 (zero past k), each tap a C_out-wide column block."""
+        C_in, C_out, _, k = self.weight.shape
+        r = self.stride
+        m = -(-k // r)
+        w = F.pad(self.weight.squeeze(2), (0, m * r - k)).view(C_in, C_out, m, r)
+        return w.permute(2, 0, 3, 1).reshape(m * C_in, r * C_out)
+
     def _as_gemm(self, x: torch.Tensor) -> torch.Tensor:
-        """The same transposed convolution as one GEMM and a shifted sum: every input frame times
-        [C_in, taps * C_out] gives its contribution to ``m = ceil(k / stride)`` consecutive output frames of
-        ``stride`` samples; frame f of the output sums tap group i of input frame f - i."""
+        """The same transposed convolution as one GEMM whose output is the channels-last result: output frame f
+        (``stride`` samples) sums input frames f, f - 1, ..., f - m + 1 through the taps of block 0, 1, ..., so the
+        GEMM's input row f is those m frames side by side. Nothing is summed or moved after the GEMM."""
         B, C_in, _, T = x.shape
         _, C_out, _, k = self.weight.shape
         r = self.stride
         m = -(-k // r)
-        w = F.pad(self.weight.squeeze(2), (0, m * r - k))  # [C_in, C_out, m * r]
-        w = w.permute(0, 2, 1).reshape(C_in, m * r * C_out)
-        z = torch.matmul(x.squeeze(2).transpose(1, 2), w).view(B, T, m, r * C_out)  # channels-last [B, T, C] input
-        y = F.pad(z[:, :, 0], (0, 0, 0, m - 1))
-        for i in range(1, m):
-            y = y + F.pad(z[:, :, i], (0, 0, i, m - 1 - i))
-        y = y.reshape(B, (T + m - 1) * r, C_out)[:, self.trim_left : (T - 1) * r + k - self.trim_right] + self.bias
+        w = self.gemm_weight
+        if w is None or w.dtype != self.weight.dtype or w.device != x.device:
+            w = self._gemm_matrix()
+        seq = x.squeeze(2).transpose(1, 2)  # [B, T, C_in]: a view when x is channels-last
+        rows = torch.cat([F.pad(seq, (0, 0, i, m - 1 - i)) for i in range(m)], dim=2) if m > 1 else seq
+        y = torch.addmm(self.bias.repeat(r), rows.reshape(B * (T + m - 1), m * C_in), w)
+        y = y.view(B, (T + m - 1) * r, C_out)[:, self.trim_left : (T - 1) * r + k - self.trim_right]
         return y.transpose(1, 2).unsqueeze(2)  # [B, C_out, 1, T'] over [B, T', C_out] memory: channels-last
 
 
@@ -801,11 +835,12 @@ class SEANetDecoder(nn.Module):
         decoder there: ``decoder.to(dtype).to_channels_last().fuse()``. The state_dict (keys and tensors) does
         not change: load checkpoints before or after. A fused decoder moved to another device or dtype, or asked
         for gradients, runs its layers' own math where the op does not apply. Also packs the LSTM's recurrent
-        matrices (:meth:`LSTM.prepack`). Returns self.
+        matrices (:meth:`LSTM.prepack`) and the transposed convolutions' GEMM-form weights (:meth:`ConvTranspose.prepack`).
+        Returns self.
         """
         self.layers.fuse()
         for module in self.modules():
-            if isinstance(module, LSTM):
+            if isinstance(module, LSTM) or type(module) is ConvTranspose:  # (a fused one runs the tail op)
                 module.prepack()
         return self
 

@@ -150,10 +150,13 @@ def _modes() -> dict:
             "recurrent_dtype": None if row.recurrent_dtype is None else str(row.recurrent_dtype).replace("torch.", ""),
             "evidence": row.evidence,
         }
+    caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+    if "cpuid_as.so" in os.environ.get("LD_PRELOAD", ""):  # tools/cpuid-as: CPUID itself reports a smaller class
+        caps["CPUID_AS"] = os.environ.get("CPUID_AS", "avx2")
     return {
         "cpu_class": modes.cpu_class(),
         "native_cpu_arithmetic": modes.native_cpu_arithmetic(),
-        "isa_caps": {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)},
+        "isa_caps": caps,
         "recommended": recommended,
     }
 

@@ -1,5 +1,6 @@
-"""jasco_fast.decoder: the GEMM form of the transposed convolution (ConvTranspose._as_gemm), which bfloat16
-decoders take on the CPU for wide stages, against conv_transpose2d and against the reference."""
+"""jasco_fast.decoder: the GEMM form of the transposed convolution (ConvTranspose._as_gemm), which wide stages take
+on some CPUs (bfloat16 with AMX, float32 on AVX2-class CPUs), against conv_transpose2d and against the reference;
+its prepacked weight matrix (ConvTranspose.prepack)."""
 
 from __future__ import annotations
 
@@ -44,26 +45,71 @@ def amx(monkeypatch):
 
 def test_which_layers_take_the_gemm_form(monkeypatch):
     wide = torch.empty(GEMM_TRANSPOSED_CONV_MIN_CHANNELS, 4, 1, 8)
-    x = torch.empty(1, GEMM_TRANSPOSED_CONV_MIN_CHANNELS, 1, 3)
+    cpu, meta = torch.device("cpu"), torch.device("meta")
     monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: False)
-    assert not _gemm_transposed_conv(x, wide.bfloat16())  # without AMX oneDNN's deconvolution measured faster
+    assert not _gemm_transposed_conv(cpu, wide.bfloat16())  # without AMX oneDNN's deconvolution measured faster
     monkeypatch.setattr(decoder_module, "cpu_has_amx", lambda: True)
-    assert _gemm_transposed_conv(x, wide.bfloat16())
-    assert not _gemm_transposed_conv(x, wide)  # float32: oneDNN's deconvolution measured faster
-    assert not _gemm_transposed_conv(x, wide.half())  # float16: not measured
-    assert not _gemm_transposed_conv(x, wide[: GEMM_TRANSPOSED_CONV_MIN_CHANNELS - 1].bfloat16())
-    assert not _gemm_transposed_conv(x.to("meta"), wide.bfloat16().to("meta"))  # CPU only
+    monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: False)
+    assert _gemm_transposed_conv(cpu, wide.bfloat16())
+    assert not _gemm_transposed_conv(cpu, wide)  # float32: oneDNN's deconvolution measured faster
+    assert not _gemm_transposed_conv(cpu, wide.half())  # float16: not measured
+    assert not _gemm_transposed_conv(cpu, wide[: GEMM_TRANSPOSED_CONV_MIN_CHANNELS - 1].bfloat16())
+    assert not _gemm_transposed_conv(meta, wide.bfloat16().to("meta"))  # CPU only
+    assert not _gemm_transposed_conv(meta, wide.bfloat16())
 
 
 def test_float32_gemm_form_on_avx2_class_cpus(monkeypatch):
     n = decoder_module.GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32
-    wide, x = torch.empty(n, 4, 1, 8), torch.empty(1, n, 1, 3)
+    wide, cpu = torch.empty(n, 4, 1, 8), torch.device("cpu")
     monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: True)
-    assert _gemm_transposed_conv(x, wide)
-    assert not _gemm_transposed_conv(x[:, : n // 2], wide[: n // 2])  # 512 channels: oneDNN's measured faster
-    assert not _gemm_transposed_conv(x.to("meta"), wide.to("meta"))
+    assert _gemm_transposed_conv(cpu, wide)
+    assert not _gemm_transposed_conv(cpu, wide[: n // 2])  # 512 channels: oneDNN's measured faster
+    assert not _gemm_transposed_conv(torch.device("meta"), wide.to("meta"))
     monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: False)
-    assert not _gemm_transposed_conv(x, wide)
+    assert not _gemm_transposed_conv(cpu, wide)
+
+
+@pytest.fixture
+def avx2_class(monkeypatch):
+    """float32 takes the GEMM form on AVX2-class CPUs only; pretend this one is one, with a threshold of 16."""
+    monkeypatch.setattr(decoder_module, "cpu_is_avx2_class", lambda: True)
+    monkeypatch.setattr(decoder_module, "GEMM_TRANSPOSED_CONV_MIN_CHANNELS_AVX2_FLOAT32", 16)
+
+
+def test_prepack_keeps_the_gemm_matrix_out_of_the_state_dict(avx2_class):
+    torch.manual_seed(0)
+    layer = ConvTranspose(16, 8, 10, 5, causal=True)
+    x = torch.randn(2, 16, 1, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        unpacked = layer(x)
+        assert layer.prepack() is layer and layer.gemm_weight is not None
+        assert layer.gemm_weight.shape == (2 * 16, 5 * 8)
+        assert set(layer.state_dict()) == {"weight", "bias"}
+        torch.testing.assert_close(layer(x), unpacked, rtol=0, atol=0)
+
+
+def test_prepack_follows_dtype_and_loaded_weights(avx2_class):
+    torch.manual_seed(0)
+    layer = ConvTranspose(16, 8, 8, 4).prepack()
+    x = torch.randn(1, 16, 1, 7, dtype=torch.float64)
+    layer.double()  # float64 does not take the GEMM form: the matrix is dropped, not kept stale
+    assert layer.gemm_weight is None
+    layer.float().prepack()
+    other = ConvTranspose(16, 8, 8, 4)
+    layer.load_state_dict(other.state_dict())  # new weights: packed again
+    with torch.no_grad():
+        torch.testing.assert_close(layer.gemm_weight, other._gemm_matrix(), rtol=0, atol=0)
+        torch.testing.assert_close(layer(x.float()), other(x.float()), rtol=0, atol=0)
+
+
+def test_fuse_prepacks_only_the_layers_that_take_the_gemm_form(avx2_class, monkeypatch):
+    monkeypatch.setattr(decoder_module, "FUSED_CONV_TRANSPOSE_MAX_CHANNELS", {})  # no layer runs the tail op
+    torch.manual_seed(0)
+    decoder = SEANetDecoder(DecoderConfig(dimension=16, n_filters=4, ratios=(2, 2, 2))).eval().fuse()
+    layers = [m for m in decoder.modules() if isinstance(m, ConvTranspose)]
+    assert [m.weight.shape[0] for m in layers] == [32, 16, 8]
+    assert [m.gemm_weight is not None for m in layers] == [m.weight.shape[0] >= 16 for m in layers]
+    assert any(m.gemm_weight is not None for m in layers) and not all(m.gemm_weight is not None for m in layers)
 
 
 @pytest.fixture(scope="module")
