@@ -1,7 +1,7 @@
 """Stage-by-stage profile of the decode against each stage's floor.
 
     python benchmarks/bench_stages.py [--frames 500] [--rounds 7] [--dtype float32|bfloat16]
-                                      [--threads N] [--quick] [--note TEXT] [--out PATH]
+                                      [--threads N] [--allocator-default] [--quick] [--note TEXT] [--out PATH]
 
 The decoder runs as ``LatentDecoder`` runs it (weights folded, channels-last ``[B, C, 1, T]``, B = 1),
 cut into its stages: conv-in, the LSTM, each upsampling stage's ELU + ConvTranspose and its residual
@@ -21,7 +21,11 @@ Each stage's floor is a roofline: the larger of
 and for the LSTM (B = 1: each step reads each layer's recurrent matrix) the recurrent weight bytes x T
 at the measured bandwidth of reading one layer's [4C, C] matrix (the faster of ``torch.mv`` over it and a sum
 over it), plus its input projections (a [T, C] x [C, 4C] GEMM per layer) at the GEMM rate of that shape.
-Writes benchmarks/results/stages_cpu.json (``--out`` to change).
+The process first calls ``jasco_fast.reuse_freed_memory()`` (what the ``jasco-fast`` command does), so that a
+stage's time is its arithmetic and memory traffic, not the kernel's page faults on freshly mapped activations
+(tens of ms for the late stages on the VMs measured, varying from one host to the next);
+``--allocator-default`` leaves glibc's policy as a library user gets it. Writes benchmarks/results/stages_cpu.json
+(``--out`` to change).
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ import torch.utils.benchmark as tbench
 from _common import provenance, spread, write_result
 from torch import nn
 
-from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder
+from jasco_fast import DecoderConfig, LatentDecoder, SEANetDecoder, reuse_freed_memory
 from jasco_fast.decoder import LSTM, Conv, ConvTranspose, DecoderLayers, ResBlock
+from jasco_fast.memory import reusing_freed_memory
 from jasco_fast.ops import denormalize_transpose
 from jasco_fast.pipeline import DTYPES
 
@@ -198,6 +203,11 @@ def main(argv=None) -> dict:
         help="cpu (the only device this profile covers; cuda is skipped, for `jasco-fast bench`)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    p.add_argument(
+        "--allocator-default",
+        action="store_true",
+        help="do not call jasco_fast.reuse_freed_memory() (freshly mapped activations page-fault on every call)",
+    )
     p.add_argument("--quick", action="store_true", help="3 rounds, no whole-decode comparison")
     p.add_argument("--note", default=None)
     p.add_argument("--out", type=Path, default=None)
@@ -206,6 +216,8 @@ def main(argv=None) -> dict:
         print("bench_stages: CPU only (its floors are CPU measurements); skipped for", args.device)
         return {}
     rounds = 3 if args.quick else args.rounds
+    if not args.allocator_default:
+        reuse_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -304,6 +316,7 @@ def main(argv=None) -> dict:
         "benchmark": "stages",
         **provenance("bench_stages.py", argv, "cpu", args.note),
         "frames": args.frames,
+        "reuse_freed_memory": reusing_freed_memory(),
         "batch": 1,
         "dtype": args.dtype,
         "rounds": rounds,
