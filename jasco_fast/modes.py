@@ -82,16 +82,16 @@ AUTO_MODES: tuple[Mode, ...] = (
         "avx512",
         torch.float32,
         torch.int8,
-        "no bfloat16 arithmetic (bfloat16 emulated, tens of times slower); the int8 recurrence only: "
-        "worst SNR 52.5 dB; speed as the avx2 row (not measured on such a CPU)",
+        "AMD EPYC Zen 4 as an AVX-512 CPU without BF16 or VNNI (tools/cpuid-as avx512, 2026-12-05): 0.89x float32 "
+        "(0.87-0.91 over 5 rounds); the int8 kernel of the avx2 row: worst SNR 52.5 dB; bfloat16 2.5x slower",
     ),
     Mode(
         "cpu",
         "avx2",
         torch.float32,
         torch.int8,
-        "AVX2 caps on AMD EPYC Zen 4 (2026-12-05): 0.87x float32 (0.86-0.88 over 5 rounds); worst SNR 52.5 dB; "
-        "bfloat16 52x slower",
+        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-05): 0.85x float32 (0.85-0.90 over 5 rounds); "
+        "worst SNR 52.5 dB; bfloat16 52x slower",
     ),
     Mode("cpu", "other", torch.float32, None, "nothing measured: the exact mode"),
     Mode(
@@ -105,10 +105,14 @@ AUTO_MODES: tuple[Mode, ...] = (
     Mode("other", None, torch.float32, None, "nothing measured: the exact mode"),
 )
 
-# An explicit reduced precision on a CPU that emulates it: (slowdown against float32, where it was measured).
+# An explicit reduced precision on a CPU that emulates it: CPU class (None: any other) -> (slowdown against
+# float32, where it was measured).
 EMULATED_SLOWDOWN = {
-    torch.bfloat16: ("24x", "an AVX2-only AMD EPYC (Zen 3), 10 s at B = 1"),
-    torch.float16: ("60x", "an AMD EPYC Zen 4 (AVX512-BF16, no AVX512-FP16), 2 s at B = 1"),
+    torch.bfloat16: {
+        "avx512": ("2.5x", "an AMD EPYC Zen 4 as an AVX-512 CPU without BF16 (tools/cpuid-as avx512), 10 s at B = 1"),
+        None: ("24x", "an AVX2-only AMD EPYC (Zen 3), 10 s at B = 1"),
+    },
+    torch.float16: {None: ("60x", "an AMD EPYC Zen 4 (AVX512-BF16, no AVX512-FP16), 2 s at B = 1")},
 }
 
 _ONEDNN_BELOW_AVX512 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
@@ -206,7 +210,8 @@ def warn_if_emulated(dtype: torch.dtype, device: torch.device, *, stacklevel: in
     if native_cpu_arithmetic()[name]:
         return
     _warned.add(dtype)
-    slowdown, where = EMULATED_SLOWDOWN[dtype]
+    by_class = EMULATED_SLOWDOWN[dtype]
+    slowdown, where = by_class.get(cpu_class(), by_class[None])
     row = auto_mode(device)
     warnings.warn(
         f"this CPU ({cpu_class()} class) has no {name} arithmetic, so {name} is emulated: a {name} "

@@ -4,6 +4,7 @@ committed fidelity results, dtype="auto" on the decoders and the CLI, and the wa
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -148,9 +149,12 @@ def test_bad_mode_names_are_errors(tiny_decoder, bad):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_emulated_reduced_precision_warns_once(monkeypatch, tiny_decoder, fresh_warnings, dtype):
-    monkeypatch.setattr(modes, "cpu_class", lambda: "avx2")
-    with pytest.warns(PerformanceWarning, match=r"emulated.*measured \d+x slower.*float32 \+ int8 recurrent") as caught:
+@pytest.mark.parametrize("cpu_class", ["avx2", "avx512"])
+def test_emulated_reduced_precision_warns_once(monkeypatch, tiny_decoder, fresh_warnings, dtype, cpu_class):
+    monkeypatch.setattr(modes, "cpu_class", lambda: cpu_class)
+    slowdown, _ = modes.EMULATED_SLOWDOWN[dtype].get(cpu_class, modes.EMULATED_SLOWDOWN[dtype][None])
+    pattern = rf"\({cpu_class} class\).*emulated.*measured {re.escape(slowdown)} slower.*float32 \+ int8 recurrent"
+    with pytest.warns(PerformanceWarning, match=pattern) as caught:
         LatentDecoder(tiny_decoder, backend="eager", dtype=dtype)
     assert caught[0].filename == __file__  # names the line that built the decoder
     with warnings.catch_warnings():
