@@ -4,8 +4,8 @@ committed fidelity results, dtype="auto" on the decoders and the CLI, and the wa
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import warnings
