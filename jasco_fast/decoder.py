@@ -450,7 +450,8 @@ class ConvTranspose(nn.Module):
         r = self.stride
         m = -(-k // r)
         w = self.gemm_weight
-        if w is None or w.dtype != self.weight.dtype or w.device != x.device:
+        stale = w is None or w.dtype != self.weight.dtype or w.device != x.device
+        if stale or (torch.is_grad_enabled() and self.weight.requires_grad):  # the pack carries no gradient
             w = self._gemm_matrix()
         seq = x.squeeze(2).transpose(1, 2)  # [B, T, C_in]: a view when x is channels-last
         rows = torch.cat([F.pad(seq, (0, 0, i, m - 1 - i)) for i in range(m)], dim=2) if m > 1 else seq

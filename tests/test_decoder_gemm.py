@@ -88,6 +88,20 @@ def test_prepack_keeps_the_gemm_matrix_out_of_the_state_dict(avx2_class):
         torch.testing.assert_close(layer(x), unpacked, rtol=0, atol=0)
 
 
+def test_prepacked_layer_still_trains(avx2_class):
+    """With gradients on, the GEMM form reads the weight itself (the pack is a detached copy)."""
+    torch.manual_seed(0)
+    layer = ConvTranspose(16, 8, 8, 4).prepack()
+    x = torch.randn(2, 16, 1, 7, requires_grad=True)
+    layer(x).square().sum().backward()
+    got = layer.weight.grad.clone(), x.grad.clone()
+    layer.weight.grad, x.grad = None, None
+    y = torch.nn.functional.conv_transpose2d(x, layer.weight, layer.bias, stride=(1, 4))[..., 2:-2]
+    y.square().sum().backward()
+    torch.testing.assert_close(got[0], layer.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], x.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_prepack_follows_dtype_and_loaded_weights(avx2_class):
     torch.manual_seed(0)
     layer = ConvTranspose(16, 8, 8, 4).prepack()
