@@ -362,8 +362,28 @@ def _gemm_transposed_conv(device: torch.device, weight: torch.Tensor) -> bool:
     )
 
 
-class ConvTranspose(nn.Module):
+class _PacksAgain(nn.Module):
+    """A module that keeps a pack of its weights in the non-persistent buffer named ``_pack``: once packed, it
+    packs again (``prepack()``) when ``.to()`` and friends or ``load_state_dict`` change the weights."""
+
+    _pack: str
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if getattr(self, self._pack) is not None:  # the weights may have a new dtype or device
+            self.prepack()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if getattr(self, self._pack) is not None:
+            self.prepack()
+
+
+class ConvTranspose(_PacksAgain):
     """SEANet transposed convolution (kernel 2r, stride r) on [B, C, 1, T], trimmed to T * r."""
+
+    _pack = "gemm_weight"
 
     def __init__(
         self,
@@ -421,17 +441,6 @@ class ConvTranspose(nn.Module):
             self.gemm_weight = self._gemm_matrix() if gemm else None
         return self
 
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if self.gemm_weight is not None:  # the weights may have a new dtype or device
-            self.prepack()
-        return self
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        if self.gemm_weight is not None:
-            self.prepack()
-
     def _gemm_matrix(self) -> torch.Tensor:
         """[m * C_in, stride * C_out] with m = ceil(k / stride): row block i holds taps i * stride ... i * stride +
         stride - 1 (zero past k), each tap a C_out-wide column block."""
@@ -460,7 +469,7 @@ class ConvTranspose(nn.Module):
         return y.transpose(1, 2).unsqueeze(2)  # [B, C_out, 1, T'] over [B, T', C_out] memory: channels-last
 
 
-class LSTM(nn.Module):
+class LSTM(_PacksAgain):
     """Multi-layer LSTM over time with the SEANet skip (y = lstm(x) + x), on [B, C, 1, T].
 
     Holds nn.LSTM's parameters under nn.LSTM's names (weight_ih_l0, ...) and runs them through
@@ -473,6 +482,8 @@ class LSTM(nn.Module):
     a weight changed IN PLACE afterwards (``w.copy_``, ``.data``) needs ``prepack()`` again (the weights stay
     ordinary mutable parameters, as torch's prepacked modules keep theirs).
     """
+
+    _pack = "packed_recurrent"
 
     def __init__(self, dim: int, num_layers: int, recurrent_dtype: torch.dtype | None = None):
         super().__init__()
@@ -512,17 +523,6 @@ class LSTM(nn.Module):
         else:
             self.packed_recurrent = None
         return self
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if self.packed_recurrent is not None:  # the weights may have a new dtype or device
-            self.prepack()
-        return self
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        if self.packed_recurrent is not None:
-            self.prepack()
 
     def flat_weights(self) -> list[torch.Tensor]:
         return [
