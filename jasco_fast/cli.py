@@ -458,6 +458,7 @@ def cmd_cache(args) -> int:
 # `jasco-fast bench`'s benchmarks, in the order it runs them: <name> is the script benchmarks/bench_<name>.py.
 BENCHMARKS = (
     "aot_weights",
+    "avx2_integer",
     "codes",
     "cold_start",
     "decode",

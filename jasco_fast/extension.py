@@ -40,7 +40,7 @@ SCHEMAS: dict[str, tuple[str, tuple]] = {
     ),
     # What the CPU kernels' run-time dispatch chose on this machine: "avx2+f16c" or "portable".
     "cpu_fast_path": ("cpu_fast_path() -> str", ()),
-    # The arithmetic of the CPU LSTM kernel's int8 recurrent matvec: "avx512_vnni", "avx2_int16" or "float32".
+    # The arithmetic of the CPU LSTM kernel's int8 recurrent matvec: "avx512_vnni", "avx2_u7" or "float32".
     "lstm_int8_matvec": ("lstm_int8_matvec() -> str", ()),
     # lstm(seq) + seq for a batch-first unidirectional LSTM with biases, from state (h0, c0); also the state
     # after the first state_frames frames. recurrent_dtype: W_hh as given, rounded to bfloat16, or int8.

@@ -90,7 +90,7 @@ AUTO_MODES: tuple[Mode, ...] = (
         "avx2",
         torch.float32,
         torch.int8,
-        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-05): 0.85x float32 (0.85-0.90 over 5 rounds); "
+        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-06): 0.87x float32 (0.78-0.88 over 11 rounds); "
         "worst SNR 52.5 dB; bfloat16 52x slower",
     ),
     Mode("cpu", "other", torch.float32, None, "nothing measured: the exact mode"),

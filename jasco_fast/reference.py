@@ -11,7 +11,14 @@ from torch import nn
 
 from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
 
-__all__ = ["denormalize_transpose", "decode", "ReferenceDecoder", "codes_to_latents"]
+__all__ = [
+    "denormalize_transpose",
+    "decode",
+    "ReferenceDecoder",
+    "codes_to_latents",
+    "INT8_MATVEC_H_LEVELS",
+    "int8_recurrent_rows",
+]
 
 
 def denormalize_transpose(
@@ -93,6 +100,55 @@ class _EagerLSTM(nn.Module):
         return (self.lstm(seq)[0] + seq).permute(1, 2, 0)
 
 
+# h's fixed point in the int8 recurrent format's integer matvec, by torch.ops.jasco_fast.lstm_int8_matvec()
+# (csrc/cpu/lstm_recurrence.cpp): each h is multiplied as round(L h) / L; "float32": h as it is.
+INT8_MATVEC_H_LEVELS = {"avx512_vnni": 127 * 254, "avx2_u7": 63, "float32": None}
+
+
+def int8_recurrent_rows(w: torch.Tensor) -> torch.Tensor:
+    """W_hh as the int8 recurrent format stores it, dequantised (float64): per row scale = max |w| / 127 (1 for a
+    zero row), q = round-half-even(w / scale) clamped to +-127, in float32 as ``jasco_fast::lstm_pack`` computes."""
+    w = w.float()
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return (w / scale).round().clamp(-127, 127).double() * scale.double()
+
+
+class _EagerInt8LSTM(nn.Module):
+    """lstm(x) + x with the int8 recurrent format's arithmetic, in float64: W_hh as stored, h rounded to the
+    matvec's fixed point before each step's product (h_levels; None: not rounded)."""
+
+    def __init__(self, lstm, h_levels: int | None):
+        super().__init__()
+        self.weights = [
+            [
+                getattr(lstm, f"{name}_l{k}").detach().double()
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            ]
+            for k in range(lstm.num_layers)
+        ]
+        for layer in self.weights:
+            layer[1] = int8_recurrent_rows(layer[1])
+        self.h_levels = h_levels
+
+    def forward(self, x):
+        seq = x.permute(2, 0, 1)  # [T, B, C]
+        y = seq.double()
+        for w_ih, w_hh, b_ih, b_hh in self.weights:
+            xp = y @ w_ih.T + (b_ih + b_hh)
+            h = torch.zeros(seq.shape[1], w_hh.shape[1], dtype=torch.float64, device=x.device)
+            c = torch.zeros_like(h)
+            steps = []
+            for t in range(seq.shape[0]):
+                hq = h if self.h_levels is None else (h * self.h_levels).round() / self.h_levels
+                i, f, g, o = (xp[t] + hq @ w_hh.T).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                steps.append(h)
+            y = torch.stack(steps)
+        return (y + seq.double()).to(x.dtype).permute(1, 2, 0)
+
+
 class _EagerResBlock(nn.Module):
     def __init__(self, block, make_conv):
         super().__init__()
@@ -110,13 +166,20 @@ class ReferenceDecoder(nn.Module):
     conv1d, weight norm recomputed every call). Slow on purpose; tests and benchmarks compare with it.
 
     Built from a :class:`jasco_fast.SEANetDecoder` (its weights re-parametrised as g * v / ||v||), on the
-    decoder's device and dtype.
+    decoder's device and dtype. ``int8_matvec`` (a name of :data:`INT8_MATVEC_H_LEVELS`, what
+    ``torch.ops.jasco_fast.lstm_int8_matvec()`` says this CPU runs): the LSTM with the int8 recurrent format's
+    arithmetic instead, in float64 (W_hh as stored, h at that matvec's fixed point): the oracle of
+    ``recurrent_dtype=torch.int8``.
     """
 
-    def __init__(self, decoder):
+    def __init__(self, decoder, int8_matvec: str | None = None):
         super().__init__()
         from jasco_fast.decoder import LSTM, Conv, ConvTranspose, FusedEluConv, FusedEluConvTranspose, ResBlock
 
+        if int8_matvec is not None and int8_matvec not in INT8_MATVEC_H_LEVELS:
+            raise ValueError(
+                f"ReferenceDecoder: int8_matvec must be one of {sorted(INT8_MATVEC_H_LEVELS)}, not {int8_matvec!r}"
+            )
         cfg = decoder.config
         # weight norm changes the cost, not the values (g = ||w||, v = w); upstream recomputes it per call
         weight_norm = cfg.norm == "weight_norm"
@@ -131,6 +194,8 @@ class ReferenceDecoder(nn.Module):
                 layers.append(_EagerConvTranspose(layer, cfg.causal, cfg.trim_right_ratio, weight_norm))
             elif isinstance(layer, ResBlock):
                 layers.append(_EagerResBlock(layer, make_conv))
+            elif isinstance(layer, LSTM) and int8_matvec is not None:
+                layers.append(_EagerInt8LSTM(layer, INT8_MATVEC_H_LEVELS[int8_matvec]))
             elif isinstance(layer, LSTM):
                 layers.append(_EagerLSTM(layer))
             else:  # activations

@@ -387,6 +387,24 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
 
 
+def int8_h_bound(weights: list[torch.Tensor]) -> float:
+    """The int8 recurrent format's extra LSTM error from h's fixed point in the integer matvec this process runs
+    (``torch.ops.jasco_fast.lstm_int8_matvec()``), relative to the peak; weights: ``lstm_skip``'s flat list.
+
+    Each h goes into the matvec as round(L h) / L (``reference.INT8_MATVEC_H_LEVELS``), within delta = 0.5 / L,
+    spread evenly (standard deviation delta / sqrt(3)) and independent from input to input (the integer sums
+    are exact), so a pre-activation is off by about delta / sqrt(3) * ||W_r||_2; the bound takes 6 such
+    standard deviations, and twice that for the error's way through the gates and the cell (which forgets
+    with a factor < 1, so it does not pile up step after step)."""
+    from jasco_fast.reference import INT8_MATVEC_H_LEVELS, int8_recurrent_rows
+
+    levels = INT8_MATVEC_H_LEVELS[torch.ops.jasco_fast.lstm_int8_matvec()]
+    if levels is None:
+        return 0.0
+    delta = 0.5 / levels
+    return 2 * 6 * delta / 3**0.5 * max(int8_recurrent_rows(w).norm(dim=1).max().item() for w in weights[1::4])
+
+
 def seed_of(name: str) -> int:
     return zlib.crc32(name.encode()) % 10_000
 

@@ -15,8 +15,8 @@
 // stored k-major ([k][TW]), so one vector load is TW consecutive rows at input k and no horizontal sums are
 // needed. Formats: float32; bfloat16 kept 16-bit (two inputs k, k+1 per 32-bit lane: the high half is a
 // float32 after masking, the low half after a 16-bit shift); int8 with a float32 scale per row, multiplied
-// in integers by h in 16-bit fixed point (vpdpbusd on AVX512-VNNI, tile_vnni; vpmaddwd on other AVX2 CPUs,
-// tile_madd; each with its own tile layout), or widened to float32 where neither applies.
+// in integers by h in fixed point (vpdpbusd on AVX512-VNNI with a 16-bit h, tile_vnni; vpmaddubsw on other
+// AVX2 CPUs with a 7-bit h, tile_maddubs; one tile layout), or widened to float32 where neither applies.
 // State and the cell are float32 for every input dtype; so is accumulation, except the int32 sums of the
 // integer int8 matvecs.
 //
@@ -56,12 +56,13 @@ namespace jasco_fast {
 namespace {
 
 // kInt8Vnni: the int8 rows of kInt8, multiplied with integer dot products (vpdpbusd) by the hidden state in
-// 16-bit fixed point (see VnniTileFn); CPUs with AVX512-VNNI. kInt8Madd: the same rows multiplied as int16
-// (vpmaddwd) by the hidden state in int16 (see tile_madd); CPUs with AVX2 but not AVX512-VNNI.
-enum class WeightFormat { kFloat32, kBFloat16, kInt8, kInt8Vnni, kInt8Madd };
+// 16-bit fixed point (see VnniTileFn); CPUs with AVX512-VNNI. kInt8Maddubs: the same rows and tile layout,
+// multiplied with vpmaddubsw by the hidden state in 7-bit fixed point (see tile_maddubs); CPUs with AVX2 but
+// not AVX512-VNNI.
+enum class WeightFormat { kFloat32, kBFloat16, kInt8, kInt8Vnni, kInt8Maddubs };
 
-// How the integer matvecs get h: kVnniBytes (quantize_h: two offset bytes per input), kInt16 (quantize_h16).
-enum class HqFormat { kNone, kVnniBytes, kInt16 };
+// How the integer matvecs get h: kVnniBytes (quantize_h: two offset bytes per input), kU7 (quantize_h7: one).
+enum class HqFormat { kNone, kVnniBytes, kU7 };
 
 constexpr int64_t kUnitGroup = 16;              // hidden units per group (a thread owns whole groups)
 constexpr int64_t kGroupRows = 4 * kUnitGroup;  // packed gate rows per group: i, f, g, o of 16 units
@@ -264,55 +265,47 @@ JF_AVX512_VNNI void tile_vnni(const void* tile, int64_t k4_steps, int64_t ld, co
   }
 }
 
-// The int8 format with integer arithmetic on AVX2 (no vpdpbusd). Widening each weight to float32 costs three
-// instructions per 8 weights, so the float int8 tiles ran barely faster than float32; here one vpmovsxbw
-// widens 16 weights to int16 for all batch columns, and one vpmaddwd per column multiplies them by h in int16
-// and sums pairs into int32: h = hq / 32767, hq = round(32767 h) (quantize_h16; |h| <= 1, so |hq| <= 32767),
-// a 16-bit fixed point as fine as tile_vnni's, signed, so no offsets. Tile layout: [k / 2][TW rows][2 inputs
-// k] bytes. |q hq| <= 127 x 32768, so an int32 sum of kMaddChunk inputs cannot overflow; longer rows go to
-// float32 every kMaddChunk inputs.
-constexpr int64_t kMaddChunk = 512;
-static_assert(kMaddChunk * 127 * 32768 <= std::numeric_limits<int32_t>::max());
+// The int8 format with integer arithmetic on AVX2 (no vpdpbusd). vpmaddubsw multiplies 32 unsigned bytes by 32
+// signed ones and adds pairs into int16 with saturation; vpmaddwd with ones adds those pairs into int32 (the
+// sum of four products vpdpbusd makes, so the tiles are tile_vnni's, [k / 4][TW rows][4 inputs k] bytes):
+// three instructions per 32 weights, against vpmovsxbw + vpmaddwd + add per 16 with h as int16 (1.5x the time;
+// benchmarks/bench_avx2_integer.py). No pair sum may saturate: |q| <= 127 and u <= 127, so h goes in as one
+// unsigned 7-bit byte, u = round(63 h) + 64 (quantize_h7; |h| <= 1), h = (u - 64) / 63 to 0.5 / 63. The
+// + 64 offsets are taken out with 64 x the row's sum of q. That step costs 4 dB of the decode's worst-case SNR
+// (52.5 -> 48.5 dB, bench_avx2_integer.py); the int32 sums are exact up to kMaddubsMaxInputs inputs.
+constexpr int64_t kMaddubsMaxInputs = std::numeric_limits<int32_t>::max() / (127 * 127);  // |sum of u q|
 
 // V vectors of 8 rows x NB batch columns of int32 accumulators. The accumulators are GCC vectors: with
 // _mm256_add_epi32 GCC 12 copied each one to another register every step, and spilled one at V = 8.
 typedef int32_t Int32x8 __attribute__((vector_size(32)));
-// hq: batch column b's int16 h at hq + 2 b hq_stride bytes (the byte layout of tile_vnni's hi / lo rows).
+// hq: batch column b's bytes at hq + 2 b hq_stride (the layout of tile_vnni's hi bytes).
 template <int V, int NB>
-JF_AVX2_FMA void tile_madd(const void* tile, int64_t k2_steps, int64_t ld, const uint8_t* hq, int64_t hq_stride,
-                           const float* scale, const int32_t* /*rowsum*/, float* pre) {
-  const int8_t* p = static_cast<const int8_t*>(tile);
-  for (int64_t k0 = 0; k0 < k2_steps; k0 += kMaddChunk / 2) {
-    const int64_t k1 = std::min(k2_steps, k0 + kMaddChunk / 2);
-    Int32x8 acc[V][NB];
-    for (int v = 0; v < V; ++v)
-      for (int b = 0; b < NB; ++b) acc[v][b] = Int32x8{};
-    for (int64_t k = k0; k < k1; ++k, p += 2 * ld) {
-      __m256i x[NB];
-      for (int b = 0; b < NB; ++b) {
-        int32_t pair;
-        std::memcpy(&pair, hq + 2 * b * hq_stride + 4 * k, 4);
-        x[b] = _mm256_set1_epi32(pair);
-      }
-      for (int v = 0; v < V; ++v) {  // one widened weight vector live at a time: more rows per tile
-        const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * v)));
-        for (int b = 0; b < NB; ++b) acc[v][b] += reinterpret_cast<Int32x8>(_mm256_madd_epi16(w, x[b]));
-      }
+JF_AVX2_FMA void tile_maddubs(const void* tile, int64_t k4_steps, int64_t ld, const uint8_t* hq, int64_t hq_stride,
+                              const float* scale, const int32_t* rowsum, float* pre) {
+  const int32_t* p = static_cast<const int32_t*>(tile);
+  const __m256i ones = _mm256_set1_epi16(1);
+  Int32x8 acc[V][NB];
+  for (int v = 0; v < V; ++v)
+    for (int b = 0; b < NB; ++b) acc[v][b] = Int32x8{};
+  for (int64_t k = 0; k < k4_steps; ++k, p += ld) {
+    __m256i x[NB];
+    for (int b = 0; b < NB; ++b) {
+      int32_t quad;
+      std::memcpy(&quad, hq + 2 * b * hq_stride + 4 * k, 4);
+      x[b] = _mm256_set1_epi32(quad);
     }
-    // the chunk's sums in float32, through pre (float accumulators in registers would crowd out the int32 ones)
     for (int v = 0; v < V; ++v) {
-      for (int b = 0; b < NB; ++b) {
-        float* out = pre + b * kGroupRows + 8 * v;
-        const __m256 f = _mm256_cvtepi32_ps(reinterpret_cast<__m256i>(acc[v][b]));
-        _mm256_storeu_ps(out, k0 == 0 ? f : _mm256_add_ps(_mm256_loadu_ps(out), f));
-      }
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 8 * v));
+      for (int b = 0; b < NB; ++b)
+        acc[v][b] += reinterpret_cast<Int32x8>(_mm256_madd_epi16(_mm256_maddubs_epi16(x[b], w), ones));
     }
   }
   for (int v = 0; v < V; ++v) {
-    const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(scale + 8 * v), _mm256_set1_ps(1.0f / 32767));
+    const __m256 s = _mm256_mul_ps(_mm256_loadu_ps(scale + 8 * v), _mm256_set1_ps(1.0f / 63));
+    const __m256i offset = _mm256_slli_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rowsum + 8 * v)), 6);
     for (int b = 0; b < NB; ++b) {
-      float* out = pre + b * kGroupRows + 8 * v;
-      _mm256_storeu_ps(out, k2_steps > 0 ? _mm256_mul_ps(_mm256_loadu_ps(out), s) : _mm256_setzero_ps());
+      const __m256i sum = _mm256_sub_epi32(reinterpret_cast<__m256i>(acc[v][b]), offset);  // 64 sum_k q
+      _mm256_storeu_ps(pre + b * kGroupRows + 8 * v, _mm256_mul_ps(_mm256_cvtepi32_ps(sum), s));
     }
   }
 }
@@ -350,11 +343,11 @@ template <bool kVnni, int NB>
 VnniTiling vnni_tiling_for() {
   constexpr int V = NB <= 2 ? 4 : (NB <= 4 ? 2 : 1);
   if constexpr (kVnni) return {&tile_vnni<V, NB>, 16 * V};
-  constexpr int VM = NB == 1 ? 8 : V;  // tile_madd keeps one weight vector live: B = 1 has room for 64 rows
-  return {&tile_madd<VM, NB>, 8 * VM};
+  constexpr int VM = NB == 1 ? 8 : V;  // tile_maddubs keeps one weight vector live: B = 1 has room for 64 rows
+  return {&tile_maddubs<VM, NB>, 8 * VM};
 }
 
-// The integer matvec of the int8 format for batch B: tile_vnni (kVnni) or tile_madd.
+// The integer matvec of the int8 format for batch B: tile_vnni (kVnni) or tile_maddubs.
 template <bool kVnni>
 VnniTiling vnni_tiling_for(int64_t B) {
   switch (B) {
@@ -374,7 +367,7 @@ VnniTiling vnni_tiling_for(int64_t B) {
 std::pair<WeightFormat, HqFormat> int8_integer_path() {
 #ifdef JASCO_FAST_X86
   if (has_avx512_vnni()) return {WeightFormat::kInt8Vnni, HqFormat::kVnniBytes};
-  if (has_avx2_fma()) return {WeightFormat::kInt8Madd, HqFormat::kInt16};
+  if (has_avx2_fma()) return {WeightFormat::kInt8Maddubs, HqFormat::kU7};
 #endif
   return {WeightFormat::kInt8, HqFormat::kNone};
 }
@@ -411,7 +404,7 @@ struct PackedRecurrent {
   int64_t row_bytes;      // bytes of one row at one input step: tile_bytes / (k_steps * width)
   const uint8_t* data;    // the tiles, one after another
   const float* scale;     // int8 formats: [groups * kGroupRows] float32 in packed row order; else nullptr
-  const int32_t* rowsum;  // kInt8Vnni: [groups * kGroupRows] int32, sum of each packed row's q; else nullptr
+  const int32_t* rowsum;  // kInt8Vnni, kInt8Maddubs: [groups * kGroupRows] int32, sum of each packed row's q
   Tensor owner;
 };
 
@@ -525,8 +518,8 @@ void transpose_into_tile(dst_t* tile, int64_t width, int64_t k_steps, const src_
 // recurrent format family only (segment_bytes), not on this CPU: the layout (WeightFormat, width) is in the
 // header, and lstm_skip refuses a pack whose layout is not the one this process packs for.
 constexpr uint64_t kPackMagic = 0x4b41504d54534c4aULL;  // "JLSTMPAK"
-constexpr int64_t kPackVersion = 1;
-struct PackHeader {  // 64 bytes: the sections after it stay 64-byte aligned
+constexpr int64_t kPackVersion = 2;                     // 2: the AVX2 int8 tiles take tile_vnni's layout
+struct PackHeader {                                     // 64 bytes: the sections after it stay 64-byte aligned
   uint64_t magic;
   int64_t version, format, width, rows, cols, dtype, bytes;  // rows, cols: W_hh's [4C, C]; bytes: the segment's
 };
@@ -538,13 +531,13 @@ const char* format_name(WeightFormat f) {
     case WeightFormat::kBFloat16: return "bfloat16";
     case WeightFormat::kInt8: return "int8 (float tiles)";
     case WeightFormat::kInt8Vnni: return "int8 (avx512_vnni tiles)";
-    case WeightFormat::kInt8Madd: return "int8 (avx2_int16 tiles)";
+    case WeightFormat::kInt8Maddubs: return "int8 (avx2_u7 tiles)";
   }
   return "?";
 }
 
 bool is_int8(WeightFormat f) {
-  return f == WeightFormat::kInt8 || f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Madd;
+  return f == WeightFormat::kInt8 || f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Maddubs;
 }
 
 // The width this process packs `format` in: the tile width at B = 1, the widest; every batch's tiles are
@@ -552,7 +545,7 @@ bool is_int8(WeightFormat f) {
 int64_t pack_width(WeightFormat format) {
 #ifdef JASCO_FAST_X86
   if (format == WeightFormat::kInt8Vnni) return vnni_tiling_for<true>(1).width;
-  if (format == WeightFormat::kInt8Madd) return vnni_tiling_for<false>(1).width;
+  if (format == WeightFormat::kInt8Maddubs) return vnni_tiling_for<false>(1).width;
 #endif
   return tiling_for(format == WeightFormat::kFloat32    ? WeightFormat::kFloat32
                     : format == WeightFormat::kBFloat16 ? WeightFormat::kBFloat16
@@ -585,9 +578,9 @@ PackedRecurrent packed_geometry(WeightFormat format, int64_t width, int64_t C) {
   p.C = C;
   p.groups = (C + kUnitGroup - 1) / kUnitGroup;
   p.width = width;
-  const bool vnni = format == WeightFormat::kInt8Vnni, madd = format == WeightFormat::kInt8Madd;
-  p.k_steps = format == WeightFormat::kBFloat16 || madd ? (C + 1) / 2 : vnni ? (C + 3) / 4 : C;
-  p.row_bytes = madd ? 2 : format == WeightFormat::kInt8 ? 1 : 4;
+  const bool quads = format == WeightFormat::kInt8Vnni || format == WeightFormat::kInt8Maddubs;
+  p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : quads ? (C + 3) / 4 : C;
+  p.row_bytes = format == WeightFormat::kInt8 ? 1 : 4;
   p.tile_bytes = p.k_steps * width * p.row_bytes;
   return p;
 }
@@ -605,14 +598,14 @@ void pack_recurrent_into(const Tensor& w_hh, WeightFormat format, int64_t width,
                           static_cast<int64_t>(w_hh.scalar_type()),
                           segment_bytes(format, C)};
   std::memcpy(seg, &header, sizeof header);
-  const bool vnni = format == WeightFormat::kInt8Vnni, madd = format == WeightFormat::kInt8Madd;
-  if (vnni || madd) format = WeightFormat::kInt8;  // the same rows, another tile layout
+  const bool quads = format == WeightFormat::kInt8Vnni || format == WeightFormat::kInt8Maddubs;
+  if (quads) format = WeightFormat::kInt8;  // the same rows, another tile layout
   float* scale = nullptr;
   int32_t* rowsum = nullptr;
   uint8_t* out = seg + 64;
   if (format == WeightFormat::kInt8) {
     scale = reinterpret_cast<float*>(seg + 64);
-    if (vnni) rowsum = reinterpret_cast<int32_t*>(seg + 64 + rows * 4);
+    if (quads) rowsum = reinterpret_cast<int32_t*>(seg + 64 + rows * 4);
     out = seg + 64 + rows * 8;
   }
   // bfloat16 tiles from float32 weights: rounded to nearest even by ATen's conversion
@@ -653,19 +646,13 @@ void pack_recurrent_into(const Tensor& w_hh, WeightFormat format, int64_t width,
       if (format == WeightFormat::kFloat32) {
         transpose_into_tile(reinterpret_cast<float*>(tile), width, C, reinterpret_cast<const float* const*>(src.data()),
                             [](const float* row, int64_t k) { return row[k]; });
-      } else if (vnni) {  // inputs 4k .. 4k + 3 in one 32-bit lane, first in the low byte
+      } else if (quads) {  // inputs 4k .. 4k + 3 in one 32-bit lane, first in the low byte
         transpose_into_tile(reinterpret_cast<uint32_t*>(tile), width, p.k_steps,
                             reinterpret_cast<const int8_t* const*>(src.data()), [C](const int8_t* row, int64_t k) {
                               uint32_t lane = 0;
                               for (int64_t j = 0; j < 4 && 4 * k + j < C; ++j)
                                 lane |= static_cast<uint32_t>(static_cast<uint8_t>(row[4 * k + j])) << (8 * j);
                               return lane;
-                            });
-      } else if (madd) {  // inputs 2k, 2k + 1 in one 16-bit lane, first in the low byte
-        transpose_into_tile(reinterpret_cast<uint16_t*>(tile), width, p.k_steps,
-                            reinterpret_cast<const int8_t* const*>(src.data()), [C](const int8_t* row, int64_t k) {
-                              const uint16_t hi = 2 * k + 1 < C ? static_cast<uint8_t>(row[2 * k + 1]) : 0;
-                              return static_cast<uint16_t>(static_cast<uint8_t>(row[2 * k]) | hi << 8);
                             });
       } else if (format == WeightFormat::kInt8) {
         transpose_into_tile(reinterpret_cast<int8_t*>(tile), width, C,
@@ -721,7 +708,8 @@ PackedRecurrent read_segment(const Tensor& pack, int64_t offset, const Tensor& w
   const uint8_t* seg = pack.const_data_ptr<uint8_t>() + offset;
   const int64_t rows = packed_rows(C);
   p.scale = is_int8(want) ? reinterpret_cast<const float*>(seg + 64) : nullptr;
-  p.rowsum = want == WeightFormat::kInt8Vnni ? reinterpret_cast<const int32_t*>(seg + 64 + rows * 4) : nullptr;
+  const bool quads = want == WeightFormat::kInt8Vnni || want == WeightFormat::kInt8Maddubs;
+  p.rowsum = quads ? reinterpret_cast<const int32_t*>(seg + 64 + rows * 4) : nullptr;
   p.data = seg + (is_int8(want) ? 64 + rows * 8 : 64);
   p.owner = pack;
   return p;
@@ -762,7 +750,7 @@ struct CellArgs {
   float* h_out;
   float* c_out;
   uint8_t* hq = nullptr;                   // integer matvecs: h_next in hq_format (kVnniBytes: the hi bytes, the lo
-  int64_t hq_stride = 0;                   // bytes hq_stride later; kInt16: int16 values)
+  int64_t hq_stride = 0;                   // bytes hq_stride later; kU7: one byte per input)
   std::atomic<int>* non_finite = nullptr;  // integer matvecs: set when an h is NaN (hq cannot say so)
   HqFormat hq_format = HqFormat::kNone;
 };
@@ -774,10 +762,11 @@ inline void quantize_h(float h, uint8_t* hi, uint8_t* lo) {
   *lo = static_cast<uint8_t>(static_cast<int>(std::nearbyint((a - q) * 254.0f)) + 128);
 }
 
-// h as int16 for tile_madd; |h| <= 1. A NaN goes in as 0 (the non_finite flag takes over).
-inline int16_t quantize_h16(float h) {
-  const float q = std::nearbyint(h * 32767.0f);
-  return q == q ? static_cast<int16_t>(q) : 0;
+// h's byte for tile_maddubs, round(63 h) + 64 in [1, 127]; |h| <= 1. A NaN goes in as 64 (the non_finite flag
+// takes over).
+inline uint8_t quantize_h7(float h) {
+  const float q = std::nearbyint(h * 63.0f);
+  return static_cast<uint8_t>(q == q ? static_cast<int>(q) + 64 : 64);
 }
 
 template <typename xp_t>
@@ -794,10 +783,7 @@ void cell_portable(const CellArgs& a, const xp_t* x, int64_t C, int64_t j0, int6
     a.h_next[j] = h;
     a.y[j] = h;
     if (a.hq_format == HqFormat::kVnniBytes) quantize_h(h, a.hq + j, a.hq + a.hq_stride + j);
-    if (a.hq_format == HqFormat::kInt16) {
-      const int16_t q = quantize_h16(h);
-      std::memcpy(a.hq + 2 * j, &q, 2);
-    }
+    if (a.hq_format == HqFormat::kU7) a.hq[j] = quantize_h7(h);
     if (a.hq_format != HqFormat::kNone && h != h) a.non_finite->store(1, std::memory_order_relaxed);
     if (a.h_out) {
       a.h_out[j] = h;
@@ -855,10 +841,11 @@ JF_AVX512 void cell_avx512(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
   _mm512_mask_storeu_ps(a.c + j0, m, c);
   _mm512_mask_storeu_ps(a.h_next + j0, m, h);
   _mm512_mask_storeu_ps(a.y + j0, m, h);
-  if (a.hq_format == HqFormat::kInt16) {
+  if (a.hq_format == HqFormat::kU7) {  // quantize_h7 (a NaN's byte is garbage: flagged below)
     const __m512 q =
-        _mm512_roundscale_ps(_mm512_mul_ps(h, _mm512_set1_ps(32767.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    _mm256_mask_storeu_epi16(a.hq + 2 * j0, m, _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(q)));
+        _mm512_roundscale_ps(_mm512_mul_ps(h, _mm512_set1_ps(63.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i u = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(64));
+    _mm_mask_storeu_epi8(a.hq + j0, m, _mm512_cvtepi32_epi8(u));
     if (_mm512_mask_cmp_ps_mask(m, h, h, _CMP_UNORD_Q)) a.non_finite->store(1, std::memory_order_relaxed);
   }
   if (a.hq_format == HqFormat::kVnniBytes) {
@@ -942,13 +929,15 @@ JF_AVX2_FMA void cell_avx2(const CellArgs& a, const xp_t* x, int64_t C, int64_t 
     store8(a.c + j, c, m, mask);
     store8(a.h_next + j, h, m, mask);
     store8(a.y + j, h, m, mask);
-    if (a.hq_format == HqFormat::kInt16) {
-      const __m256i q = _mm256_cvtps_epi32(
-          _mm256_round_ps(_mm256_mul_ps(h, _mm256_set1_ps(32767.0f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-      int16_t out[8];
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), q16);
-      std::memcpy(a.hq + 2 * j, out, 2 * m);
+    if (a.hq_format == HqFormat::kU7) {  // quantize_h7, 8 lanes -> 8 bytes
+      const __m256i u =
+          _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(h, _mm256_set1_ps(63.0f)),
+                                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+                           _mm256_set1_epi32(64));
+      const __m128i u16 = _mm_packs_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+      uint8_t out[16];
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(u16, u16));
+      std::memcpy(a.hq + j, out, m);
     }
     if (a.hq_format != HqFormat::kNone) {
       if (a.hq_format == HqFormat::kVnniBytes) {  // not taken by this module's paths (VNNI CPUs run cell_avx512)
@@ -978,7 +967,7 @@ struct LayerIo {
   float* h_out;  // [B][C]: the state after state_frames frames
   float* c_out;
   // integer matvecs only: h_{t-1} and h_t in hq_format, [2][B][hi, lo][hq_stride] bytes (kVnniBytes,
-  // quantize_h) or [2][B][hq_stride] int16 (kInt16, quantize_h16): the same bytes per batch entry
+  // quantize_h; kU7, quantize_h7, uses the hi bytes only)
   uint8_t* hq = nullptr;
   int64_t hq_stride = 0;
   HqFormat hq_format = HqFormat::kNone;
@@ -1007,7 +996,7 @@ inline void spin_pause(int64_t& spins) {
 }
 
 // xp: the input projections [B, T, 4C] (without biases), float32 or bfloat16.
-// vnni_fn: the integer matvec of the kInt8Vnni or kInt8Madd format (else nullptr: tile_fn). tile_width: the
+// vnni_fn: the integer matvec of the kInt8Vnni or kInt8Maddubs format (else nullptr: tile_fn). tile_width: the
 // rows either computes per call (it divides the pack's width w.width).
 template <typename xp_t>
 void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, int64_t tile_width, const xp_t* xp,
@@ -1119,12 +1108,12 @@ void run_layer(const PackedRecurrent& w, TileFn tile_fn, const void* vnni_fn, in
 }
 
 // Which arithmetic the int8 format's matvec takes on this CPU (JASCO_FAST_LSTM_ISA included), for callers
-// whose error bounds depend on it: "avx512_vnni" (tile_vnni), "avx2_int16" (tile_madd) or "float32" (the
+// whose error bounds depend on it: "avx512_vnni" (tile_vnni), "avx2_u7" (tile_maddubs) or "float32" (the
 // weights widened to float32).
 std::string lstm_int8_matvec() {
   switch (int8_integer_path().second) {
     case HqFormat::kVnniBytes: return "avx512_vnni";
-    case HqFormat::kInt16: return "avx2_int16";
+    case HqFormat::kU7: return "avx2_u7";
     default: return "float32";
   }
 }
@@ -1267,7 +1256,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_skip_recurrence_cpu(const Tensor& seq, c
     WeightFormat packed_format = format;
     const auto [integer_format, hq_format] = int8_integer_path();
 #ifdef JASCO_FAST_X86
-    if (format == WeightFormat::kInt8 && hq_format != HqFormat::kNone && all_within_unit(h0_l)) {
+    if (format == WeightFormat::kInt8 && hq_format != HqFormat::kNone && all_within_unit(h0_l) &&
+        (hq_format != HqFormat::kU7 || C <= kMaddubsMaxInputs)) {
       const VnniTiling vt = hq_format == HqFormat::kVnniBytes ? vnni_tiling_for<true>(B) : vnni_tiling_for<false>(B);
       vnni_fn = reinterpret_cast<const void*>(vt.fn);
       width = vt.width;
@@ -1301,7 +1291,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_skip_recurrence_cpu(const Tensor& seq, c
       io.hq_stride = h_stride;  // a multiple of 16: the tiles read 4 bytes at a time, zero weights beyond C
       io.hq_format = hq_format;
       const bool bytes = hq_format == HqFormat::kVnniBytes;
-      hq_buf = torch::stable::full({2, B, 2, h_stride}, bytes ? 128 : 0, kByte, std::nullopt,
+      hq_buf = torch::stable::full({2, B, 2, h_stride}, bytes ? 128 : 64, kByte, std::nullopt,
                                    seq.device());  // h = 0 beyond C
       io.hq = hq_buf.mutable_data_ptr<uint8_t>();
       const Tensor h0_c = torch::stable::contiguous(h0_l);
@@ -1311,8 +1301,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_skip_recurrence_cpu(const Tensor& seq, c
           if (bytes) {
             quantize_h(h0p[b * C + j], io.hq + b * 2 * h_stride + j, io.hq + (b * 2 + 1) * h_stride + j);
           } else {
-            const int16_t q = quantize_h16(h0p[b * C + j]);
-            std::memcpy(io.hq + b * 2 * h_stride + 2 * j, &q, 2);
+            io.hq[b * 2 * h_stride + j] = quantize_h7(h0p[b * C + j]);
           }
         }
       }

@@ -13,9 +13,11 @@ Tolerances, relative to the peak |value| of the reference (at least 1: gates and
 - bfloat16-stored recurrent matrices: against a float64 reference that uses the stored values: 1e-6, as float32;
 - int8 recurrent matrices: the same reference (dequantised int8 rows), 1e-6 plus the error of the hidden state's
   fixed point in the integer matvec that this CPU runs (torch.ops.jasco_fast.lstm_int8_matvec(), which follows
-  JASCO_FAST_LSTM_ISA; csrc/cpu/lstm_recurrence.cpp). Each h is represented to within delta:
+  JASCO_FAST_LSTM_ISA; csrc/cpu/lstm_recurrence.cpp; checkpoints.int8_h_bound). Each h is represented to within
+  delta:
     avx512_vnni: two bytes, a = 127 h, hi = round(a), lo = round(254 (a - hi)): delta = 0.5 / (127 * 254) = 1.55e-5;
-    avx2_int16: one int16, round(32767 h): delta = 0.5 / 32767 = 1.53e-5;
+    avx2_u7: one unsigned 7-bit byte, round(63 h) + 64 (vpmaddubsw's pair sums stay below 2^15): delta = 0.5 / 63
+      = 7.9e-3;
     float32 (no integer matvec): the int8 weights widened exactly to float32, h as it is: delta = 0 (the
     float32 bound alone).
   The error is spread evenly (standard deviation delta / sqrt(3)) and independent from input to input (the
@@ -33,12 +35,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from checkpoints import child_env
+from checkpoints import child_env, int8_h_bound
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jasco_fast.decoder import LSTM
 from jasco_fast.ops import lstm_pack, lstm_skip
+from jasco_fast.reference import int8_recurrent_rows
 
 F32_REL = 1e-6
 BF16_EPS = 2.0**-8  # a bfloat16 rounding, relative
@@ -69,20 +72,12 @@ def lstm_weights(C: int, layers: int, seed: int, std: float | None = None) -> li
     return weights
 
 
-def int8_rows(w: torch.Tensor) -> torch.Tensor:
-    """The documented int8 format, dequantised: scale = max |row| / 127 (1 for a zero row), q = round(w / scale)."""
-    w = w.float()
-    scale = w.abs().amax(1, keepdim=True) / 127
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (w / scale).round().clamp(-127, 127).double() * scale.double()
-
-
 def stored_recurrent(weights: list[torch.Tensor], recurrent_dtype) -> list[torch.Tensor]:
     """The weights in float64 with each W_hh replaced by the values the op streams."""
     out = [w.double() for w in weights]
     for i in range(1, len(weights), 4):
         if recurrent_dtype == torch.int8:
-            out[i] = int8_rows(weights[i])
+            out[i] = int8_recurrent_rows(weights[i])
         elif recurrent_dtype == torch.bfloat16:
             out[i] = weights[i].bfloat16().double()
     return out
@@ -117,16 +112,6 @@ def assert_close_rel(got, want, rel, what=""):
 def aten_relative_error(want, aten) -> float:
     """The largest error of ATen's own LSTM over (y, h, c), relative to the peak as in assert_close_rel."""
     return max((a.double() - w).abs().max().item() / max(w.abs().max().item(), 1.0) for a, w in zip(aten, want))
-
-
-# h's resolution per int8 matvec (module docstring)
-H_FIXED_POINT = {"avx512_vnni": 0.5 / (127 * 254), "avx2_int16": 0.5 / 32767, "float32": 0.0}
-
-
-def int8_h_bound(weights) -> float:
-    """The integer matvec's extra error (module docstring), relative, for the matvec this process runs."""
-    delta = H_FIXED_POINT[torch.ops.jasco_fast.lstm_int8_matvec()]
-    return 2 * 6 * delta / 3**0.5 * max(int8_rows(w).norm(dim=1).max().item() for w in weights[1::4])
 
 
 def check_case(B, T, C, layers, with_state, n, dtype, recurrent_dtype, seed=0, contiguous=True):
@@ -269,7 +254,7 @@ def test_int8_error_against_unquantised(std):
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
 def test_lower_instruction_sets(isa):
-    """AVX-512 without VNNI and AVX2 (the int8 format through vpmaddwd where the CPU has AVX2), and plain loops
+    """AVX-512 without VNNI and AVX2 (the int8 format through vpmaddubsw where the CPU has AVX2), and plain loops
     (the int8 format in float32) (JASCO_FAST_LSTM_ISA lowers the path in a fresh process)."""
     script = (
         "import torch; import test_lstm_kernel as t\n"
@@ -284,7 +269,7 @@ def test_lower_instruction_sets(isa):
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
     matvec = run.stdout.split()[0]
-    assert matvec == "float32" if isa == "portable" else matvec in ("avx2_int16", "float32"), matvec
+    assert matvec == "float32" if isa == "portable" else matvec in ("avx2_u7", "float32"), matvec
 
 
 @settings(max_examples=40, deadline=None)
