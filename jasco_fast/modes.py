@@ -82,16 +82,16 @@ AUTO_MODES: tuple[Mode, ...] = (
         "avx512",
         torch.float32,
         torch.int8,
-        "AMD EPYC Zen 4 as an AVX-512 CPU without BF16 or VNNI (tools/cpuid-as avx512, 2026-12-05): 0.89x float32 "
-        "(0.87-0.91 over 5 rounds); the int8 kernel of the avx2 row: worst SNR 52.5 dB; bfloat16 2.5x slower",
+        "AMD EPYC Zen 4 as an AVX-512 CPU without BF16 or VNNI (tools/cpuid-as avx512, 2026-12-06): 0.88x float32 "
+        "(0.83-0.89 over 9 rounds); the int8 kernel of the avx2 row: worst SNR 48.4 dB; bfloat16 2.4x slower",
     ),
     Mode(
         "cpu",
         "avx2",
         torch.float32,
         torch.int8,
-        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-06): 0.87x float32 (0.78-0.88 over 11 rounds); "
-        "worst SNR 52.5 dB; bfloat16 52x slower",
+        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-06): 0.85x float32 (0.69-1.07 over 11 rounds); "
+        "worst SNR 48.4 dB (the int8 matvec's 7-bit h); bfloat16 52x slower",
     ),
     Mode("cpu", "other", torch.float32, None, "nothing measured: the exact mode"),
     Mode(
