@@ -339,7 +339,7 @@ def test_bench_runs_the_registered_scripts_of_the_source_checkout(tmp_path, monk
     out = capfd.readouterr().out
     assert "TABLE denorm" not in out and "TABLE decode ['--device', 'cpu', '--note', 'busy machine']" in out
     assert main(["bench", "nope"]) == 2
-    assert "unknown benchmark 'nope'; choose from aot_weights, codes," in capfd.readouterr().err
+    assert "unknown benchmark 'nope'; choose from aot_weights, avx2_integer, codes," in capfd.readouterr().err
     (bench / "bench_decode.py").write_text("raise SystemExit(3)\n")
     assert main(["bench", "decode"]) == 1
     assert "benchmark decode failed (exit status 3)" in capfd.readouterr().err
