@@ -45,18 +45,15 @@ BINARY = HERE.parent / "build" / "avx2_integer_kernels"
 CONV_TILE = 64  # time steps per activation scale
 
 
-def build_kernels() -> Path:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise SystemExit("bench_avx2_integer: needs a C compiler (cc) for avx2_integer_kernels.c")
+def build_kernels(cc: str) -> Path:
     if not BINARY.exists() or BINARY.stat().st_mtime < SOURCE.stat().st_mtime:
         BINARY.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([cc, "-O3", "-o", str(BINARY), str(SOURCE)], check=True)
     return BINARY
 
 
-def kernel_rounds(rounds: int) -> list[dict]:
-    run = subprocess.run([str(build_kernels()), str(rounds)], capture_output=True, text=True)
+def kernel_rounds(rounds: int, cc: str) -> list[dict]:
+    run = subprocess.run([str(build_kernels(cc)), str(rounds)], capture_output=True, text=True)
     if run.returncode != 0:  # 2: no AVX2 + FMA on this CPU
         raise SystemExit(f"bench_avx2_integer: {run.stderr.strip()}")
     return [json.loads(line) for line in run.stdout.splitlines()]
@@ -149,14 +146,15 @@ def main(argv=None) -> dict:
     if args.device != "cpu":
         print("bench_avx2_integer: CPU only; skipped for", args.device)
         return {}
-    if platform.machine().lower() not in ("x86_64", "amd64") or not (shutil.which("cc") or shutil.which("gcc")):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if platform.machine().lower() not in ("x86_64", "amd64") or cc is None:
         print("bench_avx2_integer: needs an x86-64 CPU and a C compiler (cc); skipped")
         return {}
     rounds = args.rounds or (2 if args.quick else 5)
     checkpoints = args.checkpoints or (1 if args.quick else 4)
     seconds = args.seconds or (1.0 if args.quick else 10.0)
 
-    samples = kernel_rounds(rounds)
+    samples = kernel_rounds(rounds, cc)
     matvec = {k: [s["matvec_us_per_step"][k] for s in samples] for k in samples[0]["matvec_us_per_step"]}
     gemm = {k: [s["gemm_gmac_per_s"][k] for s in samples] for k in samples[0]["gemm_gmac_per_s"]}
     f32 = statistics.median(matvec["float32"])

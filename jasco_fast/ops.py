@@ -531,10 +531,17 @@ def stored_recurrent(w_hh: torch.Tensor, recurrent_dtype: torch.dtype | None) ->
         return w_hh
     if recurrent_dtype == torch.bfloat16:
         return w_hh.to(torch.bfloat16).to(w_hh.dtype)
+    q, scale = int8_rows(w_hh)
+    return q.mul(scale).to(w_hh.dtype)
+
+
+def int8_rows(w_hh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 recurrent format of ``w_hh`` [rows, C]: (q, scale), float32, q integral in [-127, 127], one scale
+    per row, as the CPU kernel packs them (:func:`stored_recurrent`)."""
     w = w_hh.float()
     scale = w.abs().amax(dim=1, keepdim=True) / 127
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (w / scale).round().clamp(-127, 127).mul(scale).to(w_hh.dtype)
+    return (w / scale).round().clamp(-127, 127), scale
 
 
 @register_fallback("jasco_fast::lstm_skip")

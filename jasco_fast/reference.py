@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD
+from jasco_fast.ops import JASCO_LATENT_MEAN, JASCO_LATENT_STD, int8_rows
 
 __all__ = [
     "denormalize_transpose",
@@ -108,10 +108,8 @@ INT8_MATVEC_H_LEVELS = {"avx512_vnni": 127 * 254, "avx2_u7": 63, "float32": None
 def int8_recurrent_rows(w: torch.Tensor) -> torch.Tensor:
     """W_hh as the int8 recurrent format stores it, dequantised (float64): per row scale = max |w| / 127 (1 for a
     zero row), q = round-half-even(w / scale) clamped to +-127, in float32 as ``jasco_fast::lstm_pack`` computes."""
-    w = w.float()
-    scale = w.abs().amax(dim=1, keepdim=True) / 127
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    return (w / scale).round().clamp(-127, 127).double() * scale.double()
+    q, scale = int8_rows(w)
+    return q.double() * scale.double()
 
 
 class _EagerInt8LSTM(nn.Module):

@@ -540,6 +540,9 @@ bool is_int8(WeightFormat f) {
   return f == WeightFormat::kInt8 || f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Maddubs;
 }
 
+// The integer matvecs' layout: 4 inputs per 32-bit lane ([k / 4][rows][4] bytes), with row sums.
+bool is_quad_int8(WeightFormat f) { return f == WeightFormat::kInt8Vnni || f == WeightFormat::kInt8Maddubs; }
+
 // The width this process packs `format` in: the tile width at B = 1, the widest; every batch's tiles are
 // TW = ld / 1, 2, 4 or 8 of it (tiling_for, vnni_tiling_for), which read a pack through `ld`.
 int64_t pack_width(WeightFormat format) {
@@ -578,7 +581,7 @@ PackedRecurrent packed_geometry(WeightFormat format, int64_t width, int64_t C) {
   p.C = C;
   p.groups = (C + kUnitGroup - 1) / kUnitGroup;
   p.width = width;
-  const bool quads = format == WeightFormat::kInt8Vnni || format == WeightFormat::kInt8Maddubs;
+  const bool quads = is_quad_int8(format);
   p.k_steps = format == WeightFormat::kBFloat16 ? (C + 1) / 2 : quads ? (C + 3) / 4 : C;
   p.row_bytes = format == WeightFormat::kInt8 ? 1 : 4;
   p.tile_bytes = p.k_steps * width * p.row_bytes;
@@ -598,7 +601,7 @@ void pack_recurrent_into(const Tensor& w_hh, WeightFormat format, int64_t width,
                           static_cast<int64_t>(w_hh.scalar_type()),
                           segment_bytes(format, C)};
   std::memcpy(seg, &header, sizeof header);
-  const bool quads = format == WeightFormat::kInt8Vnni || format == WeightFormat::kInt8Maddubs;
+  const bool quads = is_quad_int8(format);
   if (quads) format = WeightFormat::kInt8;  // the same rows, another tile layout
   float* scale = nullptr;
   int32_t* rowsum = nullptr;
@@ -708,8 +711,7 @@ PackedRecurrent read_segment(const Tensor& pack, int64_t offset, const Tensor& w
   const uint8_t* seg = pack.const_data_ptr<uint8_t>() + offset;
   const int64_t rows = packed_rows(C);
   p.scale = is_int8(want) ? reinterpret_cast<const float*>(seg + 64) : nullptr;
-  const bool quads = want == WeightFormat::kInt8Vnni || want == WeightFormat::kInt8Maddubs;
-  p.rowsum = quads ? reinterpret_cast<const int32_t*>(seg + 64 + rows * 4) : nullptr;
+  p.rowsum = is_quad_int8(want) ? reinterpret_cast<const int32_t*>(seg + 64 + rows * 4) : nullptr;
   p.data = seg + (is_int8(want) ? 64 + rows * 8 : 64);
   p.owner = pack;
   return p;
