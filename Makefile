@@ -71,7 +71,7 @@ format: $(VENV)/.lint-tools
 # tools/cpuid-as makes every library in the process see the smaller class; the instruction-set caps (torch's, oneDNN's,
 # MKL's, the extension's) are set too, so the run emulates the class on any machine.
 ISA_TESTS = tests/ops tests/test_decoder.py tests/test_decoder_fuse.py tests/test_decoder_gemm.py \
-            tests/test_recurrent_dtype.py tests/test_reference.py tests/test_modes.py
+            tests/test_recurrent_dtype.py tests/test_reference.py tests/test_modes.py tests/test_conv_format.py
 AVX2_CAPS = ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 JASCO_FAST_ISA=avx2 \
             JASCO_FAST_LSTM_ISA=avx2 JASCO_FAST_TAIL_ISA=avx2
 AVX512_CAPS = ONEDNN_MAX_CPU_ISA=AVX512_CORE

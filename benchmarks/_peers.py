@@ -230,6 +230,8 @@ MODES: dict[str, dict] = {
     # the reduced-precision mode: bfloat16 convolutions, the LSTM's recurrent matrices streamed as int8
     "jasco_fast, bfloat16, int8 recurrent": dict(dtype=torch.bfloat16, recurrent_dtype=torch.int8),
     "jasco_fast, float32, int8 recurrent": dict(recurrent_dtype=torch.int8),
+    # 12-bit integer convolutions (AVX2's vpmaddwd) with the int8 recurrence
+    "jasco_fast, float32, int8 recurrent, int12 convolutions": dict(recurrent_dtype=torch.int8, conv_format="int12"),
     # the automatic mode: what this CPU class's row of jasco_fast.modes.AUTO_MODES picks
     "jasco_fast, dtype='auto'": dict(dtype="auto"),
     # float16 runs on the CPU but several times slower than float32 (docs/performance.md, "CPU peers"); its accuracy is in
@@ -247,6 +249,7 @@ def jasco_fast_mode(kwargs: dict) -> Callable[[dict], tuple[DecodeFn, str]]:
         notes = (
             f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}, "
             + (f"recurrent {str(fast.recurrent_dtype).replace('torch.', '')}, " if fast.recurrent_dtype else "")
+            + (f"{fast.conv_format} convolutions, " if getattr(fast, "conv_format", None) else "")
             + f"chunk_frames {fast.chunk_frames}"
         )
         if fast.backend == "aot":

@@ -3,7 +3,7 @@
     python benchmarks/bench_avx2_integer.py [--rounds 5] [--checkpoints 4] [--seconds 10] [--quick] [--note TEXT]
                                             [--out PATH]
 
-Two measurements behind the automatic mode's row for AVX2-only CPUs (docs/design/cpu-classes.md):
+Three measurements behind the automatic mode's row for AVX2-only CPUs (docs/design/cpu-classes.md):
 
 * **Speed** (``avx2_integer_kernels.c``, built here with ``cc -O3``, one thread, interleaved rounds): the int8
   LSTM format's recurrent matvec in each AVX2 instruction sequence (one thread's share of a step at C = 1024 on
@@ -15,6 +15,10 @@ Two measurements behind the automatic mode's row for AVX2-only CPUs (docs/design
   - every convolution in integers: weights b-bit per output channel, activations b-bit with one scale per
     64 time steps (symmetric), for b = 8 ... 16; and int8 weights with float32 activations.
   SNR against the float32 reference, worst over the checkpoints.
+* **The int12 convolutions, layer by layer** (the built format, ``conv_format="int12"``): each residual block and
+  ELU + transposed convolution of the EnCodec 32 kHz decoder on its 10 s input, as a float32 decoder runs it
+  (``fuse()``: the fused float32 ops, oneDNN, the GEMM form) and as the int12 decoder does (``fuse("int12")``),
+  interleaved rounds, torch's threads, freed memory reused as the ``jasco-fast`` command does.
 
 Writes benchmarks/results/avx2_integer_cpu.json (``--out`` to change).
 """
@@ -28,6 +32,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import _fidelity
@@ -36,8 +41,14 @@ import torch
 from _common import provenance, spread, write_result
 from torch import nn
 
-from jasco_fast import reference
-from jasco_fast.decoder import Conv, ConvTranspose
+from jasco_fast import SEANetDecoder, reference
+from jasco_fast.decoder import (
+    Conv,
+    ConvTranspose,
+    FusedEluConvTransposeInt12,
+    FusedResBlockInt12,
+)
+from jasco_fast.memory import reuse_freed_memory
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "avx2_integer_kernels.c"
@@ -128,6 +139,41 @@ def fidelity(checkpoints: int, seconds: float) -> dict:
     return {name: {"snr_db": v, "worst_snr_db": min(v)} for name, v in per_format.items()}
 
 
+# ----------------------------------------------------------------------------------------------- int12 layers
+
+
+def layer_rounds(rounds: int, seconds: float) -> dict[str, dict[str, list[float]]]:
+    """Layer name -> {"float32": [ms per round], "int12": [...]}: the decoder's layers that the int12 format
+    changes, each on the input the decoder gives it (a float32 pass over random latents first)."""
+    reuse_freed_memory()
+    decoder = SEANetDecoder().eval()
+    plain = copy.deepcopy(decoder).to_channels_last().fuse().layers
+    int12 = copy.deepcopy(decoder).to_channels_last().fuse("int12").layers
+    frames = int(seconds * decoder.config.frame_rate)
+    x = torch.randn(1, decoder.config.dimension, 1, frames, generator=torch.Generator().manual_seed(0))
+    spans, inputs = {}, {}
+    with torch.no_grad():
+        x = x.contiguous(memory_format=torch.channels_last)
+        for i, layer in enumerate(int12):
+            if isinstance(layer, FusedResBlockInt12):
+                spans[f"layer {i}: residual block, {layer.conv1.weight.shape[1]} channels"] = (i, i + 1)
+            elif isinstance(layer, FusedEluConvTransposeInt12):
+                c_in, c_out = layer.weight.shape[:2]
+                spans[f"layers {i - 1}-{i}: ELU + transposed conv {c_in} -> {c_out}"] = (i - 1, i + 1)
+            inputs[i] = x
+            x = plain[i](x)
+        times: dict[str, dict[str, list[float]]] = {name: {"float32": [], "int12": []} for name in spans}
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, (a, b) in spans.items():
+                for label, layers in (("float32", plain), ("int12", int12)):
+                    y = inputs[a]
+                    start = time.perf_counter()
+                    for layer in layers[a:b]:
+                        y = layer(y)
+                    times[name][label].append((time.perf_counter() - start) * 1e3)
+    return {name: {k: v[1:] for k, v in t.items()} for name, t in times.items()}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=None, help="kernel rounds (default 5; --quick 2)")
@@ -170,6 +216,21 @@ def main(argv=None) -> dict:
     gemm_ratio = statistics.median(g / f for g, f in zip(gemm["int16_madd"], gemm["float32_fma"]))
     print(f"int16 / float32 multiply-add rate: {gemm_ratio:.2f}x\n")
 
+    print(f"int12 convolutions, layer by layer: 10 s, {torch.get_num_threads()} threads, {rounds} rounds")
+    layers = layer_rounds(rounds, 2.0 if args.quick else 10.0)
+    print(f"{'layers':<56}{'float32 ms':>12}{'int12 ms':>10}{'ratio':>8}")
+    layer_ratios = {}
+    for name, t in layers.items():
+        layer_ratios[name] = statistics.median(i / f for i, f in zip(t["int12"], t["float32"]))
+        print(
+            f"{name:<56}{statistics.median(t['float32']):>12.1f}{statistics.median(t['int12']):>10.1f}"
+            f"{layer_ratios[name]:>8.2f}"
+        )
+    sums = [sum(t["float32"][r] for t in layers.values()) for r in range(rounds)]
+    sums12 = [sum(t["int12"][r] for t in layers.values()) for r in range(rounds)]
+    total_ratio = statistics.median(i / f for i, f in zip(sums12, sums))
+    print(f"{'all of them':<56}{statistics.median(sums):>12.1f}{statistics.median(sums12):>10.1f}{total_ratio:>8.2f}\n")
+
     print(f"fidelity: {checkpoints} checkpoints of {seconds:g} s (SNR against float32)")
     fid = fidelity(checkpoints, seconds)
     print(f"\n{'format':<52}{'worst SNR dB':>14}")
@@ -186,6 +247,16 @@ def main(argv=None) -> dict:
             "matvec_ratio_to_float32": {k: statistics.median(v) / f32 for k, v in matvec.items()},
             "gemm_gmac_per_s": {k: spread(v) for k, v in gemm.items()},
             "gemm_int16_to_float32_rate": gemm_ratio,
+        },
+        "int12_layers": {
+            "what": "each layer the int12 format changes, float32 decoder (fuse()) against int12 (fuse('int12')), "
+            "EnCodec 32 kHz, random weights, B = 1, freed memory reused",
+            "seconds": 2.0 if args.quick else 10.0,
+            "threads": torch.get_num_threads(),
+            "ms": {name: {k: spread(v) for k, v in t.items()} for name, t in layers.items()},
+            "ratio_int12_to_float32": layer_ratios,
+            "sum_ms": {"float32": spread(sums), "int12": spread(sums12)},
+            "sum_ratio": total_ratio,
         },
         "fidelity": {
             "checkpoints": checkpoints,

@@ -34,6 +34,10 @@ MODES: dict[str, dict] = {
     "bfloat16, int8 recurrent": dict(dtype=torch.bfloat16, recurrent_dtype=torch.int8),
     "float32, int8 recurrent": dict(dtype=torch.float32, recurrent_dtype=torch.int8),
     "float32, bfloat16 recurrent": dict(dtype=torch.float32, recurrent_dtype=torch.bfloat16),
+    "float32, int12 convolutions": dict(dtype=torch.float32, conv_format="int12"),
+    "float32, int8 recurrent, int12 convolutions": dict(
+        dtype=torch.float32, recurrent_dtype=torch.int8, conv_format="int12"
+    ),
     "float16": dict(dtype=torch.float16),
 }
 
@@ -257,8 +261,10 @@ def main(argv=None) -> dict:
             except Exception as exc:  # e.g. a dtype with no kernels on this device
                 status[name] = f"does not run on {args.device}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                 continue
-            notes[name] = f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}" + (
-                f", recurrent {str(fast.recurrent_dtype).replace('torch.', '')}" if fast.recurrent_dtype else ""
+            notes[name] = (
+                f"backend {fast.backend!r}, dtype {str(fast.dtype).replace('torch.', '')}"
+                + (f", recurrent {str(fast.recurrent_dtype).replace('torch.', '')}" if fast.recurrent_dtype else "")
+                + (f", {fast.conv_format} convolutions" if getattr(fast, "conv_format", None) else "")
             )
             row = {
                 "seed": seed,

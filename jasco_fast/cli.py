@@ -93,6 +93,14 @@ def _recurrent_dtype(args) -> torch.dtype | str | None:
     return recurrent
 
 
+def _conv_format(args) -> str | None:
+    if args.conv_format == "int12" and (args.dtype not in ("float32", "auto") or args.device != "cpu"):
+        raise UsageError(
+            f"--conv-format int12 needs --dtype float32 on the CPU, got --dtype {args.dtype} on {args.device}"
+        )
+    return args.conv_format
+
+
 DTYPE_HELP = (
     "decoder compute dtype (default float32, the exact mode); auto: the fastest mode measured on this "
     "device and CPU class at 40 dB SNR or more, recurrent format included (`jasco-fast info` shows it)"
@@ -100,6 +108,11 @@ DTYPE_HELP = (
 RECURRENT_HELP = (
     "stream the LSTM's recurrent matrices as int8 (a float32 scale per row) or bfloat16 (with --dtype "
     "float32); state and arithmetic stay float32; auto: the automatic mode's format for --dtype"
+)
+
+CONV_FORMAT_HELP = (
+    "int12 (float32 on the CPU): the residual blocks and transposed convolutions multiply 12-bit weights by "
+    "12-bit inputs into int32 sums; auto: the automatic mode's format for --dtype"
 )
 
 
@@ -117,6 +130,7 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", default="float32", choices=[*DTYPES, "auto"], help=DTYPE_HELP)
     p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16", "auto"], help=RECURRENT_HELP)
+    p.add_argument("--conv-format", choices=["int12", "auto"], help=CONV_FORMAT_HELP)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -216,6 +230,7 @@ def _decode_shard(args, device: torch.device, shard: Shard) -> tuple[Summary, fl
             dtype=_dtype(args),
             chunk_frames=args.chunk_frames,
             recurrent_dtype=_recurrent_dtype(args),
+            conv_format=_conv_format(args),
         )
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
@@ -231,6 +246,7 @@ def _decode_shard(args, device: torch.device, shard: Shard) -> tuple[Summary, fl
             dtype=_dtype(args),
             chunk_frames=args.chunk_frames,
             recurrent_dtype=_recurrent_dtype(args),
+            conv_format=_conv_format(args),
         )
 
     loop = DecodeLoop(
@@ -286,6 +302,7 @@ def cmd_demo(args) -> int:
         dtype=_dtype(args),
         chunk_frames=DEFAULT_CHUNK_FRAMES,
         recurrent_dtype=_recurrent_dtype(args),
+        conv_format=_conv_format(args),
         background_build=False,
     )
     if fast.backend == "inductor":
@@ -340,6 +357,7 @@ def cmd_demo(args) -> int:
     else:
         mode, first_why = "eager (--backend eager)", "includes one-time set-up"
     recurrent = f", {str(fast.recurrent_dtype)[6:]} recurrent" if fast.recurrent_dtype is not None else ""
+    recurrent += f", {fast.conv_format} convolutions" if fast.conv_format is not None else ""
     print(
         f"decoded {args.batch_size} x {audio_seconds / args.batch_size:g} s ({frames} frames, "
         f"{str(fast.dtype)[6:]}{recurrent}{' (auto)' if args.dtype == 'auto' else ''}, {device}), {mode}:"
@@ -396,6 +414,7 @@ def cmd_compile(args) -> int:
             dtype=_dtype(args),
             chunk_frames=args.chunk_frames,
             recurrent_dtype=_recurrent_dtype(args),
+            conv_format=_conv_format(args),
         )
     except ValueError as exc:
         raise UsageError(f"--chunk-frames: {exc}") from None
@@ -423,6 +442,7 @@ def cmd_compile(args) -> int:
         chunk_frames=args.chunk_frames,
         background_build=False,
         recurrent_dtype=_recurrent_dtype(args),
+        conv_format=_conv_format(args),
     )
     status = aot.load_artifacts()  # loads (and validates) them as a later process will
     bad = {k: v for k, v in status.items() if not v.startswith("loaded")}
@@ -600,6 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=[*DTYPES, "auto"], help=DTYPE_HELP)
     p.add_argument("--recurrent-dtype", choices=["int8", "bfloat16", "auto"], help=RECURRENT_HELP)
+    p.add_argument("--conv-format", choices=["int12", "auto"], help=CONV_FORMAT_HELP)
     p.add_argument("--mean", type=float, default=JASCO_LATENT_MEAN)
     p.add_argument("--std", type=float, default=JASCO_LATENT_STD)
     p.add_argument(

@@ -38,9 +38,12 @@ from jasco_fast import extension
 from jasco_fast.ops import (
     elu_conv,
     elu_conv_transpose,
+    elu_conv_transpose_int12,
     elu_resblock,
+    elu_resblock_int12,
     lstm_pack,
     lstm_skip,
+    pack_int12,
 )
 
 PAD_MODES = ("constant", "reflect", "replicate", "circular")
@@ -269,6 +272,9 @@ FUSED_CONV_TRANSPOSE_MAX_CHANNELS = {torch.float32: 256}
 # ELU + convolution of at most this many output channels (the final one: audio channels): jasco_fast::elu_conv.
 FUSED_CONV_MAX_OUT_CHANNELS = 8
 FUSED_DTYPES = (torch.float32, torch.bfloat16)  # the activation dtypes the CPU tail ops take
+# The convolution formats fuse() takes: None (the compute dtype's arithmetic) or "int12" (float32 decoders: every
+# residual block and transposed convolution as the 12-bit integer ops, jasco_fast.ops.elu_resblock_int12).
+CONV_FORMATS = (None, "int12")
 
 
 def _needs_grad(x: torch.Tensor, params) -> bool:
@@ -676,10 +682,120 @@ class FusedEluConvTranspose(_ActivationThenLayer, ConvTranspose):
         )
 
 
-def _fusable_resblock(block: nn.Module, dtype: torch.dtype) -> bool:
+def _prepack_after_load(module: nn.Module, incompatible_keys) -> None:
+    module.prepack()
+
+
+def _int12_packable(weight: torch.Tensor) -> bool:
+    return weight.device.type == "cpu" and weight.dtype in FUSED_DTYPES
+
+
+class _Int12Packs:
+    """The int12 modules' packs follow their weights: ``.to()`` and friends pack again (None where the weights
+    are not on the CPU in float32 or bfloat16: the layers' own math runs there), as does ``load_state_dict``."""
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.prepack()
+        return self
+
+    def _packed(self, x: torch.Tensor) -> bool:
+        return self._kernel_applies(x) and getattr(self, self._pack) is not None
+
+
+class FusedResBlockInt12(_Int12Packs, FusedResBlock):
+    """A :class:`ResBlock` run as ``jasco_fast::elu_resblock_int12``: both convolutions with 12-bit weights (packed
+    once, :meth:`prepack`) and 12-bit inputs per time tile, int32 sums (the ``"int12"`` convolution format)."""
+
+    _pack = "w1_int12"
+
+    def __init__(self, block: ResBlock):
+        FusedResBlock.__init__(self, block, torch.float32)
+        for name in ("w1_int12", "s1_int12", "w2_int12", "s2_int12"):
+            self.register_buffer(name, None, persistent=False)
+        # the weights are the convolutions', loaded after this module's own entries: pack once they are in
+        self.register_load_state_dict_post_hook(_prepack_after_load)
+        self.prepack()
+
+    def prepack(self) -> FusedResBlockInt12:
+        """Pack both convolutions' weights (:func:`jasco_fast.ops.pack_int12`) into the non-persistent buffers; a
+        weight changed in place afterwards needs ``prepack()`` again. Returns self."""
+        if not (_int12_packable(self.conv1.weight) and _int12_packable(self.conv2.weight)):
+            self.w1_int12 = self.s1_int12 = self.w2_int12 = self.s2_int12 = None
+            return self
+        with torch.no_grad():
+            self.w1_int12, self.s1_int12 = pack_int12(self.conv1.weight)
+            self.w2_int12, self.s2_int12 = pack_int12(self.conv2.weight)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._packed(x):
+            return ResBlock.forward(self, x)
+        c1, c2 = self.conv1, self.conv2
+        return elu_resblock_int12(
+            x,
+            self.w1_int12,
+            self.s1_int12,
+            c1.bias,
+            self.w2_int12,
+            self.s2_int12,
+            c2.bias,
+            c1.dilation,
+            c1.pad_left,
+            c1.pad_right,
+            c1.pad_mode,
+            self.act1.alpha,
+        )
+
+
+class FusedEluConvTransposeInt12(_Int12Packs, FusedEluConvTranspose):
+    """An ELU and the :class:`ConvTranspose` after it, run as ``jasco_fast::elu_conv_transpose_int12`` (the
+    ``"int12"`` convolution format; weights packed once, :meth:`prepack`)."""
+
+    _pack = "w_int12"
+
+    def __init__(self, activation: nn.ELU, layer: ConvTranspose):
+        FusedEluConvTranspose.__init__(self, activation, layer, torch.float32)
+        self.gemm_weight = None  # the float GEMM form is not used
+        for name in ("w_int12", "s_int12"):
+            self.register_buffer(name, None, persistent=False)
+        self.prepack()
+
+    def prepack(self) -> FusedEluConvTransposeInt12:
+        """Pack the weight (:func:`jasco_fast.ops.pack_int12`) into the non-persistent buffers. Returns self."""
+        if not _int12_packable(self.weight):
+            self.w_int12 = self.s_int12 = None
+            return self
+        with torch.no_grad():
+            self.w_int12, self.s_int12 = pack_int12(self.weight, self.stride)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._packed(x):
+            return ConvTranspose.forward(self, self.activation(x))
+        return elu_conv_transpose_int12(
+            x,
+            self.w_int12,
+            self.s_int12,
+            self.bias,
+            self.stride,
+            self.kernel_size,
+            self.trim_left,
+            self.trim_right,
+            self.activation.alpha,
+        )
+
+
+def _fusable_resblock(block: nn.Module, dtype: torch.dtype, int12: bool = False) -> bool:
+    """int12: as elu_resblock_int12 (any width, even channel counts)."""
     if type(block) is not ResBlock:  # (a FusedResBlock is fused already)
         return False
     c1, c2 = block.conv1, block.conv2
+    widths = (
+        c1.weight.shape[1] % 2 == 0 and c1.weight.shape[0] % 2 == 0
+        if int12
+        else c1.weight.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(dtype, 0)
+    )
     return (
         type(block.act1) is nn.ELU
         and type(block.act2) is nn.ELU
@@ -688,7 +804,7 @@ def _fusable_resblock(block: nn.Module, dtype: torch.dtype) -> bool:
         and c1.norm is None
         and c2.norm is None
         and c2.weight.shape[-1] == 1
-        and c1.weight.shape[1] <= FUSED_RESBLOCK_MAX_CHANNELS.get(dtype, 0)
+        and widths
     )
 
 
@@ -701,22 +817,27 @@ def _fusable_activation_conv(act: nn.Module, conv: nn.Module) -> bool:
     )
 
 
-def _fusable_activation_conv_transpose(act: nn.Module, conv: nn.Module, dtype: torch.dtype) -> bool:
-    return (
-        type(act) is nn.ELU
-        and type(conv) is ConvTranspose
-        and conv.norm is None
-        and conv.weight.shape[0] <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0)
-    )
+def _fusable_activation_conv_transpose(
+    act: nn.Module, conv: nn.Module, dtype: torch.dtype, int12: bool = False
+) -> bool:
+    """int12: as elu_conv_transpose_int12 (any width, an even number of input channels)."""
+    if type(act) is not nn.ELU or type(conv) is not ConvTranspose or conv.norm is not None:
+        return False
+    channels = conv.weight.shape[0]
+    return channels % 2 == 0 if int12 else channels <= FUSED_CONV_TRANSPOSE_MAX_CHANNELS.get(dtype, 0)
 
 
 class DecoderLayers(nn.Sequential):
     """The decoder's layers in order (an ``nn.Sequential``: its state-dict keys), run one after the other."""
 
-    def fuse(self) -> DecoderLayers:
-        """Swap in the fused modules (:class:`FusedResBlock`, :class:`FusedEluConv`, :class:`FusedEluConvTranspose`)
-        where their CPU ops apply to these layers' device and dtype (their parameters') and the compiled extension
-        is loaded; in place, once (a second call changes nothing). Returns self."""
+    def fuse(self, conv_format: str | None = None) -> DecoderLayers:
+        """Swap in the fused modules (:class:`FusedResBlock`, :class:`FusedEluConv`, :class:`FusedEluConvTranspose`;
+        with ``conv_format="int12"`` on float32 layers, :class:`FusedResBlockInt12` and
+        :class:`FusedEluConvTransposeInt12` for every residual block and transposed convolution) where their CPU ops
+        apply to these layers' device and dtype (their parameters') and the compiled extension is loaded; in place,
+        once (a second call changes nothing). Returns self."""
+        if conv_format not in CONV_FORMATS:
+            raise ValueError(f"conv_format must be None or 'int12', got {conv_format!r}")
         param = next(self.parameters(), None)
         if (
             param is None
@@ -726,13 +847,19 @@ class DecoderLayers(nn.Sequential):
         ):
             return self
         dtype = param.dtype
+        int12 = conv_format == "int12" and dtype == torch.float32
         i = 0
         while i < len(self):
             layer, after = self[i], (self[i + 1] if i + 1 < len(self) else None)
-            if _fusable_resblock(layer, dtype):
+            if int12 and _fusable_resblock(layer, dtype, int12=True):
+                self[i] = FusedResBlockInt12(layer)
+            elif _fusable_resblock(layer, dtype):
                 self[i] = FusedResBlock(layer, dtype)
             elif _fusable_activation_conv(layer, after):
                 self[i], self[i + 1] = ActivationInNextLayer(), FusedEluConv(layer, after, dtype)
+                i += 1
+            elif int12 and _fusable_activation_conv_transpose(layer, after, dtype, int12=True):
+                self[i], self[i + 1] = ActivationInNextLayer(), FusedEluConvTransposeInt12(layer, after)
                 i += 1
             elif _fusable_activation_conv_transpose(layer, after, dtype):
                 self[i], self[i + 1] = ActivationInNextLayer(), FusedEluConvTranspose(layer, after, dtype)
@@ -829,8 +956,10 @@ class SEANetDecoder(nn.Module):
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
         return self
 
-    def fuse(self) -> SEANetDecoder:
+    def fuse(self, conv_format: str | None = None) -> SEANetDecoder:
         """Swap in the fused CPU modules where their ops apply to this decoder's device and dtype; in place, once.
+        ``conv_format="int12"`` (float32 on the CPU): the residual blocks and transposed convolutions take 12-bit
+        integer products (:data:`CONV_FORMATS`; see :meth:`DecoderLayers.fuse`).
 
         Decided from the parameters (where and in what dtype the decoder runs), so call it after moving the
         decoder there: ``decoder.to(dtype).to_channels_last().fuse()``. The state_dict (keys and tensors) does
@@ -839,7 +968,7 @@ class SEANetDecoder(nn.Module):
         matrices (:meth:`LSTM.prepack`) and the transposed convolutions' GEMM-form weights (:meth:`ConvTranspose.prepack`).
         Returns self.
         """
-        self.layers.fuse()
+        self.layers.fuse(conv_format)
         for module in self.modules():
             if isinstance(module, LSTM) or type(module) is ConvTranspose:  # (a fused one runs the tail op)
                 module.prepack()

@@ -73,6 +73,19 @@ SCHEMAS: dict[str, tuple[str, tuple]] = {
         "float alpha) -> Tensor",
         _FIXED,
     ),
+    # The 12-bit integer copies of elu_resblock and elu_conv_transpose (float32 x; 12-bit weights per output
+    # column and inputs per tile, int32 sums), with weights packed once by pack_int12.
+    "pack_int12": ("pack_int12(Tensor weight, int transposed_stride=0) -> (Tensor, Tensor)", ()),
+    "elu_resblock_int12": (
+        "elu_resblock_int12(Tensor x, Tensor w1, Tensor s1, Tensor b1, Tensor w2, Tensor s2, Tensor b2, int dilation, "
+        "int pad_left, int pad_right, str pad_mode, float alpha) -> Tensor",
+        _FIXED,
+    ),
+    "elu_conv_transpose_int12": (
+        "elu_conv_transpose_int12(Tensor x, Tensor w, Tensor s, Tensor bias, int stride, int kernel_size, "
+        "int trim_left, int trim_right, float alpha) -> Tensor",
+        _FIXED,
+    ),
 }
 
 

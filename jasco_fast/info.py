@@ -148,6 +148,7 @@ def _modes() -> dict:
             "mode": row.name,
             "dtype": str(row.dtype).replace("torch.", ""),
             "recurrent_dtype": None if row.recurrent_dtype is None else str(row.recurrent_dtype).replace("torch.", ""),
+            "conv_format": row.conv_format,
             "evidence": row.evidence,
         }
     caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}

@@ -1,6 +1,7 @@
 """Which compute mode each device and CPU class runs best: ``dtype="auto"`` and ``recurrent_dtype="auto"``.
 
-A *mode* is a compute dtype for the convolutions plus a format for the LSTM's recurrent matrices. The
+A *mode* is a compute dtype for the convolutions, a format for the LSTM's recurrent matrices and a convolution
+format (None: the compute dtype's arithmetic; ``"int12"``: 12-bit integer products, float32 decoders). The
 automatic mode is the fastest one whose worst-case SNR in ``benchmarks/bench_fidelity.py`` is at least
 :data:`MIN_SNR_DB`; :data:`AUTO_MODES` is the one table of that choice, each row with the measurements that
 justify it (``docs/performance.md`` has the full tables). The default everywhere stays float32, the exact mode.
@@ -50,18 +51,24 @@ class PerformanceWarning(UserWarning):
 @dataclasses.dataclass(frozen=True)
 class Mode:
     """One row of :data:`AUTO_MODES`: on ``device`` (and, for CPUs, ``cpu_class``), decode in ``dtype`` with the
-    LSTM's recurrent matrices as ``recurrent_dtype`` (None: the compute dtype); ``evidence`` says why."""
+    LSTM's recurrent matrices as ``recurrent_dtype`` (None: the compute dtype) and the convolutions in
+    ``conv_format`` (None: the compute dtype's arithmetic); ``evidence`` says why."""
 
     device: str
     cpu_class: str | None
     dtype: torch.dtype
     recurrent_dtype: torch.dtype | None
     evidence: str
+    conv_format: str | None = None
 
     @property
     def name(self) -> str:
-        dtype = str(self.dtype).replace("torch.", "")
-        return dtype if self.recurrent_dtype is None else f"{dtype} + {str(self.recurrent_dtype)[6:]} recurrent"
+        parts = [str(self.dtype).replace("torch.", "")]
+        if self.recurrent_dtype is not None:
+            parts.append(f"{str(self.recurrent_dtype)[6:]} recurrent")
+        if self.conv_format is not None:
+            parts.append(f"{self.conv_format} convolutions")
+        return " + ".join(parts)
 
 
 # Times: a 10 s decode at B = 1 relative to float32 on the same CPU, in one process, interleaved rounds
@@ -82,16 +89,20 @@ AUTO_MODES: tuple[Mode, ...] = (
         "avx512",
         torch.float32,
         torch.int8,
-        "AMD EPYC Zen 4 as an AVX-512 CPU without BF16 or VNNI (tools/cpuid-as avx512, 2026-12-06): 0.88x float32 "
-        "(0.83-0.89 over 9 rounds); the int8 kernel of the avx2 row: worst SNR 48.4 dB; bfloat16 2.4x slower",
+        "AMD EPYC Zen 4 as an AVX-512 CPU without BF16 or VNNI (tools/cpuid-as avx512, 2026-12-06): 0.73x float32 "
+        "(0.69-0.76 over 9 rounds; int8 recurrent alone 0.87x); the kernels of the avx2 row: worst SNR 45.7 dB; "
+        "bfloat16 2.5x slower",
+        conv_format="int12",
     ),
     Mode(
         "cpu",
         "avx2",
         torch.float32,
         torch.int8,
-        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-06): 0.85x float32 (0.69-1.07 over 11 rounds); "
-        "worst SNR 48.4 dB (the int8 matvec's 7-bit h); bfloat16 52x slower",
+        "AMD EPYC Zen 4 as an AVX2 CPU (tools/cpuid-as avx2, 2026-12-06): 0.68x float32 (0.63-0.74 over 11 rounds; "
+        "int8 recurrent alone 0.87x); worst SNR 45.7 dB "
+        "(int12 convolutions 48.7 dB, the int8 matvec's 7-bit h 48.4 dB); bfloat16 52x slower",
+        conv_format="int12",
     ),
     Mode("cpu", "other", torch.float32, None, "nothing measured: the exact mode"),
     Mode(
@@ -182,10 +193,11 @@ def auto_mode(device: torch.device | str = "cpu") -> Mode:
     return _row(torch.device(device))
 
 
-def resolve_mode(dtype, recurrent_dtype, device: torch.device, default: torch.dtype):
-    """``(dtype, recurrent_dtype)`` with ``"auto"`` replaced by the automatic mode's choice; ``dtype`` None is
-    ``default``. ``recurrent_dtype="auto"`` with an explicit ``dtype``: the row's recurrent format where it goes
-    with that dtype (int8 goes with any), else the dtype's own."""
+def resolve_mode(dtype, recurrent_dtype, device: torch.device, default: torch.dtype, conv_format=None):
+    """``(dtype, recurrent_dtype, conv_format)`` with ``"auto"`` replaced by the automatic mode's choice; ``dtype``
+    None is ``default``. ``recurrent_dtype="auto"`` with an explicit ``dtype``: the row's recurrent format where it
+    goes with that dtype (int8 goes with any), else the dtype's own; ``conv_format="auto"``: the row's convolution
+    format where the dtype is the row's, else None. ``dtype="auto"`` makes the other two ``"auto"`` unless given."""
     row = auto_mode(device)
     for name, value in (("dtype", dtype), ("recurrent_dtype", recurrent_dtype)):
         if isinstance(value, str) and value != "auto":
@@ -194,11 +206,15 @@ def resolve_mode(dtype, recurrent_dtype, device: torch.device, default: torch.dt
         dtype = row.dtype
         if recurrent_dtype is None:
             recurrent_dtype = "auto"
+        if conv_format is None:
+            conv_format = "auto"
     elif dtype is None:
         dtype = default
     if recurrent_dtype == "auto":
         recurrent_dtype = row.recurrent_dtype if row.recurrent_dtype in (None, torch.int8) else None
-    return dtype, recurrent_dtype
+    if conv_format == "auto":
+        conv_format = row.conv_format if dtype == row.dtype else None
+    return dtype, recurrent_dtype, conv_format
 
 
 def warn_if_emulated(dtype: torch.dtype, device: torch.device, *, stacklevel: int = 3) -> None:

@@ -25,7 +25,9 @@ in one pass (EnCodec codes: MusicGen / AudioGen tokens).
 ``elu_resblock(x, w1, b1, w2, b2, ...)``, ``elu_conv(x, weight, bias, ...)`` and ``elu_conv_transpose(x, weight,
 bias, ...)`` (CPU only): the decoder's residual block, its final activation + convolution and an activation +
 upsampling layer, each tile of time steps taken through the whole block while it is in cache
-(csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster.
+(csrc/cpu/elu_conv.cpp); the decoder uses them where they measured faster. ``elu_resblock_int12`` and
+``elu_conv_transpose_int12`` are their copies with 12-bit integer products (float32 x; weights rounded per output
+column once by ``pack_int12``, inputs per tile), the decoder's ``"int12"`` convolution format.
 
 Argument rules: each op has one function here, ``check_<op>``, that states the rules of its C++ checks (in
 ``csrc/``) in the same order and words, in one style: ``_check_value`` where C++ has ``JF_CHECK_VALUE``
@@ -71,6 +73,9 @@ __all__ = [
     "elu_resblock",
     "elu_conv",
     "elu_conv_transpose",
+    "pack_int12",
+    "elu_resblock_int12",
+    "elu_conv_transpose_int12",
     "FallbackWarning",
     "FALLBACKS",
     "register_fallback",
@@ -83,6 +88,9 @@ __all__ = [
     "check_elu_resblock",
     "check_elu_conv",
     "check_elu_conv_transpose",
+    "check_pack_int12",
+    "check_elu_resblock_int12",
+    "check_elu_conv_transpose_int12",
 ]
 
 # JASCO's latent statistics (its checkpoint config: compression_model_latent_mean / _std).
@@ -941,3 +949,367 @@ def elu_conv_transpose_fallback(x, weight, bias, stride, trim_left, trim_right, 
     a = _activation(x, alpha).to(x.dtype).float()  # bfloat16: rounded before the products, as the kernel does
     y = torch.nn.functional.conv_transpose2d(a, weight.float(), bias.float(), stride=(1, stride))
     return y[..., trim_left : trim_left + length].to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------------------------------
+# pack_int12, elu_resblock_int12, elu_conv_transpose_int12: the tail's 12-bit integer copies on the CPU
+
+_INT12_MAX = 2047  # levels -2047..2047: a pair of products stays far inside int16 x int16 -> int32
+_INT12_PANEL = 16  # output columns per panel of pack_int12's layout
+
+
+def pack_int12(weight: torch.Tensor, transposed_stride: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's weights as 12-bit integers per output column, packed for :func:`elu_resblock_int12` and
+    :func:`elu_conv_transpose_int12` (CPU).
+
+    Args:
+        weight: float32 or bfloat16, [O, I, 1, k] (a convolution: ``transposed_stride`` 0) or [I, Cout, 1, k] (a
+            transposed convolution with stride ``transposed_stride`` >= 1, packed as its convolution over input
+            rows: N = stride * Cout columns, ceil(k / stride) taps; column ``p * Cout + o``, tap ``j`` holds kernel
+            position ``(taps - 1 - j) * stride + p`` of output channel o, zero past k). I even and > 0.
+    Returns:
+        (pairs, scale): ``scale`` float32 [N], each column's largest |weight| / 2047 (float32 division);
+        ``pairs`` int32 [ceil(N / 16), taps, I / 2, 16], panels of 16 columns (zeros past N), each lane the int16
+        pair of inputs 2c (low half) and 2c + 1 (high half) of ``q = round_half_even(w * (1 / scale))`` clamped to
+        +-2047 (0 in a column whose scale is 0).
+
+    Raises:
+        ValueError / TypeError: for arguments outside the rules above (:func:`check_pack_int12`); ValueError for a
+        weight that holds a NaN or an infinity.
+    """
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_pack_int12(weight, transposed_stride)
+    return torch.ops.jasco_fast.pack_int12.default(weight, int(transposed_stride))
+
+
+def elu_resblock_int12(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    s1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    s2: torch.Tensor,
+    b2: torch.Tensor,
+    dilation: int,
+    pad_left: int,
+    pad_right: int,
+    pad_mode: str,
+    alpha: float,
+) -> torch.Tensor:
+    """:func:`elu_resblock` with 12-bit integer products: ``x + conv(elu(conv(elu(x), w1, b1)), w2, b2)`` (CPU).
+
+    Args:
+        x: [B, C, 1, T] float32 (read channels-last).
+        w1, s1: :func:`pack_int12` of the first convolution [H, C, 1, k] (dilated by ``dilation``, its input padded
+            as in :func:`elu_resblock`); b1: its bias, float32 [H].
+        w2, s2: :func:`pack_int12` of the 1x1 convolution back [C, H, 1, 1]; b2: its bias, float32 [C].
+        alpha: the ELU's alpha (both activations).
+    Returns:
+        [B, C, 1, T] float32 channels-last. Per batch item and tile of ``tile = clamp(16384 // max(C, H), 12, 512)
+        // 12 * 12`` output steps (t0 = 0, tile, ...; ``valid = min(tile, T - t0)``): the ELU of the padded rows
+        the tile reads (its ``valid + (k - 1) * dilation`` rows, all C channels) is rounded to 12-bit integers with
+        ONE scale ``s_a = max |value| / 2047``, ``q = round_half_even(v * (1 / s_a))`` clamped to +-2047; conv1 =
+        b1[h] + (integer sums) * (s_a * s1[h]); its ELU over the tile's ``valid`` rows (all H channels) is rounded
+        the same way with one scale, and the output is x + b2 + (integer sums) * (s_h * s2[c]). The sums are exact
+        int32 sums, added to the float32 result at least every 256 input pairs (a fused multiply-add with the
+        float32 product of the two scales). A tile whose rounded input holds a NaN or an infinity has NaN outputs.
+        No autograd formula.
+    """
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_elu_resblock_int12(x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode)
+    return torch.ops.jasco_fast.elu_resblock_int12.default(
+        x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode, float(alpha)
+    )
+
+
+def elu_conv_transpose_int12(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    s: torch.Tensor,
+    bias: torch.Tensor,
+    stride: int,
+    kernel_size: int,
+    trim_left: int,
+    trim_right: int,
+    alpha: float,
+) -> torch.Tensor:
+    """:func:`elu_conv_transpose` with 12-bit integer products (CPU).
+
+    Args:
+        x: [B, C, 1, T] float32 (read channels-last).
+        w, s: ``pack_int12(weight, stride)`` of the transposed convolution's weight [C, Cout, 1, kernel_size].
+        bias: float32 [Cout].
+    Returns:
+        [B, Cout, 1, (T - 1) * stride + kernel_size - trim_left - trim_right] float32 channels-last. The transposed
+        convolution runs as a convolution over input rows u in [0, T + taps - 1) (taps = ceil(kernel_size /
+        stride); row u gives output samples [u * stride, u * stride + stride)), in tiles of ``tile = clamp(65536 //
+        C, 12, 512) // 12 * 12`` rows: a tile's input, the ELU of x rows ``u0 - taps + 1 ... u0 + valid - 1`` (zeros
+        outside [0, T)), is rounded to 12-bit integers with one scale over those rows and all C channels, as in
+        :func:`elu_resblock_int12`; each output is bias + (exact int32 sums) * (s_a * s[n]), added at least every
+        256 input pairs. A tile whose rounded input holds a NaN or an infinity has NaN outputs. No autograd formula.
+    """
+    if not torch.compiler.is_compiling():  # (traced, the fake kernel checks)
+        check_elu_conv_transpose_int12(x, w, s, bias, stride, kernel_size, trim_left, trim_right)
+    return torch.ops.jasco_fast.elu_conv_transpose_int12.default(
+        x, w, s, bias, stride, kernel_size, trim_left, trim_right, float(alpha)
+    )
+
+
+# The rules (csrc/cpu/elu_conv.cpp: pack_int12, int12_weights, check_float_vector, elu_resblock_int12,
+# elu_conv_transpose_int12).
+
+
+def check_pack_int12(weight, transposed_stride=0) -> tuple:
+    """pack_int12's argument rules (csrc/cpu/elu_conv.cpp: pack_int12; a NaN or infinite weight is refused by the
+    packing itself, from the values); returns (N columns, taps, I inputs)."""
+    op = "pack_int12"
+    _check_value(
+        weight.dim() == 4 and weight.shape[2] == 1,
+        lambda: (
+            f"{op}: weight must be [out, in, 1, k] (or [in, out, 1, k] with transposed_stride), got shape "
+            f"{list(weight.shape)}"
+        ),
+    )
+    _check_type(weight.dtype in _TAIL_DTYPES, lambda: f"{op}: weight must be float32 or bfloat16, got {weight.dtype}")
+    _check_value(transposed_stride >= 0, lambda: f"{op}: transposed_stride must be >= 0, got {transposed_stride}")
+    inputs = weight.shape[0] if transposed_stride > 0 else weight.shape[1]
+    _check_value(
+        inputs % 2 == 0 and inputs > 0,
+        lambda: f"{op}: the input channels must be a positive even number, got {inputs}",
+    )
+    _check_value(
+        weight.shape[0] > 0 and weight.shape[1] > 0 and weight.shape[3] > 0,
+        lambda: f"{op}: weight has no elements, shape {list(weight.shape)}",
+    )
+    if transposed_stride > 0:
+        r = transposed_stride
+        return r * weight.shape[1], (weight.shape[3] + r - 1) // r, inputs
+    return weight.shape[0], weight.shape[3], inputs
+
+
+def _check_int12_weights(op: str, name: str, pairs, scale, inputs, outputs, x):
+    """(pairs, scale) as pack_int12 makes them for a convolution inputs -> outputs; returns its taps."""
+    panels = (outputs + _INT12_PANEL - 1) // _INT12_PANEL
+    _check_value(
+        pairs.dim() == 4
+        and pairs.shape[0] == panels
+        and pairs.shape[1] >= 1
+        and pairs.shape[2] * 2 == inputs
+        and pairs.shape[3] == _INT12_PANEL,
+        lambda: (
+            f"{op}: {name} must be pack_int12's [{panels}, taps, {inputs // 2}, {_INT12_PANEL}] pairs, got shape "
+            f"{list(pairs.shape)}"
+        ),
+    )
+    _check_type(
+        pairs.dtype == torch.int32 and scale.dtype == torch.float32,
+        lambda: f"{op}: {name} must be int32 pairs and float32 scales, got {pairs.dtype} and {scale.dtype}",
+    )
+    _check_value(
+        scale.dim() == 1 and scale.shape[0] == outputs,
+        lambda: f"{op}: the scales of {name} must be [{outputs}], got shape {list(scale.shape)}",
+    )
+    _check_value(pairs.device == x.device and scale.device == x.device, lambda: f"{op}: {name} must be on x's device")
+    _check_value(pairs.is_contiguous() and scale.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
+    return pairs.shape[1]
+
+
+def _check_float_vector(op: str, name: str, b, n, x) -> None:
+    _check_value(b.dim() == 1 and b.shape[0] == n, lambda: f"{op}: {name} must be [{n}], got shape {list(b.shape)}")
+    _check_type(b.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {b.dtype}")
+    _check_value(b.device == x.device, lambda: f"{op}: {name} must be on x's device")
+
+
+def _check_int12_activations(op: str, x) -> None:
+    _check_value(x.dim() == 4 and x.shape[2] == 1, lambda: f"{op}: x must be [B, C, 1, T], got shape {list(x.shape)}")
+    _check_type(x.dtype == torch.float32, lambda: f"{op}: x must be float32, got {x.dtype}")
+    _check_value(x.shape[3] >= 1, lambda: f"{op}: x needs at least one time step")
+
+
+def check_elu_resblock_int12(x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode) -> None:
+    """elu_resblock_int12's argument rules (csrc/cpu/elu_conv.cpp: elu_resblock_int12)."""
+    op = "elu_resblock_int12"
+    _check_int12_activations(op, x)
+    C = x.shape[1]
+    _check_value(b1.dim() == 1, lambda: f"{op}: b1 must be [H], got shape {list(b1.shape)}")
+    H = b1.shape[0]
+    k = _check_int12_weights(op, "w1", w1, s1, C, H, x)
+    taps = _check_int12_weights(op, "w2", w2, s2, H, C, x)
+    _check_value(taps == 1, lambda: f"{op}: w2 must be a 1x1 convolution's pairs, got {taps} taps")
+    _check_float_vector(op, "b1", b1, H, x)
+    _check_float_vector(op, "b2", b2, C, x)
+    _check_padding(op, x, k, dilation, pad_left, pad_right, pad_mode)
+
+
+def check_elu_conv_transpose_int12(x, w, s, bias, stride, kernel_size, trim_left, trim_right) -> int:
+    """elu_conv_transpose_int12's argument rules (csrc/cpu/elu_conv.cpp: elu_conv_transpose_int12); returns the
+    output length."""
+    op = "elu_conv_transpose_int12"
+    _check_int12_activations(op, x)
+    _check_value(
+        stride >= 1 and kernel_size >= 1,
+        lambda: f"{op}: stride and kernel_size must be >= 1, got {stride} and {kernel_size}",
+    )
+    _check_value(
+        bias.dim() == 1 and bias.shape[0] >= 1, lambda: f"{op}: bias must be [Cout], got shape {list(bias.shape)}"
+    )
+    C, Cout = x.shape[1], bias.shape[0]
+    taps = (kernel_size + stride - 1) // stride
+    packed_taps = _check_int12_weights(op, "w", w, s, C, stride * Cout, x)
+    _check_value(
+        packed_taps == taps,
+        lambda: f"{op}: w has {packed_taps} taps, a kernel of {kernel_size} at stride {stride} has {taps}",
+    )
+    _check_float_vector(op, "bias", bias, Cout, x)
+    full = (x.shape[3] - 1) * stride + kernel_size
+    _check_value(
+        trim_left >= 0 and trim_right >= 0 and trim_left + trim_right < full,
+        lambda: (
+            f"{op}: trim_left and trim_right must be >= 0 and leave at least one of the {full} "
+            f"output samples, got {trim_left} and {trim_right}"
+        ),
+    )
+    return full - trim_left - trim_right
+
+
+@torch.library.register_fake("jasco_fast::pack_int12")
+def _(weight, transposed_stride=0):
+    N, taps, inputs = check_pack_int12(weight, transposed_stride)
+    panels = (N + _INT12_PANEL - 1) // _INT12_PANEL
+    pairs = weight.new_empty((panels, taps, inputs // 2, _INT12_PANEL), dtype=torch.int32)
+    return pairs, weight.new_empty((N,), dtype=torch.float32)
+
+
+@torch.library.register_fake("jasco_fast::elu_resblock_int12")
+def _(x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
+    check_elu_resblock_int12(x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode)
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("jasco_fast::elu_conv_transpose_int12")
+def _(x, w, s, bias, stride, kernel_size, trim_left, trim_right, alpha):
+    length = check_elu_conv_transpose_int12(x, w, s, bias, stride, kernel_size, trim_left, trim_right)
+    return x.new_empty((x.shape[0], bias.shape[0], 1, length)).contiguous(memory_format=torch.channels_last)
+
+
+# The int12 ops in PyTorch ops, with the kernels' tiles, scales and rounding: the integer sums are exact in float64
+# and scaled once (the kernels add them in chunks of 256 pairs, float32 FMAs: a float32 rounding apart), and torch's
+# ELU is not the kernels' polynomial bit for bit, so a value within ~1e-7 of a rounding boundary may round to the
+# next level there.
+
+
+def _int12_row_convolution(weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """float32 [N, I, taps]: the convolution pack_int12 packs (csrc/cpu/elu_conv.cpp: as_row_convolution)."""
+    w = weight.float().squeeze(2)
+    if stride == 0:
+        return w
+    C, Cout, k = w.shape
+    taps = -(-k // stride)
+    w = torch.nn.functional.pad(w, (0, taps * stride - k)).view(C, Cout, taps, stride).flip(2)
+    return w.permute(3, 1, 0, 2).reshape(stride * Cout, C, taps)
+
+
+def _int12_rounded(v: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor]:
+    """(levels, scale) of float32 ``v`` with one scale per slice over ``dims``: max |v| / 2047 (NaN where a value is
+    not finite), levels ``round_half_even(v * (1 / scale))`` clamped to +-2047, 0 where the scale is 0 or NaN."""
+    absmax = v.abs().amax(dim=dims, keepdim=True)  # (amax propagates NaN)
+    scale = torch.where(absmax.isfinite(), absmax / _INT12_MAX, torch.full_like(absmax, float("nan")))
+    inverse = torch.div(torch.ones_like(scale), scale)  # float32 1 / scale, then a float32 product, as in C++
+    levels = (v * inverse).round_().clamp_(-_INT12_MAX, _INT12_MAX)
+    return torch.where(scale > 0, levels, torch.zeros_like(levels)), scale
+
+
+def _int12_levels(pairs: torch.Tensor, columns: int) -> torch.Tensor:
+    """pack_int12's pairs -> float64 levels [N, I, taps] (exact: integers below 2^11)."""
+    P, taps, K2, _ = pairs.shape
+    lanes = pairs.long() & 0xFFFFFFFF
+    halves = torch.stack([lanes & 0xFFFF, lanes >> 16], dim=-1)  # [P, taps, K2, 16, 2]
+    signed = (halves ^ 0x8000) - 0x8000  # int16 sign extension
+    levels = signed.permute(0, 3, 2, 4, 1).reshape(P * _INT12_PANEL, 2 * K2, taps)
+    return levels[:columns].double()
+
+
+def _int12_windows(a: torch.Tensor, tile: int, halo: int) -> torch.Tensor:
+    """[B, C, L] -> [B, tiles, C, tile + halo]: window j covers positions j * tile ... j * tile + tile + halo - 1
+    (zeros past L), for L - halo positions in tiles of ``tile``."""
+    B, C, L = a.shape
+    tiles = -(-(L - halo) // tile)
+    a = torch.nn.functional.pad(a, (0, tiles * tile + halo - L))
+    return a.unfold(2, tile + halo, tile).permute(0, 2, 1, 3)
+
+
+def _int12_gemm(windows: torch.Tensor, levels: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Exact integer sums (float64) of a convolution's levels [N, I, taps] over rounded windows [B, tiles, I, W]:
+    [B, tiles, N, W - (taps - 1) * dilation]."""
+    B, tiles, inputs, W = windows.shape
+    sums = torch.nn.functional.conv2d(
+        windows.reshape(B * tiles, inputs, 1, W), levels.unsqueeze(2), dilation=(1, dilation)
+    )
+    return sums.reshape(B, tiles, levels.shape[0], W - (levels.shape[2] - 1) * dilation)
+
+
+def _int12_scaled(sums: torch.Tensor, scale_in: torch.Tensor, scale_w: torch.Tensor, base: torch.Tensor):
+    """float32 of base + sums * (scale_in * scale_w), the product of the scales in float32 as the kernels form it."""
+    column = (scale_in * scale_w.float().view(-1, 1)).double()  # scale_in: [B, tiles, 1, 1]
+    return (base.double() + sums * column).float()
+
+
+@register_fallback("jasco_fast::pack_int12")
+def pack_int12_fallback(weight, transposed_stride=0):
+    """pack_int12's arithmetic and layout in PyTorch ops (bit for bit the CPU kernel's)."""
+    N, taps, inputs = check_pack_int12(weight, transposed_stride)
+    w = _int12_row_convolution(weight, transposed_stride)  # [N, I, taps]
+    if not bool(w.isfinite().all()):
+        raise ValueError("pack_int12: weight holds a NaN or an infinity")
+    scale = w.abs().amax(dim=(1, 2)) / _INT12_MAX
+    inverse = torch.div(torch.ones_like(scale), scale).view(N, 1, 1)
+    levels = (w * inverse).round_().clamp_(-_INT12_MAX, _INT12_MAX)
+    levels = torch.where(scale.view(N, 1, 1) > 0, levels, torch.zeros_like(levels)).long()
+    panels = -(-N // _INT12_PANEL)
+    levels = torch.nn.functional.pad(levels, (0, 0, 0, 0, 0, panels * _INT12_PANEL - N))
+    halves = (levels & 0xFFFF).view(panels, _INT12_PANEL, inputs // 2, 2, taps)
+    lanes = halves[:, :, :, 0] | (halves[:, :, :, 1] << 16)  # [panels, 16, I / 2, taps], in [0, 2^32)
+    lanes = torch.where(lanes >= 2**31, lanes - 2**32, lanes).to(torch.int32)
+    return lanes.permute(0, 3, 2, 1).contiguous(), scale
+
+
+@register_fallback("jasco_fast::elu_resblock_int12")
+def elu_resblock_int12_fallback(x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode, alpha):
+    check_elu_resblock_int12(x, w1, s1, b1, w2, s2, b2, dilation, pad_left, pad_right, pad_mode)
+    B, C, _, T = x.shape
+    H = b1.shape[0]
+    levels1, levels2 = _int12_levels(w1, H), _int12_levels(w2, C)
+    span = (levels1.shape[2] - 1) * dilation
+    tile = max(12, min(512, 16384 // max(C, H, 1))) // 12 * 12
+    # conv1: per tile, the padded ELU rows it reads, rounded with one scale
+    a = _padded(_activation(x, alpha), pad_left, pad_right, pad_mode).squeeze(2)  # [B, C, T + span]
+    q, scale_a = _int12_rounded(_int12_windows(a, tile, span), (2, 3))
+    hidden = _int12_scaled(_int12_gemm(q.double(), levels1, dilation), scale_a, s1, b1.view(H, 1))
+    # conv2: the hidden ELU of the tile's valid rows, rounded with one scale (the rows past T hold nothing)
+    tiles = hidden.shape[1]
+    steps = torch.arange(tiles * tile, device=x.device).view(1, tiles, 1, tile)
+    h = torch.where(steps < T, _activation(hidden, alpha), torch.zeros_like(hidden))
+    q, scale_h = _int12_rounded(h, (2, 3))
+    sums = torch.einsum("bjht,ch->bjct", q.double(), levels2[:, :, 0])
+    residual = x.float().squeeze(2) + b2.view(C, 1)  # in float32, as the kernel adds them first
+    residual = torch.nn.functional.pad(residual, (0, tiles * tile - T)).view(B, C, tiles, tile).transpose(1, 2)
+    y = _int12_scaled(sums, scale_h, s2, residual)  # [B, tiles, C, tile]
+    y = y.permute(0, 2, 1, 3).reshape(B, C, tiles * tile)[:, :, :T]
+    return y.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+@register_fallback("jasco_fast::elu_conv_transpose_int12")
+def elu_conv_transpose_int12_fallback(x, w, s, bias, stride, kernel_size, trim_left, trim_right, alpha):
+    length = check_elu_conv_transpose_int12(x, w, s, bias, stride, kernel_size, trim_left, trim_right)
+    B, C, _, T = x.shape
+    Cout = bias.shape[0]
+    N, taps = stride * Cout, -(-kernel_size // stride)
+    tile = max(12, min(512, 65536 // C)) // 12 * 12
+    # row u reads x rows u - taps + 1 ... u: the ELU padded by taps - 1 zeros on both sides
+    a = torch.nn.functional.pad(_activation(x, alpha).squeeze(2), (taps - 1, taps - 1))
+    q, scale_a = _int12_rounded(_int12_windows(a, tile, taps - 1), (2, 3))
+    y = _int12_scaled(_int12_gemm(q.double(), _int12_levels(w, N), 1), scale_a, s, bias.repeat(stride).view(N, 1))
+    tiles = y.shape[1]
+    # [B, tiles, N, tile] -> rows u = tile index * tile + r, each `stride` samples of Cout channels
+    y = y.permute(0, 1, 3, 2).reshape(B, tiles * tile * stride, Cout)[:, trim_left : trim_left + length]
+    return y.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)

@@ -27,7 +27,7 @@ from jasco_fast.backends import (
     make_backend,
     resolve_backend,
 )
-from jasco_fast.decoder import LSTM, DecoderConfig, SEANetDecoder
+from jasco_fast.decoder import CONV_FORMATS, LSTM, DecoderConfig, SEANetDecoder
 from jasco_fast.modes import resolve_mode, warn_if_emulated
 from jasco_fast.ops import (
     JASCO_LATENT_MEAN,
@@ -104,7 +104,7 @@ class _FrontEndDecoder(nn.Module):
 
     input_name = "latents"
 
-    def _setup(self, decoder: SEANetDecoder, *, channels_last: bool, dtype, recurrent_dtype) -> None:
+    def _setup(self, decoder: SEANetDecoder, *, channels_last: bool, dtype, recurrent_dtype, conv_format) -> None:
         """The decoder, copied, cast to the compute dtype and laid out; before the subclass's tensors."""
         if not isinstance(decoder, SEANetDecoder):
             raise TypeError(f"decoder must be a jasco_fast.SEANetDecoder, got {type(decoder).__name__}")
@@ -113,9 +113,18 @@ class _FrontEndDecoder(nn.Module):
             raise TypeError(f"dtype must be a floating-point torch.dtype or 'auto', got {dtype!r}")
         if not (recurrent_dtype is None or recurrent_dtype == "auto" or isinstance(recurrent_dtype, torch.dtype)):
             raise ValueError(f"recurrent_dtype must be None, a torch.dtype or 'auto', got {recurrent_dtype!r}")
-        dtype, recurrent_dtype = resolve_mode(dtype, recurrent_dtype, param.device, param.dtype)
+        if conv_format not in (*CONV_FORMATS, "auto"):
+            raise ValueError(f"conv_format must be None, 'int12' or 'auto', got {conv_format!r}")
+        dtype, recurrent_dtype, conv_format = resolve_mode(
+            dtype, recurrent_dtype, param.device, param.dtype, conv_format
+        )
+        if conv_format is not None and (dtype != torch.float32 or param.device.type != "cpu"):
+            raise ValueError(
+                f"conv_format={conv_format!r} needs a float32 decoder on the CPU, got {dtype} on {param.device.type}"
+            )
         warn_if_emulated(dtype, param.device, stacklevel=4)  # the line that built the decoder
         self.dtype = dtype
+        self.conv_format = conv_format
         self.decoder = copy.deepcopy(decoder).to(dtype=self.dtype).eval().requires_grad_(False)
         self.recurrent_dtype = _recurrent_dtype(recurrent_dtype, self.dtype)
         for module in self.decoder.modules():
@@ -124,7 +133,8 @@ class _FrontEndDecoder(nn.Module):
         self.channels_last = channels_last
         if channels_last:
             self.decoder.to_channels_last()
-        self.decoder.fuse()  # after the dtype and the layout: fused CPU modules and LSTM packs, held, not per call
+        # after the dtype and the layout: fused CPU modules and the weight packs, held, not per call
+        self.decoder.fuse(self.conv_format)
 
     def _attach(
         self,
@@ -264,7 +274,7 @@ class LatentDecoder(_FrontEndDecoder):
         dtype: the decoder's compute dtype (e.g. ``torch.bfloat16`` on GPUs); default: the decoder's.
             ``"auto"``: the fastest mode measured on this device and CPU class with a worst-case SNR of at
             least 40 dB (:data:`jasco_fast.modes.AUTO_MODES`), recurrent format included; the choice is
-            visible as :attr:`dtype` and :attr:`recurrent_dtype`. A reduced precision that this CPU only
+            visible as :attr:`dtype`, :attr:`recurrent_dtype` and :attr:`conv_format`. A reduced precision that this CPU only
             emulates warns once (:class:`jasco_fast.PerformanceWarning`).
         chunk_frames: latent frames per chunk for long inputs (default :data:`DEFAULT_CHUNK_FRAMES`);
             ``None``: every call takes one pass, whatever its length (memory grows with T). Decoders that
@@ -276,6 +286,10 @@ class LatentDecoder(_FrontEndDecoder):
             dtype; ``torch.int8``, 8-bit with a float32 scale per row; ``torch.bfloat16`` with float32
             ``dtype``; ``"auto"``: the automatic mode's format for ``dtype``. The LSTM's state and arithmetic
             stay float32 (see :func:`jasco_fast.ops.lstm_skip`).
+        conv_format: ``None``, the compute dtype's arithmetic; ``"int12"`` (float32 on the CPU): the residual
+            blocks and transposed convolutions multiply 12-bit weights (per output channel) by 12-bit inputs
+            (per time tile) into int32 sums (:func:`jasco_fast.ops.elu_resblock_int12`); ``"auto"``: the
+            automatic mode's format for ``dtype``.
     """
 
     def __init__(
@@ -291,9 +305,12 @@ class LatentDecoder(_FrontEndDecoder):
         chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
         background_build: bool | None = None,
         recurrent_dtype: torch.dtype | str | None = None,
+        conv_format: str | None = None,
     ):
         super().__init__()
-        self._setup(decoder, channels_last=channels_last, dtype=dtype, recurrent_dtype=recurrent_dtype)
+        self._setup(
+            decoder, channels_last=channels_last, dtype=dtype, recurrent_dtype=recurrent_dtype, conv_format=conv_format
+        )
         dim, device = decoder.config.dimension, next(decoder.parameters()).device
         self.register_buffer("mean", _statistic(mean, "mean", dim).to(device))
         self.register_buffer("std", _statistic(std, "std", dim).to(device))
@@ -354,6 +371,7 @@ class LatentDecoder(_FrontEndDecoder):
             "recurrent_dtype": None
             if self.recurrent_dtype is None
             else str(self.recurrent_dtype).replace("torch.", ""),
+            "conv_format": self.conv_format,
         }
 
     def aot_recipe(
@@ -420,7 +438,7 @@ class CodeDecoder(_FrontEndDecoder):
     Args:
         decoder: a :class:`SEANetDecoder`; quantizer: a :class:`Quantizer` whose D is the decoder's (both copied).
         backend: ``None`` (``"inductor"``: no artifact recipe covers codes yet), ``"eager"`` or ``"inductor"``.
-        mode, channels_last, dtype, chunk_frames, recurrent_dtype: as for :class:`LatentDecoder`.
+        mode, channels_last, dtype, chunk_frames, recurrent_dtype, conv_format: as for :class:`LatentDecoder`.
     :meth:`chunk_step` windows are codes frames-major, [B, W, K] (``codes.transpose(1, 2)``).
     """
 
@@ -437,6 +455,7 @@ class CodeDecoder(_FrontEndDecoder):
         dtype: torch.dtype | str | None = None,
         chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
         recurrent_dtype: torch.dtype | str | None = None,
+        conv_format: str | None = None,
     ):
         super().__init__()
         if not isinstance(quantizer, Quantizer):
@@ -446,7 +465,9 @@ class CodeDecoder(_FrontEndDecoder):
                 f"the quantizer's codebooks have D = {quantizer.dimension}, the decoder reads "
                 f"D = {decoder.config.dimension}"
             )
-        self._setup(decoder, channels_last=channels_last, dtype=dtype, recurrent_dtype=recurrent_dtype)
+        self._setup(
+            decoder, channels_last=channels_last, dtype=dtype, recurrent_dtype=recurrent_dtype, conv_format=conv_format
+        )
         # the op sums in float32 (float64 codebooks: float64) and casts once to `dtype`
         device = next(decoder.parameters()).device
         self.register_buffer("codebooks", quantizer.codebooks.detach().clone().to(device))
@@ -517,6 +538,7 @@ def _program_owner(
     channels_last: bool,
     statistics_shape: list,
     recurrent_dtype: str | None,
+    conv_format: str | None,
     chunk_frames: int | None = None,
 ) -> LatentDecoder:
     # random weights: an artifact takes the real ones at load
@@ -530,6 +552,7 @@ def _program_owner(
         dtype=getattr(torch, dtype),
         chunk_frames=chunk_frames,
         recurrent_dtype=None if recurrent_dtype is None else getattr(torch, recurrent_dtype),
+        conv_format=conv_format,
     )
 
 
@@ -546,13 +569,19 @@ def _recurrent_dtype(recurrent_dtype, dtype: torch.dtype) -> torch.dtype | None:
 
 
 def latent_decoder_program(
-    config: dict, dtype: str, channels_last: bool, statistics_shape: list, recurrent_dtype: str | None, single: bool
+    config: dict,
+    dtype: str,
+    channels_last: bool,
+    statistics_shape: list,
+    recurrent_dtype: str | None,
+    single: bool,
+    conv_format: str | None = None,
 ) -> artifacts.Program:
     """The recipe factory of LatentDecoder's one-pass artifact: ``_decode`` of a LatentDecoder of this
     architecture, dynamic in T, and in B unless ``single`` (B = 1)."""
     from torch.export import Dim
 
-    owner = _program_owner(config, dtype, channels_last, statistics_shape, recurrent_dtype)
+    owner = _program_owner(config, dtype, channels_last, statistics_shape, recurrent_dtype, conv_format)
     min_frames = aot_min_frames(owner.decoder)
     # build() moves it to the device; a dynamic batch needs an example of 2 or more (export specialises 1)
     example = torch.randn(1 if single else 2, max(min_frames + 1, 50), owner.decoder.dimension)
@@ -573,12 +602,13 @@ def latent_chunk_step_program(
     single: bool,
     chunk_frames: int,
     position: str,
+    conv_format: str | None = None,
 ) -> artifacts.Program:
     """The recipe factory of LatentDecoder's chunk-step artifacts: :meth:`LatentDecoder.chunk_step` at
     ``position``, dynamic in B unless ``single`` (B = 1), and in the window's length for ``last``."""
     from torch.export import Dim
 
-    owner = _program_owner(config, dtype, channels_last, statistics_shape, recurrent_dtype, chunk_frames)
+    owner = _program_owner(config, dtype, channels_last, statistics_shape, recurrent_dtype, conv_format, chunk_frames)
     plan = owner._plan(chunk_frames)
     step = owner.chunk_step(position, chunk_frames)
     batch = None if single else Dim("batch", min=1, max=AOT_MAX_BATCH)

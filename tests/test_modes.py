@@ -17,6 +17,7 @@ import torch
 
 from jasco_fast import CodeDecoder, DecoderConfig, LatentDecoder, PerformanceWarning, SEANetDecoder, modes
 from jasco_fast.cli import main
+from jasco_fast.decoder import CONV_FORMATS
 from jasco_fast.ops import recurrent_format_supported
 from jasco_fast.quantizer import Quantizer
 
@@ -59,6 +60,9 @@ def test_every_cpu_class_and_device_has_one_row():
     assert {("cuda", "sm80+"), ("cuda", "older"), ("other", None)} <= set(keys)
     for m in modes.AUTO_MODES:
         assert recurrent_format_supported(m.recurrent_dtype, m.dtype), m
+        assert m.conv_format in CONV_FORMATS and (
+            m.conv_format is None or (m.device, m.dtype) == ("cpu", torch.float32)
+        )
         assert m.evidence
 
 
@@ -83,7 +87,11 @@ def test_cpu_rows_meet_the_fidelity_floor_in_the_committed_results():
     for m in modes.AUTO_MODES:
         if m.device != "cpu" or (m.dtype == torch.float32 and m.recurrent_dtype is None):
             continue
-        kwargs = str({"dtype": m.dtype} | ({"recurrent_dtype": m.recurrent_dtype} if m.recurrent_dtype else {}))
+        kwargs = str(
+            {"dtype": m.dtype}
+            | ({"recurrent_dtype": m.recurrent_dtype} if m.recurrent_dtype else {})
+            | ({"conv_format": m.conv_format} if m.conv_format else {})
+        )
         measured = by_class.get(m.cpu_class) or {k: v for c in by_class.values() for k, v in c.items()}
         assert kwargs in measured, f"{m.name} ({m.cpu_class}): not measured by bench_fidelity.py"
         assert measured[kwargs] >= modes.MIN_SNR_DB, m
@@ -113,6 +121,7 @@ def test_auto_picks_the_row_of_the_cpu_class(monkeypatch, tiny_decoder, fresh_wa
         warnings.simplefilter("error", PerformanceWarning)  # the automatic mode never picks an emulated dtype
         fast = LatentDecoder(tiny_decoder, backend="eager", dtype="auto")
     assert fast.dtype == row.dtype and fast.recurrent_dtype == row.recurrent_dtype
+    assert fast.conv_format == row.conv_format
     latents = torch.randn(1, 30, 8)
     audio = fast(latents)
     exact = LatentDecoder(tiny_decoder, backend="eager")(latents)
@@ -136,7 +145,7 @@ def test_code_decoder_takes_auto(monkeypatch, tiny_decoder):
     monkeypatch.setattr(modes, "cpu_class", lambda: "avx2")
     quantizer = Quantizer(torch.randn(2, 16, 8))
     fast = CodeDecoder(tiny_decoder, quantizer, backend="eager", dtype="auto")
-    assert fast.dtype == torch.float32 and fast.recurrent_dtype == torch.int8
+    assert fast.dtype == torch.float32 and fast.recurrent_dtype == torch.int8 and fast.conv_format == "int12"
     assert fast(torch.randint(0, 16, (1, 2, 20))).shape == (1, 1, 80)
 
 

@@ -117,8 +117,8 @@ void padded_rows(const PadMap& map, const scalar_t* x, int64_t C, int64_t first,
 // fill(srcs, n, act) writes elu of the x rows srcs[0..n) (nullptr: zeros) as conv1's padded input (n rows of C
 // act_t values); conv1(act, rows, hidden, ahead, ahead_bytes) adds conv1's products to hidden (rows x H floats,
 // set to b1 first) and may prefetch [ahead, ahead + ahead_bytes), the next tile's input; residual(xs, rows, y)
-// sets row r of y to the x row xs[r] plus b2; conv2(hidden, rows, y) activates hidden and adds conv2's products
-// to y; store(src, dst, n) rounds n values into the output.
+// sets row r of y to the x row xs[r] plus b2; conv2(hidden, rows, valid, y) activates hidden (rows of which the first
+// `valid` are the tile's outputs) and adds conv2's products to y; store(src, dst, n) rounds n values into the output.
 template <typename act_t, typename scalar_t, typename Fill, typename Conv1, typename Residual, typename Conv2,
           typename Store>
 void resblock_walk(const ResblockArgs<scalar_t>& p, int64_t row_block, int64_t begin, int64_t end, Fill fill,
@@ -145,7 +145,7 @@ void resblock_walk(const ResblockArgs<scalar_t>& p, int64_t row_block, int64_t b
     // y = x + b2 + conv2(elu(hidden)), rows past the sequence end read x's last valid row (discarded)
     for (int64_t r = 0; r < rows; ++r) rows_of_x[r] = x + (t0 + std::min(r, valid - 1)) * C;
     residual(rows_of_x.data(), rows, y.data());
-    conv2(hidden.data(), rows, y.data());
+    conv2(hidden.data(), rows, valid, y.data());
     store(y.data(), p.out + (b * p.T + t0) * C, valid * C);
   }
 }
@@ -365,7 +365,9 @@ void resblock_tiles_bf16(const ResblockArgs<BFloat16>& p, const uint32_t* w1, co
         tile_conv_bf16(act, rows, p.C, p.k, p.dilation, w1, p.H, hidden, false, ahead, ahead_bytes);
       },
       [&](const BFloat16* const* xs, int64_t rows, float* y) { avx512::add_rows(xs, rows, p.b2, y, p.C); },
-      [&](const float* hidden, int64_t rows, float* y) { conv2_bf16(hidden, hidden_b.data(), rows, p, w2, y); },
+      [&](const float* hidden, int64_t rows, int64_t, float* y) {
+        conv2_bf16(hidden, hidden_b.data(), rows, p, w2, y);
+      },
       store_bf16);
 }
 
@@ -379,6 +381,275 @@ void conv_transpose_tiles_bf16(const ConvTransposeArgs<BFloat16>& p, const uint3
       store_bf16);
 }
 #endif
+
+// ---------------------------------------------------------------------------------------------------------------
+// 12-bit integer products: elu_resblock_int12 and elu_conv_transpose_int12. The weights are rounded per output
+// column (pack_int12) and each GEMM's input per tile (the tile's rows, all channels) to 12-bit signed integers
+// (levels -2047..2047, the scale taking the largest magnitude to 2047), then multiplied as int16 pairs into int32
+// sums: AVX2's vpmaddwd does 16 multiply-adds per instruction where the FMA does 8, and no CPU class emulates it.
+// A pair of products is at most 2 * 2047^2, so kFlushPairs pairs stay below 2^31: the sums are added to the float32
+// output, times both scales, at least that often (and once per block when a block has fewer), with a fused
+// multiply-add in every copy (AVX2, portable). A tile whose input holds a NaN or an infinity gets NaN outputs.
+constexpr float kInt12Max = 2047.0f;
+constexpr int64_t kFlushPairs = 256;  // 256 * 2 * 2047^2 < 2^31
+constexpr int kInt12Rows = 6;         // rows of a register block (the walks' row_block)
+
+// A convolution packed by pack_int12: panels of kInt12Panel output columns (zeros past N), each per tap j a
+// [K / 2, kInt12Panel] matrix of 32-bit lanes holding the int16 pair of inputs 2c (low half) and 2c + 1; one scale
+// per column. A panel is contiguous: a block's weights stream from cache without strides of N (with N = 4096, the
+// 1024-channel layer's, a column-major walk of [K / 2, N] rows hit one cache set and ran at half speed).
+constexpr int64_t kInt12Panel = 16;
+struct Int12Weights {
+  const uint32_t* w;   // [ceil(N / kInt12Panel)][taps][K2][kInt12Panel]
+  const float* scale;  // [N]
+  int64_t taps, K2, N;
+  const uint32_t* panel(int64_t n0) const { return w + n0 / kInt12Panel * taps * K2 * kInt12Panel; }
+};
+
+// Inputs 0..n of a tile as 12-bit integers: the scale (largest |x| / 2047; NaN when one is not finite) and
+// q = round-half-even(x * (1 / scale)) (all 0 when the scale is 0 or NaN: the flush's scale makes the outputs NaN).
+float int12_scale(float absmax, bool finite) { return finite ? absmax / kInt12Max : std::nanf(""); }
+
+void quantize_int12_portable(const float* x, int64_t n, int16_t* q, float& scale) {
+  float m = 0.0f;
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    finite = finite && std::isfinite(x[i]);
+    m = std::max(m, std::fabs(x[i]));
+  }
+  scale = int12_scale(m, finite);
+  if (!(scale > 0.0f)) {
+    std::fill(q, q + n, 0);
+    return;
+  }
+  const float inv = 1.0f / scale;
+  for (int64_t i = 0; i < n; ++i)
+    q[i] = static_cast<int16_t>(std::clamp(std::nearbyint(x[i] * inv), -kInt12Max, kInt12Max));
+}
+
+// out[r, n0 + v] += sums over taps and input pairs of the block's rows (kInt12Rows) and `width` columns, flushed
+// as described above; colscale: the tile's input scale times each column's.
+void block_gemm_int12_portable(const int16_t* a, int64_t lda, const Int12Weights& g, int64_t tap_step,
+                               const float* colscale, int64_t n0, int64_t width, float* out, int64_t ldo) {
+  constexpr int R = kInt12Rows;
+  int32_t acc[R][8] = {};
+  int64_t pending = 0;
+  auto flush = [&] {
+    for (int r = 0; r < R; ++r)
+      for (int64_t v = 0; v < width; ++v) {
+        float& o = out[r * ldo + n0 + v];
+        o = std::fma(static_cast<float>(acc[r][v]), colscale[n0 + v], o);
+        acc[r][v] = 0;
+      }
+  };
+  for (int64_t j = 0; j < g.taps; ++j) {
+    const int16_t* aj = a + j * tap_step * lda;
+    const uint32_t* wj = g.panel(n0) + j * g.K2 * kInt12Panel + n0 % kInt12Panel;
+    for (int64_t c0 = 0; c0 < g.K2;) {
+      const int64_t c1 = std::min(g.K2, c0 + kFlushPairs - pending);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int r = 0; r < R; ++r) {
+          const int32_t a0 = aj[r * lda + 2 * c], a1 = aj[r * lda + 2 * c + 1];
+          for (int64_t v = 0; v < width; ++v) {
+            const uint32_t pair = wj[c * kInt12Panel + v];
+            acc[r][v] += a0 * static_cast<int16_t>(pair & 0xFFFF) + a1 * static_cast<int16_t>(pair >> 16);
+          }
+        }
+      pending += c1 - c0;
+      c0 = c1;
+      if (pending == kFlushPairs) {
+        flush();
+        pending = 0;
+      }
+    }
+  }
+  if (pending > 0) flush();
+}
+
+// out (rows x N, row stride N) += the tile's convolution: row blocks outermost, or column blocks outermost
+// (columns_outer: a column block's weights stay in cache while every row reads them, for wide [K, N] weights).
+void tile_gemm_int12_portable(const int16_t* a, int64_t rows, int64_t lda, const Int12Weights& g, int64_t tap_step,
+                              const float* colscale, float* out, bool columns_outer) {
+  const int64_t blocks = (g.N + 7) / 8;  // blocks of 8 columns, two per panel
+  for (int64_t outer = 0; outer < (columns_outer ? blocks : rows / kInt12Rows); ++outer)
+    for (int64_t inner = 0; inner < (columns_outer ? rows / kInt12Rows : blocks); ++inner) {
+      const int64_t i = (columns_outer ? inner : outer) * kInt12Rows, n0 = (columns_outer ? outer : inner) * 8;
+      block_gemm_int12_portable(a + i * lda, lda, g, tap_step, colscale, n0, std::min<int64_t>(8, g.N - n0),
+                                out + i * g.N, g.N);
+    }
+}
+
+#ifdef JASCO_FAST_X86
+#define JF_INT12_AVX2 __attribute__((target("avx2,fma")))
+
+JF_INT12_AVX2 void quantize_int12_avx2(const float* x, int64_t n, int16_t* q, float& scale) {  // n a multiple of 16
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 a = _mm256_andnot_ps(sign, v);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, _mm256_set1_ps(INFINITY), _CMP_NLT_UQ));  // NaN or infinite
+    m = _mm256_max_ps(m, a);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, m);
+  float absmax = 0.0f;
+  for (float l : lanes) absmax = std::max(absmax, l);
+  scale = int12_scale(absmax, _mm256_movemask_ps(bad) == 0);
+  if (!(scale > 0.0f)) {
+    std::fill(q, q + n, 0);
+    return;
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / scale);
+  const __m256i lo = _mm256_set1_epi32(-2047), hi = _mm256_set1_epi32(2047);
+  for (int64_t i = 0; i < n; i += 16) {  // vcvtps2dq rounds half to even, as nearbyint does
+    const __m256i a =
+        _mm256_max_epi32(lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv))));
+    const __m256i b =
+        _mm256_max_epi32(lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv))));
+    // packs works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8));
+  }
+}
+
+// block_gemm_int12_portable for NV vectors of 8 columns: per input pair, NV weight loads, one broadcast per row and
+// a vpmaddwd + vpaddd per accumulator (12 of the 16 ymm registers at NV = 2).
+template <int NV>
+JF_INT12_AVX2 void block_gemm_int12_avx2(const int16_t* a, int64_t lda, const Int12Weights& g, int64_t tap_step,
+                                         const float* colscale, int64_t n0, float* out, int64_t ldo) {
+  constexpr int R = kInt12Rows;
+  __m256i acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_si256();
+  int64_t pending = 0;
+  for (int64_t j = 0; j < g.taps; ++j) {
+    const int16_t* aj = a + j * tap_step * lda;
+    const uint32_t* wj = g.panel(n0) + j * g.K2 * kInt12Panel + n0 % kInt12Panel;
+    for (int64_t c0 = 0; c0 < g.K2;) {
+      const int64_t c1 = std::min(g.K2, c0 + kFlushPairs - pending);
+      for (int64_t c = c0; c < c1; ++c) {
+        __m256i wv[NV];
+        for (int v = 0; v < NV; ++v)
+          wv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wj + c * kInt12Panel + 8 * v));
+        for (int r = 0; r < R; ++r) {
+          int32_t pair;
+          std::memcpy(&pair, aj + r * lda + 2 * c, 4);
+          const __m256i av = _mm256_set1_epi32(pair);
+          for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(av, wv[v]));
+        }
+      }
+      pending += c1 - c0;
+      c0 = c1;
+      if (pending == kFlushPairs || (c0 == g.K2 && j == g.taps - 1)) {
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < NV; ++v) {
+            float* o = out + r * ldo + n0 + 8 * v;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][v]), _mm256_loadu_ps(colscale + n0 + 8 * v),
+                                                _mm256_loadu_ps(o)));
+            acc[r][v] = _mm256_setzero_si256();
+          }
+        pending = 0;
+      }
+    }
+  }
+}
+
+JF_INT12_AVX2 void tile_gemm_int12_avx2(const int16_t* a, int64_t rows, int64_t lda, const Int12Weights& g,
+                                        int64_t tap_step, const float* colscale, float* out,
+                                        bool columns_outer) {  // N a multiple of 8
+  auto block = [&](int64_t i, int64_t n0) {
+    if (g.N - n0 >= 16) {
+      block_gemm_int12_avx2<2>(a + i * lda, lda, g, tap_step, colscale, n0, out + i * g.N, g.N);
+    } else {
+      block_gemm_int12_avx2<1>(a + i * lda, lda, g, tap_step, colscale, n0, out + i * g.N, g.N);
+    }
+  };
+  if (columns_outer) {
+    for (int64_t n0 = 0; n0 < g.N; n0 += 16)
+      for (int64_t i = 0; i < rows; i += kInt12Rows) block(i, n0);
+  } else {
+    for (int64_t i = 0; i < rows; i += kInt12Rows)
+      for (int64_t n0 = 0; n0 < g.N; n0 += 16) block(i, n0);
+  }
+}
+#endif
+
+// The loops one copy of the int12 ops runs (the AVX2 one needs every channel count a multiple of 8).
+struct Int12Copy {
+  void (*elu_rows)(const float* const*, int64_t, float*, int64_t, float);
+  void (*elu_row)(const float*, float*, int64_t, float);
+  void (*add_rows)(const float* const*, int64_t, const float*, float*, int64_t);
+  void (*quantize)(const float*, int64_t, int16_t*, float&);
+  void (*gemm)(const int16_t*, int64_t, int64_t, const Int12Weights&, int64_t, const float*, float*, bool);
+};
+
+Int12Copy int12_copy(std::initializer_list<int64_t> channels) {
+#ifdef JASCO_FAST_X86
+  if (tail_isa() >= CpuIsa::avx2 &&
+      std::all_of(channels.begin(), channels.end(), [](int64_t c) { return c % 16 == 0; }))
+    return {&avx2::elu_rows<float>, &avx2::elu_row<float>, &avx2::add_rows<float>, &quantize_int12_avx2,
+            &tile_gemm_int12_avx2};
+#endif
+  return {&portable::elu_rows<float>, &portable::elu_row<float>, &portable::add_rows<float>, &quantize_int12_portable,
+          &tile_gemm_int12_portable};
+}
+
+// colscale[n] = the tile's input scale times column n's
+void column_scales(float input_scale, const Int12Weights& g, float* colscale) {
+  for (int64_t n = 0; n < g.N; ++n) colscale[n] = input_scale * g.scale[n];
+}
+
+void copy_floats(const float* src, float* dst, int64_t n) { std::copy(src, src + n, dst); }
+
+// resblock_walk with int12 GEMMs: conv1's input scaled over the tile's padded rows, conv2's over its valid rows.
+void resblock_tiles_int12(const ResblockArgs<float>& p, const Int12Weights& g1, const Int12Weights& g2,
+                          const Int12Copy& copy, int64_t begin, int64_t end) {
+  const int64_t span = (p.k - 1) * p.dilation;
+  std::vector<float> act((p.tile + span) * p.C), colscale1(p.H), colscale2(p.C);
+  std::vector<int16_t> hidden_q(p.tile * p.H);
+  resblock_walk<int16_t>(
+      p, kInt12Rows, begin, end,
+      [&](const float* const* srcs, int64_t n, int16_t* q) {
+        copy.elu_rows(srcs, n, act.data(), p.C, p.alpha);
+        float scale;
+        copy.quantize(act.data(), n * p.C, q, scale);
+        column_scales(scale, g1, colscale1.data());
+      },
+      [&](const int16_t* q, int64_t rows, float* hidden, const char*, int64_t) {
+        copy.gemm(q, rows, p.C, g1, p.dilation, colscale1.data(), hidden, false);
+      },
+      [&](const float* const* xs, int64_t rows, float* y) { copy.add_rows(xs, rows, p.b2, y, p.C); },
+      [&](float* hidden, int64_t rows, int64_t valid, float* y) {
+        copy.elu_row(hidden, hidden, rows * p.H, p.alpha);
+        float scale;
+        copy.quantize(hidden, valid * p.H, hidden_q.data(), scale);
+        // rows past `valid` (discarded outputs) take the valid rows' scale
+        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        for (int64_t i = valid * p.H; i < rows * p.H; ++i)
+          hidden_q[i] = static_cast<int16_t>(std::isfinite(hidden[i] * inv)
+                                                 ? std::clamp(std::nearbyint(hidden[i] * inv), -kInt12Max, kInt12Max)
+                                                 : 0.0f);
+        column_scales(scale, g2, colscale2.data());
+        copy.gemm(hidden_q.data(), rows, p.H, g2, 1, colscale2.data(), y, false);
+      },
+      copy_floats);
+}
+
+// conv_transpose_walk with int12 GEMMs, the input scaled over the tile's rows.
+void conv_transpose_tiles_int12(const ConvTransposeArgs<float>& p, const Int12Weights& g, const Int12Copy& copy,
+                                int64_t begin, int64_t end) {
+  std::vector<float> act((p.tile + p.taps - 1) * p.C), colscale(p.N);
+  conv_transpose_walk<int16_t>(
+      p, kInt12Rows, begin, end,
+      [&](const float* const* srcs, int64_t n, int16_t* q) {
+        copy.elu_rows(srcs, n, act.data(), p.C, p.alpha);
+        float scale;
+        copy.quantize(act.data(), n * p.C, q, scale);
+        column_scales(scale, g, colscale.data());
+      },
+      [&](const int16_t* q, int64_t rows, float* y) { copy.gemm(q, rows, p.C, g, 1, colscale.data(), y, true); },
+      copy_floats);
+}
 
 // Calls f with a null pointer of x's activation type (float or BFloat16).
 template <typename F>
@@ -694,12 +965,190 @@ Tensor elu_conv_transpose(const Tensor& x_in, const Tensor& weight, const Tensor
   return out;
 }
 
+// weight [O, I, 1, k] (a convolution; transposed_stride 0) or [I, Cout, 1, k] (a transposed convolution with that
+// stride, packed as its row convolution: O = stride * Cout, k = ceil(k / stride) taps) -> (int32
+// [ceil(O / 16), k, I / 2, 16]: the 12-bit weights as int16 pairs in panels, Int12Weights; float32 [O]: each output
+// column's scale, its largest |weight| / 2047).
+std::tuple<Tensor, Tensor> pack_int12(const Tensor& weight, int64_t transposed_stride) {
+  const char* op = "pack_int12";
+  JF_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 1, op, ": weight must be [out, in, 1, k] (or [in, out, 1, k]",
+                 " with transposed_stride), got shape ", shape(weight));
+  JF_CHECK_TYPE(weight.scalar_type() == kFloat || weight.scalar_type() == kBFloat16, op,
+                ": weight must be float32 or bfloat16, got ", dtype_name(weight.scalar_type()));
+  JF_CHECK_VALUE(transposed_stride >= 0, op, ": transposed_stride must be >= 0, got ", transposed_stride);
+  const int64_t in = transposed_stride > 0 ? weight.size(0) : weight.size(1);
+  JF_CHECK_VALUE(in % 2 == 0 && in > 0, op, ": the input channels must be a positive even number, got ", in);
+  JF_CHECK_VALUE(weight.size(0) > 0 && weight.size(1) > 0 && weight.size(3) > 0, op, ": weight has no elements, shape ",
+                 shape(weight));
+  const Tensor conv =
+      transposed_stride > 0
+          ? as_row_convolution(weight, transposed_stride, (weight.size(3) + transposed_stride - 1) / transposed_stride)
+          : weight;
+  const Tensor wf = pack_taps(conv);  // [taps, K, N]
+  const int64_t taps = wf.size(0), K = wf.size(1), N = wf.size(2), K2 = K / 2;
+  const int64_t panels = (N + kInt12Panel - 1) / kInt12Panel;
+  Tensor pairs = torch::stable::empty({panels, taps, K2, kInt12Panel}, kInt, std::nullopt, weight.device(),
+                                      std::nullopt, MemoryFormat::Contiguous);
+  Tensor scale =
+      torch::stable::empty({N}, kFloat, std::nullopt, weight.device(), std::nullopt, MemoryFormat::Contiguous);
+  const float* w = wf.const_data_ptr<float>();
+  float* s = scale.mutable_data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) s[n] = 0.0f;
+  bool finite = true;
+  for (int64_t row = 0; row < taps * K; ++row)
+    for (int64_t n = 0; n < N; ++n) {
+      const float a = std::fabs(w[row * N + n]);
+      finite = finite && std::isfinite(a);  // (std::max would drop a NaN)
+      s[n] = std::max(s[n], a);
+    }
+  JF_CHECK_VALUE(finite, op, ": weight holds a NaN or an infinity");
+  for (int64_t n = 0; n < N; ++n) s[n] /= kInt12Max;
+  uint32_t* d = reinterpret_cast<uint32_t*>(pairs.mutable_data_ptr<int32_t>());
+  auto q = [&](float x, int64_t n) -> uint32_t {
+    const float v = s[n] > 0.0f ? std::clamp(std::nearbyint(x * (1.0f / s[n])), -kInt12Max, kInt12Max) : 0.0f;
+    return static_cast<uint16_t>(static_cast<int16_t>(v));
+  };
+  torch::stable::parallel_for(0, panels * taps * K2, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {  // job: (panel, tap, pair)
+      const int64_t n0 = job / (taps * K2) * kInt12Panel, row = job % (taps * K2), j = row / K2, c = row % K2;
+      const float* lo = w + (j * K + 2 * c) * N;
+      for (int64_t v = 0; v < kInt12Panel; ++v) {
+        const int64_t n = n0 + v;
+        d[job * kInt12Panel + v] = n < N ? q(lo[n], n) | (q(lo[N + n], n) << 16) : 0;
+      }
+    }
+  });
+  return {pairs, scale};
+}
+
+// An Int12Weights view of (pairs, scale) from pack_int12, checked against what the op expects.
+Int12Weights int12_weights(const char* op, const char* name, const Tensor& pairs, const Tensor& scale, int64_t in,
+                           int64_t out, const Tensor& x) {
+  const int64_t panels = (out + kInt12Panel - 1) / kInt12Panel;
+  JF_CHECK_VALUE(pairs.dim() == 4 && pairs.size(0) == panels && pairs.size(1) >= 1 && pairs.size(2) * 2 == in &&
+                     pairs.size(3) == kInt12Panel,
+                 op, ": ", name, " must be pack_int12's [", panels, ", taps, ", in / 2, ", ", kInt12Panel,
+                 "] pairs, got shape ", shape(pairs));
+  JF_CHECK_TYPE(pairs.scalar_type() == kInt && scale.scalar_type() == kFloat, op, ": ", name,
+                " must be int32 pairs and float32 scales, got ", dtype_name(pairs.scalar_type()), " and ",
+                dtype_name(scale.scalar_type()));
+  JF_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == out, op, ": the scales of ", name, " must be [", out,
+                 "], got shape ", shape(scale));
+  JF_CHECK_VALUE(same_device(pairs, x) && same_device(scale, x), op, ": ", name, " must be on x's device");
+  JF_CHECK_VALUE(pairs.is_contiguous() && scale.is_contiguous(), op, ": ", name, " must be contiguous");
+  return {reinterpret_cast<const uint32_t*>(pairs.const_data_ptr<int32_t>()), scale.const_data_ptr<float>(),
+          pairs.size(1), pairs.size(2), out};
+}
+
+void check_float_vector(const char* op, const char* name, const Tensor& b, int64_t n, const Tensor& x) {
+  JF_CHECK_VALUE(b.dim() == 1 && b.size(0) == n, op, ": ", name, " must be [", n, "], got shape ", shape(b));
+  JF_CHECK_TYPE(b.scalar_type() == kFloat, op, ": ", name, " must be float32, got ", dtype_name(b.scalar_type()));
+  JF_CHECK_VALUE(same_device(b, x), op, ": ", name, " must be on x's device");
+}
+
+Tensor elu_resblock_int12(const Tensor& x_in, const Tensor& w1, const Tensor& s1, const Tensor& b1, const Tensor& w2,
+                          const Tensor& s2, const Tensor& b2, int64_t dilation, int64_t pad_left, int64_t pad_right,
+                          const std::string& pad_mode, double alpha) {
+  const char* op = "elu_resblock_int12";
+  JF_CHECK_VALUE(x_in.dim() == 4 && x_in.size(2) == 1, op, ": x must be [B, C, 1, T], got shape ", shape(x_in));
+  JF_CHECK_TYPE(x_in.scalar_type() == kFloat, op, ": x must be float32, got ", dtype_name(x_in.scalar_type()));
+  JF_CHECK_VALUE(x_in.size(3) >= 1, op, ": x needs at least one time step");
+  const int64_t C = x_in.size(1);
+  JF_CHECK_VALUE(b1.dim() == 1, op, ": b1 must be [H], got shape ", shape(b1));
+  const int64_t H = b1.size(0);
+  const Int12Weights g1 = int12_weights(op, "w1", w1, s1, C, H, x_in);
+  const int64_t k = g1.taps;
+  const Int12Weights g2 = int12_weights(op, "w2", w2, s2, H, C, x_in);
+  JF_CHECK_VALUE(g2.taps == 1, op, ": w2 must be a 1x1 convolution's pairs, got ", g2.taps, " taps");
+  check_float_vector(op, "b1", b1, H, x_in);
+  check_float_vector(op, "b2", b2, C, x_in);
+  check_padding(op, k, dilation, pad_left, pad_right);
+  const PadMode mode = parse_pad_mode(pad_mode);
+
+  const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), T = x.size(3);
+  Tensor out = empty_channels_last({B, C, 1, T}, x);
+  const Tensor b1f = torch::stable::contiguous(b1), b2f = torch::stable::contiguous(b2);
+  const int64_t tile = tile_rows(std::max(C, H));
+  const ResblockArgs<float> args{x.const_data_ptr<float>(),
+                                 out.mutable_data_ptr<float>(),
+                                 B,
+                                 T,
+                                 C,
+                                 H,
+                                 k,
+                                 dilation,
+                                 pad_left,
+                                 tile,
+                                 make_pad_map(op, mode, T, pad_left, pad_right),
+                                 nullptr,
+                                 b1f.const_data_ptr<float>(),
+                                 nullptr,
+                                 b2f.const_data_ptr<float>(),
+                                 static_cast<float>(alpha)};
+  const Int12Copy copy = int12_copy({C, H});
+  torch::stable::parallel_for(0, B * ((T + tile - 1) / tile), 1, [&](int64_t begin, int64_t end) {
+    resblock_tiles_int12(args, g1, g2, copy, begin, end);
+  });
+  return out;
+}
+
+Tensor elu_conv_transpose_int12(const Tensor& x_in, const Tensor& w, const Tensor& s, const Tensor& bias,
+                                int64_t stride, int64_t kernel_size, int64_t trim_left, int64_t trim_right,
+                                double alpha) {
+  const char* op = "elu_conv_transpose_int12";
+  JF_CHECK_VALUE(x_in.dim() == 4 && x_in.size(2) == 1, op, ": x must be [B, C, 1, T], got shape ", shape(x_in));
+  JF_CHECK_TYPE(x_in.scalar_type() == kFloat, op, ": x must be float32, got ", dtype_name(x_in.scalar_type()));
+  JF_CHECK_VALUE(x_in.size(3) >= 1, op, ": x needs at least one time step");
+  JF_CHECK_VALUE(stride >= 1 && kernel_size >= 1, op, ": stride and kernel_size must be >= 1, got ", stride, " and ",
+                 kernel_size);
+  JF_CHECK_VALUE(bias.dim() == 1 && bias.size(0) >= 1, op, ": bias must be [Cout], got shape ", shape(bias));
+  const int64_t C = x_in.size(1), Cout = bias.size(0), N = stride * Cout, taps = (kernel_size + stride - 1) / stride;
+  const Int12Weights g = int12_weights(op, "w", w, s, C, N, x_in);
+  JF_CHECK_VALUE(g.taps == taps, op, ": w has ", g.taps, " taps, a kernel of ", kernel_size, " at stride ", stride,
+                 " has ", taps);
+  check_float_vector(op, "bias", bias, Cout, x_in);
+  const int64_t T = x_in.size(3), full = (T - 1) * stride + kernel_size;
+  JF_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
+                 ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
+                 " output samples, got ", trim_left, " and ", trim_right);
+
+  const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), L = full - trim_left - trim_right;
+  Tensor out = empty_channels_last({B, Cout, 1, L}, x);
+  auto repeated = call_op("aten::repeat", "", torch::stable::contiguous(bias), std::vector<int64_t>{stride});
+  const Tensor bias_row = result(repeated);
+  // rows per tile: the tile's 16-bit input within ~128 KB, read once per column block (whose weights stream from
+  // L2 or memory once per tile)
+  const int64_t tile = std::clamp<int64_t>(65536 / C, 12, 512) / 12 * 12;
+  const ConvTransposeArgs<float> args{x.const_data_ptr<float>(),
+                                      out.mutable_data_ptr<float>(),
+                                      T,
+                                      C,
+                                      N,
+                                      taps,
+                                      tile,
+                                      trim_left * Cout,
+                                      L * Cout,
+                                      nullptr,
+                                      bias_row.const_data_ptr<float>(),
+                                      static_cast<float>(alpha)};
+  const Int12Copy copy = int12_copy({C, N});
+  torch::stable::parallel_for(0, B * ((T + taps - 1 + tile - 1) / tile), 1, [&](int64_t begin, int64_t end) {
+    conv_transpose_tiles_int12(args, g, copy, begin, end);
+  });
+  return out;
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(jasco_fast, CPU, m) {
   m.impl("elu_resblock", TORCH_BOX(&elu_resblock));
   m.impl("elu_conv", TORCH_BOX(&elu_conv));
   m.impl("elu_conv_transpose", TORCH_BOX(&elu_conv_transpose));
+  m.impl("pack_int12", TORCH_BOX(&pack_int12));
+  m.impl("elu_resblock_int12", TORCH_BOX(&elu_resblock_int12));
+  m.impl("elu_conv_transpose_int12", TORCH_BOX(&elu_conv_transpose_int12));
 }
 
 }  // namespace jasco_fast

@@ -285,7 +285,7 @@ void resblock_tiles(const ResblockArgs<scalar_t>& p, int64_t begin, int64_t end)
         tile_conv(act, rows, p.C, p.k, p.dilation, p.w1, p.H, hidden, ahead, ahead_bytes);
       },
       [&](const scalar_t* const* xs, int64_t rows, float* y) { add_rows(xs, rows, p.b2, y, p.C); },
-      [&](float* hidden, int64_t rows, float* y) { elu_then_conv2(hidden, rows, p, y); }, store_row<scalar_t>);
+      [&](float* hidden, int64_t rows, int64_t, float* y) { elu_then_conv2(hidden, rows, p, y); }, store_row<scalar_t>);
 }
 
 constexpr int kDotRows = 8;  // output rows per block of the final convolution's dot products

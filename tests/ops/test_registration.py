@@ -22,6 +22,9 @@ OPCHECKED_IN = {
     "elu_resblock": "test_elu_resblock.py",
     "elu_conv": "test_elu_conv.py",
     "elu_conv_transpose": "test_elu_conv_transpose.py",
+    "pack_int12": "test_int12.py",
+    "elu_resblock_int12": "test_int12.py",
+    "elu_conv_transpose_int12": "test_int12.py",
 }
 # Ops that take and return no tensor (opcheck compares tensors only): each checked by value instead.
 QUERY_OPS = {
@@ -117,6 +120,40 @@ def _conv_transpose_args(**changes):
     return tuple(args.values())
 
 
+def _packed(shape, stride=0):
+    return ops.pack_int12(torch.randn(shape), stride)
+
+
+def _resblock_int12_args(**changes):
+    w1, s1 = _packed((2, 4, 1, 3))
+    w2, s2 = _packed((4, 2, 1, 1))
+    args = dict(
+        x=_tail_x(),
+        w1=w1,
+        s1=s1,
+        b1=torch.randn(2),
+        w2=w2,
+        s2=s2,
+        b2=torch.randn(4),
+        dilation=1,
+        pad_left=1,
+        pad_right=1,
+        pad_mode="reflect",
+        alpha=1.0,
+    )
+    args.update(changes)
+    return tuple(args.values())
+
+
+def _conv_transpose_int12_args(**changes):
+    w, s = _packed((4, 2, 1, 5), 2)  # N = 4 columns, 3 taps
+    args = dict(
+        x=_tail_x(), w=w, s=s, bias=torch.randn(2), stride=2, kernel_size=5, trim_left=1, trim_right=1, alpha=1.0
+    )
+    args.update(changes)
+    return tuple(args.values())
+
+
 _CODES, _BOOKS = torch.zeros(1, 2, 3, dtype=torch.int64), torch.randn(4, 8, 5)
 _LATENTS, _STAT = torch.randn(1, 4, 5), torch.tensor(0.5)
 
@@ -180,6 +217,67 @@ RULE_CASES = [
     ("elu_conv_transpose", _conv_transpose_args(stride=0), -1, ValueError, r"\bstride\b"),
     ("elu_conv_transpose", _conv_transpose_args(trim_left=-1), -1, ValueError, r"\btrim_left\b"),
     ("elu_conv_transpose", _conv_transpose_args(trim_left=7, trim_right=7), -1, ValueError, r"\btrim_left\b"),
+    ("pack_int12", (torch.randn(4, 4, 3), 0), 2, ValueError, r"\bweight\b"),
+    ("pack_int12", (torch.randn(4, 4, 1, 3).double(), 0), 2, TypeError, r"\bweight\b"),
+    ("pack_int12", (torch.randn(4, 4, 1, 3), -1), 2, ValueError, r"\btransposed_stride\b"),
+    ("pack_int12", (torch.randn(4, 3, 1, 3), 0), 2, ValueError, r"positive even number, got 3"),
+    ("pack_int12", (torch.randn(3, 4, 1, 3), 2), 2, ValueError, r"positive even number, got 3"),
+    ("pack_int12", (torch.randn(0, 4, 1, 3), 0), 2, ValueError, r"no elements"),
+    ("elu_resblock_int12", _resblock_int12_args(x=torch.randn(1, 4, 6)), -1, ValueError, r"\bx\b"),
+    ("elu_resblock_int12", _resblock_int12_args(x=_tail_x().bfloat16()), -1, TypeError, r"\bx must be float32"),
+    ("elu_resblock_int12", _resblock_int12_args(x=_tail_x(T=0)), -1, ValueError, r"\bx\b"),
+    ("elu_resblock_int12", _resblock_int12_args(b1=torch.randn(2, 1)), -1, ValueError, r"\bb1\b"),
+    ("elu_resblock_int12", _resblock_int12_args(x=_tail_x(C=6)), -1, ValueError, r"\bw1 must be pack_int12's"),
+    ("elu_resblock_int12", _resblock_int12_args(w1=_packed((2, 4, 1, 3))[0].float()), -1, TypeError, r"\bw1\b"),
+    ("elu_resblock_int12", _resblock_int12_args(s1=torch.randn(3)), -1, ValueError, r"scales of w1"),
+    (
+        "elu_resblock_int12",
+        _resblock_int12_args(w2=_packed((4, 6, 1, 1))[0]),
+        -1,
+        ValueError,
+        r"\bw2 must be pack_int12's",
+    ),
+    ("elu_resblock_int12", _resblock_int12_args(w2=_packed((4, 2, 1, 3))[0]), -1, ValueError, r"\bw2\b.*1x1"),
+    ("elu_resblock_int12", _resblock_int12_args(b1=torch.randn(2).double()), -1, TypeError, r"\bb1\b"),
+    ("elu_resblock_int12", _resblock_int12_args(b2=torch.randn(5)), -1, ValueError, r"\bb2\b"),
+    (
+        "elu_resblock_int12",
+        _resblock_int12_args(w1=_packed((2, 4, 1, 3))[0].transpose(2, 3)),
+        -1,
+        ValueError,
+        r"\bw1\b",
+    ),
+    ("elu_resblock_int12", _resblock_int12_args(dilation=0), -1, ValueError, r"\bdilation\b"),
+    ("elu_resblock_int12", _resblock_int12_args(pad_right=0), -1, ValueError, r"\bpad_left \+ pad_right\b"),
+    ("elu_resblock_int12", _resblock_int12_args(pad_mode="mirror"), -1, ValueError, r"\bpad_mode\b"),
+    (
+        "elu_resblock_int12",
+        _resblock_int12_args(x=_tail_x(T=1), dilation=2, pad_left=2, pad_right=2, pad_mode="circular"),
+        -1,
+        ValueError,
+        r"circular padding",
+    ),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(x=_tail_x().double()), -1, TypeError, r"\bx\b"),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(stride=0), -1, ValueError, r"\bstride\b"),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(bias=torch.randn(1, 2)), -1, ValueError, r"\bbias\b"),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(x=_tail_x(C=6)), -1, ValueError, r"\bw must be"),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(bias=torch.randn(3)), -1, ValueError, r"scales of w\b"),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(s=torch.randn(4).double()), -1, TypeError, r"\bw\b"),
+    ("elu_conv_transpose_int12", _conv_transpose_int12_args(kernel_size=7), -1, ValueError, r"\bw has 3 taps"),
+    (
+        "elu_conv_transpose_int12",
+        _conv_transpose_int12_args(bias=torch.randn(2).bfloat16()),
+        -1,
+        TypeError,
+        r"\bbias\b",
+    ),
+    (
+        "elu_conv_transpose_int12",
+        _conv_transpose_int12_args(trim_left=9, trim_right=9),
+        -1,
+        ValueError,
+        r"\btrim_left\b",
+    ),
 ]
 
 
@@ -203,7 +301,16 @@ def test_the_schemas_are_defined_once_with_their_layout_tags():
 
     registered = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("jasco_fast::")}
     assert registered == set(extension.SCHEMAS)
-    fixed = {"denorm_transpose", "codes_to_latents", "lstm_skip", "elu_resblock", "elu_conv", "elu_conv_transpose"}
+    fixed = {
+        "denorm_transpose",
+        "codes_to_latents",
+        "lstm_skip",
+        "elu_resblock",
+        "elu_conv",
+        "elu_conv_transpose",
+        "elu_resblock_int12",
+        "elu_conv_transpose_int12",
+    }
     for name in extension.SCHEMAS:
         tags = set(getattr(torch.ops.jasco_fast, name).default.tags)
         assert tags == ({torch.Tag.needs_fixed_stride_order} if name in fixed else set()), name
