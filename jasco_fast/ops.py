@@ -882,7 +882,13 @@ def check_elu_conv_transpose(x, weight, bias, stride, trim_left, trim_right) -> 
         weight.device == x.device and bias.device == x.device, lambda: f"{op}: weight and bias must be on x's device"
     )
     _check_value(stride >= 1, lambda: f"{op}: stride must be >= 1, got {stride}")
-    full = (x.shape[3] - 1) * stride + k
+    return _trimmed_length(op, x.shape[3], stride, k, trim_left, trim_right)
+
+
+def _trimmed_length(op: str, T, stride, k, trim_left, trim_right):
+    """The output length of a transposed convolution of T inputs with trim_left / trim_right samples dropped,
+    checked to leave at least one (csrc/cpu/elu_conv.cpp: trimmed_length)."""
+    full = (T - 1) * stride + k
     _check_value(
         trim_left >= 0 and trim_right >= 0 and trim_left + trim_right < full,
         lambda: (
@@ -1161,15 +1167,7 @@ def check_elu_conv_transpose_int12(x, w, s, bias, stride, kernel_size, trim_left
         lambda: f"{op}: w has {packed_taps} taps, a kernel of {kernel_size} at stride {stride} has {taps}",
     )
     _check_float_vector(op, "bias", bias, Cout, x)
-    full = (x.shape[3] - 1) * stride + kernel_size
-    _check_value(
-        trim_left >= 0 and trim_right >= 0 and trim_left + trim_right < full,
-        lambda: (
-            f"{op}: trim_left and trim_right must be >= 0 and leave at least one of the {full} "
-            f"output samples, got {trim_left} and {trim_right}"
-        ),
-    )
-    return full - trim_left - trim_right
+    return _trimmed_length(op, x.shape[3], stride, kernel_size, trim_left, trim_right)
 
 
 @torch.library.register_fake("jasco_fast::pack_int12")
@@ -1261,10 +1259,8 @@ def pack_int12_fallback(weight, transposed_stride=0):
     w = _int12_row_convolution(weight, transposed_stride)  # [N, I, taps]
     if not bool(w.isfinite().all()):
         raise ValueError("pack_int12: weight holds a NaN or an infinity")
-    scale = w.abs().amax(dim=(1, 2)) / _INT12_MAX
-    inverse = torch.div(torch.ones_like(scale), scale).view(N, 1, 1)
-    levels = (w * inverse).round_().clamp_(-_INT12_MAX, _INT12_MAX)
-    levels = torch.where(scale.view(N, 1, 1) > 0, levels, torch.zeros_like(levels)).long()
+    levels, scale = _int12_rounded(w, (1, 2))  # one scale per output column
+    levels, scale = levels.long(), scale.view(N)
     panels = -(-N // _INT12_PANEL)
     levels = torch.nn.functional.pad(levels, (0, 0, 0, 0, 0, panels * _INT12_PANEL - N))
     halves = (levels & 0xFFFF).view(panels, _INT12_PANEL, inputs // 2, 2, taps)

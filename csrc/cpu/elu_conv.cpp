@@ -410,6 +410,12 @@ struct Int12Weights {
 // q = round-half-even(x * (1 / scale)) (all 0 when the scale is 0 or NaN: the flush's scale makes the outputs NaN).
 float int12_scale(float absmax, bool finite) { return finite ? absmax / kInt12Max : std::nanf(""); }
 
+// The 12-bit level of y = value / scale: rounded half to even (as vcvtps2dq rounds), clamped to +-2047; 0 for a NaN
+// or an infinity.
+inline int16_t int12_level(float y) {
+  return static_cast<int16_t>(std::isfinite(y) ? std::clamp(std::nearbyint(y), -kInt12Max, kInt12Max) : 0.0f);
+}
+
 void quantize_int12_portable(const float* x, int64_t n, int16_t* q, float& scale) {
   float m = 0.0f;
   bool finite = true;
@@ -423,8 +429,7 @@ void quantize_int12_portable(const float* x, int64_t n, int16_t* q, float& scale
     return;
   }
   const float inv = 1.0f / scale;
-  for (int64_t i = 0; i < n; ++i)
-    q[i] = static_cast<int16_t>(std::clamp(std::nearbyint(x[i] * inv), -kInt12Max, kInt12Max));
+  for (int64_t i = 0; i < n; ++i) q[i] = int12_level(x[i] * inv);
 }
 
 // out[r, n0 + v] += sums over taps and input pairs of the block's rows (kInt12Rows) and `width` columns, flushed
@@ -625,10 +630,7 @@ void resblock_tiles_int12(const ResblockArgs<float>& p, const Int12Weights& g1, 
         copy.quantize(hidden, valid * p.H, hidden_q.data(), scale);
         // rows past `valid` (discarded outputs) take the valid rows' scale
         const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-        for (int64_t i = valid * p.H; i < rows * p.H; ++i)
-          hidden_q[i] = static_cast<int16_t>(std::isfinite(hidden[i] * inv)
-                                                 ? std::clamp(std::nearbyint(hidden[i] * inv), -kInt12Max, kInt12Max)
-                                                 : 0.0f);
+        for (int64_t i = valid * p.H; i < rows * p.H; ++i) hidden_q[i] = int12_level(hidden[i] * inv);
         column_scales(scale, g2, colscale2.data());
         copy.gemm(hidden_q.data(), rows, p.H, g2, 1, colscale2.data(), y, false);
       },
@@ -735,6 +737,16 @@ void check_padding(const char* op, int64_t k, int64_t dilation, int64_t pad_left
   JF_CHECK_VALUE(pad_left >= 0 && pad_right >= 0 && pad_left + pad_right == (k - 1) * dilation, op,
                  ": pad_left + pad_right must equal (k - 1) * dilation = ", (k - 1) * dilation, " (the output keeps",
                  " the input's length), got ", pad_left, " + ", pad_right);
+}
+
+// The output length of a transposed convolution of T inputs (stride, k taps) with trim_left / trim_right samples
+// dropped at the ends, checked to leave at least one.
+int64_t trimmed_length(const char* op, int64_t T, int64_t stride, int64_t k, int64_t trim_left, int64_t trim_right) {
+  const int64_t full = (T - 1) * stride + k;
+  JF_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
+                 ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
+                 " output samples, got ", trim_left, " and ", trim_right);
+  return full - trim_left - trim_right;
 }
 
 Tensor float_contiguous(const Tensor& t) { return torch::stable::contiguous(torch::stable::to(t, kFloat)); }
@@ -908,13 +920,10 @@ Tensor elu_conv_transpose(const Tensor& x_in, const Tensor& weight, const Tensor
                 dtype_name(weight.scalar_type()), " and ", dtype_name(bias.scalar_type()));
   JF_CHECK_VALUE(same_device(weight, x_in) && same_device(bias, x_in), op, ": weight and bias must be on x's device");
   JF_CHECK_VALUE(stride >= 1, op, ": stride must be >= 1, got ", stride);
-  const int64_t T = x_in.size(3), full = (T - 1) * stride + k;
-  JF_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
-                 ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
-                 " output samples, got ", trim_left, " and ", trim_right);
+  const int64_t T = x_in.size(3), L = trimmed_length(op, T, stride, k, trim_left, trim_right);
 
   const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
-  const int64_t B = x.size(0), L = full - trim_left - trim_right;
+  const int64_t B = x.size(0);
   const int64_t taps = (k + stride - 1) / stride, N = stride * Cout;
   Tensor out = empty_channels_last({B, Cout, 1, L}, x);
   auto repeated = call_op("aten::repeat", "", float_contiguous(bias), std::vector<int64_t>{stride});
@@ -1005,8 +1014,7 @@ std::tuple<Tensor, Tensor> pack_int12(const Tensor& weight, int64_t transposed_s
   for (int64_t n = 0; n < N; ++n) s[n] /= kInt12Max;
   uint32_t* d = reinterpret_cast<uint32_t*>(pairs.mutable_data_ptr<int32_t>());
   auto q = [&](float x, int64_t n) -> uint32_t {
-    const float v = s[n] > 0.0f ? std::clamp(std::nearbyint(x * (1.0f / s[n])), -kInt12Max, kInt12Max) : 0.0f;
-    return static_cast<uint16_t>(static_cast<int16_t>(v));
+    return static_cast<uint16_t>(int12_level(s[n] > 0.0f ? x * (1.0f / s[n]) : 0.0f));
   };
   torch::stable::parallel_for(0, panels * taps * K2, 64, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {  // job: (panel, tap, pair)
@@ -1108,13 +1116,10 @@ Tensor elu_conv_transpose_int12(const Tensor& x_in, const Tensor& w, const Tenso
   JF_CHECK_VALUE(g.taps == taps, op, ": w has ", g.taps, " taps, a kernel of ", kernel_size, " at stride ", stride,
                  " has ", taps);
   check_float_vector(op, "bias", bias, Cout, x_in);
-  const int64_t T = x_in.size(3), full = (T - 1) * stride + kernel_size;
-  JF_CHECK_VALUE(trim_left >= 0 && trim_right >= 0 && trim_left + trim_right < full, op,
-                 ": trim_left and trim_right must be >= 0 and leave at least one of the ", full,
-                 " output samples, got ", trim_left, " and ", trim_right);
+  const int64_t T = x_in.size(3), L = trimmed_length(op, T, stride, kernel_size, trim_left, trim_right);
 
   const Tensor x = torch::stable::contiguous(x_in, MemoryFormat::ChannelsLast);
-  const int64_t B = x.size(0), L = full - trim_left - trim_right;
+  const int64_t B = x.size(0);
   Tensor out = empty_channels_last({B, Cout, 1, L}, x);
   auto repeated = call_op("aten::repeat", "", torch::stable::contiguous(bias), std::vector<int64_t>{stride});
   const Tensor bias_row = result(repeated);
